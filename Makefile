@@ -1,0 +1,11 @@
+# The two commands of the README, plus a quick loop for development.
+.PHONY: run test test-unit
+
+run:        ## install what is missing and run the whole system (broker included) on its defaults
+	./scripts/run.sh
+
+test:       ## install what is missing and run the whole test suite (starts and stops its own broker and PostgreSQL)
+	./scripts/test.sh
+
+test-unit:  ## lint, types and unit tests only: seconds, no servers
+	./scripts/test.sh unit

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what is missing, starts a Kafka broker and PostgreSQL of its own
+# (under var/test, on ports that do not clash with `make run`), runs lint, types and every test,
+# and stops the servers again. `scripts/test.sh unit` runs only lint, types and the unit tests.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+SCOPE="${1:-all}"
+started=$(date +%s)
+
+"$REPO/scripts/bootstrap.sh"
+PY="$REPO/.venv/bin"
+
+echo "== ruff"
+"$PY/ruff" check .
+echo "== mypy"
+"$PY/mypy" .
+
+if [[ "$SCOPE" == "unit" ]]; then
+    echo "== pytest (unit)"
+    set +e
+    "$PY/pytest" tests/unit -q
+    rc=$?
+else
+    export LUCCS_VAR_DIR="$REPO/var/test"
+    export KAFKA_PORT="${TEST_KAFKA_PORT:-19092}" KAFKA_CONTROLLER_PORT="${TEST_KAFKA_CONTROLLER_PORT:-19093}"
+    export PG_PORT="${TEST_PG_PORT:-55432}" PG_DB=luccs_test
+    cleanup() {
+        "$REPO/deploy/kafka/kafka.sh" stop || true
+        "$REPO/deploy/postgres/pg.sh" stop || true
+    }
+    trap cleanup EXIT
+    echo "== starting Kafka and PostgreSQL for the tests"
+    "$REPO/deploy/kafka/kafka.sh" start
+    "$REPO/deploy/postgres/pg.sh" start
+    export LUCCS_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
+    LUCCS_TEST_POSTGRES_URL="$("$REPO/deploy/postgres/pg.sh" url)"
+    export LUCCS_TEST_POSTGRES_URL
+    echo "== pytest (unit, integration, e2e)"
+    set +e
+    "$PY/pytest" -q --durations=10
+    rc=$?
+fi
+set -e
+if [[ $rc -eq 5 ]]; then
+    echo "test.sh: pytest collected no tests: that is a failure, not a pass" >&2
+    exit 1
+fi
+echo "test.sh: finished in $(( $(date +%s) - started ))s with exit code $rc"
+exit "$rc"

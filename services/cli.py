@@ -1,0 +1,73 @@
+"""The ``luccs-fallback`` command: run one service, or all of them in one process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from fastapi import FastAPI
+
+from shared.config import CONFIG_ENV, ConfigError, Settings, load_settings
+from shared.http import serve
+from shared.logging import configure_logging
+
+SERVICES = ("detector", "procedure", "notifier")
+log = logging.getLogger("luccs_fallback")
+
+
+def _app(name: str, settings: Settings) -> tuple[FastAPI, int]:
+    # Imported here so that running one service does not import the others.
+    if name == "detector":
+        from services.detector.app import create_app as detector_app
+
+        return detector_app(settings), settings.detector.port
+    if name == "procedure":
+        from services.procedure.app import create_app as procedure_app
+
+        return procedure_app(settings), settings.procedure.port
+    from services.notifier.app import create_app as notifier_app
+
+    return notifier_app(settings), settings.notifier.port
+
+
+async def _run(names: Sequence[str], settings: Settings) -> None:
+    apps = [_app(name, settings) for name in names]
+    async with asyncio.TaskGroup() as group:
+        for app, port in apps:
+            group.create_task(serve(app, host=settings.api.host, port=port))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="luccs-fallback", description="LUCCS National Import System fallback procedure, run automatically."
+    )
+    parser.add_argument("service", choices=[*SERVICES, "all"], help="what to run ('all': the three services)")
+    parser.add_argument("--config", help=f"TOML configuration file (default: ${CONFIG_ENV}, else built-in defaults)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"luccs-fallback: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    names = SERVICES if args.service == "all" else (args.service,)
+    try:
+        asyncio.run(_run(names, settings))
+    except ConfigError as exc:
+        print(f"luccs-fallback: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:
+        causes = exc.exceptions if isinstance(exc, ExceptionGroup) else (exc,)
+        for cause in causes:
+            log.error("stopping: %s", cause)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

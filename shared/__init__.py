@@ -1,0 +1,1 @@
+"""Code shared by the luccs-fallback services: contracts, configuration, Kafka and database helpers."""

@@ -1,0 +1,247 @@
+"""Message contracts: the CloudEvents 1.0 envelope and the ``data`` of every event on the contract topics.
+
+The schema version lives in the topic name (``<prefix>.<name>.v1``); a breaking change gets a new topic.
+Consumers validate at the edge with :func:`parse_event`; a message that does not validate is a value to
+dead-letter, never an exception that stops a consumer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, field_serializer
+
+SPECVERSION = "1.0"
+CONTENT_TYPE = "application/json"
+
+
+class Component(StrEnum):
+    """A channel of LUCCS whose availability decides the scenario."""
+
+    ADA_B2G = "ada_b2g"
+    NTP = "ntp"
+    EO_B2G = "eo_b2g"
+
+
+class ComponentState(StrEnum):
+    UP = "up"
+    DOWN = "down"
+    UNKNOWN = "unknown"
+
+
+class Scenario(StrEnum):
+    """The three official fallback scenarios (see the procedure, section 3 of the product)."""
+
+    EO_B2G_UNAVAILABLE = "EO_B2G_UNAVAILABLE"
+    ADA_B2G_UNAVAILABLE = "ADA_B2G_UNAVAILABLE"
+    LUCCS_UNAVAILABLE = "LUCCS_UNAVAILABLE"
+
+
+class Scope(StrEnum):
+    NATIONAL = "national"
+    EO = "eo"
+
+
+class ProcedureState(StrEnum):
+    PROPOSED = "proposed"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Language(StrEnum):
+    FR = "fr"
+    EN = "en"
+    DE = "de"
+
+
+class EventType(StrEnum):
+    AVAILABILITY_CHANGED = "luccs.availability.changed"
+    AVAILABILITY_HEARTBEAT = "luccs.availability.heartbeat"
+    PROCEDURE_PROPOSED = "luccs.procedure.proposed"
+    PROCEDURE_OPENED = "luccs.procedure.opened"
+    PROCEDURE_UPDATED = "luccs.procedure.updated"
+    PROCEDURE_CLOSED = "luccs.procedure.closed"
+    EO_UPSERTED = "luccs.eo.upserted"
+    DELIVERY_RECORDED = "luccs.delivery.recorded"
+    DEADLETTER_RECORDED = "luccs.deadletter.recorded"
+
+
+PROCEDURE_EVENT_TYPES = frozenset(
+    {
+        EventType.PROCEDURE_PROPOSED,
+        EventType.PROCEDURE_OPENED,
+        EventType.PROCEDURE_UPDATED,
+        EventType.PROCEDURE_CLOSED,
+    }
+)
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class AvailabilityData(_Data):
+    """One detector's view of one target: published on every state change and as a periodic heartbeat."""
+
+    target_id: str = Field(..., min_length=1, description="Configured id of the probed target (the message key).")
+    component: Component = Field(..., description="Which channel this target watches.")
+    eori: str | None = Field(None, description="EORI of the EO whose AS4 endpoint this is (eo_b2g only).")
+    detector_instance: str = Field(..., min_length=1, description="Vantage point that made the observation.")
+    state: ComponentState = Field(..., description="The target's state after this observation.")
+    previous_state: ComponentState | None = Field(None, description="State before a change; null on heartbeats.")
+    since: AwareDatetime = Field(..., description="When the target entered its current state.")
+    observed_at: AwareDatetime = Field(..., description="When the probe that produced this view finished.")
+    probe: str = Field(..., description="Probe kind: as4, http, tcp, tls or domibus.")
+    ok: bool = Field(..., description="Whether the latest probe succeeded.")
+    reason: str = Field(..., description="Reason code of the latest probe result, e.g. ok, refused, timeout.")
+    detail: str | None = Field(None, description="Human-readable detail of the latest probe result.")
+    latency_ms: float | None = Field(None, ge=0, description="Latency of the latest probe in milliseconds.")
+
+
+class Evidence(_Data):
+    """An observation that justified a decision, kept for audit."""
+
+    target_id: str
+    component: Component
+    detector_instance: str
+    state: ComponentState
+    observed_at: AwareDatetime
+    reason: str
+
+
+class ProcedureData(_Data):
+    """A fallback procedure as announced on the procedures topic."""
+
+    procedure_id: str = Field(..., description="Stable id of the procedure (the message key).")
+    scenario: Scenario = Field(..., description="Scenario in force after this event.")
+    previous_scenario: Scenario | None = Field(None, description="Scenario before an update; null otherwise.")
+    scope: Scope = Field(..., description="national (all EOs) or eo (one EO).")
+    eori: str | None = Field(None, description="The EO concerned when scope is eo.")
+    state: ProcedureState = Field(..., description="State of the procedure after this event.")
+    reason: str = Field(..., description="Why this event happened, in words an operator understands.")
+    opened_at: AwareDatetime | None = Field(None, description="When the procedure was opened.")
+    closed_at: AwareDatetime | None = Field(None, description="When the procedure was closed.")
+    evidence: list[Evidence] = Field(default_factory=list, description="Observations behind the decision.")
+
+
+class EoData(_Data):
+    """An EO registry entry, as published on the compacted EO topic (key = EORI; deletion = tombstone)."""
+
+    eori: str = Field(..., description="EORI number of the economic operator.")
+    name: str = Field(..., description="Legal name of the EO.")
+    language: Language = Field(Language.FR, description="Language of the notices sent to this EO.")
+    email: str | None = Field(None, description="Address for e-mail notices.")
+    webhook_url: str | None = Field(None, description="Where procedure notices are POSTed.")
+    webhook_secret: SecretStr | None = Field(None, description="HMAC key for X-Luccs-Signature.")
+    as4_endpoint: str | None = Field(None, description="The EO's own AS4 endpoint, probed by the detector.")
+
+    @field_serializer("webhook_secret", when_used="json")
+    def _reveal_secret(self, secret: SecretStr | None) -> str | None:
+        # The notifier needs the key itself to sign; the value never reaches logs or API responses.
+        return secret.get_secret_value() if secret is not None else None
+
+
+class DeliveryChannel(StrEnum):
+    WEBHOOK = "webhook"
+    EMAIL = "email"
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    RETRYING = "retrying"
+    DEAD = "dead"
+
+
+class DeliveryData(_Data):
+    """The outcome of one delivery attempt of a procedure notice to one recipient."""
+
+    delivery_id: str
+    event_id: str = Field(..., description="Id of the procedure CloudEvent being delivered.")
+    procedure_id: str
+    eori: str | None
+    channel: DeliveryChannel
+    recipient: str = Field(..., description="Webhook URL or e-mail address.")
+    attempt: int = Field(..., ge=1)
+    status: DeliveryStatus
+    http_status: int | None = None
+    error: str | None = None
+    at: AwareDatetime
+
+
+class DeadLetterData(_Data):
+    """A message a consumer could not process, with why, and its original bytes (base64)."""
+
+    source_topic: str
+    partition: int
+    offset: int
+    consumer_group: str
+    key: str | None = Field(None, description="Original key, base64.")
+    value: str | None = Field(None, description="Original value, base64.")
+    reason: str
+
+
+DataT = TypeVar("DataT", bound=BaseModel)
+
+
+class CloudEvent(BaseModel, Generic[DataT]):
+    """A CloudEvents 1.0 structured-mode JSON envelope."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1)
+    source: str = Field(..., min_length=1, description="URI-reference of the producing service instance.")
+    type: str = Field(..., min_length=1)
+    time: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
+    subject: str | None = None
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: DataT
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+AvailabilityEvent = CloudEvent[AvailabilityData]
+ProcedureEvent = CloudEvent[ProcedureData]
+EoEvent = CloudEvent[EoData]
+DeliveryEvent = CloudEvent[DeliveryData]
+DeadLetterEvent = CloudEvent[DeadLetterData]
+
+_ALLOWED_TYPES: dict[type[BaseModel], frozenset[str]] = {
+    AvailabilityData: frozenset({EventType.AVAILABILITY_CHANGED, EventType.AVAILABILITY_HEARTBEAT}),
+    ProcedureData: PROCEDURE_EVENT_TYPES,
+    EoData: frozenset({EventType.EO_UPSERTED}),
+    DeliveryData: frozenset({EventType.DELIVERY_RECORDED}),
+    DeadLetterData: frozenset({EventType.DEADLETTER_RECORDED}),
+}
+_adapters: dict[type[BaseModel], TypeAdapter[Any]] = {}
+
+
+class InvalidEvent(ValueError):
+    """A message that is not a valid contract event; its text is the dead-letter reason."""
+
+
+def parse_event(raw: bytes, data_model: type[DataT]) -> CloudEvent[DataT]:
+    """Parse and validate one message; raise :class:`InvalidEvent` with a readable reason if it is not valid."""
+    adapter = _adapters.get(data_model)
+    if adapter is None:
+        adapter = _adapters[data_model] = TypeAdapter(CloudEvent[data_model])  # type: ignore[valid-type]
+    try:
+        event: CloudEvent[DataT] = adapter.validate_json(raw)
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        raise InvalidEvent(_summarise(exc)) from exc
+    if event.type not in _ALLOWED_TYPES[data_model]:
+        raise InvalidEvent(f"unexpected event type {event.type!r} for {data_model.__name__}")
+    return event
+
+
+def _summarise(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors()[:5]]
+        return "schema validation failed: " + "; ".join(parts)
+    return f"unparseable message: {exc}"

@@ -1,0 +1,48 @@
+"""What every service serves besides its API: /healthz, /readyz, /metrics; and how it is run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+
+import uvicorn
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+ReadinessCheck = Callable[[], Awaitable[str | None]]
+"""Returns None when the dependency is fine, else what is wrong."""
+
+
+def add_ops_routes(app: FastAPI, *, checks: Mapping[str, ReadinessCheck], registry: CollectorRegistry) -> None:
+    @app.get("/healthz", tags=["ops"], summary="The process is alive")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], summary="Dependencies (broker, database) answer")
+    async def readyz() -> JSONResponse:
+        results = await asyncio.gather(*(_run_check(check) for check in checks.values()))
+        problems = {name: problem for name, problem in zip(checks, results, strict=True) if problem}
+        if problems:
+            return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _run_check(check: ReadinessCheck) -> str | None:
+    try:
+        return await asyncio.wait_for(check(), timeout=3.0)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+async def serve(app: FastAPI, *, host: str, port: int) -> None:
+    """Run ``app`` with uvicorn until cancelled or signalled."""
+    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    await server.serve()
+    if not server.started:
+        raise RuntimeError(f"could not serve on {host}:{port} (see the log above)")
