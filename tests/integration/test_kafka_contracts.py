@@ -1,0 +1,125 @@
+"""Topic creation and the dead-lettering consumer, against the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+from datetime import UTC, datetime
+
+import pytest
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from shared.config import KafkaSettings
+from shared.events import (
+    AvailabilityData,
+    CloudEvent,
+    Component,
+    ComponentState,
+    DeadLetterData,
+    EventType,
+    parse_event,
+)
+from shared.kafka import CONTRACT_TOPICS, EventConsumer, Publisher, ensure_topics
+
+pytestmark = pytest.mark.integration
+
+
+def _availability(target_id: str) -> CloudEvent[AvailabilityData]:
+    now = datetime.now(UTC)
+    return CloudEvent[AvailabilityData](
+        source="/tests",
+        type=EventType.AVAILABILITY_CHANGED,
+        subject=target_id,
+        data=AvailabilityData(
+            target_id=target_id, component=Component.ADA_B2G, detector_instance="t", state=ComponentState.DOWN,
+            previous_state=ComponentState.UP, since=now, observed_at=now, probe="http", ok=False, reason="refused",
+        ),
+    )
+
+
+async def _read(settings: KafkaSettings, topic: str, count: int, timeout_s: float = 20) -> list[bytes]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest")
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            while len(values) < count:
+                batch = await consumer.getmany(timeout_ms=200)
+                values.extend(r.value for records in batch.values() for r in records if r.value is not None)
+    finally:
+        await consumer.stop()
+    return values
+
+
+async def test_ensure_topics_creates_the_contract_topics_once(kafka_bootstrap: str, topic_prefix: str) -> None:
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix)
+    created = await ensure_topics(settings)
+    assert sorted(created) == sorted(f"{topic_prefix}.{name}.v1" for name in CONTRACT_TOPICS)
+    assert await ensure_topics(settings) == []
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, settings.eos_topic)])
+        entries = {entry[0]: entry[1] for entry in configs[0].resources[0][4]}
+        assert entries["cleanup.policy"] == "compact"
+    finally:
+        await admin.close()
+
+
+async def test_invalid_messages_are_dead_lettered_and_the_consumer_carries_on(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix)
+    await ensure_topics(settings)
+    publisher = Publisher(settings, client_id="test")
+    await publisher.start()
+    handled: list[str] = []
+
+    async def handler(event: CloudEvent[AvailabilityData] | None, _record: ConsumerRecord[bytes, bytes]) -> None:
+        assert event is not None
+        if event.data.target_id == "explodes":
+            raise RuntimeError("boom")
+        handled.append(event.data.target_id)
+
+    consumer = EventConsumer(
+        settings=settings, topic=settings.availability_topic, group_id=f"{topic_prefix}.test",
+        data_model=AvailabilityData, handler=handler, publisher=publisher, handler_attempts=2, retry_delay_s=0.01,
+    )
+    garbage = b"\x00not json at all"
+    schema_invalid = b'{"specversion":"1.0","id":"x","source":"/t","type":"luccs.availability.changed","data":{}}'
+    try:
+        # One partition key for all, so order is kept: bad ones sit between good ones.
+        await publisher.publish(settings.availability_topic, _availability("first"), key="k")
+        await publisher.publish_raw(settings.availability_topic, garbage, key="k")
+        await publisher.publish_raw(settings.availability_topic, schema_invalid, key="k")
+        await publisher.publish_raw(settings.availability_topic, None, key="k")
+        await publisher.publish(settings.availability_topic, _availability("explodes"), key="k")
+        await publisher.publish(settings.availability_topic, _availability("last"), key="k")
+
+        task = asyncio.create_task(consumer.run())
+        try:
+            async with asyncio.timeout(30):
+                while "last" not in handled:
+                    await asyncio.sleep(0.1)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        await publisher.stop()
+
+    assert handled == ["first", "last"]
+    letters = [parse_event(raw, DeadLetterData).data for raw in await _read(settings, settings.deadletter_topic, 4)]
+    assert [base64.b64decode(letter.value) if letter.value else None for letter in letters][:3] == [
+        garbage, schema_invalid, None
+    ]
+    assert "unparseable" in letters[0].reason or "invalid" in letters[0].reason.lower()
+    assert "data.target_id" in letters[1].reason
+    assert "tombstone" in letters[2].reason
+    assert "handler failed 2 times" in letters[3].reason and "boom" in letters[3].reason
+    assert all(letter.source_topic == settings.availability_topic for letter in letters)
+    assert consumer.stats.dead_lettered == 4
