@@ -26,16 +26,22 @@ else
     export LUCCS_VAR_DIR="$REPO/var/test"
     export KAFKA_PORT="${TEST_KAFKA_PORT:-19092}" KAFKA_CONTROLLER_PORT="${TEST_KAFKA_CONTROLLER_PORT:-19093}"
     export PG_PORT="${TEST_PG_PORT:-55432}" PG_DB=luccs_test
+    # PostgreSQL runs as the 'postgres' user when we are root: it must be able to reach its data dir.
+    PG_VAR_DIR="$LUCCS_VAR_DIR"
+    if [[ $(id -u) -eq 0 ]] && ! { id postgres >/dev/null 2>&1 && runuser -u postgres -- test -x "$REPO"; }; then
+        PG_VAR_DIR="/var/tmp/luccs-fallback-test"
+    fi
+    pg() { LUCCS_VAR_DIR="$PG_VAR_DIR" "$REPO/deploy/postgres/pg.sh" "$@"; }
     cleanup() {
         "$REPO/deploy/kafka/kafka.sh" stop || true
-        "$REPO/deploy/postgres/pg.sh" stop || true
+        pg stop || true
     }
     trap cleanup EXIT
     echo "== starting Kafka and PostgreSQL for the tests"
     "$REPO/deploy/kafka/kafka.sh" start
-    "$REPO/deploy/postgres/pg.sh" start
+    pg start
     export LUCCS_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
-    LUCCS_TEST_POSTGRES_URL="$("$REPO/deploy/postgres/pg.sh" url)"
+    LUCCS_TEST_POSTGRES_URL="$(pg url)"
     export LUCCS_TEST_POSTGRES_URL
     echo "== pytest (unit, integration, e2e)"
     set +e

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.detector.domain import ProbeResult, TargetStatus, Thresholds, Transition, observe
 from services.detector.probes import probe_http
-from shared.config import Settings, TargetSettings
+from shared.config import ConfigError, Settings, TargetSettings
 from shared.events import AvailabilityData, CloudEvent, ComponentState, EventType
 from shared.http import add_ops_routes
 from shared.kafka import Publisher, ensure_topics
@@ -164,6 +164,9 @@ class Detector:
 
 def create_app(settings: Settings) -> FastAPI:
     """The detector's FastAPI app; its lifespan starts the broker client and the probe loops."""
+    unsupported = [f"{t.id} ({t.probe})" for t in settings.detector.targets if t.probe != "http"]
+    if unsupported:
+        raise ConfigError(f"probe kinds not implemented yet, only 'http' is: {', '.join(unsupported)}")
     registry = CollectorRegistry()
     state: dict[str, Any] = {}
 
