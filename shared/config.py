@@ -42,6 +42,10 @@ class KafkaSettings(_Section):
         return self.topic("procedures")
 
     @property
+    def advisories_topic(self) -> str:
+        return self.topic("advisories")
+
+    @property
     def eos_topic(self) -> str:
         return self.topic("eos")
 

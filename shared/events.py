@@ -65,6 +65,8 @@ class EventType(StrEnum):
     PROCEDURE_UPDATED = "luccs.procedure.updated"
     PROCEDURE_CLOSED = "luccs.procedure.closed"
     EO_UPSERTED = "luccs.eo.upserted"
+    ADVISORY_RAISED = "luccs.advisory.raised"
+    ADVISORY_CLEARED = "luccs.advisory.cleared"
     DELIVERY_RECORDED = "luccs.delivery.recorded"
     DEADLETTER_RECORDED = "luccs.deadletter.recorded"
 
@@ -112,6 +114,14 @@ class Evidence(_Data):
     reason: str
 
 
+class Origin(StrEnum):
+    """Who started a procedure: the detectors, the EO itself (scenario 1 self-report) or an operator."""
+
+    DETECTED = "detected"
+    EO_REPORT = "eo_report"
+    OPERATOR = "operator"
+
+
 class ProcedureData(_Data):
     """A fallback procedure as announced on the procedures topic."""
 
@@ -124,7 +134,29 @@ class ProcedureData(_Data):
     reason: str = Field(..., description="Why this event happened, in words an operator understands.")
     opened_at: AwareDatetime | None = Field(None, description="When the procedure was opened.")
     closed_at: AwareDatetime | None = Field(None, description="When the procedure was closed.")
+    origin: Origin = Field(Origin.DETECTED, description="Who started the procedure.")
     evidence: list[Evidence] = Field(default_factory=list, description="Observations behind the decision.")
+
+
+class AdvisoryKind(StrEnum):
+    NTP_UNAVAILABLE = "ntp_unavailable"
+    MONITORING_BLIND = "monitoring_blind"
+
+
+class AdvisoryData(_Data):
+    """A notice for the Servicedesk and ops that is not a fallback scenario (no EO is told).
+
+    ``ntp_unavailable``: NTP is down while ADA B2G is fine. ``monitoring_blind``: no fresh observation of a
+    component (a dead detector is not a dead LUCCS, but someone must look).
+    """
+
+    advisory_id: str = Field(..., description="Stable id from raise to clear (the message key).")
+    kind: AdvisoryKind
+    active: bool = Field(..., description="True when raised, False when cleared.")
+    components: list[Component] = Field(default_factory=list, description="Components concerned.")
+    reason: str
+    raised_at: AwareDatetime
+    cleared_at: AwareDatetime | None = None
 
 
 class EoData(_Data):
@@ -207,6 +239,7 @@ class CloudEvent(BaseModel, Generic[DataT]):
 
 AvailabilityEvent = CloudEvent[AvailabilityData]
 ProcedureEvent = CloudEvent[ProcedureData]
+AdvisoryEvent = CloudEvent[AdvisoryData]
 EoEvent = CloudEvent[EoData]
 DeliveryEvent = CloudEvent[DeliveryData]
 DeadLetterEvent = CloudEvent[DeadLetterData]
@@ -214,6 +247,7 @@ DeadLetterEvent = CloudEvent[DeadLetterData]
 _ALLOWED_TYPES: dict[type[BaseModel], frozenset[str]] = {
     AvailabilityData: frozenset({EventType.AVAILABILITY_CHANGED, EventType.AVAILABILITY_HEARTBEAT}),
     ProcedureData: PROCEDURE_EVENT_TYPES,
+    AdvisoryData: frozenset({EventType.ADVISORY_RAISED, EventType.ADVISORY_CLEARED}),
     EoData: frozenset({EventType.EO_UPSERTED}),
     DeliveryData: frozenset({EventType.DELIVERY_RECORDED}),
     DeadLetterData: frozenset({EventType.DEADLETTER_RECORDED}),

@@ -23,7 +23,7 @@ from shared.events import CloudEvent, DataT, DeadLetterData, EventType, InvalidE
 
 log = logging.getLogger(__name__)
 
-CONTRACT_TOPICS = ("availability", "procedures", "eos", "deliveries", "deadletter")
+CONTRACT_TOPICS = ("availability", "procedures", "advisories", "eos", "deliveries", "deadletter")
 _COMPACTED = {"eos"}
 
 
