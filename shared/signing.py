@@ -26,4 +26,4 @@ def verify(secret: str, body: bytes, header: str, *, now: int, tolerance_s: int 
     if abs(now - timestamp) > tolerance_s:
         return False
     expected = sign(secret, body, timestamp).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, received)
+    return hmac.compare_digest(expected.encode(), received.encode())

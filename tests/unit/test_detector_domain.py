@@ -261,9 +261,7 @@ def test_counters_equal_the_length_of_the_trailing_run(outcomes: list[bool], fai
     if not outcomes:
         return
     last_ok = outcomes[-1]
-    trailing = len(outcomes) - next(
-        (i + 1 for i in range(len(outcomes) - 1, -1, -1) if outcomes[i] != last_ok), 0
-    )
+    trailing = len(outcomes) - next((i + 1 for i in range(len(outcomes) - 1, -1, -1) if outcomes[i] != last_ok), 0)
     status = steps[-1].status
     if last_ok:
         assert (status.consecutive_successes, status.consecutive_failures) == (trailing, 0)
@@ -303,7 +301,9 @@ def test_alternating_outcomes_never_change_an_established_state(
     failure=st.integers(min_value=2, max_value=6),
     success=st.integers(min_value=2, max_value=6),
 )
-def test_alternating_outcomes_from_unknown_never_decide(length: int, first_ok: bool, failure: int, success: int) -> None:
+def test_alternating_outcomes_from_unknown_never_decide(
+    length: int, first_ok: bool, failure: int, success: int
+) -> None:
     alternating = [first_ok if i % 2 == 0 else not first_ok for i in range(length)]
     steps = run(alternating, Thresholds(failure=failure, success=success))
     assert all(s.status.state == UNKNOWN and s.transition is None for s in steps)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import socket
 from datetime import UTC, datetime, timedelta
 
@@ -104,8 +105,12 @@ def test_national_procedures_reach_every_eo_sorted_by_eori(event_type: EventType
 
 @pytest.mark.parametrize("event_type", [OPENED, CLOSED])
 def test_eo_procedures_reach_only_that_eo(event_type: EventType) -> None:
-    data = procedure(S1, scope=Scope.EO, eori="LU0000000003",
-                     state=ProcedureState.CLOSED if event_type == CLOSED else ProcedureState.OPEN)
+    data = procedure(
+        S1,
+        scope=Scope.EO,
+        eori="LU0000000003",
+        state=ProcedureState.CLOSED if event_type == CLOSED else ProcedureState.OPEN,
+    )
     assert recipients(event_type.value, data, EOS) == [EOS[0]]
 
 
@@ -230,12 +235,12 @@ def test_opened_notice_carries_the_opening_time_and_closed_the_closing_time() ->
 
 @pytest.mark.parametrize("event_type", [PROPOSED, EventType.EO_UPSERTED, EventType.AVAILABILITY_CHANGED])
 def test_render_refuses_events_that_are_not_eo_notices(event_type: EventType) -> None:
-    with pytest.raises(ValueError, match=event_type.value):
+    with pytest.raises(ValueError, match=re.escape(event_type.value)):
         render(event_type.value, procedure(S2, state=ProcedureState.PROPOSED), Language.EN)
 
 
 def test_render_refuses_an_unknown_event_type() -> None:
-    with pytest.raises(ValueError, match="not.a.type"):
+    with pytest.raises(ValueError, match=r"not\.a\.type"):
         render("not.a.type", procedure(S2), Language.EN)
 
 
@@ -341,8 +346,12 @@ def test_next_attempt_exists_just_below_max_attempts() -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["https://hooks.example.com/luccs", "https://8.8.8.8/hook", "https://[2001:4860:4860::8888]/hook",
-     "https://eo.example.lu:8443/path?x=1"],
+    [
+        "https://hooks.example.com/luccs",
+        "https://8.8.8.8/hook",
+        "https://[2001:4860:4860::8888]/hook",
+        "https://eo.example.lu:8443/path?x=1",
+    ],
 )
 def test_public_https_urls_are_allowed(url: str) -> None:
     assert webhook_url_problem(url, allow_insecure=False, allow_private=False) is None
@@ -394,8 +403,15 @@ def test_private_http_needs_both_allowances(host: str) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["ftp://hooks.example.com/x", "file:///etc/passwd", "gopher://hooks.example.com/", "hooks.example.com/x",
-     "https:///no-host", "", "javascript:alert(1)"],
+    [
+        "ftp://hooks.example.com/x",
+        "file:///etc/passwd",
+        "gopher://hooks.example.com/",
+        "hooks.example.com/x",
+        "https:///no-host",
+        "",
+        "javascript:alert(1)",
+    ],
 )
 def test_non_http_urls_are_refused_whatever_the_allowances(url: str) -> None:
     problem = webhook_url_problem(url, allow_insecure=True, allow_private=True)
