@@ -10,13 +10,13 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Generic
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 
 from shared.config import KafkaSettings
 from shared.events import CloudEvent, DataT, DeadLetterData, EventType, InvalidEvent, parse_event
@@ -50,16 +50,21 @@ async def ensure_topics(settings: KafkaSettings, *, timeout_s: float = 60.0) -> 
                 if settings.topic(name) not in existing
             ]
             created: list[str] = []
-            for topic in wanted:  # one at a time: a racing service creating the same topic is fine
-                try:
-                    await admin.create_topics([topic])
-                    created.append(topic.name)
-                except TopicAlreadyExistsError:
-                    pass
+            if wanted:
+                # Errors come back per topic in the response, not as exceptions.
+                response = await admin.create_topics(wanted, timeout_ms=15_000)
+                for name, code, *rest in response.topic_errors:
+                    if code == 0:
+                        created.append(name)
+                    elif code != TopicAlreadyExistsError.errno:  # a racing service created it: fine
+                        raise for_code(code)(f"cannot create topic {name}: {rest[0] if rest else code}")
             if created:
                 log.info("created topics %s", ", ".join(created))
             return created
-        except (KafkaConnectionError, KafkaError, OSError) as exc:
+        except (KafkaError, OSError) as exc:
+            transient = isinstance(exc, OSError | KafkaConnectionError) or getattr(exc, "retriable", False)
+            if not transient:
+                raise
             if time.monotonic() >= deadline:
                 raise ConnectionError(
                     f"Kafka at {settings.bootstrap_servers} did not answer within {timeout_s:.0f}s: {exc}"
@@ -101,6 +106,9 @@ class Publisher:
 
 
 Handler = Callable[[CloudEvent[DataT] | None, ConsumerRecord[bytes, bytes]], Awaitable[None]]
+# Quoted: a parametrised pydantic model is not generic at runtime, so these exist for type checkers only.
+Item: TypeAlias = "tuple[CloudEvent[DataT] | None, ConsumerRecord[bytes, bytes]]"
+BatchHandler: TypeAlias = "Callable[[Sequence[Item[DataT]]], Awaitable[None]]"
 
 
 @dataclass
@@ -109,16 +117,18 @@ class ConsumerStats:
     dead_lettered: int = 0
     last_error: str | None = None
     assigned: bool = False
-    lag_by_partition: dict[int, int] = field(default_factory=dict)
 
 
 class EventConsumer(Generic[DataT]):
-    """Consumes one contract topic, validates each message and hands it to ``handler``.
+    """Consumes one contract topic, validates each message and hands it to a handler.
 
-    A message that cannot be parsed or validated, or that the handler keeps failing on after
-    ``handler_attempts`` tries, goes to the dead-letter topic with the reason and its original bytes;
-    the consumer then carries on with the next message. Tombstones (null values) reach the handler as
-    ``None`` when ``allow_tombstones`` is set, and are dead-lettered otherwise.
+    Give either ``handler`` (one message at a time) or ``batch_handler`` (every valid message of a poll at
+    once, in partition order: one transaction for many messages). Offsets are committed after the handler
+    returns. A message that cannot be parsed or validated, or that the handler keeps failing on after
+    ``handler_attempts`` tries, goes to the dead-letter topic with the reason and its original bytes; the
+    consumer then carries on. A failing batch is retried, then handled message by message so that only the
+    culprit is dead-lettered. Tombstones (null values) reach the handler as ``None`` when
+    ``allow_tombstones`` is set, and are dead-lettered otherwise.
     """
 
     def __init__(
@@ -128,21 +138,27 @@ class EventConsumer(Generic[DataT]):
         topic: str,
         group_id: str,
         data_model: type[DataT],
-        handler: Handler[DataT],
         publisher: Publisher,
+        handler: Handler[DataT] | None = None,
+        batch_handler: BatchHandler[DataT] | None = None,
         allow_tombstones: bool = False,
         handler_attempts: int = 5,
         retry_delay_s: float = 0.5,
+        max_batch: int = 500,
     ) -> None:
+        if (handler is None) == (batch_handler is None):
+            raise ValueError("give exactly one of handler and batch_handler")
         self.topic = topic
         self.group_id = group_id
         self._settings = settings
         self._data_model = data_model
         self._handler = handler
+        self._batch_handler = batch_handler
         self._publisher = publisher
         self._allow_tombstones = allow_tombstones
         self._handler_attempts = handler_attempts
         self._retry_delay_s = retry_delay_s
+        self._max_batch = max_batch
         self.stats = ConsumerStats()
 
     async def run(self) -> None:
@@ -159,52 +175,84 @@ class EventConsumer(Generic[DataT]):
         await consumer.start()
         try:
             while True:
-                batches = await consumer.getmany(timeout_ms=500, max_records=500)
+                batches = await consumer.getmany(timeout_ms=500, max_records=self._max_batch)
                 self.stats.assigned = bool(consumer.assignment())
-                for partition, records in batches.items():
+                if not batches:
+                    continue
+                records = [record for partition_records in batches.values() for record in partition_records]
+                if self._batch_handler is not None:
+                    await self._process_batch(self._batch_handler, records)
+                else:
                     for record in records:
                         await self._process(record)
-                    await self._commit(consumer, partition, records[-1].offset + 1)
+                await self._commit(consumer, {tp: rs[-1].offset + 1 for tp, rs in batches.items() if rs})
         finally:
             await consumer.stop()
 
-    async def _commit(self, consumer: AIOKafkaConsumer, partition: TopicPartition, offset: int) -> None:
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:
-            await consumer.commit({partition: offset})
+            await consumer.commit(offsets)
         except KafkaError as exc:
-            # A rebalance took the partition away: the next owner re-reads from the last commit,
+            # A rebalance took a partition away: the next owner re-reads from the last commit,
             # which handlers tolerate because they are idempotent.
-            log.warning("commit of %s@%d failed: %s", partition, offset, exc)
+            log.warning("commit of %s failed: %s", offsets, exc)
+
+    async def _parse(self, record: ConsumerRecord[bytes, bytes]) -> Item[DataT] | None:
+        """The (event, record) item, the event being None for an allowed tombstone; None if dead-lettered."""
+        if record.value is None:
+            if self._allow_tombstones:
+                return None, record
+            await self._dead_letter(record, "tombstone (null value) on a topic that does not allow them")
+            return None
+        try:
+            return parse_event(record.value, self._data_model), record
+        except InvalidEvent as exc:
+            await self._dead_letter(record, str(exc))
+            return None
 
     async def _process(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        event: CloudEvent[DataT] | None = None
-        if record.value is None:
-            if not self._allow_tombstones:
-                await self._dead_letter(record, "tombstone (null value) on a topic that does not allow them")
-                return
-        else:
-            try:
-                event = parse_event(record.value, self._data_model)
-            except InvalidEvent as exc:
-                await self._dead_letter(record, str(exc))
-                return
-        for attempt in range(1, self._handler_attempts + 1):
-            try:
-                await self._handler(event, record)
+        item = await self._parse(record)
+        handler = self._handler
+        assert handler is not None
+        if item is not None and await self._with_retries(lambda: handler(*item), [record]):
+            self.stats.processed += 1
+
+    async def _process_batch(self, handler: BatchHandler[DataT], records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        items = [item for item in [await self._parse(r) for r in records] if item is not None]
+        if not items:
+            return
+        if await self._with_retries(lambda: handler(items), []):
+            self.stats.processed += len(items)
+            return
+        for item in items:  # find the culprit: only it is dead-lettered
+
+            async def one(item: Item[DataT] = item) -> None:
+                await handler([item])
+
+            if await self._with_retries(one, [item[1]], attempts=1):
                 self.stats.processed += 1
-                return
+
+    async def _with_retries(
+        self,
+        call: Callable[[], Awaitable[None]],
+        dead_letter_on_failure: list[ConsumerRecord[bytes, bytes]],
+        attempts: int | None = None,
+    ) -> bool:
+        attempts = attempts or self._handler_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                await call()
+                return True
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception(
-                    "handler failed on %s[%d]@%d (attempt %d/%d)",
-                    record.topic, record.partition, record.offset, attempt, self._handler_attempts,
-                )
-                if attempt == self._handler_attempts:
-                    await self._dead_letter(record, f"handler failed {attempt} times: {self.stats.last_error}")
-                    return
-                await asyncio.sleep(self._retry_delay_s * 2 ** (attempt - 1))
+                log.exception("handler failed on %s (attempt %d/%d)", self.topic, attempt, attempts)
+                if attempt < attempts:
+                    await asyncio.sleep(self._retry_delay_s * 2 ** (attempt - 1))
+        for record in dead_letter_on_failure:
+            await self._dead_letter(record, f"handler failed {attempts} times: {self.stats.last_error}")
+        return False
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
