@@ -59,7 +59,9 @@ class KafkaSettings(_Section):
 
 
 class ApiSettings(_Section):
-    operator_tokens: list[SecretStr] = Field(default_factory=list)
+    operator_tokens: list[SecretStr] = Field(default_factory=list, description="Bearer tokens of operators.")
+    read_tokens: list[SecretStr] = Field(default_factory=list, description="Bearer tokens allowed to read only.")
+    read_requires_token: bool = Field(False, description="Whether read endpoints need an operator or read token.")
     host: str = "127.0.0.1"
 
 
@@ -72,6 +74,29 @@ class TargetSettings(_Section):
     timeout_s: float | None = Field(None, gt=0)
     failure_threshold: int | None = Field(None, ge=1)
     success_threshold: int | None = Field(None, ge=1)
+    degraded_latency_ms: float | None = Field(
+        None, gt=0, description="Latency above which an up target is reported degraded (default: the detector's)."
+    )
+    method: str = Field("GET", pattern=r"^[A-Z]+$", description="HTTP method of the http probe.")
+    expected_status: list[int] | None = Field(
+        None, min_length=1, description="Statuses the http probe accepts as up (default: any 2xx)."
+    )
+    body_contains: str | None = Field(None, min_length=1, description="Text the http probe's answer must contain.")
+    ca_file: str | None = Field(None, description="PEM bundle of the CAs to trust for this target (default: system).")
+    client_cert_file: str | None = Field(None, description="PEM client certificate for mutual TLS.")
+    client_key_file: str | None = Field(None, description="PEM key of the client certificate, if not in that file.")
+    username: str | None = Field(None, description="HTTP basic auth user (e.g. the Domibus monitoring API).")
+    password: SecretStr | None = Field(None, description="HTTP basic auth password.")
+    as4_from_party_id: str | None = Field(None, description="AS4 ping sender PartyId (default: the detector's).")
+    as4_from_party_type: str | None = None
+    as4_from_role: str | None = None
+    as4_to_party_id: str | None = Field(None, description="AS4 ping receiver PartyId (default: the detector's).")
+    as4_to_party_type: str | None = None
+    as4_to_role: str | None = None
+
+
+_EBMS_CORE = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704"
+_UNREGISTERED_PARTY_TYPE = "urn:oasis:names:tc:ebcore:partyid-type:unregistered"
 
 
 def _default_instance_id() -> str:
@@ -88,6 +113,27 @@ class DetectorSettings(_Section):
     success_threshold: int = Field(2, ge=1)
     heartbeat_s: float = Field(15.0, gt=0, description="How often every target's state is re-published.")
     targets: list[TargetSettings] = Field(default_factory=list)
+    eo_targets: bool = Field(True, description="Probe the AS4 endpoint of every EO in the registry topic.")
+    max_concurrency: int = Field(500, ge=1, description="Probes in flight at once, over all targets.")
+    per_host_limit: int = Field(20, ge=1, description="Probes in flight at once towards one host:port.")
+    max_response_bytes: int = Field(1_048_576, ge=1024, description="Larger answers are not read (invalid).")
+    degraded_latency_ms: float | None = Field(None, gt=0, description="Default latency bound of 'degraded'.")
+    cert_warning_days: list[int] = Field(
+        default_factory=lambda: [30, 14, 7], description="Days before certificate expiry at which to warn."
+    )
+    ca_file: str | None = Field(None, description="Default CA bundle of every target (default: system).")
+    client_cert_file: str | None = Field(None, description="Default client certificate (mutual TLS), EOs included.")
+    client_key_file: str | None = None
+    as4_from_party_id: str = Field("luccs-fallback", min_length=1, description="PartyId the AS4 ping is sent from.")
+    as4_from_party_type: str = _UNREGISTERED_PARTY_TYPE
+    as4_from_role: str = f"{_EBMS_CORE}/initiator"
+    as4_to_party_id: str = Field("LUCCS", min_length=1, description="PartyId of the ADA MSH (as4 targets).")
+    as4_to_party_type: str = _UNREGISTERED_PARTY_TYPE
+    as4_to_role: str = f"{_EBMS_CORE}/responder"
+    eo_party_id_type: str = Field(
+        "urn:oasis:names:tc:ebcore:partyid-type:eu-customs:EORI",
+        description="PartyId type of an EO's EORI when its own AS4 endpoint is pinged.",
+    )
 
     @model_validator(mode="after")
     def _unique_target_ids(self) -> DetectorSettings:
@@ -103,6 +149,13 @@ class ProcedureSettings(_Section):
     database_url: str | None = None
     mode: Literal["auto", "confirm"] = "auto"
     stale_after_s: float = Field(60.0, gt=0)
+    quorum: float | None = Field(
+        None, gt=0, le=1, description="Share of fresh vantage points that must agree; None = strict majority."
+    )
+    tick_s: float = Field(2.0, gt=0, description="How often staleness and advisories are re-evaluated.")
+    sealing_key: SecretStr | None = Field(
+        None, description="Fernet key sealing EO webhook secrets at rest; default: generated in data_dir."
+    )
 
 
 class NotifierSettings(_Section):

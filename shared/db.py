@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, event, text
+from sqlalchemy import DateTime, Dialect, Table, event, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
@@ -71,3 +74,15 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+async def upsert(
+    session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]], *, key: Sequence[str]
+) -> None:
+    """Insert ``rows`` or update them where ``key`` already exists, in one statement (SQLite and PostgreSQL)."""
+    if not rows:
+        return
+    insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else postgresql_insert
+    statement = insert(table).values(list(rows))
+    updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in key}
+    await session.execute(statement.on_conflict_do_update(index_elements=list(key), set_=updates))

@@ -101,6 +101,13 @@ class AvailabilityData(_Data):
     reason: str = Field(..., description="Reason code of the latest probe result, e.g. ok, refused, timeout.")
     detail: str | None = Field(None, description="Human-readable detail of the latest probe result.")
     latency_ms: float | None = Field(None, ge=0, description="Latency of the latest probe in milliseconds.")
+    degraded: bool = Field(False, description="Up, but slower than the target's latency bound.")
+    cert_expires_at: AwareDatetime | None = Field(
+        None, description="Expiry of the TLS certificate the target presented, when known."
+    )
+    ebms_error: str | None = Field(
+        None, description="ebMS error code of an AS4 answer that still proves the MSH alive, e.g. EBMS:0103."
+    )
 
 
 class Evidence(_Data):
@@ -135,6 +142,10 @@ class ProcedureData(_Data):
     opened_at: AwareDatetime | None = Field(None, description="When the procedure was opened.")
     closed_at: AwareDatetime | None = Field(None, description="When the procedure was closed.")
     origin: Origin = Field(Origin.DETECTED, description="Who started the procedure.")
+    components: dict[Component, ComponentState] = Field(
+        default_factory=dict,
+        description="National component states at the time: a notice must never advise a channel that is down.",
+    )
     evidence: list[Evidence] = Field(default_factory=list, description="Observations behind the decision.")
 
 

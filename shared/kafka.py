@@ -104,6 +104,14 @@ class Publisher:
     async def publish_raw(self, topic: str, value: bytes | None, *, key: str | None) -> None:
         await self._producer.send_and_wait(topic, value=value, key=key.encode() if key is not None else None)
 
+    async def publish_many(self, messages: Sequence[tuple[str, str | None, bytes | None]]) -> None:
+        """Send (topic, key, value) messages in order and wait until the broker has acknowledged them all."""
+        pending = [
+            await self._producer.send(topic, value=value, key=key.encode() if key is not None else None)
+            for topic, key, value in messages
+        ]
+        await asyncio.gather(*pending)
+
 
 Handler = Callable[[CloudEvent[DataT] | None, ConsumerRecord[bytes, bytes]], Awaitable[None]]
 # Quoted: a parametrised pydantic model is not generic at runtime, so these exist for type checkers only.

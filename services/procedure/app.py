@@ -1,4 +1,4 @@
-"""Procedure service bootstrap: database, broker clients, the availability consumer and the outbox relay."""
+"""Procedure service bootstrap: database and migrations, broker clients, the consumer, relay and ticks."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from services.procedure.api import router
 from services.procedure.handlers import ProcedureService
-from services.procedure.models import Base
-from shared.config import ConfigError, Settings
+from services.procedure.migrate import upgrade
+from services.procedure.outbox import relay_outbox
+from services.procedure.registry import EoRegistry
+from services.procedure.sealing import Sealer, load_or_create_key
+from shared.config import Settings
 from shared.db import make_engine, ping, session_factory
 from shared.events import AvailabilityData
 from shared.http import add_ops_routes
@@ -21,19 +24,25 @@ from shared.tasks import BackgroundTasks
 
 def create_app(settings: Settings) -> FastAPI:
     """The procedure service's app; nothing connects until its lifespan starts."""
-    if settings.procedure.mode != "auto":
-        raise ConfigError("procedure.mode = 'confirm' is not implemented yet; use 'auto'")
     registry = CollectorRegistry()
     engine = make_engine(settings.database_url("procedure"))
     sessions = session_factory(engine)
     service = ProcedureService(settings=settings, sessions=sessions)
     tasks = BackgroundTasks()
     publisher = Publisher(settings.kafka, client_id="procedure")
+    key = settings.procedure.sealing_key
+    sealer = Sealer(key.get_secret_value() if key else load_or_create_key(settings.data_dir / "procedure.key"))
+    eo_registry = EoRegistry(kafka=settings.kafka, sessions=sessions, sealer=sealer,
+                             outbox_ready=service.outbox_ready)
+    outbox_backlog = Gauge("luccs_procedure_outbox_backlog", "Events recorded but not yet published",
+                           registry=registry)
+    subscribers = Gauge("luccs_procedure_stream_subscribers", "Open /api/v1/stream connections", registry=registry)
+    subscribers.set_function(lambda: service.broadcaster.subscribers)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with engine.begin() as connection:
-            await connection.run_sync(Base.metadata.create_all)
+        await upgrade(engine)
+        await service.load()
         await ensure_topics(settings.kafka)
         await publisher.start()
         consumer = EventConsumer(
@@ -41,12 +50,15 @@ def create_app(settings: Settings) -> FastAPI:
             topic=settings.kafka.availability_topic,
             group_id=f"{settings.kafka.topic_prefix}.procedure",
             data_model=AvailabilityData,
-            handler=service.on_availability,
+            batch_handler=service.on_availability_batch,
             publisher=publisher,
         )
         app.state.consumer = consumer
         tasks.start(consumer.run(), name="availability-consumer")
-        tasks.start(service.relay_outbox(publisher), name="outbox-relay")
+        tasks.start(relay_outbox(sessions, publisher, service.outbox_ready, on_backlog=outbox_backlog.set),
+                    name="outbox-relay")
+        tasks.start(service.run_ticks(), name="ticks")
+        service.outbox_ready.set()  # publish what a previous run committed but did not get out
         try:
             yield
         finally:
@@ -55,7 +67,9 @@ def create_app(settings: Settings) -> FastAPI:
             await engine.dispose()
 
     app = FastAPI(title="luccs-fallback procedure service", version="1", lifespan=lifespan)
+    app.state.settings = settings
     app.state.procedures = service
+    app.state.registry = eo_registry
     app.state.sessions = sessions
     app.include_router(router)
 

@@ -1,25 +1,32 @@
-"""The scenario engine: which national fallback scenario applies, given what the detectors see.
+"""The scenario engine: which fallback procedures and advisories the observations call for.
 
 Pure: no I/O, the clock comes in as ``now``. The service feeds it the latest observation per
-(target, detector instance) and acts on the decision it returns.
+(target, detector instance) and the active procedures, and carries out the decisions it returns.
 
 Rules (product section 3):
-- a target's state is the majority view of its fresh vantage points (strict majority, else unknown);
+- a target's state is the quorum view of its fresh vantage points (default strict majority, else unknown);
 - a component is down only when every one of its targets is down, up when any target is up;
 - no fresh observation means unknown, and unknown never opens or closes anything;
 - ADA B2G down and NTP up -> scenario 2; both down -> scenario 3; ADA B2G up -> no national procedure
-  (an NTP-only outage is not a fallback scenario).
+  (an NTP-only outage is an advisory for the Servicedesk, not a fallback scenario);
+- an EO whose own AS4 endpoint is down -> scenario 1 for that EO, beside any national procedure;
+- in ``confirm`` mode a detected outage makes a *proposed* procedure that an operator confirms; a
+  recovery before confirmation withdraws it;
+- a procedure declared by an operator is left alone by the probes unless it was declared ``auto_close``.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from shared.events import Component, ComponentState, Scenario
+from shared.events import AdvisoryKind, Component, ComponentState, Origin, ProcedureState, Scenario, Scope
+
+NATIONAL_COMPONENTS = (Component.ADA_B2G, Component.NTP)
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,7 @@ class Observation:
     state: ComponentState
     observed_at: datetime
     reason: str
+    eori: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,47 +49,101 @@ class ComponentView:
     evidence: tuple[Observation, ...]
 
 
-def _majority(states: Sequence[ComponentState]) -> ComponentState:
+def _quorum_state(states: Sequence[ComponentState], quorum: float | None) -> ComponentState:
+    """The state enough fresh vantage points agree on: a strict majority, or at least the ``quorum`` share."""
+    needed = len(states) // 2 + 1 if quorum is None else max(1, math.ceil(len(states) * quorum))
     for candidate in (ComponentState.DOWN, ComponentState.UP):
-        if sum(1 for s in states if s == candidate) * 2 > len(states):
+        if sum(1 for s in states if s == candidate) >= needed:
             return candidate
     return ComponentState.UNKNOWN
 
 
-def component_views(
-    observations: Iterable[Observation], *, now: datetime, stale_after_s: float
-) -> dict[Component, ComponentView]:
-    """The state of each national component (ADA B2G, NTP) with the fresh observations behind it."""
-    fresh_after = now - timedelta(seconds=stale_after_s)
-    by_target: dict[tuple[Component, str], list[Observation]] = defaultdict(list)
-    for obs in observations:
-        if obs.component in (Component.ADA_B2G, Component.NTP):
-            by_target[(obs.component, obs.target_id)].append(obs)
+def _fold(target_states: Sequence[ComponentState]) -> ComponentState:
+    if target_states and all(s == ComponentState.DOWN for s in target_states):
+        return ComponentState.DOWN
+    if any(s == ComponentState.UP for s in target_states):
+        return ComponentState.UP
+    return ComponentState.UNKNOWN
 
-    views: dict[Component, ComponentView] = {}
-    for component in (Component.ADA_B2G, Component.NTP):
-        target_states: list[ComponentState] = []
-        evidence: list[Observation] = []
-        for (comp, _target), target_obs in sorted(by_target.items()):
-            if comp != component:
-                continue
-            fresh = [o for o in target_obs if o.observed_at >= fresh_after]
-            target_states.append(_majority([o.state for o in fresh]) if fresh else ComponentState.UNKNOWN)
-            evidence.extend(fresh)
-        if target_states and all(s == ComponentState.DOWN for s in target_states):
-            state = ComponentState.DOWN
-        elif any(s == ComponentState.UP for s in target_states):
-            state = ComponentState.UP
-        else:
-            state = ComponentState.UNKNOWN
-        views[component] = ComponentView(component, state, tuple(evidence))
-    return views
+
+def _views(
+    observations: Iterable[Observation], *, now: datetime, stale_after_s: float, quorum: float | None
+) -> dict[str, tuple[ComponentState, tuple[Observation, ...]]]:
+    """State and fresh evidence per group key (the component name, or the EORI for EO endpoints)."""
+    fresh_after = now - timedelta(seconds=stale_after_s)
+    by_target: dict[tuple[str, str], list[Observation]] = defaultdict(list)
+    for obs in observations:
+        group = obs.eori if obs.component == Component.EO_B2G else obs.component.value
+        if group:
+            by_target[(group, obs.target_id)].append(obs)
+    target_states: dict[str, list[ComponentState]] = defaultdict(list)
+    evidence: dict[str, list[Observation]] = defaultdict(list)
+    for (group, _target), target_obs in sorted(by_target.items()):
+        fresh = [o for o in target_obs if o.observed_at >= fresh_after]
+        target_states[group].append(
+            _quorum_state([o.state for o in fresh], quorum) if fresh else ComponentState.UNKNOWN
+        )
+        evidence[group].extend(fresh)
+    return {group: (_fold(states), tuple(evidence[group])) for group, states in target_states.items()}
+
+
+def component_views(
+    observations: Iterable[Observation], *, now: datetime, stale_after_s: float, quorum: float | None = None
+) -> dict[Component, ComponentView]:
+    """The state of each national component (ADA B2G, NTP) with the fresh observations behind it.
+
+    ``quorum`` None means a strict majority of the fresh vantage points; a fraction means at least that share.
+    """
+    national = [o for o in observations if o.component in NATIONAL_COMPONENTS]
+    found = _views(national, now=now, stale_after_s=stale_after_s, quorum=quorum)
+    return {
+        c: ComponentView(c, *found.get(c.value, (ComponentState.UNKNOWN, ()))) for c in NATIONAL_COMPONENTS
+    }
+
+
+def eo_views(
+    observations: Iterable[Observation], *, now: datetime, stale_after_s: float, quorum: float | None = None
+) -> dict[str, ComponentView]:
+    """The state of each EO's own B2G endpoint, by EORI."""
+    eo = [o for o in observations if o.component == Component.EO_B2G and o.eori]
+    found = _views(eo, now=now, stale_after_s=stale_after_s, quorum=quorum)
+    return {eori: ComponentView(Component.EO_B2G, state, ev) for eori, (state, ev) in found.items()}
 
 
 class Action(StrEnum):
+    PROPOSE = "propose"
     OPEN = "open"
+    CONFIRM = "confirm"
     UPDATE = "update"
     CLOSE = "close"
+    WITHDRAW = "withdraw"
+
+
+@dataclass(frozen=True)
+class ActiveProcedure:
+    """What the engine needs to know of an open or proposed procedure."""
+
+    procedure_id: str
+    scenario: Scenario
+    scope: Scope
+    eori: str | None
+    state: ProcedureState
+    origin: Origin
+    auto_close: bool = True
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Something to do: ``procedure_id`` is None when a new procedure is to be created."""
+
+    action: Action
+    scenario: Scenario
+    scope: Scope
+    reason: str
+    procedure_id: str | None = None
+    previous_scenario: Scenario | None = None
+    eori: str | None = None
+    origin: Origin = Origin.DETECTED
 
 
 @dataclass(frozen=True)
@@ -95,6 +157,7 @@ class NationalDecision:
 _REASONS = {
     Scenario.ADA_B2G_UNAVAILABLE: "ADA B2G (AS4) is unavailable while NTP is available",
     Scenario.LUCCS_UNAVAILABLE: "ADA B2G (AS4) and NTP are both unavailable",
+    Scenario.EO_B2G_UNAVAILABLE: "the EO's own B2G (AS4) endpoint is unavailable",
 }
 
 
@@ -107,10 +170,8 @@ def desired_national_scenario(ada_b2g: ComponentState, ntp: ComponentState) -> S
     return Scenario.ADA_B2G_UNAVAILABLE
 
 
-def decide_national(
-    current: Scenario | None, views: dict[Component, ComponentView]
-) -> NationalDecision | None:
-    """What to do with the national procedure (``current`` is the open one's scenario, or None)."""
+def decide_national(current: Scenario | None, views: dict[Component, ComponentView]) -> NationalDecision | None:
+    """What to do with the open national procedure (``current`` is its scenario, or None), in auto mode."""
     ada = views[Component.ADA_B2G].state
     ntp = views[Component.NTP].state
     # Unknown decides nothing: a blind detector is not a dead LUCCS, nor a recovered one.
@@ -128,3 +189,166 @@ def decide_national(
             reason += "; NTP is still unavailable (advisory to the Servicedesk, not a fallback scenario)"
         return NationalDecision(Action.CLOSE, current, None, reason)
     return NationalDecision(Action.UPDATE, desired, current, _REASONS[desired])
+
+
+def _follows_probes(procedure: ActiveProcedure) -> bool:
+    return procedure.origin == Origin.DETECTED or procedure.auto_close
+
+
+def decide(
+    *,
+    active: Sequence[ActiveProcedure],
+    national: dict[Component, ComponentView],
+    eos: dict[str, ComponentView],
+    confirm_mode: bool,
+) -> list[Decision]:
+    """Every change the current observations call for, national and per EO."""
+    decisions: list[Decision] = []
+    current = next((p for p in active if p.scope == Scope.NATIONAL), None)
+    if current is None or _follows_probes(current):
+        found = decide_national(current.scenario if current else None, national)
+        if found is not None:
+            decisions.append(_national(found, current, confirm_mode))
+    by_eori = {p.eori: p for p in active if p.scope == Scope.EO}
+    for eori, view in sorted(eos.items()):
+        decision = _decide_eo(eori, view.state, by_eori.get(eori), confirm_mode)
+        if decision is not None:
+            decisions.append(decision)
+    return decisions
+
+
+def _national(found: NationalDecision, current: ActiveProcedure | None, confirm_mode: bool) -> Decision:
+    action = found.action
+    if current is None and confirm_mode:
+        action = Action.PROPOSE
+    elif current is not None and current.state == ProcedureState.PROPOSED and action == Action.CLOSE:
+        action = Action.WITHDRAW
+    return Decision(
+        action=action,
+        scenario=found.scenario,
+        scope=Scope.NATIONAL,
+        reason=found.reason if action != Action.WITHDRAW else f"{found.reason}: proposal withdrawn",
+        procedure_id=current.procedure_id if current else None,
+        previous_scenario=found.previous_scenario,
+    )
+
+
+def _decide_eo(
+    eori: str, state: ComponentState, current: ActiveProcedure | None, confirm_mode: bool
+) -> Decision | None:
+    scenario = Scenario.EO_B2G_UNAVAILABLE
+    if state == ComponentState.DOWN and current is None:
+        action = Action.PROPOSE if confirm_mode else Action.OPEN
+        return Decision(action, scenario, Scope.EO, _REASONS[scenario], eori=eori)
+    if state == ComponentState.UP and current is not None and _follows_probes(current):
+        action = Action.WITHDRAW if current.state == ProcedureState.PROPOSED else Action.CLOSE
+        reason = "the EO's own B2G (AS4) endpoint answers again"
+        return Decision(action, scenario, Scope.EO, reason, procedure_id=current.procedure_id, eori=eori)
+    return None
+
+
+# --- commands from people: EOs reporting on themselves, operators ---------------------------------------
+
+
+class Rejected(Exception):
+    """A command that cannot be carried out in the current state; the message says why (HTTP 409)."""
+
+
+def eo_report(*, eori: str, down: bool, current: ActiveProcedure | None, detail: str | None) -> Decision | None:
+    """An EO says its own B2G system is down or back up. Its report is the notice to the Servicedesk.
+
+    A report that changes nothing (down while a procedure is open, up while none is) returns None.
+    """
+    suffix = f": {detail}" if detail else ""
+    scenario = Scenario.EO_B2G_UNAVAILABLE
+    if down and current is None:
+        return Decision(Action.OPEN, scenario, Scope.EO, f"reported by the EO{suffix}", eori=eori,
+                        origin=Origin.EO_REPORT)
+    if down and current is not None and current.state == ProcedureState.PROPOSED:
+        return Decision(Action.CONFIRM, scenario, Scope.EO, f"confirmed by the EO's own report{suffix}",
+                        procedure_id=current.procedure_id, eori=eori)
+    if not down and current is not None:
+        action = Action.WITHDRAW if current.state == ProcedureState.PROPOSED else Action.CLOSE
+        return Decision(action, scenario, Scope.EO, f"the EO reports its B2G system restored{suffix}",
+                        procedure_id=current.procedure_id, eori=eori)
+    return None
+
+
+def declare(
+    *, scenario: Scenario, eori: str | None, reason: str, active: Sequence[ActiveProcedure]
+) -> Decision:
+    """An operator opens a procedure by hand (it takes effect at once, no confirmation needed)."""
+    if scenario == Scenario.EO_B2G_UNAVAILABLE:
+        if not eori:
+            raise ValueError("scenario EO_B2G_UNAVAILABLE needs the eori of the EO concerned")
+        clash = next((p for p in active if p.scope == Scope.EO and p.eori == eori), None)
+        scope = Scope.EO
+    else:
+        if eori:
+            raise ValueError(f"scenario {scenario.value} is national: do not give an eori")
+        clash = next((p for p in active if p.scope == Scope.NATIONAL), None)
+        scope = Scope.NATIONAL
+    if clash is not None:
+        hint = "confirm or close it" if clash.state == ProcedureState.PROPOSED else "update or close it"
+        raise Rejected(
+            f"procedure {clash.procedure_id} ({clash.scenario.value}) is already {clash.state.value}: {hint}"
+        )
+    return Decision(Action.OPEN, scenario, scope, reason, eori=eori, origin=Origin.OPERATOR)
+
+
+def confirm(*, procedure: ActiveProcedure | None, reason: str) -> Decision:
+    """An operator confirms a proposed procedure: it opens and EOs are told."""
+    if procedure is None or procedure.state != ProcedureState.PROPOSED:
+        state = procedure.state.value if procedure else "closed"
+        raise Rejected(f"only a proposed procedure can be confirmed; this one is {state}")
+    return Decision(Action.CONFIRM, procedure.scenario, procedure.scope, reason,
+                    procedure_id=procedure.procedure_id, eori=procedure.eori)
+
+
+def close(*, procedure: ActiveProcedure | None, reason: str) -> Decision:
+    """An operator closes an open procedure, or dismisses a proposed one."""
+    if procedure is None:
+        raise Rejected("the procedure is already closed")
+    action = Action.WITHDRAW if procedure.state == ProcedureState.PROPOSED else Action.CLOSE
+    return Decision(action, procedure.scenario, procedure.scope, reason, procedure_id=procedure.procedure_id,
+                    eori=procedure.eori)
+
+
+# --- advisories: for the Servicedesk and ops, never for EOs ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdvisoryChange:
+    kind: AdvisoryKind
+    raise_it: bool
+    components: tuple[Component, ...]
+    reason: str
+
+
+def decide_advisories(
+    *, active: Iterable[AdvisoryKind], national: dict[Component, ComponentView], blind_allowed: bool
+) -> list[AdvisoryChange]:
+    """Advisories to raise or clear: NTP down while ADA B2G is up; a national component nobody sees.
+
+    ``blind_allowed`` is False during the first ``stale_after_s`` after start, when silence is expected.
+    """
+    active = set(active)
+    changes: list[AdvisoryChange] = []
+    ada, ntp = national[Component.ADA_B2G].state, national[Component.NTP].state
+    ntp_only = ada == ComponentState.UP and ntp == ComponentState.DOWN
+    if ntp_only and AdvisoryKind.NTP_UNAVAILABLE not in active:
+        changes.append(AdvisoryChange(AdvisoryKind.NTP_UNAVAILABLE, True, (Component.NTP,),
+                                      "NTP is unavailable while ADA B2G works: not a fallback scenario"))
+    elif not ntp_only and AdvisoryKind.NTP_UNAVAILABLE in active and ntp != ComponentState.UNKNOWN:
+        changes.append(AdvisoryChange(AdvisoryKind.NTP_UNAVAILABLE, False, (Component.NTP,),
+                                      "NTP is available again" if ntp == ComponentState.UP
+                                      else "superseded by a fallback procedure"))
+    blind = tuple(c for c in NATIONAL_COMPONENTS if national[c].state == ComponentState.UNKNOWN)
+    if blind and blind_allowed and AdvisoryKind.MONITORING_BLIND not in active:
+        names = ", ".join(c.value for c in blind)
+        changes.append(AdvisoryChange(AdvisoryKind.MONITORING_BLIND, True, blind,
+                                      f"no fresh observation of {names}: check the detectors"))
+    elif not blind and AdvisoryKind.MONITORING_BLIND in active:
+        changes.append(AdvisoryChange(AdvisoryKind.MONITORING_BLIND, False, (),
+                                      "every national component is observed again"))
+    return changes

@@ -1,11 +1,11 @@
-"""Tables of the procedure service (its own database: the system of record)."""
+"""Tables of the procedure service (its own database: the system of record). Changes need a migration."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, LargeBinary, String, Text, text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UTCDateTime
@@ -30,6 +30,16 @@ class ObservationRow(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class ComponentRow(Base):
+    """The last decided state of each national component, and since when (for the status API)."""
+
+    __tablename__ = "components"
+
+    component: Mapped[str] = mapped_column(String(20), primary_key=True)
+    state: Mapped[str] = mapped_column(String(10))
+    since: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 _ACTIVE = "state IN ('open', 'proposed')"
 
 
@@ -39,9 +49,12 @@ class ProcedureRow(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     scenario: Mapped[str] = mapped_column(String(40))
     scope: Mapped[str] = mapped_column(String(10))
-    eori: Mapped[str | None] = mapped_column(String(32))
+    eori: Mapped[str | None] = mapped_column(String(32), index=True)
     state: Mapped[str] = mapped_column(String(10), index=True)
+    origin: Mapped[str] = mapped_column(String(20), default="detected")
+    auto_close: Mapped[bool] = mapped_column(Boolean, default=True)
     reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -62,7 +75,7 @@ class ProcedureRow(Base):
 
 
 class TimelineRow(Base):
-    """One entry of a procedure's audit trail, with the evidence behind it."""
+    """One entry of a procedure's audit trail (decision, operator note, EO report), with its evidence."""
 
     __tablename__ = "timeline"
 
@@ -73,8 +86,38 @@ class TimelineRow(Base):
     scenario: Mapped[str] = mapped_column(String(40))
     previous_scenario: Mapped[str | None] = mapped_column(String(40))
     reason: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(100), default="system")
     event_id: Mapped[str | None] = mapped_column(String(36))
     evidence: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+
+
+class AdvisoryRow(Base):
+    __tablename__ = "advisories"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(30), index=True)
+    active: Mapped[bool] = mapped_column(Boolean, index=True)
+    components: Mapped[list[str]] = mapped_column(JSON, default=list)
+    reason: Mapped[str] = mapped_column(Text)
+    raised_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class EoRow(Base):
+    """The EO registry. The webhook secret is sealed (encrypted); only a hash of the API key is kept."""
+
+    __tablename__ = "eos"
+
+    eori: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(300))
+    language: Mapped[str] = mapped_column(String(2))
+    email: Mapped[str | None] = mapped_column(String(320))
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_secret_sealed: Mapped[str | None] = mapped_column(Text)
+    as4_endpoint: Mapped[str | None] = mapped_column(Text)
+    api_key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class OutboxRow(Base):
@@ -85,6 +128,6 @@ class OutboxRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     topic: Mapped[str] = mapped_column(String(200))
     key: Mapped[str | None] = mapped_column(String(200))
-    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)

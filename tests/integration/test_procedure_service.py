@@ -5,37 +5,53 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from sqlalchemy import select
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from services.procedure import domain
 from services.procedure.handlers import ProcedureService
-from services.procedure.models import Base, OutboxRow, ProcedureRow, TimelineRow
-from shared.config import KafkaSettings, Settings
+from services.procedure.migrate import upgrade
+from services.procedure.models import AdvisoryRow, Base, OutboxRow, ProcedureRow, TimelineRow
+from services.procedure.outbox import backlog, relay_outbox
+from services.procedure.recorder import active_view
+from shared.config import KafkaSettings, ProcedureSettings, Settings
 from shared.db import make_engine, session_factory
 from shared.events import (
+    AdvisoryData,
     AvailabilityData,
     CloudEvent,
     Component,
     ComponentState,
     EventType,
     ProcedureData,
+    Scenario,
     parse_event,
 )
 from shared.kafka import Publisher, ensure_topics
 
 pytestmark = pytest.mark.integration
 
+UP, DOWN = ComponentState.UP, ComponentState.DOWN
+ADA, NTP, EO = Component.ADA_B2G, Component.NTP, Component.EO_B2G
 _RECORD: ConsumerRecord[bytes, bytes] = ConsumerRecord(
     topic="t", partition=0, offset=0, timestamp=0, timestamp_type=0, key=None, value=None, checksum=None,
     serialized_key_size=0, serialized_value_size=0, headers=(),
 )
+
+
+async def _drop_everything(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.run_sync(Base.metadata.drop_all)
+        await connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -43,69 +59,192 @@ async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     if request.param == "sqlite":
         engine = make_engine(f"sqlite:///{tmp_path / 'procedure.db'}")
     else:
-        # Tests run one at a time: each starts from freshly created tables.
+        # Tests run one at a time: each starts from an empty schema, built by the migrations.
         engine = make_engine(request.getfixturevalue("postgres_url"))
-    async with engine.begin() as connection:
-        await connection.run_sync(Base.metadata.drop_all)
-        await connection.run_sync(Base.metadata.create_all)
+        await _drop_everything(engine)
+    await upgrade(engine)
     yield engine
     await engine.dispose()
 
 
-def _settings(prefix: str = "luccs", bootstrap: str = "127.0.0.1:1") -> Settings:
-    return Settings(kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix))
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
 
 
-def _seen(target: str, component: Component, state: ComponentState, at: datetime) -> CloudEvent[AvailabilityData]:
+def _service(engine: AsyncEngine, clock: Callable[[], datetime], *, prefix: str = "luccs",
+             bootstrap: str = "127.0.0.1:1", mode: str = "auto") -> ProcedureService:
+    settings = Settings(
+        kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix),
+        procedure=ProcedureSettings(mode=mode, stale_after_s=30),
+    )
+    return ProcedureService(settings=settings, sessions=session_factory(engine), clock=clock)
+
+
+def _seen(target: str, component: Component, state: ComponentState, at: datetime,
+          eori: str | None = None) -> CloudEvent[AvailabilityData]:
     return CloudEvent[AvailabilityData](
-        source="/tests",
-        type=EventType.AVAILABILITY_CHANGED,
-        subject=target,
+        source="/tests", type=EventType.AVAILABILITY_CHANGED, subject=target,
         data=AvailabilityData(
-            target_id=target, component=component, detector_instance="d1", state=state, since=at,
-            observed_at=at, probe="http", ok=state == ComponentState.UP, reason="test",
+            target_id=target, component=component, eori=eori, detector_instance="d1", state=state, since=at,
+            observed_at=at, probe="http", ok=state == UP, reason="test",
         ),
     )
 
 
-async def _outbox(sessions: async_sessionmaker[AsyncSession]) -> list[CloudEvent[ProcedureData]]:
+async def _feed(service: ProcedureService, *events: CloudEvent[AvailabilityData]) -> None:
+    await service.on_availability_batch([(event, _RECORD) for event in events])
+
+
+async def _outbox(sessions: async_sessionmaker[AsyncSession], topic_part: str = "procedures") -> list[bytes]:
     async with sessions() as session:
         rows = (await session.scalars(select(OutboxRow).order_by(OutboxRow.id))).all()
-    return [parse_event(r.payload, ProcedureData) for r in rows]
+    return [r.payload or b"" for r in rows if f".{topic_part}." in r.topic]
+
+
+async def _procedure_events(sessions: async_sessionmaker[AsyncSession]) -> list[CloudEvent[ProcedureData]]:
+    return [parse_event(raw, ProcedureData) for raw in await _outbox(sessions)]
+
+
+async def test_migrations_build_exactly_the_models(engine: AsyncEngine) -> None:
+    def diff(connection: Connection) -> list[object]:
+        return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))
+
+    async with engine.connect() as connection:
+        assert await connection.run_sync(diff) == []
+    await upgrade(engine)  # a second upgrade is a no-op
 
 
 async def test_scenario_2_then_3_then_closed_each_once(engine: AsyncEngine) -> None:
+    clock = Clock()
+    service = _service(engine, clock)
     sessions = session_factory(engine)
-    service = ProcedureService(settings=_settings(), sessions=sessions)
-    t0 = datetime.now(UTC)
-    await service.on_availability(_seen("ada", Component.ADA_B2G, ComponentState.UP, t0), _RECORD)
-    await service.on_availability(_seen("ntp", Component.NTP, ComponentState.UP, t0), _RECORD)
-    assert await _outbox(sessions) == []
+    t0 = clock.now
+    await _feed(service, _seen("ada", ADA, UP, t0), _seen("ntp", NTP, UP, t0))
+    assert await _procedure_events(sessions) == []
 
-    down = _seen("ada", Component.ADA_B2G, ComponentState.DOWN, t0 + timedelta(seconds=1))
-    await service.on_availability(down, _RECORD)
-    await service.on_availability(down, _RECORD)  # redelivered: changes nothing
+    down = _seen("ada", ADA, DOWN, t0 + timedelta(seconds=1))
+    await _feed(service, down)
+    await _feed(service, down)  # redelivered: changes nothing
     later = t0 + timedelta(seconds=2)
-    await service.on_availability(_seen("ntp", Component.NTP, ComponentState.DOWN, later), _RECORD)
-    await service.on_availability(_seen("ada", Component.ADA_B2G, ComponentState.UP, later), _RECORD)
-    # An older, out-of-order message must not reopen anything.
-    await service.on_availability(down, _RECORD)
+    await _feed(service, _seen("ntp", NTP, DOWN, later))
+    await _feed(service, _seen("ada", ADA, UP, later))
+    await _feed(service, down)  # an older, out-of-order message must not reopen anything
 
-    events = await _outbox(sessions)
+    events = await _procedure_events(sessions)
     assert [e.type for e in events] == [
         EventType.PROCEDURE_OPENED, EventType.PROCEDURE_UPDATED, EventType.PROCEDURE_CLOSED
     ]
     assert [e.data.scenario for e in events] == ["ADA_B2G_UNAVAILABLE", "LUCCS_UNAVAILABLE", "LUCCS_UNAVAILABLE"]
     assert events[1].data.previous_scenario == "ADA_B2G_UNAVAILABLE"
+    assert events[1].data.components == {ADA: DOWN, NTP: DOWN}
     assert len({e.data.procedure_id for e in events}) == 1
-    assert "NTP" in events[2].data.reason  # closed with NTP still down: advisory wording
-    assert events[0].data.evidence and all(ev.detector_instance == "d1" for ev in events[0].data.evidence)
+    assert "NTP" in events[2].data.reason
+    assert events[0].data.evidence
+    assert all(ev.detector_instance == "d1" for ev in events[0].data.evidence)
 
     async with sessions() as session:
         procedure = await session.get(ProcedureRow, events[0].data.procedure_id)
-        assert procedure is not None and procedure.state == "closed" and procedure.closed_at is not None
+        assert procedure is not None
+        assert procedure.state == "closed"
+        assert procedure.closed_at is not None
         kinds = (await session.scalars(select(TimelineRow.kind).order_by(TimelineRow.id))).all()
         assert kinds == ["open", "update", "close"]
+    # Closed with NTP still down: the Servicedesk gets the NTP-only advisory.
+    advisories = [parse_event(raw, AdvisoryData) for raw in await _outbox(sessions, "advisories")]
+    assert [(a.type, a.data.kind) for a in advisories] == [(EventType.ADVISORY_RAISED, "ntp_unavailable")]
+
+
+async def test_a_batch_is_decided_once_and_state_survives_a_restart(engine: AsyncEngine) -> None:
+    clock = Clock()
+    t0 = clock.now
+    service = _service(engine, clock)
+    await _feed(service, _seen("ada", ADA, UP, t0), _seen("ntp", NTP, UP, t0),
+                _seen("ada", ADA, DOWN, t0 + timedelta(seconds=1)))
+    sessions = session_factory(engine)
+    assert [e.type for e in await _procedure_events(sessions)] == [EventType.PROCEDURE_OPENED]
+
+    restarted = _service(engine, clock)
+    await restarted.load()
+    assert restarted.views().national[ADA].state == DOWN
+    await _feed(restarted, _seen("ada", ADA, DOWN, t0 + timedelta(seconds=1)))  # redelivered after restart
+    await restarted.tick()
+    assert [e.type for e in await _procedure_events(sessions)] == [EventType.PROCEDURE_OPENED]
+
+
+async def test_confirm_mode_proposes_then_withdraws_on_recovery(engine: AsyncEngine) -> None:
+    clock = Clock()
+    t0 = clock.now
+    service = _service(engine, clock, mode="confirm")
+    sessions = session_factory(engine)
+    await _feed(service, _seen("ntp", NTP, UP, t0), _seen("ada", ADA, DOWN, t0))
+    await _feed(service, _seen("ada", ADA, UP, t0 + timedelta(seconds=1)))
+    events = await _procedure_events(sessions)
+    assert [e.type for e in events] == [EventType.PROCEDURE_PROPOSED, EventType.PROCEDURE_CLOSED]
+    assert events[1].data.opened_at is None  # withdrawn: it never opened, so no EO is told
+
+
+async def test_operator_confirms_a_proposal_and_declares_clash(engine: AsyncEngine) -> None:
+    clock = Clock()
+    service = _service(engine, clock, mode="confirm")
+    sessions = session_factory(engine)
+    await _feed(service, _seen("ntp", NTP, UP, clock.now), _seen("ada", ADA, DOWN, clock.now))
+    async with sessions() as session:
+        (proposed,) = (await session.scalars(select(ProcedureRow))).all()
+
+    row, _ = await service.command(
+        lambda active: domain.confirm(procedure=active_view(active[0]), reason="seen it"), actor="operator:x"
+    )
+    assert row is not None
+    assert (row.id, row.state) == (proposed.id, "open")
+    with pytest.raises(domain.Rejected):
+        await service.command(
+            lambda active: domain.declare(scenario=Scenario.LUCCS_UNAVAILABLE, eori=None, reason="x",
+                                          active=[active_view(r) for r in active]),
+            actor="operator:x",
+        )
+    assert [e.type for e in await _procedure_events(sessions)] == [
+        EventType.PROCEDURE_PROPOSED, EventType.PROCEDURE_OPENED
+    ]
+
+
+async def test_eo_endpoint_outage_opens_scenario_1_beside_the_national_one(engine: AsyncEngine) -> None:
+    clock = Clock()
+    t0 = clock.now
+    service = _service(engine, clock)
+    sessions = session_factory(engine)
+    await _feed(service, _seen("ada", ADA, DOWN, t0), _seen("ntp", NTP, UP, t0),
+                _seen("eo:LU1", EO, DOWN, t0, eori="LU1"), _seen("eo:LU2", EO, UP, t0, eori="LU2"))
+    await _feed(service, _seen("eo:LU1", EO, UP, t0 + timedelta(seconds=1), eori="LU1"))
+    events = await _procedure_events(sessions)
+    assert [(e.type, e.data.scenario, e.data.eori) for e in events] == [
+        (EventType.PROCEDURE_OPENED, "ADA_B2G_UNAVAILABLE", None),
+        (EventType.PROCEDURE_OPENED, "EO_B2G_UNAVAILABLE", "LU1"),
+        (EventType.PROCEDURE_CLOSED, "EO_B2G_UNAVAILABLE", "LU1"),
+    ]
+    assert events[1].data.components[NTP] == UP  # the notifier may advise NTP
+
+
+async def test_silence_makes_components_unknown_and_raises_blind_advisory_only(engine: AsyncEngine) -> None:
+    clock = Clock()
+    service = _service(engine, clock)
+    sessions = session_factory(engine)
+    await _feed(service, _seen("ada", ADA, DOWN, clock.now), _seen("ntp", NTP, UP, clock.now))
+    clock.advance(31)  # past stale_after_s: nobody sees anything any more
+    await service.tick()
+    assert service.views().national[ADA].state == ComponentState.UNKNOWN
+    procedures = await _procedure_events(sessions)
+    assert [e.type for e in procedures] == [EventType.PROCEDURE_OPENED]  # unknown closes nothing
+    async with sessions() as session:
+        kinds = (await session.scalars(select(AdvisoryRow.kind).where(AdvisoryRow.active.is_(True)))).all()
+    assert kinds == ["monitoring_blind"]
 
 
 async def test_database_refuses_a_second_active_national_procedure(engine: AsyncEngine) -> None:
@@ -115,7 +254,8 @@ async def test_database_refuses_a_second_active_national_procedure(engine: Async
     def row() -> ProcedureRow:
         return ProcedureRow(
             id=str(uuid.uuid4()), scenario="ADA_B2G_UNAVAILABLE", scope="national", eori=None, state="open",
-            reason="test", opened_at=now, closed_at=None, updated_at=now,
+            origin="detected", auto_close=True, reason="test", created_at=now, opened_at=now, closed_at=None,
+            updated_at=now,
         )
 
     async with sessions.begin() as session:
@@ -128,24 +268,22 @@ async def test_database_refuses_a_second_active_national_procedure(engine: Async
 async def test_outbox_relay_publishes_in_order_and_marks_rows(
     engine: AsyncEngine, kafka_bootstrap: str, topic_prefix: str
 ) -> None:
-    settings = _settings(topic_prefix, kafka_bootstrap)
-    await ensure_topics(settings.kafka)
+    clock = Clock()
+    service = _service(engine, clock, prefix=topic_prefix, bootstrap=kafka_bootstrap)
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix)
+    await ensure_topics(settings)
     sessions = session_factory(engine)
-    service = ProcedureService(settings=settings, sessions=sessions)
-    t0 = datetime.now(UTC)
-    await service.on_availability(_seen("ntp", Component.NTP, ComponentState.UP, t0), _RECORD)
-    await service.on_availability(_seen("ada", Component.ADA_B2G, ComponentState.DOWN, t0), _RECORD)
-    later = t0 + timedelta(seconds=1)
-    await service.on_availability(_seen("ada", Component.ADA_B2G, ComponentState.UP, later), _RECORD)
-    expected = [e.id for e in await _outbox(sessions)]
+    t0 = clock.now
+    await _feed(service, _seen("ntp", NTP, UP, t0), _seen("ada", ADA, DOWN, t0))
+    await _feed(service, _seen("ada", ADA, UP, t0 + timedelta(seconds=1)))
+    expected = [e.id for e in await _procedure_events(sessions)]
     assert len(expected) == 2
 
-    publisher = Publisher(settings.kafka, client_id="test")
+    publisher = Publisher(settings, client_id="test")
     await publisher.start()
-    relay = asyncio.create_task(service.relay_outbox(publisher, poll_s=0.1))
-    consumer = AIOKafkaConsumer(
-        settings.kafka.procedures_topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest"
-    )
+    relay = asyncio.create_task(relay_outbox(sessions, publisher, service.outbox_ready, poll_s=0.1))
+    consumer = AIOKafkaConsumer(settings.procedures_topic, bootstrap_servers=kafka_bootstrap,
+                                auto_offset_reset="earliest")
     await consumer.start()
     received: list[str] = []
     try:
@@ -153,7 +291,7 @@ async def test_outbox_relay_publishes_in_order_and_marks_rows(
             while len(received) < 2:
                 batch = await consumer.getmany(timeout_ms=200)
                 received += [parse_event(r.value, ProcedureData).id for rs in batch.values() for r in rs if r.value]
-            while await service.outbox_backlog():
+            while await backlog(sessions):
                 await asyncio.sleep(0.05)
     finally:
         relay.cancel()

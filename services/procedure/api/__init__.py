@@ -1,0 +1,13 @@
+"""HTTP API of the procedure service (the system of record)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from services.procedure.api import eos, procedures
+
+router = APIRouter()
+router.include_router(procedures.router)
+router.include_router(eos.router)
+
+__all__ = ["router"]

@@ -1,0 +1,232 @@
+"""Status, procedures, operator commands, EO self-reports and the live stream."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+from sqlalchemy import and_, or_, select
+
+from services.procedure import domain
+from services.procedure.api.deps import EoCaller, Operator, Reader, ServiceDep, SessionsDep
+from services.procedure.domain import Rejected
+from services.procedure.handlers import find_active
+from services.procedure.models import AdvisoryRow, ComponentRow, ProcedureRow, TimelineRow
+from services.procedure.recorder import ACTIVE_STATES, active_view
+from services.procedure.schemas import Declare, EoReport, Eori, Note, Reason
+from shared.events import ComponentState, ProcedureState, Scenario, Scope
+
+router = APIRouter(prefix="/api/v1")
+
+
+def procedure_view(row: ProcedureRow) -> dict[str, Any]:
+    return {
+        "procedure_id": row.id,
+        "scenario": row.scenario,
+        "scope": row.scope,
+        "eori": row.eori,
+        "state": row.state,
+        "origin": row.origin,
+        "auto_close": row.auto_close,
+        "reason": row.reason,
+        "created_at": row.created_at,
+        "opened_at": row.opened_at,
+        "closed_at": row.closed_at,
+        "updated_at": row.updated_at,
+    }
+
+
+def _encode_cursor(row: ProcedureRow) -> str:
+    return base64.urlsafe_b64encode(f"{row.created_at.isoformat()}|{row.id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, _, procedure_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(created), procedure_id
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise HTTPException(400, "invalid cursor: use the 'next' value of the previous page") from exc
+
+
+@router.get("/status", tags=["status"], dependencies=[Reader],
+            summary="Every component's state, since when and on what evidence; active procedures and advisories")
+async def status(service: ServiceDep, sessions: SessionsDep) -> dict[str, Any]:
+    views = service.views()
+    async with sessions() as session:
+        since = {r.component: r.since for r in (await session.scalars(select(ComponentRow))).all()}
+        active = (await session.scalars(
+            select(ProcedureRow).where(ProcedureRow.state.in_(ACTIVE_STATES)).order_by(ProcedureRow.created_at)
+        )).all()
+        advisories = (await session.scalars(select(AdvisoryRow).where(AdvisoryRow.active.is_(True)))).all()
+    return {
+        "components": [
+            {
+                "component": view.component,
+                "state": view.state,
+                "since": since.get(view.component.value),
+                "evidence": [
+                    {"target_id": o.target_id, "detector_instance": o.detector_instance, "state": o.state,
+                     "observed_at": o.observed_at, "reason": o.reason}
+                    for o in view.evidence
+                ],
+            }
+            for view in views.national.values()
+        ],
+        "eo_endpoints_down": sorted(e for e, v in views.eos.items() if v.state == ComponentState.DOWN),
+        "procedures": [procedure_view(row) for row in active],
+        "advisories": [
+            {"advisory_id": a.id, "kind": a.kind, "components": a.components, "reason": a.reason,
+             "raised_at": a.raised_at}
+            for a in advisories
+        ],
+    }
+
+
+@router.get("/procedures", tags=["procedures"], dependencies=[Reader], summary="Procedures, newest first")
+async def list_procedures(
+    sessions: SessionsDep,
+    state: Annotated[ProcedureState | None, Query(description="open, closed or proposed")] = None,
+    scenario: Scenario | None = None,
+    eori: Eori | None = None,
+    since: Annotated[datetime | None, Query(description="created at or after (ISO 8601)")] = None,
+    until: Annotated[datetime | None, Query(description="created before (ISO 8601)")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: Annotated[str | None, Query(description="'next' of the previous page")] = None,
+) -> dict[str, Any]:
+    query = select(ProcedureRow).order_by(ProcedureRow.created_at.desc(), ProcedureRow.id.desc())
+    for column, value in ((ProcedureRow.state, state), (ProcedureRow.scenario, scenario), (ProcedureRow.eori, eori)):
+        if value is not None:
+            query = query.where(column == value)
+    if any(t is not None and t.tzinfo is None for t in (since, until)):
+        raise HTTPException(400, "times need a timezone, e.g. 2026-11-27T08:00:00Z")
+    if since is not None:
+        query = query.where(ProcedureRow.created_at >= since)
+    if until is not None:
+        query = query.where(ProcedureRow.created_at < until)
+    if cursor is not None:
+        created, procedure_id = _decode_cursor(cursor)
+        query = query.where(or_(ProcedureRow.created_at < created,
+                                and_(ProcedureRow.created_at == created, ProcedureRow.id < procedure_id)))
+    async with sessions() as session:
+        rows = (await session.scalars(query.limit(limit + 1))).all()
+    return {
+        "items": [procedure_view(r) for r in rows[:limit]],
+        "next": _encode_cursor(rows[limit - 1]) if len(rows) > limit else None,
+    }
+
+
+@router.get("/procedures/{procedure_id}", tags=["procedures"], dependencies=[Reader],
+            summary="One procedure with its timeline (the audit trail, with evidence)")
+async def get_procedure(procedure_id: str, sessions: SessionsDep) -> dict[str, Any]:
+    async with sessions() as session:
+        row = await session.get(ProcedureRow, procedure_id)
+        if row is None:
+            raise HTTPException(404, f"no procedure {procedure_id!r}")
+        timeline = (await session.scalars(
+            select(TimelineRow).where(TimelineRow.procedure_id == procedure_id).order_by(TimelineRow.id)
+        )).all()
+    return procedure_view(row) | {
+        "timeline": [
+            {"at": t.at, "kind": t.kind, "scenario": t.scenario, "previous_scenario": t.previous_scenario,
+             "reason": t.reason, "actor": t.actor, "event_id": t.event_id, "evidence": t.evidence}
+            for t in timeline
+        ]
+    }
+
+
+def _rejected(exc: Exception) -> HTTPException:
+    return HTTPException(409 if isinstance(exc, Rejected) else 422, str(exc))
+
+
+@router.post("/procedures", tags=["operator"], status_code=201,
+             summary="Declare a procedure by hand (scenario 1 needs the EO's eori)")
+async def declare(body: Declare, actor: Operator, service: ServiceDep) -> dict[str, Any]:
+    try:
+        row, _ = await service.command(
+            lambda active: domain.declare(scenario=body.scenario, eori=body.eori, reason=body.reason,
+                                          active=[active_view(r) for r in active]),
+            actor=actor, auto_close=body.auto_close,
+        )
+    except (Rejected, ValueError) as exc:
+        raise _rejected(exc) from exc
+    assert row is not None
+    return procedure_view(row)
+
+
+async def _existing(sessions: SessionsDep, procedure_id: str) -> None:
+    async with sessions() as session:
+        if await session.get(ProcedureRow, procedure_id) is None:
+            raise HTTPException(404, f"no procedure {procedure_id!r}")
+
+
+@router.post("/procedures/{procedure_id}/confirm", tags=["operator"],
+             summary="Confirm a proposed procedure: it opens and EOs are told")
+async def confirm(procedure_id: str, body: Reason, actor: Operator, service: ServiceDep,
+                  sessions: SessionsDep) -> dict[str, Any]:
+    await _existing(sessions, procedure_id)
+
+    def decide(active: list[ProcedureRow]) -> domain.Decision:
+        found = next((active_view(r) for r in active if r.id == procedure_id), None)
+        return domain.confirm(procedure=found, reason=body.reason)
+
+    try:
+        row, _ = await service.command(decide, actor=actor)
+    except Rejected as exc:
+        raise _rejected(exc) from exc
+    assert row is not None
+    return procedure_view(row)
+
+
+@router.post("/procedures/{procedure_id}/close", tags=["operator"],
+             summary="Close an open procedure, or dismiss a proposed one")
+async def close(procedure_id: str, body: Reason, actor: Operator, service: ServiceDep,
+                sessions: SessionsDep) -> dict[str, Any]:
+    await _existing(sessions, procedure_id)
+
+    def decide(active: list[ProcedureRow]) -> domain.Decision:
+        found = next((active_view(r) for r in active if r.id == procedure_id), None)
+        return domain.close(procedure=found, reason=body.reason)
+
+    try:
+        row, _ = await service.command(decide, actor=actor)
+    except Rejected as exc:
+        raise _rejected(exc) from exc
+    assert row is not None
+    return procedure_view(row)
+
+
+@router.post("/procedures/{procedure_id}/notes", tags=["operator"], status_code=201,
+             summary="Add a note to a procedure's timeline")
+async def add_note(procedure_id: str, body: Note, actor: Operator, service: ServiceDep) -> dict[str, str]:
+    try:
+        await service.add_note(procedure_id, text=body.text, actor=actor)
+    except LookupError as exc:
+        raise HTTPException(404, f"no procedure {procedure_id!r}") from exc
+    return {"status": "noted"}
+
+
+@router.post("/eo-reports", tags=["eo"], summary="An EO reports its own B2G system down or back up")
+async def eo_report(body: EoReport, caller: EoCaller, service: ServiceDep) -> dict[str, Any]:
+    if caller.eori != body.eori:
+        raise HTTPException(403, "an EO may only report for its own EORI")
+
+    def decide(active: list[ProcedureRow]) -> domain.Decision | None:
+        current = find_active(active, scope=Scope.EO, eori=body.eori)
+        return domain.eo_report(eori=body.eori, down=body.status == "down",
+                                current=active_view(current) if current else None, detail=body.detail)
+
+    row, decision = await service.command(decide, actor=f"eo:{caller.eori}", auto_close=False)
+    if decision is None or row is None:
+        return {"result": "no change", "detail": "already " + ("open" if body.status == "down" else "closed")}
+    return {"result": decision.action.value, "procedure": procedure_view(row)}
+
+
+@router.get("/stream", tags=["status"], dependencies=[Reader],
+            summary="Server-sent events: procedure, advisory, status and note changes as they happen")
+async def stream(request: Request, service: ServiceDep) -> StreamingResponse:
+    return StreamingResponse(service.broadcaster.subscribe(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

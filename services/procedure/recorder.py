@@ -1,0 +1,217 @@
+"""Carries out the engine's decisions inside a transaction: rows, timeline entry, outbox event.
+
+Nothing here decides anything; it records what the domain decided, with its evidence, and queues the
+CloudEvent to publish. The caller commits; the events are only announced (stream) after the commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.procedure.domain import Action, ActiveProcedure, AdvisoryChange, Decision, Observation
+from services.procedure.models import AdvisoryRow, OutboxRow, ProcedureRow, TimelineRow
+from shared.config import KafkaSettings
+from shared.events import (
+    AdvisoryData,
+    AdvisoryKind,
+    CloudEvent,
+    Component,
+    ComponentState,
+    EventType,
+    Evidence,
+    Origin,
+    ProcedureData,
+    ProcedureState,
+    Scenario,
+    Scope,
+)
+
+SOURCE = "/luccs-fallback/procedure"
+ACTIVE_STATES = (ProcedureState.OPEN.value, ProcedureState.PROPOSED.value)
+
+_EVENT_TYPE = {
+    Action.PROPOSE: EventType.PROCEDURE_PROPOSED,
+    Action.OPEN: EventType.PROCEDURE_OPENED,
+    Action.CONFIRM: EventType.PROCEDURE_OPENED,
+    Action.UPDATE: EventType.PROCEDURE_UPDATED,
+    Action.CLOSE: EventType.PROCEDURE_CLOSED,
+    Action.WITHDRAW: EventType.PROCEDURE_CLOSED,
+}
+
+
+def evidence_of(observations: Sequence[Observation]) -> list[Evidence]:
+    return [
+        Evidence(
+            target_id=o.target_id,
+            component=o.component,
+            detector_instance=o.detector_instance,
+            state=o.state,
+            observed_at=o.observed_at,
+            reason=o.reason,
+        )
+        for o in observations
+    ]
+
+
+def active_view(row: ProcedureRow) -> ActiveProcedure:
+    return ActiveProcedure(
+        procedure_id=row.id,
+        scenario=Scenario(row.scenario),
+        scope=Scope(row.scope),
+        eori=row.eori,
+        state=ProcedureState(row.state),
+        origin=Origin(row.origin),
+        auto_close=row.auto_close,
+    )
+
+
+async def load_active(session: AsyncSession) -> list[ProcedureRow]:
+    return list((await session.scalars(select(ProcedureRow).where(ProcedureRow.state.in_(ACTIVE_STATES)))).all())
+
+
+def procedure_data(
+    row: ProcedureRow,
+    *,
+    previous: Scenario | None,
+    evidence: Sequence[Evidence],
+    components: dict[Component, ComponentState],
+) -> ProcedureData:
+    return ProcedureData(
+        procedure_id=row.id,
+        scenario=Scenario(row.scenario),
+        previous_scenario=previous,
+        scope=Scope(row.scope),
+        eori=row.eori,
+        state=ProcedureState(row.state),
+        reason=row.reason,
+        opened_at=row.opened_at,
+        closed_at=row.closed_at,
+        origin=Origin(row.origin),
+        components=components,
+        evidence=list(evidence),
+    )
+
+
+@dataclass
+class Recorder:
+    """Records decisions in one session; ``announcements`` collects what to stream after the commit."""
+
+    session: AsyncSession
+    kafka: KafkaSettings
+    now: datetime
+    components: dict[Component, ComponentState]
+    announcements: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    async def apply(
+        self,
+        decision: Decision,
+        *,
+        evidence: Sequence[Evidence] = (),
+        actor: str = "system",
+        auto_close: bool = True,
+    ) -> ProcedureRow:
+        """Record one decision and queue its event; return the procedure row."""
+        now = self.now
+        if decision.procedure_id is None:
+            row = ProcedureRow(
+                id=str(uuid.uuid4()),
+                scenario=decision.scenario.value,
+                scope=decision.scope.value,
+                eori=decision.eori,
+                state=(ProcedureState.PROPOSED if decision.action == Action.PROPOSE else ProcedureState.OPEN).value,
+                origin=decision.origin.value,
+                auto_close=auto_close,
+                reason=decision.reason,
+                created_at=now,
+                opened_at=None if decision.action == Action.PROPOSE else now,
+                closed_at=None,
+                updated_at=now,
+            )
+            self.session.add(row)
+        else:
+            found = await self.session.get(ProcedureRow, decision.procedure_id)
+            if found is None:
+                raise LookupError(f"no procedure {decision.procedure_id}")
+            row = found
+            row.scenario = decision.scenario.value
+            row.reason = decision.reason
+            row.updated_at = now
+            if decision.action == Action.CONFIRM:
+                row.state, row.opened_at = ProcedureState.OPEN.value, now
+            elif decision.action in (Action.CLOSE, Action.WITHDRAW):
+                row.state, row.closed_at = ProcedureState.CLOSED.value, now
+        await self.session.flush()
+        event = CloudEvent[ProcedureData](
+            source=SOURCE,
+            type=_EVENT_TYPE[decision.action],
+            subject=row.id,
+            time=now,
+            data=procedure_data(
+                row, previous=decision.previous_scenario, evidence=evidence, components=self.components
+            ),
+        )
+        self.session.add(
+            TimelineRow(
+                procedure_id=row.id,
+                at=now,
+                kind=decision.action.value,
+                scenario=decision.scenario.value,
+                previous_scenario=decision.previous_scenario.value if decision.previous_scenario else None,
+                reason=decision.reason,
+                actor=actor,
+                event_id=event.id,
+                evidence=[e.model_dump(mode="json") for e in evidence],
+            )
+        )
+        self._queue(self.kafka.procedures_topic, row.id, event)
+        return row
+
+    async def note(self, row: ProcedureRow, *, text: str, actor: str, kind: str = "note") -> TimelineRow:
+        entry = TimelineRow(
+            procedure_id=row.id, at=self.now, kind=kind, scenario=row.scenario, previous_scenario=None,
+            reason=text, actor=actor, event_id=None, evidence=[],
+        )
+        self.session.add(entry)
+        self.announcements.append(("note", {"procedure_id": row.id, "kind": kind, "text": text, "actor": actor}))
+        return entry
+
+    async def advisory(self, change: AdvisoryChange) -> None:
+        now = self.now
+        if change.raise_it:
+            row = AdvisoryRow(
+                id=str(uuid.uuid4()), kind=change.kind.value, active=True,
+                components=[c.value for c in change.components], reason=change.reason, raised_at=now,
+                cleared_at=None,
+            )
+            self.session.add(row)
+        else:
+            found = await self.session.scalar(
+                select(AdvisoryRow).where(AdvisoryRow.kind == change.kind.value, AdvisoryRow.active.is_(True))
+            )
+            if found is None:
+                return
+            row = found
+            row.active, row.cleared_at = False, now
+        event = CloudEvent[AdvisoryData](
+            source=SOURCE,
+            type=EventType.ADVISORY_RAISED if change.raise_it else EventType.ADVISORY_CLEARED,
+            subject=row.id,
+            time=now,
+            data=AdvisoryData(
+                advisory_id=row.id, kind=AdvisoryKind(row.kind), active=row.active,
+                components=[Component(c) for c in row.components], reason=change.reason,
+                raised_at=row.raised_at, cleared_at=row.cleared_at,
+            ),
+        )
+        self._queue(self.kafka.advisories_topic, row.id, event)
+
+    def _queue(self, topic: str, key: str, event: CloudEvent[Any]) -> None:
+        self.session.add(OutboxRow(topic=topic, key=key, payload=event.to_bytes(), created_at=self.now))
+        self.announcements.append((event.type, event.model_dump(mode="json")))

@@ -1,0 +1,161 @@
+"""The EO registry: who the economic operators are and how to reach them.
+
+Every change is published to the compacted EO topic (key = EORI; deletion = tombstone) through the
+outbox, so the detector and the notifier follow it without sharing this database. The webhook secret is
+sealed at rest; the API key is returned once at creation and only its hash is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from pydantic import SecretStr
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.procedure.models import EoRow, OutboxRow
+from services.procedure.schemas import EoCreate, EoPatch
+from services.procedure.sealing import Sealer, hash_api_key, new_api_key
+from shared.config import KafkaSettings
+from shared.events import CloudEvent, EoData, EventType, Language
+
+SOURCE = "/luccs-fallback/procedure/eos"
+
+
+class Conflict(Exception):
+    """The EO already exists (HTTP 409)."""
+
+
+class EoRegistry:
+    def __init__(
+        self,
+        *,
+        kafka: KafkaSettings,
+        sessions: async_sessionmaker[AsyncSession],
+        sealer: Sealer,
+        outbox_ready: asyncio.Event,
+    ) -> None:
+        self._kafka = kafka
+        self._sessions = sessions
+        self._sealer = sealer
+        self._outbox_ready = outbox_ready
+
+    async def create(self, body: EoCreate) -> tuple[EoRow, str]:
+        """Register an EO; return it with its API key (the only time the key is shown)."""
+        if body.webhook_url and body.webhook_secret is None:
+            raise ValueError("webhook_secret is required with a webhook_url: notices are signed with it")
+        api_key = new_api_key()
+        now = datetime.now(UTC)
+        async with self._sessions.begin() as session:
+            if await session.get(EoRow, body.eori) is not None:
+                raise Conflict(f"EO {body.eori} is already registered: PATCH it instead")
+            row = EoRow(
+                eori=body.eori, name=body.name, language=body.language.value, email=body.email,
+                webhook_url=body.webhook_url, webhook_secret_sealed=self._seal(body.webhook_secret),
+                as4_endpoint=body.as4_endpoint, api_key_hash=hash_api_key(api_key), created_at=now, updated_at=now,
+            )
+            session.add(row)
+            self._publish(session, row, now)
+        self._outbox_ready.set()
+        return row, api_key
+
+    async def update(self, eori: str, body: EoPatch) -> EoRow:
+        now = datetime.now(UTC)
+        async with self._sessions.begin() as session:
+            row = await session.get(EoRow, eori)
+            if row is None:
+                raise LookupError(eori)
+            given = body.model_fields_set
+            if "name" in given:
+                if body.name is None:
+                    raise ValueError("name cannot be cleared")
+                row.name = body.name
+            if "language" in given:
+                if body.language is None:
+                    raise ValueError("language cannot be cleared")
+                row.language = body.language.value
+            for column in ("email", "webhook_url", "as4_endpoint"):
+                if column in given:
+                    setattr(row, column, getattr(body, column))
+            if "webhook_secret" in given:
+                row.webhook_secret_sealed = self._seal(body.webhook_secret)
+            if row.webhook_url and not row.webhook_secret_sealed:
+                raise ValueError("webhook_secret is required with a webhook_url: notices are signed with it")
+            row.updated_at = now
+            self._publish(session, row, now)
+        self._outbox_ready.set()
+        return row
+
+    async def delete(self, eori: str) -> None:
+        async with self._sessions.begin() as session:
+            row = await session.get(EoRow, eori)
+            if row is None:
+                raise LookupError(eori)
+            await session.delete(row)
+            session.add(OutboxRow(topic=self._kafka.eos_topic, key=eori, payload=None, created_at=datetime.now(UTC)))
+        self._outbox_ready.set()
+
+    async def rotate_key(self, eori: str) -> str:
+        api_key = new_api_key()
+        async with self._sessions.begin() as session:
+            row = await session.get(EoRow, eori)
+            if row is None:
+                raise LookupError(eori)
+            row.api_key_hash = hash_api_key(api_key)
+            row.updated_at = datetime.now(UTC)
+        return api_key
+
+    async def get(self, eori: str) -> EoRow | None:
+        async with self._sessions() as session:
+            return await session.get(EoRow, eori)
+
+    async def page(self, *, after: str | None, limit: int) -> Sequence[EoRow]:
+        query = select(EoRow).order_by(EoRow.eori).limit(limit)
+        if after is not None:
+            query = query.where(EoRow.eori > after)
+        async with self._sessions() as session:
+            return (await session.scalars(query)).all()
+
+    async def authenticate(self, api_key: str) -> EoRow | None:
+        """The EO this API key belongs to, if any."""
+        digest = hash_api_key(api_key)
+        async with self._sessions() as session:
+            row = await session.scalar(select(EoRow).where(EoRow.api_key_hash == digest))
+        # The lookup is by hash already; compare once more in constant time for good measure.
+        return row if row is not None and hmac.compare_digest(row.api_key_hash, digest) else None
+
+    def _seal(self, secret: SecretStr | None) -> str | None:
+        return self._sealer.seal(secret.get_secret_value()) if secret is not None else None
+
+    def _publish(self, session: AsyncSession, row: EoRow, now: datetime) -> None:
+        secret = self._sealer.unseal(row.webhook_secret_sealed) if row.webhook_secret_sealed else None
+        event = CloudEvent[EoData](
+            source=SOURCE,
+            type=EventType.EO_UPSERTED,
+            subject=row.eori,
+            time=now,
+            data=EoData(
+                eori=row.eori, name=row.name, language=Language(row.language), email=row.email,
+                webhook_url=row.webhook_url, webhook_secret=SecretStr(secret) if secret else None,
+                as4_endpoint=row.as4_endpoint,
+            ),
+        )
+        session.add(OutboxRow(topic=self._kafka.eos_topic, key=row.eori, payload=event.to_bytes(), created_at=now))
+
+
+def eo_view(row: EoRow) -> dict[str, object]:
+    """An EO as the API shows it: never the secret, never the key."""
+    return {
+        "eori": row.eori,
+        "name": row.name,
+        "language": row.language,
+        "email": row.email,
+        "webhook_url": row.webhook_url,
+        "has_webhook_secret": row.webhook_secret_sealed is not None,
+        "as4_endpoint": row.as4_endpoint,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }

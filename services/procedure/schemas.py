@@ -1,0 +1,91 @@
+"""Request bodies of the procedure service API, validated at the edge (a bad body is a 422, never a 500)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+
+from shared.events import Language, Scenario
+
+EORI_PATTERN = re.compile(r"^[A-Z]{2}[A-Z0-9]{1,15}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _eori(value: str) -> str:
+    value = value.strip().upper()
+    if not EORI_PATTERN.fullmatch(value):
+        raise ValueError("an EORI is a 2-letter country code and up to 15 letters or digits, e.g. LU12345678")
+    return value
+
+
+def _url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL")
+    return value
+
+
+def _email(value: str) -> str:
+    if not _EMAIL.fullmatch(value):
+        raise ValueError("not an e-mail address")
+    return value
+
+
+def _strip(value: object) -> object:
+    return value.strip() if isinstance(value, str) else value
+
+
+Eori = Annotated[str, BeforeValidator(_strip), Field(max_length=17), AfterValidator(_eori)]
+Url = Annotated[str, Field(max_length=2000), AfterValidator(_url)]
+Email = Annotated[str, Field(max_length=320), AfterValidator(_email)]
+Secret = Annotated[SecretStr, Field(min_length=16, max_length=256)]
+Text = Annotated[str, BeforeValidator(_strip), Field(min_length=1, max_length=2000)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EoCreate(_Body):
+    eori: Eori
+    name: Annotated[str, BeforeValidator(_strip), Field(min_length=1, max_length=300)]
+    language: Language = Language.FR
+    email: Email | None = None
+    webhook_url: Url | None = None
+    webhook_secret: Secret | None = Field(None, description="HMAC key for X-Luccs-Signature; at least 16 chars.")
+    as4_endpoint: Url | None = None
+
+
+class EoPatch(_Body):
+    """Only the fields given change; null clears an optional field."""
+
+    name: Annotated[str, BeforeValidator(_strip), Field(min_length=1, max_length=300)] | None = None
+    language: Language | None = None
+    email: Email | None = None
+    webhook_url: Url | None = None
+    webhook_secret: Secret | None = None
+    as4_endpoint: Url | None = None
+
+
+class EoReport(_Body):
+    eori: Eori
+    status: Literal["down", "up"]
+    detail: Annotated[str, Field(max_length=2000)] | None = None
+
+
+class Declare(_Body):
+    scenario: Scenario
+    reason: Text
+    eori: Eori | None = None
+    auto_close: bool = Field(False, description="Let the probes close it when the channel is back.")
+
+
+class Reason(_Body):
+    reason: Text
+
+
+class Note(_Body):
+    text: Text
