@@ -180,8 +180,8 @@ class EventConsumer(Generic[DataT]):
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
         )
-        await consumer.start()
         try:
+            await consumer.start()  # inside the try: a cancel while joining the group must still close it
             while True:
                 batches = await consumer.getmany(timeout_ms=500, max_records=self._max_batch)
                 self.stats.assigned = bool(consumer.assignment())

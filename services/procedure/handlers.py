@@ -198,7 +198,6 @@ class ProcedureService:
         *,
         actor: str,
         auto_close: bool = True,
-        note: str | None = None,
     ) -> tuple[ProcedureRow | None, Decision | None]:
         """Run an operator or EO command: ``decide`` sees the active procedures and returns what to do.
 
@@ -215,8 +214,6 @@ class ProcedureService:
                     row = None
                     if decision is not None:
                         row = await recorder.apply(decision, actor=actor, auto_close=auto_close)
-                    if note and row is not None:
-                        await recorder.note(row, text=note, actor=actor, kind="report")
             except IntegrityError as exc:  # the database's one-active-procedure guarantee
                 raise Rejected("another active procedure of the same scope exists") from exc
         self._announce(recorder)
