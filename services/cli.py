@@ -40,11 +40,33 @@ async def _run(names: Sequence[str], settings: Settings) -> None:
             group.create_task(serve(app, host=settings.api.host, port=port))
 
 
+def _migrate(settings: Settings) -> int:
+    from sqlalchemy.engine import make_url
+
+    from services.procedure.migrate import upgrade
+    from shared.db import make_engine
+
+    async def run() -> None:
+        engine = make_engine(settings.database_url("procedure"))
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+    where = make_url(settings.database_url("procedure")).render_as_string(hide_password=True)
+    print(f"procedure database is up to date ({where})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="luccs-fallback", description="LUCCS National Import System fallback procedure, run automatically."
     )
-    parser.add_argument("service", choices=[*SERVICES, "all"], help="what to run ('all': the three services)")
+    parser.add_argument(
+        "service", choices=[*SERVICES, "all", "migrate"],
+        help="what to run ('all': the three services; 'migrate': upgrade the procedure database and exit)",
+    )
     parser.add_argument("--config", help=f"TOML configuration file (default: ${CONFIG_ENV}, else built-in defaults)")
     args = parser.parse_args(argv)
     try:
@@ -53,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"luccs-fallback: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    if args.service == "migrate":
+        return _migrate(settings)
     names = SERVICES if args.service == "all" else (args.service,)
     try:
         asyncio.run(_run(names, settings))

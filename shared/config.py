@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-from shared.events import Component
+from shared.events import Component, Language
 
 CONFIG_ENV = "LUCCS_CONFIG"
 
@@ -170,6 +170,24 @@ class NotifierSettings(_Section):
     backoff_base_s: float = Field(1.0, gt=0)
     backoff_max_s: float = Field(300.0, gt=0)
     concurrency: int = Field(200, ge=1)
+    instance_id: str = Field(
+        default_factory=_default_instance_id, min_length=1,
+        description="Owner name of the deliveries this process claims; give each notifier sharing a database its own.",
+    )
+    max_age_s: float = Field(
+        86_400.0, gt=0, description="A notice not delivered this long after it was planned is dead-lettered."
+    )
+    per_host_concurrency: int = Field(
+        20, ge=1, description="Deliveries in flight at once to one webhook host (or to the SMTP server)."
+    )
+    webhook_ca_file: str | None = Field(
+        None, description="Extra CA certificates (PEM) trusted for https webhooks, besides the system ones."
+    )
+    servicedesk_language: Language = Field(Language.FR, description="Language of the Servicedesk's e-mails.")
+    bureau_language: Language = Field(Language.FR, description="Language of the Bureau de recette's e-mails.")
+    registry_catchup_s: float = Field(
+        60.0, ge=0, description="At startup, how long to wait for the EO registry topic to be read before fanning out."
+    )
 
 
 class SmtpSettings(_Section):
@@ -178,7 +196,16 @@ class SmtpSettings(_Section):
     username: str | None = None
     password: SecretStr | None = None
     starttls: bool = False
+    use_tls: bool = Field(False, description="Implicit TLS from the first byte (SMTPS, usually port 465).")
     from_address: str = "luccs-fallback@localhost"
+    timeout_s: float = Field(10.0, gt=0, description="Time allowed for connecting and for each SMTP command.")
+    ca_file: str | None = Field(None, description="Extra CA certificates (PEM) trusted for the SMTP server.")
+
+    @model_validator(mode="after")
+    def _one_tls_mode(self) -> SmtpSettings:
+        if self.starttls and self.use_tls:
+            raise ValueError("smtp.starttls and smtp.use_tls exclude each other: pick one")
+        return self
 
 
 class Settings(BaseSettings):

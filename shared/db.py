@@ -83,6 +83,7 @@ async def upsert(
     if not rows:
         return
     insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else postgresql_insert
-    statement = insert(table).values(list(rows))
+    statement = insert(table)
     updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in key}
-    await session.execute(statement.on_conflict_do_update(index_elements=list(key), set_=updates))
+    # One statement, many parameter sets: compiled once and cached, whatever the number of rows.
+    await session.execute(statement.on_conflict_do_update(index_elements=list(key), set_=updates), list(rows))
