@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shared.config import KafkaSettings
@@ -61,7 +61,9 @@ async def _committed(admin: AIOKafkaAdminClient, group: str) -> int:
     return sum(max(meta.offset, 0) for meta in offsets.values())
 
 
-def _start_service(workdir: Path, settings: KafkaSettings, port: int, database_url: str | None) -> subprocess.Popen[bytes]:
+def _start_service(
+    workdir: Path, settings: KafkaSettings, port: int, database_url: str | None
+) -> subprocess.Popen[bytes]:
     db = f'database_url = "{database_url}"\n' if database_url else ""
     config = workdir / "bench.toml"
     config.write_text(
