@@ -24,6 +24,10 @@ apt_install() {
 
 command -v java >/dev/null || apt_install openjdk-17-jre-headless
 command -v mvn >/dev/null || apt_install maven
+# The status page is tested in Debian's Chromium (never a browser downloaded by a test tool).
+if [[ "${LUCCS_BOOTSTRAP_BROWSER:-0}" == 1 ]] && ! command -v chromium >/dev/null; then
+    apt_install chromium
+fi
 
 # Python 3.11 exactly: the customer's platform.
 PYTHON_BIN=""

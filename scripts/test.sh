@@ -9,6 +9,7 @@ cd "$REPO"
 SCOPE="${1:-all}"
 started=$(date +%s)
 
+[[ "$SCOPE" == "unit" ]] || export LUCCS_BOOTSTRAP_BROWSER=1
 "$REPO/scripts/bootstrap.sh"
 PY="$REPO/.venv/bin"
 

@@ -153,6 +153,9 @@ class ProcedureSettings(_Section):
         None, gt=0, le=1, description="Share of fresh vantage points that must agree; None = strict majority."
     )
     tick_s: float = Field(2.0, gt=0, description="How often staleness and advisories are re-evaluated.")
+    notifier_url: str | None = Field(
+        "http://127.0.0.1:8003", description="Where the status page reads the delivery summary; None hides it."
+    )
     sealing_key: SecretStr | None = Field(
         None, description="Fernet key sealing EO webhook secrets at rest; default: generated in data_dir."
     )

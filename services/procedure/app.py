@@ -14,6 +14,7 @@ from services.procedure.migrate import upgrade
 from services.procedure.outbox import relay_outbox
 from services.procedure.registry import EoRegistry
 from services.procedure.sealing import Sealer, load_or_create_key
+from services.procedure.status_page import router as status_page_router
 from shared.config import Settings
 from shared.db import make_engine, ping, session_factory
 from shared.events import AvailabilityData
@@ -72,6 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.registry = eo_registry
     app.state.sessions = sessions
     app.include_router(router)
+    app.include_router(status_page_router)
 
     async def database_ready() -> str | None:
         await ping(engine)

@@ -15,29 +15,13 @@ from services.procedure import domain
 from services.procedure.api.deps import EoCaller, Operator, Reader, ServiceDep, SessionsDep
 from services.procedure.domain import Rejected
 from services.procedure.handlers import find_active
-from services.procedure.models import AdvisoryRow, ComponentRow, ProcedureRow, TimelineRow
-from services.procedure.recorder import ACTIVE_STATES, active_view
+from services.procedure.models import ProcedureRow
+from services.procedure.queries import procedure_detail, procedure_view, status_snapshot
+from services.procedure.recorder import active_view
 from services.procedure.schemas import Declare, EoReport, Eori, Note, Reason
-from shared.events import ComponentState, ProcedureState, Scenario, Scope
+from shared.events import ProcedureState, Scenario, Scope
 
 router = APIRouter(prefix="/api/v1")
-
-
-def procedure_view(row: ProcedureRow) -> dict[str, Any]:
-    return {
-        "procedure_id": row.id,
-        "scenario": row.scenario,
-        "scope": row.scope,
-        "eori": row.eori,
-        "state": row.state,
-        "origin": row.origin,
-        "auto_close": row.auto_close,
-        "reason": row.reason,
-        "created_at": row.created_at,
-        "opened_at": row.opened_at,
-        "closed_at": row.closed_at,
-        "updated_at": row.updated_at,
-    }
 
 
 def _encode_cursor(row: ProcedureRow) -> str:
@@ -55,35 +39,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 @router.get("/status", tags=["status"], dependencies=[Reader],
             summary="Every component's state, since when and on what evidence; active procedures and advisories")
 async def status(service: ServiceDep, sessions: SessionsDep) -> dict[str, Any]:
-    views = service.views()
-    async with sessions() as session:
-        since = {r.component: r.since for r in (await session.scalars(select(ComponentRow))).all()}
-        active = (await session.scalars(
-            select(ProcedureRow).where(ProcedureRow.state.in_(ACTIVE_STATES)).order_by(ProcedureRow.created_at)
-        )).all()
-        advisories = (await session.scalars(select(AdvisoryRow).where(AdvisoryRow.active.is_(True)))).all()
-    return {
-        "components": [
-            {
-                "component": view.component,
-                "state": view.state,
-                "since": since.get(view.component.value),
-                "evidence": [
-                    {"target_id": o.target_id, "detector_instance": o.detector_instance, "state": o.state,
-                     "observed_at": o.observed_at, "reason": o.reason}
-                    for o in view.evidence
-                ],
-            }
-            for view in views.national.values()
-        ],
-        "eo_endpoints_down": sorted(e for e, v in views.eos.items() if v.state == ComponentState.DOWN),
-        "procedures": [procedure_view(row) for row in active],
-        "advisories": [
-            {"advisory_id": a.id, "kind": a.kind, "components": a.components, "reason": a.reason,
-             "raised_at": a.raised_at}
-            for a in advisories
-        ],
-    }
+    return await status_snapshot(service, sessions)
 
 
 @router.get("/procedures", tags=["procedures"], dependencies=[Reader], summary="Procedures, newest first")
@@ -122,20 +78,10 @@ async def list_procedures(
 @router.get("/procedures/{procedure_id}", tags=["procedures"], dependencies=[Reader],
             summary="One procedure with its timeline (the audit trail, with evidence)")
 async def get_procedure(procedure_id: str, sessions: SessionsDep) -> dict[str, Any]:
-    async with sessions() as session:
-        row = await session.get(ProcedureRow, procedure_id)
-        if row is None:
-            raise HTTPException(404, f"no procedure {procedure_id!r}")
-        timeline = (await session.scalars(
-            select(TimelineRow).where(TimelineRow.procedure_id == procedure_id).order_by(TimelineRow.id)
-        )).all()
-    return procedure_view(row) | {
-        "timeline": [
-            {"at": t.at, "kind": t.kind, "scenario": t.scenario, "previous_scenario": t.previous_scenario,
-             "reason": t.reason, "actor": t.actor, "event_id": t.event_id, "evidence": t.evidence}
-            for t in timeline
-        ]
-    }
+    found = await procedure_detail(sessions, procedure_id)
+    if found is None:
+        raise HTTPException(404, f"no procedure {procedure_id!r}")
+    return found
 
 
 def _rejected(exc: Exception) -> HTTPException:
