@@ -150,7 +150,7 @@ class ProcedureSettings(_Section):
     mode: Literal["auto", "confirm"] = "auto"
     stale_after_s: float = Field(60.0, gt=0)
     quorum: float | None = Field(
-        None, gt=0, le=1, description="Share of fresh vantage points that must agree; None = strict majority."
+        None, gt=0.5, le=1, description="Share of fresh vantage points that must agree; None = strict majority."
     )
     tick_s: float = Field(2.0, gt=0, description="How often staleness and advisories are re-evaluated.")
     notifier_url: str | None = Field(

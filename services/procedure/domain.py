@@ -339,7 +339,7 @@ def decide_advisories(
     if ntp_only and AdvisoryKind.NTP_UNAVAILABLE not in active:
         changes.append(AdvisoryChange(AdvisoryKind.NTP_UNAVAILABLE, True, (Component.NTP,),
                                       "NTP is unavailable while ADA B2G works: not a fallback scenario"))
-    elif not ntp_only and AdvisoryKind.NTP_UNAVAILABLE in active and ntp != ComponentState.UNKNOWN:
+    elif not ntp_only and AdvisoryKind.NTP_UNAVAILABLE in active and ComponentState.UNKNOWN not in (ada, ntp):
         changes.append(AdvisoryChange(AdvisoryKind.NTP_UNAVAILABLE, False, (Component.NTP,),
                                       "NTP is available again" if ntp == ComponentState.UP
                                       else "superseded by a fallback procedure"))
