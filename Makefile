@@ -1,5 +1,5 @@
 # The two commands of the README, plus a quick loop for development.
-.PHONY: run test test-unit
+.PHONY: run test test-unit bench
 
 run:        ## install what is missing and run the whole system (broker included) on its defaults
 	./scripts/run.sh
@@ -9,3 +9,6 @@ test:       ## install what is missing and run the whole test suite (starts and 
 
 test-unit:  ## lint, types and unit tests only: seconds, no servers
 	./scripts/test.sh unit
+
+bench:      ## run the benchmarks (own broker) and print their figures; see bench/README.md
+	./scripts/bench.sh
