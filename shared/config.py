@@ -188,6 +188,12 @@ class NotifierSettings(_Section):
     )
     servicedesk_language: Language = Field(Language.FR, description="Language of the Servicedesk's e-mails.")
     bureau_language: Language = Field(Language.FR, description="Language of the Bureau de recette's e-mails.")
+    servicedesk_contact: str | None = Field(
+        None, description="How EOs reach the Servicedesk eDouane, as printed in notices (e.g. phone and e-mail)."
+    )
+    bureau_contact: str | None = Field(
+        None, description="How EOs reach the Bureau de recette Douanes, as printed in scenario-3 notices."
+    )
     registry_catchup_s: float = Field(
         60.0, ge=0, description="At startup, how long to wait for the EO registry topic to be read before fanning out."
     )
@@ -203,6 +209,7 @@ class SmtpSettings(_Section):
     from_address: str = "luccs-fallback@localhost"
     timeout_s: float = Field(10.0, gt=0, description="Time allowed for connecting and for each SMTP command.")
     ca_file: str | None = Field(None, description="Extra CA certificates (PEM) trusted for the SMTP server.")
+    connections: int = Field(4, ge=1, description="SMTP connections the notifier keeps open and uses in parallel.")
 
     @model_validator(mode="after")
     def _one_tls_mode(self) -> SmtpSettings:

@@ -1,42 +1,55 @@
-"""Notifier API: the delivery log, every attempt and its outcome."""
+"""Notifier API: the delivery log, every delivery with its attempts and outcome, newest first."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections import defaultdict
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.notifier.models import AttemptRow, DeliveryRow
-from shared.events import DeliveryStatus
+from shared.events import DeliveryChannel, DeliveryStatus
 
 router = APIRouter(prefix="/api/v1", tags=["deliveries"])
+
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+Text = Annotated[str | None, Query(max_length=200, pattern=_PRINTABLE)]
 
 
 @router.get("/deliveries", summary="Deliveries with their attempts, newest first")
 async def list_deliveries(
     request: Request,
-    procedure_id: str | None = None,
-    eori: str | None = None,
-    status: DeliveryStatus | None = None,
+    procedure_id: Annotated[Text, Query(description="The procedure announced (or the advisory id).")] = None,
+    eori: Annotated[Text, Query(description="Only the deliveries to this EO.")] = None,
+    status: Annotated[DeliveryStatus | None, Query(description="pending, retrying, delivered or dead.")] = None,
+    channel: Annotated[DeliveryChannel | None, Query(description="webhook or email.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(description="'next' of the previous page")] = None,
+    cursor: Annotated[str | None, Query(max_length=400, description="'next' of the previous page")] = None,
 ) -> dict[str, Any]:
-    if cursor is not None and not cursor.isdigit():
-        raise HTTPException(400, "invalid cursor: use the 'next' value of the previous page")
-    offset = int(cursor or 0)
-    query = select(DeliveryRow).order_by(DeliveryRow.created_at.desc(), DeliveryRow.id)
+    query = select(DeliveryRow).order_by(DeliveryRow.created_at.desc(), DeliveryRow.id.desc())
+    if cursor is not None:
+        after_time, after_id = _decode_cursor(cursor)
+        query = query.where(or_(
+            DeliveryRow.created_at < after_time,
+            and_(DeliveryRow.created_at == after_time, DeliveryRow.id < after_id),
+        ))
     if procedure_id is not None:
         query = query.where(DeliveryRow.procedure_id == procedure_id)
     if eori is not None:
         query = query.where(DeliveryRow.eori == eori)
     if status is not None:
         query = query.where(DeliveryRow.status == status.value)
+    if channel is not None:
+        query = query.where(DeliveryRow.channel == channel.value)
     sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
     async with sessions() as session:
-        rows = (await session.scalars(query.offset(offset).limit(limit + 1))).all()
+        rows = (await session.scalars(query.limit(limit + 1))).all()
         page = rows[:limit]
         attempts: dict[str, list[AttemptRow]] = defaultdict(list)
         if page:
@@ -46,26 +59,47 @@ async def list_deliveries(
             for attempt in found.all():
                 attempts[attempt.delivery_id].append(attempt)
     return {
-        "items": [
-            {
-                "delivery_id": r.id,
-                "event_id": r.event_id,
-                "event_type": r.event_type,
-                "procedure_id": r.procedure_id,
-                "eori": r.eori,
-                "channel": r.channel,
-                "recipient": r.recipient,
-                "status": r.status,
-                "attempts": [
-                    {"attempt": a.attempt, "at": a.at, "outcome": a.outcome, "http_status": a.http_status,
-                     "error": a.error, "duration_ms": a.duration_ms}
-                    for a in attempts[r.id]
-                ],
-                "next_attempt_at": r.next_attempt_at,
-                "created_at": r.created_at,
-                "delivered_at": r.delivered_at,
-            }
-            for r in page
-        ],
-        "next": str(offset + limit) if len(rows) > limit else None,
+        "items": [_delivery(row, attempts[row.id]) for row in page],
+        "next": _encode_cursor(page[-1]) if len(rows) > limit else None,
     }
+
+
+def _delivery(row: DeliveryRow, attempts: list[AttemptRow]) -> dict[str, Any]:
+    return {
+        "delivery_id": row.id,
+        "event_id": row.event_id,
+        "event_type": row.event_type,
+        "procedure_id": row.procedure_id,
+        "audience": row.audience,
+        "eori": row.eori,
+        "channel": row.channel,
+        "recipient": row.recipient,
+        "idempotency_key": row.idempotency_key,
+        "status": row.status,
+        "attempt_count": row.attempts,
+        "attempts": [
+            {"attempt": a.attempt, "at": a.at, "outcome": a.outcome, "http_status": a.http_status, "error": a.error,
+             "duration_ms": a.duration_ms}
+            for a in attempts
+        ],
+        "last_error": row.last_error,
+        "next_attempt_at": row.next_attempt_at,
+        "created_at": row.created_at,
+        "delivered_at": row.delivered_at,
+    }
+
+
+def _encode_cursor(row: DeliveryRow) -> str:
+    raw = json.dumps([row.created_at.isoformat(), row.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created_at, delivery_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        moment = datetime.fromisoformat(created_at)
+        if moment.tzinfo is None or not isinstance(delivery_id, str):
+            raise ValueError("not a cursor")
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise HTTPException(400, "invalid cursor: use the 'next' value of the previous page") from exc
+    return moment, delivery_id

@@ -1,73 +1,174 @@
-"""Notifier bootstrap: database, broker clients, the EO and procedure consumers, the dispatcher."""
+"""Notifier bootstrap: the composition root (database, texts, senders, planner, dispatcher), the three
+consumers (EO registry, procedures, advisories) and the HTTP app. Nothing connects at import time."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
-import httpx
+from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.notifier.api import router
-from services.notifier.handlers import Notifier
+from services.notifier.dispatch import Dispatcher
+from services.notifier.jobs import Sender
+from services.notifier.mail import SmtpSender
+from services.notifier.metrics import NotifierMetrics
 from services.notifier.models import Base
-from shared.config import Settings
+from services.notifier.notices import Contacts, NoticeTexts
+from services.notifier.planning import Planner
+from services.notifier.registry import RegistryCatchUp
+from services.notifier.webhook_http import WebhookHttpClient
+from services.notifier.webhooks import WebhookSender, webhook_ssl_context
+from shared.config import ConfigError, Settings
 from shared.db import make_engine, ping, session_factory
-from shared.events import EoData, ProcedureData
+from shared.events import AdvisoryData, CloudEvent, DeliveryChannel, EoData, ProcedureData
 from shared.http import add_ops_routes
 from shared.kafka import EventConsumer, Publisher, ensure_topics
 from shared.tasks import BackgroundTasks
+
+__all__ = ["NotifierParts", "build_notifier", "create_app", "create_schema"]
+
+
+@dataclass
+class NotifierParts:
+    """Everything the notifier is made of, wired; the app runs it, tests and the benchmark drive it."""
+
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    metrics: NotifierMetrics
+    planner: Planner
+    dispatcher: Dispatcher
+    senders: dict[DeliveryChannel, Sender]
+
+    async def aclose(self) -> None:
+        for sender in self.senders.values():
+            await sender.aclose()
+        await self.engine.dispose()
+
+
+def build_notifier(
+    settings: Settings, *, registry: CollectorRegistry, publisher: Publisher | None = None, poll_s: float = 1.0
+) -> NotifierParts:
+    """Wire the notifier's parts from the settings (creates no connection yet)."""
+    cfg = settings.notifier
+    engine = make_engine(settings.database_url("notifier"))
+    sessions = session_factory(engine)
+    metrics = NotifierMetrics(registry)
+    texts = NoticeTexts(contacts=Contacts(
+        servicedesk=cfg.servicedesk_contact or cfg.servicedesk_email, bureau=cfg.bureau_contact or cfg.bureau_email,
+    ))
+    http = WebhookHttpClient(
+        allow_private=cfg.allow_private_webhooks, ssl_context=webhook_ssl_context(cfg),
+        max_idle_per_origin=cfg.per_host_concurrency,
+    )
+    senders: dict[DeliveryChannel, Sender] = {
+        DeliveryChannel.WEBHOOK: WebhookSender(settings=cfg, client=http),
+        DeliveryChannel.EMAIL: SmtpSender(settings=settings.smtp),
+    }
+    dispatcher = Dispatcher(
+        settings=settings, sessions=sessions, senders=senders, metrics=metrics, publisher=publisher, poll_s=poll_s
+    )
+    planner = Planner(settings=cfg, sessions=sessions, texts=texts, metrics=metrics, on_planned=dispatcher.wake)
+    return NotifierParts(engine=engine, sessions=sessions, metrics=metrics, planner=planner, dispatcher=dispatcher,
+                         senders=senders)
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    """Create the tables; refuse a database left by the pre-release schema, which has no migration."""
+
+    def check_and_create(connection: Connection) -> None:
+        inspector = inspect(connection)
+        if "deliveries" in inspector.get_table_names():
+            columns = {c["name"] for c in inspector.get_columns("deliveries")}
+            if "lane" not in columns:
+                raise ConfigError(
+                    "the notifier database has the schema of an earlier development version (no migration "
+                    "exists): remove it, or point notifier.database_url at a new one"
+                )
+        Base.metadata.create_all(connection)
+
+    async with engine.begin() as connection:
+        await connection.run_sync(check_and_create)
 
 
 def create_app(settings: Settings) -> FastAPI:
     """The notifier's app; nothing connects until its lifespan starts."""
     registry = CollectorRegistry()
-    engine = make_engine(settings.database_url("notifier"))
-    sessions = session_factory(engine)
-    tasks = BackgroundTasks()
     publisher = Publisher(settings.kafka, client_id="notifier")
+    parts = build_notifier(settings, registry=registry, publisher=publisher)
+    tasks = BackgroundTasks()
     group = f"{settings.kafka.topic_prefix}.notifier"
+    catch_up = RegistryCatchUp(settings=settings.kafka, group_id=f"{group}.eos")
+
+    async def on_eo(event: CloudEvent[EoData] | None, record: ConsumerRecord[bytes, bytes]) -> None:
+        await parts.planner.on_eo(event, record)
+        catch_up.observe(record)
+
+    async def on_procedure(event: CloudEvent[ProcedureData] | None, record: ConsumerRecord[bytes, bytes]) -> None:
+        await catch_up.wait(settings.notifier.registry_catchup_s)
+        await parts.planner.on_procedure(event, record)
+
+    async def on_advisory(event: CloudEvent[AdvisoryData] | None, record: ConsumerRecord[bytes, bytes]) -> None:
+        await catch_up.wait(settings.notifier.registry_catchup_s)
+        await parts.planner.on_advisory(event, record)
+
+    # Procedures and advisories are shared out among notifiers; the EO registry is read by each in full.
+    # All three consumers join their groups at once; fan-outs wait for the registry to be read.
+    procedures = EventConsumer(
+        settings=settings.kafka, topic=settings.kafka.procedures_topic, group_id=group,
+        data_model=ProcedureData, handler=on_procedure, publisher=publisher,
+    )
+    advisories = EventConsumer(
+        settings=settings.kafka, topic=settings.kafka.advisories_topic, group_id=f"{group}.advisories",
+        data_model=AdvisoryData, handler=on_advisory, publisher=publisher,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        async with engine.begin() as connection:
-            await connection.run_sync(Base.metadata.create_all)
+        await create_schema(parts.engine)
         await ensure_topics(settings.kafka)
         await publisher.start()
-        limits = httpx.Limits(max_connections=settings.notifier.concurrency, max_keepalive_connections=100)
-        async with httpx.AsyncClient(follow_redirects=False, limits=limits) as client:
-            notifier = Notifier(settings=settings, sessions=sessions, client=client, publisher=publisher)
-            # Separate groups: the EO registry is read in full by every notifier, procedures are shared out.
-            tasks.start(
-                EventConsumer(
-                    settings=settings.kafka, topic=settings.kafka.eos_topic, group_id=f"{group}.eos",
-                    data_model=EoData, handler=notifier.on_eo, publisher=publisher, allow_tombstones=True,
-                ).run(),
-                name="eo-consumer",
-            )
-            tasks.start(
-                EventConsumer(
-                    settings=settings.kafka, topic=settings.kafka.procedures_topic, group_id=group,
-                    data_model=ProcedureData, handler=notifier.on_procedure, publisher=publisher,
-                ).run(),
-                name="procedure-consumer",
-            )
-            tasks.start(notifier.dispatch_loop(), name="dispatcher")
-            try:
-                yield
-            finally:
-                await tasks.stop()
-        await publisher.stop()
-        await engine.dispose()
+        await catch_up.prepare()
+        tasks.start(
+            EventConsumer(
+                settings=settings.kafka, topic=settings.kafka.eos_topic, group_id=f"{group}.eos",
+                data_model=EoData, handler=on_eo, publisher=publisher, allow_tombstones=True,
+            ).run(),
+            name="eo-consumer",
+        )
+        tasks.start(procedures.run(), name="procedure-consumer")
+        tasks.start(advisories.run(), name="advisory-consumer")
+        tasks.start(parts.dispatcher.run(), name="dispatcher")
+        try:
+            yield
+        finally:
+            await tasks.stop()
+            await publisher.stop()
+            await parts.aclose()
 
     app = FastAPI(title="luccs-fallback notifier", version="1", lifespan=lifespan)
-    app.state.sessions = sessions
+    app.state.sessions = parts.sessions
     app.include_router(router)
 
     async def database_ready() -> str | None:
-        await ping(engine)
+        await ping(parts.engine)
         return None
 
-    add_ops_routes(app, checks={"database": database_ready, "loops": tasks.problem}, registry=registry)
+    async def registry_ready() -> str | None:
+        if not catch_up.done.is_set():
+            return "reading the EO registry before fanning out"
+        if not procedures.stats.assigned:
+            return "waiting for the procedures topic's partitions"
+        return None
+
+    add_ops_routes(
+        app, checks={"database": database_ready, "registry": registry_ready, "loops": tasks.problem},
+        registry=registry,
+    )
     return app

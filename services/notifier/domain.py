@@ -1,192 +1,306 @@
-"""Who must be told what, in which language, and when to try again. Pure: no I/O, clock passed in."""
+"""Who must be told what, on which channel, and when to try again. Pure: no I/O, the clock is passed in.
+
+The notifier's decisions live here as functions over values: the recipients of a procedure event or an
+advisory (EOs, the Servicedesk eDouane, the Bureau de recette Douanes), what the notices may advise given
+which channels are down, the retry schedule, and which webhook targets may be called at all.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-import random
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from urllib.parse import urlsplit
 
-from shared.events import EventType, Language, ProcedureData, Scenario, Scope
+from tenacity import RetryCallState, stop_after_attempt, stop_after_delay, wait_random_exponential
+
+from shared.events import DeliveryChannel, EventType, Language, Origin, ProcedureData, Scenario, Scope
+
+__all__ = [
+    "Audience",
+    "EoContact",
+    "NoticeKind",
+    "PlannedNotice",
+    "RetryPolicy",
+    "Situation",
+    "StaffContact",
+    "address_problem",
+    "bureau_concerned",
+    "idempotency_key",
+    "lane_of",
+    "next_attempt_at",
+    "notice_kind",
+    "plan_advisory_notices",
+    "plan_procedure_notices",
+    "webhook_url_problem",
+]
+
+
+class Audience(StrEnum):
+    """Who reads a notice: an EO, or one of the two configured customs recipients."""
+
+    EO = "eo"
+    SERVICEDESK = "servicedesk"
+    BUREAU = "bureau"
+
+
+class NoticeKind(StrEnum):
+    PROPOSED = "proposed"
+    OPENED = "opened"
+    UPDATED = "updated"
+    CLOSED = "closed"
+    ADVISORY_RAISED = "advisory_raised"
+    ADVISORY_CLEARED = "advisory_cleared"
+
+
+_KINDS = {
+    EventType.PROCEDURE_PROPOSED: NoticeKind.PROPOSED,
+    EventType.PROCEDURE_OPENED: NoticeKind.OPENED,
+    EventType.PROCEDURE_UPDATED: NoticeKind.UPDATED,
+    EventType.PROCEDURE_CLOSED: NoticeKind.CLOSED,
+    EventType.ADVISORY_RAISED: NoticeKind.ADVISORY_RAISED,
+    EventType.ADVISORY_CLEARED: NoticeKind.ADVISORY_CLEARED,
+}
+
+
+def notice_kind(event_type: str) -> NoticeKind:
+    """The kind of notice an event type gives rise to; ValueError for events that are not notices."""
+    try:
+        return _KINDS[EventType(event_type)]
+    except (ValueError, KeyError):
+        raise ValueError(f"no notice for events of type {event_type!r}") from None
 
 
 @dataclass(frozen=True)
-class Recipient:
+class Situation:
+    """What the notifier knows of the channels besides the procedure being announced.
+
+    ``national_*`` describe another open national procedure (never the one being announced);
+    ``ntp_advisory`` is an active NTP-only outage advisory (NTP down while the ADA B2G is fine).
+    """
+
+    national_procedure_id: str | None = None
+    national_scenario: Scenario | None = None
+    ntp_advisory: bool = False
+
+    @property
+    def ntp_down(self) -> bool:
+        return self.ntp_advisory or self.national_scenario == Scenario.LUCCS_UNAVAILABLE
+
+
+@dataclass(frozen=True)
+class EoContact:
+    """An EO as the notifier plans for it: how to reach it and whether its own B2G is in fallback."""
+
     eori: str
     language: Language
-    webhook_url: str | None
-
-
-def recipients(event_type: str, procedure: ProcedureData, eos: Iterable[Recipient]) -> list[Recipient]:
-    """EOs to notify of a procedure event: all of them for a national one, the one concerned for scenario 1.
-
-    Proposed procedures go to the Servicedesk only, never to EOs.
-    """
-    if event_type == EventType.PROCEDURE_PROPOSED:
-        return []
-    if procedure.scope == Scope.NATIONAL:
-        return sorted(eos, key=lambda r: r.eori)
-    return [r for r in eos if r.eori == procedure.eori]
+    webhook_url: str | None = None
+    email: str | None = None
+    own_procedure_id: str | None = None
+    """An open scenario-1 procedure of this EO (its own B2G is down), if any."""
 
 
 @dataclass(frozen=True)
-class Notice:
-    subject: str
-    message: str
+class StaffContact:
+    """A configured customs recipient (Servicedesk eDouane or Bureau de recette Douanes): e-mail only."""
+
+    email: str
+    language: Language
 
 
-_SCENARIO_NAME = {
-    Language.EN: {
-        Scenario.EO_B2G_UNAVAILABLE: "your B2G (AS4) system is unavailable",
-        Scenario.ADA_B2G_UNAVAILABLE: "the customs B2G (AS4) channel of LUCCS is unavailable",
-        Scenario.LUCCS_UNAVAILABLE: "LUCCS is unavailable (B2G and NTP)",
-    },
-    Language.FR: {
-        Scenario.EO_B2G_UNAVAILABLE: "votre système B2G (AS4) est indisponible",
-        Scenario.ADA_B2G_UNAVAILABLE: "le canal B2G (AS4) de LUCCS de l'ADA est indisponible",
-        Scenario.LUCCS_UNAVAILABLE: "LUCCS est indisponible (B2G et NTP)",
-    },
-    Language.DE: {
-        Scenario.EO_B2G_UNAVAILABLE: "Ihr B2G-System (AS4) ist nicht verfügbar",
-        Scenario.ADA_B2G_UNAVAILABLE: "der B2G-Kanal (AS4) von LUCCS der Zollverwaltung ist nicht verfügbar",
-        Scenario.LUCCS_UNAVAILABLE: "LUCCS ist nicht verfügbar (B2G und NTP)",
-    },
-}
+@dataclass(frozen=True)
+class PlannedNotice:
+    """One notice to one recipient on one channel, as decided before anything is sent."""
 
-_WHAT_TO_DO = {
-    Language.EN: {
-        Scenario.EO_B2G_UNAVAILABLE: "The Servicedesk eDouane has been told. Until your system is back, lodge "
-        "your customs declarations through the National Trader Portal (NTP).",
-        Scenario.ADA_B2G_UNAVAILABLE: "The fallback procedure is in force. Lodge your customs declarations "
-        "through the National Trader Portal (NTP), which remains available.",
-        Scenario.LUCCS_UNAVAILABLE: "The fallback procedure is in force and NTP cannot be used either. Contact "
-        "the Bureau de recette Douanes and follow its recommendations.",
-    },
-    Language.FR: {
-        Scenario.EO_B2G_UNAVAILABLE: "Le Servicedesk eDouane en a été informé. Jusqu'au rétablissement de votre "
-        "système, déposez vos déclarations en douane via le National Trader Portal (NTP).",
-        Scenario.ADA_B2G_UNAVAILABLE: "La procédure de secours est en vigueur. Déposez vos déclarations en "
-        "douane via le National Trader Portal (NTP), qui reste disponible.",
-        Scenario.LUCCS_UNAVAILABLE: "La procédure de secours est en vigueur et le NTP n'est pas utilisable non "
-        "plus. Contactez le Bureau de recette Douanes et suivez ses recommandations.",
-    },
-    Language.DE: {
-        Scenario.EO_B2G_UNAVAILABLE: "Der Servicedesk eDouane wurde informiert. Bis Ihr System wieder läuft, "
-        "reichen Sie Ihre Zollanmeldungen über das National Trader Portal (NTP) ein.",
-        Scenario.ADA_B2G_UNAVAILABLE: "Das Ausweichverfahren gilt. Reichen Sie Ihre Zollanmeldungen über das "
-        "National Trader Portal (NTP) ein, das weiterhin verfügbar ist.",
-        Scenario.LUCCS_UNAVAILABLE: "Das Ausweichverfahren gilt und auch das NTP ist nicht nutzbar. Wenden Sie "
-        "sich an das Bureau de recette Douanes und folgen Sie dessen Empfehlungen.",
-    },
-}
-
-_PHRASES = {
-    Language.EN: {
-        "opened": "Fallback procedure opened",
-        "updated": "Fallback procedure changed",
-        "closed": "Fallback procedure closed",
-        "because": "Reason",
-        "now": "Situation now",
-        "was": "Previously",
-        "closed_body": "The situation is back to normal: lodge your declarations through B2G (AS4) again.",
-        "closed_eo": "The Servicedesk eDouane has been told that your B2G system is restored.",
-        "procedure": "Procedure",
-        "at": "at",
-    },
-    Language.FR: {
-        "opened": "Procédure de secours ouverte",
-        "updated": "Procédure de secours modifiée",
-        "closed": "Procédure de secours clôturée",
-        "because": "Motif",
-        "now": "Situation actuelle",
-        "was": "Auparavant",
-        "closed_body": "La situation est rétablie : déposez à nouveau vos déclarations via B2G (AS4).",
-        "closed_eo": "Le Servicedesk eDouane a été informé du rétablissement de votre système B2G.",
-        "procedure": "Procédure",
-        "at": "le",
-    },
-    Language.DE: {
-        "opened": "Ausweichverfahren eröffnet",
-        "updated": "Ausweichverfahren geändert",
-        "closed": "Ausweichverfahren beendet",
-        "because": "Grund",
-        "now": "Aktuelle Lage",
-        "was": "Bisher",
-        "closed_body": "Der Normalbetrieb ist wiederhergestellt: Reichen Sie Ihre Anmeldungen wieder über "
-        "B2G (AS4) ein.",
-        "closed_eo": "Der Servicedesk eDouane wurde über die Wiederherstellung Ihres B2G-Systems informiert.",
-        "procedure": "Verfahren",
-        "at": "am",
-    },
-}
-
-_KIND = {
-    EventType.PROCEDURE_OPENED: "opened",
-    EventType.PROCEDURE_UPDATED: "updated",
-    EventType.PROCEDURE_CLOSED: "closed",
-}
+    audience: Audience
+    recipient_key: str
+    """The EORI for an EO, else the audience's name: one delivery per (event, recipient_key, channel)."""
+    channel: DeliveryChannel
+    address: str
+    language: Language
+    eori: str | None = None
+    own_procedure_id: str | None = None
 
 
-def render(event_type: str, procedure: ProcedureData, language: Language) -> Notice:
-    """The notice an EO reads, in its language: what happened and what to do now."""
-    kind = _KIND.get(EventType(event_type))
-    if kind is None:
-        raise ValueError(f"no EO notice for {event_type}")
-    words = _PHRASES[language]
-    situation = _SCENARIO_NAME[language][procedure.scenario]
-    stamp = procedure.closed_at if kind == "closed" else procedure.opened_at
-    when = f" {words['at']} {stamp:%Y-%m-%d %H:%M} UTC" if stamp else ""
-    subject = f"LUCCS - {words[kind]}: {situation}"
-    lines = [f"{words['procedure']} {procedure.procedure_id}: {words[kind]}{when}."]
-    if kind == "closed":
-        lines.append(words["closed_body"])
-        if procedure.scenario == Scenario.EO_B2G_UNAVAILABLE:
-            lines.append(words["closed_eo"])
-    else:
-        if kind == "updated" and procedure.previous_scenario is not None:
-            lines.append(f"{words['was']}: {_SCENARIO_NAME[language][procedure.previous_scenario]}.")
-        lines.append(f"{words['now']}: {situation}.")
-        lines.append(_WHAT_TO_DO[language][procedure.scenario])
-    return Notice(subject=subject, message="\n".join(lines))
+def bureau_concerned(event_type: str, procedure: ProcedureData) -> bool:
+    """The Bureau de recette Douanes co-runs the exception case: it hears of scenario 3 starting and ending."""
+    kind = notice_kind(event_type)
+    if kind == NoticeKind.PROPOSED:
+        return False
+    s3 = Scenario.LUCCS_UNAVAILABLE
+    return procedure.scenario == s3 or (kind == NoticeKind.UPDATED and procedure.previous_scenario == s3)
 
 
-def retry_delay(attempt: int, *, base_s: float, max_s: float, rng: random.Random) -> timedelta:
-    """Exponential backoff with jitter after failed attempt number ``attempt`` (1-based)."""
-    ceiling = min(max_s, base_s * 2 ** (attempt - 1))
-    return timedelta(seconds=ceiling / 2 + rng.uniform(0, ceiling / 2))
+def plan_procedure_notices(
+    *,
+    event_type: str,
+    procedure: ProcedureData,
+    eos: Iterable[EoContact],
+    servicedesk: StaffContact | None,
+    bureau: StaffContact | None,
+) -> list[PlannedNotice]:
+    """Every notice a procedure event calls for, EOs sorted by EORI, then the Servicedesk, then the Bureau.
+
+    National scenarios reach every registered EO; scenario 1 only the EO concerned. An EO is reached by
+    webhook when it registered one, else by e-mail. A scenario-1 outage detected by the probes means the
+    EO's own system is down, and its webhook may well be down with it: it is e-mailed as well. Proposed
+    procedures reach no EO (an operator has not confirmed them yet). The Servicedesk hears of every event.
+    """
+    kind = notice_kind(event_type)
+    if kind in (NoticeKind.ADVISORY_RAISED, NoticeKind.ADVISORY_CLEARED):
+        raise ValueError(f"{event_type} is not a procedure event")
+    notices: list[PlannedNotice] = []
+    if kind != NoticeKind.PROPOSED:
+        if procedure.scope == Scope.NATIONAL:
+            concerned = sorted(eos, key=lambda eo: eo.eori)
+        else:
+            concerned = [eo for eo in eos if eo.eori == procedure.eori]
+        also_email = procedure.scenario == Scenario.EO_B2G_UNAVAILABLE and procedure.origin == Origin.DETECTED
+        for eo in concerned:
+            notices.extend(_eo_notices(eo, also_email=also_email))
+    if servicedesk is not None:
+        notices.append(_staff_notice(Audience.SERVICEDESK, servicedesk))
+    if bureau is not None and bureau_concerned(event_type, procedure):
+        notices.append(_staff_notice(Audience.BUREAU, bureau))
+    return notices
 
 
-def next_attempt_at(
-    attempt: int, *, now: datetime, max_attempts: int, base_s: float, max_s: float, rng: random.Random
-) -> datetime | None:
-    """When to try again after failed attempt ``attempt``; None when the delivery must be dead-lettered."""
-    if attempt >= max_attempts:
+def plan_advisory_notices(*, servicedesk: StaffContact | None) -> list[PlannedNotice]:
+    """Advisories (NTP-only outage, monitoring blind) are for the Servicedesk alone: no EO is told."""
+    return [_staff_notice(Audience.SERVICEDESK, servicedesk)] if servicedesk is not None else []
+
+
+def _eo_notices(eo: EoContact, *, also_email: bool) -> list[PlannedNotice]:
+    channels: list[tuple[DeliveryChannel, str]] = []
+    if eo.webhook_url:
+        channels.append((DeliveryChannel.WEBHOOK, eo.webhook_url))
+    if eo.email and (also_email or not eo.webhook_url):
+        channels.append((DeliveryChannel.EMAIL, eo.email))
+    return [
+        PlannedNotice(
+            audience=Audience.EO, recipient_key=eo.eori, channel=channel, address=address, language=eo.language,
+            eori=eo.eori, own_procedure_id=eo.own_procedure_id,
+        )
+        for channel, address in channels
+    ]
+
+
+def _staff_notice(audience: Audience, contact: StaffContact) -> PlannedNotice:
+    return PlannedNotice(
+        audience=audience, recipient_key=audience.value, channel=DeliveryChannel.EMAIL, address=contact.email,
+        language=contact.language,
+    )
+
+
+def idempotency_key(event_id: str, recipient_key: str, channel: DeliveryChannel) -> str:
+    """Stable per (event, recipient, channel): every attempt, and a re-send after a crash, carries the same key."""
+    return f"{event_id}:{recipient_key}:{channel.value}"
+
+
+def lane_of(channel: DeliveryChannel, address: str) -> str:
+    """The queue a delivery waits in: one per webhook host (``host:port``), one for the SMTP server.
+
+    Deliveries of one lane share its concurrency limit, so a slow host holds its own lane and no other.
+    """
+    if channel == DeliveryChannel.EMAIL:
+        return "smtp"
+    parts = urlsplit(address)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        port = 0
+    return f"{(parts.hostname or '').lower()}:{port}"
+
+
+# --- retries --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, up to ``max_attempts`` tries or ``max_age_s`` after planning."""
+
+    max_attempts: int
+    max_age_s: float
+    base_s: float
+    max_delay_s: float
+
+
+def next_attempt_at(*, policy: RetryPolicy, attempt: int, planned_at: datetime, now: datetime) -> datetime | None:
+    """When to try again after failed attempt number ``attempt`` (1-based); None: give up (dead-letter).
+
+    The schedule comes from tenacity's strategies (``wait_random_exponential``: the delay is drawn from
+    [0, min(max_delay, base * 2**(attempt-1))], which spreads a herd of failed deliveries; the stop
+    conditions: attempts or age). It is returned as a time, so the caller stores it and a restart keeps it.
+    """
+    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = attempt
+    state.start_time = 0.0
+    state.outcome_timestamp = max(0.0, (now - planned_at).total_seconds())
+    stop = stop_after_attempt(policy.max_attempts) | stop_after_delay(policy.max_age_s)
+    if stop(state):
         return None
-    return now + retry_delay(attempt, base_s=base_s, max_s=max_s, rng=rng)
+    delay = wait_random_exponential(multiplier=policy.base_s, max=policy.max_delay_s)(state)
+    retry_at = now + timedelta(seconds=delay)
+    deadline = planned_at + timedelta(seconds=policy.max_age_s)
+    return min(retry_at, deadline)
+
+
+# --- webhook targets ------------------------------------------------------------------------------------
+
+_LOCAL_NAMES = ("localhost", "localhost.localdomain")
 
 
 def webhook_url_problem(url: str, *, allow_insecure: bool, allow_private: bool) -> str | None:
-    """Why a webhook URL must not be called (None if it may): https only, no private targets, by default.
+    """Why a webhook URL must not be called (None if it may): https only and no private targets, by default.
 
-    Only literal addresses and localhost names are recognised; host names are not resolved here.
+    This judges the URL as written (scheme, localhost names, address literals in any notation the system
+    resolver accepts, such as ``127.1`` or ``2130706433``). Host names are judged again, on the addresses
+    they resolve to, right before connecting (:func:`address_problem`).
     """
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+        _ = parts.port
+    except ValueError:
+        return f"not a valid http(s) URL: {url!r}"
+    if parts.scheme not in ("https", "http") or not hostname:
         return f"not an http(s) URL: {url!r}"
     if parts.scheme == "http" and not allow_insecure:
         return "webhook URL must use https (notifier.allow_insecure_webhooks is off)"
-    if not allow_private and address_is_private(parts.hostname):
-        return f"webhook host {parts.hostname} is loopback/private (notifier.allow_private_webhooks is off)"
+    if allow_private:
+        return None
+    host = hostname.rstrip(".").lower()
+    if host in _LOCAL_NAMES or host.endswith(".localhost"):
+        return f"webhook host {hostname} is loopback (notifier.allow_private_webhooks is off)"
+    literal = _address_literal(host)
+    if literal is not None:
+        return address_problem(literal, allow_private=False, host=hostname)
     return None
 
 
-def address_is_private(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
-        return True
+def address_problem(
+    address: str | ipaddress.IPv4Address | ipaddress.IPv6Address, *, allow_private: bool, host: str | None = None
+) -> str | None:
+    """Why a webhook must not connect to this IP address (None if it may): loopback, private, link-local,
+    multicast, reserved and other non-global addresses are refused unless private webhooks are allowed."""
+    ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if allow_private or (ip.is_global and not ip.is_multicast):
+        return None
+    named = f"webhook host {host} resolves to {ip}" if host and host.strip("[]") != str(ip) else f"webhook host {ip}"
+    return f"{named}, a loopback/private/non-global address (notifier.allow_private_webhooks is off)"
+
+
+def _address_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        address = ipaddress.ip_address(host.strip("[]"))
+        return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return False
-    return not address.is_global
+        pass
+    try:  # inet_aton accepts the shorthand forms getaddrinfo would connect to: 127.1, 0x7f000001, 2130706433
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None

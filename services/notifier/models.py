@@ -1,10 +1,11 @@
-"""Tables of the notifier: its copy of the EO registry and the delivery log."""
+"""Tables of the notifier: its copy of the EO registry, what it knows of open procedures and advisories,
+and the delivery log (planned events, rendered notices, one row per delivery, one per attempt)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UTCDateTime
@@ -24,8 +25,63 @@ class EoRow(Base):
     language: Mapped[str] = mapped_column(String(2))
     email: Mapped[str | None] = mapped_column(String(320))
     webhook_url: Mapped[str | None] = mapped_column(Text)
+    # Kept in clear: the notifier signs with it. Never logged, never returned by the API.
     webhook_secret: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class KnownProcedureRow(Base):
+    """The latest state of every procedure the notifier has seen: which channels are down right now."""
+
+    __tablename__ = "known_procedures"
+
+    procedure_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(10))
+    eori: Mapped[str | None] = mapped_column(String(32))
+    scenario: Mapped[str] = mapped_column(String(40))
+    state: Mapped[str] = mapped_column(String(10), index=True)
+    event_time: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AdvisoryRow(Base):
+    """The latest state of every advisory seen (an active ``ntp_unavailable`` one means NTP is down)."""
+
+    __tablename__ = "advisories"
+
+    advisory_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40))
+    active: Mapped[bool] = mapped_column(Boolean)
+    event_time: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PlannedEventRow(Base):
+    """An event whose fan-out is recorded: written with its deliveries, before the Kafka offset moves on."""
+
+    __tablename__ = "planned_events"
+
+    event_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    event_type: Mapped[str] = mapped_column(String(60))
+    subject_id: Mapped[str] = mapped_column(String(100))
+    planned_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deliveries: Mapped[int] = mapped_column(Integer)
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class NoticeRow(Base):
+    """A rendered notice, shared by every recipient of the same event, audience, language and variant."""
+
+    __tablename__ = "notices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(100))
+    audience: Mapped[str] = mapped_column(String(20))
+    language: Mapped[str] = mapped_column(String(2))
+    variant: Mapped[str] = mapped_column(String(100), default="")
+    subject: Mapped[str] = mapped_column(Text)
+    message: Mapped[str] = mapped_column(Text)
+    webhook_body: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+    __table_args__ = (UniqueConstraint("event_id", "audience", "language", "variant", name="uq_notice"),)
 
 
 class DeliveryRow(Base):
@@ -37,25 +93,37 @@ class DeliveryRow(Base):
     event_id: Mapped[str] = mapped_column(String(100))
     event_type: Mapped[str] = mapped_column(String(60))
     procedure_id: Mapped[str] = mapped_column(String(100), index=True)
+    """The procedure announced (for an advisory notice: the advisory id)."""
+    notice_id: Mapped[int] = mapped_column(ForeignKey("notices.id"))
+    audience: Mapped[str] = mapped_column(String(20))
+    recipient_key: Mapped[str] = mapped_column(String(40))
     eori: Mapped[str | None] = mapped_column(String(32), index=True)
     channel: Mapped[str] = mapped_column(String(10))
     recipient: Mapped[str] = mapped_column(Text)
-    body: Mapped[bytes] = mapped_column(LargeBinary)
+    lane: Mapped[str] = mapped_column(String(300))
+    idempotency_key: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(10))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     last_http_status: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
-        UniqueConstraint("event_id", "eori", "channel", name="uq_delivery_per_event_recipient_channel"),
+        UniqueConstraint("event_id", "recipient_key", "channel", name="uq_delivery_per_event_recipient_channel"),
         Index("ix_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_deliveries_listing", "created_at", "id"),
+        Index("ix_deliveries_event", "event_id", "status"),
     )
 
 
 class AttemptRow(Base):
+    """One try of a delivery and how it ended."""
+
     __tablename__ = "delivery_attempts"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -1,0 +1,358 @@
+"""Notifier benchmark: one opened national procedure fanned out to N EOs, by webhook and by e-mail.
+
+Each phase runs the real notifier as a process (``luccs-fallback notifier --config FILE``, SQLite delivery
+log) against the real broker, with its own topic prefix:
+
+* webhooks: N EOs registered on the EO topic, their webhooks pointing at one loopback receiver (a raw
+  asyncio HTTP/1.1 server in a process of its own, answering 204); once the notifier has read the
+  registry (``/readyz``), an ``opened`` procedure event is published and the clock runs from that
+  publication to the receiver's last 2xx (and to the notifier having recorded every outcome);
+* e-mails: the same for N EOs that have only an e-mail address, to a loopback SMTP server (aiosmtpd,
+  in a process of its own), until its last accepted message.
+
+In the same run, each server's raw capacity is measured by a plain client loop (keep-alive POSTs over as
+many connections as the notifier's per-host limit; aiosmtplib over as many connections as
+``smtp.connections``), so each figure is also a ratio to what the receiver can take.
+
+    .venv/bin/python -m bench.notifier_bench                          # 10,000 webhooks, 10,000 e-mails
+    .venv/bin/python -m bench.notifier_bench --eos 2000 --emails 0    # a quick webhook-only run
+    LUCCS_BENCH_KAFKA=127.0.0.1:9092 .venv/bin/python -m bench.notifier_bench
+
+The broker is ``--kafka`` (default ``$LUCCS_BENCH_KAFKA``, else ``$LUCCS_TEST_KAFKA``, else
+127.0.0.1:19092, the test broker). Every wait is bounded by ``--timeout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from multiprocessing.sharedctypes import Synchronized
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+BODY_SIZE = 2600  # about the size of a real notice's CloudEvent
+
+
+# --- the servers (each in a process of its own) ------------------------------------------------------------
+
+
+class _Receiver(asyncio.Protocol):
+    """Keep-alive HTTP/1.1: reads each request (head + Content-Length body) and answers 204."""
+
+    count: Synchronized[int]
+    last: Synchronized[float]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            length = 0
+            for line in self.buffer[:end].split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(self.buffer) < end + 4 + length:
+                return
+            self.buffer = self.buffer[end + 4 + length:]
+            self.transport.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+            with self.count.get_lock():
+                self.count.value += 1
+            self.last.value = time.time()
+
+
+def run_receiver(port: int, count: Synchronized[int], last: Synchronized[float], cpu: int | None) -> None:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    _Receiver.count, _Receiver.last = count, last
+
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_server(_Receiver, "127.0.0.1", port, backlog=4096)
+        await server.serve_forever()
+
+    asyncio.run(serve())
+
+
+def run_smtp(port: int, count: Synchronized[int], last: Synchronized[float], cpu: int | None) -> None:
+    from aiosmtpd.controller import Controller
+
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            with count.get_lock():
+                count.value += 1
+            last.value = time.time()
+            return "250 OK"
+
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    controller.stop()
+
+
+# --- raw capacity -------------------------------------------------------------------------------------------
+
+
+async def http_capacity(port: int, requests: int, connections: int) -> float:
+    """Requests per second a plain keep-alive client loop gets from the receiver."""
+    body = b"x" * BODY_SIZE
+    request = (f"POST /raw HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    per_connection = max(1, requests // connections)
+
+    async def client() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(per_connection):
+            writer.write(request)
+            await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(connections)))
+    return per_connection * connections / (time.perf_counter() - started)
+
+
+async def smtp_capacity(port: int, messages: int, connections: int) -> float:
+    """Messages per second a plain aiosmtplib loop gets through the SMTP server."""
+    from email.message import EmailMessage
+
+    import aiosmtplib
+
+    per_connection = max(1, messages // connections)
+
+    async def client() -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
+        await smtp.connect()
+        for n in range(per_connection):
+            message = EmailMessage()
+            message["From"], message["To"], message["Subject"] = "bench@localhost", f"eo{n}@example.lu", "bench"
+            message.set_content("x" * 1500)
+            await smtp.send_message(message)
+        await smtp.quit()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(connections)))
+    return per_connection * connections / (time.perf_counter() - started)
+
+
+# --- one phase: a notifier process fanning out one procedure ------------------------------------------------
+
+
+async def register_eos(kafka: Any, eos: list[Any]) -> float:
+    from shared.kafka import Publisher
+
+    publisher = Publisher(kafka, client_id="bench")
+    await publisher.start()
+    started = time.perf_counter()
+    try:
+        for start in range(0, len(eos), 1000):
+            chunk = eos[start:start + 1000]
+            await asyncio.gather(*(publisher.publish(kafka.eos_topic, e, key=e.subject) for e in chunk))
+    finally:
+        await publisher.stop()
+    return time.perf_counter() - started
+
+
+async def publish_opened(kafka: Any) -> tuple[float, str]:
+    from shared.events import CloudEvent, EventType, ProcedureData, ProcedureState, Scenario, Scope
+    from shared.kafka import Publisher
+
+    procedure_id = f"bench-{uuid.uuid4().hex[:8]}"
+    event = CloudEvent[ProcedureData](
+        source="/bench", type=EventType.PROCEDURE_OPENED, subject=procedure_id,
+        data=ProcedureData(procedure_id=procedure_id, scenario=Scenario.ADA_B2G_UNAVAILABLE, scope=Scope.NATIONAL,
+                           state=ProcedureState.OPEN, reason="benchmark", opened_at=datetime.now(UTC)),
+    )
+    publisher = Publisher(kafka, client_id="bench")
+    await publisher.start()
+    try:
+        published_at = time.time()
+        await publisher.publish(kafka.procedures_topic, event, key=procedure_id)
+    finally:
+        await publisher.stop()
+    return published_at, procedure_id
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and labels in line and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def run_phase(args: argparse.Namespace, *, channel: str, port: int, count: Synchronized[int],
+              last: Synchronized[float]) -> dict[str, float]:
+    from pydantic import SecretStr
+
+    from shared.config import KafkaSettings
+    from shared.events import CloudEvent, EoData, EventType, Language
+    from shared.kafka import ensure_topics
+
+    n = args.eos if channel == "webhook" else args.emails
+    prefix = f"bench-{channel}-{uuid.uuid4().hex[:6]}"
+    kafka = KafkaSettings(bootstrap_servers=args.kafka, topic_prefix=prefix)
+    tmp = Path(tempfile.mkdtemp(prefix="notifier-bench-"))
+    notifier_port = _free_port()
+    config = tmp / "luccs.toml"
+    config.write_text(f"""
+data_dir = "{tmp}"
+log_level = "WARNING"
+[kafka]
+bootstrap_servers = "{args.kafka}"
+topic_prefix = "{prefix}"
+[notifier]
+port = {notifier_port}
+allow_insecure_webhooks = true
+allow_private_webhooks = true
+concurrency = {args.concurrency}
+per_host_concurrency = {args.per_host}
+registry_catchup_s = {args.timeout}
+[smtp]
+host = "127.0.0.1"
+port = {port}
+connections = {args.smtp_connections}
+""", encoding="utf-8")
+    languages = list(Language)
+    eos = [
+        CloudEvent[EoData](
+            source="/bench", type=EventType.EO_UPSERTED, subject=f"LU{i:012d}",
+            data=EoData(
+                eori=f"LU{i:012d}", name=f"Bench EO {i}", language=languages[i % 3],
+                webhook_url=f"http://127.0.0.1:{port}/hook/LU{i:012d}" if channel == "webhook" else None,
+                webhook_secret=SecretStr(f"secret-{i}") if channel == "webhook" else None,
+                email=f"eo{i}@example.lu" if channel == "email" else None,
+            ),
+        )
+        for i in range(n)
+    ]
+    asyncio.run(ensure_topics(kafka))
+    registering_s = asyncio.run(register_eos(kafka, eos))
+    log = (tmp / "notifier.log").open("wb")
+    command = [str(Path(sys.executable).with_name("luccs-fallback")), "notifier", "--config", str(config)]
+    preexec = (lambda: os.sched_setaffinity(0, set(args.notifier_cpus))) if args.notifier_cpus else None
+    started = time.monotonic()
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, preexec_fn=preexec)
+    url = f"http://127.0.0.1:{notifier_port}"
+    try:
+        _wait(lambda: _get(f"{url}/readyz") == 200, args.timeout, "the notifier to read the registry", process, tmp)
+        ready_s = time.monotonic() - started
+        _wait(lambda: metric(httpx.get(f"{url}/metrics").text, "luccs_notifier_registered_eos") >= n,
+              args.timeout, "every EO in the notifier's registry", process, tmp)
+        before = count.value
+        published_at, _ = asyncio.run(publish_opened(kafka))
+        _wait(lambda: count.value - before >= n, args.timeout, f"{n} {channel} deliveries", process, tmp)
+        last_2xx_s = last.value - published_at
+        _wait(lambda: metric(httpx.get(f"{url}/metrics").text, "luccs_notifier_delivery_outcomes_total",
+                             'outcome="delivered"') >= n, args.timeout, "every outcome recorded", process, tmp)
+        recorded_s = time.time() - published_at
+        metrics = httpx.get(f"{url}/metrics").text
+        failed = metric(metrics, "luccs_notifier_delivery_outcomes_total", 'outcome="retrying"') + metric(
+            metrics, "luccs_notifier_delivery_outcomes_total", 'outcome="dead"')
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+    return {"n": n, "registering_s": registering_s, "ready_s": ready_s, "last_2xx_s": last_2xx_s,
+            "recorded_s": recorded_s, "failed_attempts": failed, "received": count.value - before}
+
+
+def _wait(predicate: Any, timeout: float, what: str, process: subprocess.Popen[bytes], tmp: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None:
+            raise SystemExit(f"the notifier exited ({process.returncode}): see {tmp / 'notifier.log'}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what} (log: {tmp / 'notifier.log'})")
+        time.sleep(0.02)
+
+
+def _get(url: str) -> int:
+    return httpx.get(url, timeout=2).status_code
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--eos", type=int, default=10_000, help="EOs reached by webhook (0: skip)")
+    parser.add_argument("--emails", type=int, default=10_000, help="EOs reached by e-mail (0: skip)")
+    parser.add_argument("--kafka", default=os.environ.get("LUCCS_BENCH_KAFKA")
+                        or os.environ.get("LUCCS_TEST_KAFKA") or "127.0.0.1:19092")
+    parser.add_argument("--per-host", type=int, default=50, help="notifier.per_host_concurrency")
+    parser.add_argument("--concurrency", type=int, default=200, help="notifier.concurrency")
+    parser.add_argument("--smtp-connections", type=int, default=8, help="smtp.connections")
+    parser.add_argument("--timeout", type=float, default=180, help="bound on every wait, in seconds")
+    parser.add_argument("--notifier-cpus", type=int, nargs="*", default=[], help="pin the notifier to these CPUs")
+    parser.add_argument("--server-cpu", type=int, default=None, help="pin the receiver and SMTP server to a CPU")
+    args = parser.parse_args()
+    spawn = mp.get_context("spawn")
+    print(f"notifier benchmark: {os.cpu_count()} CPUs, broker {args.kafka}")
+    for channel, n in (("webhook", args.eos), ("email", args.emails)):
+        if n <= 0:
+            continue
+        count: Synchronized[int] = spawn.Value("i", 0)
+        last: Synchronized[float] = spawn.Value("d", 0.0)
+        port = _free_port()
+        target = run_receiver if channel == "webhook" else run_smtp
+        server = spawn.Process(target=target, args=(port, count, last, args.server_cpu), daemon=True)
+        server.start()
+        try:
+            time.sleep(1.0)
+            if channel == "webhook":
+                capacity = asyncio.run(http_capacity(port, n, args.per_host))
+            else:
+                capacity = asyncio.run(smtp_capacity(port, n, args.smtp_connections))
+            result = run_phase(args, channel=channel, port=port, count=count, last=last)
+        finally:
+            server.terminate()
+            server.join(10)
+        rate = n / result["last_2xx_s"]
+        print(f"\n{channel}: {n} EOs")
+        print(f"  EO registration published in {result['registering_s']:.2f} s; notifier ready "
+              f"(registry read) {result['ready_s']:.2f} s after start")
+        print(f"  publication -> last {'2xx' if channel == 'webhook' else 'accepted message'}: "
+              f"{result['last_2xx_s']:.2f} s ({rate:,.0f}/s)")
+        print(f"  publication -> every outcome recorded in the delivery log: {result['recorded_s']:.2f} s")
+        print(f"  server raw capacity (plain client loop): {capacity:,.0f}/s; notifier reaches "
+              f"{rate / capacity:.0%} of it")
+        print(f"  failed attempts: {result['failed_attempts']:.0f}; received: {result['received']:.0f}")
+        if channel == "webhook":
+            print(f"  goal: {n} webhooks in under 5 s -> {'met' if result['last_2xx_s'] < 5 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,428 @@
+"""The dispatcher: claims due deliveries from the log, runs them in per-host lanes, records the outcomes.
+
+Isolation: every webhook host (``host:port``) and the SMTP server has a lane of its own with at most
+``per_host_concurrency`` (SMTP: ``smtp.connections``) deliveries in flight, under a global bound of
+``concurrency``. A lane holds a bounded buffer of claimed deliveries, and the claim query skips the lanes
+whose buffer is full: a hanging host fills its own lane and delays no other.
+
+Durability: a claim is a lease written to the row (``claimed_by``, ``claimed_until``), so notifiers that
+share a database never send the same delivery twice; a restarted notifier takes back its own leases at
+once. Outcomes are written in batches, one transaction for many deliveries (with their attempt rows and
+retry times), then published on the deliveries topic. A crash between a send and the batch that records
+it means that delivery is sent again after the restart, with the same Idempotency-Key: at least once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.notifier.domain import RetryPolicy, next_attempt_at
+from services.notifier.jobs import Job, Outcome, Sender
+from services.notifier.metrics import NotifierMetrics
+from services.notifier.models import AttemptRow, DeliveryRow, EoRow, NoticeRow, PlannedEventRow
+from shared.config import Settings
+from shared.events import CloudEvent, DeliveryChannel, DeliveryData, DeliveryStatus, EventType, Language
+from shared.kafka import Publisher
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CLAIM_LEASE", "SOURCE", "Dispatcher"]
+
+SOURCE = "/luccs-fallback/notifier"
+CLAIM_LEASE = timedelta(minutes=10)
+FEED_MAX_LAG_S = 10.0
+_DUE = (DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value)
+_ATTEMPTS = cast(Table, AttemptRow.__table__)
+_D = cast(Table, DeliveryRow.__table__)
+# One statement, executed for a whole batch of outcomes (executemany), not one transaction per delivery.
+_RECORD_OUTCOME = (
+    update(_D).where(_D.c.id == bindparam("key"))
+    .values(status=bindparam("status"), attempts=bindparam("attempts"), next_attempt_at=bindparam("next_attempt_at"),
+            claimed_by=None, claimed_until=None, last_error=bindparam("last_error"),
+            last_http_status=bindparam("last_http_status"), delivered_at=bindparam("delivered_at"))
+)
+
+
+@dataclass
+class _Lane:
+    name: str
+    limit: int
+    buffer: int
+    queue: deque[Job] = field(default_factory=deque)
+    workers: int = 0
+
+    @property
+    def load(self) -> int:
+        return len(self.queue) + self.workers
+
+
+@dataclass(frozen=True)
+class _Notice:
+    language: Language
+    subject: str
+    message: str
+    webhook_body: bytes | None
+
+
+class Dispatcher:
+    """Delivers what the planner recorded, until cancelled; :meth:`wake` makes it look for work at once."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        senders: Mapping[DeliveryChannel, Sender],
+        metrics: NotifierMetrics,
+        publisher: Publisher | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        poll_s: float = 1.0,
+        claim_batch: int = 1000,
+    ) -> None:
+        cfg = settings.notifier
+        self._settings = settings
+        self._sessions = sessions
+        self._senders = senders
+        self._metrics = metrics
+        self._publisher = publisher
+        self._clock = clock
+        self._poll_s = poll_s
+        self._claim_batch = claim_batch
+        self._me = cfg.instance_id
+        self._policy = RetryPolicy(max_attempts=cfg.max_attempts, max_age_s=cfg.max_age_s, base_s=cfg.backoff_base_s,
+                                   max_delay_s=cfg.backoff_max_s)
+        self._slots = asyncio.Semaphore(cfg.concurrency)
+        self._wake = asyncio.Event()
+        self._lanes: dict[str, _Lane] = {}
+        self._held: set[str] = set()
+        self._notices: dict[int, _Notice] = {}
+        self._workers: set[asyncio.Task[None]] = set()
+        self._outcomes: asyncio.Queue[tuple[Job, Outcome, float]] = asyncio.Queue()
+        self._published: asyncio.Queue[CloudEvent[DeliveryData]] = asyncio.Queue()
+        self._gauges_at = 0.0
+        self.running = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        """Deliveries claimed by this process and not recorded yet."""
+        return len(self._held)
+
+    async def run(self) -> None:
+        """Claim and deliver until cancelled; on the way out, record the outcomes already known."""
+        await self._release_own_claims()
+        writer = asyncio.create_task(self._write_outcomes(), name="notifier-outcomes")
+        feed = asyncio.create_task(self._publish_outcomes(), name="notifier-outcome-feed")
+        self.running = True
+        try:
+            while True:
+                try:
+                    await self._claim()
+                    await self._refresh_gauges()
+                    sleep_s = await self._until_next_due()
+                except Exception:
+                    log.exception("dispatching deliveries failed; trying again")
+                    sleep_s = self._poll_s
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=sleep_s)
+                self._wake.clear()
+        finally:
+            self.running = False
+            await self._shut_down(writer, feed)
+
+    async def _shut_down(self, writer: asyncio.Task[None], feed: asyncio.Task[None]) -> None:
+        grace = min(self._settings.notifier.webhook_timeout_s, 5.0)
+        if self._workers:
+            _, late = await asyncio.wait(set(self._workers), timeout=grace)
+            for task in late:  # their rows keep this instance's lease: taken back at the next start
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):  # what was sent is recorded, unless the database is gone
+            await asyncio.wait_for(self._outcomes.join(), timeout=30)
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._published.join(), timeout=grace)
+        feed.cancel()
+        await asyncio.gather(feed, return_exceptions=True)
+
+    # --- claiming ---------------------------------------------------------------------------------------
+
+    async def _release_own_claims(self) -> None:
+        async with self._sessions.begin() as session:
+            released = await session.execute(
+                update(DeliveryRow).where(DeliveryRow.claimed_by == self._me, DeliveryRow.status.in_(_DUE))
+                .values(claimed_by=None, claimed_until=None)
+                .execution_options(synchronize_session=False)
+            )
+        count = getattr(released, "rowcount", 0)
+        if count:
+            log.info("took back %d deliveries this notifier had claimed before it stopped", count)
+
+    def _lane_for(self, name: str, channel: DeliveryChannel) -> _Lane:
+        lane = self._lanes.get(name)
+        if lane is None:
+            limit = (
+                self._settings.smtp.connections if channel == DeliveryChannel.EMAIL
+                else self._settings.notifier.per_host_concurrency
+            )
+            lane = self._lanes[name] = _Lane(name=name, limit=limit, buffer=max(8 * limit, 500))
+        return lane
+
+    async def _claim(self) -> None:
+        while True:
+            full = [lane.name for lane in self._lanes.values() if lane.load >= lane.buffer]
+            claimed = await self._claim_batch_of_jobs(excluding_lanes=full)
+            for job in claimed:
+                lane = self._lane_for(job.lane, job.channel)
+                lane.queue.append(job)
+                while lane.workers < lane.limit and lane.workers < len(lane.queue):
+                    lane.workers += 1
+                    task = asyncio.create_task(self._work(lane), name=f"lane:{lane.name}")
+                    self._workers.add(task)
+                    task.add_done_callback(self._workers.discard)
+            if len(claimed) < self._claim_batch // 2:
+                return
+
+    async def _claim_batch_of_jobs(self, *, excluding_lanes: list[str]) -> list[Job]:
+        now = self._clock()
+        # First the candidates (id and lane only), then the full rows of the ones this process takes: a
+        # lane with little room does not make the claim load rows it will leave for later.
+        candidates = (
+            select(_D.c.id, _D.c.lane, _D.c.channel)
+            .where(
+                _D.c.status.in_(_DUE),
+                _D.c.next_attempt_at <= now,
+                (_D.c.claimed_until.is_(None)) | (_D.c.claimed_until < now),
+            )
+            .order_by(_D.c.next_attempt_at)
+            .limit(self._claim_batch)
+            .with_for_update(skip_locked=True)
+        )
+        if excluding_lanes:
+            candidates = candidates.where(_D.c.lane.not_in(excluding_lanes))
+        async with self._sessions.begin() as session:
+            found = (await session.execute(candidates)).all()
+            room: dict[str, int] = {}
+            picked: list[str] = []
+            for delivery_id, lane_name, channel in found:
+                if delivery_id in self._held:
+                    continue
+                if lane_name not in room:
+                    lane = self._lane_for(lane_name, DeliveryChannel(channel))
+                    room[lane_name] = lane.buffer - lane.load
+                if room[lane_name] <= 0:
+                    continue  # this lane has enough work buffered; the row stays due for a later claim
+                room[lane_name] -= 1
+                picked.append(delivery_id)
+            if not picked:
+                return []
+            await session.execute(
+                update(_D).where(_D.c.id.in_(picked)).values(claimed_by=self._me, claimed_until=now + CLAIM_LEASE)
+            )
+            rows = (await session.execute(
+                select(
+                    _D.c.id, _D.c.event_id, _D.c.event_type, _D.c.procedure_id, _D.c.eori, _D.c.audience,
+                    _D.c.channel, _D.c.recipient, _D.c.lane, _D.c.idempotency_key, _D.c.attempts, _D.c.created_at,
+                    _D.c.notice_id, EoRow.webhook_secret,
+                )
+                .select_from(_D.outerjoin(EoRow, EoRow.eori == _D.c.eori))
+                .where(_D.c.id.in_(picked))
+                .order_by(_D.c.next_attempt_at)
+            )).all()
+            missing = {row.notice_id for row in rows} - self._notices.keys()
+            if missing:
+                if len(self._notices) > 10_000:
+                    self._notices.clear()
+                for stored in (await session.scalars(select(NoticeRow).where(NoticeRow.id.in_(missing)))).all():
+                    self._notices[stored.id] = _Notice(Language(stored.language), stored.subject, stored.message,
+                                                       stored.webhook_body)
+        jobs = []
+        for row in rows:
+            notice = self._notices[row.notice_id]
+            self._held.add(row.id)
+            jobs.append(Job(
+                delivery_id=row.id, event_id=row.event_id, event_type=row.event_type, procedure_id=row.procedure_id,
+                eori=row.eori, audience=row.audience, channel=DeliveryChannel(row.channel), address=row.recipient,
+                lane=row.lane, idempotency_key=row.idempotency_key, attempt=row.attempts + 1,
+                created_at=row.created_at, language=notice.language, subject=notice.subject,
+                message=notice.message, webhook_body=notice.webhook_body, webhook_secret=row.webhook_secret,
+            ))
+        return jobs
+
+    async def _until_next_due(self) -> float:
+        now = self._clock()
+        async with self._sessions() as session:
+            soonest = await session.scalar(
+                select(func.min(DeliveryRow.next_attempt_at)).where(
+                    DeliveryRow.status.in_(_DUE),
+                    (DeliveryRow.claimed_until.is_(None)) | (DeliveryRow.claimed_until < now),
+                )
+            )
+        if soonest is None:
+            return self._poll_s
+        if soonest.tzinfo is None:  # an aggregate bypasses the column type on SQLite
+            soonest = soonest.replace(tzinfo=UTC)
+        return min(self._poll_s, max(0.0, (soonest - now).total_seconds()))
+
+    async def _refresh_gauges(self) -> None:
+        if time.monotonic() - self._gauges_at < 1.0:
+            return
+        self._gauges_at = time.monotonic()
+        async with self._sessions() as session:
+            depth: dict[str, int] = {
+                channel: count for channel, count in (await session.execute(
+                    select(DeliveryRow.channel, func.count()).where(DeliveryRow.status.in_(_DUE))
+                    .group_by(DeliveryRow.channel)
+                )).all()
+            }
+            eos = await session.scalar(select(func.count()).select_from(EoRow))
+        for channel in DeliveryChannel:
+            self._metrics.queue_depth.labels(channel=channel.value).set(depth.get(channel.value, 0))
+        self._metrics.registered_eos.set(eos or 0)
+
+    # --- delivering -------------------------------------------------------------------------------------
+
+    async def _work(self, lane: _Lane) -> None:
+        try:
+            while lane.queue:
+                job = lane.queue.popleft()
+                sender = self._senders.get(job.channel)
+                started = time.perf_counter()
+                async with self._slots:
+                    try:
+                        if sender is None:
+                            outcome = Outcome.failed(f"no {job.channel} sender is configured")
+                        else:
+                            outcome = await sender.send(job)
+                    except Exception as exc:
+                        log.exception("delivery %s failed unexpectedly", job.delivery_id)
+                        outcome = Outcome.failed(f"{type(exc).__name__}: {exc}")
+                self._outcomes.put_nowait((job, outcome, time.perf_counter() - started))
+                if len(lane.queue) == lane.buffer // 2:
+                    self._wake.set()  # half empty: time to claim more for this lane
+        finally:
+            lane.workers -= 1
+            if lane.workers == 0 and not lane.queue and self._lanes.get(lane.name) is lane:
+                del self._lanes[lane.name]
+                self._wake.set()
+
+    # --- recording --------------------------------------------------------------------------------------
+
+    async def _write_outcomes(self) -> None:
+        while True:
+            batch = [await self._outcomes.get()]
+            while not self._outcomes.empty() and len(batch) < 2000:
+                batch.append(self._outcomes.get_nowait())
+            while True:
+                try:
+                    await self._record(batch)
+                    break
+                except Exception:
+                    log.exception("recording %d delivery outcomes failed; trying again", len(batch))
+                    await asyncio.sleep(1.0)
+            for _ in batch:
+                self._outcomes.task_done()
+
+    async def _record(self, batch: list[tuple[Job, Outcome, float]]) -> None:
+        now = self._clock()
+        updates: list[dict[str, Any]] = []
+        attempts: list[dict[str, Any]] = []
+        feed: list[CloudEvent[DeliveryData]] = []
+        for job, outcome, duration_s in batch:
+            retry_at = None
+            if outcome.ok:
+                status = DeliveryStatus.DELIVERED
+            else:
+                if not outcome.permanent:
+                    retry_at = next_attempt_at(policy=self._policy, attempt=job.attempt, planned_at=job.created_at,
+                                               now=now)
+                status = DeliveryStatus.RETRYING if retry_at else DeliveryStatus.DEAD
+            updates.append({
+                "key": job.delivery_id, "status": status.value, "attempts": job.attempt, "next_attempt_at": retry_at,
+                "last_error": outcome.error, "last_http_status": outcome.http_status,
+                "delivered_at": now if outcome.ok else None,
+            })
+            attempts.append({
+                "delivery_id": job.delivery_id, "attempt": job.attempt, "at": now, "outcome": status.value,
+                "http_status": outcome.http_status, "error": outcome.error, "duration_ms": round(duration_s * 1000, 3),
+            })
+            feed.append(CloudEvent[DeliveryData](
+                source=SOURCE, type=EventType.DELIVERY_RECORDED, subject=job.procedure_id,
+                data=DeliveryData(
+                    delivery_id=job.delivery_id, event_id=job.event_id, procedure_id=job.procedure_id, eori=job.eori,
+                    channel=job.channel, recipient=job.address, attempt=job.attempt, status=status,
+                    http_status=outcome.http_status, error=outcome.error, at=now,
+                ),
+            ))
+            if status == DeliveryStatus.DEAD:
+                log.warning("delivery %s (%s to %s) is dead after %d attempts: %s", job.delivery_id, job.channel,
+                            job.eori or job.audience, job.attempt, outcome.error)
+        async with self._sessions.begin() as session:
+            await session.execute(_RECORD_OUTCOME.values(updated_at=now), updates)
+            await session.execute(insert(_ATTEMPTS), attempts)
+            await self._settle(session, {job.event_id for job, _, _ in batch}, now)
+        for (job, _, duration_s), event in zip(batch, feed, strict=True):
+            self._held.discard(job.delivery_id)
+            self._metrics.outcomes.labels(channel=job.channel.value, outcome=event.data.status.value).inc()
+            self._metrics.attempt_seconds.labels(channel=job.channel.value).observe(duration_s)
+            self._published.put_nowait(event)
+        if any(u["next_attempt_at"] is not None for u in updates):
+            self._wake.set()
+
+    async def _settle(self, session: AsyncSession, event_ids: set[str], now: datetime) -> None:
+        """Mark the events whose every delivery is now delivered or dead, and time their fan-out."""
+        unsettled = set((await session.scalars(
+            select(DeliveryRow.event_id).where(DeliveryRow.event_id.in_(event_ids), DeliveryRow.status.in_(_DUE))
+            .distinct()
+        )).all())
+        done = event_ids - unsettled
+        if not done:
+            return
+        events = (await session.scalars(
+            select(PlannedEventRow).where(PlannedEventRow.event_id.in_(done), PlannedEventRow.settled_at.is_(None))
+        )).all()
+        for planned in events:
+            planned.settled_at = now
+            self._metrics.fanout_seconds.observe(max(0.0, (now - planned.planned_at).total_seconds()))
+
+    async def _publish_outcomes(self) -> None:
+        while True:
+            batch = [await self._published.get()]
+            # Deliver first, report after: while lanes are busy the feed waits (FEED_MAX_LAG_S at most), so
+            # a 10,000-EO fan-out does not share the CPU with 10,000 broker sends until it is done.
+            waited = 0.0
+            while self._lanes and waited < FEED_MAX_LAG_S:
+                await asyncio.sleep(0.1)
+                waited += 0.1
+            while not self._published.empty() and len(batch) < 5000:
+                batch.append(self._published.get_nowait())
+            try:
+                if self._publisher is not None:
+                    await self._publish(self._publisher, batch)
+            finally:
+                for _ in batch:
+                    self._published.task_done()
+
+    async def _publish(self, publisher: Publisher, batch: list[CloudEvent[DeliveryData]]) -> None:
+        topic = self._settings.kafka.deliveries_topic
+        results = await asyncio.gather(
+            *(publisher.publish(topic, event, key=event.data.procedure_id) for event in batch),
+            return_exceptions=True,
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:  # the delivery log is the record; the topic is a feed for others
+            log.warning("could not publish %d delivery outcomes: %s", len(failures), failures[0])

@@ -1,0 +1,60 @@
+"""What the dispatcher hands a channel sender, and what the sender answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from shared.events import DeliveryChannel, Language
+
+__all__ = ["Job", "Outcome", "Sender"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One attempt to deliver one notice to one recipient."""
+
+    delivery_id: str
+    event_id: str
+    event_type: str
+    procedure_id: str
+    eori: str | None
+    audience: str
+    channel: DeliveryChannel
+    address: str
+    lane: str
+    idempotency_key: str
+    attempt: int
+    created_at: datetime
+    language: Language
+    subject: str
+    message: str
+    webhook_body: bytes | None
+    webhook_secret: str | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended. ``permanent`` failures are not retried (e.g. a webhook URL that is refused)."""
+
+    ok: bool
+    error: str | None = None
+    http_status: int | None = None
+    permanent: bool = False
+
+    @classmethod
+    def delivered(cls, http_status: int | None = None) -> Outcome:
+        return cls(ok=True, http_status=http_status)
+
+    @classmethod
+    def failed(cls, error: str, *, http_status: int | None = None, permanent: bool = False) -> Outcome:
+        return cls(ok=False, error=error, http_status=http_status, permanent=permanent)
+
+
+class Sender(Protocol):
+    """Delivers jobs of one channel; never raises for a delivery problem, it answers an :class:`Outcome`."""
+
+    async def send(self, job: Job) -> Outcome: ...
+
+    async def aclose(self) -> None: ...

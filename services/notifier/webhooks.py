@@ -1,0 +1,83 @@
+"""Webhook delivery: the contract's signed POST of the CloudEvent to an EO's endpoint."""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable
+
+from services.notifier.domain import webhook_url_problem
+from services.notifier.jobs import Job, Outcome
+from services.notifier.webhook_http import TargetRefused, TransportError, WebhookHttpClient
+from shared.config import NotifierSettings
+from shared.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, sign
+
+__all__ = ["WEBHOOK_CONTENT_TYPE", "WebhookSender", "webhook_ssl_context"]
+
+WEBHOOK_CONTENT_TYPE = "application/cloudevents+json"
+_UNCHECKED = "<unchecked>"
+
+
+def webhook_ssl_context(settings: NotifierSettings) -> ssl.SSLContext:
+    """The system's trusted CAs, plus ``notifier.webhook_ca_file`` when set (a private PKI, or tests)."""
+    context = ssl.create_default_context()
+    if settings.webhook_ca_file:
+        context.load_verify_locations(cafile=settings.webhook_ca_file)
+    return context
+
+
+class WebhookSender:
+    """Sends one webhook attempt: URL rules, signature, Idempotency-Key, 2xx within the timeout = delivered."""
+
+    def __init__(
+        self, *, settings: NotifierSettings, client: WebhookHttpClient, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._settings = settings
+        self._client = client
+        self._clock = clock
+        self._problems: dict[str, str | None] = {}  # the URL rules' verdict per address (settings are fixed)
+
+    async def send(self, job: Job) -> Outcome:
+        cfg = self._settings
+        problem = self._problems.get(job.address, _UNCHECKED)
+        if problem is _UNCHECKED:
+            if len(self._problems) > 100_000:
+                self._problems.clear()
+            problem = self._problems[job.address] = webhook_url_problem(
+                job.address, allow_insecure=cfg.allow_insecure_webhooks, allow_private=cfg.allow_private_webhooks
+            )
+        if problem is not None:
+            return Outcome.failed(problem, permanent=True)
+        if not job.webhook_secret:
+            return Outcome.failed("the EO has no webhook secret (or left the registry): notices cannot be signed",
+                                  permanent=True)
+        if job.webhook_body is None:
+            return Outcome.failed("no webhook body was planned for this notice", permanent=True)
+        headers = [
+            ("Content-Type", WEBHOOK_CONTENT_TYPE),
+            (IDEMPOTENCY_HEADER, job.idempotency_key),
+            (SIGNATURE_HEADER, sign(job.webhook_secret, job.webhook_body, int(self._clock()))),
+        ]
+        try:
+            answer = await self._client.post(
+                job.address, body=job.webhook_body, headers=headers, timeout_s=cfg.webhook_timeout_s
+            )
+        except TargetRefused as exc:
+            return Outcome.failed(str(exc), permanent=True)
+        except TransportError as exc:
+            return Outcome.failed(str(exc))
+        except TimeoutError:
+            return Outcome.failed(f"no answer within {cfg.webhook_timeout_s:g}s")
+        if 200 <= answer.status < 300:
+            return Outcome.delivered(answer.status)
+        if 300 <= answer.status < 400:
+            where = f" to {answer.location}" if answer.location else ""
+            return Outcome.failed(
+                f"HTTP {answer.status}: redirect{where} not followed; "
+                "the webhook must answer 2xx at its registered URL",
+                http_status=answer.status,
+            )
+        return Outcome.failed(f"HTTP {answer.status}", http_status=answer.status)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,255 @@
+"""The notice texts (services/notifier/templates, rendered by services/notifier/notices.py): every scenario,
+event type, audience and language renders, says what to do, and never advises a channel that is down."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from jinja2 import UndefinedError
+
+from services.notifier.domain import Audience, Situation
+from services.notifier.notices import Contacts, EoSummary, NoticeTexts
+from shared.events import (
+    AdvisoryData,
+    AdvisoryKind,
+    Component,
+    ComponentState,
+    EventType,
+    Evidence,
+    Language,
+    Origin,
+    ProcedureData,
+    ProcedureState,
+    Scenario,
+    Scope,
+)
+
+S1, S2, S3 = Scenario.EO_B2G_UNAVAILABLE, Scenario.ADA_B2G_UNAVAILABLE, Scenario.LUCCS_UNAVAILABLE
+OPENED, UPDATED, CLOSED = EventType.PROCEDURE_OPENED, EventType.PROCEDURE_UPDATED, EventType.PROCEDURE_CLOSED
+PROPOSED = EventType.PROCEDURE_PROPOSED
+OPENED_AT = datetime(2024, 3, 1, 8, 15, tzinfo=UTC)  # 09:15 in Luxembourg
+CLOSED_AT = datetime(2024, 7, 2, 17, 45, tzinfo=UTC)  # 19:45 in Luxembourg (summer time)
+TEXTS = NoticeTexts(contacts=Contacts(servicedesk="+352 2818 2525", bureau="recette@do.etat.lu"))
+LANGUAGES = list(Language)
+
+# How each language tells an EO to lodge through NTP (the advice that must never be given while NTP is down).
+NTP_ADVICE = {
+    Language.EN: "in the National Trader Portal (NTP)",
+    Language.FR: "dans le National Trader Portal (NTP)",
+    Language.DE: "über das National Trader Portal (NTP)",
+}
+BACK_TO_B2G = {Language.EN: "over B2G (AS4) again", Language.FR: "de nouveau vos déclarations en douane par B2G",
+               Language.DE: "wieder wie gewohnt über B2G (AS4)"}
+BUREAU = "Bureau de recette Douanes"
+
+
+def procedure(
+    event_type: EventType, scenario: Scenario, *, previous: Scenario | None = None, origin: Origin = Origin.DETECTED
+) -> ProcedureData:
+    closed = event_type == CLOSED
+    if event_type == UPDATED and previous is None:
+        previous = {S1: None, S2: S3, S3: S2}[scenario]
+    return ProcedureData(
+        procedure_id="proc-7f3a", scenario=scenario, previous_scenario=previous,
+        scope=Scope.EO if scenario == S1 else Scope.NATIONAL, eori="LU0000000002" if scenario == S1 else None,
+        state=ProcedureState.CLOSED if closed else ProcedureState.OPEN, reason="ada-as4 refused 3 probes",
+        opened_at=OPENED_AT, closed_at=CLOSED_AT if closed else None, origin=origin,
+        evidence=[Evidence(target_id="ada-as4", component=Component.ADA_B2G, detector_instance="d1",
+                           state=ComponentState.DOWN, observed_at=OPENED_AT, reason="refused")],
+    )
+
+
+def eo_notice(event_type: EventType, scenario: Scenario, language: Language, situation: Situation | None = None,
+              **kwargs: object) -> tuple[str, str]:
+    notice = TEXTS.eo_notice(event_type=event_type.value, procedure=procedure(event_type, scenario, **kwargs),  # type: ignore[arg-type]
+                             language=language, situation=situation or Situation())
+    return notice.subject, notice.message
+
+
+CASES = [(e, s, lang) for e in (OPENED, UPDATED, CLOSED) for s in (S1, S2, S3) for lang in LANGUAGES]
+
+
+@pytest.mark.parametrize(("event_type", "scenario", "language"), CASES)
+def test_every_eo_notice_names_the_procedure_and_its_time(
+    event_type: EventType, scenario: Scenario, language: Language
+) -> None:
+    subject, message = eo_notice(event_type, scenario, language)
+    assert "LUCCS" in subject and "proc-7f3a" in subject and "\n" not in subject
+    assert "proc-7f3a" in message
+    if event_type == CLOSED:
+        assert "2024-07-02 19:45" in message and "2024-07-02 17:45 UTC" in message
+    else:
+        assert "2024-03-01 09:15" in message and "2024-03-01 08:15 UTC" in message
+    assert "ada-as4 refused 3 probes" in message
+    assert "{{" not in message and "{%" not in message
+
+
+@pytest.mark.parametrize(("event_type", "scenario", "language"), CASES)
+def test_each_language_has_its_own_text(event_type: EventType, scenario: Scenario, language: Language) -> None:
+    mine = eo_notice(event_type, scenario, language)
+    for other in LANGUAGES:
+        if other != language:
+            theirs = eo_notice(event_type, scenario, other)
+            assert mine[0] != theirs[0] and mine[1] != theirs[1]
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("event_type", [OPENED, UPDATED])
+def test_scenario_3_never_advises_ntp_and_sends_eos_to_the_bureau(event_type: EventType, language: Language) -> None:
+    _, message = eo_notice(event_type, S3, language)
+    assert NTP_ADVICE[language] not in message
+    assert f"{BUREAU} (recette@do.etat.lu)" in message
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_scenario_2_advises_ntp_and_not_the_bureau(language: Language) -> None:
+    for event_type in (OPENED, UPDATED):
+        _, message = eo_notice(event_type, S2, language)
+        assert NTP_ADVICE[language] in message
+        assert BUREAU not in message.split("\n\n", 2)[-1]  # the "what to do" part
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_update_from_2_to_3_says_ntp_is_down_too(language: Language) -> None:
+    _, message = eo_notice(UPDATED, S3, language, previous=S2)
+    words = {Language.EN: "now unavailable too", Language.FR: "désormais indisponible lui aussi",
+             Language.DE: "Jetzt ist auch das National Trader Portal (NTP) nicht verfügbar"}
+    assert words[language] in message
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("origin", list(Origin))
+def test_scenario_1_opened_tells_the_eo_the_servicedesk_knows_and_to_use_ntp(
+    language: Language, origin: Origin
+) -> None:
+    _, message = eo_notice(OPENED, S1, language, origin=origin)
+    assert "Servicedesk eDouane" in message
+    assert NTP_ADVICE[language] in message
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("event_type", [OPENED, UPDATED])
+@pytest.mark.parametrize("situation", [Situation("nat-9", S3), Situation(ntp_advisory=True)])
+def test_scenario_1_never_advises_ntp_while_ntp_is_down(
+    language: Language, event_type: EventType, situation: Situation
+) -> None:
+    _, message = eo_notice(event_type, S1, language, situation)
+    assert NTP_ADVICE[language] not in message
+    if situation.national_scenario == S3:
+        assert BUREAU in message and "nat-9" in message
+    else:
+        assert "Servicedesk eDouane (+352 2818 2525)" in message
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_scenario_1_closed_says_the_servicedesk_was_told_of_the_restoration(language: Language) -> None:
+    _, message = eo_notice(CLOSED, S1, language)
+    restoration = {Language.EN: "told of the restoration", Language.FR: "informé du rétablissement",
+                   Language.DE: "über die Wiederherstellung informiert"}
+    assert restoration[language] in message
+    assert BACK_TO_B2G[language] in message
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("scenario", [S2, S3])
+def test_national_closed_sends_eos_back_to_b2g(language: Language, scenario: Scenario) -> None:
+    _, message = eo_notice(CLOSED, scenario, language)
+    assert BACK_TO_B2G[language] in message
+    assert NTP_ADVICE[language] not in message
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_scenario_1_closed_during_a_national_procedure_does_not_send_the_eo_to_b2g(language: Language) -> None:
+    subject, message = eo_notice(CLOSED, S1, language, Situation("nat-9", S2))
+    assert BACK_TO_B2G[language] not in message
+    assert NTP_ADVICE[language] in message and "nat-9" in subject
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("ntp_down", [False, True])
+def test_national_closed_reminds_an_eo_whose_own_b2g_is_still_down(language: Language, ntp_down: bool) -> None:
+    notice = TEXTS.eo_notice(event_type=CLOSED.value, procedure=procedure(CLOSED, S2), language=language,
+                             situation=Situation(ntp_advisory=ntp_down), own_procedure_id="own-42")
+    assert "own-42" in notice.message
+    assert BACK_TO_B2G[language] not in notice.message
+    assert (NTP_ADVICE[language] in notice.message) is not ntp_down
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("event_type", [PROPOSED, OPENED, UPDATED, CLOSED])
+@pytest.mark.parametrize("scenario", [S1, S2, S3])
+def test_servicedesk_notices(language: Language, event_type: EventType, scenario: Scenario) -> None:
+    data = procedure(event_type, scenario)
+    notice = TEXTS.staff_notice(audience=Audience.SERVICEDESK, event_type=event_type.value, procedure=data,
+                                language=language, eo=EoSummary("LU0000000002", "Trading SARL"), eos_notified=3)
+    assert "proc-7f3a" in notice.subject and scenario.value in notice.message
+    assert "ada-as4" in notice.message  # the evidence
+    if scenario == S1:
+        assert "LU0000000002" in notice.subject and "Trading SARL" in notice.message
+    if event_type == PROPOSED:
+        assert "/api/v1/procedures/proc-7f3a/confirm" in notice.message
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_servicedesk_is_told_when_an_eo_could_not_be_reached(language: Language) -> None:
+    reached = TEXTS.staff_notice(audience=Audience.SERVICEDESK, event_type=OPENED.value,
+                                 procedure=procedure(OPENED, S1), language=language, eos_notified=1)
+    unreached = TEXTS.staff_notice(audience=Audience.SERVICEDESK, event_type=OPENED.value,
+                                   procedure=procedure(OPENED, S1), language=language, eos_notified=0)
+    assert reached.message != unreached.message
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize(("event_type", "previous"), [(OPENED, None), (UPDATED, S2), (UPDATED, S3), (CLOSED, None)])
+def test_bureau_notices(language: Language, event_type: EventType, previous: Scenario | None) -> None:
+    scenario = S2 if previous == S3 else S3
+    notice = TEXTS.staff_notice(audience=Audience.BUREAU, event_type=event_type.value,
+                                procedure=procedure(event_type, scenario, previous=previous), language=language,
+                                eos_notified=10_000)
+    assert "proc-7f3a" in notice.subject and "10000" in notice.message
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("kind", list(AdvisoryKind))
+@pytest.mark.parametrize("active", [True, False])
+def test_advisory_notices(language: Language, kind: AdvisoryKind, active: bool) -> None:
+    advisory = AdvisoryData(advisory_id="adv-1", kind=kind, active=active, components=[Component.NTP],
+                            reason="no answer", raised_at=OPENED_AT, cleared_at=None if active else CLOSED_AT)
+    event_type = EventType.ADVISORY_RAISED if active else EventType.ADVISORY_CLEARED
+    notice = TEXTS.advisory_notice(event_type=event_type.value, advisory=advisory, language=language)
+    assert "adv-1" in notice.subject and "ntp" in notice.message and "no answer" in notice.message
+    raised_again = TEXTS.advisory_notice(
+        event_type=(EventType.ADVISORY_CLEARED if active else EventType.ADVISORY_RAISED).value, advisory=advisory,
+        language=language,
+    )
+    assert raised_again.subject != notice.subject
+
+
+def test_eos_get_no_notice_of_proposals_or_advisories() -> None:
+    with pytest.raises(ValueError, match="no EO notice"):
+        TEXTS.eo_notice(event_type=PROPOSED.value, procedure=procedure(OPENED, S2), language=Language.EN,
+                        situation=Situation())
+    with pytest.raises(ValueError, match="use eo_notice"):
+        TEXTS.staff_notice(audience=Audience.EO, event_type=OPENED.value, procedure=procedure(OPENED, S2),
+                           language=Language.EN)
+
+
+def test_an_undefined_variable_is_an_error_not_a_blank(tmp_path: Path) -> None:
+    folder = tmp_path / "eo" / "en"
+    folder.mkdir(parents=True)
+    (folder / "opened.txt").write_text("{% block subject %}{{ p.no_such_field }}{% endblock %}"
+                                       "{% block body %}x{% endblock %}")
+    texts = NoticeTexts(contacts=Contacts(), template_dir=tmp_path)
+    with pytest.raises(UndefinedError):
+        texts.eo_notice(event_type=OPENED.value, procedure=procedure(OPENED, S2), language=Language.EN,
+                        situation=Situation())
+
+
+def test_every_template_file_is_used() -> None:
+    """Each audience has the same files in every language (a translation cannot go missing)."""
+    root = Path(__file__).resolve().parents[2] / "services" / "notifier" / "templates"
+    for audience in ("eo", "servicedesk", "bureau"):
+        names = {lang.value: sorted(p.name for p in (root / audience / lang.value).iterdir()) for lang in LANGUAGES}
+        assert names["fr"] == names["en"] == names["de"], audience
