@@ -17,7 +17,16 @@ from urllib.parse import urlsplit
 
 from tenacity import RetryCallState, stop_after_attempt, stop_after_delay, wait_random_exponential
 
-from shared.events import DeliveryChannel, EventType, Language, Origin, ProcedureData, Scenario, Scope
+from shared.events import (
+    DeliveryChannel,
+    EventType,
+    Language,
+    Origin,
+    ProcedureData,
+    ProcedureState,
+    Scenario,
+    Scope,
+)
 
 __all__ = [
     "Audience",
@@ -35,6 +44,7 @@ __all__ = [
     "notice_kind",
     "plan_advisory_notices",
     "plan_procedure_notices",
+    "reaches_eos",
     "webhook_url_problem",
 ]
 
@@ -128,10 +138,17 @@ class PlannedNotice:
 def bureau_concerned(event_type: str, procedure: ProcedureData) -> bool:
     """The Bureau de recette Douanes co-runs the exception case: it hears of scenario 3 starting and ending."""
     kind = notice_kind(event_type)
-    if kind == NoticeKind.PROPOSED:
+    if not reaches_eos(kind, procedure):  # nor the Bureau: a proposal is not in force
         return False
     s3 = Scenario.LUCCS_UNAVAILABLE
     return procedure.scenario == s3 or (kind == NoticeKind.UPDATED and procedure.previous_scenario == s3)
+
+
+def reaches_eos(kind: NoticeKind, procedure: ProcedureData) -> bool:
+    """EOs hear of a procedure only once it is in force: never of a proposal, its changes or its withdrawal."""
+    if kind == NoticeKind.PROPOSED or procedure.state == ProcedureState.PROPOSED:
+        return False
+    return procedure.opened_at is not None  # closed without ever opening = a withdrawn proposal
 
 
 def plan_procedure_notices(
@@ -147,13 +164,14 @@ def plan_procedure_notices(
     National scenarios reach every registered EO; scenario 1 only the EO concerned. An EO is reached by
     webhook when it registered one, else by e-mail. A scenario-1 outage detected by the probes means the
     EO's own system is down, and its webhook may well be down with it: it is e-mailed as well. Proposed
-    procedures reach no EO (an operator has not confirmed them yet). The Servicedesk hears of every event.
+    procedures, their updates and their withdrawal reach no EO (an operator has not confirmed
+    them). The Servicedesk hears of every event.
     """
     kind = notice_kind(event_type)
     if kind in (NoticeKind.ADVISORY_RAISED, NoticeKind.ADVISORY_CLEARED):
         raise ValueError(f"{event_type} is not a procedure event")
     notices: list[PlannedNotice] = []
-    if kind != NoticeKind.PROPOSED:
+    if reaches_eos(kind, procedure):
         if procedure.scope == Scope.NATIONAL:
             concerned = sorted(eos, key=lambda eo: eo.eori)
         else:

@@ -103,6 +103,16 @@ def test_proposed_procedures_reach_the_servicedesk_only(scenario: Scenario) -> N
     assert _who(notices) == [("servicedesk", "email")]
 
 
+@pytest.mark.parametrize("scenario", [S1, S2, S3])
+def test_a_changed_or_withdrawn_proposal_reaches_the_servicedesk_only(scenario: Scenario) -> None:
+    changed = procedure(scenario, state=ProcedureState.PROPOSED).model_copy(update={"opened_at": None})
+    withdrawn = changed.model_copy(update={"state": ProcedureState.CLOSED, "closed_at": NOW})
+    for event_type, data in ((UPDATED, changed), (CLOSED, withdrawn)):
+        notices = plan_procedure_notices(event_type=event_type.value, procedure=data, eos=EOS,
+                                         servicedesk=SERVICEDESK, bureau=BUREAU)
+        assert _who(notices) == [("servicedesk", "email")]
+
+
 @pytest.mark.parametrize("origin", [Origin.EO_REPORT, Origin.OPERATOR])
 def test_scenario_1_reaches_only_that_eo_by_its_preferred_channel(origin: Origin) -> None:
     data = procedure(S1, eori="LU0000000003", origin=origin)
