@@ -104,7 +104,9 @@ def create_app(settings: Settings) -> FastAPI:
     parts = build_notifier(settings, registry=registry, publisher=publisher)
     tasks = BackgroundTasks()
     group = f"{settings.kafka.topic_prefix}.notifier"
-    catch_up = RegistryCatchUp(settings=settings.kafka, group_id=f"{group}.eos")
+    # Every notifier instance reads the whole EO registry: a consumer group of its own.
+    eos_group = f"{group}.eos.{settings.notifier.instance_id}"
+    catch_up = RegistryCatchUp(settings=settings.kafka, group_id=eos_group)
 
     async def on_eo(event: CloudEvent[EoData] | None, record: ConsumerRecord[bytes, bytes]) -> None:
         await parts.planner.on_eo(event, record)
@@ -137,7 +139,7 @@ def create_app(settings: Settings) -> FastAPI:
         await catch_up.prepare()
         tasks.start(
             EventConsumer(
-                settings=settings.kafka, topic=settings.kafka.eos_topic, group_id=f"{group}.eos",
+                settings=settings.kafka, topic=settings.kafka.eos_topic, group_id=eos_group,
                 data_model=EoData, handler=on_eo, publisher=publisher, allow_tombstones=True,
             ).run(),
             name="eo-consumer",
