@@ -4,7 +4,7 @@ consumers (EO registry, procedures, advisories) and the HTTP app. Nothing connec
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from aiokafka import ConsumerRecord
@@ -29,7 +29,7 @@ from shared.config import ConfigError, Settings
 from shared.db import make_engine, ping, session_factory
 from shared.events import AdvisoryData, CloudEvent, DeliveryChannel, EoData, ProcedureData
 from shared.http import add_ops_routes
-from shared.kafka import EventConsumer, Publisher, ensure_topics
+from shared.kafka import EventConsumer, Item, Publisher, ensure_topics
 from shared.tasks import BackgroundTasks
 
 __all__ = ["NotifierParts", "build_notifier", "create_app", "create_schema"]
@@ -108,9 +108,10 @@ def create_app(settings: Settings) -> FastAPI:
     eos_group = f"{group}.eos.{settings.notifier.instance_id}"
     catch_up = RegistryCatchUp(settings=settings.kafka, group_id=eos_group)
 
-    async def on_eo(event: CloudEvent[EoData] | None, record: ConsumerRecord[bytes, bytes]) -> None:
-        await parts.planner.on_eo(event, record)
-        catch_up.observe(record)
+    async def on_eos(items: Sequence[Item[EoData]]) -> None:
+        await parts.planner.on_eo_batch(items)
+        for _event, record in items:
+            catch_up.observe(record)
 
     async def on_procedure(event: CloudEvent[ProcedureData] | None, record: ConsumerRecord[bytes, bytes]) -> None:
         await catch_up.wait(settings.notifier.registry_catchup_s)
@@ -140,7 +141,7 @@ def create_app(settings: Settings) -> FastAPI:
         tasks.start(
             EventConsumer(
                 settings=settings.kafka, topic=settings.kafka.eos_topic, group_id=eos_group,
-                data_model=EoData, handler=on_eo, publisher=publisher, allow_tombstones=True,
+                data_model=EoData, batch_handler=on_eos, publisher=publisher, allow_tombstones=True,
             ).run(),
             name="eo-consumer",
         )

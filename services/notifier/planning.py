@@ -14,7 +14,7 @@ import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -40,6 +40,7 @@ from services.notifier.metrics import NotifierMetrics
 from services.notifier.models import AdvisoryRow, DeliveryRow, EoRow, KnownProcedureRow, NoticeRow, PlannedEventRow
 from services.notifier.notices import EoSummary, Notice, NoticeTexts
 from shared.config import NotifierSettings
+from shared.db import upsert
 from shared.events import (
     AdvisoryData,
     AdvisoryKind,
@@ -52,6 +53,7 @@ from shared.events import (
     Scenario,
     Scope,
 )
+from shared.kafka import Item
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,29 @@ class Planner:
                 "updated_at": self._clock(),
             }
             await session.execute(_upsert(session, EoRow, values, key="eori"))
+
+    async def on_eo_batch(self, items: Sequence[Item[EoData]]) -> None:
+        """A poll's worth of registry records in one transaction; the last record of each EORI wins."""
+        latest: dict[str, dict[str, object] | None] = {}
+        for event, record in items:
+            if event is None:
+                if record.key is None:
+                    raise ValueError("tombstone without a key: cannot tell which EO to remove")
+                latest[record.key.decode()] = None
+                continue
+            eo = event.data
+            latest[eo.eori] = {
+                "eori": eo.eori, "name": eo.name, "language": eo.language.value, "email": eo.email,
+                "webhook_url": eo.webhook_url,
+                "webhook_secret": eo.webhook_secret.get_secret_value() if eo.webhook_secret else None,
+                "updated_at": self._clock(),
+            }
+        removed = [eori for eori, values in latest.items() if values is None]
+        async with self._sessions.begin() as session:
+            if removed:
+                await session.execute(delete(EoRow).where(EoRow.eori.in_(removed)))
+            await upsert(session, cast(Table, EoRow.__table__),
+                         [values for values in latest.values() if values is not None], key=("eori",))
 
     async def on_procedure(
         self, event: CloudEvent[ProcedureData] | None, _record: ConsumerRecord[bytes, bytes]
