@@ -14,10 +14,22 @@ ReadinessCheck = Callable[[], Awaitable[str | None]]
 """Returns None when the dependency is fine, else what is wrong."""
 
 
-def add_ops_routes(app: FastAPI, *, checks: Mapping[str, ReadinessCheck], registry: CollectorRegistry) -> None:
-    @app.get("/healthz", tags=["ops"], summary="The process is alive")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+def add_ops_routes(
+    app: FastAPI,
+    *,
+    checks: Mapping[str, ReadinessCheck],
+    registry: CollectorRegistry,
+    liveness: ReadinessCheck | None = None,
+) -> None:
+    """/healthz (alive: ``liveness`` passes, e.g. no background loop has died), /readyz (every check
+    passes), /metrics."""
+
+    @app.get("/healthz", tags=["ops"], summary="The process is alive and none of its loops has died")
+    async def healthz() -> JSONResponse:
+        problem = await _run_check(liveness) if liveness is not None else None
+        if problem:
+            return JSONResponse({"status": "failing", "problem": problem}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/readyz", tags=["ops"], summary="Dependencies (broker, database) answer")
     async def readyz() -> JSONResponse:

@@ -172,6 +172,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     add_ops_routes(
         app, checks={"database": database_ready, "registry": registry_ready, "loops": tasks.problem},
-        registry=registry,
+        registry=registry, liveness=tasks.problem,
     )
     return app

@@ -79,5 +79,6 @@ def create_app(settings: Settings) -> FastAPI:
         await ping(engine)
         return None
 
-    add_ops_routes(app, checks={"database": database_ready, "loops": tasks.problem}, registry=registry)
+    add_ops_routes(app, checks={"database": database_ready, "loops": tasks.problem}, registry=registry,
+                   liveness=tasks.problem)
     return app
