@@ -112,6 +112,9 @@ class DetectorSettings(_Section):
     failure_threshold: int = Field(3, ge=1)
     success_threshold: int = Field(2, ge=1)
     heartbeat_s: float = Field(15.0, gt=0, description="How often every target's state is re-published.")
+    publish_timeout_s: float = Field(
+        10.0, gt=0, description="A publication the broker has not acknowledged by then is retried later."
+    )
     targets: list[TargetSettings] = Field(default_factory=list)
     eo_targets: bool = Field(True, description="Probe the AS4 endpoint of every EO in the registry topic.")
     max_concurrency: int = Field(500, ge=1, description="Probes in flight at once, over all targets.")

@@ -1,36 +1,57 @@
-"""Per-target state decisions of the detector: pure, no I/O, the clock comes in with each result.
+"""Per-target decisions of the detector: pure, no I/O, the clock comes in with each result or as an argument.
 
 A target goes down after ``failure`` consecutive failed probes and up after ``success`` consecutive
-successes; anything in between keeps its state, so a flapping target never changes state.
+successes; anything in between keeps its state, so a flapping target never changes state. The same
+hysteresis decides ``degraded`` (up, but slower than the target's latency bound). Besides the state
+machine this module holds the other decisions the detector makes about time: when a target is next due
+(spread over the interval, never bursting to catch up), how close a certificate is to expiry, and how
+state changes that could not be published yet fold into one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
 from shared.events import ComponentState
 
+CERT_WARNING_DAYS: tuple[int, ...] = (30, 14, 7)
+"""Days before a certificate's expiry at which the detector warns (each level once)."""
+
 
 @dataclass(frozen=True)
 class Thresholds:
+    """How many consecutive probes decide a change, and the latency above which an up target is degraded."""
+
     failure: int = 3
     success: int = 2
+    degraded_latency_ms: float | None = None
 
     def __post_init__(self) -> None:
         if self.failure < 1 or self.success < 1:
             raise ValueError("thresholds must be at least 1")
+        if self.degraded_latency_ms is not None and not self.degraded_latency_ms > 0:
+            raise ValueError("the degraded latency bound must be positive")
 
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """What one probe saw. ``reason`` is a stable code (ok, refused, timeout, http_503, ...)."""
+    """What one probe saw. ``reason`` is a stable code (ok, refused, timeout, http_503, ebms_error, ...).
+
+    ``ebms_error`` holds the ebMS error code of an AS4 answer that still proves the MSH alive;
+    ``cert_expires_at`` the expiry of the certificate the server presented, when there was one.
+    """
 
     ok: bool
     reason: str
     finished_at: datetime
     latency_ms: float | None = None
     detail: str | None = None
+    cert_expires_at: datetime | None = None
+    ebms_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +61,9 @@ class TargetStatus:
     consecutive_failures: int = 0
     consecutive_successes: int = 0
     last: ProbeResult | None = None
+    degraded: bool = False
+    consecutive_slow: int = 0
+    consecutive_fast: int = 0
 
 
 @dataclass(frozen=True)
@@ -52,18 +76,114 @@ class Transition:
 def observe(
     status: TargetStatus, result: ProbeResult, thresholds: Thresholds
 ) -> tuple[TargetStatus, Transition | None]:
-    """Fold one probe result into a target's status; return the new status and the transition, if any."""
+    """Fold one probe result into a target's status; return the new status and the transition, if any.
+
+    ``degraded`` follows the same hysteresis as the state: it is set after ``failure`` consecutive
+    successful probes slower than ``degraded_latency_ms`` and cleared after ``success`` consecutive fast
+    ones. Failed probes leave it alone; it is only ever true while the target is up.
+    """
+    previous_degraded = status.degraded
     if result.ok:
         status = replace(
             status, consecutive_successes=status.consecutive_successes + 1, consecutive_failures=0, last=result
         )
+        status = _count_speed(status, result, thresholds)
         target_state = ComponentState.UP if status.consecutive_successes >= thresholds.success else None
     else:
         status = replace(
             status, consecutive_failures=status.consecutive_failures + 1, consecutive_successes=0, last=result
         )
         target_state = ComponentState.DOWN if status.consecutive_failures >= thresholds.failure else None
-    if target_state is None or target_state == status.state:
-        return status, None
-    transition = Transition(previous=status.state, current=target_state, at=result.finished_at)
-    return replace(status, state=target_state, since=result.finished_at), transition
+    transition: Transition | None = None
+    if target_state is not None and target_state != status.state:
+        transition = Transition(previous=status.state, current=target_state, at=result.finished_at)
+        status = replace(status, state=target_state, since=result.finished_at)
+    slow_enough = status.consecutive_slow >= thresholds.failure
+    fast_enough = status.consecutive_fast >= thresholds.success
+    degraded = True if slow_enough else False if fast_enough else previous_degraded
+    if thresholds.degraded_latency_ms is None:
+        degraded = False
+    return replace(status, degraded=degraded and status.state == ComponentState.UP), transition
+
+
+def _count_speed(status: TargetStatus, result: ProbeResult, thresholds: Thresholds) -> TargetStatus:
+    bound = thresholds.degraded_latency_ms
+    if bound is None:
+        return replace(status, consecutive_slow=0, consecutive_fast=0)
+    if result.latency_ms is not None and result.latency_ms > bound:
+        return replace(status, consecutive_slow=status.consecutive_slow + 1, consecutive_fast=0)
+    return replace(status, consecutive_fast=status.consecutive_fast + 1, consecutive_slow=0)
+
+
+def reset_counters(status: TargetStatus) -> TargetStatus:
+    """The status of a target whose endpoint changed: its state stands until new probes decide, from zero."""
+    return replace(status, consecutive_failures=0, consecutive_successes=0, consecutive_slow=0, consecutive_fast=0)
+
+
+# --- certificates -----------------------------------------------------------------------------
+
+
+def cert_warning(
+    expires_at: datetime | None, *, now: datetime, levels: Sequence[int] = CERT_WARNING_DAYS
+) -> int | None:
+    """The warning level a certificate has reached: the smallest of ``levels`` (days) it is within,
+    0 once it has expired, None while it is further out (or unknown)."""
+    if expires_at is None:
+        return None
+    left = expires_at - now
+    if left.total_seconds() <= 0:
+        return 0
+    reached = [level for level in levels if left.total_seconds() <= level * 86_400]
+    return min(reached) if reached else None
+
+
+def cert_warning_crossed(previous: int | None, current: int | None) -> bool:
+    """Whether moving from warning level ``previous`` to ``current`` deserves a new warning (closer only)."""
+    if current is None:
+        return False
+    return previous is None or current < previous
+
+
+# --- scheduling -------------------------------------------------------------------------------
+
+
+def phase(target_id: str) -> float:
+    """A stable fraction in [0, 1) derived from the target id: where in its interval a target is probed.
+
+    Stable so that restarts keep the spread; uniform so that thousands of targets never fire together.
+    """
+    digest = hashlib.blake2b(target_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def first_due(*, target_id: str, now: float, interval_s: float) -> float:
+    """When a newly scheduled target is first probed: within one interval of ``now``, at its phase."""
+    return now + phase(target_id) * interval_s
+
+
+def next_due(*, due: float, now: float, interval_s: float) -> float:
+    """The slot after ``due``. Slots that already passed are skipped, not caught up in a burst."""
+    following = due + interval_s
+    if following > now:
+        return following
+    following = due + (math.floor((now - due) / interval_s) + 1) * interval_s
+    return following if following > now else following + interval_s
+
+
+# --- publication ------------------------------------------------------------------------------
+
+
+def coalesce(unpublished: Transition | None, newer: Transition | None) -> Transition | None:
+    """Fold two successive transitions of a target into what its consumers have to learn.
+
+    Consumers last saw ``unpublished.previous``; after ``newer`` the target is ``newer.current``. When the
+    two are equal, nothing changed from the consumers' point of view (a down and up both during a broker
+    outage) and there is no transition to publish.
+    """
+    if unpublished is None:
+        return newer
+    if newer is None:
+        return unpublished
+    if unpublished.previous == newer.current:
+        return None
+    return Transition(previous=unpublished.previous, current=newer.current, at=newer.at)

@@ -1,0 +1,273 @@
+"""Detector benchmark: probes per second, scheduler lag, CPU and memory at 1,000 and 5,000 targets.
+
+For each target count N, two processes are started:
+
+* a responder: a raw asyncio HTTP/1.1 server listening on ``--ports`` loopback ports, answering any GET
+  with ``200 ok`` and any POST with an ebMS3 receipt (targets share ports, with distinct paths); pinned to
+  ``--server-cpu``;
+* the detector: the real scheduler, prober, state machine and outbox (the broker replaced by a counter)
+  probing N targets, half ``http`` and half ``as4``, every ``--interval`` seconds; pinned to ``--cpu``.
+
+After a warm-up of one interval, it measures for ``--duration`` seconds and prints, per N: probes per
+second (completed), scheduler lag p50/p99/max (due to started, concurrency waits included), the
+detector's CPU (share of one core) and resident memory, and the probe results by reason.
+
+    .venv/bin/python -m bench.detector_bench                       # N = 1000 and 5000, 10 s, 30 s each
+    .venv/bin/python -m bench.detector_bench --targets 5000 --duration 60
+    .venv/bin/python -m bench.detector_bench --tls                 # HTTPS targets: a handshake per probe
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+RECEIPT = (
+    b'<?xml version="1.0" encoding="UTF-8"?>'
+    b'<env:Envelope xmlns:env="http://www.w3.org/2003/05/soap-envelope" '
+    b'xmlns:eb="http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/">'
+    b'<env:Header><eb:Messaging env:mustUnderstand="true"><eb:SignalMessage><eb:MessageInfo>'
+    b"<eb:Timestamp>2024-01-01T00:00:00.000Z</eb:Timestamp><eb:MessageId>bench-receipt@bench</eb:MessageId>"
+    b"</eb:MessageInfo><eb:Receipt/></eb:SignalMessage></eb:Messaging></env:Header><env:Body/></env:Envelope>"
+)
+
+
+def _response(status: str, content_type: bytes, body: bytes) -> bytes:
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n".encode()
+        + b"Content-Type: " + content_type + b"\r\n\r\n" + body
+    )
+
+
+GET_ANSWER = _response("200 OK", b"text/plain", b"ok")
+POST_ANSWER = _response("200 OK", b"application/soap+xml; charset=UTF-8", RECEIPT)
+
+
+class _Responder(asyncio.Protocol):
+    """Reads one request (head, then Content-Length bytes of body) and answers it, then closes."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        head_end = self.buffer.find(b"\r\n\r\n")
+        if head_end < 0:
+            return
+        head = self.buffer[:head_end].lower()
+        length = 0
+        marker = head.find(b"content-length:")
+        if marker >= 0:
+            length = int(head[marker + 15 :].split(b"\r\n", 1)[0])
+        if len(self.buffer) - head_end - 4 < length:
+            return
+        self.transport.write(POST_ANSWER if self.buffer.startswith(b"POST") else GET_ANSWER)
+        self.transport.close()
+
+
+async def _serve(ports: int, cert_dir: str | None) -> None:
+    loop = asyncio.get_running_loop()
+    context = None
+    if cert_dir is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(Path(cert_dir) / "server.pem"))
+    servers = [
+        await loop.create_server(_Responder, "127.0.0.1", 0, backlog=4096, ssl=context) for _ in range(ports)
+    ]
+    print(json.dumps([s.sockets[0].getsockname()[1] for s in servers]), flush=True)
+    await asyncio.Event().wait()
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _detect(
+    count: int, ports: list[int], interval: float, duration: float, timeout: float, cert_dir: str | None
+) -> dict[str, Any]:
+    from prometheus_client import CollectorRegistry
+
+    from services.detector.metrics import DetectorMetrics
+    from services.detector.probes import Prober
+    from services.detector.service import Detector
+    from services.detector.targets import from_settings
+    from shared.config import DetectorSettings, TargetSettings
+    from shared.events import AvailabilityData, CloudEvent
+
+    settings = DetectorSettings(
+        instance_id="bench", interval_s=interval, timeout_s=timeout, heartbeat_s=15, eo_targets=False,
+        max_concurrency=500, per_host_limit=100, ca_file=str(Path(cert_dir) / "ca.pem") if cert_dir else None,
+    )
+    scheme = "https" if cert_dir else "http"
+    published = Counter[str]()
+
+    async def send(target_id: str, event: CloudEvent[AvailabilityData]) -> None:
+        published[event.type] += 1
+
+    detector = Detector(
+        settings=settings, prober=Prober(), send=send, metrics=DetectorMetrics.create(CollectorRegistry())
+    )
+    for i in range(count):
+        kind = "as4" if i % 2 else "http"
+        port = ports[i % len(ports)]
+        configured = TargetSettings(
+            id=f"{kind}-{i:05d}", component="ada_b2g" if kind == "as4" else "ntp", probe=kind,
+            url=f"{scheme}://127.0.0.1:{port}/{kind}/{i}",
+        )
+        detector.put(from_settings(configured, settings))
+    loops = [
+        asyncio.create_task(detector.scheduler.run()),
+        asyncio.create_task(detector.outbox.run()),
+        asyncio.create_task(detector.heartbeat_loop()),
+    ]
+    scheduler = detector.scheduler
+    await asyncio.sleep(interval)  # warm-up: every target has been probed once
+    scheduler.lag_samples.clear()
+    reasons_before = Counter(s.last.reason for s in detector.statuses.values() if s.last)
+    completed, cpu, started = scheduler.completed, _cpu_s(), time.perf_counter()
+    lags: list[float] = []
+    deadline = started + duration
+    while time.perf_counter() < deadline:  # bounded by --duration
+        await asyncio.sleep(min(1.0, max(0.0, deadline - time.perf_counter())))
+        lags.extend(scheduler.lag_samples)
+        scheduler.lag_samples.clear()
+    elapsed = time.perf_counter() - started
+    cpu_used = _cpu_s() - cpu
+    probes = scheduler.completed - completed
+    for task in loops:
+        task.cancel()
+    await asyncio.gather(*loops, return_exceptions=True)
+    lags.sort()
+    states = Counter(s.state.value for s in detector.statuses.values())
+    reasons = Counter(s.last.reason for s in detector.statuses.values() if s.last)
+    return {
+        "targets": count,
+        "probes_per_s": probes / elapsed,
+        "expected_per_s": count / interval,
+        "lag_p50_ms": 1000 * statistics.median(lags) if lags else None,
+        "lag_p99_ms": 1000 * lags[int(0.99 * (len(lags) - 1))] if lags else None,
+        "lag_max_ms": 1000 * lags[-1] if lags else None,
+        "cpu_share": cpu_used / elapsed,
+        "rss_mib": _rss_mib(),
+        "skipped": scheduler.skipped,
+        "states": dict(states),
+        "last_reasons": dict(reasons),
+        "warmup_reasons": dict(reasons_before),
+        "published": dict(published),
+    }
+
+
+def _pin(cpu: int | None) -> None:
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+
+def _certificates(directory: Path) -> None:
+    """A throw-away CA and a certificate for 127.0.0.1 (trustme, a test dependency)."""
+    import trustme
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(directory / "server.pem"))
+
+
+def _run_one(args: argparse.Namespace, count: int, cert_dir: str | None) -> dict[str, Any]:
+    me = [sys.executable, "-m", "bench.detector_bench"]
+    server_cpu = [] if args.server_cpu is None else ["--server-cpu", str(args.server_cpu)]
+    tls = [] if cert_dir is None else ["--cert-dir", cert_dir]
+    server = subprocess.Popen(
+        [*me, "--serve", str(args.ports), *server_cpu, *tls], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        ports = server.stdout.readline().strip()
+        cpu = [] if args.cpu is None else ["--cpu", str(args.cpu)]
+        detector = subprocess.run(
+            [*me, "--detect", str(count), "--ports-json", ports, "--interval", str(args.interval),
+             "--duration", str(args.duration), "--timeout", str(args.timeout), *cpu, *tls],
+            capture_output=True, text=True, timeout=args.interval + args.duration + 120, check=False,
+        )
+        if detector.returncode != 0:
+            raise RuntimeError(f"detector run failed:\n{detector.stderr[-3000:]}")
+        result: dict[str, Any] = json.loads(detector.stdout.strip().splitlines()[-1])
+        return result
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--targets", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--interval", type=float, default=10.0)
+    parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per target count")
+    parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--ports", type=int, default=64, help="loopback ports the responder listens on")
+    parser.add_argument("--cpu", type=int, default=0, help="CPU the detector is pinned to")
+    parser.add_argument("--server-cpu", type=int, default=1 if (os.cpu_count() or 1) > 1 else None)
+    parser.add_argument("--tls", action="store_true", help="HTTPS targets: a TLS handshake per probe")
+    parser.add_argument("--cert-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--detect", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ports-json", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        _pin(args.server_cpu)
+        asyncio.run(_serve(args.serve, args.cert_dir))
+        return 0
+    if args.detect:
+        _pin(args.cpu)
+        result = asyncio.run(
+            _detect(args.detect, json.loads(args.ports_json), args.interval, args.duration, args.timeout, args.cert_dir)
+        )
+        print(json.dumps(result))
+        return 0
+    print(f"detector bench: {'https' if args.tls else 'http'} targets (half http, half as4), interval "
+          f"{args.interval:g}s, measured {args.duration:g}s after a {args.interval:g}s warm-up, detector on CPU "
+          f"{args.cpu}, responder on CPU {args.server_cpu}, {args.ports} ports")
+    header = f"{'targets':>8} {'probes/s':>9} {'expected':>9} {'lag p50':>9} {'lag p99':>9} {'lag max':>9} " \
+             f"{'CPU':>6} {'RSS':>8}  results (last per target)"
+    print(header)
+    with tempfile.TemporaryDirectory() as scratch:
+        cert_dir = None
+        if args.tls:
+            _certificates(Path(scratch))
+            cert_dir = scratch
+        for count in args.targets:
+            _report(_run_one(args, count, cert_dir))
+    return 0
+
+
+def _report(r: dict[str, Any]) -> None:
+    print(
+        f"{r['targets']:>8} {r['probes_per_s']:>9.1f} {r['expected_per_s']:>9.1f} {r['lag_p50_ms']:>7.1f}ms "
+        f"{r['lag_p99_ms']:>7.1f}ms {r['lag_max_ms']:>7.1f}ms {100 * r['cpu_share']:>5.1f}% "
+        f"{r['rss_mib']:>5.0f}MiB  {r['last_reasons']} states={r['states']} skipped={r['skipped']}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The detector's HTTP API: every target with its state, one page at a time, and one target by id."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel, Field
+
+from services.detector.domain import TargetStatus
+from services.detector.service import Detector
+from services.detector.targets import Target
+from shared.events import Component, ComponentState
+
+router = APIRouter(prefix="/api/v1", tags=["targets"])
+
+
+def _detector(request: Request) -> Detector:
+    detector: Detector | None = getattr(request.app.state, "detector", None)
+    if detector is None:
+        raise HTTPException(503, "the detector is starting")
+    return detector
+
+
+DetectorDep = Annotated[Detector, Depends(_detector)]
+
+
+class LastResult(BaseModel):
+    ok: bool
+    reason: str = Field(..., description="Reason code: ok, ebms_error, refused, reset, dns, timeout, http_503, ...")
+    detail: str | None
+    latency_ms: float | None
+    at: datetime = Field(..., description="When the probe finished.")
+    ebms_error: str | None = Field(None, description="ebMS error code of an AS4 answer that still counts as up.")
+
+
+class TargetView(BaseModel):
+    id: str
+    component: Component
+    probe: str
+    url: str
+    eori: str | None = Field(None, description="Set on EO AS4 endpoints (id eo:<EORI>).")
+    source: Literal["config", "registry"]
+    state: ComponentState
+    since: datetime | None = Field(None, description="When the target entered its state; null while unknown.")
+    degraded: bool = Field(..., description="Up, but slower than the latency bound.")
+    reason: str | None = Field(None, description="Reason code of the last probe.")
+    latency_ms: float | None = Field(None, description="Latency of the last probe.")
+    cert_expires_at: datetime | None = Field(None, description="Expiry of the certificate the target presented.")
+    cert_warning_days: int | None = Field(
+        None, description="Warning level reached: 30, 14 or 7 days before expiry, 0 once expired."
+    )
+    consecutive_failures: int
+    consecutive_successes: int
+    interval_s: float
+    timeout_s: float
+    last_result: LastResult | None
+
+
+class TargetPage(BaseModel):
+    items: list[TargetView]
+    next: str | None = Field(None, description="Cursor of the next page; null on the last page.")
+
+
+def _view(detector: Detector, target: Target, status: TargetStatus) -> TargetView:
+    last = status.last
+    return TargetView(
+        id=target.id,
+        component=target.component,
+        probe=target.probe,
+        url=target.url,
+        eori=target.eori,
+        source=target.source,
+        state=status.state,
+        since=status.since,
+        degraded=status.degraded,
+        reason=last.reason if last else None,
+        latency_ms=last.latency_ms if last else None,
+        cert_expires_at=last.cert_expires_at if last else None,
+        cert_warning_days=detector.cert_warning_of(target.id),
+        consecutive_failures=status.consecutive_failures,
+        consecutive_successes=status.consecutive_successes,
+        interval_s=target.interval_s,
+        timeout_s=target.timeout_s,
+        last_result=None if last is None else LastResult(
+            ok=last.ok, reason=last.reason, detail=last.detail, latency_ms=last.latency_ms,
+            at=last.finished_at, ebms_error=last.ebms_error,
+        ),
+    )
+
+
+def encode_cursor(target_id: str) -> str:
+    return base64.urlsafe_b64encode(target_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The target id a cursor points after; raises ValueError if it is not one of ours."""
+    try:
+        return base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError("invalid cursor") from exc
+
+
+@router.get("/targets", summary="Every probed target with its state, sorted by id", response_model=TargetPage)
+async def list_targets(
+    detector: DetectorDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
+    cursor: Annotated[str | None, Query(max_length=1024, description="The `next` of the previous page.")] = None,
+    state: Annotated[ComponentState | None, Query(description="Only targets in this state.")] = None,
+    component: Annotated[Component | None, Query(description="Only targets of this component.")] = None,
+    probe: Annotated[
+        Literal["http", "as4", "tcp", "tls", "domibus"] | None, Query(description="Only this probe kind.")
+    ] = None,
+) -> TargetPage:
+    after = None
+    if cursor is not None:
+        try:
+            after = decode_cursor(cursor)
+        except ValueError:
+            raise HTTPException(400, "invalid cursor: pass the `next` value of a previous page unchanged") from None
+    selected: list[tuple[Target, TargetStatus]] = []
+    for target, status in detector.view():
+        if after is not None and target.id <= after:
+            continue
+        if state is not None and status.state != state:
+            continue
+        if component is not None and target.component != component:
+            continue
+        if probe is not None and target.probe != probe:
+            continue
+        selected.append((target, status))
+    selected.sort(key=lambda pair: pair[0].id)
+    page = selected[:limit]
+    more = len(selected) > limit
+    return TargetPage(
+        items=[_view(detector, t, s) for t, s in page],
+        next=encode_cursor(page[-1][0].id) if more and page else None,
+    )
+
+
+@router.get(
+    "/targets/{target_id}",
+    summary="One target",
+    response_model=TargetView,
+    responses={404: {"description": "No such target"}},
+)
+async def get_target(target_id: str, detector: DetectorDep) -> TargetView:
+    target = detector.targets.get(target_id)
+    status = detector.statuses.get(target_id)
+    if target is None or status is None:
+        raise HTTPException(
+            404, f"no target {target_id!r}: GET /api/v1/targets lists them; EO endpoints are 'eo:<EORI>'"
+        )
+    return _view(detector, target, status)

@@ -1,0 +1,96 @@
+"""Probes of every kind, behind one :class:`Prober` that times them and never lets a failure escape.
+
+Each probe returns a verdict or raises :class:`ProbeFailure`; the prober bounds it with the target's
+timeout (the whole probe: name resolution, connection, TLS, request and answer) and turns the outcome
+into a :class:`~services.detector.domain.ProbeResult`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+
+from services.detector.domain import ProbeResult
+from services.detector.probes._dns import Resolver
+from services.detector.probes._transport import (
+    Connector,
+    H11Client,
+    HttpAnswer,
+    HttpClient,
+    HttpRequest,
+    ProbeFailure,
+    TlsContexts,
+    failure_from,
+)
+from services.detector.probes.as4 import probe_as4
+from services.detector.probes.domibus import probe_domibus
+from services.detector.probes.http import probe_http
+from services.detector.probes.tcp import probe_tcp, probe_tls
+from services.detector.probes.verdict import Verdict
+from services.detector.targets import Target
+
+__all__ = [
+    "Connector",
+    "HttpAnswer",
+    "HttpClient",
+    "HttpRequest",
+    "ProbeFailure",
+    "Prober",
+    "Resolver",
+    "TlsContexts",
+    "Verdict",
+]
+
+log = logging.getLogger(__name__)
+
+
+class Prober:
+    """Runs the probe of a target. One per detector: it owns what probes share (TLS contexts, DNS cache)."""
+
+    def __init__(self, *, connector: Connector | None = None, http: HttpClient | None = None) -> None:
+        self.connector = connector or Connector()
+        self.contexts = self.connector.contexts
+        self._http = http or H11Client(self.connector)
+
+    def check(self, target: Target) -> None:
+        """Fail now (OSError, ssl.SSLError) if the target's CA bundle or client certificate cannot be loaded."""
+        if target.endpoint.uses_tls or target.tls.cert_file or target.tls.ca_file:
+            self.contexts.get(target.tls)
+
+    async def probe(self, target: Target) -> ProbeResult:
+        """Probe ``target`` once, within its timeout. Never raises, except when cancelled."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(target.timeout_s):
+                verdict = await self._run(target)
+        except ProbeFailure as failure:
+            verdict = Verdict(False, failure.reason, failure.detail)
+        except TimeoutError:
+            verdict = Verdict(False, "timeout", f"no answer within {target.timeout_s:g}s")
+        except Exception as exc:  # a bug or an unexpected library error must not stop the scheduler
+            log.warning("probe of %s failed unexpectedly", target.id, exc_info=True)
+            unexpected = failure_from(exc)
+            verdict = Verdict(False, unexpected.reason, unexpected.detail)
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        return ProbeResult(
+            ok=verdict.ok,
+            reason=verdict.reason,
+            finished_at=datetime.now(UTC),
+            latency_ms=latency_ms,
+            detail=verdict.detail,
+            cert_expires_at=verdict.cert_expires_at,
+            ebms_error=verdict.ebms_error,
+        )
+
+    async def _run(self, target: Target) -> Verdict:
+        if target.probe == "as4":
+            return await probe_as4(target, self._http, now=datetime.now(UTC))
+        if target.probe == "http":
+            return await probe_http(target, self._http)
+        if target.probe == "domibus":
+            return await probe_domibus(target, self._http)
+        if target.probe == "tcp":
+            return await probe_tcp(target, self.connector)
+        return await probe_tls(target, self.connector)

@@ -1,0 +1,157 @@
+"""The AS4 ping as XML: an ebMS3 test UserMessage out, the MSH's answer classified. Pure, no I/O.
+
+The ping uses the ebMS3 test service and action, which every conformant MSH accepts without a P-Mode
+for a business service. A synchronous ``eb:Receipt`` proves the MSH healthy; an ``eb:Error`` (for
+instance EBMS:0103 from an MSH that requires a signature) still proves it alive and answering, so it
+counts as up with the error recorded. Anything that is not an ebMS answer inside a SOAP envelope is down.
+
+Answers are parsed with lxml with entity resolution, DTD loading and network access off; a DOCTYPE is
+refused outright (SOAP forbids document type declarations), so no entity is ever expanded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import Message
+from email.parser import BytesParser
+
+from lxml import etree
+
+from services.detector.probes.verdict import Verdict, snippet
+from services.detector.targets import Party
+
+SOAP12_NS = "http://www.w3.org/2003/05/soap-envelope"
+SOAP11_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+EBMS_NS = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/"
+TEST_SERVICE = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/service"
+TEST_ACTION = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704/test"
+CONTENT_TYPE = "application/soap+xml; charset=UTF-8"
+GATEWAY_FAILURES = frozenset({502, 503, 504})
+
+_S = f"{{{SOAP12_NS}}}"
+_EB = f"{{{EBMS_NS}}}"
+_ENVELOPES = {f"{{{SOAP12_NS}}}Envelope", f"{{{SOAP11_NS}}}Envelope"}
+
+
+@dataclass(frozen=True)
+class Ping:
+    """One AS4 ping: its ids (to match the receipt) and the bytes to POST."""
+
+    message_id: str
+    body: bytes
+
+
+def build_ping(*, sender: Party, receiver: Party, message_id: str, conversation_id: str, timestamp: datetime) -> Ping:
+    """A SOAP 1.2 envelope with an ebMS3 UserMessage to the test service, without payload."""
+    envelope = etree.Element(f"{_S}Envelope", nsmap={"env": SOAP12_NS, "eb": EBMS_NS})
+    header = etree.SubElement(envelope, f"{_S}Header")
+    messaging = etree.SubElement(header, f"{_EB}Messaging", {f"{_S}mustUnderstand": "true"})
+    user_message = etree.SubElement(messaging, f"{_EB}UserMessage")
+    info = etree.SubElement(user_message, f"{_EB}MessageInfo")
+    etree.SubElement(info, f"{_EB}Timestamp").text = (
+        timestamp.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+    etree.SubElement(info, f"{_EB}MessageId").text = message_id
+    party_info = etree.SubElement(user_message, f"{_EB}PartyInfo")
+    for tag, party in (("From", sender), ("To", receiver)):
+        side = etree.SubElement(party_info, f"{_EB}{tag}")
+        etree.SubElement(side, f"{_EB}PartyId", {"type": party.type}).text = party.id
+        etree.SubElement(side, f"{_EB}Role").text = party.role
+    collaboration = etree.SubElement(user_message, f"{_EB}CollaborationInfo")
+    etree.SubElement(collaboration, f"{_EB}Service").text = TEST_SERVICE
+    etree.SubElement(collaboration, f"{_EB}Action").text = TEST_ACTION
+    etree.SubElement(collaboration, f"{_EB}ConversationId").text = conversation_id
+    etree.SubElement(envelope, f"{_S}Body")
+    return Ping(message_id=message_id, body=etree.tostring(envelope, xml_declaration=True, encoding="UTF-8"))
+
+
+def _parser() -> etree.XMLParser:
+    return etree.XMLParser(
+        resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False, huge_tree=False,
+        remove_comments=True, remove_pis=True,
+    )
+
+
+class NotSoap(Exception):
+    """The answer is not a SOAP envelope (HTML maintenance page, plain text, other XML)."""
+
+
+class ForbiddenXml(Exception):
+    """The answer uses an XML feature an AS4 answer never needs and an attacker would (DOCTYPE, entities)."""
+
+
+def parse_envelope(body: bytes) -> etree._Element:
+    """The SOAP envelope element of ``body``; raises NotSoap or ForbiddenXml otherwise."""
+    try:
+        root = etree.fromstring(body, _parser())
+    except etree.XMLSyntaxError as exc:
+        raise NotSoap(f"not XML ({exc.msg})") from exc
+    if root.tag not in _ENVELOPES:  # e.g. an XHTML maintenance page, DOCTYPE or not
+        raise NotSoap(f"root element is {etree.QName(root).localname!r}, not a SOAP Envelope")
+    docinfo = root.getroottree().docinfo
+    if docinfo.internalDTD is not None or docinfo.externalDTD is not None:  # any DOCTYPE yields one
+        raise ForbiddenXml("DOCTYPE in a SOAP answer (SOAP forbids it; entities are never expanded)")
+    return root
+
+
+def root_part(content_type: str, body: bytes) -> bytes:
+    """The SOAP part of an answer: the body itself, or the root part of a multipart/related answer."""
+    if not content_type.lower().startswith("multipart/"):
+        return body
+    message: Message = BytesParser().parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    if not message.is_multipart():
+        return body
+    parts = [p for p in message.get_payload() if isinstance(p, Message)]
+    start = message.get_param("start")
+    chosen = next((p for p in parts if isinstance(start, str) and p.get("Content-ID") == start), None)
+    chosen = chosen or (parts[0] if parts else None)
+    payload = chosen.get_payload(decode=True) if chosen is not None else None
+    return payload if isinstance(payload, bytes) else b""
+
+
+def classify(*, status: int, content_type: str, body: bytes, message_id: str) -> Verdict:
+    """Decide what an MSH's answer to the ping says about it (see the module docstring)."""
+    if status in GATEWAY_FAILURES:
+        return Verdict(False, f"http_{status}", f"HTTP {status} from a gateway: {snippet(body) or 'no body'}")
+    successful = 200 <= status < 300
+    if not body.strip():
+        reason = "empty_response" if successful else f"http_{status}"
+        return Verdict(False, reason, f"HTTP {status} without a SOAP answer (a synchronous receipt was expected)")
+    try:
+        envelope = parse_envelope(root_part(content_type, body))
+    except ForbiddenXml as exc:
+        return Verdict(False, "invalid_response", f"HTTP {status}: {exc}")
+    except NotSoap as exc:
+        reason = "not_soap" if successful or status == 500 else f"http_{status}"
+        kind = content_type.split(";")[0].strip() or "no content type"
+        return Verdict(False, reason, f"HTTP {status} {kind}, {exc}: {snippet(body)}")
+    signal = envelope.find(f"{_S}Header/{_EB}Messaging/{_EB}SignalMessage")
+    if signal is None:
+        signal = envelope.find(f"{{{SOAP11_NS}}}Header/{_EB}Messaging/{_EB}SignalMessage")
+    if signal is not None:
+        error = signal.find(f"{_EB}Error")
+        if error is not None:
+            code = error.get("errorCode") or "EBMS:unknown"
+            words = [error.get("shortDescription"), error.get("severity")]
+            description = error.findtext(f"{_EB}Description")
+            text = ", ".join(w for w in [*words, description and description.strip()] if w)
+            return Verdict(True, "ebms_error", f"MSH answered HTTP {status} with {code} ({text})", ebms_error=code)
+        receipt = signal.find(f"{_EB}Receipt")
+        if receipt is not None:
+            referred = signal.findtext(f"{_EB}MessageInfo/{_EB}RefToMessageId")
+            note = "" if referred in (None, message_id) else f" (for another message: {referred})"
+            return Verdict(True, "ok", f"receipt, HTTP {status}{note}")
+    fault = _fault_text(envelope)
+    if fault is not None:
+        return Verdict(False, "soap_fault", f"HTTP {status} SOAP fault without an ebMS error: {fault}")
+    return Verdict(False, "no_receipt", f"HTTP {status}: SOAP answer with neither eb:Receipt nor eb:Error")
+
+
+def _fault_text(envelope: etree._Element) -> str | None:
+    ns = etree.QName(envelope).namespace
+    fault = envelope.find(f"{{{ns}}}Body/{{{ns}}}Fault")
+    if fault is None:
+        return None
+    text = fault.findtext(f"{{{ns}}}Reason/{{{ns}}}Text") or fault.findtext("faultstring") or ""
+    return " ".join(text.split())[:200] or "(no reason given)"

@@ -1,0 +1,194 @@
+"""The probe scheduler: one loop over a heap of next-due times, probes run as tasks within limits.
+
+Each target has a phase in its interval (see :func:`~services.detector.domain.phase`), so thousands of
+targets are spread evenly instead of firing together. The loop only pops due entries and starts a task
+per probe; it never awaits a probe, so a slow or hanging target delays no other target. The probes
+themselves wait for a slot of the global concurrency limit and of their host's limit (a provider hosting
+many EO endpoints is not hammered), and each is bounded by its own timeout. A target whose previous
+probe is still running when it is due again is skipped for that slot, so in-flight work never exceeds
+one probe per target. Lag (start minus due) is measured at the moment a probe really starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import heapq
+import itertools
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from services.detector.domain import ProbeResult, first_due, next_due
+from services.detector.metrics import DetectorMetrics
+from services.detector.targets import Target
+
+log = logging.getLogger(__name__)
+
+ProbeFn = Callable[[Target], Awaitable[ProbeResult]]
+ResultFn = Callable[[Target, ProbeResult], None]
+
+
+@dataclass(frozen=True)
+class _Slot:
+    target: Target
+    generation: int
+
+
+class Scheduler:
+    """Probes every scheduled target once per interval (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        probe: ProbeFn,
+        on_result: ResultFn,
+        max_concurrency: int,
+        per_host_limit: int,
+        metrics: DetectorMetrics | None = None,
+        lag_samples: int = 20_000,
+    ) -> None:
+        self._probe = probe
+        self._on_result = on_result
+        self._metrics = metrics
+        self._global = asyncio.Semaphore(max_concurrency)
+        self._per_host_limit = per_host_limit
+        self._hosts: dict[str, asyncio.Semaphore] = {}
+        self._host_refs: dict[str, int] = {}
+        self._slots: dict[str, _Slot] = {}
+        self._heap: list[tuple[float, int, str, int]] = []
+        self._seq = itertools.count()
+        self._generations = itertools.count(1)
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._waiter: asyncio.Future[None] | None = None
+        self._wake_at: float | None = None
+        self.lag_samples: deque[float] = deque(maxlen=lag_samples)
+        self.started = 0
+        self.completed = 0
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+    def schedule(self, target: Target) -> None:
+        """(Re)schedule ``target``: first probe within one interval; a probe of its old version is ignored."""
+        previous = self._slots.get(target.id)
+        if previous is not None:
+            self._release_host(previous.target.endpoint.host_key)
+        self._host_refs[target.endpoint.host_key] = self._host_refs.get(target.endpoint.host_key, 0) + 1
+        slot = _Slot(target, next(self._generations))
+        self._slots[target.id] = slot
+        due = first_due(target_id=target.id, now=self._now(), interval_s=target.interval_s)
+        heapq.heappush(self._heap, (due, next(self._seq), target.id, slot.generation))
+        self._compact()
+        if self._wake_at is None or due < self._wake_at:
+            self._wake()
+
+    def unschedule(self, target_id: str) -> None:
+        """Stop probing ``target_id``; a probe in flight finishes but its result is dropped."""
+        slot = self._slots.pop(target_id, None)
+        if slot is not None:
+            self._release_host(slot.target.endpoint.host_key)
+            self._compact()
+
+    def _release_host(self, host: str) -> None:
+        refs = self._host_refs.get(host, 0) - 1
+        if refs > 0:
+            self._host_refs[host] = refs
+        else:
+            self._host_refs.pop(host, None)
+            self._hosts.pop(host, None)  # probes in flight keep their own reference
+
+    def _compact(self) -> None:
+        # Replaced and removed targets leave stale heap entries behind; rebuild once they dominate.
+        if len(self._heap) > 2 * len(self._slots) + 64:
+            live = [e for e in self._heap if (s := self._slots.get(e[2])) is not None and s.generation == e[3]]
+            heapq.heapify(live)
+            self._heap = live
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def run(self) -> None:
+        """Start probes as they fall due, until cancelled (probes in flight are cancelled with it)."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                now = loop.time()
+                self._start_due(now)
+                self._waiter = loop.create_future()
+                timer = None
+                if self._heap:
+                    self._wake_at = self._heap[0][0]
+                    timer = loop.call_at(self._wake_at, self._wake)
+                else:
+                    self._wake_at = None
+                try:
+                    await self._waiter
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+        finally:
+            await self._cancel_running()
+
+    def _start_due(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            due, _, target_id, generation = heapq.heappop(heap)
+            slot = self._slots.get(target_id)
+            if slot is None or slot.generation != generation:
+                continue
+            following = next_due(due=due, now=now, interval_s=slot.target.interval_s)
+            heapq.heappush(heap, (following, next(self._seq), target_id, generation))
+            if target_id in self._running:
+                self.skipped += 1
+                if self._metrics is not None:
+                    self._metrics.skipped.inc()
+                continue
+            task = asyncio.create_task(self._run_probe(slot, due), name=f"probe:{target_id}")
+            self._running[target_id] = task
+            task.add_done_callback(functools.partial(self._finished, target_id))
+
+    def _finished(self, target_id: str, task: asyncio.Task[None]) -> None:
+        if self._running.get(target_id) is task:
+            del self._running[target_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("probe task of %s failed", target_id, exc_info=task.exception())
+
+    async def _run_probe(self, slot: _Slot, due: float) -> None:
+        host_key = slot.target.endpoint.host_key
+        host = self._hosts.get(host_key)
+        if host is None:
+            host = self._hosts[host_key] = asyncio.Semaphore(self._per_host_limit)
+        async with host, self._global:
+            lag = max(0.0, self._now() - due)
+            self.lag_samples.append(lag)
+            self.started += 1
+            if self._metrics is not None:
+                self._metrics.scheduler_lag.observe(lag)
+                self._metrics.in_flight.inc()
+            try:
+                result = await self._probe(slot.target)
+            finally:
+                if self._metrics is not None:
+                    self._metrics.in_flight.dec()
+        self.completed += 1
+        current = self._slots.get(slot.target.id)
+        if current is not None and current.generation == slot.generation:
+            self._on_result(slot.target, result)
+
+    async def _cancel_running(self) -> None:
+        tasks = list(self._running.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

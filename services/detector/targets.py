@@ -1,0 +1,230 @@
+"""What the detector probes: configured targets and the AS4 endpoints of registered EOs, resolved once.
+
+A :class:`Target` carries everything a probe needs (its URL, timeouts, thresholds, TLS files, AS4
+parties) with the detector-wide defaults already applied, so probing never consults settings again.
+Pure: building a target validates it, it never opens a file or a socket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import quote, urlsplit
+
+from services.detector.domain import Thresholds
+from shared.config import DetectorSettings, TargetSettings
+from shared.events import Component, EoData
+
+ProbeKind = Literal["http", "as4", "tcp", "tls", "domibus"]
+EO_TARGET_PREFIX = "eo:"
+DOMIBUS_STATUS_PATH = "/ext/monitoring/application/status"
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "tls": 443}
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+
+
+class InvalidTarget(ValueError):
+    """A target that cannot be probed as configured or registered; the text says why."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Where the trust anchors and the client certificate of a target are (None: system CAs, no client cert)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Party:
+    """One side of an ebMS3 exchange: PartyId, its type, and the role it plays."""
+
+    id: str
+    type: str
+    role: str
+
+
+@dataclass(frozen=True)
+class HttpCheck:
+    """What the http probe sends and accepts."""
+
+    method: str = "GET"
+    expected_status: frozenset[int] | None = None  # None: any 2xx
+    body_contains: str | None = None
+
+    def accepts(self, status: int) -> bool:
+        if self.expected_status is None:
+            return 200 <= status < 300
+        return status in self.expected_status
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a probe connects: scheme (http, https, tcp or tls), host, port and request path."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.scheme in ("https", "tls")
+
+    @property
+    def host_key(self) -> str:
+        """The key of per-host connection limits."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = _DEFAULT_PORTS.get(self.scheme)
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A probed target with every default applied. Equal targets need no rescheduling."""
+
+    id: str
+    component: Component
+    probe: ProbeKind
+    url: str
+    endpoint: Endpoint
+    interval_s: float
+    timeout_s: float
+    thresholds: Thresholds
+    eori: str | None = None
+    source: Literal["config", "registry"] = "config"
+    http: HttpCheck = HttpCheck()
+    tls: TlsFiles = TlsFiles()
+    basic_auth: tuple[str, str] | None = None
+    sender: Party | None = None
+    receiver: Party | None = None
+    max_response_bytes: int = 1_048_576
+
+
+def parse_endpoint(url: str, probe: ProbeKind) -> Endpoint:
+    """Split and check a target URL for ``probe``: http(s) for as4/http/domibus, host:port for tcp/tls."""
+    text = url.strip()
+    if probe in ("tcp", "tls") and "://" not in text:
+        text = f"{probe}://{text}"
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidTarget(f"invalid URL {url!r}: {exc}") from exc
+    scheme = parts.scheme.lower()
+    allowed = {"tcp": ("tcp",), "tls": ("tls", "https")}.get(probe, ("http", "https"))
+    if scheme not in allowed:
+        raise InvalidTarget(f"a {probe} probe needs a {' or '.join(s + '://' for s in allowed)} URL, not {url!r}")
+    host = parts.hostname
+    if not host:
+        raise InvalidTarget(f"no host in URL {url!r}")
+    if port is None:
+        if scheme not in _DEFAULT_PORTS:
+            raise InvalidTarget(f"a {probe} target needs a port: {url!r}")
+        port = _DEFAULT_PORTS[scheme]
+    if parts.username or parts.password:
+        raise InvalidTarget(f"credentials in URL {url!r}: use username/password settings instead")
+    # Percent-encoded as the request line needs it; what is already encoded stays as it is.
+    path = quote(parts.path or "/", safe=_PATH_SAFE)
+    if parts.query:
+        path = f"{path}?{quote(parts.query, safe=_PATH_SAFE + '?')}"
+    return Endpoint(scheme="https" if scheme == "tls" else scheme, host=host.lower(), port=port, path=path)
+
+
+def from_settings(target: TargetSettings, detector: DetectorSettings) -> Target:
+    """Resolve a configured target; raise :class:`InvalidTarget` if it cannot be probed."""
+    if target.id.startswith(EO_TARGET_PREFIX):
+        raise InvalidTarget(f"target id {target.id!r}: the prefix {EO_TARGET_PREFIX!r} is kept for registered EOs")
+    if target.component == Component.EO_B2G:
+        raise InvalidTarget(f"target {target.id!r}: eo_b2g endpoints come from the EO registry, not the config")
+    endpoint = parse_endpoint(target.url, target.probe)
+    if target.probe == "domibus" and endpoint.path == "/":
+        endpoint = Endpoint(endpoint.scheme, endpoint.host, endpoint.port, DOMIBUS_STATUS_PATH)
+    if target.probe == "tls":
+        endpoint = Endpoint("tls", endpoint.host, endpoint.port, "/")
+    statuses = target.expected_status
+    if statuses is not None and any(not 100 <= s <= 599 for s in statuses):
+        raise InvalidTarget(f"target {target.id!r}: expected_status must be HTTP statuses (100-599)")
+    interval = target.interval_s or detector.interval_s
+    tls = TlsFiles(
+        ca_file=target.ca_file or detector.ca_file,
+        cert_file=target.client_cert_file or detector.client_cert_file,
+        key_file=target.client_key_file or (None if target.client_cert_file else detector.client_key_file),
+    )
+    if tls.key_file and not tls.cert_file:
+        raise InvalidTarget(f"target {target.id!r}: client_key_file without client_cert_file")
+    basic_auth = None
+    if target.username is not None:
+        basic_auth = (target.username, target.password.get_secret_value() if target.password else "")
+    return Target(
+        id=target.id,
+        component=target.component,
+        probe=target.probe,
+        url=target.url,
+        endpoint=endpoint,
+        interval_s=interval,
+        # A probe may never outlast its interval, or probes of one target would overlap.
+        timeout_s=min(target.timeout_s or detector.timeout_s, interval),
+        thresholds=Thresholds(
+            failure=target.failure_threshold or detector.failure_threshold,
+            success=target.success_threshold or detector.success_threshold,
+            degraded_latency_ms=target.degraded_latency_ms or detector.degraded_latency_ms,
+        ),
+        http=HttpCheck(
+            method=target.method,
+            expected_status=frozenset(statuses) if statuses is not None else None,
+            body_contains=target.body_contains,
+        ),
+        tls=tls,
+        basic_auth=basic_auth,
+        sender=Party(
+            id=target.as4_from_party_id or detector.as4_from_party_id,
+            type=target.as4_from_party_type or detector.as4_from_party_type,
+            role=target.as4_from_role or detector.as4_from_role,
+        ),
+        receiver=Party(
+            id=target.as4_to_party_id or detector.as4_to_party_id,
+            type=target.as4_to_party_type or detector.as4_to_party_type,
+            role=target.as4_to_role or detector.as4_to_role,
+        ),
+        max_response_bytes=detector.max_response_bytes,
+    )
+
+
+def eo_target_id(eori: str) -> str:
+    return f"{EO_TARGET_PREFIX}{eori}"
+
+
+def from_eo(eo: EoData, detector: DetectorSettings) -> Target | None:
+    """The AS4 target of a registered EO, or None when it has no endpoint to probe.
+
+    Raises :class:`InvalidTarget` when the registered endpoint is not an http(s) URL.
+    """
+    if not eo.as4_endpoint:
+        return None
+    endpoint = parse_endpoint(eo.as4_endpoint, "as4")
+    return Target(
+        id=eo_target_id(eo.eori),
+        component=Component.EO_B2G,
+        probe="as4",
+        url=eo.as4_endpoint,
+        endpoint=endpoint,
+        eori=eo.eori,
+        source="registry",
+        interval_s=detector.interval_s,
+        timeout_s=min(detector.timeout_s, detector.interval_s),
+        thresholds=Thresholds(
+            failure=detector.failure_threshold,
+            success=detector.success_threshold,
+            degraded_latency_ms=detector.degraded_latency_ms,
+        ),
+        tls=TlsFiles(detector.ca_file, detector.client_cert_file, detector.client_key_file),
+        sender=Party(detector.as4_from_party_id, detector.as4_from_party_type, detector.as4_from_role),
+        receiver=Party(eo.eori, detector.eo_party_id_type, detector.as4_to_role),
+        max_response_bytes=detector.max_response_bytes,
+    )

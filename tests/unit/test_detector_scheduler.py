@@ -1,0 +1,224 @@
+"""Unit tests of the probe scheduler with in-memory probes: spread, limits, isolation of slow targets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from services.detector.domain import ProbeResult
+from services.detector.metrics import DetectorMetrics
+from services.detector.scheduler import Scheduler
+from services.detector.targets import Target, from_settings
+from shared.config import DetectorSettings, TargetSettings
+
+SETTINGS = DetectorSettings(instance_id="t", interval_s=0.2, timeout_s=0.2)
+
+
+def target(target_id: str, *, port: int = 8080, interval_s: float = 0.2, url: str | None = None) -> Target:
+    return from_settings(
+        TargetSettings(
+            id=target_id, component="ntp", url=url or f"http://127.0.0.1:{port}/{target_id}", interval_s=interval_s
+        ),
+        SETTINGS,
+    )
+
+
+def ok() -> ProbeResult:
+    return ProbeResult(ok=True, reason="ok", finished_at=datetime.now(UTC), latency_ms=1.0)
+
+
+class Recorder:
+    """A probe function that records calls and concurrency; ``behaviour`` may make a target hang or be slow."""
+
+    def __init__(self, behaviour: Callable[[Target], Any] | None = None) -> None:
+        self.calls: Counter[str] = Counter()
+        self.results: list[tuple[str, ProbeResult]] = []
+        self.active = 0
+        self.max_active = 0
+        self.active_by_host: Counter[str] = Counter()
+        self.max_by_host: dict[str, int] = defaultdict(int)
+        self.behaviour = behaviour
+
+    async def probe(self, target: Target) -> ProbeResult:
+        self.calls[target.id] += 1
+        host = target.endpoint.host_key
+        self.active += 1
+        self.active_by_host[host] += 1
+        self.max_active = max(self.max_active, self.active)
+        self.max_by_host[host] = max(self.max_by_host[host], self.active_by_host[host])
+        try:
+            if self.behaviour is not None:
+                await self.behaviour(target)
+            return ok()
+        finally:
+            self.active -= 1
+            self.active_by_host[host] -= 1
+
+    def record(self, target: Target, result: ProbeResult) -> None:
+        self.results.append((target.id, result))
+
+
+@contextlib.asynccontextmanager
+async def running(scheduler: Scheduler) -> AsyncIterator[Scheduler]:
+    task = asyncio.create_task(scheduler.run())
+    try:
+        yield scheduler
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+def scheduler(recorder: Recorder, *, concurrency: int = 100, per_host: int = 100, **kwargs: Any) -> Scheduler:
+    return Scheduler(
+        probe=recorder.probe, on_result=recorder.record, max_concurrency=concurrency, per_host_limit=per_host, **kwargs
+    )
+
+
+async def test_every_target_is_probed_about_once_per_interval() -> None:
+    recorder = Recorder()
+    sched = scheduler(recorder)
+    for i in range(20):
+        sched.schedule(target(f"t{i}"))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with running(sched):
+        await asyncio.sleep(1.05)  # about five intervals of 0.2 s
+        slots = (loop.time() - started) / 0.2
+    assert set(recorder.calls) == {f"t{i}" for i in range(20)}
+    # Fixed-rate slots: one per interval (the first somewhere in the first interval), never a burst.
+    assert all(int(slots) - 1 <= n <= int(slots) + 1 for n in recorder.calls.values()), (slots, recorder.calls)
+    assert len(recorder.results) == sum(recorder.calls.values())
+
+
+async def test_a_hanging_target_delays_no_other_target() -> None:
+    async def behaviour(t: Target) -> None:
+        if t.id == "hangs":
+            await asyncio.Event().wait()
+
+    recorder = Recorder(behaviour)
+    sched = scheduler(recorder)
+    sched.schedule(target("hangs"))
+    sched.schedule(target("fine"))
+    async with running(sched):
+        await wait_until(lambda: recorder.calls["fine"] >= 5)
+        assert recorder.calls["hangs"] == 1, "its next slots are skipped while the first probe still runs"
+        assert sched.skipped >= 3
+    assert [tid for tid, _ in recorder.results] == ["fine"] * len(recorder.results)
+
+
+async def test_global_concurrency_is_bounded() -> None:
+    async def slow(_t: Target) -> None:
+        await asyncio.sleep(0.15)
+
+    recorder = Recorder(slow)
+    sched = scheduler(recorder, concurrency=3)
+    for i in range(12):
+        sched.schedule(target(f"t{i}", port=9000 + i, interval_s=0.1))
+    async with running(sched):
+        await wait_until(lambda: len(recorder.calls) == 12)
+    assert recorder.max_active == 3
+
+
+async def test_per_host_concurrency_is_bounded_and_other_hosts_are_not_held_up() -> None:
+    async def slow_shared_host(t: Target) -> None:
+        if t.endpoint.port == 8443:
+            await asyncio.sleep(0.3)
+
+    recorder = Recorder(slow_shared_host)
+    sched = scheduler(recorder, per_host=2)
+    for i in range(10):
+        sched.schedule(target(f"shared{i}", port=8443, interval_s=0.3))
+    sched.schedule(target("elsewhere", port=9999))
+    async with running(sched):
+        await wait_until(lambda: recorder.calls["elsewhere"] >= 4)
+    assert recorder.max_by_host["127.0.0.1:8443"] == 2
+    assert recorder.max_by_host["127.0.0.1:9999"] == 1
+
+
+async def test_unscheduled_targets_are_not_probed_and_their_running_results_dropped() -> None:
+    gate = asyncio.Event()
+
+    async def held(t: Target) -> None:
+        if t.id == "removed":
+            await gate.wait()
+
+    recorder = Recorder(held)
+    sched = scheduler(recorder)
+    sched.schedule(target("removed"))
+    sched.schedule(target("kept"))
+    async with running(sched):
+        await wait_until(lambda: recorder.calls["removed"] == 1)
+        sched.unschedule("removed")
+        gate.set()
+        await asyncio.sleep(0.5)
+    assert recorder.calls["removed"] == 1
+    assert "removed" not in [tid for tid, _ in recorder.results]
+    assert len(sched) == 1
+
+
+async def test_rescheduling_a_changed_target_drops_the_old_versions_result() -> None:
+    gate = asyncio.Event()
+    seen_urls: list[str] = []
+
+    async def held(t: Target) -> None:
+        seen_urls.append(t.url)
+        if t.url.endswith("/old"):
+            await gate.wait()
+
+    recorder = Recorder(held)
+    sched = scheduler(recorder)
+    sched.schedule(target("eo", url="http://127.0.0.1:1/old"))
+    async with running(sched):
+        await wait_until(lambda: seen_urls == ["http://127.0.0.1:1/old"])
+        sched.schedule(target("eo", url="http://127.0.0.1:1/new"))
+        gate.set()
+        await wait_until(lambda: "http://127.0.0.1:1/new" in seen_urls, timeout=1.0)
+        await asyncio.sleep(0.05)
+    assert recorder.results, "the new endpoint's probes are recorded"
+    assert all(r[1].ok for r in recorder.results)
+    assert len(recorder.results) == seen_urls.count("http://127.0.0.1:1/new")
+
+
+async def test_a_target_added_while_running_is_probed_within_one_interval() -> None:
+    recorder = Recorder()
+    sched = scheduler(recorder)
+    sched.schedule(target("early", interval_s=5.0))
+    async with running(sched):
+        await asyncio.sleep(0.05)
+        sched.schedule(target("late", interval_s=0.3))
+        await wait_until(lambda: recorder.calls["late"] >= 1, timeout=0.6)
+
+
+async def test_lag_and_skips_reach_the_metrics() -> None:
+    registry = CollectorRegistry()
+    metrics = DetectorMetrics.create(registry)
+    recorder = Recorder()
+    sched = scheduler(recorder, metrics=metrics)
+    sched.schedule(target("a", interval_s=0.05))
+    async with running(sched):
+        await wait_until(lambda: recorder.calls["a"] >= 3)
+    count = registry.get_sample_value("luccs_detector_scheduler_lag_seconds_count")
+    assert count is not None and count >= 3
+    assert len(sched.lag_samples) == sched.started >= 3
+    assert all(lag >= 0 for lag in sched.lag_samples)
+
+
+async def test_compaction_keeps_the_heap_bounded_under_churn() -> None:
+    recorder = Recorder()
+    sched = scheduler(recorder)
+    for round_ in range(200):
+        sched.schedule(target("churn", url=f"http://127.0.0.1:1/{round_}", interval_s=60))
+    assert len(sched._heap) <= 2 * len(sched) + 64

@@ -1,0 +1,163 @@
+"""Unit tests of how configured targets and registered EOs become probe targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from services.detector.targets import (
+    DOMIBUS_STATUS_PATH,
+    Endpoint,
+    InvalidTarget,
+    from_eo,
+    from_settings,
+    parse_endpoint,
+)
+from shared.config import DetectorSettings, TargetSettings
+from shared.events import Component, EoData
+
+
+def configured(**overrides: Any) -> TargetSettings:
+    values: dict[str, Any] = {"id": "ada-as4", "component": "ada_b2g", "url": "https://b2g.example.lu/as4"}
+    values.update(overrides)
+    return TargetSettings(**values)
+
+
+DETECTOR = DetectorSettings(instance_id="t", interval_s=5, timeout_s=2, failure_threshold=3, success_threshold=2)
+
+
+@pytest.mark.parametrize(
+    ("url", "probe", "endpoint"),
+    [
+        ("https://b2g.example.lu/as4", "as4", Endpoint("https", "b2g.example.lu", 443, "/as4")),
+        ("http://127.0.0.1:8080", "http", Endpoint("http", "127.0.0.1", 8080, "/")),
+        ("https://NTP.Example.lu/x?y=1", "http", Endpoint("https", "ntp.example.lu", 443, "/x?y=1")),
+        ("127.0.0.1:5432", "tcp", Endpoint("tcp", "127.0.0.1", 5432, "/")),
+        ("tcp://db.example.lu:5432", "tcp", Endpoint("tcp", "db.example.lu", 5432, "/")),
+        ("b2g.example.lu:443", "tls", Endpoint("https", "b2g.example.lu", 443, "/")),
+        ("https://b2g.example.lu", "tls", Endpoint("https", "b2g.example.lu", 443, "/")),
+        ("http://[::1]:8080/h", "http", Endpoint("http", "::1", 8080, "/h")),
+        ("https://x.lu/äs4 msh/%20?a=b c", "as4", Endpoint("https", "x.lu", 443, "/%C3%A4s4%20msh/%20?a=b%20c")),
+    ],
+)
+def test_parse_endpoint(url: str, probe: Any, endpoint: Endpoint) -> None:
+    assert parse_endpoint(url, probe) == endpoint
+
+
+@pytest.mark.parametrize(
+    ("url", "probe", "message"),
+    [
+        ("ftp://x.lu/", "http", "needs a http:// or https:// URL"),
+        ("tcp://x.lu:1", "as4", "needs a http:// or https:// URL"),
+        ("http://x.lu:80", "tcp", "needs a tcp:// URL"),
+        ("tcp://x.lu", "tcp", "needs a port"),
+        ("https://user:pw@x.lu/", "as4", "credentials in URL"),
+        ("http://:80/", "http", "no host"),
+        ("http://x.lu:99999/", "http", "invalid URL"),
+    ],
+)
+def test_parse_endpoint_rejects(url: str, probe: Any, message: str) -> None:
+    with pytest.raises(InvalidTarget, match=message):
+        parse_endpoint(url, probe)
+
+
+def test_endpoint_authority_and_host_key() -> None:
+    assert Endpoint("https", "b2g.example.lu", 443, "/").authority == "b2g.example.lu"
+    assert Endpoint("http", "b2g.example.lu", 8080, "/").authority == "b2g.example.lu:8080"
+    assert Endpoint("http", "::1", 80, "/").authority == "[::1]"
+    assert Endpoint("https", "b2g.example.lu", 443, "/").host_key == "b2g.example.lu:443"
+
+
+def test_configured_target_takes_the_detector_defaults() -> None:
+    target = from_settings(configured(probe="as4"), DETECTOR)
+    assert (target.interval_s, target.timeout_s) == (5, 2)
+    assert (target.thresholds.failure, target.thresholds.success, target.thresholds.degraded_latency_ms) == (3, 2, None)
+    assert target.receiver is not None and target.receiver.id == "LUCCS"
+    assert target.sender is not None and target.sender.id == "luccs-fallback"
+    assert target.source == "config" and target.eori is None
+    assert target.http.accepts(204) and not target.http.accepts(301)
+
+
+def test_per_target_overrides() -> None:
+    target = from_settings(
+        configured(
+            probe="http", interval_s=1, timeout_s=0.5, failure_threshold=5, success_threshold=4,
+            degraded_latency_ms=800, method="HEAD", expected_status=[200, 401], body_contains="LUCCS",
+            ca_file="/ca.pem", client_cert_file="/c.pem", client_key_file="/k.pem",
+            username="monitor", password=SecretStr("pw"), as4_to_party_id="ADA-LU",
+        ),
+        DETECTOR,
+    )
+    assert (target.interval_s, target.timeout_s) == (1, 0.5)
+    assert (target.thresholds.failure, target.thresholds.success, target.thresholds.degraded_latency_ms) == (5, 4, 800)
+    assert target.http.method == "HEAD"
+    assert target.http.accepts(401) and not target.http.accepts(204)
+    assert target.http.body_contains == "LUCCS"
+    assert (target.tls.ca_file, target.tls.cert_file, target.tls.key_file) == ("/ca.pem", "/c.pem", "/k.pem")
+    assert target.basic_auth == ("monitor", "pw")
+    assert target.receiver is not None and target.receiver.id == "ADA-LU"
+
+
+def test_timeout_never_exceeds_the_interval() -> None:
+    assert from_settings(configured(interval_s=1, timeout_s=5), DETECTOR).timeout_s == 1
+
+
+def test_domibus_without_a_path_gets_the_monitoring_path() -> None:
+    target = from_settings(configured(probe="domibus", url="https://ap.example.lu"), DETECTOR)
+    assert target.endpoint.path == DOMIBUS_STATUS_PATH
+    url = "https://ap.example.lu/domibus" + DOMIBUS_STATUS_PATH
+    custom = from_settings(configured(probe="domibus", url=url), DETECTOR)
+    assert custom.endpoint.path == "/domibus" + DOMIBUS_STATUS_PATH
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"id": "eo:LU1"}, "kept for registered EOs"),
+        ({"component": "eo_b2g"}, "come from the EO registry"),
+        ({"expected_status": [200, 700]}, "HTTP statuses"),
+        ({"client_key_file": "/k.pem"}, "client_key_file without client_cert_file"),
+        ({"probe": "tcp", "url": "https://x.lu/"}, "tcp://"),
+    ],
+)
+def test_configured_target_rejections(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidTarget, match=message):
+        from_settings(configured(**overrides), DETECTOR)
+
+
+def eo(endpoint: str | None) -> EoData:
+    return EoData(eori="LU12345678901234", name="Test Trading SARL", as4_endpoint=endpoint)
+
+
+def test_eo_target_is_an_as4_ping_to_the_eori() -> None:
+    target = from_eo(eo("https://as4.trader.lu/msh"), DETECTOR)
+    assert target is not None
+    assert target.id == "eo:LU12345678901234"
+    assert (target.component, target.probe, target.eori, target.source) == (
+        Component.EO_B2G, "as4", "LU12345678901234", "registry",
+    )
+    assert target.receiver is not None
+    assert target.receiver.id == "LU12345678901234"
+    assert target.receiver.type == "urn:oasis:names:tc:ebcore:partyid-type:eu-customs:EORI"
+    assert target.endpoint == Endpoint("https", "as4.trader.lu", 443, "/msh")
+
+
+def test_eo_without_an_endpoint_has_no_target_and_a_bad_one_is_rejected() -> None:
+    assert from_eo(eo(None), DETECTOR) is None
+    assert from_eo(eo(""), DETECTOR) is None
+    with pytest.raises(InvalidTarget):
+        from_eo(eo("mailto:x@y.lu"), DETECTOR)
+
+
+def test_eo_targets_use_the_detector_wide_tls_files() -> None:
+    settings = DetectorSettings(instance_id="t", ca_file="/ca.pem", client_cert_file="/c.pem")
+    target = from_eo(eo("https://as4.trader.lu/"), settings)
+    assert target is not None
+    assert (target.tls.ca_file, target.tls.cert_file) == ("/ca.pem", "/c.pem")
+
+
+def test_equal_inputs_give_equal_targets() -> None:
+    assert from_eo(eo("https://a.lu/"), DETECTOR) == from_eo(eo("https://a.lu/"), DETECTOR)
+    assert from_eo(eo("https://a.lu/"), DETECTOR) != from_eo(eo("https://b.lu/"), DETECTOR)
