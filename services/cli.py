@@ -15,6 +15,7 @@ from shared.http import serve
 from shared.logging import configure_logging
 
 SERVICES = ("detector", "procedure", "notifier")
+SIMULATOR_COMMANDS = ("simulator", "simulator-ctl")
 log = logging.getLogger("luccs_fallback")
 
 
@@ -60,15 +61,22 @@ def _migrate(settings: Settings) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in SIMULATOR_COMMANDS:
+        # The simulator has options of its own and reads no Settings.
+        from services.simulator.cli import main as simulator_main
+
+        return simulator_main(arguments[0], arguments[1:])
     parser = argparse.ArgumentParser(
         prog="luccs-fallback", description="LUCCS National Import System fallback procedure, run automatically."
     )
     parser.add_argument(
-        "service", choices=[*SERVICES, "all", "migrate"],
-        help="what to run ('all': the three services; 'migrate': upgrade the procedure database and exit)",
+        "service", choices=[*SERVICES, "all", "migrate", *SIMULATOR_COMMANDS],
+        help="what to run ('all': the three services; 'migrate': upgrade the procedure database and exit; "
+        "'simulator': a local LUCCS stand-in, 'simulator-ctl': switch its modes; see their --help)",
     )
     parser.add_argument("--config", help=f"TOML configuration file (default: ${CONFIG_ENV}, else built-in defaults)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
