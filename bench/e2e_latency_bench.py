@@ -1,0 +1,269 @@
+"""End-to-end latency: from an outage injected at the simulator to the first EO webhook.
+
+Starts the simulator and the three services as processes (one each, as a user would) against a real
+broker, registers one EO whose webhook points at a receiver in this process, then repeats: make the
+simulated ADA AS4 endpoint refuse connections, wait for the EO's ``opened`` notice, put it back, wait for
+``closed``. For each run it reports the pipeline overhead (injection to webhook, minus the detection
+threshold interval x failure_threshold) and the split per hop, from the events' own timestamps:
+
+    probe that confirmed the outage (availability observed_at) -> availability event on Kafka
+    -> decision (procedure event time) -> procedure event on Kafka -> webhook received
+
+    python -m bench.e2e_latency_bench --bootstrap 127.0.0.1:9092 [--runs 20] [--interval 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaConsumer
+
+from shared.config import KafkaSettings
+from shared.events import AvailabilityData, CloudEvent, EventType, ProcedureData, parse_event
+from shared.kafka import ensure_topics
+from tests.support import WebhookReceiver, free_port
+
+TOKEN = "bench-operator-token"
+EORI = "LU99999999999"
+SECRET = "bench-webhook-secret-0123456789"
+
+
+@dataclass
+class Seen:
+    """Availability changes and procedure events, each with the time Kafka stamped it."""
+
+    availability: list[tuple[float, CloudEvent[AvailabilityData]]] = field(default_factory=list)
+    procedures: list[tuple[float, CloudEvent[ProcedureData]]] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    injected: float
+    detected: float  # the probe that made the target down finished
+    availability_published: float
+    decided: float
+    procedure_published: float
+    webhook: float
+
+
+def _config(tmp: Path, args: argparse.Namespace, prefix: str, ports: dict[str, int]) -> Path:
+    config = tmp / "bench.toml"
+    config.write_text(f"""
+data_dir = "{tmp}"
+log_level = "WARNING"
+[kafka]
+bootstrap_servers = "{args.bootstrap}"
+topic_prefix = "{prefix}"
+[api]
+operator_tokens = ["{TOKEN}"]
+[detector]
+instance_id = "bench"
+port = {ports['detector']}
+interval_s = {args.interval}
+timeout_s = {min(0.8, args.interval * 0.8)}
+failure_threshold = {args.failure_threshold}
+success_threshold = 2
+heartbeat_s = 5
+eo_targets = false
+[[detector.targets]]
+id = "ada-as4"
+component = "ada_b2g"
+probe = "as4"
+url = "http://127.0.0.1:{ports['ada-as4']}/as4"
+[[detector.targets]]
+id = "ntp"
+component = "ntp"
+url = "http://127.0.0.1:{ports['ntp']}/"
+[procedure]
+port = {ports['procedure']}
+stale_after_s = 60
+notifier_url = "http://127.0.0.1:{ports['notifier']}"
+[notifier]
+port = {ports['notifier']}
+allow_insecure_webhooks = true
+allow_private_webhooks = true
+""", encoding="utf-8")
+    return config
+
+
+async def _collect(settings: KafkaSettings, sink: Seen, stop: asyncio.Event) -> None:
+    consumer = AIOKafkaConsumer(settings.availability_topic, settings.procedures_topic,
+                                bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=20)
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=100)
+            for records in batch.values():
+                for r in records:
+                    if r.value is None:
+                        continue
+                    if r.topic == settings.availability_topic:
+                        availability = parse_event(r.value, AvailabilityData)
+                        if availability.type == EventType.AVAILABILITY_CHANGED:
+                            sink.availability.append((r.timestamp / 1000, availability))
+                    else:
+                        sink.procedures.append((r.timestamp / 1000, parse_event(r.value, ProcedureData)))
+    finally:
+        await consumer.stop()
+
+
+async def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {timeout_s}s")
+        await asyncio.sleep(0.01)
+
+
+async def main(args: argparse.Namespace) -> None:
+    prefix = f"e2e-bench-{uuid.uuid4().hex[:8]}"
+    settings = KafkaSettings(bootstrap_servers=args.bootstrap, topic_prefix=prefix)
+    await ensure_topics(settings)
+    base = free_port()
+    ports = {"control": base, "ada-as4": free_port(), "ntp": free_port(), "receiver": free_port(),
+             "detector": free_port(), "procedure": free_port(), "notifier": free_port()}
+    receiver = WebhookReceiver().start()
+    script = str(Path(sys.executable).with_name("luccs-fallback"))
+    processes: list[subprocess.Popen[bytes]] = []
+    sink = Seen()
+    stop = asyncio.Event()
+    collector = asyncio.create_task(_collect(settings, sink, stop))
+    runs: list[Run] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        config = _config(tmp, args, prefix, ports)
+        log = (tmp / "services.log").open("wb")
+        try:
+            processes.append(subprocess.Popen(
+                [script, "simulator", "--base-port", str(base), "--eos", "0", "--log-level", "WARNING",
+                 *(f"--port={name}={ports[name]}" for name in ("ada-as4", "ntp", "receiver"))],
+                stdout=log, stderr=subprocess.STDOUT))
+            for service in ("detector", "procedure", "notifier"):
+                processes.append(subprocess.Popen([script, service, "--config", str(config)], stdout=log,
+                                                  stderr=subprocess.STDOUT))
+            async with httpx.AsyncClient(timeout=5) as client:
+                for service in ("detector", "procedure", "notifier"):
+                    await _wait_http(client, f"http://127.0.0.1:{ports[service]}/readyz")
+                control = f"http://127.0.0.1:{base}/control"
+                await _wait_http(client, control)
+                created = await client.post(
+                    f"http://127.0.0.1:{ports['procedure']}/api/v1/eos", headers={"Authorization": f"Bearer {TOKEN}"},
+                    json={"eori": EORI, "name": "Bench EO", "language": "en", "webhook_url": receiver.url("/bench"),
+                          "webhook_secret": SECRET})
+                created.raise_for_status()
+                status_url = f"http://127.0.0.1:{ports['procedure']}/api/v1/status"
+                await _wait_status(client, status_url, {"ada_b2g": "up", "ntp": "up"})
+                await asyncio.sleep(2)  # the notifier has read the EO by now
+                print(f"e2e latency: {args.runs} runs, interval {args.interval}s, "
+                      f"failure_threshold {args.failure_threshold}", flush=True)
+                for n in range(args.runs):
+                    runs.append(await _one_run(client, control, receiver, sink, n))
+                    await client.post(f"{control}/ada-as4/ok")
+                    await _wait(functools.partial(_more_than, receiver, "luccs.procedure.closed", n), 60,
+                                "closed webhook")
+                    await _wait_status(client, status_url, {"ada_b2g": "up", "ntp": "up"})
+        finally:
+            stop.set()
+            await collector
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+            receiver.stop()
+    _report(runs, args)
+
+
+def _more_than(receiver: WebhookReceiver, event_type: str, count: int) -> bool:
+    return len(receiver.of_type(event_type)) > count
+
+
+async def _wait_http(client: httpx.AsyncClient, url: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if (await client.get(url)).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"{url} not ready within {timeout_s}s")
+
+
+async def _wait_status(client: httpx.AsyncClient, url: str, wanted: dict[str, str], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        states = {c["component"]: c["state"] for c in (await client.get(url)).json()["components"]}
+        if states == wanted:
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"components not {wanted} within {timeout_s}s")
+
+
+async def _one_run(client: httpx.AsyncClient, control: str, receiver: WebhookReceiver,
+                   sink: Seen, n: int) -> Run:
+    injected = time.time()
+    await client.post(f"{control}/ada-as4/refuse")
+    await _wait(lambda: len(receiver.of_type("luccs.procedure.opened")) > n, 60, "opened webhook")
+    webhook = time.time()
+    hook = receiver.of_type("luccs.procedure.opened")[n]
+    procedure_id = hook.event["data"]["procedure_id"]
+    def opened_event() -> tuple[float, CloudEvent[ProcedureData]] | None:
+        return next(((t, e) for t, e in sink.procedures
+                     if e.type == EventType.PROCEDURE_OPENED and e.data.procedure_id == procedure_id), None)
+
+    await _wait(lambda: opened_event() is not None, 10, "procedure event on Kafka")
+    published, opened = opened_event() or (0.0, None)
+    assert opened is not None
+    down_at, down = next((t, e) for t, e in reversed(sink.availability)
+                         if e.data.target_id == "ada-as4" and e.data.state == "down")
+    return Run(injected=injected, detected=down.data.observed_at.timestamp(), availability_published=down_at,
+               decided=opened.time.timestamp(), procedure_published=published, webhook=webhook)
+
+
+def _report(runs: list[Run], args: argparse.Namespace) -> None:
+    threshold_ms = args.interval * args.failure_threshold * 1000
+
+    def line(name: str, values: list[float]) -> None:
+        cuts = statistics.quantiles(values, n=100, method="inclusive") if len(values) > 1 else values * 99
+        print(f"  {name:<52} p50 {statistics.median(values):7.1f}  p99 {cuts[98]:7.1f}  max {max(values):7.1f}")
+
+    print(f"{len(runs)} runs (ms):")
+    line("injected -> first EO webhook", [(r.webhook - r.injected) * 1000 for r in runs])
+    line(f"  minus detection threshold ({threshold_ms:.0f} ms)",
+         [(r.webhook - r.injected) * 1000 - threshold_ms for r in runs])
+    line("pipeline: confirming probe done -> webhook", [(r.webhook - r.detected) * 1000 for r in runs])
+    line("  probe done -> availability event on Kafka", [(r.availability_published - r.detected) * 1000 for r in runs])
+    line("  availability event -> decision", [(r.decided - r.availability_published) * 1000 for r in runs])
+    line("  decision -> procedure event on Kafka", [(r.procedure_published - r.decided) * 1000 for r in runs])
+    line("  procedure event -> webhook received", [(r.webhook - r.procedure_published) * 1000 for r in runs])
+    print("  (goal: pipeline overhead p99 under 250 ms with interval 1 s)")
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bootstrap", default=os.environ.get("LUCCS_BENCH_KAFKA", "127.0.0.1:9092"))
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--failure-threshold", type=int, default=3)
+    asyncio.run(main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    cli()
