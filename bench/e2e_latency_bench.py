@@ -209,7 +209,10 @@ async def _wait_http(client: httpx.AsyncClient, url: str, timeout_s: float = 90)
 async def _wait_status(client: httpx.AsyncClient, url: str, wanted: dict[str, str], timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        states = {c["component"]: c["state"] for c in (await client.get(url)).json()["components"]}
+        try:
+            states = {c["component"]: c["state"] for c in (await client.get(url)).json()["components"]}
+        except httpx.TransportError:  # an idle keep-alive connection closed by the server as we reused it
+            continue
         if states == wanted:
             return
         await asyncio.sleep(0.1)
