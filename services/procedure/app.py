@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -11,7 +13,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from services.procedure.api import router
 from services.procedure.handlers import ProcedureService
 from services.procedure.migrate import upgrade
-from services.procedure.outbox import relay_outbox
+from services.procedure.outbox import publish_now, relay_outbox
 from services.procedure.registry import EoRegistry
 from services.procedure.sealing import Sealer, load_or_create_key
 from services.procedure.status_page import router as status_page_router
@@ -56,8 +58,10 @@ def create_app(settings: Settings) -> FastAPI:
         )
         app.state.consumer = consumer
         tasks.start(consumer.run(), name="availability-consumer")
-        tasks.start(relay_outbox(sessions, publisher, service.outbox_ready, on_backlog=outbox_backlog.set),
-                    name="outbox-relay")
+        outbox_lock = asyncio.Lock()
+        service.publish_now = functools.partial(publish_now, sessions, publisher, outbox_lock)
+        tasks.start(relay_outbox(sessions, publisher, service.outbox_ready, lock=outbox_lock,
+                                 on_backlog=outbox_backlog.set), name="outbox-relay")
         tasks.start(service.run_ticks(), name="ticks")
         service.outbox_ready.set()  # publish what a previous run committed but did not get out
         try:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.procedure import domain
 from services.procedure.domain import ComponentView, Decision, Observation, Rejected
-from services.procedure.models import AdvisoryRow, ComponentRow, ObservationRow, ProcedureRow
+from services.procedure.models import AdvisoryRow, ComponentRow, ObservationRow, OutboxRow, ProcedureRow
 from services.procedure.recorder import Recorder, active_view, evidence_of, load_active
 from services.procedure.stream import Broadcaster
 from shared.config import Settings
@@ -84,6 +84,8 @@ class ProcedureService:
         self._observations: dict[tuple[str, str], Observation] = {}
         self._started_at = clock()
         self.outbox_ready = asyncio.Event()
+        self.publish_now: Callable[[Sequence[OutboxRow]], Awaitable[None]] | None = None
+        """Set by the app: publishes a decision's events right after its commit (else the relay does)."""
 
     async def load(self) -> None:
         """Rebuild the in-memory state from the database (on start)."""
@@ -169,6 +171,7 @@ class ProcedureService:
             await self._record_components(session, recorder, views, now)
         if decisions and os.environ.get(FAULT_ENV) == "procedure.after_commit":
             os.kill(os.getpid(), signal.SIGKILL)
+        await self._publish(recorder)
         self._announce(recorder)
 
     async def _record_components(self, session: AsyncSession, recorder: Recorder, views: Views, now: datetime) -> None:
@@ -184,9 +187,18 @@ class ProcedureService:
             recorder.announcements.append(("status", {"component": component.value, "state": view.state.value,
                                                       "since": now.isoformat()}))
 
+    async def _publish(self, recorder: Recorder) -> None:
+        if not recorder.outbox:
+            return
+        if self.publish_now is not None:
+            try:
+                await self.publish_now(recorder.outbox)
+                return
+            except Exception as exc:
+                log.warning("publishing right after the decision failed, the outbox relay will retry: %s", exc)
+        self.outbox_ready.set()
+
     def _announce(self, recorder: Recorder) -> None:
-        if any(kind != "status" and kind != "note" for kind, _ in recorder.announcements):
-            self.outbox_ready.set()
         for kind, payload in recorder.announcements:
             self.broadcaster.publish(kind, payload)
 
@@ -216,6 +228,7 @@ class ProcedureService:
                         row = await recorder.apply(decision, actor=actor, auto_close=auto_close)
             except IntegrityError as exc:  # the database's one-active-procedure guarantee
                 raise Rejected("another active procedure of the same scope exists") from exc
+            await self._publish(recorder)
         self._announce(recorder)
         return row, decision
 

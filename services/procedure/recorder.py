@@ -108,6 +108,7 @@ class Recorder:
     now: datetime
     components: dict[Component, ComponentState]
     announcements: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    outbox: list[OutboxRow] = field(default_factory=list)
 
     async def apply(
         self,
@@ -213,5 +214,7 @@ class Recorder:
         self._queue(self.kafka.advisories_topic, row.id, event)
 
     def _queue(self, topic: str, key: str, event: CloudEvent[Any]) -> None:
-        self.session.add(OutboxRow(topic=topic, key=key, payload=event.to_bytes(), created_at=self.now))
+        row = OutboxRow(topic=topic, key=key, payload=event.to_bytes(), created_at=self.now)
+        self.session.add(row)
+        self.outbox.append(row)
         self.announcements.append((event.type, event.model_dump(mode="json")))
