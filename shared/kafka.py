@@ -269,22 +269,27 @@ class EventConsumer(Generic[DataT]):
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
-        letter = CloudEvent[DeadLetterData](
-            source=f"/luccs-fallback/{self.group_id}",
-            type=EventType.DEADLETTER_RECORDED,
-            subject=f"{record.topic}/{record.partition}/{record.offset}",
-            data=DeadLetterData(
-                source_topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                consumer_group=self.group_id,
-                key=_b64(record.key),
-                value=_b64(record.value),
-                reason=reason,
-            ),
-        )
+        letter = dead_letter(record, consumer=self.group_id, reason=reason)
         await self._publisher.publish(self._settings.deadletter_topic, letter, key=record.topic)
         self.stats.dead_lettered += 1
+
+
+def dead_letter(record: ConsumerRecord[bytes, bytes], *, consumer: str, reason: str) -> CloudEvent[DeadLetterData]:
+    """The dead-letter event of a message ``consumer`` could not process: why, and its original bytes."""
+    return CloudEvent[DeadLetterData](
+        source=f"/luccs-fallback/{consumer}",
+        type=EventType.DEADLETTER_RECORDED,
+        subject=f"{record.topic}/{record.partition}/{record.offset}",
+        data=DeadLetterData(
+            source_topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            consumer_group=consumer,
+            key=_b64(record.key),
+            value=_b64(record.value),
+            reason=reason,
+        ),
+    )
 
 
 def _b64(raw: bytes | None) -> str | None:

@@ -14,7 +14,6 @@ been compacted away while the follower was reconnecting).
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -22,7 +21,8 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from shared.config import KafkaSettings
-from shared.events import CloudEvent, DeadLetterData, EoData, EventType, InvalidEvent, parse_event
+from shared.events import CloudEvent, DeadLetterData, EoData, InvalidEvent, parse_event
+from shared.kafka import dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -144,25 +144,9 @@ class RegistryFollower:
     async def _reject(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         self._outcome("dead_lettered")
         log.warning("EO registry %s[%d]@%d dead-lettered: %s", record.topic, record.partition, record.offset, reason)
-        letter = CloudEvent[DeadLetterData](
-            source=f"/luccs-fallback/{self.name}",
-            type=EventType.DEADLETTER_RECORDED,
-            subject=f"{record.topic}/{record.partition}/{record.offset}",
-            data=DeadLetterData(
-                source_topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                consumer_group=self.name,
-                key=_b64(record.key),
-                value=_b64(record.value),
-                reason=reason,
-            ),
-        )
+        letter = dead_letter(record, consumer=self.name, reason=reason)
         try:
             await self._dead_letter(letter)
         except Exception as exc:  # the registry must keep flowing even when the dead-letter topic does not
             log.error("could not dead-letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
 
-
-def _b64(raw: bytes | None) -> str | None:
-    return base64.b64encode(raw).decode() if raw is not None else None

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.procedure import domain
 from services.procedure.api.deps import EoCaller, Operator, Reader, ServiceDep, SessionsDep
 from services.procedure.domain import Rejected
-from services.procedure.handlers import find_active
+from services.procedure.handlers import ProcedureService, find_active
 from services.procedure.models import ProcedureRow
 from services.procedure.queries import procedure_detail, procedure_view, status_snapshot
 from services.procedure.recorder import active_view
@@ -109,15 +111,21 @@ async def _existing(sessions: SessionsDep, procedure_id: str) -> None:
             raise HTTPException(404, f"no procedure {procedure_id!r}")
 
 
-@router.post("/procedures/{procedure_id}/confirm", tags=["operator"],
-             summary="Confirm a proposed procedure: it opens and EOs are told")
-async def confirm(procedure_id: str, body: Reason, actor: Operator, service: ServiceDep,
-                  sessions: SessionsDep) -> dict[str, Any]:
+async def _on_procedure(
+    procedure_id: str,
+    command: Callable[..., domain.Decision],
+    *,
+    reason: str,
+    actor: str,
+    service: ProcedureService,
+    sessions: async_sessionmaker[AsyncSession],
+) -> dict[str, Any]:
+    """Run an operator command (confirm, close) on one procedure: 404 if unknown, 409 if it does not fit."""
     await _existing(sessions, procedure_id)
 
     def decide(active: list[ProcedureRow]) -> domain.Decision:
         found = next((active_view(r) for r in active if r.id == procedure_id), None)
-        return domain.confirm(procedure=found, reason=body.reason)
+        return command(procedure=found, reason=reason)
 
     try:
         row, _ = await service.command(decide, actor=actor)
@@ -125,24 +133,22 @@ async def confirm(procedure_id: str, body: Reason, actor: Operator, service: Ser
         raise _rejected(exc) from exc
     assert row is not None
     return procedure_view(row)
+
+
+@router.post("/procedures/{procedure_id}/confirm", tags=["operator"],
+             summary="Confirm a proposed procedure: it opens and EOs are told")
+async def confirm(procedure_id: str, body: Reason, actor: Operator, service: ServiceDep,
+                  sessions: SessionsDep) -> dict[str, Any]:
+    return await _on_procedure(procedure_id, domain.confirm, reason=body.reason, actor=actor, service=service,
+                               sessions=sessions)
 
 
 @router.post("/procedures/{procedure_id}/close", tags=["operator"],
              summary="Close an open procedure, or dismiss a proposed one")
 async def close(procedure_id: str, body: Reason, actor: Operator, service: ServiceDep,
                 sessions: SessionsDep) -> dict[str, Any]:
-    await _existing(sessions, procedure_id)
-
-    def decide(active: list[ProcedureRow]) -> domain.Decision:
-        found = next((active_view(r) for r in active if r.id == procedure_id), None)
-        return domain.close(procedure=found, reason=body.reason)
-
-    try:
-        row, _ = await service.command(decide, actor=actor)
-    except Rejected as exc:
-        raise _rejected(exc) from exc
-    assert row is not None
-    return procedure_view(row)
+    return await _on_procedure(procedure_id, domain.close, reason=body.reason, actor=actor, service=service,
+                               sessions=sessions)
 
 
 @router.post("/procedures/{procedure_id}/notes", tags=["operator"], status_code=201,
