@@ -15,6 +15,8 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, field_serializer
 
 SPECVERSION = "1.0"
+EORI_PATTERN = r"^[A-Z]{2}[A-Z0-9]{1,15}$"
+"""An EORI: a two-letter country code and up to 15 letters or digits (e.g. LU12345678)."""
 CONTENT_TYPE = "application/json"
 
 
@@ -90,7 +92,9 @@ class AvailabilityData(_Data):
 
     target_id: str = Field(..., min_length=1, description="Configured id of the probed target (the message key).")
     component: Component = Field(..., description="Which channel this target watches.")
-    eori: str | None = Field(None, description="EORI of the EO whose AS4 endpoint this is (eo_b2g only).")
+    eori: str | None = Field(
+        None, pattern=EORI_PATTERN, description="EORI of the EO whose AS4 endpoint this is (eo_b2g only)."
+    )
     detector_instance: str = Field(..., min_length=1, description="Vantage point that made the observation.")
     state: ComponentState = Field(..., description="The target's state after this observation.")
     previous_state: ComponentState | None = Field(None, description="State before a change; null on heartbeats.")
@@ -173,7 +177,7 @@ class AdvisoryData(_Data):
 class EoData(_Data):
     """An EO registry entry, as published on the compacted EO topic (key = EORI; deletion = tombstone)."""
 
-    eori: str = Field(..., description="EORI number of the economic operator.")
+    eori: str = Field(..., pattern=EORI_PATTERN, description="EORI number of the economic operator.")
     name: str = Field(..., description="Legal name of the EO.")
     language: Language = Field(Language.FR, description="Language of the notices sent to this EO.")
     email: str | None = Field(None, description="Address for e-mail notices.")

@@ -6,9 +6,10 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 
 import uvicorn
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 """Returns None when the dependency is fine, else what is wrong."""
@@ -23,6 +24,14 @@ def add_ops_routes(
 ) -> None:
     """/healthz (alive: ``liveness`` passes, e.g. no background loop has died), /readyz (every check
     passes), /metrics."""
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(ConnectionError)
+    async def dependency_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        # The database (or another dependency) is down or unreachable: temporary, not a bug; clients may retry.
+        return JSONResponse({"detail": "a dependency (the database) is unavailable, try again shortly"},
+                            status_code=503, headers={"Retry-After": "5"})
 
     @app.get("/healthz", tags=["ops"], summary="The process is alive and none of its loops has died")
     async def healthz() -> JSONResponse:

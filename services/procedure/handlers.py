@@ -14,7 +14,7 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
 from sqlalchemy import Table, select
@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 FAULT_ENV = "LUCCS_FAULT_INJECT"
 """Test hook: ``procedure.after_commit`` SIGKILLs the process right after a decision is committed and
 before its events are published (the crash test of the outbox)."""
+
+
+MAX_CLOCK_SKEW = timedelta(seconds=30)
+"""How far ahead of this service's clock a detector's clock may run before its times are not trusted."""
 
 
 def _now() -> datetime:
@@ -114,12 +118,19 @@ class ProcedureService:
                 assert event is not None  # the consumer dead-letters tombstones on this topic
                 seen = event.data
                 key = (seen.target_id, seen.detector_instance)
+                # A detector whose clock runs far ahead must not pin a state for ever: beyond the tolerated
+                # skew, the observation counts as made now.
+                observed_at = seen.observed_at
+                if observed_at > now + MAX_CLOCK_SKEW:
+                    log.warning("observation of %s by %s is dated %s, in the future: counted as made now",
+                                seen.target_id, seen.detector_instance, observed_at.isoformat())
+                    observed_at = now
                 known = newer.get(key) or self._observations.get(key)
-                if known is not None and known.observed_at >= seen.observed_at:
+                if known is not None and known.observed_at >= observed_at:
                     continue  # a redelivery or an older message: already accounted for
                 newer[key] = Observation(
                     target_id=seen.target_id, component=seen.component, detector_instance=seen.detector_instance,
-                    state=seen.state, observed_at=seen.observed_at, reason=seen.reason, eori=seen.eori,
+                    state=seen.state, observed_at=observed_at, reason=seen.reason, eori=seen.eori,
                 )
             if not newer:
                 return

@@ -8,15 +8,15 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
-from shared.events import Language, Scenario
+from shared.events import EORI_PATTERN, Language, Scenario
 
-EORI_PATTERN = re.compile(r"^[A-Z]{2}[A-Z0-9]{1,15}$")
+EORI = re.compile(EORI_PATTERN)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 def _eori(value: str) -> str:
     value = value.strip().upper()
-    if not EORI_PATTERN.fullmatch(value):
+    if not EORI.fullmatch(value):
         raise ValueError("an EORI is a 2-letter country code and up to 15 letters or digits, e.g. LU12345678")
     return value
 

@@ -1,0 +1,104 @@
+"""A schema-valid but poisoned observation: one availability message dated in the future.
+
+A detector whose clock jumped ahead (or any producer on the topic) publishes an observation with
+``observed_at`` years ahead. The procedure service keeps the newest observation per target and detector
+instance by ``observed_at``, and calls an observation fresh while ``observed_at >= now - stale_after_s``:
+the future-dated one is then fresh forever and every real, later observation from that detector for that
+target is dropped as "older". The component is pinned in that state, and a procedure opened on it never
+closes. Expected instead: such a message is dead-lettered (or clamped to its arrival time) and the real
+observations keep deciding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from services.procedure.app import create_app
+from shared.config import KafkaSettings, ProcedureSettings, Settings
+from shared.events import AvailabilityData, CloudEvent, Component, ComponentState, EventType
+from shared.kafka import Publisher
+from tests.support import free_port
+
+pytestmark = pytest.mark.integration
+
+DETECTOR = "skewed-detector"
+
+
+def _observation(target_id: str, component: Component, state: ComponentState, at: datetime) -> bytes:
+    return CloudEvent[AvailabilityData](
+        source="/tests/chaos", type=EventType.AVAILABILITY_CHANGED, subject=target_id,
+        data=AvailabilityData(
+            target_id=target_id, component=component, detector_instance=DETECTOR, state=state,
+            previous_state=None, since=at, observed_at=at, probe="http", ok=state is ComponentState.UP,
+            reason="ok" if state is ComponentState.UP else "refused",
+        ),
+    ).to_bytes()
+
+
+@pytest.fixture
+async def procedure(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[tuple[str, Settings]]:
+    settings = Settings(
+        data_dir=tmp_path,
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix),
+        procedure=ProcedureSettings(notifier_url=None, stale_after_s=60),
+    )
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(60):
+            while not server.started:
+                assert not task.done(), "the procedure app did not start"
+                await asyncio.sleep(0.05)
+        yield f"http://127.0.0.1:{port}", settings
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def _states(client: httpx.AsyncClient) -> dict[str, str]:
+    status = (await client.get("/api/v1/status")).json()
+    return {c["component"]: c["state"] for c in status["components"]}
+
+
+async def _wait_states(client: httpx.AsyncClient, wanted: dict[str, str], timeout: float) -> dict[str, str]:
+    states: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(timeout):
+            while (states := await _states(client)) != wanted:
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        pass
+    return states
+
+
+async def test_a_future_dated_observation_does_not_pin_the_component(procedure: tuple[str, Settings]) -> None:
+    url, settings = procedure
+    topic = settings.kafka.availability_topic
+    now = datetime.now(UTC)
+    publisher = Publisher(settings.kafka, client_id="chaos-skew")
+    await publisher.start()
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        try:
+            await publisher.publish_raw(topic, _observation("ntp", Component.NTP, ComponentState.UP, now), key="ntp")
+            skewed = now + timedelta(days=3650)
+            await publisher.publish_raw(
+                topic, _observation("ada", Component.ADA_B2G, ComponentState.DOWN, skewed), key="ada"
+            )
+            # Whatever the service made of the skewed message, the real observations that follow decide.
+            await asyncio.sleep(2)
+            await publisher.publish_raw(
+                topic, _observation("ada", Component.ADA_B2G, ComponentState.UP, datetime.now(UTC)), key="ada"
+            )
+        finally:
+            await publisher.stop()
+        states = await _wait_states(client, {"ada_b2g": "up", "ntp": "up"}, timeout=10)
+        assert states == {"ada_b2g": "up", "ntp": "up"}
+        assert (await client.get("/api/v1/procedures", params={"state": "open"})).json()["items"] == []
