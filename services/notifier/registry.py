@@ -13,6 +13,7 @@ import logging
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from shared.config import KafkaSettings
 
@@ -30,8 +31,24 @@ class RegistryCatchUp:
         self._behind: dict[int, int] = {}
         self.done = asyncio.Event()
 
-    async def prepare(self) -> None:
-        """Read the end offsets and the group's committed offsets; the partitions already passed are done."""
+    async def prepare(self, *, timeout_s: float = 60.0) -> None:
+        """Read the end offsets and the group's committed offsets; the partitions already passed are done.
+
+        On a fresh broker the group coordinator appears only once the offsets topic exists: retry the
+        transient errors until ``timeout_s``.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            try:
+                await self._prepare()
+                return
+            except KafkaError as exc:
+                if not getattr(exc, "retriable", False) or asyncio.get_running_loop().time() > deadline:
+                    raise
+                log.info("EO registry offsets not readable yet (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+
+    async def _prepare(self) -> None:
         topic = self._settings.eos_topic
         consumer = AIOKafkaConsumer(bootstrap_servers=self._settings.bootstrap_servers, group_id=None)
         admin = AIOKafkaAdminClient(bootstrap_servers=self._settings.bootstrap_servers)
