@@ -1,0 +1,89 @@
+"""SIGKILL the detector in the middle of detecting an outage, and again once it is open; restart it each time.
+
+A restarted detector knows nothing (every target starts unknown) and detects the outage again: the
+procedure must still be opened once, closed once, and the EO told once of each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.config import KafkaSettings
+from tests.e2e.test_pipeline import INTERVAL_S, _command, _config, _ready, _register_eo
+from tests.support import ToggleServer, WebhookReceiver, free_port, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def _start(name: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen([*_command(), name, "--config", str(config)], stdout=out, stderr=subprocess.STDOUT)
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=10) == -signal.SIGKILL
+
+
+@pytest.mark.timeout(300)
+def test_killed_detector_restarts_and_nothing_happens_twice(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    ada, ntp = ToggleServer(), ToggleServer()
+    ada.up()
+    ntp.up()
+    receiver = WebhookReceiver().start()
+    ports = {name: free_port() for name in ("detector", "procedure", "notifier")}
+    config = _config(tmp_path, kafka=kafka_bootstrap, prefix=topic_prefix, ada=ada, ntp=ntp, ports=ports)
+    asyncio.run(_register_eo(KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix),
+                             receiver.url()))
+    logs = {name: tmp_path / f"{name}.log" for name in ports}
+    processes = {name: _start(name, config, logs[name]) for name in ports}
+    procedure_url = f"http://127.0.0.1:{ports['procedure']}"
+    kills = 0
+    try:
+        for name, port in ports.items():
+            wait_for(functools.partial(_ready, port), timeout=90, interval=0.3, what=f"{name} /readyz")
+
+        ada.down()
+        time.sleep(INTERVAL_S * 1.5)  # one or two failed probes: detection under way
+        _kill(processes["detector"])
+        kills += 1
+        processes["detector"] = _start("detector", config, logs["detector"])
+        wait_for(lambda: receiver.of_type("luccs.procedure.opened"), timeout=60, what="the opened notice")
+
+        _kill(processes["detector"])  # and once more while the procedure is open
+        kills += 1
+        processes["detector"] = _start("detector", config, logs["detector"])
+        wait_for(functools.partial(_ready, ports["detector"]), timeout=60, interval=0.3, what="detector back")
+        time.sleep(INTERVAL_S * 6)  # it re-detects the outage: that must not open anything again
+
+        ada.up()
+        wait_for(lambda: receiver.of_type("luccs.procedure.closed"), timeout=60, what="the closed notice")
+        time.sleep(INTERVAL_S * 4)
+        opened = receiver.of_type("luccs.procedure.opened")
+        closed = receiver.of_type("luccs.procedure.closed")
+        print(f"\nchaos detector kill: {kills} SIGKILLs; notices: {len(opened)} opened, {len(closed)} closed")
+        assert len(opened) == 1
+        assert len(closed) == 1
+        all_procedures = httpx.get(f"{procedure_url}/api/v1/procedures", timeout=5).json()["items"]
+        assert [p["state"] for p in all_procedures] == ["closed"]
+    finally:
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        receiver.stop()
+        ada.down()
+        ntp.down()
