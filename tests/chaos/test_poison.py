@@ -13,7 +13,6 @@ import base64
 import functools
 import json
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,6 +45,7 @@ from shared.events import (
     parse_event,
 )
 from shared.kafka import Publisher, ensure_topics
+from tests.e2e.test_pipeline import _command
 from tests.support import WebhookReceiver, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -66,11 +66,6 @@ class Running:
 
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.ports[service]}"
-
-
-def _command() -> list[str]:
-    script = Path(sys.executable).with_name("luccs-fallback")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "services.cli"]
 
 
 def _config(tmp: Path, *, kafka: str, prefix: str, ports: dict[str, int]) -> Path:
