@@ -10,7 +10,8 @@
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-VAR_DIR=${LUCCS_VAR_DIR:-$REPO_ROOT/var}
+# Absolute: pg_ctl runs as another user, from another working directory.
+VAR_DIR=$(realpath -m "${LUCCS_VAR_DIR:-$REPO_ROOT/var}")
 DATA_DIR=$VAR_DIR/postgres
 PORT=${PG_PORT:-55432}
 DB=${PG_DB:-luccs_test}
