@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 
@@ -29,6 +31,20 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def stop_processes(processes: dict[str, subprocess.Popen[bytes]], logs: dict[str, Path]) -> None:
+    """SIGTERM every service process, SIGKILL the ones that linger, and print the log of any that failed."""
+    for process in processes.values():
+        process.terminate()
+    for name, process in processes.items():
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        if process.returncode not in (0, -15):
+            print(f"--- {name} exited {process.returncode}; log:\n{logs[name].read_text()[-4000:]}")
 
 
 class _Quiet(BaseHTTPRequestHandler):

@@ -19,7 +19,7 @@ import pytest
 from shared.config import KafkaSettings
 from tests.e2e.test_pipeline import _command, _config, _ready, _register_eo
 from tests.integration.test_broker_script import Broker
-from tests.support import ToggleServer, WebhookReceiver, free_port, wait_for
+from tests.support import ToggleServer, WebhookReceiver, free_port, stop_processes, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -99,14 +99,7 @@ def test_outage_ending_while_the_broker_is_down_converges_without_help(private_b
         still_open = httpx.get(f"{procedure_url}/api/v1/procedures", params={"state": "open"}, timeout=5)
         assert still_open.json()["items"] == []
     finally:
-        for process in processes.values():
-            process.terminate()
-        for name, process in processes.items():
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                print(f"--- {name} did not stop on SIGTERM; log:\n{(tmp_path / f'{name}.log').read_text()[-3000:]}")
+        stop_processes(processes, {name: tmp_path / f"{name}.log" for name in ports})
         receiver.stop()
         ada.down()
         ntp.down()

@@ -18,7 +18,7 @@ import pytest
 
 from shared.config import KafkaSettings
 from tests.e2e.test_pipeline import INTERVAL_S, _command, _config, _ready, _register_eo
-from tests.support import ToggleServer, WebhookReceiver, free_port, wait_for
+from tests.support import ToggleServer, WebhookReceiver, free_port, stop_processes, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -77,13 +77,7 @@ def test_killed_detector_restarts_and_nothing_happens_twice(
         all_procedures = httpx.get(f"{procedure_url}/api/v1/procedures", timeout=5).json()["items"]
         assert [p["state"] for p in all_procedures] == ["closed"]
     finally:
-        for process in processes.values():
-            process.terminate()
-        for process in processes.values():
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes, logs)
         receiver.stop()
         ada.down()
         ntp.down()

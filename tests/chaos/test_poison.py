@@ -46,7 +46,7 @@ from shared.events import (
 )
 from shared.kafka import Publisher, ensure_topics
 from tests.e2e.test_pipeline import _command
-from tests.support import WebhookReceiver, free_port, wait_for
+from tests.support import WebhookReceiver, free_port, stop_processes, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -142,16 +142,7 @@ def running(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Iterator
             wait_for(functools.partial(_ready, ports[name]), timeout=90, interval=0.3, what=f"{name} /readyz")
         yield Running(kafka=kafka, ports=ports, receiver=receiver, logs=logs)
     finally:
-        for process in processes.values():
-            process.terminate()
-        for name, process in processes.items():
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-            if process.returncode not in (0, -15):
-                print(f"--- {name} exited {process.returncode}; log:\n{logs[name].read_text()[-4000:]}")
+        stop_processes(processes, logs)
         receiver.stop()
 
 

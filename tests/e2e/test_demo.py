@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import free_port, wait_for
+from tests.support import free_port, stop_processes, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -93,19 +93,6 @@ class Demo:
         assert answer.status_code == 200, answer.text
 
 
-def _stop(processes: dict[str, subprocess.Popen[bytes]], logs: dict[str, Path]) -> None:
-    for process in processes.values():
-        process.terminate()
-    for name, process in processes.items():
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-        if process.returncode not in (0, -15):
-            print(f"--- {name} exited {process.returncode}; log:\n{logs[name].read_text()[-4000:]}")
-
-
 @pytest.fixture
 def demo(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Iterator[Demo]:
     services = _distinct_free_ports(("detector", "procedure", "notifier"))
@@ -133,7 +120,7 @@ def demo(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> Iterator[De
                  what="both components up")
         yield running
     finally:
-        _stop(processes, logs)
+        stop_processes(processes, logs)
 
 
 def test_ada_as4_refusing_opens_scenario_2_and_its_recovery_closes_it(demo: Demo) -> None:

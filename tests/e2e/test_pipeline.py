@@ -25,7 +25,7 @@ from shared.config import KafkaSettings
 from shared.events import CloudEvent, EoData, EventType, Language
 from shared.kafka import Publisher, ensure_topics
 from shared.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify
-from tests.support import ToggleServer, WebhookReceiver, free_port, wait_for
+from tests.support import ToggleServer, WebhookReceiver, free_port, stop_processes, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -160,15 +160,7 @@ def system(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> It
         )
         yield sys_
     finally:
-        for process in processes.values():
-            process.terminate()
-        for name, process in processes.items():
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            if process.returncode not in (0, -15):
-                print(f"--- {name} exited {process.returncode}; log:\n{logs[name].read_text()[-4000:]}")
+        stop_processes(processes, logs)
         receiver.stop()
         ada.down()
         ntp.down()
