@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
+import tenacity.wait
 import trustme
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from prometheus_client import CollectorRegistry
@@ -437,22 +439,29 @@ async def test_https_webhooks_verify_the_certificate(
         trusted.stop()
 
 
-async def test_a_pending_retry_survives_a_restart(database_url: str, kafka_bootstrap: str, topic_prefix: str) -> None:
+async def test_a_pending_retry_survives_a_restart(
+    database_url: str, kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     receiver = WebhookReceiver(statuses=[503]).start()
-    # A long first backoff: the retry is still scheduled when the notifier stops.
-    settings = notifier_settings(kafka_bootstrap, topic_prefix, database_url, backoff_base_s=2, backoff_max_s=2)
+    # A long first backoff, its jitter pinned to the top of the window (full jitter may draw ~0 s and retry
+    # at once): the retry is still scheduled when the notifier stops.
+    monkeypatch.setattr(tenacity.wait, "random", SimpleNamespace(uniform=lambda low, high: high))
+    settings = notifier_settings(kafka_bootstrap, topic_prefix, database_url, backoff_base_s=3, backoff_max_s=3)
     try:
         async with running_notifier(settings, publish=False) as parts:
             await register(parts, "LU0001", receiver.url())
             event = procedure_event()
             await parts.planner.on_procedure(event, RECORD)
+            seen: list[DeliveryRow] = []
 
             async def retrying() -> bool:
-                return [r.status for r in await deliveries(parts)] == ["retrying"]
+                seen[:] = await deliveries(parts)
+                return [r.status for r in seen] == ["retrying"]
 
             await until(retrying, what="the first attempt to fail")
-            (before,) = await deliveries(parts)
+            (before,) = seen
         assert before.next_attempt_at is not None
+        assert len(receiver.received) == 1
         async with running_notifier(settings, publish=False) as parts:
             await parts.planner.on_procedure(event, RECORD)  # the event redelivered after the restart
             await until(lambda: settled(parts), what="the retry after the restart")
