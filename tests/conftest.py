@@ -7,13 +7,20 @@ hide exactly what the suite is for.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
+from tests.support import ChaosRecord, ChaosReport
+
 KAFKA_ENV = "LUCCS_TEST_KAFKA"
+VAR_DIR_ENV = "LUCCS_VAR_DIR"
 POSTGRES_ENV = "LUCCS_TEST_POSTGRES_URL"
 
 
@@ -48,3 +55,50 @@ def postgres_url() -> str:
 def topic_prefix() -> str:
     """A prefix of its own per test, so tests sharing one broker never see each other's messages."""
     return f"test-{uuid.uuid4().hex[:12]}"
+
+
+# --- the chaos and reliability report ---------------------------------------------------------------
+# Every test that injects faults (SIGKILLs, a stopped broker, a cut database, poison messages, fuzzed
+# requests) records what it injected and what it counted through the ``chaos`` fixture; the suite's
+# output ends with one table of them, also written as JSON next to the test servers' data.
+
+
+_CHAOS = pytest.StashKey[list[ChaosRecord]]()
+
+
+@pytest.fixture
+def chaos(request: pytest.FixtureRequest) -> Iterator[ChaosReport]:
+    report = ChaosReport(request.node.nodeid)
+    yield report
+    request.config.stash.setdefault(_CHAOS, []).extend(report.records)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    records = config.stash.get(_CHAOS, [])
+    if not records:
+        return
+    outcomes = {  # a failure or error in any phase outweighs the pass of the call
+        report.nodeid: outcome
+        for outcome in ("passed", "failed", "error")
+        for report in terminalreporter.stats.get(outcome, [])
+    }
+    for record in records:
+        record.outcome = outcomes.get(record.test, "?")
+    terminalreporter.section("chaos and reliability report")
+    header = f"{'faults':>7} {'messages':>9} {'losses':>7} {'duplicates':>11}  outcome  test: detail"
+    terminalreporter.write_line(header)
+    for r in records:
+        name = r.test.split("::", 1)[-1]
+        terminalreporter.write_line(
+            f"{r.faults:>7} {r.messages:>9} {r.losses:>7} {r.duplicates:>11}  {r.outcome:<7}  {name}: {r.detail}"
+        )
+    totals = [sum(getattr(r, f) for r in records) for f in ("faults", "messages", "losses", "duplicates")]
+    terminalreporter.write_line(
+        f"{totals[0]:>7} {totals[1]:>9} {totals[2]:>7} {totals[3]:>11}  total over {len(records)} scenarios"
+    )
+    var_dir = os.environ.get(VAR_DIR_ENV)
+    if var_dir:
+        path = Path(var_dir) / "chaos-report.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps([asdict(r) for r in records], indent=2) + "\n", encoding="utf-8")
+        terminalreporter.write_line(f"written to {path}")

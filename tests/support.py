@@ -1,4 +1,4 @@
-"""Real loopback servers for tests: a target that can be switched off, and a webhook receiver."""
+"""Real loopback servers for tests (a target that can be switched off, a webhook receiver) and test helpers."""
 
 from __future__ import annotations
 
@@ -149,3 +149,30 @@ class WebhookReceiver:
                 w for w in self.received
                 if w.event.get("type") == event_type and (path is None or w.path == path)
             ]
+
+
+@dataclass
+class ChaosRecord:
+    test: str
+    faults: int
+    messages: int
+    losses: int
+    duplicates: int
+    detail: str = ""
+    outcome: str = "?"
+
+
+@dataclass
+class ChaosReport:
+    test: str
+    records: list[ChaosRecord] = field(default_factory=list)
+
+    def add(self, *, faults: int, messages: int, losses: int, duplicates: int, detail: str = "") -> None:
+        """Record one scenario's counts; call it before the assertions, so a failed run still reports."""
+        self.records.append(ChaosRecord(self.test, faults, messages, losses, duplicates, detail))
+
+    def add_procedure_notices(self, *, faults: int, opened: int, closed: int, detail: str) -> None:
+        """One procedure expected to open and close once: a missing notice is a loss, an extra one a duplicate."""
+        self.add(faults=faults, messages=opened + closed, losses=int(opened == 0) + int(closed == 0),
+                 duplicates=max(0, opened - 1) + max(0, closed - 1),
+                 detail=f"{detail}; {opened} opened + {closed} closed notices")

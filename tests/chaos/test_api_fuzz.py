@@ -27,7 +27,7 @@ from pydantic import SecretStr
 
 from shared.config import ApiSettings, DetectorSettings, KafkaSettings, ProcedureSettings, Settings, TargetSettings
 from shared.events import Component
-from tests.support import free_port
+from tests.support import ChaosReport, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -237,7 +237,7 @@ def _app(name: str, tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> 
 
 @pytest.fixture(params=["procedure", "notifier", "detector"])
 async def api(
-    request: pytest.FixtureRequest, tmp_path: Path, kafka_bootstrap: str, topic_prefix: str
+    request: pytest.FixtureRequest, tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, chaos: ChaosReport
 ) -> AsyncIterator[Api]:
     # Served in the test's own event loop: Hypothesis draws while the server's tasks are paused, so
     # nothing else touches the global random state during a draw.
@@ -263,7 +263,10 @@ async def api(
             assert operations >= 4, spec["paths"]
             fuzzed = Api(name, client, _operations(spec), operations)
             yield fuzzed
-            print(f"\n{name} fuzz: {operations} operations, responses {dict(sorted(fuzzed.statuses.items()))}")
+            sent = sum(fuzzed.statuses.values())
+            chaos.add(faults=sent, messages=sent, losses=0, duplicates=0,
+                      detail=f"{name} API fuzzed over {operations} operations; "
+                             f"responses {dict(sorted(fuzzed.statuses.items()))}")
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=30)

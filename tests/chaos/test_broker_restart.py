@@ -19,7 +19,7 @@ import pytest
 from shared.config import KafkaSettings
 from tests.e2e.test_pipeline import _command, _config, _ready, _register_eo
 from tests.integration.test_broker_script import Broker
-from tests.support import ToggleServer, WebhookReceiver, free_port, stop_processes, wait_for
+from tests.support import ChaosReport, ToggleServer, WebhookReceiver, free_port, stop_processes, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +46,9 @@ def _states(procedure_url: str) -> dict[str, str]:
 
 
 @pytest.mark.timeout(420)
-def test_outage_ending_while_the_broker_is_down_converges_without_help(private_broker: Broker, tmp_path: Path) -> None:
+def test_outage_ending_while_the_broker_is_down_converges_without_help(
+    private_broker: Broker, tmp_path: Path, chaos: ChaosReport
+) -> None:
     bootstrap = f"127.0.0.1:{private_broker.port}"
     prefix = "chaos-broker"
     ada, ntp = ToggleServer(), ToggleServer()
@@ -91,8 +93,10 @@ def test_outage_ending_while_the_broker_is_down_converges_without_help(private_b
         opened = receiver.of_type("luccs.procedure.opened")
         closed = receiver.of_type("luccs.procedure.closed")
         keys = {hook.headers["Idempotency-Key"] for hook in opened + closed}
-        print(f"\nchaos broker restart: {faults} faults injected (outage, broker down {BROKER_DOWN_S} s); "
-              f"notices: {len(opened)} opened, {len(closed)} closed, {len(keys)} distinct keys")
+        chaos.add_procedure_notices(
+            faults=faults, opened=len(opened), closed=len(closed),
+            detail=f"an outage, then the broker down {BROKER_DOWN_S} s while it ends; {len(keys)} distinct keys",
+        )
         assert len(opened) == 1
         assert len(closed) == 1
         assert opened[0].event["data"]["procedure_id"] == closed[0].event["data"]["procedure_id"]

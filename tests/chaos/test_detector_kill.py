@@ -18,7 +18,7 @@ import pytest
 
 from shared.config import KafkaSettings
 from tests.e2e.test_pipeline import INTERVAL_S, _command, _config, _ready, _register_eo
-from tests.support import ToggleServer, WebhookReceiver, free_port, stop_processes, wait_for
+from tests.support import ChaosReport, ToggleServer, WebhookReceiver, free_port, stop_processes, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +35,7 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.mark.timeout(300)
 def test_killed_detector_restarts_and_nothing_happens_twice(
-    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, chaos: ChaosReport
 ) -> None:
     ada, ntp = ToggleServer(), ToggleServer()
     ada.up()
@@ -71,7 +71,10 @@ def test_killed_detector_restarts_and_nothing_happens_twice(
         time.sleep(INTERVAL_S * 4)
         opened = receiver.of_type("luccs.procedure.opened")
         closed = receiver.of_type("luccs.procedure.closed")
-        print(f"\nchaos detector kill: {kills} SIGKILLs; notices: {len(opened)} opened, {len(closed)} closed")
+        chaos.add_procedure_notices(
+            faults=kills + 1, opened=len(opened), closed=len(closed),
+            detail=f"an outage and {kills} SIGKILLs of the detector (detecting, then with the procedure open)",
+        )
         assert len(opened) == 1
         assert len(closed) == 1
         all_procedures = httpx.get(f"{procedure_url}/api/v1/procedures", timeout=5).json()["items"]

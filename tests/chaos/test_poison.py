@@ -46,7 +46,7 @@ from shared.events import (
 )
 from shared.kafka import Publisher, ensure_topics
 from tests.e2e.test_pipeline import _command
-from tests.support import WebhookReceiver, free_port, stop_processes, wait_for
+from tests.support import ChaosReport, WebhookReceiver, free_port, stop_processes, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -260,7 +260,9 @@ def _seen(letters: list[DeadLetterData]) -> set[tuple[str, str, bytes | None]]:
     }
 
 
-def test_poison_on_every_consumed_topic_is_dead_lettered_and_everything_carries_on(running: Running) -> None:
+def test_poison_on_every_consumed_topic_is_dead_lettered_and_everything_carries_on(
+    running: Running, chaos: ChaosReport
+) -> None:
     kafka, receiver = running.kafka, running.receiver
     as4_port = free_port()  # nobody listens: the EO's own endpoint is refused, but only probed every 60 s
     topics_and_readers = {
@@ -285,6 +287,10 @@ def test_poison_on_every_consumed_topic_is_dead_lettered_and_everything_carries_
         timeout=30, what="the detector to add the EO registered after the poison",
     )
     letters = asyncio.run(_dead_letters(kafka, wanted, timeout_s=60))
+    chaos.add(faults=len(poison), messages=len(letters), losses=len(wanted - _seen(letters)),
+              duplicates=len(letters) - len(_seen(letters)),
+              detail=f"poison on {len(topics_and_readers)} topics; {len(wanted)} dead letters expected "
+                     f"(one per reading service), {len(letters)} seen")
     time.sleep(2)  # the notifier's EO consumer handled the poison; give the valid record behind it a moment
     ntp_up = _availability("chaos-ntp", Component.NTP, ComponentState.UP)
     ada_down = _availability("chaos-ada", Component.ADA_B2G, ComponentState.DOWN)
@@ -331,7 +337,3 @@ def test_poison_on_every_consumed_topic_is_dead_lettered_and_everything_carries_
         for probe in ("/healthz", "/readyz"):
             response = httpx.get(f"http://127.0.0.1:{port}{probe}", timeout=5)
             assert response.status_code == 200, (service, probe, response.text)
-    print(
-        f"\nchaos poison: {len(poison)} faults injected on {len(topics_and_readers)} topics, "
-        f"{len(wanted)} dead letters expected, {len(letters)} seen; services healthy and ready"
-    )

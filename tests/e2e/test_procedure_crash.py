@@ -17,7 +17,7 @@ from services.procedure.handlers import FAULT_ENV
 from shared.config import KafkaSettings
 from shared.events import AvailabilityData, CloudEvent, Component, ComponentState, EventType, ProcedureData, parse_event
 from shared.kafka import Publisher, ensure_topics
-from tests.support import free_port, wait_for
+from tests.support import ChaosReport, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -75,7 +75,7 @@ def _start(config: Path, log: Path, *, fault: str | None) -> subprocess.Popen[by
 
 
 def test_kill_after_commit_before_publish_publishes_exactly_once(
-    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, chaos: ChaosReport
 ) -> None:
     settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix)
     asyncio.run(ensure_topics(settings))
@@ -108,6 +108,12 @@ def test_kill_after_commit_before_publish_publishes_exactly_once(
         asyncio.run(_publish(settings, _seen("ada", Component.ADA_B2G, ComponentState.UP, t0 + timedelta(seconds=5))))
         # The restarted consumer gets the partitions once the killed member's session has expired.
         events = asyncio.run(_procedure_events(settings, settle_s=3.0, at_least=2))
+        kinds = [e.type for e in events]
+        chaos.add(faults=1, messages=len(events),
+                  losses=int(EventType.PROCEDURE_OPENED not in kinds) + int(EventType.PROCEDURE_CLOSED not in kinds),
+                  duplicates=len(events) - len({e.id for e in events}) + max(0, len(events) - 2),
+                  detail="SIGKILL of the procedure service between commit and publish; "
+                         f"events after the restart: {', '.join(kinds)}")
         assert [e.type for e in events] == [EventType.PROCEDURE_OPENED, EventType.PROCEDURE_CLOSED]
         assert events[0].id == opened[0].id
     finally:

@@ -38,7 +38,7 @@ from shared.events import (
 )
 from shared.kafka import Publisher, ensure_topics
 from shared.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify
-from tests.support import WebhookReceiver, free_port, wait_for
+from tests.support import ChaosReport, WebhookReceiver, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -76,7 +76,7 @@ def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 def test_sigkill_mid_fanout_then_restart_reaches_every_eo_once_keyed(
-    kafka_bootstrap: str, tmp_path: Path, topic_prefix: str
+    kafka_bootstrap: str, tmp_path: Path, topic_prefix: str, chaos: ChaosReport
 ) -> None:
     receiver = WebhookReceiver(delay_s=0.02).start()
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix)
@@ -161,6 +161,9 @@ backoff_max_s = 1
         by_eori[hook.path.rsplit("/", 1)[1]].append(hook)
     assert sorted(by_eori) == [_eori(n) for n in range(EOS)]
     duplicates = sum(len(hooks) - 1 for hooks in by_eori.values())
+    chaos.add(faults=1, messages=len(receiver.received), losses=EOS - len(by_eori), duplicates=duplicates,
+              detail=f"SIGKILL of the notifier mid fan-out to {EOS} EOs after {at_kill} webhooks; "
+                     "the copies sent again carry the same Idempotency-Key")
     for eori, hooks in by_eori.items():
         # Every copy of an EO's notice, before and after the crash, carries the one key of (event, EO, channel).
         assert {h.headers[IDEMPOTENCY_HEADER] for h in hooks} == {
@@ -171,7 +174,6 @@ backoff_max_s = 1
     # Only what was in flight (or sent but not yet recorded) at the kill is sent again, not the whole fan-out.
     assert duplicates < at_kill
     assert len({d["delivery_id"] for d in deliveries}) == EOS
-    print(f"received before the kill: {at_kill}; sent twice after the restart: {duplicates}")
 
 
 def _count_delivered(port: int, procedure_id: str) -> int:
