@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -13,7 +11,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from services.procedure.api import router
 from services.procedure.handlers import ProcedureService
 from services.procedure.migrate import upgrade
-from services.procedure.outbox import publish_now, relay_outbox
+from services.procedure.outbox import Outbox
 from services.procedure.registry import EoRegistry
 from services.procedure.sealing import Sealer, load_or_create_key
 from services.procedure.status_page import router as status_page_router
@@ -30,13 +28,14 @@ def create_app(settings: Settings) -> FastAPI:
     registry = CollectorRegistry()
     engine = make_engine(settings.database_url("procedure"))
     sessions = session_factory(engine)
-    service = ProcedureService(settings=settings, sessions=sessions)
     tasks = BackgroundTasks()
     publisher = Publisher(settings.kafka, client_id="procedure")
+    outbox = Outbox(sessions, publisher)
+    service = ProcedureService(settings=settings, sessions=sessions, outbox=outbox)
     key = settings.procedure.sealing_key
     sealer = Sealer(key.get_secret_value() if key else load_or_create_key(settings.data_dir / "procedure.key"))
     eo_registry = EoRegistry(kafka=settings.kafka, sessions=sessions, sealer=sealer,
-                             outbox_ready=service.outbox_ready)
+                             outbox_ready=outbox.wakeup)
     outbox_backlog = Gauge("luccs_procedure_outbox_backlog", "Events recorded but not yet published",
                            registry=registry)
     subscribers = Gauge("luccs_procedure_stream_subscribers", "Open /api/v1/stream connections", registry=registry)
@@ -58,16 +57,14 @@ def create_app(settings: Settings) -> FastAPI:
         )
         app.state.consumer = consumer
         tasks.start(consumer.run(), name="availability-consumer")
-        outbox_lock = asyncio.Lock()
-        service.publish_now = functools.partial(publish_now, sessions, publisher, outbox_lock)
-        tasks.start(relay_outbox(sessions, publisher, service.outbox_ready, lock=outbox_lock,
-                                 on_backlog=outbox_backlog.set), name="outbox-relay")
+        tasks.start(outbox.relay(on_backlog=outbox_backlog.set), name="outbox-relay")
         tasks.start(service.run_ticks(), name="ticks")
-        service.outbox_ready.set()  # publish what a previous run committed but did not get out
+        outbox.wakeup.set()  # publish what a previous run committed but did not get out
         try:
             yield
         finally:
             await tasks.stop()
+            await outbox.settle()
             await publisher.stop()
             await engine.dispose()
 

@@ -87,6 +87,23 @@ def _views(
     return {group: (_fold(states), tuple(evidence[group])) for group, states in target_states.items()}
 
 
+MAX_EVIDENCE = 12
+"""Observations recorded as a decision's evidence per component: enough to show why, with the dissent."""
+
+
+def supporting_evidence(view: ComponentView, limit: int = MAX_EVIDENCE) -> tuple[Observation, ...]:
+    """The observations to record for ``view``, at most ``limit`` (a component watched through hundreds of
+    targets would otherwise bloat every event): the newest agreeing with its state, and up to a quarter of
+    the places the newest dissenting ones."""
+    if len(view.evidence) <= limit:
+        return view.evidence
+    newest = sorted(view.evidence, key=lambda o: o.observed_at, reverse=True)
+    agree = [o for o in newest if o.state == view.state]
+    dissent = [o for o in newest if o.state != view.state]
+    dissent_kept = max(min(len(dissent), limit // 4), limit - len(agree))
+    return tuple(agree[: limit - dissent_kept] + dissent[:dissent_kept])
+
+
 def component_views(
     observations: Iterable[Observation], *, now: datetime, stale_after_s: float, quorum: float | None = None
 ) -> dict[Component, ComponentView]:

@@ -1,9 +1,11 @@
 """Use cases of the procedure service: observations in, decisions recorded, events queued.
 
 Every state change and the events it causes are written in one transaction (transactional outbox);
-the relay publishes them afterwards. A crash before the commit leaves the Kafka offsets uncommitted, so
+the outbox publishes them afterwards. A crash before the commit leaves the Kafka offsets uncommitted, so
 the messages are redelivered and decided again; a crash after it leaves the events in the outbox.
-Decisions are serialised by one lock: the service is the single writer of its database.
+Decisions are serialised by one lock: the service is the single writer of its database, so it keeps what
+the decisions read (active procedures, advisories, component states) in memory, mirrored by each commit;
+after a failed transaction or an operator command it reads them from the database again.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import cast
@@ -23,8 +25,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.procedure import domain
 from services.procedure.domain import ComponentView, Decision, Observation, Rejected
-from services.procedure.models import AdvisoryRow, ComponentRow, ObservationRow, OutboxRow, ProcedureRow
-from services.procedure.recorder import Recorder, active_view, evidence_of, load_active
+from services.procedure.models import AdvisoryRow, ComponentRow, ObservationRow, ProcedureRow
+from services.procedure.outbox import Outbox
+from services.procedure.recorder import ACTIVE_STATES, Recorder, active_view, evidence_of, load_active
 from services.procedure.stream import Broadcaster
 from shared.config import Settings
 from shared.db import upsert
@@ -78,6 +81,7 @@ class ProcedureService:
         settings: Settings,
         sessions: async_sessionmaker[AsyncSession],
         broadcaster: Broadcaster | None = None,
+        outbox: Outbox | None = None,
         clock: Callable[[], datetime] = _now,
     ) -> None:
         self._settings = settings
@@ -87,9 +91,12 @@ class ProcedureService:
         self._lock = asyncio.Lock()
         self._observations: dict[tuple[str, str], Observation] = {}
         self._started_at = clock()
-        self.outbox_ready = asyncio.Event()
-        self.publish_now: Callable[[Sequence[OutboxRow]], Awaitable[None]] | None = None
-        """Set by the app: publishes a decision's events right after its commit (else the relay does)."""
+        self.outbox = outbox
+        """Publishes a decision's events after its commit; without it they stay in the outbox table."""
+        # What the decisions read, mirrored from the database by each commit; None: read it again.
+        self._active: dict[str, ProcedureRow] | None = None
+        self._advisories: set[AdvisoryKind] | None = None
+        self._components: dict[str, str] | None = None
 
     async def load(self) -> None:
         """Rebuild the in-memory state from the database (on start)."""
@@ -149,65 +156,94 @@ class ProcedureService:
 
     async def _decide(self, now: datetime, *, store: dict[tuple[str, str], Observation]) -> None:
         views = self.views(now=now)
-        async with self._sessions.begin() as session:
-            await upsert(session, cast(Table, ObservationRow.__table__), [
-                {"target_id": o.target_id, "detector_instance": o.detector_instance, "component": o.component.value,
-                 "eori": o.eori, "state": o.state.value, "reason": o.reason, "observed_at": o.observed_at,
-                 "received_at": now}
-                for o in store.values()
-            ], key=("target_id", "detector_instance"))
-            recorder = Recorder(session=session, kafka=self._settings.kafka, now=now, components=views.components)
-            active = await load_active(session)
-            decisions = domain.decide(
-                active=[active_view(r) for r in active], national=views.national, eos=views.eos,
-                confirm_mode=self._settings.procedure.mode == "confirm",
-            )
-            for decision in decisions:
-                view = views.national if decision.scope == Scope.NATIONAL else {}
-                evidence = [o for v in view.values() for o in v.evidence] if view else list(
-                    views.eos[decision.eori].evidence if decision.eori in views.eos else ()
+        try:
+            async with self._sessions.begin() as session:
+                await upsert(session, cast(Table, ObservationRow.__table__), [
+                    {"target_id": o.target_id, "detector_instance": o.detector_instance,
+                     "component": o.component.value, "eori": o.eori, "state": o.state.value, "reason": o.reason,
+                     "observed_at": o.observed_at, "received_at": now}
+                    for o in store.values()
+                ], key=("target_id", "detector_instance"))
+                recorder = Recorder(session=session, kafka=self._settings.kafka, now=now,
+                                    components=views.components)
+                active = await self._active_procedures(session)
+                decisions = domain.decide(
+                    active=[active_view(r) for r in active.values()], national=views.national, eos=views.eos,
+                    confirm_mode=self._settings.procedure.mode == "confirm",
                 )
-                await recorder.apply(decision, evidence=evidence_of(evidence))
-                log.info("procedure %s: %s %s (%s)", decision.action.value, decision.scenario.value,
-                         decision.eori or "national", decision.reason)
-            advisories = await session.scalars(select(AdvisoryRow.kind).where(AdvisoryRow.active.is_(True)))
-            blind_allowed = (now - self._started_at).total_seconds() >= self._settings.procedure.stale_after_s
-            for change in domain.decide_advisories(
-                active=[AdvisoryKind(k) for k in advisories.all()], national=views.national,
-                blind_allowed=blind_allowed,
-            ):
-                await recorder.advisory(change)
-                log.warning("advisory %s %s: %s", change.kind.value, "raised" if change.raise_it else "cleared",
-                            change.reason)
-            await self._record_components(session, recorder, views, now)
+                for decision in decisions:
+                    if decision.scope == Scope.NATIONAL:
+                        evidence = [o for v in views.national.values() for o in domain.supporting_evidence(v)]
+                    else:
+                        view = views.eos.get(decision.eori or "")
+                        evidence = list(domain.supporting_evidence(view)) if view else []
+                    await recorder.apply(decision, evidence=evidence_of(evidence))
+                    log.info("procedure %s: %s %s (%s)", decision.action.value, decision.scenario.value,
+                             decision.eori or "national", decision.reason)
+                advisories = await self._active_advisories(session)
+                blind_allowed = (now - self._started_at).total_seconds() >= self._settings.procedure.stale_after_s
+                changes = domain.decide_advisories(
+                    active=sorted(advisories), national=views.national, blind_allowed=blind_allowed,
+                )
+                for change in changes:
+                    await recorder.advisory(change)
+                    log.warning("advisory %s %s: %s", change.kind.value, "raised" if change.raise_it else "cleared",
+                                change.reason)
+                components = await self._record_components(session, recorder, views, now)
+        except BaseException:
+            self._forget()
+            raise
+        # Committed: mirror it in memory.
+        touched = {row.id: row for row in recorder.procedures}
+        self._active = {
+            row_id: row for row_id, row in {**active, **touched}.items() if row.state in ACTIVE_STATES
+        }
+        self._advisories = (advisories | {c.kind for c in changes if c.raise_it}) - {
+            c.kind for c in changes if not c.raise_it
+        }
+        self._components = components
         if decisions and os.environ.get(FAULT_ENV) == "procedure.after_commit":
             os.kill(os.getpid(), signal.SIGKILL)
-        await self._publish(recorder)
+        self._publish(recorder)
         self._announce(recorder)
 
-    async def _record_components(self, session: AsyncSession, recorder: Recorder, views: Views, now: datetime) -> None:
-        rows = {r.component: r for r in (await session.scalars(select(ComponentRow))).all()}
-        for component, view in views.national.items():
-            row = rows.get(component.value)
-            if row is None:
-                session.add(ComponentRow(component=component.value, state=view.state.value, since=now))
-            elif row.state != view.state.value:
-                row.state, row.since = view.state.value, now
-            else:
-                continue
-            recorder.announcements.append(("status", {"component": component.value, "state": view.state.value,
-                                                      "since": now.isoformat()}))
+    def _forget(self) -> None:
+        self._active = self._advisories = self._components = None
 
-    async def _publish(self, recorder: Recorder) -> None:
-        if not recorder.outbox:
-            return
-        if self.publish_now is not None:
-            try:
-                await self.publish_now(recorder.outbox)
-                return
-            except Exception as exc:
-                log.warning("publishing right after the decision failed, the outbox relay will retry: %s", exc)
-        self.outbox_ready.set()
+    async def _active_procedures(self, session: AsyncSession) -> dict[str, ProcedureRow]:
+        if self._active is None:
+            return {row.id: row for row in await load_active(session)}
+        return dict(self._active)
+
+    async def _active_advisories(self, session: AsyncSession) -> set[AdvisoryKind]:
+        if self._advisories is None:
+            kinds = await session.scalars(select(AdvisoryRow.kind).where(AdvisoryRow.active.is_(True)))
+            return {AdvisoryKind(k) for k in kinds.all()}
+        return set(self._advisories)
+
+    async def _record_components(
+        self, session: AsyncSession, recorder: Recorder, views: Views, now: datetime
+    ) -> dict[str, str]:
+        """Record the national components whose state changed; return every component's state."""
+        known = self._components
+        if known is None:
+            known = {r.component: r.state for r in (await session.scalars(select(ComponentRow))).all()}
+        changed = {
+            component.value: view.state.value
+            for component, view in views.national.items()
+            if known.get(component.value) != view.state.value
+        }
+        await upsert(session, cast(Table, ComponentRow.__table__), [
+            {"component": component, "state": state, "since": now} for component, state in changed.items()
+        ], key=("component",))
+        for component, state in changed.items():
+            recorder.announcements.append(("status", {"component": component, "state": state,
+                                                      "since": now.isoformat()}))
+        return {**known, **changed}
+
+    def _publish(self, recorder: Recorder) -> None:
+        if self.outbox is not None:
+            self.outbox.publish_soon(recorder.outbox)
 
     def _announce(self, recorder: Recorder) -> None:
         for kind, payload in recorder.announcements:
@@ -239,7 +275,9 @@ class ProcedureService:
                         row = await recorder.apply(decision, actor=actor, auto_close=auto_close)
             except IntegrityError as exc:  # the database's one-active-procedure guarantee
                 raise Rejected("another active procedure of the same scope exists") from exc
-            await self._publish(recorder)
+            finally:
+                self._forget()  # commands are rare: the next decision reads the procedures again
+            self._publish(recorder)
         self._announce(recorder)
         return row, decision
 

@@ -1,4 +1,12 @@
-"""The outbox relay: publishes the events recorded with each decision, in order, at least once."""
+"""The outbox: publishes the events recorded with each decision, in order, at least once.
+
+A decision's events are committed with it (transactional outbox). Right after the commit they are
+handed to :meth:`Outbox.publish_soon`, which publishes them in the background, so that the consumer
+goes on with the next poll instead of waiting for the broker's acknowledgement. The relay publishes
+whatever is left: rows of a previous run, rows whose fast publication failed, rows other writers (the EO
+registry) queued. While the relay has a backlog, new rows go through it too, so that they never overtake
+older ones.
+"""
 
 from __future__ import annotations
 
@@ -16,76 +24,106 @@ from shared.kafka import Publisher
 
 log = logging.getLogger(__name__)
 
-
-async def publish_now(
-    sessions: async_sessionmaker[AsyncSession], publisher: Publisher, lock: asyncio.Lock, rows: Sequence[OutboxRow]
-) -> None:
-    """Publish rows just committed, without waiting for the relay (the fast path of every decision).
-
-    Raises if the broker does not take them; they stay in the outbox and the relay retries them.
-    """
-    async with lock:
-        await _publish_and_mark(sessions, publisher, rows)
+_BATCH = 200
 
 
-async def _publish_and_mark(
-    sessions: async_sessionmaker[AsyncSession], publisher: Publisher, rows: Sequence[OutboxRow]
-) -> None:
-    await publisher.publish_many([(row.topic, row.key, row.payload) for row in rows])
-    async with sessions.begin() as session:
-        await session.execute(
-            update(OutboxRow).where(OutboxRow.id.in_([row.id for row in rows])).values(published_at=datetime.now(UTC))
-        )
+class Outbox:
+    """Publishes committed outbox rows: fast in the background right after a commit, and by a relay."""
 
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], publisher: Publisher, *, poll_s: float = 1.0
+    ) -> None:
+        self._sessions = sessions
+        self._publisher = publisher
+        self._poll_s = poll_s
+        self._lock = asyncio.Lock()  # one publication at a time, so rows go out in commit order
+        self._in_flight: set[int] = set()  # rows a fast publication owns; the relay leaves them alone
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._backlog = True  # until the relay has found the outbox empty, a previous run may have left rows
+        self.wakeup = asyncio.Event()
 
-async def relay_outbox(
-    sessions: async_sessionmaker[AsyncSession],
-    publisher: Publisher,
-    wakeup: asyncio.Event,
-    *,
-    lock: asyncio.Lock | None = None,
-    poll_s: float = 1.0,
-    on_backlog: Callable[[int], None] | None = None,
-) -> None:
-    """Publish unpublished outbox rows forever. A crash after publishing and before marking re-sends the
-    event with the same CloudEvent id, which consumers treat as a duplicate."""
-    while True:
-        woken = False
-        with contextlib.suppress(TimeoutError):
-            woken = await asyncio.wait_for(wakeup.wait(), timeout=poll_s)
-        wakeup.clear()
+    def publish_soon(self, rows: Sequence[OutboxRow]) -> None:
+        """Publish rows just committed, without waiting for the broker (the fast path of every decision)."""
+        if not rows:
+            return
+        if self._backlog:
+            self.wakeup.set()  # older rows wait in the outbox: the relay publishes them all, in order
+            return
+        ids = [row.id for row in rows]
+        self._in_flight.update(ids)
+        messages = [(row.topic, row.key, row.payload) for row in rows]
+        task = asyncio.create_task(self._publish_now(ids, messages), name="outbox-publish")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish_now(self, ids: list[int], messages: list[tuple[str, str | None, bytes | None]]) -> None:
         try:
-            # The lock keeps the relay and the fast path from publishing the same rows at once; on a plain
-            # poll, rows younger than a few seconds are left to the fast path that is publishing them.
-            async with lock or contextlib.nullcontext():
-                await drain(sessions, publisher, min_age_s=0.0 if woken else 5.0)
-        except Exception as exc:
-            log.warning("outbox relay failed, will retry: %s", exc)
-            await asyncio.sleep(poll_s)
-        if on_backlog is not None:
-            with contextlib.suppress(Exception):
-                on_backlog(await backlog(sessions))
+            async with self._lock:
+                if self._backlog:  # an earlier fast publication failed: keep the order, leave it to the relay
+                    self.wakeup.set()
+                    return
+                try:
+                    await self._publisher.publish_many(messages)
+                except Exception as exc:
+                    self._backlog = True
+                    self.wakeup.set()
+                    log.warning("publishing right after the decision failed, the outbox relay will retry: %s", exc)
+                    return
+                await self._mark(ids)
+        except Exception as exc:  # marking failed: the relay sends the rows again, with the same event ids
+            log.warning("marking %d published outbox rows failed: %s", len(ids), exc)
+        finally:
+            self._in_flight.difference_update(ids)
 
+    async def _mark(self, ids: Sequence[int]) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(OutboxRow).where(OutboxRow.id.in_(list(ids))).values(published_at=datetime.now(UTC))
+            )
 
-async def drain(sessions: async_sessionmaker[AsyncSession], publisher: Publisher, *, min_age_s: float = 0.0) -> int:
-    published = 0
-    while True:
-        created_before = datetime.now(UTC) - timedelta(seconds=min_age_s)
-        async with sessions() as session:
-            pending = (
-                await session.scalars(
-                    select(OutboxRow)
-                    .where(OutboxRow.published_at.is_(None), OutboxRow.created_at <= created_before)
-                    .order_by(OutboxRow.id)
-                    .limit(200)
-                )
-            ).all()
-        if not pending:
-            return published
-        await _publish_and_mark(sessions, publisher, pending)
-        published += len(pending)
+    async def relay(self, *, on_backlog: Callable[[int], None] | None = None) -> None:
+        """Publish unpublished rows forever. A crash after publishing and before marking re-sends an event
+        with the same CloudEvent id, which consumers treat as a duplicate."""
+        while True:
+            woken = False
+            with contextlib.suppress(TimeoutError):
+                woken = await asyncio.wait_for(self.wakeup.wait(), timeout=self._poll_s)
+            self.wakeup.clear()
+            try:
+                async with self._lock:
+                    # On a plain poll, rows younger than a few seconds are left to the fast path.
+                    await self.drain(min_age_s=0.0 if woken or self._backlog else 5.0)
+            except Exception as exc:
+                log.warning("outbox relay failed, will retry: %s", exc)
+                await asyncio.sleep(self._poll_s)
+            if on_backlog is not None:
+                with contextlib.suppress(Exception):
+                    on_backlog(await self.backlog())
 
+    async def drain(self, *, min_age_s: float = 0.0) -> int:
+        """Publish and mark every unpublished row (not owned by a fast publication); the caller holds the lock
+        or is the only publisher. Returns how many it published."""
+        published = 0
+        while True:
+            created_before = datetime.now(UTC) - timedelta(seconds=min_age_s)
+            query = select(OutboxRow).where(OutboxRow.published_at.is_(None), OutboxRow.created_at <= created_before)
+            if self._in_flight:
+                query = query.where(OutboxRow.id.not_in(list(self._in_flight)))
+            async with self._sessions() as session:
+                pending = (await session.scalars(query.order_by(OutboxRow.id).limit(_BATCH))).all()
+            if not pending:
+                if min_age_s == 0.0:
+                    self._backlog = False
+                return published
+            await self._publisher.publish_many([(row.topic, row.key, row.payload) for row in pending])
+            await self._mark([row.id for row in pending])
+            published += len(pending)
 
-async def backlog(sessions: async_sessionmaker[AsyncSession]) -> int:
-    async with sessions() as session:
-        return int(await session.scalar(select(func.count()).where(OutboxRow.published_at.is_(None))) or 0)
+    async def backlog(self) -> int:
+        async with self._sessions() as session:
+            return int(await session.scalar(select(func.count()).where(OutboxRow.published_at.is_(None))) or 0)
+
+    async def settle(self, timeout_s: float = 5.0) -> None:
+        """Wait (bounded) for the fast publications under way, e.g. before the publisher stops."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout_s)

@@ -101,7 +101,8 @@ def procedure_data(
 
 @dataclass
 class Recorder:
-    """Records decisions in one session; ``announcements`` collects what to stream after the commit."""
+    """Records decisions in one session; ``announcements`` collects what to stream after the commit,
+    ``procedures`` the procedure rows it created or changed."""
 
     session: AsyncSession
     kafka: KafkaSettings
@@ -109,6 +110,7 @@ class Recorder:
     components: dict[Component, ComponentState]
     announcements: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     outbox: list[OutboxRow] = field(default_factory=list)
+    procedures: list[ProcedureRow] = field(default_factory=list)
 
     async def apply(
         self,
@@ -172,6 +174,7 @@ class Recorder:
             )
         )
         self._queue(self.kafka.procedures_topic, row.id, event)
+        self.procedures.append(row)
         return row
 
     async def note(self, row: ProcedureRow, *, text: str, actor: str, kind: str = "note") -> TimelineRow:

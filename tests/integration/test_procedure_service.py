@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
@@ -21,8 +22,8 @@ from services.procedure import domain
 from services.procedure.handlers import ProcedureService
 from services.procedure.migrate import upgrade
 from services.procedure.models import AdvisoryRow, Base, OutboxRow, ProcedureRow, TimelineRow
-from services.procedure.outbox import backlog, relay_outbox
-from services.procedure.recorder import active_view
+from services.procedure.outbox import Outbox
+from services.procedure.recorder import Recorder, active_view
 from shared.config import KafkaSettings, ProcedureSettings, Settings
 from shared.db import make_engine, session_factory
 from shared.events import (
@@ -80,12 +81,12 @@ class Clock:
 
 
 def _service(engine: AsyncEngine, clock: Callable[[], datetime], *, prefix: str = "luccs",
-             bootstrap: str = "127.0.0.1:1", mode: str = "auto") -> ProcedureService:
+             bootstrap: str = "127.0.0.1:1", mode: str = "auto", outbox: Outbox | None = None) -> ProcedureService:
     settings = Settings(
         kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix),
         procedure=ProcedureSettings(mode=mode, stale_after_s=30),
     )
-    return ProcedureService(settings=settings, sessions=session_factory(engine), clock=clock)
+    return ProcedureService(settings=settings, sessions=session_factory(engine), clock=clock, outbox=outbox)
 
 
 def _seen(target: str, component: Component, state: ComponentState, at: datetime,
@@ -281,7 +282,8 @@ async def test_outbox_relay_publishes_in_order_and_marks_rows(
 
     publisher = Publisher(settings, client_id="test")
     await publisher.start()
-    relay = asyncio.create_task(relay_outbox(sessions, publisher, service.outbox_ready, poll_s=0.1))
+    outbox = Outbox(sessions, publisher, poll_s=0.1)
+    relay = asyncio.create_task(outbox.relay())
     consumer = AIOKafkaConsumer(settings.procedures_topic, bootstrap_servers=kafka_bootstrap,
                                 auto_offset_reset="earliest")
     await consumer.start()
@@ -291,7 +293,7 @@ async def test_outbox_relay_publishes_in_order_and_marks_rows(
             while len(received) < 2:
                 batch = await consumer.getmany(timeout_ms=200)
                 received += [parse_event(r.value, ProcedureData).id for rs in batch.values() for r in rs if r.value]
-            while await backlog(sessions):
+            while await outbox.backlog():
                 await asyncio.sleep(0.05)
     finally:
         relay.cancel()
@@ -300,3 +302,113 @@ async def test_outbox_relay_publishes_in_order_and_marks_rows(
         await consumer.stop()
         await publisher.stop()
     assert received == expected
+
+
+async def test_a_decision_records_a_bounded_evidence(engine: AsyncEngine) -> None:
+    clock = Clock()
+    t0 = clock.now
+    service = _service(engine, clock)
+    sessions = session_factory(engine)
+    ntp = [_seen(f"ntp{n}", NTP, UP, t0 + timedelta(milliseconds=n)) for n in range(40)]
+    await _feed(service, *ntp, _seen("ada", ADA, DOWN, t0))
+    (opened,) = await _procedure_events(sessions)
+    by_component = {c: [e for e in opened.data.evidence if e.component == c] for c in (ADA, NTP)}
+    assert [e.target_id for e in by_component[ADA]] == ["ada"]
+    # The newest of the forty NTP targets, not all of them: events and timeline stay small.
+    assert [e.target_id for e in by_component[NTP]] == [f"ntp{n}" for n in range(39, 39 - domain.MAX_EVIDENCE, -1)]
+
+
+async def test_the_next_decision_sees_what_an_operator_command_did(engine: AsyncEngine) -> None:
+    clock = Clock()
+    t0 = clock.now
+    service = _service(engine, clock)
+    sessions = session_factory(engine)
+    await _feed(service, _seen("ntp", NTP, UP, t0), _seen("ada", ADA, UP, t0))
+    # Declared by hand while everything is up, closing by itself once the system sees it so.
+    row, _ = await service.command(
+        lambda active: domain.declare(scenario=Scenario.ADA_B2G_UNAVAILABLE, eori=None, reason="by hand",
+                                      active=[active_view(r) for r in active]),
+        actor="operator:x",
+    )
+    assert row is not None
+    await _feed(service, _seen("ada", ADA, UP, t0 + timedelta(seconds=1)))
+    events = await _procedure_events(sessions)
+    assert [(e.type, e.data.procedure_id) for e in events] == [
+        (EventType.PROCEDURE_OPENED, row.id), (EventType.PROCEDURE_CLOSED, row.id)
+    ]
+
+
+async def test_a_failed_decision_is_decided_again_on_redelivery(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    t0 = clock.now
+    service = _service(engine, clock)
+    sessions = session_factory(engine)
+    batch = (_seen("ntp", NTP, UP, t0), _seen("ada", ADA, DOWN, t0))
+    failing = True
+    real_apply = Recorder.apply
+
+    async def apply_once_failing(self: Recorder, *args: Any, **kwargs: Any) -> ProcedureRow:
+        nonlocal failing
+        if failing:
+            failing = False
+            raise ConnectionError("database gone mid-transaction")
+        return await real_apply(self, *args, **kwargs)
+
+    monkeypatch.setattr(Recorder, "apply", apply_once_failing)
+    with pytest.raises(ConnectionError):
+        await _feed(service, *batch)
+    assert await _procedure_events(sessions) == []
+    await _feed(service, *batch)  # the consumer redelivers the poll
+    await _feed(service, _seen("ada", ADA, DOWN, t0 + timedelta(seconds=1)))
+    assert [e.type for e in await _procedure_events(sessions)] == [EventType.PROCEDURE_OPENED]
+
+
+class FlakyPublisher:
+    """Takes messages like a broker, except that it refuses the first ``failures`` publications."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.sent: list[bytes] = []
+
+    async def publish_many(self, messages: list[tuple[str, str | None, bytes | None]]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("broker away")
+        self.sent += [value or b"" for _topic, _key, value in messages]
+
+
+async def test_fast_publication_marks_rows_and_after_a_failure_nothing_overtakes(engine: AsyncEngine) -> None:
+    clock = Clock()
+    t0 = clock.now
+    sessions = session_factory(engine)
+    publisher = FlakyPublisher(failures=0)
+    outbox = Outbox(sessions, cast(Publisher, publisher), poll_s=0.05)
+    service = _service(engine, clock, outbox=outbox)
+    assert await outbox.drain() == 0  # nothing left by a previous run: decisions publish on their own now
+
+    await _feed(service, _seen("ntp", NTP, UP, t0), _seen("ada", ADA, DOWN, t0))
+    await outbox.settle()
+    assert publisher.sent == await _outbox(sessions)
+    assert await outbox.backlog() == 0
+
+    publisher.failures = 1  # the closing is refused; the opening of scenario 2 again must wait behind it
+    await _feed(service, _seen("ada", ADA, UP, t0 + timedelta(seconds=1)))
+    await outbox.settle()
+    await _feed(service, _seen("ada", ADA, DOWN, t0 + timedelta(seconds=2)))
+    await outbox.settle()
+    assert len(publisher.sent) == 1
+    relay = asyncio.create_task(outbox.relay())
+    try:
+        async with asyncio.timeout(10):
+            while await outbox.backlog():
+                await asyncio.sleep(0.05)
+    finally:
+        relay.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await relay
+    assert publisher.sent == await _outbox(sessions)
+    assert [parse_event(raw, ProcedureData).type for raw in publisher.sent] == [
+        EventType.PROCEDURE_OPENED, EventType.PROCEDURE_CLOSED, EventType.PROCEDURE_OPENED
+    ]

@@ -17,6 +17,7 @@ from services.procedure.domain import (
     component_views,
     decide_national,
     desired_national_scenario,
+    supporting_evidence,
 )
 from shared.events import Component, ComponentState, Scenario
 
@@ -444,3 +445,28 @@ def test_unknown_ada_never_opens_or_closes(ada: ComponentState, ntp: ComponentSt
     if decision is not None and decision.action == Action.CLOSE:
         assert current is not None
         assert ada == UP
+
+
+# --- the evidence a decision records ---------------------------------------------------------------------
+
+
+def test_small_evidence_is_kept_whole() -> None:
+    seen = tuple(obs(f"t{n}", ADA, "d1", DOWN if n else UP, age_s=n) for n in range(5))
+    assert supporting_evidence(ComponentView(ADA, DOWN, seen), limit=12) == seen
+
+
+def test_large_evidence_keeps_the_newest_agreeing_and_some_dissent() -> None:
+    agreeing = [obs(f"up{n}", NTP, "d1", UP, age_s=n) for n in range(30)]
+    dissenting = [obs(f"down{n}", NTP, "d2", DOWN, age_s=n) for n in range(10)]
+    kept = supporting_evidence(ComponentView(NTP, UP, tuple(agreeing + dissenting)), limit=12)
+    assert [o.target_id for o in kept] == [f"up{n}" for n in range(9)] + ["down0", "down1", "down2"]
+
+
+@FAST
+@given(agree=st.integers(0, 40), dissent=st.integers(0, 40), limit=st.integers(1, 20))
+def test_evidence_never_exceeds_the_limit_and_fills_it(agree: int, dissent: int, limit: int) -> None:
+    seen = tuple([obs(f"a{n}", ADA, "d1", DOWN, age_s=n) for n in range(agree)]
+                 + [obs(f"d{n}", ADA, "d2", UP, age_s=n) for n in range(dissent)])
+    kept = supporting_evidence(ComponentView(ADA, DOWN, seen), limit=limit)
+    assert len(kept) == min(limit, agree + dissent)
+    assert len(set(kept)) == len(kept)
