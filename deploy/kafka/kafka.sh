@@ -11,6 +11,13 @@
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker to answer (default 60)
 #   KAFKA_HEAP_OPTS        JVM heap flags                          (default -Xms256m -Xmx512m)
 #   KAFKA_JVM_OPTS         extra JVM flags                         (default none)
+#   KAFKA_EXTRA_PROPERTIES a file of key=value lines (one per line) added to the generated
+#                          server.properties; a key it sets replaces the generated one (e.g.
+#                          listeners, to add SSL or SASL_SSL listeners). Keep the PLAINTEXT listener
+#                          on KAFKA_PORT: the readiness probe uses it.         (default none)
+#   KAFKA_SCRAM_USERS      SCRAM credentials created when the storage is formatted (first start or
+#                          after a wipe), whitespace-separated, each MECHANISM=[name=USER,password=PW]
+#                          as `kafka-storage format --add-scram` takes it     (default none)
 #   PYTHON                 interpreter with aiokafka for the readiness probe
 #                          (default <repo>/.venv/bin/python; falls back to a Java probe)
 #   JAVA, MVN              commands to use (default java, mvn)
@@ -37,6 +44,7 @@ HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
 JAVA="${JAVA:-java}"
 MVN="${MVN:-mvn}"
 PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
+EXTRA_PROPS="${KAFKA_EXTRA_PROPERTIES:-}"
 
 log() { printf 'kafka.sh: %s\n' "$*"; }
 die() { printf 'kafka.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -132,7 +140,28 @@ write_props() {
         echo "controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT"
         echo "log.dirs=$LOG_DIR"
     } >"$PROPS.tmp"
+    if [[ -n "$EXTRA_PROPS" ]]; then
+        add_extra_props "$PROPS.tmp"
+    fi
     mv "$PROPS.tmp" "$PROPS"
+}
+
+# Append KAFKA_EXTRA_PROPERTIES to the config in $1, dropping the generated lines of the keys it sets
+# (Kafka would take the last one anyway; one line per key keeps the effective config readable).
+add_extra_props() {
+    local props="$1"
+    [[ -f "$EXTRA_PROPS" && -r "$EXTRA_PROPS" ]] || die "KAFKA_EXTRA_PROPERTIES: cannot read $EXTRA_PROPS"
+    awk '
+        NR == FNR { if (match($0, /^[^#!=[:space:]][^=]*=/)) extra[substr($0, 1, RLENGTH - 1)] = 1; next }
+        match($0, /^[^#!=[:space:]][^=]*=/) && (substr($0, 1, RLENGTH - 1) in extra) { next }
+        { print }
+    ' "$EXTRA_PROPS" "$props" >"$props.extra"
+    {
+        echo
+        echo "# --- from KAFKA_EXTRA_PROPERTIES ($EXTRA_PROPS) ---"
+        cat "$EXTRA_PROPS"
+    } >>"$props.extra"
+    mv "$props.extra" "$props"
 }
 
 # Hash of the settings that the formatted storage depends on; any change means reformat.
@@ -163,7 +192,13 @@ format_storage() {
     local cluster_id
     # C1-only JIT: these short-lived tool JVMs start faster.
     cluster_id="$("$JAVA" -XX:TieredStopAtLevel=1 -cp "$LIB/*" kafka.tools.StorageTool random-uuid)"
-    "$JAVA" -XX:TieredStopAtLevel=1 -cp "$LIB/*" kafka.tools.StorageTool format -t "$cluster_id" -c "$PROPS" >/dev/null
+    # read, not a bare $KAFKA_SCRAM_USERS: the [...] of each entry must not be taken for a glob.
+    local -a entries=() scram=()
+    read -r -a entries <<<"${KAFKA_SCRAM_USERS:-}"
+    local entry
+    for entry in "${entries[@]}"; do scram+=(--add-scram "$entry"); done
+    "$JAVA" -XX:TieredStopAtLevel=1 -cp "$LIB/*" kafka.tools.StorageTool format -t "$cluster_id" -c "$PROPS" \
+        "${scram[@]}" >/dev/null
     printf 'cluster.id=%s\nconfig.hash=%s\n' "$cluster_id" "$(format_hash)" >"$FORMAT_STAMP"
     log "formatted $LOG_DIR (cluster id $cluster_id)"
 }

@@ -76,9 +76,11 @@ def _default_broker_pid() -> int | None:
 
 
 class Broker:
-    def __init__(self, var_dir: Path) -> None:
-        port, controller_port = _free_ports(2)
+    def __init__(self, var_dir: Path, *, extra_ports: int = 0) -> None:
+        port, controller_port, *extra = _free_ports(2 + extra_ports)
         self.port = port
+        self.controller_port = controller_port
+        self.extra_ports = extra  # free ports for listeners a test adds (KAFKA_EXTRA_PROPERTIES)
         self.data_dir = var_dir / "kafka"
         self.pid_file = self.data_dir / "kafka.pid"
         self.props = self.data_dir / "server.properties"
