@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from shared.events import Component, Language
@@ -24,10 +25,111 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _readable_file(path: str | None) -> str | None:
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise ValueError(f"{'not a file' if Path(path).exists() else 'no such file'}: {path}")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"file not readable by this process: {path}")
+    return path
+
+
+ReadableFile = Annotated[str | None, AfterValidator(_readable_file)]
+
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+_KAFKA_TLS_FILES = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password")
+_KAFKA_SASL_KEYS = ("sasl_mechanism", "sasl_username", "sasl_password")
+
+
+def _keys(names: list[str]) -> str:
+    return ", ".join(f"kafka.{name}" for name in names)
+
+
 class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     topic_prefix: str = Field("luccs", pattern=r"^[A-Za-z0-9._-]+$")
     partitions: int = Field(3, ge=1, description="Partitions of the topics created at startup.")
+    security_protocol: KafkaSecurityProtocol = Field(
+        "PLAINTEXT", description="How every Kafka client connects: TLS (SSL, SASL_SSL), SASL login (SASL_*), both."
+    )
+    ssl_cafile: ReadableFile = Field(
+        None, description="PEM bundle of the CAs the broker's certificate must chain to (default: the system's)."
+    )
+    ssl_certfile: ReadableFile = Field(
+        None, description="PEM client certificate (mutual TLS), its key included unless ssl_keyfile is given."
+    )
+    ssl_keyfile: ReadableFile = Field(None, description="PEM key of ssl_certfile, if not in that file.")
+    ssl_key_password: SecretStr | None = Field(None, description="Password of an encrypted client key.")
+    ssl_check_hostname: bool = Field(
+        True, description="Whether the broker's certificate must name the host connected to (TLS only)."
+    )
+    sasl_mechanism: SaslMechanism | None = Field(None, description="SASL mechanism (SASL_* protocols only).")
+    sasl_username: str | None = Field(None, min_length=1, description="SASL user (SASL_* protocols only).")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (SASL_* protocols only).")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    @model_validator(mode="after")
+    def _security_fits_the_protocol(self) -> KafkaSettings:
+        protocol = self.security_protocol
+        if self.uses_sasl:
+            missing = [key for key in _KAFKA_SASL_KEYS if getattr(self, key) is None]
+            if missing:
+                raise ValueError(f"kafka.security_protocol {protocol} needs {_keys(missing)}")
+        else:
+            stray = [key for key in _KAFKA_SASL_KEYS if getattr(self, key) is not None]
+            if stray:
+                raise ValueError(f"{_keys(stray)} given but kafka.security_protocol is {protocol}: "
+                                 "use SASL_SSL (or SASL_PLAINTEXT) to log in with SASL")
+        if not self.uses_tls:
+            stray = [key for key in _KAFKA_TLS_FILES if getattr(self, key) is not None]
+            if stray:
+                raise ValueError(f"{_keys(stray)} given but kafka.security_protocol is {protocol}: "
+                                 "use SSL (or SASL_SSL) to connect with TLS")
+            return self
+        if self.ssl_certfile is None:
+            stray = [key for key in ("ssl_keyfile", "ssl_key_password") if getattr(self, key) is not None]
+            if stray:
+                raise ValueError(
+                    f"{_keys(stray)} given without kafka.ssl_certfile (the client certificate it belongs to)"
+                )
+        self.ssl_context()  # a CA, certificate or key that does not load is a configuration error, not a retry
+        return self
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of every Kafka client, or None without TLS.
+
+        The broker's certificate must chain to ``ssl_cafile`` (else to the system's CAs) and, unless
+        ``ssl_check_hostname`` is off, name the host connected to; ``ssl_certfile`` is presented when set.
+        Raises ValueError naming the file that does not load.
+        """
+        if not self.uses_tls:
+            return None
+        try:
+            context = ssl.create_default_context(cafile=self.ssl_cafile)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"kafka.ssl_cafile {self.ssl_cafile}: not a PEM CA bundle ({exc})") from exc
+        context.check_hostname = self.ssl_check_hostname
+        if self.ssl_certfile is not None:
+            password = self.ssl_key_password.get_secret_value() if self.ssl_key_password else None
+            try:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, password)
+            except (ssl.SSLError, OSError) as exc:
+                key = f" with key {self.ssl_keyfile}" if self.ssl_keyfile else ""
+                raise ValueError(
+                    f"kafka.ssl_certfile {self.ssl_certfile}{key}: cannot load the client certificate and its "
+                    f"key (not PEM, not matching, or a wrong kafka.ssl_key_password: {exc})"
+                ) from exc
+        return context
 
     def topic(self, name: str) -> str:
         """Full name of a contract topic, e.g. ``topic("availability")`` -> ``luccs.availability.v1``."""

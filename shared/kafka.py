@@ -18,8 +18,32 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError, for_code
 
+from shared._kafka_connection import (
+    KafkaAccessDenied,
+    access_denied,
+    connection_failure,
+    connection_options,
+    start_client,
+)
 from shared.config import KafkaSettings
 from shared.events import CloudEvent, DataT, DeadLetterData, EventType, InvalidEvent, parse_event
+
+__all__ = [
+    "CONTRACT_TOPICS",
+    "BatchHandler",
+    "ConsumerStats",
+    "EventConsumer",
+    "Handler",
+    "Item",
+    "KafkaAccessDenied",
+    "Publisher",
+    "access_denied",
+    "connection_failure",
+    "connection_options",
+    "dead_letter",
+    "ensure_topics",
+    "start_client",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +59,9 @@ async def ensure_topics(settings: KafkaSettings, *, timeout_s: float = 60.0) -> 
     """
     deadline = time.monotonic() + timeout_s
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000)
+        admin = AIOKafkaAdminClient(**connection_options(settings), request_timeout_ms=10_000)
         try:
-            await admin.start()
+            await start_client(admin, settings)
             existing = set(await admin.list_topics())
             wanted = [
                 NewTopic(
@@ -61,6 +85,8 @@ async def ensure_topics(settings: KafkaSettings, *, timeout_s: float = 60.0) -> 
             if created:
                 log.info("created topics %s", ", ".join(created))
             return created
+        except KafkaAccessDenied:
+            raise
         except (KafkaError, OSError) as exc:
             transient = isinstance(exc, OSError | KafkaConnectionError) or getattr(exc, "retriable", False)
             if not transient:
@@ -79,8 +105,9 @@ class Publisher:
     """Publishes CloudEvents, waiting for the broker's acknowledgement (acks=all)."""
 
     def __init__(self, settings: KafkaSettings, *, client_id: str) -> None:
+        self._settings = settings
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **connection_options(settings),
             client_id=client_id,
             acks="all",
             enable_idempotence=True,
@@ -90,7 +117,11 @@ class Publisher:
         self.started = False
 
     async def start(self) -> None:
-        await self._producer.start()
+        try:
+            await start_client(self._producer, self._settings)
+        except BaseException:
+            await self._producer.stop()  # nothing to flush; closes what the failed start opened
+            raise
         self.started = True
 
     async def stop(self, *, timeout_s: float = 10.0) -> None:
@@ -178,7 +209,7 @@ class EventConsumer(Generic[DataT]):
         """Consume until cancelled."""
         consumer = AIOKafkaConsumer(
             self.topic,
-            bootstrap_servers=self._settings.bootstrap_servers,
+            **connection_options(self._settings),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -186,7 +217,8 @@ class EventConsumer(Generic[DataT]):
             heartbeat_interval_ms=1_000,
         )
         try:
-            await consumer.start()  # inside the try: a cancel while joining the group must still close it
+            # inside the try: a cancel while joining the group must still close it
+            await start_client(consumer, self._settings)
             while True:
                 batches = await consumer.getmany(timeout_ms=500, max_records=self._max_batch)
                 self.stats.assigned = bool(consumer.assignment())

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from shared.config import KafkaSettings
 from shared.events import CloudEvent
+from shared.kafka import connection_options, start_client
 
 
 class Producer:
@@ -25,8 +26,9 @@ class Producer:
 
     def __init__(self, settings: KafkaSettings, *, client_id: str, timeout_s: float) -> None:
         self._timeout_s = timeout_s
+        self._settings = settings
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
+            **connection_options(settings),
             client_id=client_id,
             acks="all",
             enable_idempotence=False,
@@ -36,7 +38,11 @@ class Producer:
         self.started = False
 
     async def start(self) -> None:
-        await self._producer.start()
+        try:
+            await start_client(self._producer, self._settings)
+        except BaseException:
+            await self._producer.stop()  # nothing to flush; closes what the failed start opened
+            raise
         self.started = True
 
     async def stop(self) -> None:

@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError
 
 from shared.config import KafkaSettings
 from shared.events import CloudEvent, DeadLetterData, EoData, InvalidEvent, parse_event
-from shared.kafka import dead_letter
+from shared.kafka import connection_options, dead_letter, start_client
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,14 @@ class RegistryFollower:
         # offset anywhere, starts from the earliest one.
         consumer = AIOKafkaConsumer(
             self.topic,
-            bootstrap_servers=self._kafka.bootstrap_servers,
+            **connection_options(self._kafka),
             client_id=self.name,
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        await consumer.start()
         try:
+            await start_client(consumer, self._kafka)
             seen: set[str] = set()
             pending: list[ConsumerRecord[bytes, bytes]] = []
             while not consumer.assignment():

@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from shared.config import KafkaSettings
+from shared.kafka import connection_options, start_client
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,11 @@ class RegistryCatchUp:
 
     async def _prepare(self) -> None:
         topic = self._settings.eos_topic
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._settings.bootstrap_servers, group_id=None)
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._settings.bootstrap_servers)
-        await consumer.start()
-        await admin.start()
+        consumer = AIOKafkaConsumer(**connection_options(self._settings), group_id=None)
+        admin = AIOKafkaAdminClient(**connection_options(self._settings))
         try:
+            await start_client(consumer, self._settings)
+            await start_client(admin, self._settings)
             described = await admin.describe_topics([topic])
             numbers = sorted(p["partition"] for d in described for p in d.get("partitions", ()))
             partitions = [TopicPartition(topic, number) for number in numbers]
