@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -216,6 +217,12 @@ class EventConsumer(Generic[DataT]):
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
         )
+        # A poll's offsets are committed while the next poll is handled (one commit at a time, in order):
+        # a broker round trip less between a message's arrival and its handling. On stop, what was handled
+        # is committed, so that a restart does not hand it out again.
+        handled: dict[TopicPartition, int] = {}  # per partition, the offset after the last handled message
+        committed: dict[TopicPartition, int] = {}
+        committing: asyncio.Task[None] | None = None
         try:
             # inside the try: a cancel while joining the group must still close it
             await start_client(consumer, self._settings)
@@ -227,12 +234,33 @@ class EventConsumer(Generic[DataT]):
                 records = [record for partition_records in batches.values() for record in partition_records]
                 if self._batch_handler is not None:
                     await self._process_batch(self._batch_handler, records)
+                    handled.update({tp: rs[-1].offset + 1 for tp, rs in batches.items() if rs})
                 else:
                     for record in records:
                         await self._process(record)
-                await self._commit(consumer, {tp: rs[-1].offset + 1 for tp, rs in batches.items() if rs})
+                        handled[TopicPartition(record.topic, record.partition)] = record.offset + 1
+                if committing is not None:
+                    await asyncio.shield(committing)  # a stop while waiting must not cancel the commit itself
+                committed = dict(handled)
+                committing = asyncio.create_task(self._commit(consumer, committed), name=f"commit {self.topic}")
         finally:
+            await self._commit_on_stop(consumer, committing, handled if handled != committed else None)
             await consumer.stop()
+
+    async def _commit_on_stop(
+        self, consumer: AIOKafkaConsumer, committing: asyncio.Task[None] | None,
+        handled: dict[TopicPartition, int] | None,
+    ) -> None:
+        """Let the commit under way finish, then commit what was handled since (bounded: the broker may be gone)."""
+        try:
+            async with asyncio.timeout(5):
+                if committing is not None:
+                    with contextlib.suppress(Exception, asyncio.CancelledError):
+                        await asyncio.shield(committing)
+                if handled:
+                    await self._commit(consumer, handled)
+        except TimeoutError:
+            log.warning("the last offsets of %s were not committed on stop: they will be handled again", self.topic)
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:

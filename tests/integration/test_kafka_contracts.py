@@ -123,3 +123,41 @@ async def test_invalid_messages_are_dead_lettered_and_the_consumer_carries_on(
     assert "handler failed 2 times" in letters[3].reason and "boom" in letters[3].reason
     assert all(letter.source_topic == settings.availability_topic for letter in letters)
     assert consumer.stats.dead_lettered == 4
+
+
+async def test_a_stopped_consumer_has_committed_everything_it_handled(kafka_bootstrap: str, topic_prefix: str) -> None:
+    # Offsets are committed in the background while the next poll is handled: stopping right after the last
+    # handled message must still commit it, or a restart would hand it out again.
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, partitions=1)
+    await ensure_topics(settings)
+    publisher = Publisher(settings, client_id="test")
+    await publisher.start()
+    group = f"{topic_prefix}.commits"
+    handled: list[str] = []
+
+    async def handler(event: CloudEvent[AvailabilityData] | None, _record: ConsumerRecord[bytes, bytes]) -> None:
+        assert event is not None
+        handled.append(event.data.target_id)
+
+    def consumer() -> EventConsumer[AvailabilityData]:
+        return EventConsumer(settings=settings, topic=settings.availability_topic, group_id=group,
+                             data_model=AvailabilityData, handler=handler, publisher=publisher, max_batch=7)
+
+    try:
+        for round_ in range(2):
+            names = [f"r{round_}-{n}" for n in range(30)]
+            for name in names:
+                await publisher.publish(settings.availability_topic, _availability(name), key="k")
+            task = asyncio.create_task(consumer().run())
+            try:
+                async with asyncio.timeout(30):
+                    while names[-1] not in handled:
+                        await asyncio.sleep(0.01)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    finally:
+        await publisher.stop()
+    # The second consumer of the group starts where the first one stopped: nothing twice, nothing skipped.
+    assert handled == [f"r{round_}-{n}" for round_ in range(2) for n in range(30)]
