@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
 from fastapi import FastAPI
 
@@ -14,8 +15,13 @@ from shared.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from shared.http import serve
 from shared.logging import configure_logging
 
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
 SERVICES = ("detector", "procedure", "notifier")
 SIMULATOR_COMMANDS = ("simulator", "simulator-ctl")
+MigratedDatabase = Literal["procedure", "notifier"]
+MIGRATED_DATABASES: tuple[MigratedDatabase, ...] = ("procedure", "notifier")
 log = logging.getLogger("luccs_fallback")
 
 
@@ -41,23 +47,55 @@ async def _run(names: Sequence[str], settings: Settings) -> None:
             group.create_task(serve(app, host=settings.api.host, port=port))
 
 
-def _migrate(settings: Settings) -> int:
+def _migrate(settings: Settings, databases: Sequence[MigratedDatabase]) -> int:
+    """Upgrade each database's schema to the latest revision, saying what was done to each."""
     from sqlalchemy.engine import make_url
 
-    from services.procedure.migrate import upgrade
+    from services.notifier import migrate as notifier_migrate
+    from services.procedure import migrate as procedure_migrate
     from shared.db import make_engine
 
-    async def run() -> None:
-        engine = make_engine(settings.database_url("procedure"))
+    async def procedure(engine: AsyncEngine) -> str:
+        before = await procedure_migrate.current_revision(engine)
+        await procedure_migrate.upgrade(engine)
+        return _migration_done(before, await procedure_migrate.current_revision(engine))
+
+    async def notifier(engine: AsyncEngine) -> str:
+        result = await notifier_migrate.upgrade(engine)
+        if not result.adopted:
+            return _migration_done(result.before, result.after)
+        done = f"made before migrations, its tables match: stamped at {notifier_migrate.FIRST_REVISION}"
+        return done if result.after == notifier_migrate.FIRST_REVISION else f"{done}, upgraded to {result.after}"
+
+    upgrades = {"procedure": procedure, "notifier": notifier}
+
+    async def run(database: MigratedDatabase) -> str:
+        engine = make_engine(settings.database_url(database))
         try:
-            await upgrade(engine)
+            return await upgrades[database](engine)
         finally:
             await engine.dispose()
 
-    asyncio.run(run())
-    where = make_url(settings.database_url("procedure")).render_as_string(hide_password=True)
-    print(f"procedure database is up to date ({where})")
+    for database in databases:
+        where = make_url(settings.database_url(database)).render_as_string(hide_password=True)
+        try:
+            done = asyncio.run(run(database))
+        except ConfigError as exc:
+            print(f"luccs-fallback: {database} database: {exc}", file=sys.stderr)
+            return 2
+        except Exception as exc:
+            print(f"luccs-fallback: {database} database ({where}): {exc}", file=sys.stderr)
+            return 1
+        print(f"{database} database: {done} ({where})")
     return 0
+
+
+def _migration_done(before: str | None, after: str | None) -> str:
+    if before == after:
+        return f"already at {after}"
+    if before is None:
+        return f"created at {after}"
+    return f"upgraded from {before} to {after}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,11 +110,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "service", choices=[*SERVICES, "all", "migrate", *SIMULATOR_COMMANDS],
-        help="what to run ('all': the three services; 'migrate': upgrade the procedure database and exit; "
+        help="what to run ('all': the three services; 'migrate': upgrade the procedure and notifier databases "
+        "and exit; "
         "'simulator': a local LUCCS stand-in, 'simulator-ctl': switch its modes; see their --help)",
     )
     parser.add_argument("--config", help=f"TOML configuration file (default: ${CONFIG_ENV}, else built-in defaults)")
+    parser.add_argument(
+        "--database", choices=MIGRATED_DATABASES,
+        help="with 'migrate': upgrade this database only (default: the procedure's, then the notifier's)",
+    )
     args = parser.parse_args(arguments)
+    if args.database and args.service != "migrate":
+        parser.error("--database goes with 'migrate' only")
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -84,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level)
     if args.service == "migrate":
-        return _migrate(settings)
+        return _migrate(settings, [args.database] if args.database else MIGRATED_DATABASES)
     names = SERVICES if args.service == "all" else (args.service,)
     try:
         asyncio.run(_run(names, settings))

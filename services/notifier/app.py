@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
-from sqlalchemy import inspect
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.notifier.api import router
@@ -19,20 +17,20 @@ from services.notifier.dispatch import Dispatcher
 from services.notifier.jobs import Sender
 from services.notifier.mail import SmtpSender
 from services.notifier.metrics import NotifierMetrics
-from services.notifier.models import Base
+from services.notifier.migrate import upgrade
 from services.notifier.notices import Contacts, NoticeTexts
 from services.notifier.planning import Planner
 from services.notifier.registry import RegistryCatchUp
 from services.notifier.webhook_http import WebhookHttpClient
 from services.notifier.webhooks import WebhookSender, webhook_ssl_context
-from shared.config import ConfigError, Settings
+from shared.config import Settings
 from shared.db import make_engine, ping, session_factory
 from shared.events import AdvisoryData, CloudEvent, DeliveryChannel, EoData, ProcedureData
 from shared.http import add_ops_routes
 from shared.kafka import EventConsumer, Item, Publisher, ensure_topics
 from shared.tasks import BackgroundTasks
 
-__all__ = ["NotifierParts", "build_notifier", "create_app", "create_schema"]
+__all__ = ["NotifierParts", "build_notifier", "create_app"]
 
 
 @dataclass
@@ -79,24 +77,6 @@ def build_notifier(
                          senders=senders)
 
 
-async def create_schema(engine: AsyncEngine) -> None:
-    """Create the tables; refuse a database left by the pre-release schema, which has no migration."""
-
-    def check_and_create(connection: Connection) -> None:
-        inspector = inspect(connection)
-        if "deliveries" in inspector.get_table_names():
-            columns = {c["name"] for c in inspector.get_columns("deliveries")}
-            if "lane" not in columns:
-                raise ConfigError(
-                    "the notifier database has the schema of an earlier development version (no migration "
-                    "exists): remove it, or point notifier.database_url at a new one"
-                )
-        Base.metadata.create_all(connection)
-
-    async with engine.begin() as connection:
-        await connection.run_sync(check_and_create)
-
-
 def create_app(settings: Settings) -> FastAPI:
     """The notifier's app; nothing connects until its lifespan starts."""
     registry = CollectorRegistry()
@@ -134,7 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await create_schema(parts.engine)
+        await upgrade(parts.engine)
         await ensure_topics(settings.kafka)
         await publisher.start()
         await catch_up.prepare()

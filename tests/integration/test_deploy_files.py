@@ -472,8 +472,9 @@ def test_compose_configurations_load_and_fit_together(monkeypatch: pytest.Monkey
     for name, service in luccs_services().items():
         settings = compose_settings(service, monkeypatch)
         command = command_of(service)[0]
-        if command == "migrate":
+        if command == "migrate":  # upgrades both databases: both must be the services' PostgreSQL ones
             databases["migrate"] = settings.database_url("procedure")
+            databases["migrate-notifier"] = settings.database_url("notifier")
             continue
         assert settings.api.host == "0.0.0.0"
         assert f"://{settings.kafka.bootstrap_servers}" in kafka_env["KAFKA_ADVERTISED_LISTENERS"], name
@@ -493,6 +494,7 @@ def test_compose_configurations_load_and_fit_together(monkeypatch: pytest.Monkey
         assert url.host == "postgres", role
         assert url.username == postgres_env["POSTGRES_USER"], role
     assert urls["migrate"].database == urls["procedure"].database == postgres_env["POSTGRES_DB"]
+    assert urls["migrate-notifier"] == urls["notifier"]
     assert urls["notifier"].database != urls["procedure"].database, "both have an 'eos' table: two databases"
     init_sql = "\n".join(p.read_text(encoding="utf-8") for p in sorted((COMPOSE_DIR / "initdb").glob("*.sql")))
     assert re.search(rf"CREATE DATABASE {urls['notifier'].database}\b", init_sql)
@@ -539,9 +541,9 @@ def test_compose_healthchecks_and_dependencies() -> None:
             assert needs.get("kafka") == "service_healthy", name
         if command in ("procedure", "notifier", "migrate"):
             assert needs.get("postgres") == "service_healthy", name
-        if command == "procedure":
+        if command in ("procedure", "notifier"):
             migrate = next(n for n, s in luccs.items() if command_of(s)[0] == "migrate")
-            assert needs.get(migrate) == "service_completed_successfully"
+            assert needs.get(migrate) == "service_completed_successfully", name
 
 
 # --- Kubernetes ---------------------------------------------------------------------------------------
@@ -664,6 +666,12 @@ def test_kubernetes_configuration_loads_for_every_container(
                     assert settings.api.operator_tokens
             if name == "notifier":
                 assert make_url(settings.database_url("notifier")).get_backend_name() == "postgresql"
+            if args[0] == "migrate":  # every database it upgrades is a PostgreSQL one, not a file in data_dir
+                chosen = args[args.index("--database") + 1] if "--database" in args else None
+                for database in ("procedure", "notifier"):
+                    if chosen in (None, database):
+                        url = make_url(settings.database_url(database))
+                        assert url.get_backend_name() == "postgresql", f"{name}/{container['name']}: {database}"
 
 
 def test_kubernetes_probes_and_ports_match_the_services(tmp_path: Path) -> None:

@@ -29,11 +29,12 @@ import trustme
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
-from services.notifier.app import NotifierParts, build_notifier, create_schema
+from services.notifier.app import NotifierParts, build_notifier
 from services.notifier.domain import idempotency_key
+from services.notifier.migrate import VERSION_TABLE, upgrade
 from services.notifier.models import AttemptRow, Base, DeliveryRow
 from shared.config import KafkaSettings, NotifierSettings, Settings, SmtpSettings
 from shared.events import (
@@ -96,6 +97,7 @@ async def notifier_postgres_url(server_url: str) -> str:
     engine = make_engine(url)
     async with engine.begin() as connection:
         await connection.run_sync(Base.metadata.drop_all)
+        await connection.execute(text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
     await engine.dispose()
     return url
 
@@ -122,7 +124,7 @@ async def running_notifier(settings: Settings, *, publish: bool = True) -> Async
         publisher = Publisher(settings.kafka, client_id="test-notifier")
         await publisher.start()
     parts = build_notifier(settings, registry=CollectorRegistry(), publisher=publisher, poll_s=0.05)
-    await create_schema(parts.engine)
+    await upgrade(parts.engine)
     loop = asyncio.create_task(parts.dispatcher.run())
     try:
         yield parts

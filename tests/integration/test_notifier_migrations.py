@@ -1,0 +1,496 @@
+"""The notifier's Alembic migrations on real SQLite files and a real PostgreSQL server: they build exactly the
+models, run twice without harm, adopt a database made by the earlier create_all code, refuse one of another
+schema, share one PostgreSQL database with the procedure service's, and `luccs-fallback migrate` runs both.
+
+Every PostgreSQL test gets a database of its own (and drops it), so it neither sees nor disturbs others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from prometheus_client import CollectorRegistry
+from sqlalchemy import (
+    Column,
+    Connection,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.notifier.app import build_notifier
+from services.notifier.migrate import FIRST_REVISION, VERSION_TABLE, alembic_config, upgrade
+from services.notifier.models import Base, DeliveryRow, EoRow
+from services.procedure import migrate as procedure_migrate
+from services.procedure.models import Base as ProcedureBase
+from shared.config import ConfigError
+from shared.db import UTCDateTime, make_engine, session_factory
+from tests.integration.test_notifier_delivery import RECORD, notifier_settings, procedure_event, register
+
+pytestmark = pytest.mark.integration
+
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
+PROCEDURE_HEAD = ScriptDirectory.from_config(procedure_migrate.alembic_config()).get_current_head()
+NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+NewDatabase = Callable[[], Awaitable[str]]
+
+
+# --- harness ------------------------------------------------------------------------------------------------
+
+
+async def _admin(server_url: str, *statements: str) -> None:
+    import asyncpg  # type: ignore[import-untyped]
+
+    base = make_url(server_url)
+    connection = await asyncpg.connect(
+        host=base.host, port=base.port, user=base.username, password=base.password, database="postgres"
+    )
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@contextlib.asynccontextmanager
+async def _pg_database(server_url: str) -> AsyncIterator[str]:
+    """An empty PostgreSQL database of its own on the test server, dropped afterwards."""
+    name = f"luccs_migration_{uuid.uuid4().hex[:12]}"
+    await _admin(server_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def new_pg_database(postgres_url: str) -> AsyncIterator[NewDatabase]:
+    """Makes empty PostgreSQL databases, dropped after the test."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def make() -> str:
+            return await stack.enter_async_context(_pg_database(postgres_url))
+
+        yield make
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """An empty notifier database."""
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path / 'notifier.db'}"
+        else:
+            url = await stack.enter_async_context(_pg_database(request.getfixturevalue("postgres_url")))
+        engine = make_engine(url)
+        yield engine
+        await engine.dispose()
+
+
+def _differences(
+    connection: Connection, metadata: MetaData = Base.metadata, version_table: str = VERSION_TABLE,
+    only_these_tables: bool = False,
+) -> list[object]:
+    """Alembic's autogenerate comparison of the database with ``metadata`` (empty: the same schema).
+
+    ``only_these_tables`` leaves out other tables that are visible, as another schema's on the search_path.
+    """
+    opts: dict[str, Any] = {"compare_type": True, "version_table": version_table}
+    if only_these_tables:
+        opts["include_name"] = lambda name, type_, _parents: type_ != "table" or name in metadata.tables
+    return list(compare_metadata(MigrationContext.configure(connection, opts=opts), metadata))
+
+
+async def _schema_differences(engine: AsyncEngine, *, only_these_tables: bool = False) -> list[object]:
+    async with engine.connect() as connection:
+        return await connection.run_sync(_differences, Base.metadata, VERSION_TABLE, only_these_tables)
+
+
+async def _tables(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as connection:
+        return await connection.run_sync(lambda c: set(inspect(c).get_table_names()))
+
+
+async def _versions(engine: AsyncEngine, table: str = VERSION_TABLE) -> list[str]:
+    async with engine.connect() as connection:
+        return list((await connection.execute(text(f"SELECT version_num FROM {table}"))).scalars())
+
+
+async def _count_eos(engine: AsyncEngine) -> int:
+    async with session_factory(engine)() as session:
+        return int(await session.scalar(select(func.count()).select_from(EoRow)) or 0)
+
+
+async def _add_eo(engine: AsyncEngine, eori: str) -> None:
+    async with session_factory(engine)() as session, session.begin():
+        session.add(EoRow(eori=eori, name="EO", language="fr", email=None, webhook_url=None, webhook_secret=None,
+                          updated_at=NOW))
+
+
+def _earlier_development_schema() -> MetaData:
+    """The notifier's tables before lanes and leases (commit e60d430), which no migration starts from."""
+    metadata = MetaData()
+    Table(
+        "eos", metadata,
+        Column("eori", String(32), primary_key=True), Column("name", String(300), nullable=False),
+        Column("language", String(2), nullable=False), Column("email", String(320)), Column("webhook_url", Text),
+        Column("webhook_secret", Text), Column("updated_at", UTCDateTime(), nullable=False),
+    )
+    Table(
+        "deliveries", metadata,
+        Column("id", String(36), primary_key=True), Column("event_id", String(100), nullable=False),
+        Column("event_type", String(60), nullable=False), Column("procedure_id", String(100), nullable=False),
+        Column("eori", String(32)), Column("channel", String(10), nullable=False),
+        Column("recipient", Text, nullable=False), Column("body", LargeBinary, nullable=False),
+        Column("status", String(10), nullable=False), Column("attempts", Integer, nullable=False),
+        Column("next_attempt_at", UTCDateTime()), Column("last_error", Text), Column("last_http_status", Integer),
+        Column("created_at", UTCDateTime(), nullable=False), Column("delivered_at", UTCDateTime()),
+        UniqueConstraint("event_id", "eori", "channel", name="uq_delivery_per_event_recipient_channel"),
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+    )
+    Table(
+        "delivery_attempts", metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("delivery_id", String(36), ForeignKey("deliveries.id"), nullable=False),
+        Column("attempt", Integer, nullable=False), Column("at", UTCDateTime(), nullable=False),
+        Column("outcome", String(10), nullable=False), Column("http_status", Integer), Column("error", Text),
+        Column("duration_ms", Float),
+    )
+    return metadata
+
+
+# --- the migrations themselves ------------------------------------------------------------------------------
+
+
+async def test_migrations_build_exactly_the_models(engine: AsyncEngine) -> None:
+    result = await upgrade(engine)
+    assert (result.before, result.after, result.adopted) == (None, HEAD, False)
+    assert await _schema_differences(engine) == []
+    assert await _tables(engine) == {*Base.metadata.tables, VERSION_TABLE}  # not the procedure's alembic_version
+    assert await _versions(engine) == [HEAD]
+
+
+async def test_a_second_upgrade_changes_nothing(engine: AsyncEngine) -> None:
+    await upgrade(engine)
+    await _add_eo(engine, "LU0001")
+    result = await upgrade(engine)
+    assert (result.before, result.after, result.adopted) == (HEAD, HEAD, False)
+    assert await _count_eos(engine) == 1
+    assert await _schema_differences(engine) == []
+    assert await _versions(engine) == [HEAD]
+
+
+# --- databases made before migrations ------------------------------------------------------------------------
+
+
+async def test_a_database_made_by_create_all_is_stamped_and_works(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:  # what the notifier did at start before it had migrations
+        await connection.run_sync(Base.metadata.create_all)
+    await _add_eo(engine, "LU0001")
+
+    result = await upgrade(engine)
+    assert (result.before, result.after, result.adopted) == (None, HEAD, True)
+    assert await _versions(engine) == [HEAD]
+    assert await _count_eos(engine) == 1, "adopting the database keeps its rows"
+    assert await _schema_differences(engine) == []
+    again = await upgrade(engine)
+    assert (again.before, again.adopted) == (HEAD, False)
+
+    # The notifier's own code works on it: a registered EO is planned a delivery for an opened procedure.
+    settings = notifier_settings("127.0.0.1:1", "test", engine.url.render_as_string(hide_password=False))
+    parts = build_notifier(settings, registry=CollectorRegistry())
+    try:
+        await register(parts, "LU0002", "http://127.0.0.1:9/hook")
+        await parts.planner.on_procedure(procedure_event(), RECORD)
+        async with parts.sessions() as session:
+            planned = (await session.scalars(select(DeliveryRow.eori).where(DeliveryRow.channel == "webhook"))).all()
+    finally:
+        await parts.aclose()
+    assert sorted(e for e in planned if e) == ["LU0002"]
+
+
+async def test_float_columns_made_by_sqlalchemy_2_0_are_adopted(engine: AsyncEngine) -> None:
+    # SQLAlchemy 2.0 maps a ``float`` attribute to FLOAT, 2.1 to DOUBLE: both are the same schema.
+    metadata = MetaData()
+    for table in Base.metadata.sorted_tables:
+        table.to_metadata(metadata)
+    metadata.tables["delivery_attempts"].c.duration_ms.type = Float()
+    async with engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+    result = await upgrade(engine)
+    assert (result.after, result.adopted) == (HEAD, True)
+
+
+async def test_the_earlier_development_schema_is_refused(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.run_sync(_earlier_development_schema().create_all)
+    before = await _tables(engine)
+
+    with pytest.raises(ConfigError) as refused:
+        await upgrade(engine)
+    message = str(refused.value)
+    assert "earlier development version" in message
+    assert "column deliveries.lane is missing" in message
+    assert "column deliveries.body is unexpected" in message
+    assert "tables advisories, known_procedures, notices and planned_events are missing" in message
+    assert await _tables(engine) == before, "a refused database is left as it was"
+
+
+async def test_drifted_tables_are_refused_with_the_difference_named(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        await connection.run_sync(Base.metadata.create_all)
+        await connection.execute(text("DROP INDEX ix_deliveries_due"))
+        await connection.execute(text("ALTER TABLE deliveries DROP COLUMN claimed_until"))
+
+    with pytest.raises(ConfigError) as refused:
+        await upgrade(engine)
+    message = str(refused.value)
+    assert "column deliveries.claimed_until is missing" in message
+    assert "index ix_deliveries_due on deliveries (status, next_attempt_at) is missing" in message
+    assert VERSION_TABLE not in await _tables(engine)
+
+
+# --- PostgreSQL: concurrent upgrades, one database shared with the procedure service ---------------------------
+
+
+@pytest.mark.postgres
+async def test_concurrent_upgrades_of_one_postgresql_database(new_pg_database: NewDatabase) -> None:
+    # The migrate job and a starting notifier may upgrade the same database at once.
+    url = await new_pg_database()
+    engines = [make_engine(url) for _ in range(3)]
+    try:
+        results = await asyncio.gather(*(upgrade(e) for e in engines))
+        assert sorted(str(r.before) for r in results) == sorted(["None", str(HEAD), str(HEAD)])
+        assert {r.after for r in results} == {HEAD}
+        assert await _schema_differences(engines[0]) == []
+    finally:
+        for engine in engines:
+            await engine.dispose()
+
+
+async def test_both_services_upgrade_at_once_in_one_process(tmp_path: Path) -> None:
+    # `luccs-fallback all` starts every service at once in one event loop: their Alembic runs must not mix
+    # (Alembic keeps the running migration in module globals).
+    procedure_engine = make_engine(f"sqlite:///{tmp_path / 'procedure.db'}")
+    notifier_engine = make_engine(f"sqlite:///{tmp_path / 'notifier.db'}")
+    try:
+        _, notifier = await asyncio.gather(procedure_migrate.upgrade(procedure_engine), upgrade(notifier_engine))
+        assert notifier.after == HEAD
+        assert await _tables(procedure_engine) == {*ProcedureBase.metadata.tables, "alembic_version"}
+        assert await _tables(notifier_engine) == {*Base.metadata.tables, VERSION_TABLE}
+    finally:
+        await procedure_engine.dispose()
+        await notifier_engine.dispose()
+
+
+async def _procedure_differences(engine: AsyncEngine) -> list[object]:
+    async with engine.connect() as connection:
+        return await connection.run_sync(
+            _differences, ProcedureBase.metadata, "alembic_version", True
+        )
+
+
+async def _tables_by_schema(engine: AsyncEngine, schemas: tuple[str, ...]) -> dict[str, set[str]]:
+    async with engine.connect() as connection:
+        rows = await connection.execute(
+            text("SELECT table_schema, table_name FROM information_schema.tables WHERE table_schema = ANY(:schemas)"),
+            {"schemas": list(schemas)},
+        )
+        found: dict[str, set[str]] = {schema: set() for schema in schemas}
+        for schema, table in rows:
+            found[schema].add(table)
+        return found
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("first", ["procedure", "notifier"])
+async def test_both_services_migrate_one_postgresql_database(
+    first: str, new_pg_database: NewDatabase, postgres_url: str
+) -> None:
+    # Both services have tables named "eos" and "advisories": in one database, the notifier's live in a
+    # schema of its own, the one named after its role (PostgreSQL's default search_path is "$user", public).
+    # The procedure's alembic_version in public stays visible to the notifier: only a version table of its
+    # own keeps the notifier from taking the procedure's revision 0001 for its own and creating nothing.
+    url = await new_pg_database()
+    role = f"luccs_notifier_{uuid.uuid4().hex[:8]}"
+    database = make_url(url).database
+    await _admin(postgres_url, f'CREATE ROLE "{role}" LOGIN')
+    procedure_engine = make_engine(url)
+    notifier_engine = make_engine(make_url(url).set(username=role, password=None).render_as_string(False))
+    try:
+        async with procedure_engine.begin() as connection:
+            await connection.execute(text(f'CREATE SCHEMA "{role}" AUTHORIZATION "{role}"'))
+
+        async def procedure() -> None:
+            await procedure_migrate.upgrade(procedure_engine)
+
+        async def notifier() -> None:
+            result = await upgrade(notifier_engine)
+            assert (result.before, result.after, result.adopted) == (None, HEAD, False)
+
+        steps = [procedure, notifier] if first == "procedure" else [notifier, procedure]
+        for step in steps:
+            await step()
+
+        tables = await _tables_by_schema(procedure_engine, ("public", role))
+        assert tables["public"] == {*ProcedureBase.metadata.tables, "alembic_version"}
+        assert tables[role] == {*Base.metadata.tables, VERSION_TABLE}
+        assert await _versions(procedure_engine, "public.alembic_version") == [PROCEDURE_HEAD]
+        assert await _versions(notifier_engine) == [HEAD]
+        assert await _procedure_differences(procedure_engine) == []
+        assert await _schema_differences(notifier_engine, only_these_tables=True) == []
+
+        again = await upgrade(notifier_engine)
+        assert (again.before, again.after, again.adopted) == (HEAD, HEAD, False)
+        await procedure_migrate.upgrade(procedure_engine)
+        assert await _tables_by_schema(procedure_engine, ("public", role)) == tables
+    finally:
+        await procedure_engine.dispose()
+        await notifier_engine.dispose()
+        await _admin(postgres_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)', f'DROP ROLE "{role}"')
+
+
+@pytest.mark.postgres
+async def test_the_notifier_refuses_the_procedure_services_schema(new_pg_database: NewDatabase) -> None:
+    # Without a schema of its own the notifier would meet the procedure's "eos" and "advisories": refused,
+    # with the differences named, and the procedure's tables left alone.
+    url = await new_pg_database()
+    engine = make_engine(url)
+    try:
+        await procedure_migrate.upgrade(engine)
+        with pytest.raises(ConfigError) as refused:
+            await upgrade(engine)
+        message = str(refused.value)
+        assert "column eos.webhook_secret is missing" in message
+        assert "column advisories.advisory_id is missing" in message
+        missing = "tables deliveries, delivery_attempts, known_procedures, notices and planned_events are missing"
+        assert missing in message
+        assert await _procedure_differences(engine) == []
+        assert VERSION_TABLE not in await _tables(engine)
+    finally:
+        await engine.dispose()
+
+
+# --- luccs-fallback migrate ----------------------------------------------------------------------------------
+
+
+def _migrate_command(*arguments: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).with_name("luccs-fallback")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "services.cli"]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LUCCS_")}
+    return subprocess.run(
+        [*command, "migrate", *arguments], cwd=cwd, env={**clean, **env}, capture_output=True, text=True,
+        timeout=120, check=False,
+    )
+
+
+async def test_cli_migrate_upgrades_both_sqlite_databases(tmp_path: Path) -> None:
+    config = tmp_path / "luccs.toml"
+    config.write_text(f'data_dir = "{tmp_path / "data"}"\n', encoding="utf-8")
+
+    first = await asyncio.to_thread(_migrate_command, "--config", str(config), cwd=tmp_path, env={})
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == [
+        f"procedure database: created at {PROCEDURE_HEAD} (sqlite+aiosqlite:///{tmp_path / 'data' / 'procedure.db'})",
+        f"notifier database: created at {HEAD} (sqlite+aiosqlite:///{tmp_path / 'data' / 'notifier.db'})",
+    ]
+    for name, metadata, version_table in (
+        ("procedure", ProcedureBase.metadata, "alembic_version"), ("notifier", Base.metadata, VERSION_TABLE),
+    ):
+        engine = make_engine(f"sqlite:///{tmp_path / 'data' / f'{name}.db'}")
+        try:
+            assert await _versions(engine, version_table) == [PROCEDURE_HEAD if name == "procedure" else HEAD]
+            async with engine.connect() as connection:
+                assert await connection.run_sync(_differences, metadata, version_table) == [], name
+        finally:
+            await engine.dispose()
+
+    second = await asyncio.to_thread(_migrate_command, "--config", str(config), cwd=tmp_path, env={})
+    assert second.returncode == 0, second.stderr
+    assert [line.split(" (")[0] for line in second.stdout.splitlines()] == [
+        f"procedure database: already at {PROCEDURE_HEAD}", f"notifier database: already at {HEAD}",
+    ]
+
+
+@pytest.mark.postgres
+async def test_cli_migrate_upgrades_both_postgresql_databases_and_adopts_the_notifiers(
+    tmp_path: Path, new_pg_database: NewDatabase
+) -> None:
+    procedure_url, notifier_url = await new_pg_database(), await new_pg_database()
+    notifier = make_engine(notifier_url)
+    try:
+        async with notifier.begin() as connection:  # left by a notifier from before migrations
+            await connection.run_sync(Base.metadata.create_all)
+        await _add_eo(notifier, "LU0001")
+        env = {"LUCCS_PROCEDURE__DATABASE_URL": procedure_url, "LUCCS_NOTIFIER__DATABASE_URL": notifier_url}
+
+        done = await asyncio.to_thread(_migrate_command, cwd=tmp_path, env=env)
+        assert done.returncode == 0, done.stderr
+        assert [line.split(" (")[0] for line in done.stdout.splitlines()] == [
+            f"procedure database: created at {PROCEDURE_HEAD}",
+            f"notifier database: made before migrations, its tables match: stamped at {FIRST_REVISION}"
+            + ("" if HEAD == FIRST_REVISION else f", upgraded to {HEAD}"),
+        ]
+        assert await _versions(notifier) == [HEAD]
+        assert await _count_eos(notifier) == 1
+        procedure = make_engine(procedure_url)
+        try:
+            assert await _versions(procedure, "alembic_version") == [PROCEDURE_HEAD]
+        finally:
+            await procedure.dispose()
+        assert not (tmp_path / "var").exists(), "no SQLite file made beside the configured databases"
+    finally:
+        await notifier.dispose()
+
+
+async def test_cli_migrate_stops_at_a_refused_notifier_database(tmp_path: Path) -> None:
+    notifier_file = tmp_path / "data" / "notifier.db"
+    notifier_file.parent.mkdir()
+    engine = make_engine(f"sqlite:///{notifier_file}")
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_earlier_development_schema().create_all)
+    finally:
+        await engine.dispose()
+    env = {"LUCCS_DATA_DIR": str(tmp_path / "data")}
+
+    refused = await asyncio.to_thread(_migrate_command, cwd=tmp_path, env=env)
+    assert refused.returncode == 2
+    assert refused.stdout.startswith(f"procedure database: created at {PROCEDURE_HEAD}")
+    assert "notifier database" not in refused.stdout
+    assert "luccs-fallback: notifier database: " in refused.stderr
+    assert "column deliveries.lane is missing" in refused.stderr
+
+
+async def test_cli_migrate_one_database_only(tmp_path: Path) -> None:
+    env = {"LUCCS_DATA_DIR": str(tmp_path / "data")}
+    done = await asyncio.to_thread(_migrate_command, "--database", "notifier", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert [line.split(" (")[0] for line in done.stdout.splitlines()] == [f"notifier database: created at {HEAD}"]
+    assert sorted(p.name for p in (tmp_path / "data").glob("*.db")) == ["notifier.db"]
