@@ -45,7 +45,14 @@ class TargetView(BaseModel):
     eori: str | None = Field(None, description="Set on EO AS4 endpoints (id eo:<EORI>).")
     source: Literal["config", "registry"]
     state: ComponentState
-    since: datetime | None = Field(None, description="When the target entered its state; null while unknown.")
+    since: datetime | None = Field(
+        None, description="When the target entered its state (kept across restarts); null while unknown."
+    )
+    unconfirmed: bool = Field(
+        False,
+        description="The state was saved before a restart too long ago to count as current: it is not published "
+        "until fresh probes confirm or change it.",
+    )
     degraded: bool = Field(..., description="Up, but slower than the latency bound.")
     reason: str | None = Field(None, description="Reason code of the last probe.")
     latency_ms: float | None = Field(None, description="Latency of the last probe.")
@@ -76,6 +83,7 @@ def _view(detector: Detector, target: Target, status: TargetStatus) -> TargetVie
         source=target.source,
         state=status.state,
         since=status.since,
+        unconfirmed=status.unconfirmed,
         degraded=status.degraded,
         reason=last.reason if last else None,
         latency_ms=last.latency_ms if last else None,

@@ -1,13 +1,17 @@
-"""Detector bootstrap: checks the targets, then (in the lifespan) the broker clients and the loops.
+"""Detector bootstrap: checks the targets, then (in the lifespan) its database, the broker clients and the loops.
 
-Loops: the scheduler (probes), the outbox (publishes changes at once and the latest state per target
-when the broker comes back), the heartbeat, and the EO registry follower (adds, changes and removes
-``eo:<EORI>`` targets while running).
+At start the database (``detector.database_url``, default a SQLite file in ``data_dir``) is migrated and
+this instance's saved targets are loaded: configured and registered targets resume from them (see
+``Detector.put``), the others are dropped. Loops: the scheduler (probes), the outbox (publishes changes at
+once and the latest state per target when the broker comes back), the heartbeat, the write-behind of
+target states, and the EO registry follower (adds, changes and removes ``eo:<EORI>`` targets while running).
+At shutdown what changed since the last save is saved.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import ssl
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -18,16 +22,21 @@ from prometheus_client import CollectorRegistry
 from services.detector.api import router
 from services.detector.domain import TargetStatus
 from services.detector.metrics import DetectorMetrics
+from services.detector.migrate import upgrade
 from services.detector.probes import Prober
 from services.detector.producer import Producer
 from services.detector.registry import RegistryFollower
 from services.detector.service import Detector
+from services.detector.store import TargetStore, WriteBehind
 from services.detector.targets import InvalidTarget, Target, TlsFiles, from_settings
 from shared.config import ConfigError, Settings
+from shared.db import make_engine, session_factory
 from shared.events import AvailabilityData, CloudEvent, DeadLetterData
 from shared.http import add_ops_routes
 from shared.kafka import ensure_topics
 from shared.tasks import BackgroundTasks
+
+log = logging.getLogger(__name__)
 
 
 def configured_targets(settings: Settings, prober: Prober) -> list[Target]:
@@ -70,44 +79,61 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await ensure_topics(kafka)
-        publisher = Producer(
-            kafka, client_id=f"detector-{instance}", timeout_s=settings.detector.publish_timeout_s
-        )
-        await publisher.start()
-
-        async def send(target_id: str, event: CloudEvent[AvailabilityData]) -> None:
-            await publisher.publish(kafka.availability_topic, event, key=target_id)
-
-        async def dead_letter(letter: CloudEvent[DeadLetterData]) -> None:
-            await publisher.publish(kafka.deadletter_topic, letter, key=kafka.eos_topic)
-
-        detector = Detector(settings=settings.detector, prober=prober, send=send, metrics=metrics)
-        for target in targets:
-            detector.put(target)
-        tasks = BackgroundTasks()
-        state.update(detector=detector, tasks=tasks)
-        app.state.detector = detector
-        tasks.start(detector.scheduler.run(), name="scheduler")
-        tasks.start(detector.outbox.run(), name="publish")
-        tasks.start(detector.heartbeat_loop(), name="heartbeat")
-        if settings.detector.eo_targets:
-            follower = RegistryFollower(
-                kafka=kafka,
-                name=f"{kafka.topic_prefix}.detector.{instance}.eos",
-                on_upsert=detector.on_eo,
-                on_remove=detector.on_eo_removed,
-                on_replayed=detector.retain_eos,
-                dead_letter=dead_letter,
-                on_outcome=lambda outcome: metrics.registry_records.labels(outcome).inc(),
+        async with contextlib.AsyncExitStack() as stack:
+            engine = make_engine(settings.database_url("detector"))
+            stack.push_async_callback(engine.dispose)
+            await upgrade(engine)
+            store = TargetStore(session_factory(engine), instance_id=instance)
+            saved = await store.load()
+            await ensure_topics(kafka)
+            publisher = Producer(
+                kafka, client_id=f"detector-{instance}", timeout_s=settings.detector.publish_timeout_s
             )
-            state["follower"] = follower
-            tasks.start(follower.run(), name="eo-registry")
-        try:
-            yield
-        finally:
-            await tasks.stop()
-            await publisher.stop()
+            await publisher.start()
+            stack.push_async_callback(publisher.stop)
+
+            async def send(target_id: str, event: CloudEvent[AvailabilityData]) -> None:
+                await publisher.publish(kafka.availability_topic, event, key=target_id)
+
+            async def dead_letter(letter: CloudEvent[DeadLetterData]) -> None:
+                await publisher.publish(kafka.deadletter_topic, letter, key=kafka.eos_topic)
+
+            detector = Detector(settings=settings.detector, prober=prober, send=send, metrics=metrics)
+            detector.resume_from(saved)
+            for target in targets:
+                detector.put(target)
+            detector.forget_unclaimed(registry=False)
+            if not settings.detector.eo_targets:
+                detector.forget_unclaimed(registry=True)
+            write_behind = WriteBehind(
+                detector=detector, store=store, on_save=metrics.save_seconds.observe,
+                on_failure=lambda _exc: metrics.save_failures.inc(),
+            )
+            tasks = BackgroundTasks()
+            state.update(detector=detector, tasks=tasks, write_behind=write_behind)
+            app.state.detector = detector
+            tasks.start(detector.scheduler.run(), name="scheduler")
+            tasks.start(detector.outbox.run(), name="publish")
+            tasks.start(detector.heartbeat_loop(), name="heartbeat")
+            tasks.start(write_behind.run(), name="save")
+            if settings.detector.eo_targets:
+                follower = RegistryFollower(
+                    kafka=kafka,
+                    name=f"{kafka.topic_prefix}.detector.{instance}.eos",
+                    on_upsert=detector.on_eo,
+                    on_remove=detector.on_eo_removed,
+                    on_replayed=detector.retain_eos,
+                    dead_letter=dead_letter,
+                    on_outcome=lambda outcome: metrics.registry_records.labels(outcome).inc(),
+                )
+                state["follower"] = follower
+                tasks.start(follower.run(), name="eo-registry")
+            try:
+                yield
+            finally:
+                await tasks.stop()
+                if not await write_behind.flush():
+                    log.error("target states changed since the last save are lost: %s", write_behind.last_error)
 
     app = FastAPI(title="luccs-fallback detector", version="1", lifespan=lifespan)
     app.include_router(router)
@@ -122,6 +148,10 @@ def create_app(settings: Settings) -> FastAPI:
             return None if "detector" in state else "starting"
         return follower.last_error or "replaying the EO registry"
 
+    async def database_ready() -> str | None:
+        write_behind: WriteBehind | None = state.get("write_behind")
+        return "starting" if write_behind is None else write_behind.last_error
+
     async def loops_alive() -> str | None:
         tasks: BackgroundTasks | None = state.get("tasks")
         return "starting" if tasks is None else await tasks.problem()
@@ -132,7 +162,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     add_ops_routes(
         app,
-        checks={"kafka": broker_ready, "eo_registry": registry_ready, "loops": loops_alive},
+        checks={"kafka": broker_ready, "database": database_ready, "eo_registry": registry_ready,
+                "loops": loops_alive},
         registry=registry,
         liveness=no_loop_died,
     )

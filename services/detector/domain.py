@@ -4,8 +4,9 @@ A target goes down after ``failure`` consecutive failed probes and up after ``su
 successes; anything in between keeps its state, so a flapping target never changes state. The same
 hysteresis decides ``degraded`` (up, but slower than the target's latency bound). Besides the state
 machine this module holds the other decisions the detector makes about time: when a target is next due
-(spread over the interval, never bursting to catch up), how close a certificate is to expiry, and how
-state changes that could not be published yet fold into one.
+(spread over the interval, never bursting to catch up), how close a certificate is to expiry, how
+state changes that could not be published yet fold into one, and how far a state saved before a restart
+is trusted.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from shared.events import ComponentState
 
@@ -56,6 +57,12 @@ class ProbeResult:
 
 @dataclass(frozen=True)
 class TargetStatus:
+    """A target's decided state and since when, the counters that decide the next change, the last result.
+
+    ``unconfirmed``: the state was saved before a restart too long ago to count as current (see
+    :func:`resume`); fresh probes have not confirmed it yet, so it is shown but not published.
+    """
+
     state: ComponentState = ComponentState.UNKNOWN
     since: datetime | None = None
     consecutive_failures: int = 0
@@ -64,6 +71,7 @@ class TargetStatus:
     degraded: bool = False
     consecutive_slow: int = 0
     consecutive_fast: int = 0
+    unconfirmed: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,12 +106,23 @@ def observe(
     if target_state is not None and target_state != status.state:
         transition = Transition(previous=status.state, current=target_state, at=result.finished_at)
         status = replace(status, state=target_state, since=result.finished_at)
+    if status.unconfirmed and (transition is not None or _confirms(status, thresholds)):
+        status = replace(status, unconfirmed=False)
     slow_enough = status.consecutive_slow >= thresholds.failure
     fast_enough = status.consecutive_fast >= thresholds.success
     degraded = True if slow_enough else False if fast_enough else previous_degraded
     if thresholds.degraded_latency_ms is None:
         degraded = False
     return replace(status, degraded=degraded and status.state == ComponentState.UP), transition
+
+
+def _confirms(status: TargetStatus, thresholds: Thresholds) -> bool:
+    """Whether the fresh probes counted since a restart would have decided the state the target is in."""
+    if status.state == ComponentState.UP:
+        return status.consecutive_successes >= thresholds.success
+    if status.state == ComponentState.DOWN:
+        return status.consecutive_failures >= thresholds.failure
+    return False
 
 
 def _count_speed(status: TargetStatus, result: ProbeResult, thresholds: Thresholds) -> TargetStatus:
@@ -118,6 +137,41 @@ def _count_speed(status: TargetStatus, result: ProbeResult, thresholds: Threshol
 def reset_counters(status: TargetStatus) -> TargetStatus:
     """The status of a target whose endpoint changed: its state stands until new probes decide, from zero."""
     return replace(status, consecutive_failures=0, consecutive_successes=0, consecutive_slow=0, consecutive_fast=0)
+
+
+# --- restarts ---------------------------------------------------------------------------------
+
+RESUME_WINDOWS = 2
+"""A saved state is current if its last probe is at most this many detection windows old (see :func:`resume`)."""
+
+
+def detection_window(*, interval_s: float, thresholds: Thresholds) -> timedelta:
+    """The time the thresholds take to decide a change: the larger threshold's worth of probe intervals."""
+    return timedelta(seconds=interval_s * max(thresholds.failure, thresholds.success))
+
+
+def resume(status: TargetStatus, *, now: datetime, interval_s: float, thresholds: Thresholds) -> TargetStatus:
+    """The status a restarted detector goes on with, from the one it saved before it stopped.
+
+    A target probed at most :data:`RESUME_WINDOWS` detection windows before ``now`` resumes as it was,
+    counters included: a restart within that time (a crash and a restart by the supervisor, a rolling
+    upgrade) neither resets a long outage's ``since`` nor restarts a detection under way, and the state is
+    published again at the first fresh probe.
+
+    An older state is history, not news: the target may have gone down and come back meanwhile, unseen.
+    Its state and ``since`` are kept (the API shows the last known state; a long outage that goes on keeps
+    its start) but its counters start from zero, and an up or down state is ``unconfirmed`` until fresh
+    probes reach the threshold that decides that state (then it is published as current again, ``since``
+    unchanged) or decide the opposite one (a transition, published as usual). Meanwhile nothing is published
+    for the target, so consumers see no current observation rather than a stale one presented as current.
+    """
+    last = status.last
+    if last is None:
+        return TargetStatus()
+    if now - last.finished_at <= RESUME_WINDOWS * detection_window(interval_s=interval_s, thresholds=thresholds):
+        return status
+    asserted = status.state != ComponentState.UNKNOWN
+    return replace(reset_counters(status), unconfirmed=asserted)
 
 
 # --- certificates -----------------------------------------------------------------------------

@@ -38,6 +38,8 @@ class DetectorMetrics:
     pending: Gauge
     collapsed: Counter
     registry_records: Counter
+    save_seconds: Histogram
+    save_failures: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry, *, statuses: StatusView | None = None) -> DetectorMetrics:
@@ -78,6 +80,14 @@ class DetectorMetrics:
             ),
             registry_records=Counter(
                 "luccs_detector_registry_records_total", "EO registry records by outcome", ["outcome"],
+                registry=registry,
+            ),
+            save_seconds=Histogram(
+                "luccs_detector_save_duration_seconds", "Duration of one batch save of changed target states",
+                buckets=_LAG_BUCKETS, registry=registry,
+            ),
+            save_failures=Counter(
+                "luccs_detector_save_failures_total", "Failed saves of target states to the detector database",
                 registry=registry,
             ),
         )

@@ -9,6 +9,11 @@ the number of targets. Successive changes of one target fold into the one its co
 learn (:func:`~services.detector.domain.coalesce`): up -> down -> up while the broker is away publishes
 a heartbeat of ``up`` (nothing changed for the consumers, so no procedure opens for an outage that is
 already over), with the superseded changes told in the detail, counted in a metric and logged.
+
+What is still to be published (pending, or sent and not yet acknowledged) is what the detector saves as a
+target's unpublished change (:meth:`Outbox.unpublished`); a saved one is put back with :meth:`Outbox.restore`
+after a restart, and ``on_published`` says when a change has reached the broker, so that the saved copy is
+cleared.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ log = logging.getLogger(__name__)
 EventBuilder = Callable[[str, Transition | None, int], CloudEvent[AvailabilityData] | None]
 """(target id, net transition, superseded changes) -> the event to send, or None if the target is gone."""
 Send = Callable[[str, CloudEvent[AvailabilityData]], Awaitable[None]]
+Published = Callable[[str, Transition | None, int], None]
+"""(target id, the transition published or None for a heartbeat, superseded changes it stood for)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class Outbox:
         retry_max_s: float = 10.0,
         on_failure: Callable[[BaseException], None] | None = None,
         on_superseded: Callable[[int], None] | None = None,
+        on_published: Published | None = None,
     ) -> None:
         self._build = build
         self._send = send
@@ -62,7 +70,9 @@ class Outbox:
         self._retry_max_s = retry_max_s
         self._on_failure = on_failure
         self._on_superseded = on_superseded
+        self._on_published = on_published
         self._pending: dict[str, _Mark] = {}
+        self._in_flight: dict[str, _Mark] = {}  # taken by flush, not acknowledged yet
         self._wakeup = asyncio.Event()
         self.last_error: str | None = None
         self.published = 0
@@ -73,6 +83,17 @@ class Outbox:
     def pending(self, target_id: str) -> Transition | None:
         mark = self._pending.get(target_id)
         return mark.transition if mark is not None else None
+
+    def unpublished(self, target_id: str) -> tuple[Transition | None, int]:
+        """The change of ``target_id`` its consumers have not been told yet (sent but unacknowledged included),
+        and how many changes were folded into it."""
+        sent, waiting = self._in_flight.get(target_id), self._pending.get(target_id)
+        mark = sent.then(waiting) if sent is not None and waiting is not None else sent or waiting
+        return (mark.transition, mark.superseded) if mark is not None else (None, 0)
+
+    def restore(self, target_id: str, transition: Transition | None, superseded: int = 0) -> None:
+        """Put back a change saved as unpublished before a restart (it folds with any newer one)."""
+        self._put(target_id, _Mark(transition, superseded))
 
     def changed(self, target_id: str, transition: Transition) -> None:
         """A state change of ``target_id``: publish it at once."""
@@ -85,6 +106,7 @@ class Outbox:
     def drop(self, target_id: str) -> None:
         """Forget ``target_id`` (no longer probed)."""
         self._pending.pop(target_id, None)
+        self._in_flight.pop(target_id, None)
 
     def _put(self, target_id: str, mark: _Mark) -> None:
         earlier = self._pending.get(target_id)
@@ -101,18 +123,27 @@ class Outbox:
             event = self._build(target_id, mark.transition, mark.superseded)
             if event is not None:
                 events.append((target_id, mark, event))
-        outcomes = await asyncio.gather(*(self._send(tid, event) for tid, _, event in events), return_exceptions=True)
+                self._in_flight[target_id] = mark
+        try:
+            outcomes = await asyncio.gather(
+                *(self._send(tid, event) for tid, _, event in events), return_exceptions=True
+            )
+        except BaseException:
+            for target_id, _, _ in events:
+                self._requeue(target_id)  # cancelled (shutdown): still to be published, and saved as such
+            raise
         failed: BaseException | None = None
         for (target_id, mark, _), outcome in zip(events, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 failed = outcome
-                # Marked again while we tried: what was tried comes first, the newer mark after it.
-                newer = self._pending.get(target_id)
-                self._pending[target_id] = mark.then(newer) if newer is not None else mark
-            else:
-                self.published += 1
-                if mark.superseded and self._on_superseded is not None:
-                    self._on_superseded(mark.superseded)
+                self._requeue(target_id)
+                continue
+            self._in_flight.pop(target_id, None)
+            self.published += 1
+            if mark.superseded and self._on_superseded is not None:
+                self._on_superseded(mark.superseded)
+            if self._on_published is not None:
+                self._on_published(target_id, mark.transition, mark.superseded)
         if failed is not None:
             if isinstance(failed, asyncio.CancelledError):
                 raise failed
@@ -123,6 +154,14 @@ class Outbox:
         if events:
             self.last_error = None
         return True
+
+    def _requeue(self, target_id: str) -> None:
+        mark = self._in_flight.pop(target_id, None)
+        if mark is None:
+            return  # dropped meanwhile
+        # Marked again while we tried: what was tried comes first, the newer mark after it.
+        newer = self._pending.get(target_id)
+        self._pending[target_id] = mark.then(newer) if newer is not None else mark
 
     async def run(self) -> None:
         """Publish pending events until cancelled, retrying with backoff while the broker is unreachable."""

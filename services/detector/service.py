@@ -2,13 +2,22 @@
 
 The state decisions are the domain's; this module applies them to the detector's in-memory state and
 hands what must be said to the outbox (a change at once, every state again as a heartbeat).
+
+It also decides what is saved across restarts (the database itself is ``store.py``'s): every target whose
+status changed since the last save is noted (:meth:`Detector.take_changes`, written behind in batches),
+and a state change or a publication asks for a save at once (:attr:`Detector.save_now`), so that a change
+the broker has not acknowledged is durable within milliseconds. At start the saved targets are handed
+over (:meth:`Detector.resume_from`) and each one resumes when its target is put again, from the
+configuration or the EO registry; the others are forgotten (:meth:`Detector.forget_unclaimed`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from services.detector.domain import (
     ProbeResult,
@@ -18,29 +27,62 @@ from services.detector.domain import (
     cert_warning_crossed,
     observe,
     reset_counters,
+    resume,
 )
 from services.detector.metrics import DetectorMetrics
 from services.detector.outbox import Outbox, Send, note_superseded
 from services.detector.probes import Prober
 from services.detector.scheduler import Scheduler
-from services.detector.targets import InvalidTarget, Target, eo_target_id, from_eo
+from services.detector.targets import EO_TARGET_PREFIX, InvalidTarget, ProbeKind, Target, eo_target_id, from_eo
 from shared.config import DetectorSettings
-from shared.events import AvailabilityData, CloudEvent, EoData, EventType
+from shared.events import AvailabilityData, CloudEvent, Component, EoData, EventType
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SavedTarget:
+    """What the detector keeps of one target across a restart.
+
+    ``unpublished`` is the change its consumers have not been told yet (with ``superseded`` changes folded
+    into it); ``component``, ``probe`` and ``url`` tell whether the target is still the same endpoint.
+    """
+
+    target_id: str
+    component: Component
+    probe: ProbeKind
+    url: str
+    status: TargetStatus
+    unpublished: Transition | None = None
+    superseded: int = 0
+    cert_warning: int | None = None
 
 
 class Detector:
     """Every target's status, the scheduler that probes them and the outbox that publishes them."""
 
     def __init__(
-        self, *, settings: DetectorSettings, prober: Prober, send: Send, metrics: DetectorMetrics
+        self,
+        *,
+        settings: DetectorSettings,
+        prober: Prober,
+        send: Send,
+        metrics: DetectorMetrics,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._settings = settings
         self._metrics = metrics
+        self._clock = clock
         self.targets: dict[str, Target] = {}
         self.statuses: dict[str, TargetStatus] = {}
         self._cert_levels: dict[str, int | None] = {}
+        self._saved: dict[str, SavedTarget] = {}  # saved before the restart, not put again yet
+        self._held: dict[str, tuple[Transition | None, int]] = {}  # unpublished changes of unconfirmed targets
+        self._resumed: set[str] = set()  # resumed from a save, not probed since: publish the first result
+        self._changed: set[str] = set()  # to save
+        self._forgotten: set[str] = set()  # to delete from the saved targets
+        self.save_now = asyncio.Event()
+        """Set when something should be saved at once rather than with the next batch."""
         self.scheduler = Scheduler(
             probe=prober.probe,
             on_result=self.record,
@@ -53,6 +95,7 @@ class Detector:
             send=send,
             on_failure=lambda _exc: metrics.publish_failures.inc(),
             on_superseded=metrics.collapsed.inc,
+            on_published=self._published,
         )
         metrics.pending.set_function(lambda: len(self.outbox))
 
@@ -65,23 +108,34 @@ class Detector:
     # --- the set of targets -----------------------------------------------------------------------
 
     def put(self, target: Target) -> bool:
-        """Add or replace a target; return whether anything changed (a changed one is probed anew)."""
+        """Add or replace a target; return whether anything changed (a changed one is probed anew).
+
+        A target saved before the restart resumes where it was (see :func:`~services.detector.domain.resume`).
+        """
         existing = self.targets.get(target.id)
         if existing == target:
             return False
         self.targets[target.id] = target
+        self._forgotten.discard(target.id)
         status = self.statuses.get(target.id)
         # A changed endpoint keeps the target's state until new probes decide, counting from zero.
-        self.statuses[target.id] = reset_counters(status) if status is not None else TargetStatus()
+        self.statuses[target.id] = reset_counters(status) if status is not None else self._resume(target)
+        self._changed.add(target.id)
         self.scheduler.schedule(target)
         return True
 
     def remove(self, target_id: str) -> bool:
-        """Stop probing and publishing ``target_id``; return whether it was a target."""
+        """Stop probing and publishing ``target_id`` and forget it; return whether it was a target."""
+        if self._saved.pop(target_id, None) is not None:
+            self._forgotten.add(target_id)
         if self.targets.pop(target_id, None) is None:
             return False
         self.statuses.pop(target_id, None)
         self._cert_levels.pop(target_id, None)
+        self._held.pop(target_id, None)
+        self._resumed.discard(target_id)
+        self._changed.discard(target_id)
+        self._forgotten.add(target_id)
         self.scheduler.unschedule(target_id)
         self.outbox.drop(target_id)
         return True
@@ -107,10 +161,77 @@ class Detector:
         return "removed" if self.remove(eo_target_id(eori)) else "unknown"
 
     def retain_eos(self, eoris: set[str]) -> None:
-        """After a full replay of the registry, drop EO targets the registry no longer has."""
+        """After a full replay of the registry, drop EO targets the registry no longer has (saved ones too)."""
         for target_id, target in list(self.targets.items()):
             if target.source == "registry" and target.eori not in eoris:
                 self.remove(target_id)
+        self.forget_unclaimed(registry=True)
+
+    # --- across restarts ------------------------------------------------------------------------
+
+    def resume_from(self, saved: Iterable[SavedTarget]) -> None:
+        """Take the targets saved before the restart: each resumes when its target is put again."""
+        self._saved = {s.target_id: s for s in saved}
+
+    def forget_unclaimed(self, *, registry: bool) -> None:
+        """Forget the saved targets that were not put again: the configured ones (``registry`` False) once
+        the configuration is applied, the EO ones once the registry has been replayed (or is not followed)."""
+        for target_id in [t for t in self._saved if t.startswith(EO_TARGET_PREFIX) == registry]:
+            del self._saved[target_id]
+            self._forgotten.add(target_id)
+            log.info("target %s is no longer %s: its saved state is dropped", target_id,
+                     "registered" if registry else "configured")
+
+    def _resume(self, target: Target) -> TargetStatus:
+        saved = self._saved.pop(target.id, None)
+        if saved is None:
+            return TargetStatus()
+        status = resume(saved.status, now=self._clock(), interval_s=target.interval_s, thresholds=target.thresholds)
+        if (saved.component, saved.probe, saved.url) != (target.component, target.probe, target.url):
+            status = reset_counters(status)  # another endpoint now: as for a changed one
+        self._cert_levels[target.id] = saved.cert_warning
+        self._resumed.add(target.id)
+        if saved.unpublished is not None or saved.superseded:
+            if status.unconfirmed:
+                self._held[target.id] = (saved.unpublished, saved.superseded)
+            else:
+                self.outbox.restore(target.id, saved.unpublished, saved.superseded)
+        if status.unconfirmed:
+            log.info("target %s resumes %s since %s, saved too long ago: not published until probes confirm it",
+                     target.id, status.state.value, status.since)
+        return status
+
+    def take_changes(self) -> tuple[list[SavedTarget], list[str]]:
+        """What to save now: every target whose status changed since the last call, and the forgotten ones.
+
+        After a failed save, hand them back with :meth:`untake`.
+        """
+        changed, self._changed = self._changed, set()
+        forgotten, self._forgotten = self._forgotten, set()
+        saved = [s for target_id in changed if (s := self.snapshot(target_id)) is not None]
+        return saved, sorted(forgotten)
+
+    def untake(self, saved: Iterable[SavedTarget], forgotten: Iterable[str]) -> None:
+        """Mark again what a failed save did not write (unless it was put or removed meanwhile)."""
+        self._changed.update(s.target_id for s in saved if s.target_id in self.targets)
+        self._forgotten.update(t for t in forgotten if t not in self.targets)
+
+    def snapshot(self, target_id: str) -> SavedTarget | None:
+        """What is saved of ``target_id`` as it stands now (None while it has never been probed)."""
+        target, status = self.targets.get(target_id), self.statuses.get(target_id)
+        if target is None or status is None or status.last is None:
+            return None
+        held = self._held.get(target_id)
+        unpublished, superseded = held if held is not None else self.outbox.unpublished(target_id)
+        return SavedTarget(
+            target_id=target_id, component=target.component, probe=target.probe, url=target.url, status=status,
+            unpublished=unpublished, superseded=superseded, cert_warning=self._cert_levels.get(target_id),
+        )
+
+    def _published(self, target_id: str, transition: Transition | None, superseded: int) -> None:
+        if (transition is not None or superseded) and target_id in self.targets:
+            self._changed.add(target_id)  # its saved copy must no longer say "unpublished"
+            self.save_now.set()
 
     # --- probe results --------------------------------------------------------------------------
 
@@ -121,6 +242,9 @@ class Detector:
             return  # removed while the probe ran
         status, transition = observe(before, result, target.thresholds)
         self.statuses[target.id] = status
+        self._changed.add(target.id)
+        first_since_restart = target.id in self._resumed
+        self._resumed.discard(target.id)
         metrics = self._metrics
         metrics.probe_seconds.labels(target.probe, target.component.value).observe((result.latency_ms or 0) / 1000)
         metrics.results.labels(target.probe, target.component.value, result.reason).inc()
@@ -130,12 +254,29 @@ class Detector:
                 transition.previous.value, result.reason, result.detail or "",
             )
             metrics.transitions.labels(target.component.value, transition.current.value).inc()
+            self._release_held(target.id)
             self.outbox.changed(target.id, transition)
+            self.save_now.set()
+        elif status.unconfirmed:
+            pass  # a state saved long ago: published once fresh probes confirm it
+        elif before.unconfirmed:
+            log.info("target %s: fresh probes confirm it %s since %s", target.id, status.state.value, status.since)
+            if not self._release_held(target.id):
+                self.outbox.refresh(target.id)
         elif status.degraded != before.degraded:
             log.info("target %s %s degraded (latency %s ms)", target.id,
                      "is" if status.degraded else "is no longer", result.latency_ms)
             self.outbox.refresh(target.id)
+        elif first_since_restart:
+            self.outbox.refresh(target.id)  # resumed: current again at once, not at the next heartbeat
         self._check_certificate(target, result)
+
+    def _release_held(self, target_id: str) -> bool:
+        held = self._held.pop(target_id, None)
+        if held is None:
+            return False
+        self.outbox.restore(target_id, *held)
+        return True
 
     def _check_certificate(self, target: Target, result: ProbeResult) -> None:
         if result.cert_expires_at is None:
@@ -191,9 +332,9 @@ class Detector:
         )
 
     async def heartbeat_loop(self) -> None:
-        """Mark every probed target for re-publication every ``heartbeat_s``."""
+        """Mark every probed target for re-publication every ``heartbeat_s`` (not unconfirmed ones)."""
         while True:
             await asyncio.sleep(self._settings.heartbeat_s)
             for target_id, status in list(self.statuses.items()):
-                if status.last is not None:
+                if status.last is not None and not status.unconfirmed:
                     self.outbox.refresh(target_id)

@@ -93,6 +93,7 @@ async def test_probing_goes_on_and_the_latest_state_is_published_when_the_broker
     await portal.server.start()
     await b2g.server.start()
     settings = Settings(
+        data_dir=tmp_path,
         kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_prefix="outage"),
         detector={
             "instance_id": "outage-test", "interval_s": 0.2, "timeout_s": 0.5, "failure_threshold": 2,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,14 +26,15 @@ EORI = "LU12345678901234"
 OTHER = "LU99999999999999"
 
 
-def settings(kafka_bootstrap: str, topic_prefix: str, **detector: Any) -> Settings:
+def settings(kafka_bootstrap: str, topic_prefix: str, data_dir: Path, **detector: Any) -> Settings:
     values: dict[str, Any] = {
         "instance_id": "it-detector", "interval_s": 0.2, "timeout_s": 0.5,
         "failure_threshold": 2, "success_threshold": 2, "heartbeat_s": 1.0,
     }
     values.update(detector)
     return Settings(
-        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix), detector=values
+        data_dir=data_dir,  # a detector database of its own: no state saved by another test
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix), detector=values,
     )
 
 
@@ -127,9 +129,9 @@ def availability(raw: bytes) -> AvailabilityData:
 
 
 async def test_a_registered_eo_is_probed_and_its_outage_published(
-    kafka_bootstrap: str, topic_prefix: str, msh: Msh
+    kafka_bootstrap: str, topic_prefix: str, msh: Msh, tmp_path: Path
 ) -> None:
-    config = settings(kafka_bootstrap, topic_prefix)
+    config = settings(kafka_bootstrap, topic_prefix, tmp_path)
     await ensure_topics(config.kafka)
     async with running(create_app(config)) as client:
         await eventually(lambda: client.get("/readyz"), what="readyz answers")
@@ -166,9 +168,9 @@ async def test_a_registered_eo_is_probed_and_its_outage_published(
 
 
 async def test_endpoint_changes_and_removals_take_effect_without_a_restart(
-    kafka_bootstrap: str, topic_prefix: str, msh: Msh
+    kafka_bootstrap: str, topic_prefix: str, msh: Msh, tmp_path: Path
 ) -> None:
-    config = settings(kafka_bootstrap, topic_prefix)
+    config = settings(kafka_bootstrap, topic_prefix, tmp_path)
     await ensure_topics(config.kafka)
     other = Msh()
     await other.server.start()
@@ -200,9 +202,9 @@ async def test_endpoint_changes_and_removals_take_effect_without_a_restart(
 
 
 async def test_an_invalid_registry_record_is_dead_lettered_and_the_rest_followed(
-    kafka_bootstrap: str, topic_prefix: str, msh: Msh
+    kafka_bootstrap: str, topic_prefix: str, msh: Msh, tmp_path: Path
 ) -> None:
-    config = settings(kafka_bootstrap, topic_prefix)
+    config = settings(kafka_bootstrap, topic_prefix, tmp_path)
     await ensure_topics(config.kafka)
     await publish_raw(config.kafka, "LU0", b'{"not": "a cloud event"}')
     await publish_eo(config.kafka, EORI, msh.server.url("/as4"))
@@ -217,8 +219,10 @@ async def test_an_invalid_registry_record_is_dead_lettered_and_the_rest_followed
         assert "schema validation failed" in letter.reason
 
 
-async def test_eo_probing_can_be_turned_off(kafka_bootstrap: str, topic_prefix: str, msh: Msh) -> None:
-    config = settings(kafka_bootstrap, topic_prefix, eo_targets=False)
+async def test_eo_probing_can_be_turned_off(
+    kafka_bootstrap: str, topic_prefix: str, msh: Msh, tmp_path: Path
+) -> None:
+    config = settings(kafka_bootstrap, topic_prefix, tmp_path, eo_targets=False)
     await ensure_topics(config.kafka)
     await publish_eo(config.kafka, EORI, msh.server.url("/as4"))
     async with running(create_app(config)) as client:

@@ -1,0 +1,213 @@
+"""The detector's saved targets in its database, and the loop that writes them behind.
+
+Thousands of targets are probed every few seconds: a write per probe would cost more than the probe. The
+detector notes which targets changed (:meth:`~services.detector.service.Detector.take_changes`) and
+:class:`WriteBehind` upserts them in one statement about every second, one row per target however many
+probes it had meanwhile; a state change or a publication wakes it at once, so that a change not yet
+acknowledged by the broker is durable within milliseconds. A crash loses at most the last second of counter
+changes, never a decided state change. Forgotten targets (no longer configured or registered) are deleted
+in the same transaction. When the database fails, nothing is lost from memory: the targets are marked again
+and the next attempt (after a backoff) writes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.detector.domain import ProbeResult, TargetStatus, Transition
+from services.detector.models import TargetStateRow
+from services.detector.service import Detector, SavedTarget
+from services.detector.targets import ProbeKind
+from shared.db import upsert
+from shared.events import Component, ComponentState
+
+__all__ = ["TargetStore", "WriteBehind"]
+
+log = logging.getLogger(__name__)
+
+_DELETE_CHUNK = 500  # ids per DELETE statement: far below every backend's limit on bound parameters
+# Rows per upsert statement: binding their parameters runs on the event loop, so a big batch is cut into
+# statements between which probes can start.
+_UPSERT_CHUNK = 200
+
+
+class TargetStore:
+    """The saved targets of one detector instance (rows of other instances sharing the database are left alone)."""
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], *, instance_id: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._sessions = sessions
+        self._instance_id = instance_id
+        self._clock = clock
+
+    async def load(self) -> list[SavedTarget]:
+        """Every target this instance saved; rows it cannot read any more are skipped (and logged)."""
+        async with self._sessions() as session:
+            rows = (await session.scalars(
+                select(TargetStateRow).where(TargetStateRow.instance_id == self._instance_id)
+            )).all()
+        saved: list[SavedTarget] = []
+        for row in rows:
+            try:
+                saved.append(_from_row(row))
+            except ValueError as exc:  # a state or component this version does not know
+                log.warning("saved target %s is unreadable, starting it afresh: %s", row.target_id, exc)
+        return saved
+
+    async def save(self, saved: Sequence[SavedTarget], forgotten: Sequence[str]) -> None:
+        """Upsert ``saved`` and delete ``forgotten``, in one transaction."""
+        if not saved and not forgotten:
+            return
+        now = self._clock()
+        async with self._sessions() as session, session.begin():
+            for start in range(0, len(forgotten), _DELETE_CHUNK):
+                await session.execute(delete(TargetStateRow).where(
+                    TargetStateRow.instance_id == self._instance_id,
+                    TargetStateRow.target_id.in_(forgotten[start : start + _DELETE_CHUNK]),
+                ))
+            table = cast(Any, TargetStateRow.__table__)
+            for start in range(0, len(saved), _UPSERT_CHUNK):
+                rows = [self._row(s, now) for s in saved[start : start + _UPSERT_CHUNK]]
+                await upsert(session, table, rows, key=["instance_id", "target_id"])
+
+    def _row(self, saved: SavedTarget, now: datetime) -> dict[str, Any]:
+        status = saved.status
+        last = status.last
+        assert last is not None, "only probed targets are saved"
+        return {
+            "instance_id": self._instance_id,
+            "target_id": saved.target_id,
+            "component": saved.component.value,
+            "probe": saved.probe,
+            "url": saved.url,
+            "state": status.state.value,
+            "since": status.since,
+            "degraded": status.degraded,
+            "consecutive_failures": status.consecutive_failures,
+            "consecutive_successes": status.consecutive_successes,
+            "consecutive_slow": status.consecutive_slow,
+            "consecutive_fast": status.consecutive_fast,
+            "last_ok": last.ok,
+            "last_reason": last.reason,
+            "last_detail": last.detail,
+            "last_latency_ms": last.latency_ms,
+            "last_checked_at": last.finished_at,
+            "last_cert_expires_at": last.cert_expires_at,
+            "last_ebms_error": last.ebms_error,
+            "cert_warning_days": saved.cert_warning,
+            "unpublished_from": saved.unpublished.previous.value if saved.unpublished is not None else None,
+            "unpublished_superseded": saved.superseded,
+            "saved_at": now,
+        }
+
+
+def _from_row(row: TargetStateRow) -> SavedTarget:
+    state = ComponentState(row.state)
+    last = ProbeResult(
+        ok=row.last_ok, reason=row.last_reason, finished_at=row.last_checked_at, latency_ms=row.last_latency_ms,
+        detail=row.last_detail, cert_expires_at=row.last_cert_expires_at, ebms_error=row.last_ebms_error,
+    )
+    unpublished = None
+    if row.unpublished_from is not None:
+        # Saved with the transition it stands for: into ``state``, at ``since`` (see TargetStateRow).
+        unpublished = Transition(
+            previous=ComponentState(row.unpublished_from), current=state, at=row.since or row.last_checked_at
+        )
+    return SavedTarget(
+        target_id=row.target_id,
+        component=Component(row.component),
+        probe=cast(ProbeKind, row.probe),
+        url=row.url,
+        status=TargetStatus(
+            state=state, since=row.since, consecutive_failures=row.consecutive_failures,
+            consecutive_successes=row.consecutive_successes, last=last, degraded=row.degraded,
+            consecutive_slow=row.consecutive_slow, consecutive_fast=row.consecutive_fast,
+        ),
+        unpublished=unpublished,
+        superseded=row.unpublished_superseded,
+        cert_warning=row.cert_warning_days,
+    )
+
+
+class WriteBehind:
+    """Saves the detector's changed targets every ``interval_s``, and at once when it sets ``save_now``.
+
+    "At once" is at most every ``min_gap_s``: a lone state change is saved immediately, while a burst of
+    them (a hosting provider of hundreds of EO endpoints going down) is saved in a few batches rather than
+    in one transaction each.
+    """
+
+    def __init__(
+        self,
+        *,
+        detector: Detector,
+        store: TargetStore,
+        interval_s: float = 1.0,
+        min_gap_s: float = 0.05,
+        retry_max_s: float = 30.0,
+        on_save: Callable[[float], None] | None = None,
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self._detector = detector
+        self._store = store
+        self._interval_s = interval_s
+        self._min_gap_s = min_gap_s
+        self._retry_max_s = retry_max_s
+        self._on_save = on_save
+        self._on_failure = on_failure
+        self.last_error: str | None = None
+        self.saved = 0
+
+    async def flush(self) -> bool:
+        """Save what changed since the last flush; return False if the database refused (it stays marked)."""
+        saved, forgotten = self._detector.take_changes()
+        if not saved and not forgotten:
+            return True
+        started = time.perf_counter()
+        try:
+            await self._store.save(saved, forgotten)
+        except Exception as exc:
+            self._detector.untake(saved, forgotten)
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            if self._on_failure is not None:
+                self._on_failure(exc)
+            return False
+        except BaseException:
+            self._detector.untake(saved, forgotten)  # cancelled mid-write: the final flush writes them
+            raise
+        self.saved += len(saved)
+        self.last_error = None
+        if self._on_save is not None:
+            self._on_save(time.perf_counter() - started)
+        return True
+
+    async def run(self) -> None:
+        """Flush until cancelled; while the database fails, retry with backoff (urgent saves wait too)."""
+        save_now = self._detector.save_now
+        loop = asyncio.get_running_loop()
+        delay = self._interval_s
+        last_flush = -self._min_gap_s
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval_s):
+                    await save_now.wait()
+            await asyncio.sleep(max(0.0, last_flush + self._min_gap_s - loop.time()))
+            save_now.clear()
+            last_flush = loop.time()
+            if await self.flush():
+                delay = self._interval_s
+                continue
+            log.warning("saving target states failed, retrying in %.0fs: %s", delay, self.last_error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._retry_max_s)
