@@ -1,7 +1,8 @@
 """SIGKILL the detector in the middle of detecting an outage, and again once it is open; restart it each time.
 
-A restarted detector knows nothing (every target starts unknown) and detects the outage again: the
-procedure must still be opened once, closed once, and the EO told once of each.
+A restarted detector resumes from its database (a SQLite file in data_dir): the procedure must still be
+opened once, closed once, and the EO told once of each; the outage keeps the ``since`` it had before the
+kill, and the change to down is published once, not again by the restarted detector.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from shared.config import KafkaSettings
+from shared.events import ComponentState
 from tests.e2e.test_pipeline import INTERVAL_S, _command, _config, _ready, _register_eo
+from tests.integration.test_detector_persistence import availability, changes
 from tests.support import ChaosReport, ToggleServer, WebhookReceiver, free_port, stop_processes, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -26,6 +30,11 @@ pytestmark = pytest.mark.e2e
 def _start(name: str, config: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen([*_command(), name, "--config", str(config)], stdout=out, stderr=subprocess.STDOUT)
+
+
+def _targets(port: int) -> dict[str, dict[str, Any]]:
+    items = httpx.get(f"http://127.0.0.1:{port}/api/v1/targets", timeout=5).json()["items"]
+    return {item["id"]: item for item in items}
 
 
 def _kill(process: subprocess.Popen[bytes]) -> None:
@@ -43,8 +52,8 @@ def test_killed_detector_restarts_and_nothing_happens_twice(
     receiver = WebhookReceiver().start()
     ports = {name: free_port() for name in ("detector", "procedure", "notifier")}
     config = _config(tmp_path, kafka=kafka_bootstrap, prefix=topic_prefix, ada=ada, ntp=ntp, ports=ports)
-    asyncio.run(_register_eo(KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix),
-                             receiver.url()))
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix)
+    asyncio.run(_register_eo(kafka, receiver.url()))
     logs = {name: tmp_path / f"{name}.log" for name in ports}
     processes = {name: _start(name, config, logs[name]) for name in ports}
     procedure_url = f"http://127.0.0.1:{ports['procedure']}"
@@ -60,11 +69,19 @@ def test_killed_detector_restarts_and_nothing_happens_twice(
         processes["detector"] = _start("detector", config, logs["detector"])
         wait_for(lambda: receiver.of_type("luccs.procedure.opened"), timeout=60, what="the opened notice")
 
+        before = _targets(ports["detector"])
+        assert before["ada-as4"]["state"] == "down"
         _kill(processes["detector"])  # and once more while the procedure is open
         kills += 1
         processes["detector"] = _start("detector", config, logs["detector"])
         wait_for(functools.partial(_ready, ports["detector"]), timeout=60, interval=0.3, what="detector back")
-        time.sleep(INTERVAL_S * 6)  # it re-detects the outage: that must not open anything again
+        time.sleep(INTERVAL_S * 6)  # it probes the outage again: that must not open anything again
+        after = _targets(ports["detector"])
+        for target_id in ("ada-as4", "ntp-portal"):
+            assert (after[target_id]["state"], after[target_id]["since"]) == (
+                before[target_id]["state"], before[target_id]["since"]), f"{target_id} resumed as it was"
+        went_down = [e for e in changes(asyncio.run(availability(kafka)), "ada-as4") if e.state == ComponentState.DOWN]
+        assert [e.previous_state for e in went_down] == [ComponentState.UP], "the change to down published once"
 
         ada.up()
         wait_for(lambda: receiver.of_type("luccs.procedure.closed"), timeout=60, what="the closed notice")
