@@ -5,12 +5,15 @@ For each target count N, two processes are started:
 * a responder: a raw asyncio HTTP/1.1 server listening on ``--ports`` loopback ports, answering any GET
   with ``200 ok`` and any POST with an ebMS3 receipt (targets share ports, with distinct paths); pinned to
   ``--server-cpu``;
-* the detector: the real scheduler, prober, state machine and outbox (the broker replaced by a counter)
-  probing N targets, half ``http`` and half ``as4``, every ``--interval`` seconds; pinned to ``--cpu``.
+* the detector: the real scheduler, prober, state machine, outbox (the broker replaced by a counter) and
+  write-behind of target states to a SQLite file in a temporary folder (``--database URL`` for another,
+  e.g. PostgreSQL; ``--no-database`` for none) probing N targets, half ``http`` and half ``as4``, every
+  ``--interval`` seconds; pinned to ``--cpu``.
 
 After a warm-up of one interval, it measures for ``--duration`` seconds and prints, per N: probes per
 second (completed), scheduler lag p50/p99/max (due to started, concurrency waits included), the
-detector's CPU (share of one core) and resident memory, and the probe results by reason.
+detector's CPU (share of one core) and resident memory, the target states saved per second and the p99
+duration of one batch save, and the probe results by reason.
 
     .venv/bin/python -m bench.detector_bench                       # N = 1000 and 5000, 10 s, 30 s each
     .venv/bin/python -m bench.detector_bench --targets 5000 --duration 60
@@ -105,7 +108,8 @@ def _cpu_s() -> float:
 
 
 async def _detect(
-    count: int, ports: list[int], interval: float, duration: float, timeout: float, cert_dir: str | None
+    count: int, ports: list[int], interval: float, duration: float, timeout: float, cert_dir: str | None,
+    database_url: str | None,
 ) -> dict[str, Any]:
     from prometheus_client import CollectorRegistry
 
@@ -142,9 +146,26 @@ async def _detect(
         asyncio.create_task(detector.outbox.run()),
         asyncio.create_task(detector.heartbeat_loop()),
     ]
+    save_seconds: list[float] = []
+    write_behind = None
+    engine = None
+    if database_url is not None:  # imported here: without a database, the memory figure is without them too
+        from services.detector.migrate import upgrade
+        from services.detector.store import TargetStore, WriteBehind
+        from shared.db import make_engine, session_factory
+
+        engine = make_engine(database_url)
+        await upgrade(engine)
+        write_behind = WriteBehind(
+            detector=detector, store=TargetStore(session_factory(engine), instance_id="bench"),
+            on_save=save_seconds.append,
+        )
+        loops.append(asyncio.create_task(write_behind.run()))
     scheduler = detector.scheduler
     await asyncio.sleep(interval)  # warm-up: every target has been probed once
     scheduler.lag_samples.clear()
+    save_seconds.clear()
+    saved_before = write_behind.saved if write_behind is not None else 0
     reasons_before = Counter(s.last.reason for s in detector.statuses.values() if s.last)
     completed, cpu, started = scheduler.completed, _cpu_s(), time.perf_counter()
     lags: list[float] = []
@@ -156,9 +177,13 @@ async def _detect(
     elapsed = time.perf_counter() - started
     cpu_used = _cpu_s() - cpu
     probes = scheduler.completed - completed
+    saved = (write_behind.saved - saved_before) if write_behind is not None else 0
     for task in loops:
         task.cancel()
     await asyncio.gather(*loops, return_exceptions=True)
+    if engine is not None:
+        await engine.dispose()
+    save_seconds.sort()
     lags.sort()
     states = Counter(s.state.value for s in detector.statuses.values())
     reasons = Counter(s.last.reason for s in detector.statuses.values() if s.last)
@@ -172,6 +197,8 @@ async def _detect(
         "cpu_share": cpu_used / elapsed,
         "rss_mib": _rss_mib(),
         "skipped": scheduler.skipped,
+        "saved_per_s": saved / elapsed if write_behind is not None else None,
+        "save_p99_ms": 1000 * save_seconds[int(0.99 * (len(save_seconds) - 1))] if save_seconds else None,
         "states": dict(states),
         "last_reasons": dict(reasons),
         "warmup_reasons": dict(reasons_before),
@@ -193,7 +220,7 @@ def _certificates(directory: Path) -> None:
     ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(directory / "server.pem"))
 
 
-def _run_one(args: argparse.Namespace, count: int, cert_dir: str | None) -> dict[str, Any]:
+def _run_one(args: argparse.Namespace, count: int, cert_dir: str | None, scratch: str) -> dict[str, Any]:
     me = [sys.executable, "-m", "bench.detector_bench"]
     server_cpu = [] if args.server_cpu is None else ["--server-cpu", str(args.server_cpu)]
     tls = [] if cert_dir is None else ["--cert-dir", cert_dir]
@@ -204,9 +231,10 @@ def _run_one(args: argparse.Namespace, count: int, cert_dir: str | None) -> dict
         assert server.stdout is not None
         ports = server.stdout.readline().strip()
         cpu = [] if args.cpu is None else ["--cpu", str(args.cpu)]
+        database = [] if args.no_database else ["--database", args.database or f"sqlite:///{scratch}/detector-{count}.db"]
         detector = subprocess.run(
             [*me, "--detect", str(count), "--ports-json", ports, "--interval", str(args.interval),
-             "--duration", str(args.duration), "--timeout", str(args.timeout), *cpu, *tls],
+             "--duration", str(args.duration), "--timeout", str(args.timeout), *cpu, *tls, *database],
             capture_output=True, text=True, timeout=args.interval + args.duration + 120, check=False,
         )
         if detector.returncode != 0:
@@ -228,6 +256,8 @@ def main() -> int:
     parser.add_argument("--cpu", type=int, default=0, help="CPU the detector is pinned to")
     parser.add_argument("--server-cpu", type=int, default=1 if (os.cpu_count() or 1) > 1 else None)
     parser.add_argument("--tls", action="store_true", help="HTTPS targets: a TLS handshake per probe")
+    parser.add_argument("--database", help="detector database URL (default: a SQLite file in a temporary folder)")
+    parser.add_argument("--no-database", action="store_true", help="save no target states (no write-behind)")
     parser.add_argument("--cert-dir", help=argparse.SUPPRESS)
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--detect", type=int, help=argparse.SUPPRESS)
@@ -240,15 +270,17 @@ def main() -> int:
     if args.detect:
         _pin(args.cpu)
         result = asyncio.run(
-            _detect(args.detect, json.loads(args.ports_json), args.interval, args.duration, args.timeout, args.cert_dir)
+            _detect(args.detect, json.loads(args.ports_json), args.interval, args.duration, args.timeout, args.cert_dir,
+                    args.database)
         )
         print(json.dumps(result))
         return 0
+    saving = "no database" if args.no_database else f"states saved to {args.database or 'a SQLite file'}"
     print(f"detector bench: {'https' if args.tls else 'http'} targets (half http, half as4), interval "
           f"{args.interval:g}s, measured {args.duration:g}s after a {args.interval:g}s warm-up, detector on CPU "
-          f"{args.cpu}, responder on CPU {args.server_cpu}, {args.ports} ports")
+          f"{args.cpu}, responder on CPU {args.server_cpu}, {args.ports} ports, {saving}")
     header = f"{'targets':>8} {'probes/s':>9} {'expected':>9} {'lag p50':>9} {'lag p99':>9} {'lag max':>9} " \
-             f"{'CPU':>6} {'RSS':>8}  results (last per target)"
+             f"{'CPU':>6} {'RSS':>8} {'saved/s':>8} {'save p99':>9}  results (last per target)"
     print(header)
     with tempfile.TemporaryDirectory() as scratch:
         cert_dir = None
@@ -256,7 +288,7 @@ def main() -> int:
             _certificates(Path(scratch))
             cert_dir = scratch
         for count in args.targets:
-            _report(_run_one(args, count, cert_dir))
+            _report(_run_one(args, count, cert_dir, scratch))
     return 0
 
 
@@ -264,9 +296,14 @@ def _report(r: dict[str, Any]) -> None:
     print(
         f"{r['targets']:>8} {r['probes_per_s']:>9.1f} {r['expected_per_s']:>9.1f} {r['lag_p50_ms']:>7.1f}ms "
         f"{r['lag_p99_ms']:>7.1f}ms {r['lag_max_ms']:>7.1f}ms {100 * r['cpu_share']:>5.1f}% "
-        f"{r['rss_mib']:>5.0f}MiB  {r['last_reasons']} states={r['states']} skipped={r['skipped']}",
+        f"{r['rss_mib']:>5.0f}MiB {_figure(r['saved_per_s'], '', '.0f'):>8} {_figure(r['save_p99_ms'], 'ms'):>9}  "
+        f"{r['last_reasons']} states={r['states']} skipped={r['skipped']}",
         flush=True,
     )
+
+
+def _figure(value: float | None, unit: str, spec: str = ".1f") -> str:
+    return "-" if value is None else f"{value:{spec}}{unit}"
 
 
 if __name__ == "__main__":
