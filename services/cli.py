@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 SERVICES = ("detector", "procedure", "notifier")
 SIMULATOR_COMMANDS = ("simulator", "simulator-ctl")
-MigratedDatabase = Literal["procedure", "notifier"]
-MIGRATED_DATABASES: tuple[MigratedDatabase, ...] = ("procedure", "notifier")
+MigratedDatabase = Literal["procedure", "notifier", "detector"]
+MIGRATED_DATABASES: tuple[MigratedDatabase, ...] = ("procedure", "notifier", "detector")
 log = logging.getLogger("luccs_fallback")
 
 
@@ -51,6 +51,7 @@ def _migrate(settings: Settings, databases: Sequence[MigratedDatabase]) -> int:
     """Upgrade each database's schema to the latest revision, saying what was done to each."""
     from sqlalchemy.engine import make_url
 
+    from services.detector import migrate as detector_migrate
     from services.notifier import migrate as notifier_migrate
     from services.procedure import migrate as procedure_migrate
     from shared.db import make_engine
@@ -67,7 +68,12 @@ def _migrate(settings: Settings, databases: Sequence[MigratedDatabase]) -> int:
         done = f"made before migrations, its tables match: stamped at {notifier_migrate.FIRST_REVISION}"
         return done if result.after == notifier_migrate.FIRST_REVISION else f"{done}, upgraded to {result.after}"
 
-    upgrades = {"procedure": procedure, "notifier": notifier}
+    async def detector(engine: AsyncEngine) -> str:
+        before = await detector_migrate.current_revision(engine)
+        await detector_migrate.upgrade(engine)
+        return _migration_done(before, await detector_migrate.current_revision(engine))
+
+    upgrades = {"procedure": procedure, "notifier": notifier, "detector": detector}
 
     async def run(database: MigratedDatabase) -> str:
         engine = make_engine(settings.database_url(database))
@@ -110,14 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "service", choices=[*SERVICES, "all", "migrate", *SIMULATOR_COMMANDS],
-        help="what to run ('all': the three services; 'migrate': upgrade the procedure and notifier databases "
-        "and exit; "
-        "'simulator': a local LUCCS stand-in, 'simulator-ctl': switch its modes; see their --help)",
+        help="what to run ('all': the three services; 'migrate': upgrade the procedure, notifier and detector "
+        "databases and exit; 'simulator': a local LUCCS stand-in, 'simulator-ctl': switch its modes; see their --help)",
     )
     parser.add_argument("--config", help=f"TOML configuration file (default: ${CONFIG_ENV}, else built-in defaults)")
     parser.add_argument(
         "--database", choices=MIGRATED_DATABASES,
-        help="with 'migrate': upgrade this database only (default: the procedure's, then the notifier's)",
+        help="with 'migrate': upgrade this database only (default: the procedure's, the notifier's, the detector's)",
     )
     args = parser.parse_args(arguments)
     if args.database and args.service != "migrate":

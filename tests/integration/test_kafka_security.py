@@ -281,7 +281,7 @@ async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def test_the_detector_and_the_notifier_registry_connect_over_sasl_ssl(
-    secure_broker: SecureBroker, topic_prefix: str
+    secure_broker: SecureBroker, topic_prefix: str, tmp_path: Path
 ) -> None:
     kafka = sasl_ssl(secure_broker, topic_prefix, "SCRAM-SHA-256")
     await ensure_topics(kafka)
@@ -303,7 +303,7 @@ async def test_the_detector_and_the_notifier_registry_connect_over_sasl_ssl(
 
     # The detector: topics, its producer and its EO registry follower, all from settings.kafka; it
     # probes a TCP target (the broker's plaintext port) and publishes the target's state.
-    settings = Settings(kafka=kafka, detector={
+    settings = Settings(data_dir=tmp_path, kafka=kafka, detector={
         "instance_id": "it-secure", "interval_s": 0.2, "timeout_s": 1.0, "failure_threshold": 1,
         "success_threshold": 1, "heartbeat_s": 1.0,
         "targets": [{"id": "broker", "component": "ntp", "probe": "tcp",

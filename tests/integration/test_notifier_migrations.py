@@ -44,6 +44,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.detector import migrate as detector_migrate
+from services.detector.models import Base as DetectorBase
 from services.notifier.app import build_notifier
 from services.notifier.migrate import FIRST_REVISION, VERSION_TABLE, alembic_config, upgrade
 from services.notifier.models import Base, DeliveryRow, EoRow
@@ -57,6 +59,7 @@ pytestmark = pytest.mark.integration
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 PROCEDURE_HEAD = ScriptDirectory.from_config(procedure_migrate.alembic_config()).get_current_head()
+DETECTOR_HEAD = ScriptDirectory.from_config(detector_migrate.alembic_config()).get_current_head()
 NOW = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 NewDatabase = Callable[[], Awaitable[str]]
 
@@ -410,7 +413,7 @@ def _migrate_command(*arguments: str, cwd: Path, env: dict[str, str]) -> subproc
     )
 
 
-async def test_cli_migrate_upgrades_both_sqlite_databases(tmp_path: Path) -> None:
+async def test_cli_migrate_upgrades_every_sqlite_database(tmp_path: Path) -> None:
     config = tmp_path / "luccs.toml"
     config.write_text(f'data_dir = "{tmp_path / "data"}"\n', encoding="utf-8")
 
@@ -419,13 +422,16 @@ async def test_cli_migrate_upgrades_both_sqlite_databases(tmp_path: Path) -> Non
     assert first.stdout.splitlines() == [
         f"procedure database: created at {PROCEDURE_HEAD} (sqlite+aiosqlite:///{tmp_path / 'data' / 'procedure.db'})",
         f"notifier database: created at {HEAD} (sqlite+aiosqlite:///{tmp_path / 'data' / 'notifier.db'})",
+        f"detector database: created at {DETECTOR_HEAD} (sqlite+aiosqlite:///{tmp_path / 'data' / 'detector.db'})",
     ]
-    for name, metadata, version_table in (
-        ("procedure", ProcedureBase.metadata, "alembic_version"), ("notifier", Base.metadata, VERSION_TABLE),
+    for name, metadata, version_table, head in (
+        ("procedure", ProcedureBase.metadata, "alembic_version", PROCEDURE_HEAD),
+        ("notifier", Base.metadata, VERSION_TABLE, HEAD),
+        ("detector", DetectorBase.metadata, detector_migrate.VERSION_TABLE, DETECTOR_HEAD),
     ):
         engine = make_engine(f"sqlite:///{tmp_path / 'data' / f'{name}.db'}")
         try:
-            assert await _versions(engine, version_table) == [PROCEDURE_HEAD if name == "procedure" else HEAD]
+            assert await _versions(engine, version_table) == [head]
             async with engine.connect() as connection:
                 assert await connection.run_sync(_differences, metadata, version_table) == [], name
         finally:
@@ -435,6 +441,7 @@ async def test_cli_migrate_upgrades_both_sqlite_databases(tmp_path: Path) -> Non
     assert second.returncode == 0, second.stderr
     assert [line.split(" (")[0] for line in second.stdout.splitlines()] == [
         f"procedure database: already at {PROCEDURE_HEAD}", f"notifier database: already at {HEAD}",
+        f"detector database: already at {DETECTOR_HEAD}",
     ]
 
 
@@ -442,13 +449,14 @@ async def test_cli_migrate_upgrades_both_sqlite_databases(tmp_path: Path) -> Non
 async def test_cli_migrate_upgrades_both_postgresql_databases_and_adopts_the_notifiers(
     tmp_path: Path, new_pg_database: NewDatabase
 ) -> None:
-    procedure_url, notifier_url = await new_pg_database(), await new_pg_database()
+    procedure_url, notifier_url, detector_url = [await new_pg_database() for _ in range(3)]
     notifier = make_engine(notifier_url)
     try:
         async with notifier.begin() as connection:  # left by a notifier from before migrations
             await connection.run_sync(Base.metadata.create_all)
         await _add_eo(notifier, "LU0001")
-        env = {"LUCCS_PROCEDURE__DATABASE_URL": procedure_url, "LUCCS_NOTIFIER__DATABASE_URL": notifier_url}
+        env = {"LUCCS_PROCEDURE__DATABASE_URL": procedure_url, "LUCCS_NOTIFIER__DATABASE_URL": notifier_url,
+               "LUCCS_DETECTOR__DATABASE_URL": detector_url}
 
         done = await asyncio.to_thread(_migrate_command, cwd=tmp_path, env=env)
         assert done.returncode == 0, done.stderr
@@ -456,6 +464,7 @@ async def test_cli_migrate_upgrades_both_postgresql_databases_and_adopts_the_not
             f"procedure database: created at {PROCEDURE_HEAD}",
             f"notifier database: made before migrations, its tables match: stamped at {FIRST_REVISION}"
             + ("" if HEAD == FIRST_REVISION else f", upgraded to {HEAD}"),
+            f"detector database: created at {DETECTOR_HEAD}",
         ]
         assert await _versions(notifier) == [HEAD]
         assert await _count_eos(notifier) == 1
