@@ -55,6 +55,17 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _sent_at(record_timestamp_ms: int | None, *, now: datetime) -> datetime:
+    """When a message was sent, as far as this service can tell: its Kafka record timestamp, unless that is
+    missing or ahead of this service's clock too (the skewed producer stamped it); else now. Not simply
+    now: a consumer behind its topic would then date the message after observations sent later."""
+    if record_timestamp_ms is not None and record_timestamp_ms > 0:
+        stamped = datetime.fromtimestamp(record_timestamp_ms / 1000, UTC)
+        if stamped <= now + MAX_CLOCK_SKEW:
+            return min(stamped, now)
+    return now
+
+
 def _observation(row: ObservationRow) -> Observation:
     return Observation(
         target_id=row.target_id, component=Component(row.component), detector_instance=row.detector_instance,
@@ -121,17 +132,18 @@ class ProcedureService:
         now = self._clock()
         async with self._lock:
             newer: dict[tuple[str, str], Observation] = {}
-            for event, _record in items:
+            for event, record in items:
                 assert event is not None  # the consumer dead-letters tombstones on this topic
                 seen = event.data
                 key = (seen.target_id, seen.detector_instance)
                 # A detector whose clock runs far ahead must not pin a state for ever: beyond the tolerated
-                # skew, the observation counts as made now.
+                # skew, the observation counts as made when it was sent.
                 observed_at = seen.observed_at
                 if observed_at > now + MAX_CLOCK_SKEW:
-                    log.warning("observation of %s by %s is dated %s, in the future: counted as made now",
-                                seen.target_id, seen.detector_instance, observed_at.isoformat())
-                    observed_at = now
+                    observed_at = _sent_at(record.timestamp, now=now)
+                    log.warning("observation of %s by %s is dated %s, in the future: counted as made at %s",
+                                seen.target_id, seen.detector_instance, seen.observed_at.isoformat(),
+                                observed_at.isoformat())
                 known = newer.get(key) or self._observations.get(key)
                 if known is not None and known.observed_at >= observed_at:
                     continue  # a redelivery or an older message: already accounted for

@@ -12,6 +12,7 @@ observations keep deciding.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ import uvicorn
 from services.procedure.app import create_app
 from shared.config import KafkaSettings, ProcedureSettings, Settings
 from shared.events import AvailabilityData, CloudEvent, Component, ComponentState, EventType
-from shared.kafka import Publisher
+from shared.kafka import Publisher, ensure_topics
 from tests.support import ChaosReport, free_port
 
 pytestmark = pytest.mark.integration
@@ -42,13 +43,23 @@ def _observation(target_id: str, component: Component, state: ComponentState, at
     ).to_bytes()
 
 
-@pytest.fixture
-async def procedure(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[tuple[str, Settings]]:
-    settings = Settings(
+def _settings(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> Settings:
+    return Settings(
         data_dir=tmp_path,
         kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix),
         procedure=ProcedureSettings(notifier_url=None, stale_after_s=60),
     )
+
+
+@pytest.fixture
+async def procedure(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[tuple[str, Settings]]:
+    settings = _settings(tmp_path, kafka_bootstrap, topic_prefix)
+    async with _serving(settings) as url:
+        yield url, settings
+
+
+@contextlib.asynccontextmanager
+async def _serving(settings: Settings) -> AsyncIterator[str]:
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
     task = asyncio.create_task(server.serve())
@@ -57,7 +68,7 @@ async def procedure(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> 
             while not server.started:
                 assert not task.done(), "the procedure app did not start"
                 await asyncio.sleep(0.05)
-        yield f"http://127.0.0.1:{port}", settings
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=30)
@@ -106,3 +117,35 @@ async def test_a_future_dated_observation_does_not_pin_the_component(
                   detail=f"an observation dated 10 years ahead, then a real one; components {states}")
         assert states == {"ada_b2g": "up", "ntp": "up"}
         assert (await client.get("/api/v1/procedures", params={"state": "open"})).json()["items"] == []
+
+
+async def test_a_future_dated_observation_read_late_does_not_outrank_later_ones(
+    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, chaos: ChaosReport
+) -> None:
+    # The service reads the skewed message only after the real one behind it was sent (it was down, or
+    # behind its topic): counted as made on reading, the skewed DOWN would look newer than the real UP.
+    settings = _settings(tmp_path, kafka_bootstrap, topic_prefix)
+    await ensure_topics(settings.kafka)
+    topic = settings.kafka.availability_topic
+    publisher = Publisher(settings.kafka, client_id="chaos-skew")
+    await publisher.start()
+    try:
+        now = datetime.now(UTC)
+        await publisher.publish_raw(topic, _observation("ntp", Component.NTP, ComponentState.UP, now), key="ntp")
+        await publisher.publish_raw(
+            topic, _observation("ada", Component.ADA_B2G, ComponentState.DOWN, now + timedelta(days=3650)), key="ada"
+        )
+        await asyncio.sleep(0.05)
+        await publisher.publish_raw(
+            topic, _observation("ada", Component.ADA_B2G, ComponentState.UP, datetime.now(UTC)), key="ada"
+        )
+    finally:
+        await publisher.stop()
+    await asyncio.sleep(1.5)  # the messages wait on the topic, as for a service that is behind
+    async with _serving(settings) as url, httpx.AsyncClient(base_url=url, timeout=5) as client:
+        states = await _wait_states(client, {"ada_b2g": "up", "ntp": "up"}, timeout=30)
+        opened = (await client.get("/api/v1/procedures")).json()["items"]
+    chaos.add(faults=1, messages=3, losses=int(states.get("ada_b2g") != "up"), duplicates=0,
+              detail=f"a skewed observation read after a real one sent later; components {states}")
+    assert states == {"ada_b2g": "up", "ntp": "up"}
+    assert opened == []
