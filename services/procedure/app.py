@@ -57,7 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         app.state.consumer = consumer
         tasks.start(consumer.run(), name="availability-consumer")
-        tasks.start(outbox.relay(on_backlog=outbox_backlog.set), name="outbox-relay")
+        tasks.start(outbox.run(on_backlog=outbox_backlog.set), name="outbox")
         tasks.start(service.run_ticks(), name="ticks")
         outbox.wakeup.set()  # publish what a previous run committed but did not get out
         try:

@@ -1,11 +1,11 @@
 """The outbox: publishes the events recorded with each decision, in order, at least once.
 
 A decision's events are committed with it (transactional outbox). Right after the commit they are
-handed to :meth:`Outbox.publish_soon`, which publishes them in the background, so that the consumer
-goes on with the next poll instead of waiting for the broker's acknowledgement. The relay publishes
-whatever is left: rows of a previous run, rows whose fast publication failed, rows other writers (the EO
-registry) queued. While the relay has a backlog, new rows go through it too, so that they never overtake
-older ones.
+handed to :meth:`Outbox.publish_soon`, which queues them for the one publishing task, so that the
+consumer goes on with the next poll instead of waiting for the broker's acknowledgement. That task
+also publishes whatever else is unpublished in the table: rows of a previous run, rows other writers
+(the EO registry) queued, and, after a failed publication, every row from the oldest unpublished one
+on, in table order. One task publishes, so nothing overtakes an older event.
 """
 
 from __future__ import annotations
@@ -25,10 +25,14 @@ from shared.kafka import Publisher
 log = logging.getLogger(__name__)
 
 _BATCH = 200
+_YOUNG_S = 5.0
+"""On a plain poll, rows younger than this are left to the queue that is about to publish them."""
+
+Message = tuple[int, str, str | None, bytes | None]  # outbox id, topic, key, payload
 
 
 class Outbox:
-    """Publishes committed outbox rows: fast in the background right after a commit, and by a relay."""
+    """Publishes committed outbox rows, from the queue fed after each commit and from the table."""
 
     def __init__(
         self, sessions: async_sessionmaker[AsyncSession], publisher: Publisher, *, poll_s: float = 1.0
@@ -36,87 +40,95 @@ class Outbox:
         self._sessions = sessions
         self._publisher = publisher
         self._poll_s = poll_s
-        self._lock = asyncio.Lock()  # one publication at a time, so rows go out in commit order
-        self._in_flight: set[int] = set()  # rows a fast publication owns; the relay leaves them alone
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._backlog = True  # until the relay has found the outbox empty, a previous run may have left rows
+        self._queue: asyncio.Queue[list[Message]] = asyncio.Queue()
+        self._backlog = True  # until the table has been found empty, a previous run may have left rows
+        self._published_from_table: set[int] = set()  # queued rows the table drain already published
+        self._queued = asyncio.Event()
         self.wakeup = asyncio.Event()
+        """Set it when rows were added to the table without being queued (the EO registry does)."""
 
     def publish_soon(self, rows: Sequence[OutboxRow]) -> None:
-        """Publish rows just committed, without waiting for the broker (the fast path of every decision)."""
-        if not rows:
-            return
-        if self._backlog:
-            self.wakeup.set()  # older rows wait in the outbox: the relay publishes them all, in order
-            return
-        ids = [row.id for row in rows]
-        self._in_flight.update(ids)
-        messages = [(row.topic, row.key, row.payload) for row in rows]
-        task = asyncio.create_task(self._publish_now(ids, messages), name="outbox-publish")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """Queue rows just committed for publication (the fast path of every decision)."""
+        if rows:
+            self._queue.put_nowait([(row.id, row.topic, row.key, row.payload) for row in rows])
+            self._queued.set()
 
-    async def _publish_now(self, ids: list[int], messages: list[tuple[str, str | None, bytes | None]]) -> None:
-        try:
-            async with self._lock:
-                if self._backlog:  # an earlier fast publication failed: keep the order, leave it to the relay
-                    self.wakeup.set()
-                    return
-                try:
-                    await self._publisher.publish_many(messages)
-                except Exception as exc:
-                    self._backlog = True
-                    self.wakeup.set()
-                    log.warning("publishing right after the decision failed, the outbox relay will retry: %s", exc)
-                    return
-                await self._mark(ids)
-        except Exception as exc:  # marking failed: the relay sends the rows again, with the same event ids
-            log.warning("marking %d published outbox rows failed: %s", len(ids), exc)
-        finally:
-            self._in_flight.difference_update(ids)
-
-    async def _mark(self, ids: Sequence[int]) -> None:
-        async with self._sessions.begin() as session:
-            await session.execute(
-                update(OutboxRow).where(OutboxRow.id.in_(list(ids))).values(published_at=datetime.now(UTC))
-            )
-
-    async def relay(self, *, on_backlog: Callable[[int], None] | None = None) -> None:
-        """Publish unpublished rows forever. A crash after publishing and before marking re-sends an event
-        with the same CloudEvent id, which consumers treat as a duplicate."""
+    async def run(self, *, on_backlog: Callable[[int], None] | None = None) -> None:
+        """Publish forever. A crash after publishing and before marking re-sends an event with the same
+        CloudEvent id, which consumers treat as a duplicate."""
         while True:
-            woken = False
-            with contextlib.suppress(TimeoutError):
-                woken = await asyncio.wait_for(self.wakeup.wait(), timeout=self._poll_s)
-            self.wakeup.clear()
+            reason = await self._wait()
             try:
-                async with self._lock:
-                    # On a plain poll, rows younger than a few seconds are left to the fast path.
-                    await self.drain(min_age_s=0.0 if woken or self._backlog else 5.0)
+                if self._backlog:
+                    await self.drain()  # the queued rows are in the table too: in order, with the rest
+                    if not self._queue.empty():
+                        self._queued.set()  # rows committed during the drain: the queue has them
+                else:
+                    await self._publish_queue()
+                    if reason == "table":  # rows other writers added
+                        await self.drain()
+                    elif reason == "poll":  # rows nobody queued or woke us for
+                        await self.drain(min_age_s=_YOUNG_S)
             except Exception as exc:
-                log.warning("outbox relay failed, will retry: %s", exc)
+                self._backlog = True
+                log.warning("publishing the outbox failed, will retry from the table: %s", exc)
                 await asyncio.sleep(self._poll_s)
             if on_backlog is not None:
                 with contextlib.suppress(Exception):
                     on_backlog(await self.backlog())
 
+    async def _wait(self) -> str:
+        """Until rows are queued ("queue"), the table has rows for us ("table") or the poll interval has
+        passed ("poll")."""
+        if not (self._queued.is_set() or self.wakeup.is_set()):
+            waiters = {asyncio.ensure_future(self._queued.wait()), asyncio.ensure_future(self.wakeup.wait())}
+            try:
+                await asyncio.wait(waiters, timeout=self._poll_s, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+        reason = "table" if self.wakeup.is_set() else "queue" if self._queued.is_set() else "poll"
+        self.wakeup.clear()
+        self._queued.clear()
+        return reason
+
+    async def _publish_queue(self) -> None:
+        messages: list[Message] = []
+        while not self._queue.empty():
+            messages += [m for m in self._queue.get_nowait() if m[0] not in self._published_from_table]
+            self._queue.task_done()
+        self._published_from_table.clear()
+        if messages:
+            await self._publish(messages)
+
+    async def _publish(self, messages: Sequence[Message]) -> None:
+        await self._publisher.publish_many([(topic, key, payload) for _id, topic, key, payload in messages])
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(OutboxRow)
+                .where(OutboxRow.id.in_([m[0] for m in messages]))
+                .values(published_at=datetime.now(UTC))
+            )
+
     async def drain(self, *, min_age_s: float = 0.0) -> int:
-        """Publish and mark every unpublished row (not owned by a fast publication); the caller holds the lock
-        or is the only publisher. Returns how many it published."""
+        """Publish and mark every unpublished row of the table older than ``min_age_s``, in table order.
+        Call it from the publishing task only (or when that task is not running). Returns the count."""
         published = 0
         while True:
             created_before = datetime.now(UTC) - timedelta(seconds=min_age_s)
-            query = select(OutboxRow).where(OutboxRow.published_at.is_(None), OutboxRow.created_at <= created_before)
-            if self._in_flight:
-                query = query.where(OutboxRow.id.not_in(list(self._in_flight)))
             async with self._sessions() as session:
-                pending = (await session.scalars(query.order_by(OutboxRow.id).limit(_BATCH))).all()
+                pending = (await session.scalars(
+                    select(OutboxRow)
+                    .where(OutboxRow.published_at.is_(None), OutboxRow.created_at <= created_before)
+                    .order_by(OutboxRow.id)
+                    .limit(_BATCH)
+                )).all()
             if not pending:
                 if min_age_s == 0.0:
                     self._backlog = False
                 return published
-            await self._publisher.publish_many([(row.topic, row.key, row.payload) for row in pending])
-            await self._mark([row.id for row in pending])
+            await self._publish([(row.id, row.topic, row.key, row.payload) for row in pending])
+            self._published_from_table.update(row.id for row in pending)
             published += len(pending)
 
     async def backlog(self) -> int:
@@ -124,6 +136,7 @@ class Outbox:
             return int(await session.scalar(select(func.count()).where(OutboxRow.published_at.is_(None))) or 0)
 
     async def settle(self, timeout_s: float = 5.0) -> None:
-        """Wait (bounded) for the fast publications under way, e.g. before the publisher stops."""
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        """Wait (bounded) until the queued rows have been taken, e.g. before the publisher stops."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._queue.join()

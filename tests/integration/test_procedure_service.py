@@ -283,7 +283,7 @@ async def test_outbox_relay_publishes_in_order_and_marks_rows(
     publisher = Publisher(settings, client_id="test")
     await publisher.start()
     outbox = Outbox(sessions, publisher, poll_s=0.1)
-    relay = asyncio.create_task(outbox.relay())
+    relay = asyncio.create_task(outbox.run())
     consumer = AIOKafkaConsumer(settings.procedures_topic, bootstrap_servers=kafka_bootstrap,
                                 auto_offset_reset="earliest")
     await consumer.start()
@@ -366,49 +366,70 @@ async def test_a_failed_decision_is_decided_again_on_redelivery(
 
 
 class FlakyPublisher:
-    """Takes messages like a broker, except that it refuses the first ``failures`` publications."""
+    """Takes messages like a slow broker, except that it refuses the first ``failures`` publications."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, delay_s: float = 0.0) -> None:
         self.failures = failures
+        self.delay_s = delay_s
         self.sent: list[bytes] = []
 
     async def publish_many(self, messages: list[tuple[str, str | None, bytes | None]]) -> None:
+        await asyncio.sleep(self.delay_s)
         if self.failures:
             self.failures -= 1
             raise ConnectionError("broker away")
         self.sent += [value or b"" for _topic, _key, value in messages]
 
 
-async def test_fast_publication_marks_rows_and_after_a_failure_nothing_overtakes(engine: AsyncEngine) -> None:
+@contextlib.asynccontextmanager
+async def _publishing(outbox: Outbox) -> AsyncIterator[None]:
+    task = asyncio.create_task(outbox.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _until_published(outbox: Outbox) -> None:
+    async with asyncio.timeout(10):
+        while await outbox.backlog():
+            await asyncio.sleep(0.02)
+
+
+async def test_decisions_are_published_without_the_relay_poll_and_marked(engine: AsyncEngine) -> None:
     clock = Clock()
     t0 = clock.now
     sessions = session_factory(engine)
     publisher = FlakyPublisher(failures=0)
+    outbox = Outbox(sessions, cast(Publisher, publisher), poll_s=30)  # no poll within the test
+    service = _service(engine, clock, outbox=outbox)
+    assert await outbox.drain() == 0  # nothing left by a previous run: the queue publishes on its own now
+    async with _publishing(outbox):
+        await _feed(service, _seen("ntp", NTP, UP, t0), _seen("ada", ADA, DOWN, t0))
+        await _until_published(outbox)
+    assert publisher.sent == await _outbox(sessions)
+    assert [parse_event(raw, ProcedureData).type for raw in publisher.sent] == [EventType.PROCEDURE_OPENED]
+
+
+async def test_after_a_failed_publication_no_event_overtakes_an_older_one(engine: AsyncEngine) -> None:
+    clock = Clock()
+    t0 = clock.now
+    sessions = session_factory(engine)
+    publisher = FlakyPublisher(failures=2, delay_s=0.05)  # slow, and away for the first two tries
     outbox = Outbox(sessions, cast(Publisher, publisher), poll_s=0.05)
     service = _service(engine, clock, outbox=outbox)
-    assert await outbox.drain() == 0  # nothing left by a previous run: decisions publish on their own now
-
-    await _feed(service, _seen("ntp", NTP, UP, t0), _seen("ada", ADA, DOWN, t0))
-    await outbox.settle()
-    assert publisher.sent == await _outbox(sessions)
-    assert await outbox.backlog() == 0
-
-    publisher.failures = 1  # the closing is refused; the opening of scenario 2 again must wait behind it
-    await _feed(service, _seen("ada", ADA, UP, t0 + timedelta(seconds=1)))
-    await outbox.settle()
-    await _feed(service, _seen("ada", ADA, DOWN, t0 + timedelta(seconds=2)))
-    await outbox.settle()
-    assert len(publisher.sent) == 1
-    relay = asyncio.create_task(outbox.relay())
-    try:
-        async with asyncio.timeout(10):
-            while await outbox.backlog():
-                await asyncio.sleep(0.05)
-    finally:
-        relay.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await relay
-    assert publisher.sent == await _outbox(sessions)
-    assert [parse_event(raw, ProcedureData).type for raw in publisher.sent] == [
-        EventType.PROCEDURE_OPENED, EventType.PROCEDURE_CLOSED, EventType.PROCEDURE_OPENED
-    ]
+    assert await outbox.drain() == 0
+    async with _publishing(outbox):
+        # Opened, updated to scenario 3, back to 2, closed, opened again: decided while publications fail.
+        steps = [(ADA, DOWN), (NTP, DOWN), (NTP, UP), (ADA, UP), (ADA, DOWN)]
+        await _feed(service, _seen("ntp", NTP, UP, t0))
+        for n, (component, state) in enumerate(steps, start=1):
+            await _feed(service, _seen(component.value, component, state, t0 + timedelta(seconds=n)))
+            await asyncio.sleep(0.03)
+        await _until_published(outbox)
+    assert publisher.failures == 0
+    recorded = await _outbox(sessions)
+    assert len(recorded) == 5
+    assert publisher.sent == recorded  # each event once, in the order decided
