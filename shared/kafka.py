@@ -219,9 +219,8 @@ class EventConsumer(Generic[DataT]):
         )
         # A poll's offsets are committed while the next poll is handled (one commit at a time, in order):
         # a broker round trip less between a message's arrival and its handling. On stop, what was handled
-        # is committed, so that a restart does not hand it out again.
-        handled: dict[TopicPartition, int] = {}  # per partition, the offset after the last handled message
-        committed: dict[TopicPartition, int] = {}
+        # of the poll under way is committed, so that a restart does not hand it out again.
+        handled: dict[TopicPartition, int] = {}  # of this poll: per partition, the offset after the last handled
         committing: asyncio.Task[None] | None = None
         try:
             # inside the try: a cancel while joining the group must still close it
@@ -232,6 +231,7 @@ class EventConsumer(Generic[DataT]):
                 if not batches:
                     continue
                 records = [record for partition_records in batches.values() for record in partition_records]
+                handled = {}
                 if self._batch_handler is not None:
                     await self._process_batch(self._batch_handler, records)
                     handled.update({tp: rs[-1].offset + 1 for tp, rs in batches.items() if rs})
@@ -241,15 +241,15 @@ class EventConsumer(Generic[DataT]):
                         handled[TopicPartition(record.topic, record.partition)] = record.offset + 1
                 if committing is not None:
                     await asyncio.shield(committing)  # a stop while waiting must not cancel the commit itself
-                committed = dict(handled)
-                committing = asyncio.create_task(self._commit(consumer, committed), name=f"commit {self.topic}")
+                committing = asyncio.create_task(self._commit(consumer, handled), name=f"commit {self.topic}")
+                handled = {}
         finally:
-            await self._commit_on_stop(consumer, committing, handled if handled != committed else None)
+            await self._commit_on_stop(consumer, committing, handled)
             await consumer.stop()
 
     async def _commit_on_stop(
         self, consumer: AIOKafkaConsumer, committing: asyncio.Task[None] | None,
-        handled: dict[TopicPartition, int] | None,
+        handled: dict[TopicPartition, int],
     ) -> None:
         """Let the commit under way finish, then commit what was handled since (bounded: the broker may be gone)."""
         try:
@@ -263,11 +263,15 @@ class EventConsumer(Generic[DataT]):
             log.warning("the last offsets of %s were not committed on stop: they will be handled again", self.topic)
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        # A rebalance may have taken partitions away while the poll was handled: their next owner re-reads
+        # from the last commit (handlers are idempotent), and committing them would fail the whole request.
+        owned = consumer.assignment()
+        offsets = {tp: offset for tp, offset in offsets.items() if tp in owned}
+        if not offsets:
+            return
         try:
             await consumer.commit(offsets)
         except KafkaError as exc:
-            # A rebalance took a partition away: the next owner re-reads from the last commit,
-            # which handlers tolerate because they are idempotent.
             log.warning("commit of %s failed: %s", offsets, exc)
 
     async def _parse(self, record: ConsumerRecord[bytes, bytes]) -> Item[DataT] | None:

@@ -8,7 +8,7 @@ import contextlib
 from datetime import UTC, datetime
 
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -161,3 +161,54 @@ async def test_a_stopped_consumer_has_committed_everything_it_handled(kafka_boot
         await publisher.stop()
     # The second consumer of the group starts where the first one stopped: nothing twice, nothing skipped.
     assert handled == [f"r{round_}-{n}" for round_ in range(2) for n in range(30)]
+
+
+async def test_a_consumer_that_lost_a_partition_goes_on_committing_the_others(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, partitions=2)
+    await ensure_topics(settings)
+    topic, group = settings.availability_topic, f"{topic_prefix}.rebalance"
+    publisher = Publisher(settings, client_id="test")
+    await publisher.start()
+    handled: list[tuple[int, int]] = []
+
+    async def handler(_event: CloudEvent[AvailabilityData] | None, record: ConsumerRecord[bytes, bytes]) -> None:
+        handled.append((record.partition, record.offset))
+
+    async def send(partition: int, count: int) -> None:
+        for _ in range(count):
+            await publisher._producer.send_and_wait(topic, value=_availability("t").to_bytes(), partition=partition)
+
+    consumer = EventConsumer(settings=settings, topic=topic, group_id=group, data_model=AvailabilityData,
+                             handler=handler, publisher=publisher)
+    task = asyncio.create_task(consumer.run())
+    other = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False,
+                             session_timeout_ms=10_000, heartbeat_interval_ms=1_000)
+    check = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        await send(0, 2)
+        await send(1, 2)
+        async with asyncio.timeout(30):
+            while len(handled) < 4:
+                await asyncio.sleep(0.05)
+        await other.start()  # a second member joins the group: one partition moves to it
+        async with asyncio.timeout(30):
+            while not other.assignment():
+                await other.getmany(timeout_ms=200)
+        (taken,) = other.assignment()
+        kept = 1 - taken.partition
+        await send(kept, 5)
+        await check.start()
+        async with asyncio.timeout(30):
+            while (await check.committed(TopicPartition(topic, kept)) or 0) < 7:
+                await asyncio.sleep(0.1)
+                await other.getmany(timeout_ms=10)  # the other member stays alive in the group
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await other.stop()
+        await check.stop()
+        await publisher.stop()
+    assert sorted(o for p, o in handled if p == kept) == list(range(7))
