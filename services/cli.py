@@ -49,12 +49,10 @@ async def _run(names: Sequence[str], settings: Settings) -> None:
 
 def _migrate(settings: Settings, databases: Sequence[MigratedDatabase]) -> int:
     """Upgrade each database's schema to the latest revision, saying what was done to each."""
-    from sqlalchemy.engine import make_url
-
     from services.detector import migrate as detector_migrate
     from services.notifier import migrate as notifier_migrate
     from services.procedure import migrate as procedure_migrate
-    from shared.db import make_engine
+    from shared.db import async_url, make_engine
 
     async def procedure(engine: AsyncEngine) -> str:
         before = await procedure_migrate.current_revision(engine)
@@ -83,7 +81,7 @@ def _migrate(settings: Settings, databases: Sequence[MigratedDatabase]) -> int:
             await engine.dispose()
 
     for database in databases:
-        where = make_url(settings.database_url(database)).render_as_string(hide_password=True)
+        where = async_url(settings.database_url(database)).render_as_string(hide_password=True)
         try:
             done = asyncio.run(run(database))
         except ConfigError as exc:
@@ -94,6 +92,13 @@ def _migrate(settings: Settings, databases: Sequence[MigratedDatabase]) -> int:
             return 1
         print(f"{database} database: {done} ({where})")
     return 0
+
+
+def _default_migrations(settings: Settings) -> list[MigratedDatabase]:
+    """The procedure's and the notifier's databases, and the detector's when one is configured: a detector's
+    default SQLite file lives on the detector's own machine, not where ``migrate`` runs."""
+    databases: list[MigratedDatabase] = ["procedure", "notifier"]
+    return [*databases, "detector"] if settings.detector.database_url else databases
 
 
 def _migration_done(before: str | None, after: str | None) -> str:
@@ -122,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", help=f"TOML configuration file (default: ${CONFIG_ENV}, else built-in defaults)")
     parser.add_argument(
         "--database", choices=MIGRATED_DATABASES,
-        help="with 'migrate': upgrade this database only (default: the procedure's, the notifier's, the detector's)",
+        help="with 'migrate': upgrade this database only (default: the procedure's, the notifier's, and the "
+        "detector's when detector.database_url is set)",
     )
     args = parser.parse_args(arguments)
     if args.database and args.service != "migrate":
@@ -134,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level)
     if args.service == "migrate":
-        return _migrate(settings, [args.database] if args.database else MIGRATED_DATABASES)
+        return _migrate(settings, [args.database] if args.database else _default_migrations(settings))
     names = SERVICES if args.service == "all" else (args.service,)
     try:
         asyncio.run(_run(names, settings))

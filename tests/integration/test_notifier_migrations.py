@@ -415,7 +415,11 @@ def _migrate_command(*arguments: str, cwd: Path, env: dict[str, str]) -> subproc
 
 async def test_cli_migrate_upgrades_every_sqlite_database(tmp_path: Path) -> None:
     config = tmp_path / "luccs.toml"
-    config.write_text(f'data_dir = "{tmp_path / "data"}"\n', encoding="utf-8")
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[detector]\n'
+        f'database_url = "sqlite:///{tmp_path / "data" / "detector.db"}"\n',
+        encoding="utf-8",
+    )
 
     first = await asyncio.to_thread(_migrate_command, "--config", str(config), cwd=tmp_path, env={})
     assert first.returncode == 0, first.stderr
@@ -495,6 +499,15 @@ async def test_cli_migrate_stops_at_a_refused_notifier_database(tmp_path: Path) 
     assert "notifier database" not in refused.stdout
     assert "luccs-fallback: notifier database: " in refused.stderr
     assert "column deliveries.lane is missing" in refused.stderr
+
+
+async def test_cli_migrate_leaves_a_detector_database_it_is_not_given(tmp_path: Path) -> None:
+    # A detector's default SQLite file is on the detector's machine: migrate touches it only when told where.
+    env = {"LUCCS_DATA_DIR": str(tmp_path / "data")}
+    done = await asyncio.to_thread(_migrate_command, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert [line.split(":")[0] for line in done.stdout.splitlines()] == ["procedure database", "notifier database"]
+    assert sorted(p.name for p in (tmp_path / "data").glob("*.db")) == ["notifier.db", "procedure.db"]
 
 
 async def test_cli_migrate_one_database_only(tmp_path: Path) -> None:
