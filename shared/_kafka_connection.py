@@ -36,7 +36,9 @@ def connection_options(settings: KafkaSettings) -> dict[str, Any]:
     if context is not None:
         options["ssl_context"] = context
     if settings.uses_sasl:
-        assert settings.sasl_mechanism and settings.sasl_username and settings.sasl_password  # validated
+        if not (settings.sasl_mechanism and settings.sasl_username and settings.sasl_password):
+            raise ValueError(f"kafka.security_protocol {settings.security_protocol} needs kafka.sasl_mechanism, "
+                             "kafka.sasl_username and a non-empty kafka.sasl_password")  # the settings check it too
         options["sasl_mechanism"] = settings.sasl_mechanism
         options["sasl_plain_username"] = settings.sasl_username
         options["sasl_plain_password"] = settings.sasl_password.get_secret_value()

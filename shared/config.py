@@ -68,7 +68,7 @@ class KafkaSettings(_Section):
     )
     sasl_mechanism: SaslMechanism | None = Field(None, description="SASL mechanism (SASL_* protocols only).")
     sasl_username: str | None = Field(None, min_length=1, description="SASL user (SASL_* protocols only).")
-    sasl_password: SecretStr | None = Field(None, description="SASL password (SASL_* protocols only).")
+    sasl_password: SecretStr | None = Field(None, min_length=1, description="SASL password (SASL_* protocols only).")
 
     @property
     def uses_tls(self) -> bool:
@@ -209,6 +209,9 @@ class DetectorSettings(_Section):
     instance_id: str = Field(default_factory=_default_instance_id, min_length=1)
     port: int = Field(8001, ge=0, le=65535)
     database_url: str | None = None
+    state_retention_days: int = Field(
+        7, ge=1, description="Saved target states of other instance ids not saved for this long are deleted."
+    )
     interval_s: float = Field(5.0, gt=0)
     timeout_s: float = Field(2.0, gt=0)
     failure_threshold: int = Field(3, ge=1)

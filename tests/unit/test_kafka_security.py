@@ -212,3 +212,13 @@ def test_refusals_that_retrying_will_not_fix() -> None:
     # May pass: a broker that is starting or restarting.
     assert access_denied(kafka, ConnectionRefusedError(111, "refused")) is None
     assert access_denied(kafka, KafkaConnectionError("Connection at k:9093 closed")) is None
+
+
+def test_an_empty_sasl_password_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An empty secret (a variable set from a missing secret) must not get as far as the broker.
+    monkeypatch.setenv("LUCCS_KAFKA__SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("LUCCS_KAFKA__SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("LUCCS_KAFKA__SASL_USERNAME", "alice")
+    monkeypatch.setenv("LUCCS_KAFKA__SASL_PASSWORD", "")
+    with pytest.raises(ConfigError, match="sasl_password"):
+        load_settings()
