@@ -4,7 +4,8 @@ At start the database (``detector.database_url``, default a SQLite file in ``dat
 this instance's saved targets are loaded: configured and registered targets resume from them (see
 ``Detector.put``), the others are dropped. Loops: the scheduler (probes), the outbox (publishes changes at
 once and the latest state per target when the broker comes back), the heartbeat, the write-behind of
-target states, and the EO registry follower (adds, changes and removes ``eo:<EORI>`` targets while running).
+target states (which also deletes other instances' rows not saved for ``detector.state_retention_days``),
+and the EO registry follower (adds, changes and removes ``eo:<EORI>`` targets while running).
 At shutdown what changed since the last save is saved.
 """
 
@@ -14,6 +15,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -83,7 +85,10 @@ def create_app(settings: Settings) -> FastAPI:
             engine = make_engine(settings.database_url("detector"))
             stack.push_async_callback(engine.dispose)
             await upgrade(engine)
-            store = TargetStore(session_factory(engine), instance_id=instance)
+            store = TargetStore(
+                session_factory(engine), instance_id=instance,
+                retention=timedelta(days=settings.detector.state_retention_days),
+            )
             saved = await store.load()
             await ensure_topics(kafka)
             publisher = Producer(

@@ -154,7 +154,8 @@ def resume(status: TargetStatus, *, now: datetime, interval_s: float, thresholds
     """The status a restarted detector goes on with, from the one it saved before it stopped.
 
     A target probed at most :data:`RESUME_WINDOWS` detection windows before ``now`` resumes as it was,
-    counters included: a restart within that time (a crash and a restart by the supervisor, a rolling
+    counters and ``unconfirmed`` included (a state still unconfirmed when saved stays so: its last probe is
+    fresh, its state is not): a restart within that time (a crash and a restart by the supervisor, a rolling
     upgrade) neither resets a long outage's ``since`` nor restarts a detection under way, and the state is
     published again at the first fresh probe.
 

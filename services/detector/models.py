@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, Float, Integer, String, Text
+from sqlalchemy import Boolean, Float, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UTCDateTime
@@ -23,8 +23,12 @@ class TargetStateRow(Base):
     change, the last probe result, and the change its consumers have not been told yet.
 
     Written behind (in batches, about every second; at once on a state change), read at start. A row whose
-    ``unpublished_from`` is set stands for the change from that state to ``state`` at ``since``. Free-form
-    values (ids, reasons) are ``Text``: a long one must never make a whole batch fail.
+    ``unpublished_from`` is set stands for the change from that state to ``state`` at ``since``. An
+    ``unconfirmed`` row's state was resumed from a save too old to be current and fresh probes have not
+    confirmed it yet: it is not published, and its unpublished change (if any) is held until they do (a
+    target stays unconfirmed until a transition or a confirmation, so nothing else of it is ever pending).
+    Free-form values (ids, reasons) are ``Text``: a long one must never make a whole batch fail. Rows of
+    other instances not saved for ``detector.state_retention_days`` are deleted (see ``TargetStore.sweep``).
     """
 
     __tablename__ = "detector_target_states"
@@ -51,4 +55,5 @@ class TargetStateRow(Base):
     cert_warning_days: Mapped[int | None] = mapped_column(Integer)
     unpublished_from: Mapped[str | None] = mapped_column(String(10))
     unpublished_superseded: Mapped[int] = mapped_column(Integer)
+    unconfirmed: Mapped[bool] = mapped_column(Boolean, server_default=false())  # revision 0002
     saved_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -197,8 +197,8 @@ class Detector:
             else:
                 self.outbox.restore(target.id, saved.unpublished, saved.superseded)
         if status.unconfirmed:
-            log.info("target %s resumes %s since %s, saved too long ago: not published until probes confirm it",
-                     target.id, status.state.value, status.since)
+            log.info("target %s resumes %s since %s, not confirmed since a restart long after its last probe: "
+                     "not published until fresh probes confirm it", target.id, status.state.value, status.since)
         return status
 
     def take_changes(self) -> tuple[list[SavedTarget], list[str]]:

@@ -8,6 +8,10 @@ acknowledged by the broker is durable within milliseconds. A crash loses at most
 changes, never a decided state change. Forgotten targets (no longer configured or registered) are deleted
 in the same transaction. When the database fails, nothing is lost from memory: the targets are marked again
 and the next attempt (after a backoff) writes them.
+
+Rows are kept per detector instance. An instance id that is gone for good (a pod of an earlier rollout, with
+pod names as ids, on a shared PostgreSQL database) leaves its rows behind: the same loop deletes the rows of
+other instances not saved for the retention period (:meth:`TargetStore.sweep`), at start and then hourly.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import delete, select
@@ -38,17 +43,26 @@ _DELETE_CHUNK = 500  # ids per DELETE statement: far below every backend's limit
 # Rows per upsert statement: binding their parameters runs on the event loop, so a big batch is cut into
 # statements between which probes can start.
 _UPSERT_CHUNK = 200
+# Rows of other instances deleted per sweep at most: a backlog (many old pods) is cleared over several short
+# transactions, one per write-behind interval, rather than in one long one.
+_SWEEP_LIMIT = 5000
 
 
 class TargetStore:
-    """The saved targets of one detector instance (rows of other instances sharing the database are left alone)."""
+    """The saved targets of one detector instance.
+
+    Rows of other instances sharing the database are left alone, except by :meth:`sweep` once they have not
+    been saved for ``retention``.
+    """
 
     def __init__(
         self, sessions: async_sessionmaker[AsyncSession], *, instance_id: str,
+        retention: timedelta = timedelta(days=7),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._sessions = sessions
         self._instance_id = instance_id
+        self._retention = retention
         self._clock = clock
 
     async def load(self) -> list[SavedTarget]:
@@ -81,6 +95,34 @@ class TargetStore:
                 rows = [self._row(s, now) for s in saved[start : start + _UPSERT_CHUNK]]
                 await upsert(session, table, rows, key=["instance_id", "target_id"])
 
+    async def sweep(self, *, limit: int = _SWEEP_LIMIT) -> int:
+        """Delete up to ``limit`` rows of other instances not saved for ``retention``; return how many.
+
+        A running detector saves each of its targets at every probe, so such rows belong to instances that
+        are gone (or stopped for longer than the retention, which would resume them unconfirmed anyway):
+        without this, every rollout with pod names as instance ids would leave a row per target forever.
+        """
+        cutoff = self._clock() - self._retention
+        stale_rows = (
+            TargetStateRow.instance_id != self._instance_id,
+            TargetStateRow.saved_at < cutoff,
+        )
+        async with self._sessions() as session, session.begin():
+            found = (await session.execute(
+                select(TargetStateRow.instance_id, TargetStateRow.target_id).where(*stale_rows).limit(limit)
+            )).all()
+            by_instance: defaultdict[str, list[str]] = defaultdict(list)
+            for instance_id, target_id in found:
+                by_instance[instance_id].append(target_id)
+            for instance_id, target_ids in by_instance.items():
+                for start in range(0, len(target_ids), _DELETE_CHUNK):
+                    await session.execute(delete(TargetStateRow).where(
+                        *stale_rows,  # again: saved meanwhile (the instance is back), it stays
+                        TargetStateRow.instance_id == instance_id,
+                        TargetStateRow.target_id.in_(target_ids[start : start + _DELETE_CHUNK]),
+                    ))
+        return len(found)
+
     def _row(self, saved: SavedTarget, now: datetime) -> dict[str, Any]:
         status = saved.status
         last = status.last
@@ -108,6 +150,7 @@ class TargetStore:
             "cert_warning_days": saved.cert_warning,
             "unpublished_from": saved.unpublished.previous.value if saved.unpublished is not None else None,
             "unpublished_superseded": saved.superseded,
+            "unconfirmed": status.unconfirmed,
             "saved_at": now,
         }
 
@@ -133,6 +176,9 @@ def _from_row(row: TargetStateRow) -> SavedTarget:
             state=state, since=row.since, consecutive_failures=row.consecutive_failures,
             consecutive_successes=row.consecutive_successes, last=last, degraded=row.degraded,
             consecutive_slow=row.consecutive_slow, consecutive_fast=row.consecutive_fast,
+            # Kept across restarts: a state resumed unconfirmed and probed once since must not pass for current
+            # (and its held change must stay held) after a second restart within the resume window.
+            unconfirmed=row.unconfirmed,
         ),
         unpublished=unpublished,
         superseded=row.unpublished_superseded,
@@ -145,7 +191,8 @@ class WriteBehind:
 
     "At once" is at most every ``min_gap_s``: a lone state change is saved immediately, while a burst of
     them (a hosting provider of hundreds of EO endpoints going down) is saved in a few batches rather than
-    in one transaction each.
+    in one transaction each. Between saves it sweeps other instances' expired rows (:meth:`TargetStore.sweep`):
+    at start, then every ``sweep_every_s``, or at the next interval while a bounded sweep leaves some behind.
     """
 
     def __init__(
@@ -156,6 +203,7 @@ class WriteBehind:
         interval_s: float = 1.0,
         min_gap_s: float = 0.05,
         retry_max_s: float = 30.0,
+        sweep_every_s: float = 3600.0,
         on_save: Callable[[float], None] | None = None,
         on_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
@@ -164,10 +212,12 @@ class WriteBehind:
         self._interval_s = interval_s
         self._min_gap_s = min_gap_s
         self._retry_max_s = retry_max_s
+        self._sweep_every_s = sweep_every_s
         self._on_save = on_save
         self._on_failure = on_failure
         self.last_error: str | None = None
         self.saved = 0
+        self.swept = 0
 
     async def flush(self) -> bool:
         """Save what changed since the last flush; return False if the database refused (it stays marked)."""
@@ -192,12 +242,28 @@ class WriteBehind:
             self._on_save(time.perf_counter() - started)
         return True
 
+    async def sweep(self) -> float:
+        """Sweep other instances' expired rows once; return the seconds until the next sweep is due."""
+        try:
+            swept = await self._store.sweep()
+        except Exception as exc:  # the saves report a broken database; this only waits for its next turn
+            log.warning("deleting expired target states of other instances failed: %s: %s", type(exc).__name__, exc)
+            return self._sweep_every_s
+        self.swept += swept
+        if swept:
+            log.info("deleted %d expired target states of other detector instances", swept)
+        return self._interval_s if swept >= _SWEEP_LIMIT else self._sweep_every_s
+
     async def run(self) -> None:
-        """Flush until cancelled; while the database fails, retry with backoff (urgent saves wait too)."""
+        """Flush until cancelled; while the database fails, retry with backoff (urgent saves wait too).
+
+        Sweeps at start and whenever a sweep is due, after the flush (a change to save never waits for one).
+        """
         save_now = self._detector.save_now
         loop = asyncio.get_running_loop()
         delay = self._interval_s
         last_flush = -self._min_gap_s
+        next_sweep = loop.time() + await self.sweep()
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval_s):
@@ -205,7 +271,10 @@ class WriteBehind:
             await asyncio.sleep(max(0.0, last_flush + self._min_gap_s - loop.time()))
             save_now.clear()
             last_flush = loop.time()
-            if await self.flush():
+            flushed = await self.flush()
+            if loop.time() >= next_sweep:
+                next_sweep = loop.time() + await self.sweep()
+            if flushed:
                 delay = self._interval_s
                 continue
             log.warning("saving target states failed, retrying in %.0fs: %s", delay, self.last_error)

@@ -23,7 +23,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Connection, Float, inspect, select, text
+from sqlalchemy import Connection, Float, insert, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import TypeEngine
@@ -247,6 +247,10 @@ async def test_saved_targets_come_back_as_they_were_saved(engine: AsyncEngine) -
         SavedTarget(target_id=f"eo:{EORI}", component=Component.EO_B2G, probe="as4", url="https://eo.lu/msh",
                     status=TargetStatus(state=UNKNOWN, consecutive_failures=1,
                                         last=ProbeResult(False, "timeout", at, None))),
+        SavedTarget(target_id="ntp", component=Component.NTP, probe="tcp", url="ntp.lu:123",
+                    status=TargetStatus(state=DOWN, since=at - timedelta(days=2), consecutive_successes=1,
+                                        last=ProbeResult(True, "ok", at, 3.5), unconfirmed=True),
+                    unpublished=Transition(UP, DOWN, at - timedelta(days=2))),  # held until confirmed
     ]
     store = TargetStore(session_factory(engine), instance_id=INSTANCE)
     other = TargetStore(session_factory(engine), instance_id="another-vantage-point")
@@ -254,7 +258,7 @@ async def test_saved_targets_come_back_as_they_were_saved(engine: AsyncEngine) -
     await other.save(saved[:1], [])
     assert sorted(await store.load(), key=lambda s: s.target_id) == saved
     await store.save([], ["ada"])
-    assert [s.target_id for s in await store.load()] == [f"eo:{EORI}"]
+    assert [s.target_id for s in await store.load()] == [f"eo:{EORI}", "ntp"]
     assert [s.target_id for s in await other.load()] == ["ada"], "another instance's rows are its own"
 
 
@@ -303,6 +307,150 @@ async def test_a_restart_resumes_state_since_and_counters(engine: AsyncEngine) -
         DOWN, now - timedelta(seconds=3), 0, 1)
     after.record(after.targets["ada"], result(True, now))
     assert (after.statuses["ada"].state, after.statuses["ada"].since) == (UP, now), "the detection went on"
+
+
+class Recorder:
+    """Stands in for the broker: keeps what is sent while ``up``, refuses it otherwise."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.sent: list[CloudEvent[AvailabilityData]] = []
+
+    async def send(self, _target_id: str, event: CloudEvent[AvailabilityData]) -> None:
+        if not self.up:
+            raise ConnectionError("broker unreachable")
+        self.sent.append(event)
+
+    def summary(self) -> list[tuple[str, str, str | None]]:
+        return [(e.type, e.data.state.value, e.data.previous_state and e.data.previous_state.value)
+                for e in self.sent]
+
+
+async def save_and_restart(engine: AsyncEngine, before: Detector, broker: Recorder) -> Detector:
+    """Save what changed, then start a detector of the same instance from the database (as the app does)."""
+    store = TargetStore(session_factory(engine), instance_id=INSTANCE)
+    assert await WriteBehind(detector=before, store=store).flush()
+    after = Detector(settings=before._settings, prober=Prober(), send=broker.send,
+                     metrics=DetectorMetrics.create(CollectorRegistry()))
+    after.resume_from(await store.load())
+    configured(after)
+    after.forget_unclaimed(registry=False)
+    return after
+
+
+async def test_a_state_resumed_unconfirmed_stays_so_across_a_quick_second_restart(engine: AsyncEngine) -> None:
+    """The reviewer's case: up saved long ago, resumed unconfirmed, one fresh failure saved, a restart within
+    the resume window: the old up must not be published as current, and the detection goes on."""
+    broker = Recorder()
+    settings = detector_settings("http://127.0.0.1:9/health")  # windows: detection 3 s, resume 6 s
+    before = Detector(settings=settings, prober=Prober(), send=broker.send,
+                      metrics=DetectorMetrics.create(CollectorRegistry()))
+    target = configured(before)
+    now = datetime.now(UTC)
+    long_ago = now - timedelta(hours=1)
+    for i in range(2):
+        before.record(target, result(True, long_ago + timedelta(seconds=i)))
+    assert await before.outbox.flush()
+    assert broker.summary() == [(EventType.AVAILABILITY_CHANGED, "up", "unknown")]
+
+    first = await save_and_restart(engine, before, broker)
+    assert first.statuses["ada"].unconfirmed
+    first.record(first.targets["ada"], result(False, now))  # in fact down
+    assert first.statuses["ada"].unconfirmed
+
+    second = await save_and_restart(engine, first, broker)  # within seconds
+    status = second.statuses["ada"]
+    assert (status.state, status.unconfirmed, status.consecutive_failures) == (UP, True, 1)
+    second.record(second.targets["ada"], result(False, now + timedelta(seconds=1)))
+    assert await second.outbox.flush()
+    assert len(broker.sent) == 1, "nothing published for the old up"
+    second.record(second.targets["ada"], result(False, now + timedelta(seconds=2)))  # the third failure
+    assert await second.outbox.flush()
+    assert broker.summary()[1:] == [(EventType.AVAILABILITY_CHANGED, "down", "up")]
+
+
+async def test_a_held_change_stays_held_across_a_quick_second_restart(engine: AsyncEngine) -> None:
+    """A change unpublished before a long stop is held until fresh probes confirm it, restarts or not."""
+    broker = Recorder()
+    settings = detector_settings("http://127.0.0.1:9/health")
+    before = Detector(settings=settings, prober=Prober(), send=broker.send,
+                      metrics=DetectorMetrics.create(CollectorRegistry()))
+    target = configured(before)
+    now = datetime.now(UTC)
+    long_ago = now - timedelta(hours=2)
+    for i in range(2):
+        before.record(target, result(True, long_ago + timedelta(seconds=i)))
+    assert await before.outbox.flush()  # consumers know it up
+    broker.up = False
+    for i in range(2, 5):
+        before.record(target, result(False, long_ago + timedelta(seconds=i)))  # down, never published
+    assert not await before.outbox.flush()
+    broker.up = True
+    held = Transition(UP, DOWN, long_ago + timedelta(seconds=4))
+
+    first = await save_and_restart(engine, before, broker)
+    row = (await rows(engine))["ada"]
+    assert (row.unconfirmed, row.unpublished_from) == (False, "up"), "saved before the long stop"
+    first.record(first.targets["ada"], result(False, now))
+    assert (first.statuses["ada"].unconfirmed, len(first.outbox)) == (True, 0)
+
+    second = await save_and_restart(engine, first, broker)
+    row = (await rows(engine))["ada"]
+    assert (row.unconfirmed, row.unpublished_from) == (True, "up")
+    assert (second.statuses["ada"].unconfirmed, len(second.outbox)) == (True, 0), "still held"
+    assert await second.outbox.flush()
+    assert len(broker.sent) == 1
+    assert second.snapshot("ada").unpublished == held  # type: ignore[union-attr]
+    for i in (1, 2):  # three fresh failures: down confirmed, the held change goes out
+        second.record(second.targets["ada"], result(False, now + timedelta(seconds=i)))
+    assert await second.outbox.flush()
+    [change] = broker.sent[1:]
+    assert (change.type, change.data.previous_state, change.data.state, change.data.since) == (
+        EventType.AVAILABILITY_CHANGED, UP, DOWN, held.at)
+
+
+async def test_rows_saved_at_revision_0001_come_back_confirmed(database_url: str) -> None:
+    """Databases at 0001 exist: their rows stay readable after 0002 (which adds ``unconfirmed``)."""
+    engine = make_engine(database_url)
+    try:
+        await upgrade(engine, "0001")
+        at = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+        saved = SavedTarget(target_id="ada", component=Component.ADA_B2G, probe="as4", url="https://b2g.lu/as4",
+                            status=TargetStatus(state=DOWN, since=at, consecutive_failures=4,
+                                                last=ProbeResult(False, "refused", at, 5.0)),
+                            unpublished=Transition(UP, DOWN, at))
+        values = TargetStore(session_factory(engine), instance_id=INSTANCE)._row(saved, at)
+        del values["unconfirmed"]  # not a column at 0001
+        async with engine.begin() as connection:
+            await connection.execute(insert(TargetStateRow), [values])
+        await upgrade(engine)
+        assert await current_revision(engine) == HEAD
+        assert await TargetStore(session_factory(engine), instance_id=INSTANCE).load() == [saved]
+    finally:
+        await engine.dispose()
+
+
+async def test_rows_of_other_instances_not_saved_for_the_retention_are_swept_a_bounded_batch_at_a_time(
+    engine: AsyncEngine,
+) -> None:
+    now = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+    status = TargetStatus(state=UP, since=now, last=ProbeResult(True, "ok", now, 5.0))
+
+    async def saved_by(instance: str, age: timedelta, count: int) -> None:
+        store = TargetStore(session_factory(engine), instance_id=instance, clock=lambda: now - age)
+        await store.save([SavedTarget(target_id=f"t{i}", component=Component.NTP, probe="tcp", url="ntp.lu:123",
+                                      status=status) for i in range(count)], [])
+
+    await saved_by("pod-old-1", timedelta(days=8), 4)
+    await saved_by("pod-old-2", timedelta(days=30), 3)
+    await saved_by("pod-recent", timedelta(days=6), 2)  # within the retention: perhaps back soon
+    await saved_by(INSTANCE, timedelta(days=30), 2)  # its own rows: never swept, loaded at its start
+    store = TargetStore(session_factory(engine), instance_id=INSTANCE, retention=timedelta(days=7),
+                        clock=lambda: now)
+    assert [await store.sweep(limit=5), await store.sweep(limit=5), await store.sweep(limit=5)] == [5, 2, 0]
+    left = {instance: set(await rows(engine, instance)) for instance in ("pod-old-1", "pod-old-2", "pod-recent")}
+    assert left == {"pod-old-1": set(), "pod-old-2": set(), "pod-recent": {"t0", "t1"}}
+    assert set(await rows(engine)) == {"t0", "t1"}
 
 
 # --- the app over the real broker -----------------------------------------------------------------------

@@ -27,7 +27,7 @@ from services.detector.metrics import DetectorMetrics
 from services.detector.outbox import Outbox
 from services.detector.probes import Prober
 from services.detector.service import Detector, SavedTarget
-from services.detector.store import TargetStore, WriteBehind
+from services.detector.store import _SWEEP_LIMIT, TargetStore, WriteBehind
 from services.detector.targets import Target, from_settings
 from shared.config import DetectorSettings, TargetSettings
 from shared.events import AvailabilityData, CloudEvent, Component, ComponentState, EoData, EventType
@@ -426,3 +426,44 @@ async def test_a_burst_of_changes_is_saved_in_a_few_batches_and_a_lone_one_at_on
     assert sorted(t for saved, _ in store.batches[1:] for t in saved) == sorted(t.id for t in targets[1:])
     bound = burst_s / 0.05 + 3  # one per gap, plus the edges
     assert len(store.batches) - 1 <= bound < 99, f"{len(store.batches) - 1} transactions for 99 changes"
+
+
+class SweepingStore(CountingStore):
+    """Answers each sweep with the next of ``outcomes`` (rows deleted, or an error), then 0; notes when."""
+
+    def __init__(self, outcomes: list[int | Exception]) -> None:
+        super().__init__()
+        self.outcomes = outcomes
+        self.sweeps: list[float] = []
+
+    async def sweep(self, *, limit: int = 0) -> int:
+        self.sweeps.append(asyncio.get_running_loop().time())
+        outcome = self.outcomes.pop(0) if self.outcomes else 0
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+async def test_other_instances_expired_rows_are_swept_at_start_then_periodically_backlog_first() -> None:
+    broker, clock = Broker(), Clock(T0)
+    detector = make(broker, clock)
+    target = ada(detector)
+    store = SweepingStore([_SWEEP_LIMIT, 3, RuntimeError("database gone"), 0])
+    write_behind = WriteBehind(detector=detector, store=store, interval_s=0.01, sweep_every_s=0.2)
+    started = asyncio.get_running_loop().time()
+    loop = asyncio.create_task(write_behind.run())
+    try:
+        await asyncio.sleep(0.45)
+        detector.record(target, probe(False, 1))
+        await asyncio.sleep(0.05)
+        assert not loop.done(), "a failed sweep does not stop the saves"
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+    first, backlog, *_ = store.sweeps
+    gaps = [later - earlier for earlier, later in zip(store.sweeps, store.sweeps[1:], strict=False)]
+    assert first - started < 0.05, "at start"
+    assert backlog - first < 0.1, "a full batch: the rest at the next interval, not in an hour"
+    assert len(gaps) >= 3 and all(gap >= 0.199 for gap in gaps[1:]), "then every sweep_every_s"
+    assert write_behind.swept == _SWEEP_LIMIT + 3
+    assert store.batches[-1] == (["ada-as4"], [])
