@@ -115,14 +115,16 @@ class ProcedureService:
             rows = (await session.scalars(select(ObservationRow))).all()
         self._observations = {(r.target_id, r.detector_instance): _observation(r) for r in rows}
 
-    def views(self, *, now: datetime | None = None) -> Views:
+    def views(
+        self, *, now: datetime | None = None, observations: dict[tuple[str, str], Observation] | None = None
+    ) -> Views:
+        """The components' states at ``now``, from the recorded observations (or the ones given)."""
         now = now or self._clock()
         cfg = self._settings.procedure
-        observations = list(self._observations.values())
+        seen = list((self._observations if observations is None else observations).values())
         return Views(
-            national=domain.component_views(observations, now=now, stale_after_s=cfg.stale_after_s,
-                                            quorum=cfg.quorum),
-            eos=domain.eo_views(observations, now=now, stale_after_s=cfg.stale_after_s, quorum=cfg.quorum),
+            national=domain.component_views(seen, now=now, stale_after_s=cfg.stale_after_s, quorum=cfg.quorum),
+            eos=domain.eo_views(seen, now=now, stale_after_s=cfg.stale_after_s, quorum=cfg.quorum),
         )
 
     # --- observations -----------------------------------------------------------------------------------
@@ -153,13 +155,9 @@ class ProcedureService:
                 )
             if not newer:
                 return
-            before = self._observations
-            self._observations = {**before, **newer}
-            try:
-                await self._decide(now, store=newer)
-            except BaseException:
-                self._observations = before  # not committed: the redelivery must be decided again
-                raise
+            # Recorded only once committed: until then the status shows the state its decisions are in,
+            # and a redelivery after a failure is decided again.
+            await self._decide(now, store=newer)
 
     async def tick(self) -> None:
         """Re-decide with the clock moved on: observations go stale, advisories rise and clear."""
@@ -167,7 +165,8 @@ class ProcedureService:
             await self._decide(self._clock(), store={})
 
     async def _decide(self, now: datetime, *, store: dict[tuple[str, str], Observation]) -> None:
-        views = self.views(now=now)
+        observations = {**self._observations, **store}
+        views = self.views(now=now, observations=observations)
         try:
             async with self._sessions.begin() as session:
                 await upsert(session, cast(Table, ObservationRow.__table__), [
@@ -206,6 +205,7 @@ class ProcedureService:
             self._forget()
             raise
         # Committed: mirror it in memory.
+        self._observations = observations
         touched = {row.id: row for row in recorder.procedures}
         self._active = {
             row_id: row for row_id, row in {**active, **touched}.items() if row.state in ACTIVE_STATES

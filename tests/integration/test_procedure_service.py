@@ -360,6 +360,7 @@ async def test_a_failed_decision_is_decided_again_on_redelivery(
     with pytest.raises(ConnectionError):
         await _feed(service, *batch)
     assert await _procedure_events(sessions) == []
+    assert service.views().national[ADA].state == ComponentState.UNKNOWN  # the status shows what was decided
     await _feed(service, *batch)  # the consumer redelivers the poll
     await _feed(service, _seen("ada", ADA, DOWN, t0 + timedelta(seconds=1)))
     assert [e.type for e in await _procedure_events(sessions)] == [EventType.PROCEDURE_OPENED]
