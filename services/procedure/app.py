@@ -1,4 +1,4 @@
-"""Procedure service bootstrap: database and migrations, broker clients, the consumer, relay and ticks."""
+"""Procedure service bootstrap: database and migrations, broker clients, the consumer, outbox and ticks."""
 
 from __future__ import annotations
 

@@ -121,7 +121,7 @@ class EoRow(Base):
 
 
 class OutboxRow(Base):
-    """Events written in the same transaction as the state change, published by the relay afterwards."""
+    """Events written in the same transaction as the state change, published by the outbox task afterwards."""
 
     __tablename__ = "outbox"
 
