@@ -32,7 +32,7 @@ class Producer:
             client_id=client_id,
             acks="all",
             enable_idempotence=False,
-            linger_ms=5,
+            linger_ms=0,  # a state change goes out at once; the outbox hands over heartbeats in batches anyway
             request_timeout_ms=int(timeout_s * 1000),
         )
         self.started = False
