@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
@@ -61,9 +63,27 @@ async def _run_check(check: ReadinessCheck) -> str | None:
 
 
 async def serve(app: FastAPI, *, host: str, port: int) -> None:
-    """Run ``app`` with uvicorn until cancelled or signalled."""
+    """Run ``app`` with uvicorn until cancelled or signalled; if it cannot start, raise saying why."""
+    failures: list[BaseException] = []
+    lifespan = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def noting_why_startup_failed(app_: Any) -> AsyncIterator[Any]:
+        started = False
+        try:
+            async with lifespan(app_) as state:
+                started = True
+                yield state
+        except Exception as exc:
+            if not started:
+                failures.append(exc)
+            raise
+
+    app.router.lifespan_context = noting_why_startup_failed
     config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
     server = uvicorn.Server(config)
-    await server.serve()
+    with contextlib.suppress(SystemExit):  # uvicorn's way to say the start-up failed; said below instead
+        await server.serve()
     if not server.started:
-        raise RuntimeError(f"could not serve on {host}:{port} (see the log above)")
+        why = f"{type(failures[0]).__name__}: {failures[0]}" if failures else "see the log above"
+        raise RuntimeError(f"{app.title} did not start on {host}:{port}: {why}")

@@ -128,12 +128,14 @@ class Publisher:
     async def stop(self, *, timeout_s: float = 10.0) -> None:
         """Flush and close; give up after ``timeout_s`` (an idempotent producer would wait forever for a
         broker that is gone, and the outbox or delivery log still holds what was not acknowledged)."""
-        if self.started:
-            self.started = False
-            try:
-                await asyncio.wait_for(self._producer.stop(), timeout=timeout_s)
-            except TimeoutError:
-                log.warning("Kafka producer did not flush within %.0fs; stopping without it", timeout_s)
+        if not self.started:
+            await self._producer.stop()  # never started (a start-up that failed first): only release it
+            return
+        self.started = False
+        try:
+            await asyncio.wait_for(self._producer.stop(), timeout=timeout_s)
+        except TimeoutError:
+            log.warning("Kafka producer did not flush within %.0fs; stopping without it", timeout_s)
 
     async def publish(self, topic: str, event: CloudEvent[Any], *, key: str | None) -> None:
         await self.publish_raw(topic, event.to_bytes(), key=key)

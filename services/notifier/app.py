@@ -114,10 +114,18 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await upgrade(parts.engine)
-        await ensure_topics(settings.kafka)
-        await publisher.start()
-        await catch_up.prepare()
+        async with contextlib.AsyncExitStack() as stack:  # what was started is stopped, in reverse order
+            stack.push_async_callback(parts.aclose)
+            stack.push_async_callback(publisher.stop)
+            await upgrade(parts.engine)
+            await ensure_topics(settings.kafka)
+            await publisher.start()
+            await catch_up.prepare()
+            stack.push_async_callback(tasks.stop)
+            _start_loops()
+            yield
+
+    def _start_loops() -> None:
         tasks.start(
             EventConsumer(
                 settings=settings.kafka, topic=settings.kafka.eos_topic, group_id=eos_group,
@@ -128,12 +136,6 @@ def create_app(settings: Settings) -> FastAPI:
         tasks.start(procedures.run(), name="procedure-consumer")
         tasks.start(advisories.run(), name="advisory-consumer")
         tasks.start(parts.dispatcher.run(), name="dispatcher")
-        try:
-            yield
-        finally:
-            await tasks.stop()
-            await publisher.stop()
-            await parts.aclose()
 
     app = FastAPI(title="luccs-fallback notifier", version="1", lifespan=lifespan)
     app.state.sessions = parts.sessions

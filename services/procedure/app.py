@@ -43,10 +43,19 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await upgrade(engine)
-        await service.load()
-        await ensure_topics(settings.kafka)
-        await publisher.start()
+        async with contextlib.AsyncExitStack() as stack:  # what was started is stopped, in reverse order
+            stack.push_async_callback(engine.dispose)
+            stack.push_async_callback(publisher.stop)
+            await upgrade(engine)
+            await service.load()
+            await ensure_topics(settings.kafka)
+            await publisher.start()
+            stack.push_async_callback(outbox.settle)
+            stack.push_async_callback(tasks.stop)
+            await _start_loops(app)
+            yield
+
+    async def _start_loops(app: FastAPI) -> None:
         consumer = EventConsumer(
             settings=settings.kafka,
             topic=settings.kafka.availability_topic,
@@ -60,13 +69,6 @@ def create_app(settings: Settings) -> FastAPI:
         tasks.start(outbox.run(on_backlog=outbox_backlog.set), name="outbox")
         tasks.start(service.run_ticks(), name="ticks")
         outbox.wakeup.set()  # publish what a previous run committed but did not get out
-        try:
-            yield
-        finally:
-            await tasks.stop()
-            await outbox.settle()
-            await publisher.stop()
-            await engine.dispose()
 
     app = FastAPI(title="luccs-fallback procedure service", version="1", lifespan=lifespan)
     app.state.settings = settings
