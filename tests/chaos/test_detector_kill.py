@@ -61,6 +61,9 @@ def test_killed_detector_restarts_and_nothing_happens_twice(
     try:
         for name, port in ports.items():
             wait_for(functools.partial(_ready, port), timeout=90, interval=0.3, what=f"{name} /readyz")
+        # Ready is not yet up: each target needs success_threshold probes first (slow on a loaded machine).
+        wait_for(lambda: {_targets(ports["detector"])[t]["state"] for t in ("ada-as4", "ntp-portal")} == {"up"},
+                 timeout=60, interval=0.2, what="ADA and NTP up before the outage")
 
         ada.down()
         time.sleep(INTERVAL_S * 1.5)  # one or two failed probes: detection under way
