@@ -1,17 +1,29 @@
-"""One Alembic run at a time in a process.
+"""What the services' Alembic migrations share: one run at a time, the config, the revision, the upgrade.
 
 Alembic keeps the running migration's context in module globals (``alembic.context``, ``alembic.op``).
 Two runs interleaved on one event loop, as when ``luccs-fallback all`` starts every service at once, would
 use each other's: a service's tables created in another service's database, or a ``KeyError`` mid-run.
-Every service's ``upgrade`` takes this lock around its Alembic commands.
+Every service's ``upgrade`` takes this lock around its Alembic commands, and on PostgreSQL an advisory
+lock of its own, so that processes upgrading one database (a migrate job, services starting) take turns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["alembic_lock"]
+from alembic import command
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["alembic_config", "alembic_lock", "current_revision", "revision_of", "run_locked", "upgrade"]
+
+T = TypeVar("T")
 
 _locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
@@ -23,3 +35,40 @@ def alembic_lock() -> asyncio.Lock:
     if lock is None:
         lock = _locks[loop] = asyncio.Lock()
     return lock
+
+
+def alembic_config(migrations: Path, connection: Connection | None = None) -> Config:
+    """The Alembic config of the migrations in ``migrations``, run on ``connection``."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations))
+    config.attributes["connection"] = connection
+    return config
+
+
+def revision_of(connection: Connection, version_table: str = "alembic_version") -> str | None:
+    """The revision recorded in ``version_table`` (None: no migration has run)."""
+    return MigrationContext.configure(connection, opts={"version_table": version_table}).get_current_revision()
+
+
+async def current_revision(engine: AsyncEngine, version_table: str = "alembic_version") -> str | None:
+    async with engine.connect() as connection:
+        return await connection.run_sync(revision_of, version_table)
+
+
+async def run_locked(engine: AsyncEngine, lock_key: int, run: Callable[[Connection], T]) -> T:
+    """Run ``run`` in one transaction, holding this process's Alembic lock and, on PostgreSQL, the advisory
+    lock ``lock_key`` (held until the transaction ends)."""
+
+    def locked(connection: Connection) -> T:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key})
+        return run(connection)
+
+    async with alembic_lock(), engine.begin() as connection:
+        return await connection.run_sync(locked)
+
+
+async def upgrade(engine: AsyncEngine, migrations: Path, *, lock_key: int, revision: str = "head") -> None:
+    """Bring the schema of ``migrations`` to ``revision``; a no-op when it is already there."""
+    await run_locked(engine, lock_key, lambda connection: command.upgrade(alembic_config(migrations, connection),
+                                                                          revision))

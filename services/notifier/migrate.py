@@ -23,12 +23,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Float, MetaData, inspect, text
+from sqlalchemy import Connection, Float, MetaData, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import TypeEngine
 
+from shared import migrations
 from shared.config import ConfigError
-from shared.migrations import alembic_lock
 
 __all__ = ["FIRST_REVISION", "VERSION_TABLE", "UpgradeResult", "alembic_config", "current_revision", "upgrade"]
 
@@ -53,10 +53,7 @@ class UpgradeResult:
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.attributes["connection"] = connection
-    return config
+    return migrations.alembic_config(MIGRATIONS, connection)
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> UpgradeResult:
@@ -67,8 +64,6 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> UpgradeResult:
     """
 
     def run(connection: Connection) -> UpgradeResult:
-        if connection.dialect.name == "postgresql":
-            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
         config = alembic_config(connection)
         before = _revision(connection)
         first = _first_revision_schema(config)
@@ -82,14 +77,12 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> UpgradeResult:
         command.upgrade(config, revision)
         return UpgradeResult(before=before, after=_revision(connection), adopted=adopted)
 
-    async with alembic_lock(), engine.begin() as connection:
-        return await connection.run_sync(run)
+    return await migrations.run_locked(engine, _LOCK_KEY, run)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
     """The notifier schema's revision in this database (None: no notifier migration has run)."""
-    async with engine.connect() as connection:
-        return await connection.run_sync(_revision)
+    return await migrations.current_revision(engine, VERSION_TABLE)
 
 
 def schema_differences(connection: Connection, metadata: MetaData) -> list[str]:
@@ -124,7 +117,7 @@ def schema_differences(connection: Connection, metadata: MetaData) -> list[str]:
 
 
 def _revision(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
+    return migrations.revision_of(connection, VERSION_TABLE)
 
 
 def _tables_of_current_schema(connection: Connection) -> set[str]:

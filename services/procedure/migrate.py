@@ -4,39 +4,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
 from alembic.config import Config
-from alembic.migration import MigrationContext
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.migrations import alembic_lock
+from shared import migrations
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# Serialises concurrent upgrades of one PostgreSQL database (the migrate job and the service starting).
+_LOCK_KEY = int.from_bytes(b"luccsPRC", "big")
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.attributes["connection"] = connection
-    return config
+    return migrations.alembic_config(MIGRATIONS, connection)
 
 
 async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (the latest by default); a no-op when it is already there."""
-
-    def run(connection: Connection) -> None:
-        command.upgrade(alembic_config(connection), revision)
-
-    async with alembic_lock(), engine.begin() as connection:
-        await connection.run_sync(run)
+    await migrations.upgrade(engine, MIGRATIONS, lock_key=_LOCK_KEY, revision=revision)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:
     """The procedure schema's revision in this database (None: no migration has run)."""
-
-    def read(connection: Connection) -> str | None:
-        return MigrationContext.configure(connection).get_current_revision()
-
-    async with engine.connect() as connection:
-        return await connection.run_sync(read)
+    return await migrations.current_revision(engine)
