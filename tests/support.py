@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -176,3 +178,32 @@ class ChaosReport:
         self.add(faults=faults, messages=opened + closed, losses=int(opened == 0) + int(closed == 0),
                  duplicates=max(0, opened - 1) + max(0, closed - 1),
                  detail=f"{detail}; {opened} opened + {closed} closed notices")
+
+
+async def pg_admin(server_url: str, *statements: str) -> None:
+    """Run ``statements`` on the PostgreSQL server of ``server_url``, connected to its ``postgres`` database."""
+    import asyncpg  # type: ignore[import-untyped]
+    from sqlalchemy.engine import make_url
+
+    base = make_url(server_url)
+    connection = await asyncpg.connect(
+        host=base.host, port=base.port, user=base.username, password=base.password, database="postgres"
+    )
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@contextlib.asynccontextmanager
+async def pg_database(server_url: str, prefix: str = "luccs_test") -> AsyncIterator[str]:
+    """An empty PostgreSQL database of its own on the test server (its URL), dropped afterwards."""
+    from sqlalchemy.engine import make_url
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    await pg_admin(server_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        await pg_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 
 from services.procedure.app import create_app
 from shared.config import ApiSettings, KafkaSettings, ProcedureSettings, Settings
-from tests.support import ChaosReport, free_port
+from tests.support import ChaosReport, free_port, pg_admin
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -89,18 +89,6 @@ class TcpProxy:
             writer.transport.abort()
 
 
-async def _admin(server_url: str, *statements: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-
-    base = make_url(server_url)
-    connection = await asyncpg.connect(
-        host=base.host, port=base.port, user=base.username, password=base.password, database="postgres"
-    )
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
 
 
 @dataclass
@@ -112,7 +100,7 @@ class Service:
 @pytest.fixture
 async def service(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, postgres_url: str) -> AsyncIterator[Service]:
     drop = f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'
-    await _admin(postgres_url, drop, f'CREATE DATABASE "{DATABASE}"')
+    await pg_admin(postgres_url, drop, f'CREATE DATABASE "{DATABASE}"')
     server_url = make_url(postgres_url)
     assert server_url.host is not None and server_url.port is not None
     proxy = TcpProxy(server_url.host, server_url.port)
@@ -142,7 +130,7 @@ async def service(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, postg
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(task, timeout=30)
         await proxy.close()
-        await _admin(postgres_url, drop)
+        await pg_admin(postgres_url, drop)
 
 
 async def _until(predicate: Any, *, timeout: float, what: str) -> Any:

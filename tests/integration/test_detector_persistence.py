@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +23,6 @@ from alembic.script import ScriptDirectory
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Connection, Float, insert, inspect, select, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import TypeEngine
 
@@ -43,7 +41,7 @@ from shared.db import make_engine, session_factory
 from shared.events import AvailabilityData, CloudEvent, Component, ComponentState, EventType, parse_event
 from shared.kafka import ensure_topics
 from tests.integration.test_detector_registry import publish_eo
-from tests.support import free_port
+from tests.support import free_port, pg_database
 
 pytestmark = pytest.mark.integration
 
@@ -57,17 +55,6 @@ EORI, GONE_EORI = "LU10000000077", "LU10000000088"
 # --- harness ------------------------------------------------------------------------------------------------
 
 
-async def _admin(server_url: str, statement: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-
-    base = make_url(server_url)
-    connection = await asyncpg.connect(
-        host=base.host, port=base.port, user=base.username, password=base.password, database="postgres"
-    )
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -75,13 +62,8 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'detector.db'}"
         return
-    server: str = request.getfixturevalue("postgres_url")
-    name = f"luccs_detector_{uuid.uuid4().hex[:12]}"
-    await _admin(server, f"CREATE DATABASE {name}")
-    try:
-        yield make_url(server).set(database=name).render_as_string(hide_password=False)
-    finally:
-        await _admin(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    async with pg_database(request.getfixturevalue("postgres_url"), "luccs_detector") as url:
+        yield url
 
 
 @pytest.fixture

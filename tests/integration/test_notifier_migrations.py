@@ -54,6 +54,7 @@ from services.procedure.models import Base as ProcedureBase
 from shared.config import ConfigError
 from shared.db import UTCDateTime, make_engine, session_factory
 from tests.integration.test_notifier_delivery import RECORD, notifier_settings, procedure_event, register
+from tests.support import pg_admin, pg_database
 
 pytestmark = pytest.mark.integration
 
@@ -67,29 +68,6 @@ NewDatabase = Callable[[], Awaitable[str]]
 # --- harness ------------------------------------------------------------------------------------------------
 
 
-async def _admin(server_url: str, *statements: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-
-    base = make_url(server_url)
-    connection = await asyncpg.connect(
-        host=base.host, port=base.port, user=base.username, password=base.password, database="postgres"
-    )
-    try:
-        for statement in statements:
-            await connection.execute(statement)
-    finally:
-        await connection.close()
-
-
-@contextlib.asynccontextmanager
-async def _pg_database(server_url: str) -> AsyncIterator[str]:
-    """An empty PostgreSQL database of its own on the test server, dropped afterwards."""
-    name = f"luccs_migration_{uuid.uuid4().hex[:12]}"
-    await _admin(server_url, f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        await _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -98,7 +76,7 @@ async def new_pg_database(postgres_url: str) -> AsyncIterator[NewDatabase]:
     async with contextlib.AsyncExitStack() as stack:
 
         async def make() -> str:
-            return await stack.enter_async_context(_pg_database(postgres_url))
+            return await stack.enter_async_context(pg_database(postgres_url, "luccs_migration"))
 
         yield make
 
@@ -110,7 +88,8 @@ async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         if request.param == "sqlite":
             url = f"sqlite:///{tmp_path / 'notifier.db'}"
         else:
-            url = await stack.enter_async_context(_pg_database(request.getfixturevalue("postgres_url")))
+            server = request.getfixturevalue("postgres_url")
+            url = await stack.enter_async_context(pg_database(server, "luccs_migration"))
         engine = make_engine(url)
         yield engine
         await engine.dispose()
@@ -343,7 +322,7 @@ async def test_both_services_migrate_one_postgresql_database(
     url = await new_pg_database()
     role = f"luccs_notifier_{uuid.uuid4().hex[:8]}"
     database = make_url(url).database
-    await _admin(postgres_url, f'CREATE ROLE "{role}" LOGIN')
+    await pg_admin(postgres_url, f'CREATE ROLE "{role}" LOGIN')
     procedure_engine = make_engine(url)
     notifier_engine = make_engine(make_url(url).set(username=role, password=None).render_as_string(False))
     try:
@@ -376,7 +355,7 @@ async def test_both_services_migrate_one_postgresql_database(
     finally:
         await procedure_engine.dispose()
         await notifier_engine.dispose()
-        await _admin(postgres_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)', f'DROP ROLE "{role}"')
+        await pg_admin(postgres_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)', f'DROP ROLE "{role}"')
 
 
 @pytest.mark.postgres
