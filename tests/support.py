@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import json
 import socket
 import subprocess
@@ -33,6 +35,24 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+async def eventually(
+    check: Callable[[], Any], *, timeout: float = 30, interval: float = 0.05, what: str = "condition"
+) -> Any:
+    """Poll ``check`` (sync, or returning an awaitable) until it gives something truthy, and return it; fail
+    with ``what`` after ``timeout`` seconds. The asyncio twin of :func:`wait_for`."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                value = check()
+                if inspect.isawaitable(value):
+                    value = await value
+                if value:
+                    return value
+                await asyncio.sleep(interval)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 def stop_processes(processes: dict[str, subprocess.Popen[bytes]], logs: dict[str, Path]) -> None:

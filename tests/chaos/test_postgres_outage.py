@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 
 from services.procedure.app import create_app
 from shared.config import ApiSettings, KafkaSettings, ProcedureSettings, Settings
-from tests.support import ChaosReport, free_port, pg_admin
+from tests.support import ChaosReport, eventually, free_port, pg_admin
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -133,14 +133,6 @@ async def service(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, postg
         await pg_admin(postgres_url, drop)
 
 
-async def _until(predicate: Any, *, timeout: float, what: str) -> Any:
-    try:
-        async with asyncio.timeout(timeout):
-            while not (value := await predicate()):
-                await asyncio.sleep(0.2)
-            return value
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 async def test_readyz_names_the_lost_database_and_everything_recovers_when_it_is_back(
@@ -151,7 +143,7 @@ async def test_readyz_names_the_lost_database_and_everything_recovers_when_it_is
     async def ready() -> bool:
         return (await client.get("/readyz")).status_code == 200
 
-    await _until(ready, timeout=60, what="/readyz 200 at start")
+    await eventually(ready, timeout=60, what="/readyz 200 at start")
     first = await client.post("/api/v1/eos", json={"eori": "LU0000001", "name": "Before"}, headers=AUTH)
     assert first.status_code == 201, first.text
 
@@ -162,12 +154,12 @@ async def test_readyz_names_the_lost_database_and_everything_recovers_when_it_is
         body: dict[str, Any] = response.json()
         return body if response.status_code == 503 and "database" in body.get("problems", {}) else None
 
-    problem = await _until(database_problem, timeout=20, what="/readyz 503 naming the database")
+    problem = await eventually(database_problem, timeout=20, what="/readyz 503 naming the database")
     during = await client.post("/api/v1/eos", json={"eori": "LU0000002", "name": "During"}, headers=AUTH)
     assert during.status_code == 503, during.text  # a clear "try again", never a 500
 
     await service.proxy.open()
-    await _until(ready, timeout=30, what="/readyz 200 once the database is back")
+    await eventually(ready, timeout=30, what="/readyz 200 once the database is back")
     assert (await client.get("/healthz")).status_code == 200
     after = await client.post("/api/v1/eos", json={"eori": "LU0000003", "name": "After"}, headers=AUTH)
     assert after.status_code == 201, after.text

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +21,7 @@ from shared.config import KafkaSettings, Settings
 from shared.events import AvailabilityData, CloudEvent, parse_event
 from tests.integration.test_broker_script import Broker
 from tests.integration.test_probes_servers import MAINTENANCE, LoopbackServer, Reply, Request
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -55,15 +55,6 @@ async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def eventually(check: Callable[[], Any], *, timeout: float = 30) -> Any:
-    async with asyncio.timeout(timeout):
-        while True:
-            value = check()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return value
-            await asyncio.sleep(0.1)
 
 
 async def state_of(client: httpx.AsyncClient, target_id: str) -> str:

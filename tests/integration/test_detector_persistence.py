@@ -41,7 +41,7 @@ from shared.db import make_engine, session_factory
 from shared.events import AvailabilityData, CloudEvent, Component, ComponentState, EventType, parse_event
 from shared.kafka import ensure_topics
 from tests.integration.test_detector_registry import publish_eo
-from tests.support import free_port, pg_database
+from tests.support import eventually, free_port, pg_database
 
 pytestmark = pytest.mark.integration
 
@@ -112,18 +112,6 @@ async def rows(engine: AsyncEngine, instance: str = INSTANCE) -> dict[str, Targe
     return {row.target_id: row for row in found}
 
 
-async def eventually(check: Any, *, timeout: float = 20, what: str) -> Any:
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                value = check()
-                if asyncio.iscoroutine(value):
-                    value = await value
-                if value:
-                    return value
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 @contextlib.asynccontextmanager

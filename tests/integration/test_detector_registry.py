@@ -19,6 +19,7 @@ from shared.config import ConfigError, KafkaSettings, Settings
 from shared.events import AvailabilityData, CloudEvent, DeadLetterData, EoData, EventType, Language, parse_event
 from shared.kafka import Publisher, ensure_topics
 from tests.integration.test_probes_servers import MAINTENANCE, LoopbackServer, Request, receipt_for
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -87,17 +88,6 @@ async def publish_raw(kafka: KafkaSettings, key: str | None, value: bytes | None
         await publisher.stop()
 
 
-async def eventually(check: Callable[[], Any], *, timeout: float = 20, what: str) -> Any:
-    """Poll an async or sync check until it returns something truthy (bounded)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            value = check()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return value
-            await asyncio.sleep(0.1)
-    raise AssertionError(what)  # pragma: no cover - asyncio.timeout raises first
 
 
 async def target_state(client: httpx.AsyncClient, target_id: str) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -53,7 +53,7 @@ from shared.events import (
 )
 from shared.kafka import Publisher, ensure_topics
 from shared.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify
-from tests.support import WebhookReceiver, free_port
+from tests.support import WebhookReceiver, eventually, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -187,13 +187,6 @@ async def attempts_of(parts: NotifierParts, delivery_id: str) -> list[AttemptRow
         )).all())
 
 
-async def until(predicate: Callable[[], Awaitable[bool]], *, timeout: float = 30, what: str = "condition") -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not await predicate():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 async def settled(parts: NotifierParts) -> bool:
@@ -263,7 +256,7 @@ async def test_every_eo_gets_one_signed_notice_in_its_language(
         event = procedure_event()
         await parts.planner.on_procedure(event, RECORD)
         await parts.planner.on_procedure(event, RECORD)  # redelivered: plans nothing more
-        await until(lambda: settled(parts), what="three deliveries settled")
+        await eventually(lambda: settled(parts), what="three deliveries settled")
         rows = await deliveries(parts)
     assert [(r.eori, r.status, r.attempts) for r in rows] == [
         ("LU0001", "delivered", 1), ("LU0002", "delivered", 1), ("LU0003", "delivered", 1)
@@ -297,7 +290,7 @@ async def test_failures_are_retried_with_the_same_key_then_dead_lettered(
             await register(parts, "LU0001", flaky.url())
             await register(parts, "LU0002", broken.url())
             await parts.planner.on_procedure(procedure_event(), RECORD)
-            await until(lambda: settled(parts), what="both deliveries settled")
+            await eventually(lambda: settled(parts), what="both deliveries settled")
             flaky_row, broken_row = await deliveries(parts)
             flaky_attempts = await attempts_of(parts, flaky_row.id)
             broken_attempts = await attempts_of(parts, broken_row.id)
@@ -339,7 +332,7 @@ async def test_a_hanging_endpoint_delays_no_other_eo(
                 return all(r.status == "delivered" for r in rows if (r.eori or "").startswith("LU02"))
 
             started = time.monotonic()
-            await until(healthy_delivered, timeout=10, what="the healthy EOs' deliveries")
+            await eventually(healthy_delivered, timeout=10, what="the healthy EOs' deliveries")
             elapsed = time.monotonic() - started
             statuses = {r.eori: r.status for r in await deliveries(parts)}
     finally:
@@ -362,7 +355,7 @@ async def test_a_redirect_is_not_followed(database_url: str, kafka_bootstrap: st
             await register(parts, "LU0001", f"http://127.0.0.1:{redirecting.port}/hook")
             await register(parts, "LU0002", f"http://127.0.0.1:{metadata.port}/hook")
             await parts.planner.on_procedure(procedure_event(), RECORD)
-            await until(lambda: settled(parts), what="both deliveries dead")
+            await eventually(lambda: settled(parts), what="both deliveries dead")
             first, second = await deliveries(parts)
     finally:
         elsewhere.stop()
@@ -393,7 +386,7 @@ async def test_private_targets_are_refused_unless_allowed(
         await register(parts, "LU0002", f"http://{name}:{receiver.port}/hook")  # resolves to 127.0.0.1
         await register(parts, "LU0003", f"http://127.1:{receiver.port}/hook")  # shorthand for 127.0.0.1
         await parts.planner.on_procedure(procedure_event(), RECORD)
-        await until(lambda: settled(parts), what="three deliveries dead")
+        await eventually(lambda: settled(parts), what="three deliveries dead")
         literal, named, shorthand = await deliveries(parts)
         literal_attempts = await attempts_of(parts, literal.id)
     assert receiver.received == []
@@ -420,7 +413,7 @@ async def test_https_webhooks_verify_the_certificate(
         async with running_notifier(settings) as parts:
             await register(parts, "LU0001", f"https://localhost:{trusted.port}/hook")
             await parts.planner.on_procedure(procedure_event(), RECORD)
-            await until(lambda: settled(parts), what="the https delivery")
+            await eventually(lambda: settled(parts), what="the https delivery")
             (row,) = await deliveries(parts)
         assert row.status == "delivered"
         assert len(trusted.received) == 1
@@ -432,7 +425,7 @@ async def test_https_webhooks_verify_the_certificate(
         async with running_notifier(untrusting, publish=False) as parts:
             await register(parts, "LU0002", f"https://localhost:{trusted.port}/hook")
             await parts.planner.on_procedure(procedure_event(), RECORD)
-            await until(lambda: settled(parts), what="the refused https delivery")
+            await eventually(lambda: settled(parts), what="the refused https delivery")
             row = next(r for r in await deliveries(parts) if r.eori == "LU0002")
         assert row.status == "dead"
         assert "TLS" in (row.last_error or "") or "certificate" in (row.last_error or "")
@@ -460,13 +453,13 @@ async def test_a_pending_retry_survives_a_restart(
                 seen[:] = await deliveries(parts)
                 return [r.status for r in seen] == ["retrying"]
 
-            await until(retrying, what="the first attempt to fail")
+            await eventually(retrying, what="the first attempt to fail")
             (before,) = seen
         assert before.next_attempt_at is not None
         assert len(receiver.received) == 1
         async with running_notifier(settings, publish=False) as parts:
             await parts.planner.on_procedure(event, RECORD)  # the event redelivered after the restart
-            await until(lambda: settled(parts), what="the retry after the restart")
+            await eventually(lambda: settled(parts), what="the retry after the restart")
             (after,) = await deliveries(parts)
     finally:
         receiver.stop()
@@ -484,7 +477,7 @@ async def test_outcomes_are_published_and_listed(
             await register(parts, f"LU000{n}", receiver.url(f"/{n}"))
         event = procedure_event()
         await parts.planner.on_procedure(event, RECORD)
-        await until(lambda: settled(parts), what="five deliveries")
+        await eventually(lambda: settled(parts), what="five deliveries")
     consumer = AIOKafkaConsumer(
         settings.kafka.deliveries_topic, bootstrap_servers=kafka_bootstrap, group_id=None,
         auto_offset_reset="earliest", enable_auto_commit=False,
@@ -519,7 +512,7 @@ async def test_deliveries_api_filters_pages_and_refuses_bad_input(
         event = procedure_event()
         await parts.planner.on_procedure(event, RECORD)
         await parts.planner.on_procedure(procedure_event(), RECORD)  # another procedure
-        await until(lambda: settled(parts), what="the deliveries of both procedures")
+        await eventually(lambda: settled(parts), what="the deliveries of both procedures")
         app = FastAPI()
         app.state.sessions = parts.sessions
         app.include_router(router)

@@ -30,9 +30,8 @@ from tests.integration.test_notifier_delivery import (
     register,
     running_notifier,
     settled,
-    until,
 )
-from tests.support import WebhookReceiver, free_port
+from tests.support import WebhookReceiver, eventually, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +95,7 @@ async def test_national_procedure_emails_eos_servicedesk_and_bureau(
         event = procedure_event(scenario=Scenario.LUCCS_UNAVAILABLE)
         await parts.planner.on_procedure(event, RECORD)
         await parts.planner.on_procedure(event, RECORD)  # redelivered: nothing more
-        await until(lambda: settled(parts), what="four e-mails")
+        await eventually(lambda: settled(parts), what="four e-mails")
         rows = await deliveries(parts)
     assert sorted((r.recipient_key, r.channel, r.status) for r in rows) == [
         ("LU0001", "email", "delivered"), ("LU0002", "email", "delivered"),
@@ -134,7 +133,7 @@ async def test_scenario_1_detected_reaches_the_eo_by_webhook_and_email(
             await parts.planner.on_procedure(detected, RECORD)
             reported = procedure_event(scenario=Scenario.EO_B2G_UNAVAILABLE, eori="LU0002", origin=Origin.EO_REPORT)
             await parts.planner.on_procedure(reported, RECORD)
-            await until(lambda: settled(parts), what="the scenario-1 notices")
+            await eventually(lambda: settled(parts), what="the scenario-1 notices")
             rows = await deliveries(parts)
     finally:
         receiver.stop()
@@ -172,7 +171,7 @@ async def test_advisories_reach_the_servicedesk_only(
             await parts.planner.on_procedure(
                 procedure_event(scenario=Scenario.EO_B2G_UNAVAILABLE, eori="LU0001", origin=Origin.EO_REPORT), RECORD
             )
-            await until(lambda: settled(parts), what="the advisory and the scenario-1 notices")
+            await eventually(lambda: settled(parts), what="the advisory and the scenario-1 notices")
     finally:
         receiver.stop()
     (advisory_mail,) = [m for m in box.to("servicedesk@douanes.lu") if "adv-1" in m["Subject"]]
@@ -211,7 +210,7 @@ async def test_starttls_with_login(
         )
         async with running_notifier(settings, publish=False) as parts:
             await parts.planner.on_procedure(procedure_event(), RECORD)
-            await until(lambda: settled(parts), what="the Servicedesk e-mail over STARTTLS")
+            await eventually(lambda: settled(parts), what="the Servicedesk e-mail over STARTTLS")
             (row,) = await deliveries(parts)
     finally:
         controller.stop()
@@ -230,7 +229,7 @@ async def test_refused_recipient_is_dead_at_once_and_others_still_delivered(
         await register(parts, "LU0001", None, email="gone@eo.lu")
         await register(parts, "LU0002", None, email="here@eo.lu")
         await parts.planner.on_procedure(procedure_event(), RECORD)
-        await until(lambda: settled(parts), what="both e-mails settled")
+        await eventually(lambda: settled(parts), what="both e-mails settled")
         gone, here = await deliveries(parts)
     assert (gone.status, gone.attempts) == ("dead", 1)
     assert "550" in (gone.last_error or "")
@@ -243,7 +242,7 @@ async def test_smtp_server_down_is_retried(database_url: str, kafka_bootstrap: s
                                  max_attempts=2, servicedesk_email="servicedesk@douanes.lu")
     async with running_notifier(settings, publish=False) as parts:
         await parts.planner.on_procedure(procedure_event(), RECORD)
-        await until(lambda: settled(parts), what="the e-mail to be given up")
+        await eventually(lambda: settled(parts), what="the e-mail to be given up")
         (row,) = await deliveries(parts)
     assert (row.status, row.attempts) == ("dead", 2)
     assert "SMTP server 127.0.0.1" in (row.last_error or "")
