@@ -87,6 +87,22 @@ def _views(
     return {group: (_fold(states), tuple(evidence[group])) for group, states in target_states.items()}
 
 
+MAX_CLOCK_SKEW = timedelta(seconds=30)
+"""How far ahead of this service's clock a detector's clock may run before its times are not trusted."""
+
+
+def trusted_time(observed_at: datetime, *, sent_at: datetime | None, now: datetime) -> datetime:
+    """When an observation counts as made. A detector whose clock runs far ahead must not pin a state for
+    ever: beyond the tolerated skew it counts as made when it was sent (the message's timestamp), unless
+    that is missing or ahead too (the skewed producer stamped it), and then now. Not simply now: read by a
+    consumer behind its topic, it would then outrank observations sent after it."""
+    if observed_at <= now + MAX_CLOCK_SKEW:
+        return observed_at
+    if sent_at is not None and sent_at <= now + MAX_CLOCK_SKEW:
+        return min(sent_at, now)
+    return now
+
+
 MAX_EVIDENCE = 12
 """Observations recorded as a decision's evidence per component: enough to show why, with the dissent."""
 

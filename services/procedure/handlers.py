@@ -16,7 +16,7 @@ import os
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import cast
 
 from sqlalchemy import Table, select
@@ -47,23 +47,8 @@ FAULT_ENV = "LUCCS_FAULT_INJECT"
 before its events are published (the crash test of the outbox)."""
 
 
-MAX_CLOCK_SKEW = timedelta(seconds=30)
-"""How far ahead of this service's clock a detector's clock may run before its times are not trusted."""
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _sent_at(record_timestamp_ms: int | None, *, now: datetime) -> datetime:
-    """When a message was sent, as far as this service can tell: its Kafka record timestamp, unless that is
-    missing or ahead of this service's clock too (the skewed producer stamped it); else now. Not simply
-    now: a consumer behind its topic would then date the message after observations sent later."""
-    if record_timestamp_ms is not None and record_timestamp_ms > 0:
-        stamped = datetime.fromtimestamp(record_timestamp_ms / 1000, UTC)
-        if stamped <= now + MAX_CLOCK_SKEW:
-            return min(stamped, now)
-    return now
 
 
 def _observation(row: ObservationRow) -> Observation:
@@ -138,11 +123,9 @@ class ProcedureService:
                 assert event is not None  # the consumer dead-letters tombstones on this topic
                 seen = event.data
                 key = (seen.target_id, seen.detector_instance)
-                # A detector whose clock runs far ahead must not pin a state for ever: beyond the tolerated
-                # skew, the observation counts as made when it was sent.
-                observed_at = seen.observed_at
-                if observed_at > now + MAX_CLOCK_SKEW:
-                    observed_at = _sent_at(record.timestamp, now=now)
+                sent_at = datetime.fromtimestamp(record.timestamp / 1000, UTC) if record.timestamp > 0 else None
+                observed_at = domain.trusted_time(seen.observed_at, sent_at=sent_at, now=now)
+                if observed_at != seen.observed_at:
                     log.warning("observation of %s by %s is dated %s, in the future: counted as made at %s",
                                 seen.target_id, seen.detector_instance, seen.observed_at.isoformat(),
                                 observed_at.isoformat())

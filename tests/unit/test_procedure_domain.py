@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.procedure.domain import (
+    MAX_CLOCK_SKEW,
     Action,
     ComponentView,
     NationalDecision,
@@ -18,6 +19,7 @@ from services.procedure.domain import (
     decide_national,
     desired_national_scenario,
     supporting_evidence,
+    trusted_time,
 )
 from shared.events import Component, ComponentState, Scenario
 
@@ -470,3 +472,21 @@ def test_evidence_never_exceeds_the_limit_and_fills_it(agree: int, dissent: int,
     kept = supporting_evidence(ComponentView(ADA, DOWN, seen), limit=limit)
     assert len(kept) == min(limit, agree + dissent)
     assert len(set(kept)) == len(kept)
+
+
+# --- how far a detector's clock is trusted ---------------------------------------------------------------
+
+
+def test_an_observation_within_the_tolerated_skew_keeps_its_time() -> None:
+    ahead = NOW + MAX_CLOCK_SKEW
+    assert trusted_time(ahead, sent_at=NOW, now=NOW) == ahead
+
+
+def test_a_future_observation_counts_as_made_when_it_was_sent() -> None:
+    sent = NOW - timedelta(seconds=5)  # read late: a consumer behind its topic
+    assert trusted_time(NOW + timedelta(days=3650), sent_at=sent, now=NOW) == sent
+
+
+@pytest.mark.parametrize("sent_at", [None, NOW + timedelta(days=1)])
+def test_without_a_trustworthy_send_time_it_counts_as_made_now(sent_at: datetime | None) -> None:
+    assert trusted_time(NOW + timedelta(days=3650), sent_at=sent_at, now=NOW) == NOW
