@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
@@ -366,71 +366,92 @@ async def test_a_failed_decision_is_decided_again_on_redelivery(
     assert [e.type for e in await _procedure_events(sessions)] == [EventType.PROCEDURE_OPENED]
 
 
-class FlakyPublisher:
-    """Takes messages like a slow broker, except that it refuses the first ``failures`` publications."""
+class FlakyPublisher(Publisher):
+    """Publishes to the real broker, slowly, except that it refuses the first ``failures`` publications."""
 
-    def __init__(self, failures: int, delay_s: float = 0.0) -> None:
+    def __init__(self, settings: KafkaSettings, *, failures: int, delay_s: float = 0.0) -> None:
+        super().__init__(settings, client_id="test-flaky")
         self.failures = failures
         self.delay_s = delay_s
-        self.sent: list[bytes] = []
 
-    async def publish_many(self, messages: list[tuple[str, str | None, bytes | None]]) -> None:
+    async def publish_many(self, messages: Sequence[tuple[str, str | None, bytes | None]]) -> None:
         await asyncio.sleep(self.delay_s)
         if self.failures:
             self.failures -= 1
             raise ConnectionError("broker away")
-        self.sent += [value or b"" for _topic, _key, value in messages]
+        await super().publish_many(messages)
 
 
 @contextlib.asynccontextmanager
-async def _publishing(outbox: Outbox) -> AsyncIterator[None]:
+async def _publishing(
+    engine: AsyncEngine, kafka_bootstrap: str, topic_prefix: str, *, failures: int = 0, delay_s: float = 0.0,
+    poll_s: float = 30,
+) -> AsyncIterator[tuple[ProcedureService, FlakyPublisher]]:
+    """A procedure service whose outbox publishes to the real broker, running; nothing left by a previous run."""
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix)
+    await ensure_topics(settings)
+    publisher = FlakyPublisher(settings, failures=failures, delay_s=delay_s)
+    await publisher.start()
+    outbox = Outbox(session_factory(engine), publisher, poll_s=poll_s)
+    service = _service(engine, Clock(), prefix=topic_prefix, bootstrap=kafka_bootstrap, outbox=outbox)
+    assert await outbox.drain() == 0  # from now on the queue publishes on its own
     task = asyncio.create_task(outbox.run())
     try:
-        yield
+        yield service, publisher
+        async with asyncio.timeout(10):
+            while await outbox.backlog():
+                await asyncio.sleep(0.02)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await publisher.stop()
 
 
-async def _until_published(outbox: Outbox) -> None:
-    async with asyncio.timeout(10):
-        while await outbox.backlog():
-            await asyncio.sleep(0.02)
+async def _on_the_topic(kafka_bootstrap: str, topic_prefix: str, count: int) -> list[bytes]:
+    topic = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix).procedures_topic
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    values: list[bytes] = []
+    try:
+        async with asyncio.timeout(20):
+            while len(values) < count:
+                batch = await consumer.getmany(timeout_ms=200)
+                values += [r.value for rs in batch.values() for r in rs if r.value is not None]
+        await asyncio.sleep(0.5)  # room for a duplicate to show up
+        batch = await consumer.getmany(timeout_ms=200)
+        values += [r.value for rs in batch.values() for r in rs if r.value is not None]
+    finally:
+        await consumer.stop()
+    return values
 
 
-async def test_decisions_are_published_without_the_relay_poll_and_marked(engine: AsyncEngine) -> None:
-    clock = Clock()
-    t0 = clock.now
-    sessions = session_factory(engine)
-    publisher = FlakyPublisher(failures=0)
-    outbox = Outbox(sessions, cast(Publisher, publisher), poll_s=30)  # no poll within the test
-    service = _service(engine, clock, outbox=outbox)
-    assert await outbox.drain() == 0  # nothing left by a previous run: the queue publishes on its own now
-    async with _publishing(outbox):
+async def test_decisions_are_published_without_the_relay_poll_and_marked(
+    engine: AsyncEngine, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    t0 = datetime.now(UTC)
+    async with _publishing(engine, kafka_bootstrap, topic_prefix) as (service, _):
         await _feed(service, _seen("ntp", NTP, UP, t0), _seen("ada", ADA, DOWN, t0))
-        await _until_published(outbox)
-    assert publisher.sent == await _outbox(sessions)
-    assert [parse_event(raw, ProcedureData).type for raw in publisher.sent] == [EventType.PROCEDURE_OPENED]
+    recorded = await _outbox(session_factory(engine))
+    assert [parse_event(raw, ProcedureData).type for raw in recorded] == [EventType.PROCEDURE_OPENED]
+    assert await _on_the_topic(kafka_bootstrap, topic_prefix, 1) == recorded
 
 
-async def test_after_a_failed_publication_no_event_overtakes_an_older_one(engine: AsyncEngine) -> None:
-    clock = Clock()
-    t0 = clock.now
-    sessions = session_factory(engine)
-    publisher = FlakyPublisher(failures=2, delay_s=0.05)  # slow, and away for the first two tries
-    outbox = Outbox(sessions, cast(Publisher, publisher), poll_s=0.05)
-    service = _service(engine, clock, outbox=outbox)
-    assert await outbox.drain() == 0
-    async with _publishing(outbox):
-        # Opened, updated to scenario 3, back to 2, closed, opened again: decided while publications fail.
+async def test_after_a_failed_publication_no_event_overtakes_an_older_one(
+    engine: AsyncEngine, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    t0 = datetime.now(UTC)
+    # Slow, and refused for the first two tries, while decisions keep coming.
+    async with _publishing(engine, kafka_bootstrap, topic_prefix, failures=2, delay_s=0.05, poll_s=0.05) as (
+        service, publisher
+    ):
+        # Opened, updated to scenario 3, back to 2, closed, opened again.
         steps = [(ADA, DOWN), (NTP, DOWN), (NTP, UP), (ADA, UP), (ADA, DOWN)]
         await _feed(service, _seen("ntp", NTP, UP, t0))
         for n, (component, state) in enumerate(steps, start=1):
             await _feed(service, _seen(component.value, component, state, t0 + timedelta(seconds=n)))
             await asyncio.sleep(0.03)
-        await _until_published(outbox)
     assert publisher.failures == 0
-    recorded = await _outbox(sessions)
+    recorded = await _outbox(session_factory(engine))
     assert len(recorded) == 5
-    assert publisher.sent == recorded  # each event once, in the order decided
+    assert await _on_the_topic(kafka_bootstrap, topic_prefix, 5) == recorded  # each once, in the order decided
