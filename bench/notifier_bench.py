@@ -185,7 +185,7 @@ async def publish_opened(kafka: Any) -> tuple[float, str]:
     await publisher.start()
     try:
         published_at = time.time()
-        await publisher.publish(kafka.procedures_topic, event, key=procedure_id)
+        await publisher.publish(kafka.procedures_topic, event, key="national")
     finally:
         await publisher.stop()
     return published_at, procedure_id

@@ -112,6 +112,23 @@ class AvailabilityData(_Data):
     ebms_error: str | None = Field(
         None, description="ebMS error code of an AS4 answer that still proves the MSH alive, e.g. EBMS:0103."
     )
+    # Suspicion: a streak of probes disagreeing with ``state`` is running but has not reached its threshold.
+    # Published at once (as a heartbeat) so that the procedure service can wait for a verdict that is on its
+    # way instead of deciding on half the picture. Consumers that do not know these fields ignore them.
+    suspect: bool = Field(
+        False, description="The latest probe disagrees with state: a change may be on its way (see verdict_by)."
+    )
+    streak: int = Field(
+        0, ge=0, description="Consecutive probes, up to the latest, with the latest probe's outcome (ok or not)."
+    )
+    threshold: int | None = Field(
+        None, ge=1, description="Consecutive probes of that outcome that change the state (the target's threshold)."
+    )
+    verdict_by: AwareDatetime | None = Field(
+        None,
+        description="While suspect: when the running streak reaches its threshold at the latest if every probe "
+        "keeps its outcome (the remaining retries and their timeout). Null otherwise.",
+    )
 
 
 class Evidence(_Data):
@@ -133,10 +150,22 @@ class Origin(StrEnum):
     OPERATOR = "operator"
 
 
+def procedure_key(scope: Scope, eori: str | None) -> str:
+    """The key of a procedure event: the subject the procedure is about, ``national`` or the EO's EORI.
+
+    One subject's successive procedures (a closed one and the next one opened) share a partition, so every
+    consumer reads them in the order they were decided."""
+    if scope == Scope.NATIONAL:
+        return Scope.NATIONAL.value
+    if not eori:
+        raise ValueError("a procedure of scope eo needs its eori")
+    return eori
+
+
 class ProcedureData(_Data):
     """A fallback procedure as announced on the procedures topic."""
 
-    procedure_id: str = Field(..., description="Stable id of the procedure (the message key).")
+    procedure_id: str = Field(..., description="Stable id of the procedure.")
     scenario: Scenario = Field(..., description="Scenario in force after this event.")
     previous_scenario: Scenario | None = Field(None, description="Scenario before an update; null otherwise.")
     scope: Scope = Field(..., description="national (all EOs) or eo (one EO).")

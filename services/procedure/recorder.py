@@ -31,6 +31,7 @@ from shared.events import (
     ProcedureState,
     Scenario,
     Scope,
+    procedure_key,
 )
 
 SOURCE = "/luccs-fallback/procedure"
@@ -173,7 +174,7 @@ class Recorder:
                 evidence=[e.model_dump(mode="json") for e in evidence],
             )
         )
-        self._queue(self.kafka.procedures_topic, row.id, event)
+        self._queue(self.kafka.procedures_topic, procedure_key(Scope(row.scope), row.eori), event)
         self.procedures.append(row)
         return row
 
