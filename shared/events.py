@@ -140,6 +140,7 @@ class Evidence(_Data):
     state: ComponentState
     observed_at: AwareDatetime
     reason: str
+    suspect: bool = Field(False, description="The latest probe disagreed with state: a verdict was on its way.")
 
 
 class Origin(StrEnum):

@@ -12,6 +12,10 @@ Rules (product section 3):
 - an EO whose own AS4 endpoint is down -> scenario 1 for that EO, beside any national procedure;
 - in ``confirm`` mode a detected outage makes a *proposed* procedure that an operator confirms; a
   recovery before confirmation withdraws it;
+- one outage, one story: when the other national component is *suspect* (its detector saw a probe disagree
+  with its state and a verdict is on its way), a national change that the verdict would make different
+  waits for it, at most until the verdict is due (:func:`national_wait`), so a joint failure opens
+  scenario 3 directly and a joint return closes directly;
 - a procedure declared by an operator is left alone by the probes unless it was declared ``auto_close``.
 """
 
@@ -20,7 +24,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -40,6 +44,19 @@ class Observation:
     observed_at: datetime
     reason: str
     eori: str | None = None
+    suspect: bool = False
+    """The latest probe disagrees with ``state``: a streak towards the other state is running."""
+    verdict_by: datetime | None = None
+    """While suspect: when that streak reaches its threshold at the latest, if every probe keeps its outcome."""
+
+    @property
+    def leaning(self) -> ComponentState:
+        """The state this observation is heading for: the other one while suspect, else its state."""
+        if not self.suspect:
+            return self.state
+        return {ComponentState.UP: ComponentState.DOWN, ComponentState.DOWN: ComponentState.UP}.get(
+            self.state, self.state
+        )
 
 
 @dataclass(frozen=True)
@@ -47,6 +64,14 @@ class ComponentView:
     component: Component
     state: ComponentState
     evidence: tuple[Observation, ...]
+    leaning: ComponentState | None = None
+    """The state the component is heading for if every suspect observation's streak completes (None: ``state``)."""
+    verdict_by: datetime | None = None
+    """When the last of those verdicts is due at the latest, as the detectors said (None: none pending)."""
+
+    @property
+    def heading(self) -> ComponentState:
+        return self.state if self.leaning is None else self.leaning
 
 
 def _quorum_state(states: Sequence[ComponentState], quorum: float | None) -> ComponentState:
@@ -85,6 +110,26 @@ def _views(
         )
         evidence[group].extend(fresh)
     return {group: (_fold(states), tuple(evidence[group])) for group, states in target_states.items()}
+
+
+def _pending_verdict(
+    evidence: Sequence[Observation], *, stale_after_s: float
+) -> tuple[list[Observation], datetime | None]:
+    """The observations as they will be once every suspect streak completes, and when the last verdict is due.
+
+    A verdict is never awaited beyond the moment its observation goes stale: a detector that falls silent
+    mid-streak delays nothing for longer than silence takes to show."""
+    heading: list[Observation] = []
+    due: datetime | None = None
+    for o in evidence:
+        if not o.suspect or o.leaning == o.state:
+            heading.append(o)
+            continue
+        heading.append(replace(o, state=o.leaning, suspect=False))
+        stale_at = o.observed_at + timedelta(seconds=stale_after_s)
+        by = min(o.verdict_by, stale_at) if o.verdict_by is not None else stale_at
+        due = by if due is None else max(due, by)
+    return heading, due
 
 
 MAX_CLOCK_SKEW = timedelta(seconds=30)
@@ -129,9 +174,18 @@ def component_views(
     """
     national = [o for o in observations if o.component in NATIONAL_COMPONENTS]
     found = _views(national, now=now, stale_after_s=stale_after_s, quorum=quorum)
-    return {
-        c: ComponentView(c, *found.get(c.value, (ComponentState.UNKNOWN, ()))) for c in NATIONAL_COMPONENTS
-    }
+    views: dict[Component, ComponentView] = {}
+    for c in NATIONAL_COMPONENTS:
+        state, evidence = found.get(c.value, (ComponentState.UNKNOWN, ()))
+        heading, due = _pending_verdict(evidence, stale_after_s=stale_after_s)
+        leaning: ComponentState | None = None
+        if due is not None:
+            # The evidence is fresh by construction: judged again at ``now`` it gives the state it heads for.
+            leaning = _views(heading, now=now, stale_after_s=stale_after_s, quorum=quorum).get(
+                c.value, (ComponentState.UNKNOWN, ())
+            )[0]
+        views[c] = ComponentView(c, state, evidence, leaning, due if leaning not in (None, state) else None)
+    return views
 
 
 def eo_views(
@@ -203,6 +257,49 @@ def desired_national_scenario(ada_b2g: ComponentState, ntp: ComponentState) -> S
     return Scenario.ADA_B2G_UNAVAILABLE
 
 
+VERDICT_GRACE = timedelta(seconds=1)
+"""How long after its due time a verdict is still awaited: the detector's publication and this service's
+read of it take time, and a probe that fails by timing out decides exactly at the due time."""
+
+
+def national_wait(
+    current: Scenario | None, views: dict[Component, ComponentView], *, now: datetime
+) -> datetime | None:
+    """Until when a national change waits for a verdict on its way, or None when it need not wait.
+
+    A change waits when the component states call for one (``current`` is not what they call for) and the
+    verdicts of the suspect components, once in, would call for another outcome: ADA B2G down while NTP's
+    probes have started failing would open scenario 2 and then, a few seconds later, move it to 3. The wait
+    ends at the latest verdict's due time; after that the engine decides on what it knows. Unknown never
+    waits: it decides nothing anyway.
+    """
+    ada, ntp = views[Component.ADA_B2G], views[Component.NTP]
+    pending = [v.verdict_by + VERDICT_GRACE for v in (ada, ntp) if v.verdict_by is not None]
+    pending = [at for at in pending if at > now]
+    if not pending:
+        return None
+    if ComponentState.UNKNOWN in (ada.state, ntp.state, ada.heading, ntp.heading):
+        return None
+    called_for = desired_national_scenario(ada.state, ntp.state)
+    if called_for == current:
+        return None
+    if desired_national_scenario(ada.heading, ntp.heading) == called_for:
+        return None
+    return max(pending)
+
+
+def advisory_wait(views: dict[Component, ComponentView], *, now: datetime) -> datetime | None:
+    """Until when an NTP-only advisory waits: NTP down while ADA B2G's probes have started failing too is
+    most likely one outage of LUCCS on its way, not an NTP-only one (and a joint return likewise)."""
+    ada, ntp = views[Component.ADA_B2G], views[Component.NTP]
+    due = ada.verdict_by + VERDICT_GRACE if ada.verdict_by is not None else None
+    if due is None or due <= now or ComponentState.UNKNOWN in (ntp.state, ada.heading):
+        return None
+    ntp_only_now = ada.state == ComponentState.UP and ntp.state == ComponentState.DOWN
+    ntp_only_after = ada.heading == ComponentState.UP and ntp.heading == ComponentState.DOWN
+    return due if ntp_only_now != ntp_only_after else None
+
+
 def decide_national(current: Scenario | None, views: dict[Component, ComponentView]) -> NationalDecision | None:
     """What to do with the open national procedure (``current`` is its scenario, or None), in auto mode."""
     ada = views[Component.ADA_B2G].state
@@ -234,12 +331,18 @@ def decide(
     national: dict[Component, ComponentView],
     eos: dict[str, ComponentView],
     confirm_mode: bool,
+    now: datetime | None = None,
 ) -> list[Decision]:
-    """Every change the current observations call for, national and per EO."""
+    """Every change the current observations call for, national and per EO.
+
+    With ``now``, a national change waits while a verdict on its way would change it (:func:`national_wait`).
+    """
     decisions: list[Decision] = []
     current = next((p for p in active if p.scope == Scope.NATIONAL), None)
-    if current is None or _follows_probes(current):
-        found = decide_national(current.scenario if current else None, national)
+    scenario = current.scenario if current else None
+    waiting = now is not None and national_wait(scenario, national, now=now) is not None
+    if (current is None or _follows_probes(current)) and not waiting:
+        found = decide_national(scenario, national)
         if found is not None:
             decisions.append(_national(found, current, confirm_mode))
     by_eori = {p.eori: p for p in active if p.scope == Scope.EO}
@@ -359,17 +462,21 @@ class AdvisoryChange:
 
 
 def decide_advisories(
-    *, active: Iterable[AdvisoryKind], national: dict[Component, ComponentView], blind_allowed: bool
+    *, active: Iterable[AdvisoryKind], national: dict[Component, ComponentView], blind_allowed: bool,
+    now: datetime | None = None,
 ) -> list[AdvisoryChange]:
     """Advisories to raise or clear: NTP down while ADA B2G is up; a national component nobody sees.
 
     ``blind_allowed`` is False during the first ``stale_after_s`` after start, when silence is expected.
+    With ``now``, the NTP-only advisory waits while ADA B2G's verdict on its way would change it.
     """
     active = set(active)
     changes: list[AdvisoryChange] = []
     ada, ntp = national[Component.ADA_B2G].state, national[Component.NTP].state
     ntp_only = ada == ComponentState.UP and ntp == ComponentState.DOWN
-    if ntp_only and AdvisoryKind.NTP_UNAVAILABLE not in active:
+    if now is not None and advisory_wait(national, now=now) is not None:
+        pass  # one outage, one story: the Servicedesk hears of it once ADA B2G's verdict is in
+    elif ntp_only and AdvisoryKind.NTP_UNAVAILABLE not in active:
         changes.append(AdvisoryChange(AdvisoryKind.NTP_UNAVAILABLE, True, (Component.NTP,),
                                       "NTP is unavailable while ADA B2G works: not a fallback scenario"))
     elif not ntp_only and AdvisoryKind.NTP_UNAVAILABLE in active and ComponentState.UNKNOWN not in (ada, ntp):

@@ -11,6 +11,7 @@ after a failed transaction or an operator command it reads them from the databas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -51,10 +52,18 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _verdict_by(seen: AvailabilityData, observed_at: datetime) -> datetime | None:
+    """The detector's verdict time, moved as its observation time was (a skewed clock skews both)."""
+    if not seen.suspect or seen.verdict_by is None:
+        return None
+    return seen.verdict_by - (seen.observed_at - observed_at)
+
+
 def _observation(row: ObservationRow) -> Observation:
     return Observation(
         target_id=row.target_id, component=Component(row.component), detector_instance=row.detector_instance,
         state=ComponentState(row.state), observed_at=row.observed_at, reason=row.reason, eori=row.eori,
+        suspect=row.suspect, verdict_by=row.verdict_by,
     )
 
 
@@ -93,6 +102,9 @@ class ProcedureService:
         self._active: dict[str, ProcedureRow] | None = None
         self._advisories: set[AdvisoryKind] | None = None
         self._components: dict[str, str] | None = None
+        self.recheck_at: datetime | None = None
+        """When a decision that waits for a verdict on its way is to be made again (None: nothing waits)."""
+        self._woken = asyncio.Event()
 
     async def load(self) -> None:
         """Rebuild the in-memory state from the database (on start)."""
@@ -135,6 +147,7 @@ class ProcedureService:
                 newer[key] = Observation(
                     target_id=seen.target_id, component=seen.component, detector_instance=seen.detector_instance,
                     state=seen.state, observed_at=observed_at, reason=seen.reason, eori=seen.eori,
+                    suspect=seen.suspect, verdict_by=_verdict_by(seen, observed_at),
                 )
             if not newer:
                 return
@@ -155,15 +168,22 @@ class ProcedureService:
                 await upsert(session, cast(Table, ObservationRow.__table__), [
                     {"target_id": o.target_id, "detector_instance": o.detector_instance,
                      "component": o.component.value, "eori": o.eori, "state": o.state.value, "reason": o.reason,
-                     "observed_at": o.observed_at, "received_at": now}
+                     "observed_at": o.observed_at, "received_at": now, "suspect": o.suspect,
+                     "verdict_by": o.verdict_by}
                     for o in store.values()
                 ], key=("target_id", "detector_instance"))
                 recorder = Recorder(session=session, kafka=self._settings.kafka, now=now,
                                     components=views.components)
                 active = await self._active_procedures(session)
+                national_now = next((r for r in active.values() if r.scope == Scope.NATIONAL.value), None)
+                waits = [
+                    domain.national_wait(active_view(national_now).scenario if national_now else None,
+                                         views.national, now=now),
+                    domain.advisory_wait(views.national, now=now),
+                ]
                 decisions = domain.decide(
                     active=[active_view(r) for r in active.values()], national=views.national, eos=views.eos,
-                    confirm_mode=self._settings.procedure.mode == "confirm",
+                    confirm_mode=self._settings.procedure.mode == "confirm", now=now,
                 )
                 for decision in decisions:
                     if decision.scope == Scope.NATIONAL:
@@ -177,7 +197,7 @@ class ProcedureService:
                 advisories = await self._active_advisories(session)
                 blind_allowed = (now - self._started_at).total_seconds() >= self._settings.procedure.stale_after_s
                 changes = domain.decide_advisories(
-                    active=sorted(advisories), national=views.national, blind_allowed=blind_allowed,
+                    active=sorted(advisories), national=views.national, blind_allowed=blind_allowed, now=now,
                 )
                 for change in changes:
                     await recorder.advisory(change)
@@ -197,6 +217,7 @@ class ProcedureService:
             c.kind for c in changes if not c.raise_it
         }
         self._components = components
+        self._recheck(min((w for w in waits if w is not None), default=None))
         if decisions and os.environ.get(FAULT_ENV) == "procedure.after_commit":
             os.kill(os.getpid(), signal.SIGKILL)
         self._publish(recorder)
@@ -286,9 +307,30 @@ class ProcedureService:
                 await recorder.note(row, text=text, actor=actor)
             self._announce(recorder)
 
+    def _recheck(self, at: datetime | None) -> None:
+        """Decide again at ``at``: a verdict a decision waits for is due then (see :func:`domain.national_wait`)."""
+        if at == self.recheck_at:
+            return
+        if at is not None:
+            log.info("a national decision waits for a verdict due at %s", at.isoformat())
+        self.recheck_at = at
+        self._woken.set()
+
     async def run_ticks(self) -> None:
+        """Re-decide every ``tick_s``, and as soon as a verdict a decision waits for is due."""
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + self._settings.procedure.tick_s
         while True:
-            await asyncio.sleep(self._settings.procedure.tick_s)
+            self._woken.clear()
+            wake = next_tick
+            if self.recheck_at is not None:
+                due_in = (self.recheck_at - self._clock()).total_seconds()
+                wake = min(wake, loop.time() + max(0.0, due_in) + 0.01)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), timeout=max(0.0, wake - loop.time()))
+                continue  # the verdict's due time moved: wait again until the new one
+            if loop.time() >= next_tick:
+                next_tick = loop.time() + self._settings.procedure.tick_s
             await self.tick()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, text
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, false, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UTCDateTime
@@ -28,6 +28,8 @@ class ObservationRow(Base):
     reason: Mapped[str] = mapped_column(String(200))
     observed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    suspect: Mapped[bool] = mapped_column(Boolean, server_default=false(), default=False)
+    verdict_by: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class ComponentRow(Base):

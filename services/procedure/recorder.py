@@ -56,6 +56,7 @@ def evidence_of(observations: Sequence[Observation]) -> list[Evidence]:
             state=o.state,
             observed_at=o.observed_at,
             reason=o.reason,
+            suspect=o.suspect,
         )
         for o in observations
     ]
