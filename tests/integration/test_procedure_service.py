@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.procedure import domain
+from services.procedure.domain import VERDICT_GRACE
 from services.procedure.handlers import ProcedureService
 from services.procedure.migrate import upgrade
 from services.procedure.models import AdvisoryRow, Base, OutboxRow, ProcedureRow, TimelineRow
@@ -38,6 +39,7 @@ from shared.events import (
     parse_event,
 )
 from shared.kafka import Publisher, ensure_topics
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -81,10 +83,11 @@ class Clock:
 
 
 def _service(engine: AsyncEngine, clock: Callable[[], datetime], *, prefix: str = "luccs",
-             bootstrap: str = "127.0.0.1:1", mode: str = "auto", outbox: Outbox | None = None) -> ProcedureService:
+             bootstrap: str = "127.0.0.1:1", mode: str = "auto", outbox: Outbox | None = None,
+             tick_s: float = 2.0) -> ProcedureService:
     settings = Settings(
         kafka=KafkaSettings(bootstrap_servers=bootstrap, topic_prefix=prefix),
-        procedure=ProcedureSettings(mode=mode, stale_after_s=30),
+        procedure=ProcedureSettings(mode=mode, stale_after_s=30, tick_s=tick_s),
     )
     return ProcedureService(settings=settings, sessions=session_factory(engine), clock=clock, outbox=outbox)
 
@@ -455,3 +458,66 @@ async def test_after_a_failed_publication_no_event_overtakes_an_older_one(
     recorded = await _outbox(session_factory(engine))
     assert len(recorded) == 5
     assert await _on_the_topic(kafka_bootstrap, topic_prefix, 5) == recorded  # each once, in the order decided
+
+
+# --- one outage, one story: a decision waits for a verdict on its way ---------------------------------------
+
+
+def _suspect(target: str, component: Component, state: ComponentState, at: datetime,
+             verdict_in_s: float) -> CloudEvent[AvailabilityData]:
+    event = _seen(target, component, state, at)
+    return event.model_copy(update={
+        "type": EventType.AVAILABILITY_HEARTBEAT,
+        "data": event.data.model_copy(update={
+            "suspect": True, "ok": state != UP, "streak": 1, "threshold": 3,
+            "verdict_by": at + timedelta(seconds=verdict_in_s),
+        }),
+    })
+
+
+async def test_a_joint_failure_opens_scenario_3_directly_and_remembers_the_suspicion(engine: AsyncEngine) -> None:
+    clock = Clock()
+    service = _service(engine, clock)
+    sessions = session_factory(engine)
+    t0 = clock.now
+    await _feed(service, _seen("ada", ADA, UP, t0), _seen("ntp", NTP, UP, t0))
+    await _feed(service, _suspect("ntp", NTP, UP, clock.advance(0.5), verdict_in_s=2))
+    await _feed(service, _seen("ada", ADA, DOWN, clock.advance(0.5)))
+    assert await _procedure_events(sessions) == []
+    assert service.recheck_at == t0 + timedelta(seconds=2.5) + VERDICT_GRACE
+
+    restarted = _service(engine, clock)  # a restart (or a standby) knows NTP's verdict is on its way
+    await restarted.load()
+    await restarted.tick()
+    assert await _procedure_events(sessions) == []
+
+    await _feed(restarted, _seen("ntp", NTP, DOWN, clock.advance(1)))
+    events = await _procedure_events(sessions)
+    assert [(e.type, e.data.scenario) for e in events] == [(EventType.PROCEDURE_OPENED, Scenario.LUCCS_UNAVAILABLE)]
+    assert not any(e.suspect for e in events[0].data.evidence)  # decided on verdicts, not on suspicion
+    assert restarted.recheck_at is None
+
+
+async def test_a_suspect_ntp_that_recovers_opens_scenario_2_when_its_verdict_is_due(engine: AsyncEngine) -> None:
+    # The real clock and the service's own tick loop, with a periodic tick far away: only the wait's end wakes it.
+    service = _service(engine, lambda: datetime.now(UTC), tick_s=600)
+    sessions = session_factory(engine)
+    t0 = datetime.now(UTC)
+    await _feed(service, _seen("ada", ADA, UP, t0), _seen("ntp", NTP, UP, t0))
+    ticks = asyncio.create_task(service.run_ticks())
+    try:
+        await _feed(service, _suspect("ntp", NTP, UP, datetime.now(UTC), verdict_in_s=0.5),
+                    _seen("ada", ADA, DOWN, datetime.now(UTC)))
+        assert await _procedure_events(sessions) == []
+        await eventually(lambda: _opened(sessions), what="the procedure opened once the verdict was due")
+    finally:
+        ticks.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticks
+    events = await _procedure_events(sessions)
+    assert [(e.type, e.data.scenario) for e in events] == [(EventType.PROCEDURE_OPENED, Scenario.ADA_B2G_UNAVAILABLE)]
+    assert datetime.now(UTC) >= t0 + timedelta(seconds=0.5) + VERDICT_GRACE
+
+
+async def _opened(sessions: async_sessionmaker[AsyncSession]) -> bool:
+    return bool(await _procedure_events(sessions))
