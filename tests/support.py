@@ -81,6 +81,13 @@ class ToggleServer:
         self.port = port or free_port()
         self.body = body
         self._server: ThreadingHTTPServer | None = None
+        self._failures = 0
+        self._lock = threading.Lock()
+
+    def fail_next(self, count: int) -> None:
+        """Answer the next ``count`` requests with 503 (a blip shorter than a failure streak), then 200 again."""
+        with self._lock:
+            self._failures = count
 
     @property
     def url(self) -> str:
@@ -90,10 +97,14 @@ class ToggleServer:
         if self._server is not None:
             return
         body = self.body
+        toggle = self
 
         class Handler(_Quiet):
             def do_GET(self) -> None:
-                self.send_response(200)
+                with toggle._lock:
+                    failing = toggle._failures > 0
+                    toggle._failures -= failing
+                self.send_response(503 if failing else 200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -229,3 +229,53 @@ def test_ada_b2g_outage_opens_scenario_2_once_and_closes_it(system: System) -> N
         f"{system.notifier_url}/api/v1/deliveries", params={"procedure_id": procedure_id}, timeout=5
     ).json()["items"]
     assert sorted(d["status"] for d in deliveries) == ["delivered", "delivered"]
+
+
+# --- one outage, one story ---------------------------------------------------------------------------------
+
+
+def _national_story(system: System, since: int) -> list[tuple[str, str]]:
+    """The national notices the EO got since ``since``: (event type, scenario), in the order decided."""
+    hooks = sorted(system.receiver.received[since:], key=lambda h: h.event["time"])
+    return [(h.event["type"], h.event["data"]["scenario"]) for h in hooks if h.event["data"]["scope"] == "national"]
+
+
+def _both_up_and_nothing_open(system: System) -> None:
+    wait_for(lambda: system.component_states() == {"ada_b2g": "up", "ntp": "up"}, timeout=30, what="both up")
+    wait_for(lambda: system.procedures("open") == [], timeout=30, what="no open procedure")
+
+
+def test_a_joint_failure_tells_scenario_3_only_and_a_joint_return_closes_directly(system: System) -> None:
+    _both_up_and_nothing_open(system)
+    since = len(system.receiver.received)
+    system.ada.down()
+    system.ntp.down()
+    wait_for(lambda: system.component_states() == {"ada_b2g": "down", "ntp": "down"}, timeout=30, what="both down")
+    wait_for(lambda: _national_story(system, since), timeout=30, what="the EO told of the outage")
+    time.sleep(FAILURE_THRESHOLD * INTERVAL_S * 2)  # room for a contradictory notice to arrive
+    assert _national_story(system, since) == [("luccs.procedure.opened", "LUCCS_UNAVAILABLE")]
+
+    since = len(system.receiver.received)
+    system.ada.up()
+    system.ntp.up()
+    wait_for(lambda: _national_story(system, since), timeout=30, what="the EO told of the return")
+    _both_up_and_nothing_open(system)
+    time.sleep(FAILURE_THRESHOLD * INTERVAL_S * 2)
+    assert _national_story(system, since) == [("luccs.procedure.closed", "LUCCS_UNAVAILABLE")]
+
+
+def test_a_suspect_ntp_that_recovers_lets_scenario_2_open_once(system: System) -> None:
+    _both_up_and_nothing_open(system)
+    since = len(system.receiver.received)
+    system.ntp.fail_next(FAILURE_THRESHOLD - 1)  # NTP blips as ADA B2G fails: suspect, never down
+    system.ada.down()
+    wait_for(lambda: _national_story(system, since), timeout=30, what="the EO told of the outage")
+    time.sleep(FAILURE_THRESHOLD * INTERVAL_S * 2)
+    assert _national_story(system, since) == [("luccs.procedure.opened", "ADA_B2G_UNAVAILABLE")]
+    assert system.component_states() == {"ada_b2g": "down", "ntp": "up"}
+
+    since = len(system.receiver.received)
+    system.ada.up()
+    wait_for(lambda: _national_story(system, since), timeout=30, what="the EO told of the return")
+    _both_up_and_nothing_open(system)
+    assert _national_story(system, since) == [("luccs.procedure.closed", "ADA_B2G_UNAVAILABLE")]
