@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,11 +40,6 @@ from shared.events import (
 from shared.kafka import Item
 
 log = logging.getLogger(__name__)
-
-FAULT_ENV = "LUCCS_FAULT_INJECT"
-"""Test hook: ``procedure.after_commit`` SIGKILLs the process right after a decision is committed and
-before its events are published (the crash test of the outbox)."""
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -218,8 +211,6 @@ class ProcedureService:
         }
         self._components = components
         self._recheck(min((w for w in waits if w is not None), default=None))
-        if decisions and os.environ.get(FAULT_ENV) == "procedure.after_commit":
-            os.kill(os.getpid(), signal.SIGKILL)
         self._publish(recorder)
         self._announce(recorder)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -13,7 +12,6 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from services.procedure.handlers import FAULT_ENV
 from shared.config import KafkaSettings
 from shared.events import AvailabilityData, CloudEvent, Component, ComponentState, EventType, ProcedureData, parse_event
 from shared.kafka import Publisher, ensure_topics
@@ -64,14 +62,13 @@ async def _procedure_events(
     return found
 
 
-def _start(config: Path, log: Path, *, fault: str | None) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
-    if fault:
-        env[FAULT_ENV] = fault
-    script = Path(sys.executable).with_name("luccs-fallback")
+def _start(config: Path, log: Path, *, fault: bool) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "tests.e2e.crashing_procedure"] if fault else [
+        str(Path(sys.executable).with_name("luccs-fallback"))
+    ]
     with log.open("ab") as out:
-        return subprocess.Popen([str(script), "procedure", "--config", str(config)], stdout=out,
-                                stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen([*command, "procedure", "--config", str(config)], stdout=out,
+                                stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2])
 
 
 def test_kill_after_commit_before_publish_publishes_exactly_once(
@@ -91,7 +88,7 @@ def test_kill_after_commit_before_publish_publishes_exactly_once(
     asyncio.run(_publish(settings, _seen("ntp", Component.NTP, ComponentState.UP, t0),
                          _seen("ada", Component.ADA_B2G, ComponentState.DOWN, t0)))
 
-    crashing = _start(config, log, fault="procedure.after_commit")
+    crashing = _start(config, log, fault=True)
     try:
         assert crashing.wait(timeout=90) == -9, log.read_text()[-3000:]
     finally:
@@ -99,7 +96,7 @@ def test_kill_after_commit_before_publish_publishes_exactly_once(
             crashing.kill()
     assert asyncio.run(_procedure_events(settings, settle_s=1.0)) == []  # committed, not yet published
 
-    restarted = _start(config, log, fault=None)
+    restarted = _start(config, log, fault=False)
     try:
         wait_for(lambda: _ready(port), timeout=60, what="procedure /readyz after restart")
         opened = asyncio.run(_procedure_events(settings, settle_s=3.0, at_least=1))
