@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -163,6 +164,9 @@ async def _one_run(client: httpx.AsyncClient, control: str, status_url: str, rec
     watched = f"/{eoris[0]}"
     since = len(receiver.received)
     expected = "LUCCS_UNAVAILABLE" if targets == "all" else "ADA_B2G_UNAVAILABLE"
+    # The probes run at fixed phases and this loop follows them: without a random pause every run would
+    # fail the channels at the same point of the probe interval, and tell the same story.
+    await asyncio.sleep(random.uniform(0, args.interval))
     failed_at = time.time()
     (await client.post(f"{control}/{targets}/refuse")).raise_for_status()
     await _wait(lambda: bool(_national(receiver, watched, since)), args.timeout, "first notice")
@@ -177,6 +181,7 @@ async def _one_run(client: httpx.AsyncClient, control: str, status_url: str, rec
     failure_story = _story(_national(receiver, watched, since))
 
     since = len(receiver.received)
+    await asyncio.sleep(random.uniform(0, args.interval))
     returned_at = time.time()
     (await client.post(f"{control}/{targets}/ok")).raise_for_status()
     await _wait(lambda: any(h.event["type"] == "luccs.procedure.closed" for h in _national(receiver, watched, since)),
@@ -219,6 +224,8 @@ def cli() -> None:
     parser.add_argument("--eos", type=int, default=10)
     parser.add_argument("--only", choices=["ada-as4"], default=None,
                         help="fail this endpoint alone instead of ADA AS4 and NTP together")
+    parser.add_argument("--interval", type=float, default=5.0,
+                        help="the probe interval (the default's): each step starts at a random point within it")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds to wait for late notices after each step")
     parser.add_argument("--timeout", type=float, default=90.0, help="bound of every wait, in seconds")
     asyncio.run(main(parser.parse_args()))
