@@ -215,7 +215,8 @@ def run_phase(args: argparse.Namespace, *, channel: str, port: int, count: Synch
     config = tmp / "luccs.toml"
     config.write_text(f"""
 data_dir = "{tmp}"
-log_level = "WARNING"
+[logging]
+level = "WARNING"
 [kafka]
 bootstrap_servers = "{args.kafka}"
 topic_prefix = "{prefix}"

@@ -67,7 +67,8 @@ def _start_service(
     db = f'database_url = "{database_url}"\n' if database_url else ""
     config = workdir / "bench.toml"
     config.write_text(
-        f'data_dir = "{workdir}"\nlog_level = "WARNING"\n[kafka]\nbootstrap_servers = "{settings.bootstrap_servers}"\n'
+        f'data_dir = "{workdir}"\n[logging]\nlevel = "WARNING"\n'
+        f'[kafka]\nbootstrap_servers = "{settings.bootstrap_servers}"\n'
         f'topic_prefix = "{settings.topic_prefix}"\n[procedure]\nport = {port}\nstale_after_s = 3600\n{db}',
         encoding="utf-8",
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
@@ -13,7 +14,7 @@ from fastapi import FastAPI
 
 from shared.config import CONFIG_ENV, ConfigError, Settings, load_settings
 from shared.http import serve
-from shared.logging import configure_logging
+from shared.logging import bind_service, configure_logging
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -40,11 +41,16 @@ def _app(name: str, settings: Settings) -> tuple[FastAPI, int]:
     return notifier_app(settings), settings.notifier.port
 
 
+async def _serve(name: str, app: FastAPI, settings: Settings, port: int) -> None:
+    bind_service(name)  # this task's log records, and those of every task its app starts, say whose they are
+    await serve(app, host=settings.api.host, port=port)
+
+
 async def _run(names: Sequence[str], settings: Settings) -> None:
-    apps = [_app(name, settings) for name in names]
+    apps = [(name, *_app(name, settings)) for name in names]
     async with asyncio.TaskGroup() as group:
-        for app, port in apps:
-            group.create_task(serve(app, host=settings.api.host, port=port))
+        for name, app, port in apps:
+            group.create_task(_serve(name, app, settings, port))
 
 
 def _migrate(settings: Settings, databases: Sequence[MigratedDatabase]) -> int:
@@ -138,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"luccs-fallback: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(level=settings.logging.level, log_format=settings.logging.format)
     if args.service == "migrate":
         return _migrate(settings, [args.database] if args.database else _default_migrations(settings))
     names = SERVICES if args.service == "all" else (args.service,)
@@ -154,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for cause in causes:
             log.error("stopping: %s", cause)
         return 1
+    log.info("stopped (process %d)", os.getpid())
     return 0
 
 

@@ -13,7 +13,16 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from shared.events import Component, Language
@@ -326,13 +335,31 @@ class SmtpSettings(_Section):
         return self
 
 
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class LoggingSettings(_Section):
+    level: LogLevel = Field("INFO", description="Least severe level logged (any case).")
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="json: a JSON object per line; console: a readable line; auto: console on a terminal."
+    )
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+_MOVED_KEYS = {"log_level": "[logging] level (environment LUCCS_LOGGING__LEVEL)"}
+
+
 class Settings(BaseSettings):
     """The whole configuration of a luccs-fallback installation."""
 
     model_config = SettingsConfigDict(env_prefix="LUCCS_", env_nested_delimiter="__", extra="forbid")
 
     data_dir: Path = Field(Path("var"), description="Where default SQLite files live.")
-    log_level: str = "INFO"
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     detector: DetectorSettings = Field(default_factory=DetectorSettings)
@@ -352,6 +379,15 @@ class Settings(BaseSettings):
         # The file's content arrives as init arguments; the environment overrides it.
         return env_settings, init_settings
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_moved_keys(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            for old, new in _MOVED_KEYS.items():
+                if old in values:
+                    raise ValueError(f"{old} is now {new}")
+        return values
+
     def database_url(self, service: Literal["detector", "procedure", "notifier"]) -> str:
         """The SQLAlchemy URL of a service's database: the configured one, or a SQLite file in data_dir."""
         configured: str | None = getattr(self, service).database_url
@@ -367,6 +403,10 @@ class ConfigError(Exception):
 def load_settings(config_path: str | Path | None = None) -> Settings:
     """Load the TOML file (``config_path``, else ``$LUCCS_CONFIG``, else none) and apply env overrides."""
     path = config_path or os.environ.get(CONFIG_ENV)
+    for old, new in _MOVED_KEYS.items():
+        variable = f"LUCCS_{old.upper()}"
+        if variable in os.environ:
+            raise ConfigError(f"environment: {variable}: {old} is now {new}")
     file_values: dict[str, Any] = {}
     if path:
         try:
@@ -385,6 +425,7 @@ def load_settings(config_path: str | Path | None = None) -> Settings:
         raise ConfigError(f"environment: {exc}") from exc
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:10]
+            f"{'.'.join(str(p) for p in err['loc']) or 'configuration'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()[:10]
         )
         raise ConfigError(f"{path or 'configuration'}: {problems}") from exc

@@ -42,7 +42,7 @@ def add_ops_routes(
             return JSONResponse({"status": "failing", "problem": problem}, status_code=503)
         return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz", tags=["ops"], summary="Dependencies (broker, database) answer")
+    @app.get("/readyz", tags=["ops"], summary="Ready: every check of this service passes (a 503 names those that fail)")
     async def readyz() -> JSONResponse:
         results = await asyncio.gather(*(_run_check(check) for check in checks.values()))
         problems = {name: problem for name, problem in zip(checks, results, strict=True) if problem}

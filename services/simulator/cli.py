@@ -18,7 +18,7 @@ from services.simulator.app import ALL, DEFAULT_BASE_PORT, MAX_EOS, Simulator, l
 from services.simulator.behaviour import MODE_HELP, Mode
 from services.simulator.receiver import NoticeLog
 from services.simulator.server import EndpointError
-from shared.logging import configure_logging
+from shared.logging import bind_service, configure_logging
 
 COMMANDS = ("simulator", "simulator-ctl")
 DEFAULT_CONTROL_URL = f"http://127.0.0.1:{DEFAULT_BASE_PORT}"
@@ -68,7 +68,8 @@ def run_simulator(argv: Sequence[str]) -> int:
     if args.keep_notices < 1:
         print("luccs-fallback simulator: --keep-notices must be at least 1", file=sys.stderr)
         return 2
-    configure_logging(args.log_level)
+    configure_logging(level=args.log_level)
+    bind_service("simulator")
     simulator = Simulator(plan=plan, notices=NoticeLog(keep=args.keep_notices, path=args.notices_file))
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:

@@ -75,7 +75,9 @@ def _config(tmp: Path, *, kafka: str, prefix: str, ports: dict[str, int]) -> Pat
     path.write_text(
         f"""
 data_dir = "{tmp / 'data'}"
-log_level = "INFO"
+
+[logging]
+level = "INFO"
 
 [kafka]
 bootstrap_servers = "{kafka}"

@@ -79,7 +79,9 @@ def _config(tmp: Path, *, kafka: str, prefix: str, ada: ToggleServer, ntp: Toggl
     path.write_text(
         f"""
 data_dir = "{tmp / 'data'}"
-log_level = "INFO"
+
+[logging]
+level = "INFO"
 
 [kafka]
 bootstrap_servers = "{kafka}"

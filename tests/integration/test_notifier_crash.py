@@ -85,7 +85,8 @@ def test_sigkill_mid_fanout_then_restart_reaches_every_eo_once_keyed(
     config.write_text(
         f"""
 data_dir = "{tmp_path / 'data'}"
-log_level = "INFO"
+[logging]
+level = "INFO"
 [kafka]
 bootstrap_servers = "{kafka_bootstrap}"
 topic_prefix = "{topic_prefix}"

@@ -30,7 +30,7 @@ def write(tmp_path: Path, text: str, name: str = "luccs.toml") -> Path:
 def test_defaults_without_a_file() -> None:
     settings = load_settings()
     assert settings.data_dir == Path("var")
-    assert settings.log_level == "INFO"
+    assert (settings.logging.level, settings.logging.format) == ("INFO", "auto")
     assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
     assert settings.kafka.topic_prefix == "luccs"
     assert settings.kafka.partitions == 3
@@ -58,8 +58,11 @@ def test_file_values(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         """
-log_level = "DEBUG"
 data_dir = "/srv/luccs"
+
+[logging]
+level = "debug"
+format = "console"
 
 [kafka]
 bootstrap_servers = "broker-1:9093,broker-2:9093"
@@ -92,7 +95,7 @@ max_attempts = 9
 """,
     )
     settings = load_settings(path)
-    assert settings.log_level == "DEBUG"
+    assert (settings.logging.level, settings.logging.format) == ("DEBUG", "console")
     assert settings.data_dir == Path("/srv/luccs")
     assert settings.kafka.bootstrap_servers == "broker-1:9093,broker-2:9093"
     assert settings.kafka.availability_topic == "acc.availability.v1"
@@ -133,12 +136,13 @@ def test_env_overrides_merge_with_file_values(tmp_path: Path, monkeypatch: pytes
 
 
 def test_env_wins_over_the_file_for_the_same_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(tmp_path, 'log_level = "DEBUG"\n[procedure]\nmode = "confirm"\n')
+    path = write(tmp_path, '[logging]\nlevel = "DEBUG"\nformat = "console"\n[procedure]\nmode = "confirm"\n')
     monkeypatch.setenv("LUCCS_PROCEDURE__MODE", "auto")
-    monkeypatch.setenv("LUCCS_LOG_LEVEL", "WARNING")
+    monkeypatch.setenv("LUCCS_LOGGING__LEVEL", "WARNING")
+    monkeypatch.setenv("LUCCS_LOGGING__FORMAT", "json")
     settings = load_settings(path)
     assert settings.procedure.mode == "auto"
-    assert settings.log_level == "WARNING"
+    assert (settings.logging.level, settings.logging.format) == ("WARNING", "json")
 
 
 def test_env_overrides_without_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -184,7 +188,7 @@ def test_missing_file_named_by_the_environment_is_a_config_error(
 
 def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "latin1.toml"
-    path.write_bytes('log_level = "caf\xe9"\n'.encode("latin-1"))
+    path.write_bytes('data_dir = "caf\xe9"\n'.encode("latin-1"))
     with pytest.raises(ConfigError):
         load_settings(path)
 
@@ -229,6 +233,8 @@ def test_unknown_keys_are_config_errors(tmp_path: Path, text: str, key: str) -> 
         ("[procedure]\nstale_after_s = -5\n", "procedure.stale_after_s"),
         ("[notifier]\nmax_attempts = 0\n", "notifier.max_attempts"),
         ("[kafka]\ntopic_prefix = 'bad prefix!'\n", "kafka.topic_prefix"),
+        ("[logging]\nlevel = 'loud'\n", "logging.level"),
+        ("[logging]\nformat = 'xml'\n", "logging.format"),
         (
             "[[detector.targets]]\nid = 'a'\ncomponent = 'mainframe'\nurl = 'https://x'\n",
             "detector.targets.0.component",
@@ -241,6 +247,14 @@ def test_bad_values_are_config_errors(tmp_path: Path, text: str, key: str) -> No
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, text))
     assert key in str(info.value)
+
+
+def test_the_old_log_level_key_says_where_it_went(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match=r"log_level is now \[logging\] level"):
+        load_settings(write(tmp_path, 'log_level = "DEBUG"\n'))
+    monkeypatch.setenv("LUCCS_LOG_LEVEL", "DEBUG")
+    with pytest.raises(ConfigError, match=r"LUCCS_LOG_LEVEL: log_level is now \[logging\] level"):
+        load_settings()
 
 
 def test_duplicate_target_ids_are_a_config_error(tmp_path: Path) -> None:
