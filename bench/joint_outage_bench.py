@@ -56,7 +56,8 @@ def _config(tmp: Path, args: argparse.Namespace, prefix: str, ports: dict[str, i
     config = tmp / "bench.toml"
     config.write_text(f"""
 data_dir = "{tmp}"
-log_level = "WARNING"
+[logging]
+level = "WARNING"
 [kafka]
 bootstrap_servers = "{args.bootstrap}"
 topic_prefix = "{prefix}"

@@ -6,6 +6,7 @@ Every key has a default so an empty file (or none) runs the system on loopback.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import ssl
@@ -350,6 +351,7 @@ class LoggingSettings(_Section):
         return value.upper() if isinstance(value, str) else value
 
 
+_log = logging.getLogger(__name__)
 _MOVED_KEYS = {"log_level": "[logging] level (environment LUCCS_LOGGING__LEVEL)"}
 
 
@@ -381,11 +383,18 @@ class Settings(BaseSettings):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_moved_keys(cls, values: Any) -> Any:
-        if isinstance(values, dict):
-            for old, new in _MOVED_KEYS.items():
-                if old in values:
-                    raise ValueError(f"{old} is now {new}")
+    def _moved_keys(cls, values: Any) -> Any:
+        """``log_level`` (earlier versions) still works, as ``[logging] level``, with a warning."""
+        if isinstance(values, dict) and "log_level" in values:
+            values = dict(values)
+            level = values.pop("log_level")
+            section = dict(values.get("logging") or {})
+            if "level" in section and str(section["level"]).upper() != str(level).upper():
+                raise ValueError(f"log_level = {level!r} and [logging] level = {section['level']!r} disagree: "
+                                 "keep [logging] level only")
+            section.setdefault("level", level)
+            values["logging"] = section
+            _log.warning("configuration: log_level is deprecated, it is now %s", _MOVED_KEYS["log_level"])
         return values
 
     def database_url(self, service: Literal["detector", "procedure", "notifier"]) -> str:
@@ -403,10 +412,6 @@ class ConfigError(Exception):
 def load_settings(config_path: str | Path | None = None) -> Settings:
     """Load the TOML file (``config_path``, else ``$LUCCS_CONFIG``, else none) and apply env overrides."""
     path = config_path or os.environ.get(CONFIG_ENV)
-    for old, new in _MOVED_KEYS.items():
-        variable = f"LUCCS_{old.upper()}"
-        if variable in os.environ:
-            raise ConfigError(f"environment: {variable}: {old} is now {new}")
     file_values: dict[str, Any] = {}
     if path:
         try:
@@ -419,6 +424,11 @@ def load_settings(config_path: str | Path | None = None) -> Settings:
             raise ConfigError(f"{path}: not UTF-8 text: {exc}") from exc
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    legacy_level = os.environ.get("LUCCS_LOG_LEVEL")
+    if legacy_level is not None and "LUCCS_LOGGING__LEVEL" not in os.environ:
+        _log.warning("environment: LUCCS_LOG_LEVEL is deprecated, it is now %s", _MOVED_KEYS["log_level"])
+        file_values.pop("log_level", None)
+        file_values["logging"] = {**dict(file_values.get("logging") or {}), "level": legacy_level}
     try:
         return Settings(**file_values)
     except SettingsError as exc:

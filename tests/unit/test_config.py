@@ -249,12 +249,23 @@ def test_bad_values_are_config_errors(tmp_path: Path, text: str, key: str) -> No
     assert key in str(info.value)
 
 
-def test_the_old_log_level_key_says_where_it_went(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ConfigError, match=r"log_level is now \[logging\] level"):
-        load_settings(write(tmp_path, 'log_level = "DEBUG"\n'))
-    monkeypatch.setenv("LUCCS_LOG_LEVEL", "DEBUG")
-    with pytest.raises(ConfigError, match=r"LUCCS_LOG_LEVEL: log_level is now \[logging\] level"):
-        load_settings()
+def test_the_old_log_level_key_still_works_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("LUCCS_LOGGING__LEVEL", raising=False)
+    with caplog.at_level("WARNING", logger="shared.config"):
+        assert load_settings(write(tmp_path, 'log_level = "debug"\n')).logging.level == "DEBUG"
+    assert "log_level is deprecated, it is now [logging] level" in caplog.text
+    with pytest.raises(ConfigError, match=r"log_level = 'DEBUG' and \[logging\] level = 'ERROR' disagree"):
+        load_settings(write(tmp_path, 'log_level = "DEBUG"\n[logging]\nlevel = "ERROR"\n'))
+    assert load_settings(write(tmp_path, 'log_level = "ERROR"\n[logging]\nlevel = "error"\n')).logging.level == "ERROR"
+    caplog.clear()
+    monkeypatch.setenv("LUCCS_LOG_LEVEL", "WARNING")
+    with caplog.at_level("WARNING", logger="shared.config"):
+        assert load_settings().logging.level == "WARNING"
+    assert "LUCCS_LOG_LEVEL is deprecated" in caplog.text
+    monkeypatch.setenv("LUCCS_LOGGING__LEVEL", "ERROR")  # the new name wins
+    assert load_settings().logging.level == "ERROR"
 
 
 def test_duplicate_target_ids_are_a_config_error(tmp_path: Path) -> None:
