@@ -16,9 +16,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        # Structured fields given as ``extra={"luccs": {...}}`` (e.g. the audit lines) become keys of the line.
+        entry |= {k: v for k, v in getattr(record, "luccs", {}).items() if k not in entry}
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return json.dumps(entry, ensure_ascii=False, default=str)
 
 
 def configure_logging(level: str = "INFO") -> None:
