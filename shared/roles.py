@@ -153,8 +153,9 @@ def parse_token(entry: str, role: Role) -> StaffToken:
     secret = entry
     if not _HASHED.fullmatch(entry) and ":" in entry:
         name, _, secret = entry.partition(":")
-        if not _NAME.fullmatch(name):
-            raise ValueError(f"a {role} token entry's name (before the first ':') must be 1-64 of A-Z a-z 0-9 . _ @ -")
+        if not _NAME.fullmatch(name) or name == "sha256":
+            raise ValueError(f"a {role} token entry's name (before the first ':') must be 1-64 of A-Z a-z 0-9 . _ @ - "
+                             "and not 'sha256' (sha256:<hex> is a token's hash; it takes 64 hex digits)")
     hashed = _HASHED.fullmatch(secret)
     if hashed:
         digest = bytes.fromhex(hashed.group(1))
@@ -175,8 +176,8 @@ def parse_tokens(entries: Iterable[SecretStr], role: Role) -> list[StaffToken]:
 
 @dataclass
 class FailureLimiter:
-    """Failed authentications per client address: more than ``limit`` in a window of ``window_s`` blocks
-    the address until that window ends. ``clock`` is injected (monotonic seconds)."""
+    """Failed authentications per client address: after ``limit`` in a window of ``window_s`` the address
+    is blocked until that window ends. ``clock`` is injected (monotonic seconds)."""
 
     limit: int
     window_s: float
@@ -187,7 +188,7 @@ class FailureLimiter:
         """Seconds until ``address`` may try again, or None when it is not blocked."""
         started, failures = self._windows.get(address, (0.0, 0))
         remaining = started + self.window_s - self.clock()
-        if failures > self.limit and remaining > 0:
+        if failures >= self.limit and remaining > 0:
             return max(1, math.ceil(remaining))
         return None
 
