@@ -365,3 +365,28 @@ async def test_detector_routes_by_role(tmp_path: Path, reads_open: bool) -> None
                             ("bureau", [f"eo:{EO_A}", f"eo:{EO_B}", "ntp"])):
             listed = (await client.get("/api/v1/targets", headers=world.headers(caller))).json()["items"]
             assert [t["id"] for t in listed] == ids
+
+
+# ---- the shipped examples ----------------------------------------------------------------------------
+
+
+async def test_the_shipped_configurations_show_no_eo_data_without_a_token(tmp_path: Path) -> None:
+    from services.notifier.app import create_app as notifier_app
+    from services.procedure.app import create_app as procedure_app
+    from shared.config import load_settings
+    from tests.integration.test_deploy_files import COMPOSE_DIR, CONTAINER, DEPLOY, configmap_file
+
+    shipped = [COMPOSE_DIR / "luccs.toml", configmap_file(tmp_path), CONTAINER / "luccs.toml",
+               DEPLOY / "demo" / "luccs.toml", DEPLOY / "luccs.example.toml"]
+    eo_data = {
+        "procedure": ["/api/v1/eos", f"/api/v1/eos/{EO_A}", f"/api/v1/procedures?eori={EO_A}"],
+        "notifier": ["/api/v1/deliveries", f"/api/v1/deliveries?eori={EO_A}"],
+    }  # the detector's EO targets are data it learns at run time: test_detector_routes_by_role covers them
+    for path in shipped:
+        settings = load_settings(path).model_copy(update={"data_dir": tmp_path / path.parent.name})
+        apps = {"procedure": procedure_app(settings), "notifier": notifier_app(settings)}
+        for service, app in apps.items():
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://x") as client:
+                for url in eo_data[service]:
+                    response = await client.get(url)
+                    assert response.status_code == 401, (path, service, url, response.text)
