@@ -12,7 +12,7 @@ import socket
 import ssl
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -27,12 +27,54 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from shared.events import Component, Language
+from shared.roles import Role, parse_tokens
 
 CONFIG_ENV = "LUCCS_CONFIG"
 
 
+def _is_secret(annotation: object) -> bool:
+    return annotation is SecretStr or SecretStr in getattr(annotation, "__args__", ())
+
+
+def _read_secret_file(path: object, key: str) -> str:
+    try:
+        return Path(str(path)).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{key}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+
+
 class _Section(BaseModel):
+    """A configuration section. Every secret setting ``<name>`` may instead be given as ``<name>_file``
+    (or ``LUCCS_<SECTION>__<NAME>_FILE``): the path of a file read at start. A single secret is the file's
+    text without surrounding whitespace; a list of tokens is one entry per line (blank lines and lines
+    starting with ``#`` skipped)."""
+
     model_config = ConfigDict(extra="forbid")
+    _file_secrets: ClassVar[frozenset[str]] = frozenset()  # secrets that are not SecretStr (e.g. database_url)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        for key in [k for k in values if isinstance(k, str) and k.endswith("_file")]:
+            name = key.removesuffix("_file")
+            known = cls.model_fields.get(name)
+            if known is None or not (_is_secret(known.annotation) or name in cls._file_secrets):
+                continue
+            if values.get(name) is not None:
+                raise ValueError(f"give {name} or {key}, not both")
+            path = values.pop(key)
+            if path is None:
+                continue
+            text = _read_secret_file(path, key)
+            if get_origin(known.annotation) is list:
+                values[name] = [line.strip() for line in text.splitlines()
+                                if line.strip() and not line.lstrip().startswith("#")]
+            else:
+                values[name] = text.strip()
+        return values
 
 
 def _readable_file(path: str | None) -> str | None:
@@ -170,11 +212,46 @@ class KafkaSettings(_Section):
         return self.topic("deadletter")
 
 
+_ENTRY_FORMAT = "each entry '[name:]token' or '[name:]sha256:<hex>' (shared/roles.py)"
+
+
 class ApiSettings(_Section):
-    operator_tokens: list[SecretStr] = Field(default_factory=list, description="Bearer tokens of operators.")
-    read_tokens: list[SecretStr] = Field(default_factory=list, description="Bearer tokens allowed to read only.")
-    read_requires_token: bool = Field(False, description="Whether read endpoints need an operator or read token.")
+    viewer_tokens: list[SecretStr] = Field(
+        default_factory=list, description=f"Bearer tokens of viewers (status, national procedures); {_ENTRY_FORMAT}."
+    )
+    operator_tokens: list[SecretStr] = Field(
+        default_factory=list, description=f"Bearer tokens of Servicedesk operators (everything); {_ENTRY_FORMAT}."
+    )
+    bureau_tokens: list[SecretStr] = Field(
+        default_factory=list,
+        description=f"Bearer tokens of the Bureau de recette (reads everything; broadcasts); {_ENTRY_FORMAT}.",
+    )
+    read_tokens: list[SecretStr] = Field(
+        default_factory=list, description="Former name of viewer tokens: still accepted, as viewer tokens."
+    )
+    read_requires_token: bool = Field(
+        False, description="Whether the status and national procedures need a token; EO data always does."
+    )
     host: str = "127.0.0.1"
+    auth_failure_limit: int = Field(
+        10, ge=1, description="Failed authentications one client address may make per window before a 429."
+    )
+    auth_failure_window_s: float = Field(60.0, gt=0, description="The window of auth_failure_limit, in seconds.")
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies are refused (413).")
+
+    @model_validator(mode="after")
+    def _tokens_parse(self) -> ApiSettings:
+        roles: dict[bytes, Role] = {}
+        for role, entries in self.token_entries().items():
+            for token in parse_tokens(entries, role):
+                if roles.setdefault(token.digest, role) != role:
+                    raise ValueError(f"one token is given as both a {roles[token.digest]} and a {role} token")
+        return self
+
+    def token_entries(self) -> dict[Role, list[SecretStr]]:
+        """The configured tokens by role (read_tokens counted as viewer tokens)."""
+        return {Role.VIEWER: [*self.viewer_tokens, *self.read_tokens], Role.OPERATOR: list(self.operator_tokens),
+                Role.BUREAU: list(self.bureau_tokens)}
 
 
 class TargetSettings(_Section):
@@ -216,6 +293,8 @@ def _default_instance_id() -> str:
 
 
 class DetectorSettings(_Section):
+    _file_secrets: ClassVar[frozenset[str]] = frozenset({"database_url"})
+
     instance_id: str = Field(default_factory=_default_instance_id, min_length=1)
     port: int = Field(8001, ge=0, le=65535)
     database_url: str | None = None
@@ -263,6 +342,8 @@ class DetectorSettings(_Section):
 
 
 class ProcedureSettings(_Section):
+    _file_secrets: ClassVar[frozenset[str]] = frozenset({"database_url"})
+
     port: int = Field(8002, ge=0, le=65535)
     database_url: str | None = None
     mode: Literal["auto", "confirm"] = "auto"
@@ -274,12 +355,17 @@ class ProcedureSettings(_Section):
     notifier_url: str | None = Field(
         "http://127.0.0.1:8003", description="Where the status page reads the delivery summary; None hides it."
     )
+    notifier_token: SecretStr | None = Field(
+        None, description="Token the status page shows the notifier when its reads need one (a viewer token)."
+    )
     sealing_key: SecretStr | None = Field(
         None, description="Fernet key sealing EO webhook secrets at rest; default: generated in data_dir."
     )
 
 
 class NotifierSettings(_Section):
+    _file_secrets: ClassVar[frozenset[str]] = frozenset({"database_url"})
+
     port: int = Field(8003, ge=0, le=65535)
     database_url: str | None = None
     servicedesk_email: str | None = None

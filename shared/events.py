@@ -214,6 +214,11 @@ class EoData(_Data):
     webhook_url: str | None = Field(None, description="Where procedure notices are POSTed.")
     webhook_secret: SecretStr | None = Field(None, description="HMAC key for X-Luccs-Signature.")
     as4_endpoint: str | None = Field(None, description="The EO's own AS4 endpoint, probed by the detector.")
+    api_key_hash: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 (hex) of the EO's current API key, so every service recognises the EO's own requests; "
+                    "never the key itself.",
+    )
 
     @field_serializer("webhook_secret", when_used="json")
     def _reveal_secret(self, secret: SecretStr | None) -> str | None:

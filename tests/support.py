@@ -238,3 +238,8 @@ async def pg_database(server_url: str, prefix: str = "luccs_test") -> AsyncItera
         yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
     finally:
         await pg_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+BUREAU_TOKEN = "bureau-token-for-tests"
+"""A bureau token (reads everything, EO data included; writes nothing) for tests that read EO data."""
+BUREAU = {"Authorization": f"Bearer {BUREAU_TOKEN}"}

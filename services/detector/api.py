@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from services.detector.domain import TargetStatus
 from services.detector.service import Detector
 from services.detector.targets import Target
+from shared.auth import Caller, refuse
 from shared.events import Component, ComponentState
 
 router = APIRouter(prefix="/api/v1", tags=["targets"])
@@ -114,6 +115,7 @@ def decode_cursor(cursor: str) -> str:
 
 @router.get("/targets", summary="Every probed target with its state, sorted by id", response_model=TargetPage)
 async def list_targets(
+    caller: Caller,
     detector: DetectorDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
     cursor: Annotated[str | None, Query(max_length=1024, description="The `next` of the previous page.")] = None,
@@ -139,6 +141,8 @@ async def list_targets(
             continue
         if probe is not None and target.probe != probe:
             continue
+        if not caller.may_read_eo(target.eori):  # an EO's AS4 endpoint is EO data
+            continue
         selected.append((target, status))
     selected.sort(key=lambda pair: pair[0].id)
     page = selected[:limit]
@@ -155,11 +159,13 @@ async def list_targets(
     response_model=TargetView,
     responses={404: {"description": "No such target"}},
 )
-async def get_target(target_id: str, detector: DetectorDep) -> TargetView:
+async def get_target(target_id: str, caller: Caller, detector: DetectorDep) -> TargetView:
     target = detector.targets.get(target_id)
     status = detector.statuses.get(target_id)
     if target is None or status is None:
         raise HTTPException(
             404, f"no target {target_id!r}: GET /api/v1/targets lists them; EO endpoints are 'eo:<EORI>'"
         )
+    if not caller.may_read_eo(target.eori):
+        raise refuse(caller, "read an EO's AS4 endpoint")
     return _view(detector, target, status)

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry
 
 from services.detector.api import router
@@ -31,6 +31,7 @@ from services.detector.registry import RegistryFollower
 from services.detector.service import Detector
 from services.detector.store import TargetStore, WriteBehind
 from services.detector.targets import InvalidTarget, Target, TlsFiles, from_settings
+from shared.auth import authorize, build_guard, install_guard
 from shared.config import ConfigError, Settings
 from shared.db import make_engine, session_factory
 from shared.events import AvailabilityData, CloudEvent, DeadLetterData
@@ -140,7 +141,7 @@ def create_app(settings: Settings) -> FastAPI:
                 if not await write_behind.flush():
                     log.error("target states changed since the last save are lost: %s", write_behind.last_error)
 
-    app = FastAPI(title="luccs-fallback detector", version="1", lifespan=lifespan)
+    app = FastAPI(title="luccs-fallback detector", version="1", lifespan=lifespan, dependencies=[Depends(authorize)])
     app.include_router(router)
 
     async def broker_ready() -> str | None:
@@ -172,4 +173,11 @@ def create_app(settings: Settings) -> FastAPI:
         registry=registry,
         liveness=no_loop_died,
     )
+    async def eo_of_key(api_key: str) -> str | None:
+        detector: Detector | None = getattr(app.state, "detector", None)
+        return detector.eori_of_key(api_key) if detector is not None else None
+
+    # EO keys as the registry topic publishes them (hashed): an EO reads its own AS4 endpoint's target.
+    install_guard(app, build_guard(service="detector", api=settings.api, eo_keys=eo_of_key),
+                  max_body_bytes=settings.api.max_body_bytes)
     return app

@@ -14,6 +14,7 @@ configuration or the EO registry; the others are forgotten (:meth:`Detector.forg
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -80,6 +81,8 @@ class Detector:
         self._held: dict[str, tuple[Transition | None, int]] = {}  # unpublished changes of unconfirmed targets
         self._resumed: set[str] = set()  # resumed from a save, not probed since: publish the first result
         self._changed: set[str] = set()  # to save
+        self._eo_keys: dict[str, str] = {}  # SHA-256 of an EO's API key -> its EORI (from the registry)
+        self._eo_key_of: dict[str, str] = {}  # and back
         self._forgotten: set[str] = set()  # to delete from the saved targets
         self.save_now = asyncio.Event()
         """Set when something should be saved at once rather than with the next batch."""
@@ -142,6 +145,7 @@ class Detector:
 
     def on_eo(self, eo: EoData) -> str:
         """Follow an EO registry upsert: probe its AS4 endpoint, or stop when it has none. Returns the outcome."""
+        self._learn_key(eo.eori, eo.api_key_hash)
         target_id = eo_target_id(eo.eori)
         try:
             target = from_eo(eo, self._settings)
@@ -156,12 +160,27 @@ class Detector:
             return "upserted"
         return "unchanged"
 
+    def eori_of_key(self, api_key: str) -> str | None:
+        """The EO an API key belongs to (the registry publishes only its hash), or None."""
+        return self._eo_keys.get(hashlib.sha256(api_key.encode()).hexdigest())
+
+    def _learn_key(self, eori: str, digest: str | None) -> None:
+        previous = self._eo_key_of.pop(eori, None)
+        if previous is not None:
+            self._eo_keys.pop(previous, None)
+        if digest is not None:
+            self._eo_keys[digest] = eori
+            self._eo_key_of[eori] = digest
+
     def on_eo_removed(self, eori: str) -> str:
         """Follow an EO registry tombstone."""
+        self._learn_key(eori, None)
         return "removed" if self.remove(eo_target_id(eori)) else "unknown"
 
     def retain_eos(self, eoris: set[str]) -> None:
         """After a full replay of the registry, drop EO targets the registry no longer has (saved ones too)."""
+        for eori in [e for e in self._eo_key_of if e not in eoris]:
+            self._learn_key(eori, None)
         for target_id, target in list(self.targets.items()):
             if target.source == "registry" and target.eori not in eoris:
                 self.remove(target_id)

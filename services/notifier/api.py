@@ -1,4 +1,5 @@
-"""Notifier API: the delivery log, every delivery with its attempts and outcome, newest first."""
+"""Notifier API: the delivery log, every delivery with its attempts and outcome, newest first (an EO: its
+own only); and a summary of the latest deliveries by status, which names no EO."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.notifier.models import AttemptRow, DeliveryRow
+from shared.auth import Caller, refuse
 from shared.events import DeliveryChannel, DeliveryStatus
+from shared.roles import Role
 
 router = APIRouter(prefix="/api/v1", tags=["deliveries"])
 
@@ -22,9 +25,26 @@ _PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 Text = Annotated[str | None, Query(max_length=200, pattern=_PRINTABLE)]
 
 
-@router.get("/deliveries", summary="Deliveries with their attempts, newest first")
+@router.get("/deliveries/summary", summary="How many of the latest deliveries are in each status (no EO data)")
+async def delivery_summary(
+    request: Request, limit: Annotated[int, Query(ge=1, le=10_000, description="How many of the latest.")] = 500,
+) -> dict[str, Any]:
+    latest = select(DeliveryRow.status).order_by(
+        DeliveryRow.created_at.desc(), DeliveryRow.id.desc()
+    ).limit(limit).subquery()
+    sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    async with sessions() as session:
+        counted = (await session.execute(
+            select(latest.c.status, func.count()).group_by(latest.c.status)
+        )).all()
+    counts = {status: n for status, n in counted}
+    return {"counts": counts, "total": sum(counts.values())}
+
+
+@router.get("/deliveries", summary="Deliveries with their attempts, newest first (an EO: its own only)")
 async def list_deliveries(
     request: Request,
+    caller: Caller,
     procedure_id: Annotated[Text, Query(description="The procedure announced (or the advisory id).")] = None,
     eori: Annotated[Text, Query(description="Only the deliveries to this EO.")] = None,
     status: Annotated[DeliveryStatus | None, Query(description="pending, retrying, delivered or dead.")] = None,
@@ -32,7 +52,13 @@ async def list_deliveries(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=400, description="'next' of the previous page")] = None,
 ) -> dict[str, Any]:
+    if eori is not None and not caller.may_read_eo(eori):
+        raise refuse(caller, "read another EO's deliveries")
     query = select(DeliveryRow).order_by(DeliveryRow.created_at.desc(), DeliveryRow.id.desc())
+    if caller.role == Role.EO:
+        query = query.where(DeliveryRow.eori == caller.eori)
+    elif not caller.reads_every_eo:  # unreachable through the roles table; kept so a change there fails closed
+        raise refuse(caller, "read deliveries")
     if cursor is not None:
         after_time, after_id = _decode_cursor(cursor)
         query = query.where(or_(

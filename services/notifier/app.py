@@ -4,12 +4,14 @@ consumers (EO registry, procedures, advisories) and the HTTP app. Nothing connec
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from aiokafka import ConsumerRecord
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.notifier.api import router
@@ -18,11 +20,13 @@ from services.notifier.jobs import Sender
 from services.notifier.mail import SmtpSender
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.migrate import upgrade
+from services.notifier.models import EoRow
 from services.notifier.notices import Contacts, NoticeTexts
 from services.notifier.planning import Planner
 from services.notifier.registry import RegistryCatchUp
 from services.notifier.webhook_http import WebhookHttpClient
 from services.notifier.webhooks import WebhookSender, webhook_ssl_context
+from shared.auth import authorize, build_guard, install_guard
 from shared.config import Settings
 from shared.db import make_engine, ping, session_factory
 from shared.events import AdvisoryData, CloudEvent, DeliveryChannel, EoData, ProcedureData
@@ -137,7 +141,12 @@ def create_app(settings: Settings) -> FastAPI:
         tasks.start(advisories.run(), name="advisory-consumer")
         tasks.start(parts.dispatcher.run(), name="dispatcher")
 
-    app = FastAPI(title="luccs-fallback notifier", version="1", lifespan=lifespan)
+    async def eo_of_key(api_key: str) -> str | None:
+        digest = hashlib.sha256(api_key.encode()).hexdigest()
+        async with parts.sessions() as session:
+            return await session.scalar(select(EoRow.eori).where(EoRow.api_key_hash == digest))
+
+    app = FastAPI(title="luccs-fallback notifier", version="1", lifespan=lifespan, dependencies=[Depends(authorize)])
     app.state.sessions = parts.sessions
     app.include_router(router)
 
@@ -156,4 +165,6 @@ def create_app(settings: Settings) -> FastAPI:
         app, checks={"database": database_ready, "registry": registry_ready, "loops": tasks.problem},
         registry=registry, liveness=tasks.problem,
     )
+    install_guard(app, build_guard(service="notifier", api=settings.api, eo_keys=eo_of_key),
+                  max_body_bytes=settings.api.max_body_bytes)
     return app

@@ -27,6 +27,8 @@ class EoRow(Base):
     webhook_url: Mapped[str | None] = mapped_column(Text)
     # Kept in clear: the notifier signs with it. Never logged, never returned by the API.
     webhook_secret: Mapped[str | None] = mapped_column(Text)
+    # SHA-256 of the EO's API key (from the registry topic): the EO may read its own deliveries.
+    api_key_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

@@ -103,6 +103,7 @@ class Planner:
                 "eori": eo.eori, "name": eo.name, "language": eo.language.value, "email": eo.email,
                 "webhook_url": eo.webhook_url,
                 "webhook_secret": eo.webhook_secret.get_secret_value() if eo.webhook_secret else None,
+                "api_key_hash": eo.api_key_hash,
                 "updated_at": self._clock(),
             }
             await session.execute(_upsert(session, EoRow, values, key="eori"))
@@ -121,6 +122,7 @@ class Planner:
                 "eori": eo.eori, "name": eo.name, "language": eo.language.value, "email": eo.email,
                 "webhook_url": eo.webhook_url,
                 "webhook_secret": eo.webhook_secret.get_secret_value() if eo.webhook_secret else None,
+                "api_key_hash": eo.api_key_hash,
                 "updated_at": self._clock(),
             }
         removed = [eori for eori, values in latest.items() if values is None]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry, Gauge
 
 from services.procedure.api import router
@@ -15,6 +15,7 @@ from services.procedure.outbox import Outbox
 from services.procedure.registry import EoRegistry
 from services.procedure.sealing import Sealer, load_or_create_key
 from services.procedure.status_page import router as status_page_router
+from shared.auth import authorize, build_guard, install_guard
 from shared.config import Settings
 from shared.db import make_engine, ping, session_factory
 from shared.events import AvailabilityData
@@ -70,7 +71,12 @@ def create_app(settings: Settings) -> FastAPI:
         tasks.start(service.run_ticks(), name="ticks")
         outbox.wakeup.set()  # publish what a previous run committed but did not get out
 
-    app = FastAPI(title="luccs-fallback procedure service", version="1", lifespan=lifespan)
+    async def eo_of_key(api_key: str) -> str | None:
+        eo = await eo_registry.authenticate(api_key)
+        return eo.eori if eo is not None else None
+
+    app = FastAPI(title="luccs-fallback procedure service", version="1", lifespan=lifespan,
+                  dependencies=[Depends(authorize)])
     app.state.settings = settings
     app.state.procedures = service
     app.state.registry = eo_registry
@@ -84,4 +90,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     add_ops_routes(app, checks={"database": database_ready, "loops": tasks.problem}, registry=registry,
                    liveness=tasks.problem)
+    install_guard(app, build_guard(service="procedure", api=settings.api, eo_keys=eo_of_key),
+                  max_body_bytes=settings.api.max_body_bytes)
     return app

@@ -254,7 +254,9 @@ class ProcedureService:
 
     def _announce(self, recorder: Recorder) -> None:
         for kind, payload in recorder.announcements:
-            self.broadcaster.publish(kind, payload)
+            # Procedure events carry the EORI in their data, notes at the top; status changes are national.
+            concerns = payload.get("eori") or (payload.get("data") or {}).get("eori")
+            self.broadcaster.publish(kind, payload, eori=concerns)
 
     # --- commands from people ---------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from services.procedure.handlers import ProcedureService
 from services.procedure.models import AdvisoryRow, ComponentRow, ProcedureRow, TimelineRow
 from services.procedure.recorder import ACTIVE_STATES
 from shared.events import ComponentState
+from shared.roles import Principal
 
 
 def procedure_view(row: ProcedureRow) -> dict[str, Any]:
@@ -30,8 +31,11 @@ def procedure_view(row: ProcedureRow) -> dict[str, Any]:
     }
 
 
-async def status_snapshot(service: ProcedureService, sessions: async_sessionmaker[AsyncSession]) -> dict[str, Any]:
-    """Every national component with state, since and evidence; EO endpoints down; active procedures."""
+async def status_snapshot(
+    service: ProcedureService, sessions: async_sessionmaker[AsyncSession], *, reader: Principal
+) -> dict[str, Any]:
+    """Every national component with state, since and evidence; EO endpoints down; active procedures.
+    EO endpoints and scenario-1 procedures only as far as ``reader`` may read that EO's data."""
     views = service.views()
     async with sessions() as session:
         since = {r.component: r.since for r in (await session.scalars(select(ComponentRow))).all()}
@@ -53,8 +57,10 @@ async def status_snapshot(service: ProcedureService, sessions: async_sessionmake
             }
             for view in views.national.values()
         ],
-        "eo_endpoints_down": sorted(e for e, v in views.eos.items() if v.state == ComponentState.DOWN),
-        "procedures": [procedure_view(row) for row in active],
+        "eo_endpoints_down": sorted(
+            e for e, v in views.eos.items() if v.state == ComponentState.DOWN and reader.may_read_eo(e)
+        ),
+        "procedures": [procedure_view(row) for row in active if reader.may_read_eo(row.eori)],
         "advisories": [
             {"advisory_id": a.id, "kind": a.kind, "components": a.components, "reason": a.reason,
              "raised_at": a.raised_at}

@@ -185,7 +185,8 @@ class Recorder:
             reason=text, actor=actor, event_id=None, evidence=[],
         )
         self.session.add(entry)
-        self.announcements.append(("note", {"procedure_id": row.id, "kind": kind, "text": text, "actor": actor}))
+        self.announcements.append(("note", {"procedure_id": row.id, "eori": row.eori, "kind": kind, "text": text,
+                                             "actor": actor}))
         return entry
 
     async def advisory(self, change: AdvisoryChange) -> None:

@@ -104,8 +104,11 @@ class EoRegistry:
             row = await session.get(EoRow, eori)
             if row is None:
                 raise LookupError(eori)
+            now = datetime.now(UTC)
             row.api_key_hash = hash_api_key(api_key)
-            row.updated_at = datetime.now(UTC)
+            row.updated_at = now
+            self._publish(session, row, now)  # the notifier learns the new key's hash
+        self._outbox_ready.set()
         return api_key
 
     async def get(self, eori: str) -> EoRow | None:
@@ -140,7 +143,7 @@ class EoRegistry:
             data=EoData(
                 eori=row.eori, name=row.name, language=Language(row.language), email=row.email,
                 webhook_url=row.webhook_url, webhook_secret=SecretStr(secret) if secret else None,
-                as4_endpoint=row.as4_endpoint,
+                as4_endpoint=row.as4_endpoint, api_key_hash=row.api_key_hash,
             ),
         )
         session.add(OutboxRow(topic=self._kafka.eos_topic, key=row.eori, payload=event.to_bytes(), created_at=now))

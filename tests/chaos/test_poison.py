@@ -46,7 +46,7 @@ from shared.events import (
 )
 from shared.kafka import Publisher, ensure_topics
 from tests.e2e.test_pipeline import _command
-from tests.support import ChaosReport, WebhookReceiver, free_port, stop_processes, wait_for
+from tests.support import BUREAU, BUREAU_TOKEN, ChaosReport, WebhookReceiver, free_port, stop_processes, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -82,6 +82,9 @@ level = "INFO"
 [kafka]
 bootstrap_servers = "{kafka}"
 topic_prefix = "{prefix}"
+
+[api]
+bureau_tokens = ["{BUREAU_TOKEN}"]
 
 [detector]
 instance_id = "{INSTANCE}"
@@ -285,7 +288,9 @@ def test_poison_on_every_consumed_topic_is_dead_lettered_and_everything_carries_
     # the outage that must be fanned out to it.
     asyncio.run(_publish(kafka, [(kafka.eos_topic, EORI, _eo(receiver.url("/hook"), as4_port).to_bytes())]))
     wait_for(
-        lambda: httpx.get(f"{running.url('detector')}/api/v1/targets/eo:{EORI}", timeout=5).status_code == 200,
+        lambda: httpx.get(
+            f"{running.url('detector')}/api/v1/targets/eo:{EORI}", headers=BUREAU, timeout=5
+        ).status_code == 200,
         timeout=30, what="the detector to add the EO registered after the poison",
     )
     letters = asyncio.run(_dead_letters(kafka, wanted, timeout_s=60))
@@ -315,7 +320,8 @@ def test_poison_on_every_consumed_topic_is_dead_lettered_and_everything_carries_
     # Advisories (notifier) after poison: the Servicedesk's notice is planned.
     wait_for(
         lambda: httpx.get(
-            f"{running.url('notifier')}/api/v1/deliveries", params={"procedure_id": ADVISORY_ID}, timeout=5
+            f"{running.url('notifier')}/api/v1/deliveries", params={"procedure_id": ADVISORY_ID}, headers=BUREAU,
+            timeout=5,
         ).json()["items"],
         timeout=30, what="the Servicedesk's delivery of the valid advisory",
     )

@@ -163,7 +163,7 @@ async def test_readyz_names_the_lost_database_and_everything_recovers_when_it_is
     assert (await client.get("/healthz")).status_code == 200
     after = await client.post("/api/v1/eos", json={"eori": "LU0000003", "name": "After"}, headers=AUTH)
     assert after.status_code == 201, after.text
-    listed = [eo["eori"] for eo in (await client.get("/api/v1/eos")).json()["items"]]
+    listed = [eo["eori"] for eo in (await client.get("/api/v1/eos", headers=AUTH)).json()["items"]]
     chaos.add(faults=1, messages=3, losses=len({"LU0000001", "LU0000003"} - set(listed)),
               duplicates=len(listed) - len(set(listed)),
               detail=f"the database connection cut; /readyz 503 ({', '.join(problem['problems'])}), a write during "

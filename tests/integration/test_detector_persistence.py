@@ -22,6 +22,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 from sqlalchemy import Connection, Float, insert, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import TypeEngine
@@ -36,12 +37,12 @@ from services.detector.service import Detector, SavedTarget
 from services.detector.store import TargetStore, WriteBehind
 from services.detector.targets import Target, from_settings
 from services.procedure import migrate as procedure_migrate
-from shared.config import DetectorSettings, KafkaSettings, Settings
+from shared.config import ApiSettings, DetectorSettings, KafkaSettings, Settings
 from shared.db import make_engine, session_factory
 from shared.events import AvailabilityData, CloudEvent, Component, ComponentState, EventType, parse_event
 from shared.kafka import ensure_topics
 from tests.integration.test_detector_registry import publish_eo
-from tests.support import eventually, free_port, pg_database
+from tests.support import BUREAU, BUREAU_TOKEN, eventually, free_port, pg_database
 
 pytestmark = pytest.mark.integration
 
@@ -118,7 +119,7 @@ async def rows(engine: AsyncEngine, instance: str = INSTANCE) -> dict[str, Targe
 async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://detector") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://detector", headers=BUREAU) as client:
             yield client
 
 
@@ -443,7 +444,8 @@ async def test_an_unpublished_change_survives_a_restart_and_is_published_once(
     assert await WriteBehind(detector=before, store=TargetStore(session_factory(engine), instance_id=INSTANCE)).flush()
     assert (await rows(engine))["ada"].unpublished_from == "unknown"
 
-    settings = Settings(kafka=kafka, detector=detector_settings(refused, database_url=database_url))
+    settings = Settings(kafka=kafka, detector=detector_settings(refused, database_url=database_url),
+                        api=ApiSettings(bureau_tokens=[SecretStr(BUREAU_TOKEN)]))
     async with running(create_app(settings)) as client:
         view = (await client.get("/api/v1/targets/ada")).json()
         assert (view["state"], at(view["since"]), view["unconfirmed"]) == ("down", now, False)
@@ -488,7 +490,8 @@ async def test_targets_no_longer_configured_or_registered_are_dropped_at_start(
          saved(f"eo:{EORI}", Component.EO_B2G), saved(f"eo:{GONE_EORI}", Component.EO_B2G)], [])
     await TargetStore(session_factory(engine), instance_id="another").save([saved("old-ntp", Component.NTP)], [])
 
-    settings = Settings(kafka=kafka, detector=detector_settings(refused, database_url=database_url, eo_targets=True))
+    settings = Settings(kafka=kafka, detector=detector_settings(refused, database_url=database_url, eo_targets=True),
+                        api=ApiSettings(bureau_tokens=[SecretStr(BUREAU_TOKEN)]))
     async with running(create_app(settings)) as client:
         await eventually(lambda: _ready(client), what="ready (EO registry replayed)")
         await eventually(lambda: _saved_ids(engine, {"ada", f"eo:{EORI}"}), what="only the present targets kept")

@@ -13,13 +13,14 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
+from pydantic import SecretStr
 
 from services.detector.app import create_app
-from shared.config import ConfigError, KafkaSettings, Settings
+from shared.config import ApiSettings, ConfigError, KafkaSettings, Settings
 from shared.events import AvailabilityData, CloudEvent, DeadLetterData, EoData, EventType, Language, parse_event
 from shared.kafka import Publisher, ensure_topics
 from tests.integration.test_probes_servers import MAINTENANCE, LoopbackServer, Request, receipt_for
-from tests.support import eventually
+from tests.support import BUREAU, BUREAU_TOKEN, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +37,7 @@ def settings(kafka_bootstrap: str, topic_prefix: str, data_dir: Path, **detector
     return Settings(
         data_dir=data_dir,  # a detector database of its own: no state saved by another test
         kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix), detector=values,
+        api=ApiSettings(bureau_tokens=[SecretStr(BUREAU_TOKEN)]),
     )
 
 
@@ -62,7 +64,7 @@ async def msh() -> AsyncIterator[Msh]:
 async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://detector") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://detector", headers=BUREAU) as client:
             yield client
 
 

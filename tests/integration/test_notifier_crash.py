@@ -38,7 +38,7 @@ from shared.events import (
 )
 from shared.kafka import Publisher, ensure_topics
 from shared.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify
-from tests.support import ChaosReport, WebhookReceiver, free_port, wait_for
+from tests.support import BUREAU, BUREAU_TOKEN, ChaosReport, WebhookReceiver, free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -90,6 +90,8 @@ level = "INFO"
 [kafka]
 bootstrap_servers = "{kafka_bootstrap}"
 topic_prefix = "{topic_prefix}"
+[api]
+bureau_tokens = ["{BUREAU_TOKEN}"]
 [notifier]
 port = {port}
 instance_id = "crash-test"
@@ -137,7 +139,8 @@ backoff_max_s = 1
         deliveries: list[dict[str, Any]] = []
         params: dict[str, Any] = {"procedure_id": procedure_id, "limit": 1000}
         for _ in range(10):
-            page = httpx.get(f"http://127.0.0.1:{port}/api/v1/deliveries", params=params, timeout=10).json()
+            page = httpx.get(f"http://127.0.0.1:{port}/api/v1/deliveries", params=params, headers=BUREAU,
+                             timeout=10).json()
             deliveries += page["items"]
             if not page["next"]:
                 break
@@ -145,7 +148,8 @@ backoff_max_s = 1
 
         def all_recorded() -> bool:
             items = httpx.get(f"http://127.0.0.1:{port}/api/v1/deliveries",
-                              params={"procedure_id": procedure_id, "status": "delivered", "limit": 1}, timeout=10)
+                              params={"procedure_id": procedure_id, "status": "delivered", "limit": 1},
+                              headers=BUREAU, timeout=10)
             return bool(items.json()["items"]) and _count_delivered(port, procedure_id) == EOS
 
         wait_for(all_recorded, timeout=60, interval=0.5, what="every delivery recorded as delivered")
@@ -181,7 +185,7 @@ def _count_delivered(port: int, procedure_id: str) -> int:
     total = 0
     params: dict[str, Any] = {"procedure_id": procedure_id, "status": "delivered", "limit": 1000}
     for _ in range(10):
-        page = httpx.get(f"http://127.0.0.1:{port}/api/v1/deliveries", params=params, timeout=10).json()
+        page = httpx.get(f"http://127.0.0.1:{port}/api/v1/deliveries", params=params, headers=BUREAU, timeout=10).json()
         total += len(page["items"])
         if not page["next"]:
             break

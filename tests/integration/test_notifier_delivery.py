@@ -36,7 +36,8 @@ from services.notifier.app import NotifierParts, build_notifier
 from services.notifier.domain import idempotency_key
 from services.notifier.migrate import VERSION_TABLE, upgrade
 from services.notifier.models import AttemptRow, Base, DeliveryRow
-from shared.config import KafkaSettings, NotifierSettings, Settings, SmtpSettings
+from shared.auth import authorize, build_guard, install_guard
+from shared.config import ApiSettings, KafkaSettings, NotifierSettings, Settings, SmtpSettings
 from shared.events import (
     CloudEvent,
     DeliveryChannel,
@@ -53,7 +54,7 @@ from shared.events import (
 )
 from shared.kafka import Publisher, ensure_topics
 from shared.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify
-from tests.support import WebhookReceiver, eventually, free_port
+from tests.support import BUREAU, BUREAU_TOKEN, WebhookReceiver, eventually, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -106,6 +107,7 @@ def notifier_settings(kafka_bootstrap: str, prefix: str, database_url: str, **no
     smtp = notifier.pop("smtp", None)
     return Settings(
         kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix),
+        api=ApiSettings(bureau_tokens=[SecretStr(BUREAU_TOKEN)]),
         notifier=NotifierSettings(**{
             "database_url": database_url, "allow_insecure_webhooks": True, "allow_private_webhooks": True,
             "backoff_base_s": 0.05, "backoff_max_s": 0.2, "webhook_timeout_s": 5, "instance_id": "test-notifier",
@@ -500,7 +502,7 @@ async def test_outcomes_are_published_and_listed(
 async def test_deliveries_api_filters_pages_and_refuses_bad_input(
     database_url: str, kafka_bootstrap: str, topic_prefix: str, receiver: WebhookReceiver
 ) -> None:
-    from fastapi import FastAPI
+    from fastapi import Depends, FastAPI
 
     from services.notifier.api import router
 
@@ -513,10 +515,12 @@ async def test_deliveries_api_filters_pages_and_refuses_bad_input(
         await parts.planner.on_procedure(event, RECORD)
         await parts.planner.on_procedure(procedure_event(), RECORD)  # another procedure
         await eventually(lambda: settled(parts), what="the deliveries of both procedures")
-        app = FastAPI()
+        app = FastAPI(dependencies=[Depends(authorize)])
         app.state.sessions = parts.sessions
         app.include_router(router)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://notifier") as api:
+        install_guard(app, build_guard(service="notifier", api=settings.api), max_body_bytes=4096)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://notifier",
+                                     headers=BUREAU) as api:
             pages: list[dict[str, Any]] = []
             params: dict[str, Any] = {"procedure_id": event.data.procedure_id, "limit": 3}
             for _ in range(10):

@@ -93,7 +93,7 @@ async def test_eo_registry_validates_hides_secrets_and_publishes_changes(api: Ap
         response = await api.client.post("/api/v1/eos", json=body, headers=AUTH)
         assert response.status_code == 422, (body, response.text)
 
-    fetched = (await api.client.get("/api/v1/eos/LU0001")).json()
+    fetched = (await api.client.get("/api/v1/eos/LU0001", headers=AUTH)).json()
     assert "api_key" not in fetched
     assert "a-secret-of-enough-length" not in json.dumps(fetched)
     patched = await api.client.patch("/api/v1/eos/LU0001", json={"language": "de", "email": None}, headers=AUTH)
@@ -103,13 +103,14 @@ async def test_eo_registry_validates_hides_secrets_and_publishes_changes(api: Ap
 
     await api.create_eo("LU0002")
     await api.create_eo("LU0003")
-    first = (await api.client.get("/api/v1/eos", params={"limit": 2})).json()
-    second = (await api.client.get("/api/v1/eos", params={"limit": 2, "cursor": first["next"]})).json()
+    first = (await api.client.get("/api/v1/eos", params={"limit": 2}, headers=AUTH)).json()
+    second = (await api.client.get("/api/v1/eos", params={"limit": 2, "cursor": first["next"]},
+                                   headers=AUTH)).json()
     assert [e["eori"] for e in first["items"] + second["items"]] == ["LU0001", "LU0002", "LU0003"]
     assert second["next"] is None
 
     assert (await api.client.delete("/api/v1/eos/LU0002", headers=AUTH)).status_code == 204
-    assert (await api.client.get("/api/v1/eos/LU0002")).status_code == 404
+    assert (await api.client.get("/api/v1/eos/LU0002", headers=AUTH)).status_code == 404
 
     # The detector and the notifier follow the registry through the compacted topic.
     messages = await _read_topic(api.settings, api.settings.kafka.eos_topic, count=5)
@@ -140,12 +141,14 @@ async def test_an_eo_reports_only_for_itself_and_opens_and_closes_scenario_1(api
     assert (opened["procedure"]["scenario"], opened["procedure"]["origin"]) == ("EO_B2G_UNAVAILABLE", "eo_report")
     repeat = (await api.client.post("/api/v1/eo-reports", json=down, headers=key)).json()
     assert repeat["result"] == "no change"
-    listed = (await api.client.get("/api/v1/procedures", params={"eori": "LU0001", "state": "open"})).json()
+    listed = (await api.client.get("/api/v1/procedures", params={"eori": "LU0001", "state": "open"},
+                                   headers=key)).json()
     assert [p["procedure_id"] for p in listed["items"]] == [opened["procedure"]["procedure_id"]]
 
     closed = (await api.client.post("/api/v1/eo-reports", json=down | {"status": "up"}, headers=key)).json()
     assert closed["result"] == "close"
-    detail = (await api.client.get(f"/api/v1/procedures/{opened['procedure']['procedure_id']}")).json()
+    detail = (await api.client.get(f"/api/v1/procedures/{opened['procedure']['procedure_id']}",
+                                   headers=AUTH)).json()
     assert [(t["kind"], t["actor"]) for t in detail["timeline"]] == [
         ("open", "eo:LU0001"), ("close", "eo:LU0001")
     ]
@@ -202,8 +205,9 @@ async def test_procedure_pages_follow_the_cursor(api: Api) -> None:
             headers=AUTH,
         )
         ids.append(response.json()["procedure_id"])
-    first = (await api.client.get("/api/v1/procedures", params={"limit": 2})).json()
-    second = (await api.client.get("/api/v1/procedures", params={"limit": 2, "cursor": first["next"]})).json()
+    first = (await api.client.get("/api/v1/procedures", params={"limit": 2}, headers=AUTH)).json()
+    second = (await api.client.get("/api/v1/procedures", params={"limit": 2, "cursor": first["next"]},
+                                   headers=AUTH)).json()
     assert [p["procedure_id"] for p in first["items"] + second["items"]] == list(reversed(ids))
     assert second["next"] is None
 

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from services.detector.api import decode_cursor, encode_cursor, router
 from services.detector.domain import ProbeResult
@@ -16,7 +17,8 @@ from services.detector.metrics import DetectorMetrics
 from services.detector.probes import Prober
 from services.detector.service import Detector
 from services.detector.targets import from_settings
-from shared.config import DetectorSettings, TargetSettings
+from shared.auth import authorize, build_guard, install_guard
+from shared.config import ApiSettings, DetectorSettings, TargetSettings
 from shared.events import AvailabilityData, CloudEvent, EoData
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -45,12 +47,23 @@ async def detector() -> Detector:
     return detector
 
 
+def _guarded_app() -> FastAPI:
+    app = FastAPI(dependencies=[Depends(authorize)])
+    app.include_router(router)
+    api = ApiSettings(operator_tokens=[SecretStr("operator-token")])
+    install_guard(app, build_guard(service="detector", api=api), max_body_bytes=api.max_body_bytes)
+    return app
+
+
+OPERATOR = {"Authorization": "Bearer operator-token"}
+
+
 @pytest.fixture
 async def client(detector: Detector) -> AsyncIterator[httpx.AsyncClient]:
-    app = FastAPI()
-    app.include_router(router)
+    app = _guarded_app()
     app.state.detector = detector
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://detector") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://detector",
+                                 headers=OPERATOR) as client:
         yield client
 
 
@@ -129,8 +142,8 @@ def test_cursor_round_trip() -> None:
 
 
 async def test_before_the_lifespan_the_api_says_it_is_starting() -> None:
-    app = FastAPI()
-    app.include_router(router)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://detector") as client:
+    app = _guarded_app()
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://detector",
+                                 headers=OPERATOR) as client:
         response = await client.get("/api/v1/targets")
     assert response.status_code == 503

@@ -8,20 +8,22 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import StreamingResponse
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.procedure import domain
-from services.procedure.api.deps import EoCaller, Operator, Reader, ServiceDep, SessionsDep
+from services.procedure.api.deps import ServiceDep, SessionsDep
 from services.procedure.domain import Rejected
 from services.procedure.handlers import ProcedureService, find_active
 from services.procedure.models import ProcedureRow
 from services.procedure.queries import procedure_detail, procedure_view, status_snapshot
 from services.procedure.recorder import active_view
 from services.procedure.schemas import Declare, EoReport, Eori, Note, Reason
+from shared.auth import Caller, refuse
 from shared.events import ProcedureState, Scenario, Scope
+from shared.roles import Role
 
 router = APIRouter(prefix="/api/v1")
 
@@ -38,14 +40,17 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise HTTPException(400, "invalid cursor: use the 'next' value of the previous page") from exc
 
 
-@router.get("/status", tags=["status"], dependencies=[Reader],
-            summary="Every component's state, since when and on what evidence; active procedures and advisories")
-async def status(service: ServiceDep, sessions: SessionsDep) -> dict[str, Any]:
-    return await status_snapshot(service, sessions)
+@router.get("/status", tags=["status"],
+            summary="Every component's state, since when and on what evidence; active procedures and advisories "
+                    "(EO endpoints and scenario-1 procedures only for who may read them)")
+async def status(caller: Caller, service: ServiceDep, sessions: SessionsDep) -> dict[str, Any]:
+    return await status_snapshot(service, sessions, reader=caller)
 
 
-@router.get("/procedures", tags=["procedures"], dependencies=[Reader], summary="Procedures, newest first")
+@router.get("/procedures", tags=["procedures"],
+            summary="Procedures, newest first (scenario-1 ones only for who may read that EO's)")
 async def list_procedures(
+    caller: Caller,
     sessions: SessionsDep,
     state: Annotated[ProcedureState | None, Query(description="open, closed or proposed")] = None,
     scenario: Scenario | None = None,
@@ -55,7 +60,11 @@ async def list_procedures(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[str | None, Query(description="'next' of the previous page")] = None,
 ) -> dict[str, Any]:
+    if not caller.may_read_eo(eori):
+        raise refuse(caller, "read another EO's procedures")
     query = select(ProcedureRow).order_by(ProcedureRow.created_at.desc(), ProcedureRow.id.desc())
+    if not caller.reads_every_eo:
+        query = query.where(or_(ProcedureRow.eori.is_(None), ProcedureRow.eori == caller.eori))
     for column, value in ((ProcedureRow.state, state), (ProcedureRow.scenario, scenario), (ProcedureRow.eori, eori)):
         if value is not None:
             query = query.where(column == value)
@@ -77,12 +86,14 @@ async def list_procedures(
     }
 
 
-@router.get("/procedures/{procedure_id}", tags=["procedures"], dependencies=[Reader],
+@router.get("/procedures/{procedure_id}", tags=["procedures"],
             summary="One procedure with its timeline (the audit trail, with evidence)")
-async def get_procedure(procedure_id: str, sessions: SessionsDep) -> dict[str, Any]:
+async def get_procedure(procedure_id: str, caller: Caller, sessions: SessionsDep) -> dict[str, Any]:
     found = await procedure_detail(sessions, procedure_id)
     if found is None:
         raise HTTPException(404, f"no procedure {procedure_id!r}")
+    if not caller.may_read_eo(found["eori"]):
+        raise refuse(caller, "read another EO's procedure")
     return found
 
 
@@ -92,12 +103,12 @@ def _rejected(exc: Exception) -> HTTPException:
 
 @router.post("/procedures", tags=["operator"], status_code=201,
              summary="Declare a procedure by hand (scenario 1 needs the EO's eori)")
-async def declare(body: Declare, actor: Operator, service: ServiceDep) -> dict[str, Any]:
+async def declare(body: Declare, caller: Caller, service: ServiceDep) -> dict[str, Any]:
     try:
         row, _ = await service.command(
             lambda active: domain.declare(scenario=body.scenario, eori=body.eori, reason=body.reason,
                                           active=[active_view(r) for r in active]),
-            actor=actor, auto_close=body.auto_close,
+            actor=caller.name, auto_close=body.auto_close,
         )
     except (Rejected, ValueError) as exc:
         raise _rejected(exc) from exc
@@ -137,33 +148,33 @@ async def _on_procedure(
 
 @router.post("/procedures/{procedure_id}/confirm", tags=["operator"],
              summary="Confirm a proposed procedure: it opens and EOs are told")
-async def confirm(procedure_id: str, body: Reason, actor: Operator, service: ServiceDep,
+async def confirm(procedure_id: str, body: Reason, caller: Caller, service: ServiceDep,
                   sessions: SessionsDep) -> dict[str, Any]:
-    return await _on_procedure(procedure_id, domain.confirm, reason=body.reason, actor=actor, service=service,
+    return await _on_procedure(procedure_id, domain.confirm, reason=body.reason, actor=caller.name, service=service,
                                sessions=sessions)
 
 
 @router.post("/procedures/{procedure_id}/close", tags=["operator"],
              summary="Close an open procedure, or dismiss a proposed one")
-async def close(procedure_id: str, body: Reason, actor: Operator, service: ServiceDep,
+async def close(procedure_id: str, body: Reason, caller: Caller, service: ServiceDep,
                 sessions: SessionsDep) -> dict[str, Any]:
-    return await _on_procedure(procedure_id, domain.close, reason=body.reason, actor=actor, service=service,
+    return await _on_procedure(procedure_id, domain.close, reason=body.reason, actor=caller.name, service=service,
                                sessions=sessions)
 
 
 @router.post("/procedures/{procedure_id}/notes", tags=["operator"], status_code=201,
              summary="Add a note to a procedure's timeline")
-async def add_note(procedure_id: str, body: Note, actor: Operator, service: ServiceDep) -> dict[str, str]:
+async def add_note(procedure_id: str, body: Note, caller: Caller, service: ServiceDep) -> dict[str, str]:
     try:
-        await service.add_note(procedure_id, text=body.text, actor=actor)
+        await service.add_note(procedure_id, text=body.text, actor=caller.name)
     except LookupError as exc:
         raise HTTPException(404, f"no procedure {procedure_id!r}") from exc
     return {"status": "noted"}
 
 
 @router.post("/eo-reports", tags=["eo"], summary="An EO reports its own B2G system down or back up")
-async def eo_report(body: EoReport, caller: EoCaller, service: ServiceDep) -> dict[str, Any]:
-    if caller.eori != body.eori:
+async def eo_report(body: EoReport, caller: Caller, service: ServiceDep) -> dict[str, Any]:
+    if caller.role != Role.EO or caller.eori != body.eori:
         raise HTTPException(403, "an EO may only report for its own EORI")
 
     def decide(active: list[ProcedureRow]) -> domain.Decision | None:
@@ -171,14 +182,15 @@ async def eo_report(body: EoReport, caller: EoCaller, service: ServiceDep) -> di
         return domain.eo_report(eori=body.eori, down=body.status == "down",
                                 current=active_view(current) if current else None, detail=body.detail)
 
-    row, decision = await service.command(decide, actor=f"eo:{caller.eori}", auto_close=False)
+    row, decision = await service.command(decide, actor=caller.name, auto_close=False)
     if decision is None or row is None:
         return {"result": "no change", "detail": "already " + ("open" if body.status == "down" else "closed")}
     return {"result": decision.action.value, "procedure": procedure_view(row)}
 
 
-@router.get("/stream", tags=["status"], dependencies=[Reader],
-            summary="Server-sent events: procedure, advisory, status and note changes as they happen")
-async def stream(request: Request, service: ServiceDep) -> StreamingResponse:
-    return StreamingResponse(service.broadcaster.subscribe(), media_type="text/event-stream",
+@router.get("/stream", tags=["status"],
+            summary="Server-sent events: procedure, advisory, status and note changes as they happen "
+                    "(an EO's only for who may read them)")
+async def stream(caller: Caller, service: ServiceDep) -> StreamingResponse:
+    return StreamingResponse(service.broadcaster.subscribe(visible=caller.may_read_eo), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
