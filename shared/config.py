@@ -260,6 +260,10 @@ class TargetSettings(_Section):
     probe: Literal["http", "as4", "tcp", "tls", "domibus"] = "http"
     url: str = Field(..., min_length=1)
     interval_s: float | None = Field(None, gt=0)
+    retry_interval_s: float | None = Field(
+        None, gt=0,
+        description="Probe pace while a change is being confirmed (default: the detector's, else interval_s / 5).",
+    )
     timeout_s: float | None = Field(None, gt=0)
     failure_threshold: int | None = Field(None, ge=1)
     success_threshold: int | None = Field(None, ge=1)
@@ -302,6 +306,10 @@ class DetectorSettings(_Section):
         7, ge=1, description="Saved target states of other instance ids not saved for this long are deleted."
     )
     interval_s: float = Field(5.0, gt=0)
+    retry_interval_s: float | None = Field(
+        None, gt=0, description="Probe pace while a streak of probes disagreeing with the state runs (or the state is "
+        "undecided), so that a change is confirmed sooner; at most interval_s. None: interval_s / 5.",
+    )
     timeout_s: float = Field(2.0, gt=0)
     failure_threshold: int = Field(3, ge=1)
     success_threshold: int = Field(2, ge=1)
@@ -338,6 +346,23 @@ class DetectorSettings(_Section):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"duplicate detector target ids: {', '.join(duplicates)}")
+        return self
+
+    @model_validator(mode="after")
+    def _retry_within_interval(self) -> DetectorSettings:
+        # Retrying slower than the regular pace would make confirming a change slower than not retrying.
+        if self.retry_interval_s is not None and self.retry_interval_s > self.interval_s:
+            raise ValueError(f"detector.retry_interval_s ({self.retry_interval_s:g}) must not exceed "
+                             f"detector.interval_s ({self.interval_s:g})")
+        for target in self.targets:
+            if target.retry_interval_s is None and self.retry_interval_s is None:
+                continue  # derived from the target's interval: always within it
+            interval = target.interval_s or self.interval_s
+            retry = target.retry_interval_s or self.retry_interval_s
+            if retry is not None and retry > interval:
+                inherited = " (from [detector])" if target.retry_interval_s is None else ""
+                raise ValueError(f"detector target {target.id!r}: retry_interval_s ({retry:g}){inherited} must not "
+                                 f"exceed its interval_s ({interval:g})")
         return self
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-from services.detector.domain import TargetStatus
+from services.detector.domain import TargetStatus, suspicion
 from services.detector.service import Detector
 from services.detector.targets import Target
 from shared.auth import Caller, refuse
@@ -63,7 +63,14 @@ class TargetView(BaseModel):
     )
     consecutive_failures: int
     consecutive_successes: int
+    suspect: bool = Field(
+        False, description="The last probe disagrees with the state: a change may be on its way (see verdict_by)."
+    )
+    verdict_by: datetime | None = Field(
+        None, description="While suspect: when the running streak decides the change at the latest."
+    )
     interval_s: float
+    retry_interval_s: float = Field(..., description="Probe pace while a change is being confirmed.")
     timeout_s: float
     last_result: LastResult | None
 
@@ -75,6 +82,8 @@ class TargetPage(BaseModel):
 
 def _view(detector: Detector, target: Target, status: TargetStatus) -> TargetView:
     last = status.last
+    suspected = suspicion(status, target.thresholds, retry_interval_s=target.retry_interval_s,
+                          timeout_s=target.timeout_s)
     return TargetView(
         id=target.id,
         component=target.component,
@@ -92,7 +101,10 @@ def _view(detector: Detector, target: Target, status: TargetStatus) -> TargetVie
         cert_warning_days=detector.cert_warning_of(target.id),
         consecutive_failures=status.consecutive_failures,
         consecutive_successes=status.consecutive_successes,
+        suspect=suspected.suspect,
+        verdict_by=suspected.verdict_by,
         interval_s=target.interval_s,
+        retry_interval_s=target.retry_interval_s,
         timeout_s=target.timeout_s,
         last_result=None if last is None else LastResult(
             ok=last.ok, reason=last.reason, detail=last.detail, latency_ms=last.latency_ms,

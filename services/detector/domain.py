@@ -2,11 +2,20 @@
 
 A target goes down after ``failure`` consecutive failed probes and up after ``success`` consecutive
 successes; anything in between keeps its state, so a flapping target never changes state. The same
-hysteresis decides ``degraded`` (up, but slower than the target's latency bound). Besides the state
-machine this module holds the other decisions the detector makes about time: when a target is next due
-(spread over the interval, never bursting to catch up), how close a certificate is to expiry, how
-state changes that could not be published yet fold into one, and how far a state saved before a restart
-is trusted.
+hysteresis decides ``degraded`` (up, but slower than the target's latency bound).
+
+While a streak of probes disagreeing with the state runs, the target is *suspect* (:func:`suspicion`): a
+change may be on its way, and the detector says so at once, with the latest time the change can be
+decided (``verdict_by``), so that a consumer deciding over several targets (ADA B2G and NTP failing in the
+same second) can wait for the other verdict instead of acting on half the picture. Such a streak, and an
+undecided state, is probed at the faster retry pace (:func:`due_after_probe`), so that a change is
+confirmed after about ``interval_s + (threshold - 1) x retry_interval_s`` rather than ``threshold``
+intervals.
+
+Besides the state machine this module holds the other decisions the detector makes about time: when a
+target is next due (spread over the interval, never bursting to catch up; sooner while a streak runs),
+how close a certificate is to expiry, how state changes that could not be published yet fold into one,
+and how far a state saved before a restart is trusted.
 """
 
 from __future__ import annotations
@@ -134,6 +143,78 @@ def _count_speed(status: TargetStatus, result: ProbeResult, thresholds: Threshol
     return replace(status, consecutive_fast=status.consecutive_fast + 1, consecutive_slow=0)
 
 
+# --- suspicion --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Suspicion:
+    """What a target's latest probe says about a change to come (the suspicion fields of its events).
+
+    ``streak``: consecutive probes, up to the latest, with the latest probe's outcome; ``threshold``: how
+    many such probes change the state (None before the first probe); ``suspect``: the latest probe
+    disagrees with a decided state; ``verdict_by``: while suspect, the latest time the streak can reach its
+    threshold if every probe keeps its outcome, else None.
+    """
+
+    suspect: bool = False
+    streak: int = 0
+    threshold: int | None = None
+    verdict_by: datetime | None = None
+
+
+def streak(status: TargetStatus) -> int:
+    """Consecutive probes up to the latest with the latest probe's outcome (0 before the first probe, and
+    after the counters were reset for a changed endpoint: the old endpoint's probes count for nothing)."""
+    last = status.last
+    if last is None:
+        return 0
+    return status.consecutive_successes if last.ok else status.consecutive_failures
+
+
+def _disagrees(state: ComponentState, ok: bool) -> bool:
+    return (state == ComponentState.UP and not ok) or (state == ComponentState.DOWN and ok)
+
+
+def is_suspect(status: TargetStatus) -> bool:
+    """Whether a streak disagreeing with the decided state runs: a change may be on its way.
+
+    ``unknown`` is never suspect: there is no state to change from, and an undecided target must not hold
+    back a decision about another one.
+    """
+    last = status.last
+    return (
+        last is not None
+        and status.state != ComponentState.UNKNOWN
+        and streak(status) >= 1
+        and _disagrees(status.state, last.ok)
+    )
+
+
+def suspicion(
+    status: TargetStatus, thresholds: Thresholds, *, retry_interval_s: float, timeout_s: float
+) -> Suspicion:
+    """The suspicion fields of a target's availability event, as its status stands.
+
+    ``verdict_by`` is ``finished_at`` of the latest probe plus, for every probe still missing from the
+    threshold, one retry interval (the next probe is due that long after the previous one finished, see
+    :func:`due_after_probe`) and one timeout (the longest a probe takes). A consumer waits for a verdict no
+    longer than that: if the change has not come by then, a probe broke the streak. Scheduler lag and waits
+    for the concurrency limits are not in it (milliseconds on a detector that keeps up with its targets).
+    """
+    last = status.last
+    if last is None:
+        return Suspicion()
+    run = streak(status)
+    threshold = thresholds.success if last.ok else thresholds.failure
+    if not is_suspect(status):
+        return Suspicion(streak=run, threshold=threshold)
+    # A streak at its threshold without a change (thresholds lowered under a running streak) still needs
+    # one more probe: observe() decides on the probe that reaches or passes the threshold.
+    remaining = max(threshold - run, 1)
+    verdict_by = last.finished_at + timedelta(seconds=remaining * (retry_interval_s + timeout_s))
+    return Suspicion(suspect=True, streak=run, threshold=threshold, verdict_by=verdict_by)
+
+
 def reset_counters(status: TargetStatus) -> TargetStatus:
     """The status of a target whose endpoint changed: its state stands until new probes decide, from zero."""
     return replace(status, consecutive_failures=0, consecutive_successes=0, consecutive_slow=0, consecutive_fast=0)
@@ -223,6 +304,41 @@ def next_due(*, due: float, now: float, interval_s: float) -> float:
         return following
     following = due + (math.floor((now - due) / interval_s) + 1) * interval_s
     return following if following > now else following + interval_s
+
+
+def default_retry_interval(interval_s: float) -> float:
+    """The retry pace when none is configured: five probes per interval while a streak runs."""
+    return interval_s / 5
+
+
+def confirming(status: TargetStatus) -> bool:
+    """Whether the target's probes are deciding something: a streak disagrees with the state, or the state
+    is not decided yet (``unknown``, or ``unconfirmed`` after a restart long after the last probe).
+
+    Such a target is probed at the retry pace (:func:`due_after_probe`). A target whose counters were just
+    reset (changed endpoint) is not: its next regular probe starts a streak, if there is one to start.
+    """
+    if streak(status) < 1:
+        return False
+    if status.state == ComponentState.UNKNOWN or status.unconfirmed:
+        return True
+    return is_suspect(status)
+
+
+def due_after_probe(
+    status: TargetStatus, *, finished: float, regular_due: float, retry_interval_s: float
+) -> float:
+    """When a target is next probed, once the probe that finished at ``finished`` is folded into ``status``.
+
+    ``regular_due`` is the target's next slot on its phase (see :func:`next_due`). While the probes are
+    confirming something (:func:`confirming`) the next probe comes ``retry_interval_s`` after this one
+    finished, unless the regular slot is sooner; counted from the finish, not the start, so that a probe
+    that took its whole timeout still leaves the target a retry interval of rest and :func:`suspicion`'s
+    ``verdict_by`` holds. Otherwise the regular slot stands: back to the interval, on the same phase.
+    """
+    if confirming(status):
+        return min(regular_due, finished + retry_interval_s)
+    return regular_due
 
 
 # --- publication ------------------------------------------------------------------------------

@@ -1,12 +1,18 @@
 """The probe scheduler: one loop over a heap of next-due times, probes run as tasks within limits.
 
 Each target has a phase in its interval (see :func:`~services.detector.domain.phase`), so thousands of
-targets are spread evenly instead of firing together. The loop only pops due entries and starts a task
-per probe; it never awaits a probe, so a slow or hanging target delays no other target. The probes
-themselves wait for a slot of the global concurrency limit and of their host's limit (a provider hosting
-many EO endpoints is not hammered), and each is bounded by its own timeout. A target whose previous
-probe is still running when it is due again is skipped for that slot, so in-flight work never exceeds
-one probe per target. Lag (start minus due) is measured at the moment a probe really starts.
+targets are spread evenly instead of firing together. While a target's probes are confirming a change (the
+status handed back by ``on_result`` says so, the domain decides when: see
+:func:`~services.detector.domain.due_after_probe`), its next probe comes at the retry pace instead; its
+regular slot is kept, so it is back on its phase once the streak ends. Each target has one live heap entry;
+the retry pace obeys the same limits as every probe.
+
+The loop only pops due entries and starts a task per probe; it never awaits a probe, so a slow or hanging
+target delays no other target. The probes themselves wait for a slot of the global concurrency limit and
+of their host's limit (a provider hosting many EO endpoints is not hammered), and each is bounded by its
+own timeout. A target whose previous probe is still running when it is due again is skipped for that
+slot, so in-flight work never exceeds one probe per target. Lag (start minus due) is measured at the
+moment a probe really starts.
 """
 
 from __future__ import annotations
@@ -20,24 +26,28 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from services.detector.domain import ProbeResult, first_due, next_due
+from services.detector.domain import ProbeResult, TargetStatus, due_after_probe, first_due, next_due
 from services.detector.metrics import DetectorMetrics
 from services.detector.targets import Target
 
 log = logging.getLogger(__name__)
 
 ProbeFn = Callable[[Target], Awaitable[ProbeResult]]
-ResultFn = Callable[[Target, ProbeResult], None]
+ResultFn = Callable[[Target, ProbeResult], TargetStatus | None]
+"""Folds a result in; returns the target's status then (None: not a target any more, nothing to confirm)."""
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class _Slot:
     target: Target
     generation: int
+    regular_due: float  # the target's next slot on its phase
+    entry: int = -1  # sequence number of the one heap entry that counts; the others are stale
 
 
 class Scheduler:
-    """Probes every scheduled target once per interval (see the module docstring)."""
+    """Probes every scheduled target once per interval, at the retry pace while a change is being confirmed
+    (see the module docstring)."""
 
     def __init__(
         self,
@@ -57,7 +67,7 @@ class Scheduler:
         self._hosts: dict[str, asyncio.Semaphore] = {}
         self._host_refs: dict[str, int] = {}
         self._slots: dict[str, _Slot] = {}
-        self._heap: list[tuple[float, int, str, int]] = []
+        self._heap: list[tuple[float, int, str, int]] = []  # due, sequence, target id, generation
         self._seq = itertools.count()
         self._generations = itertools.count(1)
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -85,13 +95,24 @@ class Scheduler:
         if previous is not None:
             self._release_host(previous.target.endpoint.host_key)
         self._host_refs[target.endpoint.host_key] = self._host_refs.get(target.endpoint.host_key, 0) + 1
-        slot = _Slot(target, next(self._generations))
-        self._slots[target.id] = slot
         due = first_due(target_id=target.id, now=self._now(), interval_s=target.interval_s)
-        heapq.heappush(self._heap, (due, next(self._seq), target.id, slot.generation))
+        slot = _Slot(target, next(self._generations), regular_due=due)
+        self._slots[target.id] = slot
+        self._push(slot, due)
         self._compact()
+
+    def _push(self, slot: _Slot, due: float) -> None:
+        """Make ``due`` the slot's one next probe time (earlier entries of the slot become stale)."""
+        slot.entry = next(self._seq)
+        heapq.heappush(self._heap, (due, slot.entry, slot.target.id, slot.generation))
         if self._wake_at is None or due < self._wake_at:
             self._wake()
+
+    def _live(self, target_id: str, generation: int, entry: int) -> _Slot | None:
+        slot = self._slots.get(target_id)
+        if slot is None or slot.generation != generation or slot.entry != entry:
+            return None
+        return slot
 
     def unschedule(self, target_id: str) -> None:
         """Stop probing ``target_id``; a probe in flight finishes but its result is dropped."""
@@ -111,7 +132,7 @@ class Scheduler:
     def _compact(self) -> None:
         # Replaced and removed targets leave stale heap entries behind; rebuild once they dominate.
         if len(self._heap) > 2 * len(self._slots) + 64:
-            live = [e for e in self._heap if (s := self._slots.get(e[2])) is not None and s.generation == e[3]]
+            live = [e for e in self._heap if self._live(e[2], e[3], e[1]) is not None]
             heapq.heapify(live)
             self._heap = live
 
@@ -144,12 +165,14 @@ class Scheduler:
     def _start_due(self, now: float) -> None:
         heap = self._heap
         while heap and heap[0][0] <= now:
-            due, _, target_id, generation = heapq.heappop(heap)
-            slot = self._slots.get(target_id)
-            if slot is None or slot.generation != generation:
+            due, entry, target_id, generation = heapq.heappop(heap)
+            slot = self._live(target_id, generation, entry)
+            if slot is None:
                 continue
-            following = next_due(due=due, now=now, interval_s=slot.target.interval_s)
-            heapq.heappush(heap, (following, next(self._seq), target_id, generation))
+            # Whether this was the regular slot or a retry before it, the next regular one stays on the phase.
+            if slot.regular_due <= now:
+                slot.regular_due = next_due(due=slot.regular_due, now=now, interval_s=slot.target.interval_s)
+            self._push(slot, slot.regular_due)
             if target_id in self._running:
                 self.skipped += 1
                 if self._metrics is not None:
@@ -183,9 +206,16 @@ class Scheduler:
                 if self._metrics is not None:
                     self._metrics.in_flight.dec()
         self.completed += 1
-        current = self._slots.get(slot.target.id)
-        if current is not None and current.generation == slot.generation:
-            self._on_result(slot.target, result)
+        if self._slots.get(slot.target.id) is not slot:
+            return  # unscheduled or replaced meanwhile
+        status = self._on_result(slot.target, result)
+        if status is None:
+            return
+        retry_due = due_after_probe(
+            status, finished=self._now(), regular_due=slot.regular_due, retry_interval_s=slot.target.retry_interval_s
+        )
+        if retry_due < slot.regular_due:
+            self._push(slot, retry_due)
 
     async def _cancel_running(self) -> None:
         tasks = list(self._running.values())

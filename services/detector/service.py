@@ -1,7 +1,9 @@
 """The detector's use cases: keep the set of targets, fold each probe result in, decide what to publish.
 
 The state decisions are the domain's; this module applies them to the detector's in-memory state and
-hands what must be said to the outbox (a change at once, every state again as a heartbeat).
+hands what must be said to the outbox (a change at once, every state again as a heartbeat, and a suspicion
+at once: the first probe that disagrees with a target's state, every further one of the streak, and the one
+that ends the streak without a change, each as a heartbeat carrying the suspicion fields).
 
 It also decides what is saved across restarts (the database itself is ``store.py``'s): every target whose
 status changed since the last save is noted (:meth:`Detector.take_changes`, written behind in batches),
@@ -26,9 +28,11 @@ from services.detector.domain import (
     Transition,
     cert_warning,
     cert_warning_crossed,
+    is_suspect,
     observe,
     reset_counters,
     resume,
+    suspicion,
 )
 from services.detector.metrics import DetectorMetrics
 from services.detector.outbox import Outbox, Send, note_superseded
@@ -254,11 +258,12 @@ class Detector:
 
     # --- probe results --------------------------------------------------------------------------
 
-    def record(self, target: Target, result: ProbeResult) -> None:
-        """Fold one probe result into the target's status and mark what has to be published."""
+    def record(self, target: Target, result: ProbeResult) -> TargetStatus | None:
+        """Fold one probe result into the target's status and mark what has to be published; return the
+        new status (None if the target was removed while the probe ran), which paces the next probe."""
         before = self.statuses.get(target.id)
         if before is None:
-            return  # removed while the probe ran
+            return None
         status, transition = observe(before, result, target.thresholds)
         self.statuses[target.id] = status
         self._changed.add(target.id)
@@ -288,7 +293,12 @@ class Detector:
             self.outbox.refresh(target.id)
         elif first_since_restart:
             self.outbox.refresh(target.id)  # resumed: current again at once, not at the next heartbeat
+        elif is_suspect(status) or is_suspect(before):
+            # A change may be on its way (or the streak grew: a fresher verdict estimate), or the streak broke
+            # without one: a consumer waiting for this target's verdict learns it now, not at the heartbeat.
+            self.outbox.refresh(target.id)
         self._check_certificate(target, result)
+        return status
 
     def _release_held(self, target_id: str) -> bool:
         held = self._held.pop(target_id, None)
@@ -326,6 +336,9 @@ class Detector:
             return None
         last = status.last
         instance = self._settings.instance_id
+        suspected = suspicion(
+            status, target.thresholds, retry_interval_s=target.retry_interval_s, timeout_s=target.timeout_s
+        )
         return CloudEvent[AvailabilityData](
             source=f"/luccs-fallback/detector/{instance}",
             type=EventType.AVAILABILITY_CHANGED if transition else EventType.AVAILABILITY_HEARTBEAT,
@@ -347,6 +360,10 @@ class Detector:
                 degraded=status.degraded,
                 cert_expires_at=last.cert_expires_at,
                 ebms_error=last.ebms_error,
+                suspect=suspected.suspect,
+                streak=suspected.streak,
+                threshold=suspected.threshold,
+                verdict_by=suspected.verdict_by,
             ),
         )
 

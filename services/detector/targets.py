@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
-from services.detector.domain import Thresholds
+from services.detector.domain import Thresholds, default_retry_interval
 from shared.config import DetectorSettings, TargetSettings
 from shared.events import Component, EoData
 
@@ -96,6 +96,8 @@ class Target:
     interval_s: float
     timeout_s: float
     thresholds: Thresholds
+    retry_interval_s: float
+    """The pace while a change is being confirmed (see :func:`~services.detector.domain.due_after_probe`)."""
     eori: str | None = None
     source: Literal["config", "registry"] = "config"
     http: HttpCheck = HttpCheck()
@@ -151,6 +153,10 @@ def from_settings(target: TargetSettings, detector: DetectorSettings) -> Target:
     if statuses is not None and any(not 100 <= s <= 599 for s in statuses):
         raise InvalidTarget(f"target {target.id!r}: expected_status must be HTTP statuses (100-599)")
     interval = target.interval_s or detector.interval_s
+    retry = target.retry_interval_s or detector.retry_interval_s or default_retry_interval(interval)
+    if retry > interval:  # the settings refuse it too; a target built from parts must not slip through
+        raise InvalidTarget(f"target {target.id!r}: retry_interval_s ({retry:g}) must not exceed interval_s "
+                            f"({interval:g})")
     tls = TlsFiles(
         ca_file=target.ca_file or detector.ca_file,
         cert_file=target.client_cert_file or detector.client_cert_file,
@@ -170,6 +176,7 @@ def from_settings(target: TargetSettings, detector: DetectorSettings) -> Target:
         interval_s=interval,
         # A probe may never outlast its interval, or probes of one target would overlap.
         timeout_s=min(target.timeout_s or detector.timeout_s, interval),
+        retry_interval_s=retry,
         thresholds=Thresholds(
             failure=target.failure_threshold or detector.failure_threshold,
             success=target.success_threshold or detector.success_threshold,
@@ -218,6 +225,7 @@ def from_eo(eo: EoData, detector: DetectorSettings) -> Target | None:
         source="registry",
         interval_s=detector.interval_s,
         timeout_s=min(detector.timeout_s, detector.interval_s),
+        retry_interval_s=detector.retry_interval_s or default_retry_interval(detector.interval_s),
         thresholds=Thresholds(
             failure=detector.failure_threshold,
             success=detector.success_threshold,

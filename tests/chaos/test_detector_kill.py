@@ -51,7 +51,10 @@ def test_killed_detector_restarts_and_nothing_happens_twice(
     ntp.up()
     receiver = WebhookReceiver().start()
     ports = {name: free_port() for name in ("detector", "procedure", "notifier")}
-    config = _config(tmp_path, kafka=kafka_bootstrap, prefix=topic_prefix, ada=ada, ntp=ntp, ports=ports)
+    # Retries one interval apart (not the default fifth): the outage takes two intervals to confirm after its
+    # first failure, so that the kill below lands while the detection is under way.
+    config = _config(tmp_path, kafka=kafka_bootstrap, prefix=topic_prefix, ada=ada, ntp=ntp, ports=ports,
+                     retry_interval_s=INTERVAL_S)
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix)
     asyncio.run(_register_eo(kafka, receiver.url()))
     logs = {name: tmp_path / f"{name}.log" for name in ports}

@@ -74,7 +74,10 @@ async def _register_eo(settings: KafkaSettings, webhook_url: str) -> None:
         await publisher.stop()
 
 
-def _config(tmp: Path, *, kafka: str, prefix: str, ada: ToggleServer, ntp: ToggleServer, ports: dict[str, int]) -> Path:
+def _config(
+    tmp: Path, *, kafka: str, prefix: str, ada: ToggleServer, ntp: ToggleServer, ports: dict[str, int],
+    retry_interval_s: float = INTERVAL_S / 5,
+) -> Path:
     path = tmp / "luccs.toml"
     path.write_text(
         f"""
@@ -91,6 +94,7 @@ topic_prefix = "{prefix}"
 instance_id = "e2e-detector"
 port = {ports['detector']}
 interval_s = {INTERVAL_S}
+retry_interval_s = {retry_interval_s}
 timeout_s = 0.4
 failure_threshold = {FAILURE_THRESHOLD}
 success_threshold = 2

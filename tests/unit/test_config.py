@@ -40,6 +40,7 @@ def test_defaults_without_a_file() -> None:
     assert settings.detector.timeout_s == 2.0
     assert settings.detector.failure_threshold == 3
     assert settings.detector.success_threshold == 2
+    assert settings.detector.retry_interval_s is None  # derived per target: its interval_s / 5
     assert settings.detector.targets == []
     assert settings.detector.instance_id
     assert settings.procedure.mode == "auto"
@@ -266,6 +267,52 @@ def test_the_old_log_level_key_still_works_with_a_warning(
     assert "LUCCS_LOG_LEVEL is deprecated" in caplog.text
     monkeypatch.setenv("LUCCS_LOGGING__LEVEL", "ERROR")  # the new name wins
     assert load_settings().logging.level == "ERROR"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[detector]\nretry_interval_s = 0\n", "detector.retry_interval_s: Input should be greater than 0"),
+        ("[detector]\nretry_interval_s = -1\n", "detector.retry_interval_s: Input should be greater than 0"),
+        ("[detector]\ninterval_s = 5\nretry_interval_s = 6\n",
+         "detector.retry_interval_s (6) must not exceed detector.interval_s (5)"),
+        ("[[detector.targets]]\nid = 'a'\ncomponent = 'ntp'\nurl = 'https://x'\nretry_interval_s = 0\n",
+         "detector.targets.0.retry_interval_s: Input should be greater than 0"),
+        ("[[detector.targets]]\nid = 'a'\ncomponent = 'ntp'\nurl = 'https://x'\ninterval_s = 2\n"
+         "retry_interval_s = 3\n", "detector target 'a': retry_interval_s (3) must not exceed its interval_s (2)"),
+        ("[detector]\nretry_interval_s = 1\n[[detector.targets]]\nid = 'a'\ncomponent = 'ntp'\n"
+         "url = 'https://x'\ninterval_s = 0.5\n",
+         "detector target 'a': retry_interval_s (1) (from [detector]) must not exceed its interval_s (0.5)"),
+    ],
+)
+def test_a_retry_pace_must_be_positive_and_within_the_interval(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value), "one line"
+
+
+def test_a_retry_pace_within_every_interval_loads(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, """
+[detector]
+interval_s = 5
+retry_interval_s = 5
+
+[[detector.targets]]
+id = "slow"
+component = "ntp"
+url = "https://x"
+interval_s = 60
+
+[[detector.targets]]
+id = "fast"
+component = "ntp"
+url = "https://y"
+interval_s = 0.5
+retry_interval_s = 0.1
+"""))
+    assert settings.detector.retry_interval_s == 5
+    assert [t.retry_interval_s for t in settings.detector.targets] == [None, 0.1]
 
 
 def test_duplicate_target_ids_are_a_config_error(tmp_path: Path) -> None:

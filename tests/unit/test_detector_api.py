@@ -100,6 +100,23 @@ async def test_a_target_shows_state_reason_latency_since_certificate_and_degrade
     assert body["last_result"]["ebms_error"] == "EBMS:0103"
 
 
+async def test_a_suspect_target_shows_its_verdict_time_and_retry_pace(
+    client: httpx.AsyncClient, detector: Detector
+) -> None:
+    settings = DetectorSettings(instance_id="t", interval_s=60, failure_threshold=1, success_threshold=1)
+    target = from_settings(
+        TargetSettings(id="ada-as4", component="ada_b2g", url="http://b2g.lu/", failure_threshold=3), settings
+    )
+    detector.put(target)
+    detector.record(target, ProbeResult(True, "ok", T0, 10.0))
+    detector.record(target, ProbeResult(False, "refused", T0 + timedelta(seconds=1), 10.0))
+    body = (await client.get("/api/v1/targets/ada-as4")).json()
+    assert (body["state"], body["suspect"], body["retry_interval_s"]) == ("up", True, 12.0)
+    assert body["verdict_by"] == "2024-03-01T12:00:29Z"  # two more failures, each within 12 s + a 2 s timeout
+    settled = (await client.get("/api/v1/targets/ntp-01")).json()
+    assert (settled["suspect"], settled["verdict_by"]) == (False, None)
+
+
 async def test_filters(client: httpx.AsyncClient) -> None:
     down = (await client.get("/api/v1/targets", params={"state": "down", "limit": 100})).json()
     assert [i["id"] for i in down["items"]] == ["ntp-00", "ntp-05", "ntp-10", "ntp-15", "ntp-20"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -11,11 +12,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from services.detector.domain import ProbeResult
+from services.detector.domain import ProbeResult, TargetStatus, observe, phase
 from services.detector.metrics import DetectorMetrics
 from services.detector.scheduler import Scheduler
 from services.detector.targets import Target, from_settings
 from shared.config import DetectorSettings, TargetSettings
+from shared.events import ComponentState
+from tests.support import eventually
 
 SETTINGS = DetectorSettings(instance_id="t", interval_s=0.2, timeout_s=0.2)
 
@@ -222,3 +225,132 @@ async def test_compaction_keeps_the_heap_bounded_under_churn() -> None:
     for round_ in range(200):
         sched.schedule(target("churn", url=f"http://127.0.0.1:1/{round_}", interval_s=60))
     assert len(sched._heap) <= 2 * len(sched) + 64
+
+
+# --- the retry pace -------------------------------------------------------------------------------
+
+RETRY_S = 0.05
+SLOW_INTERVAL_S = 60.0  # a regular slot that never comes during a test: any second probe is a retry
+
+
+def soon_ids(count: int) -> list[str]:
+    """Target ids whose phase puts their first probe within 0.3 s of scheduling at SLOW_INTERVAL_S."""
+    return list(itertools.islice((i for n in itertools.count() if phase(i := f"t{n}") < 0.005), count))
+
+
+def slow_target(target_id: str, *, port: int = 8080) -> Target:
+    return from_settings(
+        TargetSettings(id=target_id, component="ntp", url=f"http://127.0.0.1:{port}/{target_id}",
+                       interval_s=SLOW_INTERVAL_S, retry_interval_s=RETRY_S),
+        SETTINGS,
+    )
+
+
+class Confirmer:
+    """Probes with scripted outcomes and folds them with the real state machine, as the detector does,
+    handing the status back so that the scheduler paces the next probe. Records when each probe ran."""
+
+    def __init__(self, outcomes: Callable[[str, int], bool], start: TargetStatus | None = None) -> None:
+        self.outcomes = outcomes
+        self.start = start if start is not None else TargetStatus()
+        self.statuses: dict[str, TargetStatus] = {}
+        self.runs: defaultdict[str, list[tuple[float, float]]] = defaultdict(list)  # (started, finished)
+        self.active_by_host: Counter[str] = Counter()
+        self.max_by_host: Counter[str] = Counter()
+
+    async def probe(self, target: Target) -> ProbeResult:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        host = target.endpoint.host_key
+        self.active_by_host[host] += 1
+        self.max_by_host[host] = max(self.max_by_host[host], self.active_by_host[host])
+        try:
+            await asyncio.sleep(0.01)
+            ok = self.outcomes(target.id, len(self.runs[target.id]))
+        finally:
+            self.active_by_host[host] -= 1
+        self.runs[target.id].append((started, loop.time()))
+        return ProbeResult(ok=ok, reason="ok" if ok else "refused", finished_at=datetime.now(UTC))
+
+    def record(self, target: Target, result: ProbeResult) -> TargetStatus:
+        status, _ = observe(self.statuses.get(target.id, self.start), result, target.thresholds)
+        self.statuses[target.id] = status
+        return status
+
+    def calls(self, target_id: str) -> int:
+        return len(self.runs[target_id])
+
+    def state(self, target_id: str) -> ComponentState:
+        return self.statuses.get(target_id, self.start).state
+
+
+def confirming_scheduler(confirmer: Confirmer, *, per_host: int = 100) -> Scheduler:
+    return Scheduler(probe=confirmer.probe, on_result=confirmer.record, max_concurrency=100, per_host_limit=per_host)
+
+
+UP_BEFORE = TargetStatus(state=ComponentState.UP, since=datetime(2024, 3, 1, tzinfo=UTC), consecutive_successes=9,
+                         last=ProbeResult(ok=True, reason="ok", finished_at=datetime(2024, 3, 1, tzinfo=UTC)))
+
+
+async def test_an_outage_is_confirmed_at_the_retry_pace_then_the_target_waits_for_its_regular_slot() -> None:
+    [target_id] = soon_ids(1)
+    confirmer = Confirmer(lambda _id, _n: False, start=UP_BEFORE)
+    sched = confirming_scheduler(confirmer)
+    sched.schedule(slow_target(target_id))  # failure threshold 3 (the detector default)
+    async with running(sched):
+        await eventually(lambda: confirmer.state(target_id) == ComponentState.DOWN, what="down")
+        # Without the retry pace the second probe would wait a whole interval (60 s).
+        assert confirmer.calls(target_id) == 3
+        await asyncio.sleep(10 * RETRY_S)
+        assert confirmer.calls(target_id) == 3, "decided: no more retries, the next probe is the regular one"
+    runs = confirmer.runs[target_id]
+    for (_, finished), (started, _) in itertools.pairwise(runs):
+        assert started - finished >= RETRY_S, "a retry rests a retry interval after the previous probe finished"
+
+
+async def test_a_streak_broken_by_an_agreeing_probe_goes_back_to_the_regular_slot() -> None:
+    [target_id] = soon_ids(1)
+    confirmer = Confirmer(lambda _id, n: n != 0, start=UP_BEFORE)  # one failure, then fine again
+    sched = confirming_scheduler(confirmer)
+    sched.schedule(slow_target(target_id))
+    async with running(sched):
+        await eventually(lambda: confirmer.calls(target_id) == 2, what="the retry")
+        await asyncio.sleep(10 * RETRY_S)
+        assert confirmer.calls(target_id) == 2, "the streak broke: back to the interval"
+    assert confirmer.state(target_id) == ComponentState.UP
+
+
+async def test_an_unknown_target_is_decided_at_the_retry_pace() -> None:
+    [target_id] = soon_ids(1)
+    confirmer = Confirmer(lambda _id, _n: True)  # a new target: unknown until success_threshold (2) successes
+    sched = confirming_scheduler(confirmer)
+    sched.schedule(slow_target(target_id))
+    async with running(sched):
+        await eventually(lambda: confirmer.state(target_id) == ComponentState.UP, what="up")
+        await asyncio.sleep(10 * RETRY_S)
+    assert confirmer.calls(target_id) == 2
+
+
+async def test_retries_keep_the_per_host_limit() -> None:
+    ids = soon_ids(6)
+    confirmer = Confirmer(lambda _id, _n: False, start=UP_BEFORE)
+    sched = confirming_scheduler(confirmer, per_host=2)
+    for target_id in ids:
+        sched.schedule(slow_target(target_id, port=8443))
+    async with running(sched):
+        await eventually(lambda: all(confirmer.state(t) == ComponentState.DOWN for t in ids), what="all down")
+    assert all(confirmer.calls(t) == 3 for t in ids)
+    assert confirmer.max_by_host["127.0.0.1:8443"] <= 2
+
+
+async def test_an_unscheduled_target_is_not_retried() -> None:
+    [target_id] = soon_ids(1)
+    confirmer = Confirmer(lambda _id, _n: False, start=UP_BEFORE)
+    sched = confirming_scheduler(confirmer)
+    sched.schedule(slow_target(target_id))
+    async with running(sched):
+        await eventually(lambda: confirmer.calls(target_id) == 1, what="the first probe")
+        sched.unschedule(target_id)
+        await asyncio.sleep(10 * RETRY_S)
+    assert confirmer.calls(target_id) <= 2  # a retry started before the unschedule may finish, none after
+    assert len(sched) == 0

@@ -111,6 +111,96 @@ async def test_becoming_degraded_is_published_at_once_as_a_heartbeat() -> None:
     ]
 
 
+# --- suspicion: a change on its way travels at once ------------------------------------------------
+
+
+async def flushed(detector: Detector, sent: list[CloudEvent[AvailabilityData]]) -> list[CloudEvent[AvailabilityData]]:
+    """The events one flush publishes."""
+    before = len(sent)
+    assert await detector.outbox.flush()
+    return sent[before:]
+
+
+def suspicion_of(event: CloudEvent[AvailabilityData]) -> tuple[Any, ...]:
+    data = event.data
+    return event.type, data.state, data.ok, data.suspect, data.streak, data.threshold, data.verdict_by
+
+
+async def up_target(**settings: Any) -> tuple[Detector, list[CloudEvent[AvailabilityData]], Target]:
+    # interval 60 s (retry 12 s derived), timeout 2 s: each missing probe may take 14 s.
+    detector, sent, _ = make(failure_threshold=3, success_threshold=2, timeout_s=2, **settings)
+    target = ada(detector)
+    detector.record(target, result(True, 1))
+    detector.record(target, result(True, 2))
+    [changed] = await flushed(detector, sent)
+    assert suspicion_of(changed) == (EventType.AVAILABILITY_CHANGED, UP, True, False, 2, 2, None)
+    return detector, sent, target
+
+
+async def test_the_first_failure_of_an_up_target_is_published_at_once_as_a_suspect_heartbeat() -> None:
+    detector, sent, target = await up_target()
+    detector.record(target, result(False, 10))
+    [event] = await flushed(detector, sent)
+    assert suspicion_of(event) == (
+        EventType.AVAILABILITY_HEARTBEAT, UP, False, True, 1, 3, T0 + timedelta(seconds=10 + 2 * 14)
+    )
+    assert event.data.previous_state is None and event.data.reason == "refused"
+
+
+async def test_every_probe_of_the_streak_is_published_at_once_and_the_change_ends_the_suspicion() -> None:
+    detector, sent, target = await up_target()
+    events = []
+    for second in (10, 22, 34):
+        detector.record(target, result(False, second))
+        events += await flushed(detector, sent)
+    assert [suspicion_of(e) for e in events] == [
+        (EventType.AVAILABILITY_HEARTBEAT, UP, False, True, 1, 3, T0 + timedelta(seconds=10 + 28)),
+        (EventType.AVAILABILITY_HEARTBEAT, UP, False, True, 2, 3, T0 + timedelta(seconds=22 + 14)),
+        (EventType.AVAILABILITY_CHANGED, DOWN, False, False, 3, 3, None),
+    ]
+    promised = events[1].data.verdict_by
+    assert promised is not None and events[2].data.observed_at <= promised
+
+
+async def test_a_streak_that_breaks_without_a_change_is_published_at_once_too() -> None:
+    detector, sent, target = await up_target()
+    detector.record(target, result(False, 10))
+    await flushed(detector, sent)
+    detector.record(target, result(True, 22))
+    [event] = await flushed(detector, sent)
+    assert suspicion_of(event) == (EventType.AVAILABILITY_HEARTBEAT, UP, True, False, 1, 2, None)
+    detector.record(target, result(True, 82))
+    assert await flushed(detector, sent) == [], "agreeing probes wait for the heartbeat, as before"
+
+
+async def test_the_first_success_of_a_down_target_is_published_at_once_as_suspect() -> None:
+    detector, sent, target = await up_target(retry_interval_s=5)
+    for second in (10, 15, 20):
+        detector.record(target, result(False, second))
+    await flushed(detector, sent)
+    detector.record(target, result(True, 30))
+    [event] = await flushed(detector, sent)
+    assert suspicion_of(event) == (
+        EventType.AVAILABILITY_HEARTBEAT, DOWN, True, True, 1, 2, T0 + timedelta(seconds=30 + 5 + 2)
+    )
+
+
+async def test_an_unknown_target_publishes_no_suspicion() -> None:
+    detector, sent, _ = make(failure_threshold=3)
+    target = ada(detector)
+    detector.record(target, result(False, 1))
+    detector.record(target, result(False, 2))
+    assert await flushed(detector, sent) == []
+
+
+async def test_heartbeats_carry_the_suspicion_fields() -> None:
+    detector, sent, target = await up_target()
+    detector.record(target, result(False, 10))
+    detector.outbox.refresh(target.id)  # what the heartbeat loop does
+    [event] = await flushed(detector, sent)
+    assert event.data.suspect and event.data.verdict_by == T0 + timedelta(seconds=38)
+
+
 async def test_metrics_count_results_by_reason_and_expose_target_states() -> None:
     detector, _, registry = make(success_threshold=1)
     target = ada(detector)

@@ -104,6 +104,26 @@ def test_timeout_never_exceeds_the_interval() -> None:
     assert from_settings(configured(interval_s=1, timeout_s=5), DETECTOR).timeout_s == 1
 
 
+def test_the_retry_pace_defaults_to_a_fifth_of_the_targets_own_interval() -> None:
+    assert from_settings(configured(), DETECTOR).retry_interval_s == 1.0
+    assert from_settings(configured(interval_s=60), DETECTOR).retry_interval_s == 12.0
+    eo_target = from_eo(eo("https://as4.trader.lu/"), DETECTOR)
+    assert eo_target is not None and eo_target.retry_interval_s == 1.0
+
+
+def test_the_retry_pace_comes_from_the_target_else_the_detector() -> None:
+    detector = DetectorSettings(instance_id="t", interval_s=5, retry_interval_s=0.5)
+    assert from_settings(configured(), detector).retry_interval_s == 0.5
+    assert from_settings(configured(retry_interval_s=2), detector).retry_interval_s == 2
+    eo_target = from_eo(eo("https://as4.trader.lu/"), detector)
+    assert eo_target is not None and eo_target.retry_interval_s == 0.5
+
+
+def test_a_retry_pace_slower_than_the_interval_is_rejected() -> None:
+    with pytest.raises(InvalidTarget, match=r"retry_interval_s \(2\) must not exceed interval_s \(1\)"):
+        from_settings(configured(interval_s=1, retry_interval_s=2), DETECTOR)
+
+
 def test_domibus_without_a_path_gets_the_monitoring_path() -> None:
     target = from_settings(configured(probe="domibus", url="https://ap.example.lu"), DETECTOR)
     assert target.endpoint.path == DOMIBUS_STATUS_PATH
