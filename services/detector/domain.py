@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from shared.events import ComponentState
+from shared.events import Component, ComponentState
 
 CERT_WARNING_DAYS: tuple[int, ...] = (30, 14, 7)
 """Days before a certificate's expiry at which the detector warns (each level once)."""
@@ -188,6 +188,18 @@ def is_suspect(status: TargetStatus) -> bool:
         and streak(status) >= 1
         and _disagrees(status.state, last.ok)
     )
+
+
+def corroborating(component: Component) -> Component | None:
+    """The national component to probe at once when a target of ``component`` turns suspect, or None.
+
+    The exception case is most often one event (the LUCCS platform down), so ADA B2G and NTP fail within
+    the same second; but each target is probed at its own phase, and the other channel's next regular probe
+    may come an interval later, after the first channel's verdict. Probed at once, the other channel's
+    suspicion (or its all-clear) reaches the procedure service before that verdict, and the service can
+    tell one story: scenario 3 at once rather than 2 and then 3, one close rather than 3 -> 2 -> closed.
+    """
+    return {Component.ADA_B2G: Component.NTP, Component.NTP: Component.ADA_B2G}.get(component)
 
 
 def suspicion(

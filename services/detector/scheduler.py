@@ -114,6 +114,15 @@ class Scheduler:
             return None
         return slot
 
+    def probe_now(self, target_id: str) -> bool:
+        """Probe ``target_id`` as soon as the limits allow, its regular slot kept; return whether it was
+        scheduled (a target whose probe is already running is not probed twice: that probe's result is fresh)."""
+        slot = self._slots.get(target_id)
+        if slot is None or target_id in self._running:
+            return False
+        self._push(slot, self._now())
+        return True
+
     def unschedule(self, target_id: str) -> None:
         """Stop probing ``target_id``; a probe in flight finishes but its result is dropped."""
         slot = self._slots.pop(target_id, None)

@@ -28,6 +28,7 @@ from services.detector.domain import (
     Transition,
     cert_warning,
     cert_warning_crossed,
+    corroborating,
     is_suspect,
     observe,
     reset_counters,
@@ -297,8 +298,24 @@ class Detector:
             # A change may be on its way (or the streak grew: a fresher verdict estimate), or the streak broke
             # without one: a consumer waiting for this target's verdict learns it now, not at the heartbeat.
             self.outbox.refresh(target.id)
+        if is_suspect(status) and not is_suspect(before):
+            self._corroborate(target)
         self._check_certificate(target, result)
         return status
+
+    def _corroborate(self, target: Target) -> None:
+        """A national target turned suspect: probe the other national component's targets now (see
+        :func:`~services.detector.domain.corroborating`), unless their own streaks already run."""
+        other = corroborating(target.component)
+        if other is None:
+            return
+        probed = [
+            t.id for t in self.targets.values()
+            if t.component == other and not is_suspect(self.statuses.get(t.id) or TargetStatus())
+            and self.scheduler.probe_now(t.id)
+        ]
+        if probed:
+            log.info("target %s is suspect: probing %s now (%s)", target.id, other.value, ", ".join(probed))
 
     def _release_held(self, target_id: str) -> bool:
         held = self._held.pop(target_id, None)

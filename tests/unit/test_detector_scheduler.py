@@ -354,3 +354,33 @@ async def test_an_unscheduled_target_is_not_retried() -> None:
         await asyncio.sleep(10 * RETRY_S)
     assert confirmer.calls(target_id) <= 2  # a retry started before the unschedule may finish, none after
     assert len(sched) == 0
+
+
+async def test_probe_now_probes_a_target_long_before_its_slot_and_keeps_the_slot() -> None:
+    recorder = Recorder()
+    sched = scheduler(recorder)
+    sched.schedule(target("slow", interval_s=3600))  # its first slot: somewhere in the next hour
+    async with running(sched):
+        assert sched.probe_now("slow")
+        await wait_until(lambda: recorder.calls["slow"] == 1)
+        await asyncio.sleep(0.2)
+    assert recorder.calls["slow"] == 1  # once: the regular slot is still the one in the hour
+    assert not sched.probe_now("gone")
+
+
+async def test_probe_now_does_not_probe_a_target_twice_at_once() -> None:
+    release = asyncio.Event()
+
+    async def behaviour(_t: Target) -> None:
+        await release.wait()
+
+    recorder = Recorder(behaviour)
+    sched = scheduler(recorder)
+    sched.schedule(target("hanging", interval_s=3600))
+    async with running(sched):
+        assert sched.probe_now("hanging")
+        await wait_until(lambda: recorder.active == 1)
+        assert not sched.probe_now("hanging")  # its running probe's result is as fresh as a new one
+        release.set()
+        await wait_until(lambda: len(recorder.results) == 1)
+    assert recorder.calls["hanging"] == 1

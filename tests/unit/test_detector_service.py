@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -313,3 +314,39 @@ async def test_heartbeats_republish_every_probed_target() -> None:
     assert [(e.type, e.data.target_id, e.data.state) for e in sent] == [
         (EventType.AVAILABILITY_HEARTBEAT, "ada-as4", UNKNOWN)
     ]
+
+
+async def test_a_national_target_turning_suspect_probes_the_other_channel_at_once() -> None:
+    detector, _sent, target = await up_target()
+    ntp = from_settings(TargetSettings(id="ntp", component="ntp", probe="http", url="https://ntp.lu/"),
+                        detector._settings)
+    detector.put(ntp)
+    asked: list[str] = []
+    detector.scheduler.probe_now = ask(asked)  # type: ignore[method-assign]
+    detector.record(target, result(False, 10))  # ADA B2G's first failure: suspect
+    assert asked == ["ntp"]
+    detector.record(target, result(False, 11))  # the same streak goes on: NTP was asked already
+    assert asked == ["ntp"]
+    detector.record(target, result(False, 12))  # down: the verdict, nothing more to corroborate
+    detector.record(target, result(True, 13))   # the first success of a down target: suspect again
+    assert asked == ["ntp", "ntp"]
+
+
+async def test_an_eo_endpoint_turning_suspect_probes_nothing_else() -> None:
+    detector, _sent, _ = make(failure_threshold=3, success_threshold=1)
+    detector.put(from_settings(TargetSettings(id="ntp", component="ntp", url="https://ntp.lu/"), detector._settings))
+    assert detector.on_eo(eo("https://as4.trader.lu/msh")) == "upserted"
+    eo_target = detector.targets[f"eo:{EORI}"]
+    asked: list[str] = []
+    detector.scheduler.probe_now = ask(asked)  # type: ignore[method-assign]
+    detector.record(eo_target, result(True, 1))
+    detector.record(eo_target, result(False, 2))
+    assert asked == []
+
+
+def ask(asked: list[str]) -> Callable[[str], bool]:
+    def probe_now(target_id: str) -> bool:
+        asked.append(target_id)
+        return True
+
+    return probe_now
