@@ -322,7 +322,7 @@ async def test_a_national_target_turning_suspect_probes_the_other_channel_at_onc
                         detector._settings)
     detector.put(ntp)
     asked: list[str] = []
-    detector.scheduler.probe_now = ask(asked)  # type: ignore[method-assign]
+    detector.scheduler.probe_now = ask(asked)  # type: ignore[method-assign,assignment]
     detector.record(target, result(False, 10))  # ADA B2G's first failure: suspect
     assert asked == ["ntp"]
     detector.record(target, result(False, 11))  # the same streak goes on: NTP was asked already
@@ -338,7 +338,7 @@ async def test_an_eo_endpoint_turning_suspect_probes_nothing_else() -> None:
     assert detector.on_eo(eo("https://as4.trader.lu/msh")) == "upserted"
     eo_target = detector.targets[f"eo:{EORI}"]
     asked: list[str] = []
-    detector.scheduler.probe_now = ask(asked)  # type: ignore[method-assign]
+    detector.scheduler.probe_now = ask(asked)  # type: ignore[method-assign,assignment]
     detector.record(eo_target, result(True, 1))
     detector.record(eo_target, result(False, 2))
     assert asked == []
