@@ -33,6 +33,7 @@ INTERVAL_S = 0.5
 FAILURE_THRESHOLD = 3
 EORI = "LU12345678901234"
 SECRET = "e2e-webhook-secret"
+OPERATOR_TOKEN = "e2e-operator-token"
 
 
 @dataclass
@@ -89,6 +90,9 @@ level = "INFO"
 [kafka]
 bootstrap_servers = "{kafka}"
 topic_prefix = "{prefix}"
+
+[api]
+operator_tokens = ["{OPERATOR_TOKEN}"]
 
 [detector]
 instance_id = "e2e-detector"
@@ -232,7 +236,8 @@ def test_ada_b2g_outage_opens_scenario_2_once_and_closes_it(system: System) -> N
     assert [entry["kind"] for entry in detail["timeline"]] == ["open", "close"]
     assert detail["timeline"][0]["evidence"], "the opening keeps its evidence"
     deliveries = httpx.get(
-        f"{system.notifier_url}/api/v1/deliveries", params={"procedure_id": procedure_id}, timeout=5
+        f"{system.notifier_url}/api/v1/deliveries", params={"procedure_id": procedure_id}, timeout=5,
+        headers={"Authorization": f"Bearer {OPERATOR_TOKEN}"},  # EO data: never without a token
     ).json()["items"]
     assert sorted(d["status"] for d in deliveries) == ["delivered", "delivered"]
 
