@@ -161,7 +161,9 @@ def test_ada_as4_refusing_opens_scenario_2_and_its_recovery_closes_it(demo: Demo
 
 
 def _state_of(demo: Demo, target_id: str) -> str | None:
-    answer = httpx.get(demo.url("detector", f"/api/v1/targets/{target_id}"), timeout=5)
+    # An EO's endpoint is EO data: the detector shows it only to a token allowed to read it.
+    answer = httpx.get(demo.url("detector", f"/api/v1/targets/{target_id}"), timeout=5,
+                       headers={"Authorization": f"Bearer {TOKEN}"})
     state: str | None = answer.json()["state"] if answer.status_code == 200 else None
     return state
 
