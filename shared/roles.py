@@ -101,6 +101,8 @@ ROUTES: Mapping[Service, Mapping[RouteKey, Rule]] = {
         ("GET", "/api/v1/procedures"): NATIONAL,
         ("GET", "/api/v1/procedures/{procedure_id}"): NATIONAL,
         ("GET", "/api/v1/stream"): NATIONAL,
+        ("GET", "/api/v1/history"): NATIONAL,
+        ("GET", "/api/v1/outages"): NATIONAL,
         ("POST", "/api/v1/procedures"): OPERATE,
         ("POST", "/api/v1/procedures/{procedure_id}/confirm"): OPERATE,
         ("POST", "/api/v1/procedures/{procedure_id}/close"): OPERATE,

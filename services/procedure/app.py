@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 
 from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry, Gauge
@@ -24,15 +25,19 @@ from shared.kafka import EventConsumer, Publisher, ensure_topics
 from shared.tasks import BackgroundTasks
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The procedure service's app; nothing connects until its lifespan starts."""
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_app(settings: Settings, *, clock: Callable[[], datetime] = _now) -> FastAPI:
+    """The procedure service's app; nothing connects until its lifespan starts. ``clock``: tests move time."""
     registry = CollectorRegistry()
     engine = make_engine(settings.database_url("procedure"))
     sessions = session_factory(engine)
     tasks = BackgroundTasks()
     publisher = Publisher(settings.kafka, client_id="procedure")
     outbox = Outbox(sessions, publisher)
-    service = ProcedureService(settings=settings, sessions=sessions, outbox=outbox)
+    service = ProcedureService(settings=settings, sessions=sessions, outbox=outbox, clock=clock)
     key = settings.procedure.sealing_key
     sealer = Sealer(key.get_secret_value() if key else load_or_create_key(settings.data_dir / "procedure.key"))
     eo_registry = EoRegistry(kafka=settings.kafka, sessions=sessions, sealer=sealer,
@@ -78,6 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="luccs-fallback procedure service", version="1", lifespan=lifespan,
                   dependencies=[Depends(authorize)])
     app.state.settings = settings
+    app.state.clock = clock
     app.state.procedures = service
     app.state.registry = eo_registry
     app.state.sessions = sessions

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.procedure import domain
 from services.procedure.domain import ComponentView, Decision, Observation, Rejected
+from services.procedure.history import record_state_changes
 from services.procedure.models import AdvisoryRow, ComponentRow, ObservationRow, ProcedureRow
 from services.procedure.outbox import Outbox
 from services.procedure.recorder import ACTIVE_STATES, Recorder, active_view, evidence_of, load_active
@@ -243,6 +244,7 @@ class ProcedureService:
         await upsert(session, cast(Table, ComponentRow.__table__), [
             {"component": component, "state": state, "since": now} for component, state in changed.items()
         ], key=("component",))
+        await record_state_changes(session, changed, now=now)
         for component, state in changed.items():
             recorder.announcements.append(("status", {"component": component, "state": state,
                                                       "since": now.isoformat()}))

@@ -42,6 +42,26 @@ class ComponentRow(Base):
     since: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class ComponentStateRow(Base):
+    """One span of a national component's state history: ``state`` from ``since`` until ``until`` (None: the
+    current span). Written in the same transaction as each change of ``components``; read by the history API."""
+
+    __tablename__ = "component_states"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    component: Mapped[str] = mapped_column(String(20))
+    state: Mapped[str] = mapped_column(String(10))
+    since: Mapped[datetime] = mapped_column(UTCDateTime)
+    until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_component_states_component_since", "component", "since"),
+        # At most one current span per component, guaranteed by the database.
+        Index("uq_component_states_current", "component", unique=True,
+              sqlite_where=text("until IS NULL"), postgresql_where=text("until IS NULL")),
+    )
+
+
 _ACTIVE = "state IN ('open', 'proposed')"
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from services.procedure.api import eos, procedures
+from services.procedure.api import eos, history, procedures
 
 router = APIRouter()
 router.include_router(procedures.router)
 router.include_router(eos.router)
+router.include_router(history.router)
 
 __all__ = ["router"]

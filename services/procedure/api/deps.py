@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -32,7 +34,14 @@ def _sessions(request: Request) -> async_sessionmaker[AsyncSession]:
     return sessions
 
 
+def _clock(request: Request) -> Callable[[], datetime]:
+    clock: Callable[[], datetime] = request.app.state.clock
+    return clock
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ServiceDep = Annotated[ProcedureService, Depends(_service)]
 RegistryDep = Annotated[EoRegistry, Depends(_registry)]
 SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(_sessions)]
+ClockDep = Annotated[Callable[[], datetime], Depends(_clock)]
+"""What time it is for the service (injected, so that tests control it)."""
