@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -12,6 +13,8 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.exc import InterfaceError, OperationalError
+
+log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 """Returns None when the dependency is fine, else what is wrong."""
@@ -23,9 +26,11 @@ def add_ops_routes(
     checks: Mapping[str, ReadinessCheck],
     registry: CollectorRegistry,
     liveness: ReadinessCheck | None = None,
+    before_metrics: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """/healthz (alive: ``liveness`` passes, e.g. no background loop has died), /readyz (every check
-    passes), /metrics."""
+    passes), /metrics (after ``before_metrics``, which reads what the series show; if it fails, the
+    series show what it read last)."""
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
@@ -52,6 +57,11 @@ def add_ops_routes(
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def metrics() -> Response:
+        if before_metrics is not None:
+            try:
+                await asyncio.wait_for(before_metrics(), timeout=5.0)
+            except Exception as exc:
+                log.warning("metrics not refreshed, serving the last values: %s: %s", type(exc).__name__, exc)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -164,6 +164,8 @@ class ConsumerStats:
     dead_lettered: int = 0
     last_error: str | None = None
     assigned: bool = False
+    lag: int = 0
+    """Messages on the assigned partitions not handled yet, as of the last poll (highwater - next offset)."""
 
 
 class EventConsumer(Generic[DataT]):
@@ -224,6 +226,7 @@ class EventConsumer(Generic[DataT]):
         # of the poll under way is committed, so that a restart does not hand it out again.
         handled: dict[TopicPartition, int] = {}  # of this poll: per partition, the offset after the last handled
         committing: asyncio.Task[None] | None = None
+        positions: dict[TopicPartition, int] = {}  # per partition, the offset after the last handled (for lag)
         try:
             # inside the try: a cancel while joining the group must still close it
             await start_client(consumer, self._settings)
@@ -231,6 +234,7 @@ class EventConsumer(Generic[DataT]):
                 batches = await consumer.getmany(timeout_ms=500, max_records=self._max_batch)
                 self.stats.assigned = bool(consumer.assignment())
                 if not batches:
+                    self.stats.lag = _lag(consumer, positions)
                     continue
                 records = [record for partition_records in batches.values() for record in partition_records]
                 handled = {}
@@ -244,6 +248,8 @@ class EventConsumer(Generic[DataT]):
                 if committing is not None:
                     await asyncio.shield(committing)  # a stop while waiting must not cancel the commit itself
                 committing = asyncio.create_task(self._commit(consumer, handled), name=f"commit {self.topic}")
+                positions.update({tp: rs[-1].offset + 1 for tp, rs in batches.items() if rs})
+                self.stats.lag = _lag(consumer, positions)
                 handled = {}
         finally:
             await self._commit_on_stop(consumer, committing, handled)
@@ -338,6 +344,17 @@ class EventConsumer(Generic[DataT]):
         letter = dead_letter(record, consumer=self.group_id, reason=reason)
         await self._publisher.publish(self._settings.deadletter_topic, letter, key=record.topic)
         self.stats.dead_lettered += 1
+
+
+def _lag(consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int]) -> int:
+    """Messages behind on the assigned partitions this consumer has handled any of (the broker's highwater
+    comes with each fetch)."""
+    behind = 0
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        if highwater is not None and tp in positions:
+            behind += max(0, highwater - positions[tp])
+    return behind
 
 
 def dead_letter(record: ConsumerRecord[bytes, bytes], *, consumer: str, reason: str) -> CloudEvent[DeadLetterData]:

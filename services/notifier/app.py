@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.notifier.api import router
 from services.notifier.dispatch import Dispatcher
+from services.notifier.fanout_metrics import FanoutMetrics
 from services.notifier.jobs import Sender
 from services.notifier.mail import SmtpSender
 from services.notifier.metrics import NotifierMetrics
@@ -161,9 +162,10 @@ def create_app(settings: Settings) -> FastAPI:
             return "waiting for the procedures topic's partitions"
         return None
 
+    fanouts = FanoutMetrics(registry=registry, sessions=parts.sessions)
     add_ops_routes(
         app, checks={"database": database_ready, "registry": registry_ready, "loops": tasks.problem},
-        registry=registry, liveness=tasks.problem,
+        registry=registry, liveness=tasks.problem, before_metrics=fanouts.refresh,
     )
     install_guard(app, build_guard(service="notifier", api=settings.api, eo_keys=eo_of_key),
                   max_body_bytes=settings.api.max_body_bytes)

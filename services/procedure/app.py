@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from services.procedure.api import router
 from services.procedure.handlers import ProcedureService
+from services.procedure.metrics import ProcedureMetrics
 from services.procedure.migrate import upgrade
 from services.procedure.outbox import Outbox
 from services.procedure.registry import EoRegistry
@@ -19,7 +20,7 @@ from services.procedure.status_page import router as status_page_router
 from shared.auth import authorize, build_guard, install_guard
 from shared.config import Settings
 from shared.db import make_engine, ping, session_factory
-from shared.events import AvailabilityData
+from shared.events import AvailabilityData, ComponentState
 from shared.http import add_ops_routes
 from shared.kafka import EventConsumer, Publisher, ensure_topics
 from shared.tasks import BackgroundTasks
@@ -46,6 +47,9 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = _now) -> F
                            registry=registry)
     subscribers = Gauge("luccs_procedure_stream_subscribers", "Open /api/v1/stream connections", registry=registry)
     subscribers.set_function(lambda: service.broadcaster.subscribers)
+    metrics = ProcedureMetrics(registry=registry, sessions=sessions, clock=clock,
+                               eo_endpoints_down=lambda: sum(
+                                   v.state == ComponentState.DOWN for v in service.views().eos.values()))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -70,7 +74,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = _now) -> F
             batch_handler=service.on_availability_batch,
             publisher=publisher,
         )
-        app.state.consumer = consumer
+        app.state.consumer = metrics.consumer = consumer
         tasks.start(consumer.run(), name="availability-consumer")
         tasks.start(outbox.run(on_backlog=outbox_backlog.set), name="outbox")
         tasks.start(service.run_ticks(), name="ticks")
@@ -95,7 +99,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = _now) -> F
         return None
 
     add_ops_routes(app, checks={"database": database_ready, "loops": tasks.problem}, registry=registry,
-                   liveness=tasks.problem)
+                   liveness=tasks.problem, before_metrics=metrics.refresh)
     install_guard(app, build_guard(service="procedure", api=settings.api, eo_keys=eo_of_key),
                   max_body_bytes=settings.api.max_body_bytes)
     return app

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import ConsumerRecord
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -244,3 +245,33 @@ async def test_bad_queries_are_clear_client_errors(
     response = await scripted.client.get(path, params=params)
     assert response.status_code == status, response.text
     assert says in response.text
+
+
+async def test_metrics_show_the_scripted_state(scripted: Scripted) -> None:
+    """After the script (06:15, ADA B2G down since 05:30, nothing published: no outbox task runs here)."""
+    response = await scripted.client.get("/metrics")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text) for s in family.samples
+    }
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("luccs_component_state", component="ada_b2g") == 0
+    assert value("luccs_component_state", component="ntp") == 1
+    assert value("luccs_procedures_active", scenario="ADA_B2G_UNAVAILABLE", scope="national") == 1
+    assert value("luccs_procedures_active", scenario="LUCCS_UNAVAILABLE", scope="national") == 0
+    assert value("luccs_procedures_active", scenario="EO_B2G_UNAVAILABLE", scope="eo") == 0
+    decisions = {(k[1][0][1], k[1][1][1]): v for k, v in samples.items()
+                 if k[0] == "luccs_procedure_decisions_total" and v}
+    assert decisions == {("open", "ADA_B2G_UNAVAILABLE"): 2, ("open", "LUCCS_UNAVAILABLE"): 1,
+                         ("update", "ADA_B2G_UNAVAILABLE"): 1, ("close", "ADA_B2G_UNAVAILABLE"): 2}
+    assert value("luccs_eo_endpoints_down") == 0
+    assert value("luccs_advisory_active", kind="ntp_unavailable") == 0
+    assert value("luccs_detector_observation_age_seconds", detector_instance="d1") == 2700  # last seen 05:30
+    # the first event recorded, the NTP advisory of 00:15, is still unpublished: 6 hours old
+    assert value("luccs_procedure_outbox_oldest_unpublished_seconds") == 6 * 3600
+    # counted once each: a second scrape adds nothing
+    again = await scripted.client.get("/metrics")
+    assert 'luccs_procedure_decisions_total{action="open",scenario="ADA_B2G_UNAVAILABLE"} 2.0' in again.text
