@@ -29,6 +29,11 @@ if [[ "${LUCCS_BOOTSTRAP_BROWSER:-0}" == 1 ]] && ! command -v chromium >/dev/nul
     apt_install chromium
 fi
 
+# The alert rules are checked by promtool (Debian's prometheus package) in the full test run.
+if [[ "${LUCCS_BOOTSTRAP_FULL:-0}" == 1 ]] && ! command -v promtool >/dev/null; then
+    apt_install prometheus
+fi
+
 # Python 3.11 exactly: the customer's platform.
 PYTHON_BIN=""
 for candidate in python3.11 python3; do

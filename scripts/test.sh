@@ -9,7 +9,7 @@ cd "$REPO"
 SCOPE="${1:-all}"
 started=$(date +%s)
 
-[[ "$SCOPE" == "unit" ]] || export LUCCS_BOOTSTRAP_BROWSER=1
+[[ "$SCOPE" == "unit" ]] || export LUCCS_BOOTSTRAP_BROWSER=1 LUCCS_BOOTSTRAP_FULL=1
 "$REPO/scripts/bootstrap.sh"
 PY="$REPO/.venv/bin"
 
