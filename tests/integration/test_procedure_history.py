@@ -238,6 +238,8 @@ async def test_csv_with_a_header_row_and_the_next_page_as_a_link(scripted: Scrip
     ("/api/v1/outages", {"from": "2026-03-02T05:00:00Z", "to": "2026-03-02T05:00:00Z"}, 422, "before"),
     ("/api/v1/outages", {"from": "2020-01-01T00:00:00Z", "to": "2026-03-02T05:00:00Z"}, 422, "at most 731 days"),
     ("/api/v1/outages", {"cursor": "eA=="}, 400, "cursor"),
+    ("/api/v1/history", {"to": "0001-01-01T00:00:00Z"}, 422, "between 1970 and 9000"),
+    ("/api/v1/outages", {"from": "9999-12-31T00:00:00Z", "to": "9999-12-31T23:00:00Z"}, 422, "between"),
 ])
 async def test_bad_queries_are_clear_client_errors(
     scripted: Scripted, path: str, params: dict[str, str], status: int, says: str

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -26,6 +26,7 @@ router = APIRouter(prefix="/api/v1", tags=["history"])
 MAX_RANGE = {Bucket.HOUR: timedelta(days=92), Bucket.DAY: timedelta(days=731)}
 """The longest window one query may span (a page is at most ``limit`` items either way)."""
 MAX_OUTAGE_RANGE = timedelta(days=731)
+_EARLIEST, _LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
 _DEFAULT_SPAN = {Bucket.HOUR: timedelta(hours=24), Bucket.DAY: timedelta(days=30)}
 
 NationalComponent = Literal["ada_b2g", "ntp"]
@@ -68,6 +69,8 @@ def _window(start: datetime | None, end: datetime | None, *, now: datetime, span
             longest: timedelta) -> tuple[datetime, datetime]:
     if any(t is not None and t.tzinfo is None for t in (start, end)):
         raise HTTPException(422, "from and to need a timezone, e.g. 2026-11-27T08:00:00Z")
+    if any(t is not None and not _EARLIEST <= t <= _LATEST for t in (start, end)):
+        raise HTTPException(422, "from and to must lie between 1970 and 9000")
     end = end or now
     start = start or end - span
     if start >= end:
