@@ -18,6 +18,12 @@ duration of one batch save, and the probe results by reason.
     .venv/bin/python -m bench.detector_bench                       # N = 1000 and 5000, 10 s, 30 s each
     .venv/bin/python -m bench.detector_bench --targets 5000 --duration 60
     .venv/bin/python -m bench.detector_bench --tls                 # HTTPS targets: a handshake per probe
+    .venv/bin/python -m bench.detector_bench --as4-signed --targets 1000   # as4 only: unsigned, then signed
+
+``--as4-signed`` probes only ``as4`` targets and runs each N twice, unsigned pings then signed ones (RSA
+2048, ``as4_signing`` with a partner certificate): the responder is then a receiving MSH by the ``as4``
+package (a test dependency) that verifies each signature and answers with a signed receipt, which the
+detector verifies. Keys and certificates are made for the run in a temporary folder.
 """
 
 from __future__ import annotations
@@ -78,11 +84,45 @@ class _Responder(asyncio.Protocol):
             length = int(head[marker + 15 :].split(b"\r\n", 1)[0])
         if len(self.buffer) - head_end - 4 < length:
             return
-        self.transport.write(POST_ANSWER if self.buffer.startswith(b"POST") else GET_ANSWER)
+        if self.buffer.startswith(b"POST") and _MSH is not None:
+            body = self.buffer[head_end + 4 : head_end + 4 + length]
+            answer = _response("200 OK", b"application/soap+xml; charset=UTF-8", _MSH.answer(body))
+        else:
+            answer = POST_ANSWER if self.buffer.startswith(b"POST") else GET_ANSWER
+        self.transport.write(answer)
         self.transport.close()
 
 
-async def _serve(ports: int, cert_dir: str | None) -> None:
+_MSH: Any = None  # the signing MSH of --as4-signed runs (tests.as4_msh.ReceivingMsh)
+
+
+def _signing_files(directory: Path) -> None:
+    """Our signing key and certificate and the partner's, issued by a throw-away CA (a test helper)."""
+    from tests.as4_msh import Pki
+
+    pki = Pki()
+    pki.issue("luccs-fallback bench").write(directory, "ours")
+    pki.issue("bench MSH").write(directory, "partner")
+
+
+def _load_msh(directory: Path) -> Any:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.as4_msh import Identity, ReceivingMsh
+
+    def load(name: str) -> Identity:
+        key = serialization.load_pem_private_key((directory / f"{name}.key.pem").read_bytes(), None)
+        cert = x509.load_pem_x509_certificate((directory / f"{name}.cert.pem").read_bytes())
+        return Identity(key, cert)  # type: ignore[arg-type]
+
+    return ReceivingMsh(load("partner"), trusted_senders=[load("ours").certificate])
+
+
+async def _serve(ports: int, cert_dir: str | None, signing_dir: str | None) -> None:
+    global _MSH
+    if signing_dir is not None:
+        _MSH = _load_msh(Path(signing_dir))
     loop = asyncio.get_running_loop()
     context = None
     if cert_dir is not None:
@@ -109,7 +149,7 @@ def _cpu_s() -> float:
 
 async def _detect(
     count: int, ports: list[int], interval: float, duration: float, timeout: float, cert_dir: str | None,
-    database_url: str | None,
+    database_url: str | None, *, as4_only: bool = False, signing_dir: str | None = None,
 ) -> dict[str, Any]:
     from prometheus_client import CollectorRegistry
 
@@ -133,12 +173,18 @@ async def _detect(
     detector = Detector(
         settings=settings, prober=Prober(), send=send, metrics=DetectorMetrics.create(CollectorRegistry())
     )
+    signing: dict[str, Any] = {}
+    if signing_dir is not None:
+        folder = Path(signing_dir)
+        signing = {"as4_signing": True, "as4_key_file": str(folder / "ours.key.pem"),
+                   "as4_cert_file": str(folder / "ours.cert.pem"),
+                   "as4_partner_cert_file": str(folder / "partner.cert.pem")}
     for i in range(count):
-        kind = "as4" if i % 2 else "http"
+        kind = "as4" if as4_only or i % 2 else "http"
         port = ports[i % len(ports)]
         configured = TargetSettings(
             id=f"{kind}-{i:05d}", component="ada_b2g" if kind == "as4" else "ntp", probe=kind,
-            url=f"{scheme}://127.0.0.1:{port}/{kind}/{i}",
+            url=f"{scheme}://127.0.0.1:{port}/{kind}/{i}", **(signing if kind == "as4" else {}),
         )
         detector.put(from_settings(configured, settings))
     loops = [
@@ -220,10 +266,14 @@ def _certificates(directory: Path) -> None:
     ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(directory / "server.pem"))
 
 
-def _run_one(args: argparse.Namespace, count: int, cert_dir: str | None, scratch: str) -> dict[str, Any]:
+def _run_one(
+    args: argparse.Namespace, count: int, cert_dir: str | None, scratch: str, *, signed: bool = False
+) -> dict[str, Any]:
     me = [sys.executable, "-m", "bench.detector_bench"]
     server_cpu = [] if args.server_cpu is None else ["--server-cpu", str(args.server_cpu)]
     tls = [] if cert_dir is None else ["--cert-dir", cert_dir]
+    tls += ["--signing-dir", scratch] if signed else []
+    tls += ["--as4-signed"] if args.as4_signed else []
     server = subprocess.Popen(
         [*me, "--serve", str(args.ports), *server_cpu, *tls], stdout=subprocess.PIPE, text=True
     )
@@ -258,6 +308,9 @@ def main() -> int:
     parser.add_argument("--tls", action="store_true", help="HTTPS targets: a TLS handshake per probe")
     parser.add_argument("--database", help="detector database URL (default: a SQLite file in a temporary folder)")
     parser.add_argument("--no-database", action="store_true", help="save no target states (no write-behind)")
+    parser.add_argument("--as4-signed", action="store_true",
+                        help="as4 targets only, each N run unsigned then signed (verified receipts)")
+    parser.add_argument("--signing-dir", help=argparse.SUPPRESS)
     parser.add_argument("--cert-dir", help=argparse.SUPPRESS)
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--detect", type=int, help=argparse.SUPPRESS)
@@ -265,21 +318,23 @@ def main() -> int:
     args = parser.parse_args()
     if args.serve:
         _pin(args.server_cpu)
-        asyncio.run(_serve(args.serve, args.cert_dir))
+        asyncio.run(_serve(args.serve, args.cert_dir, args.signing_dir))
         return 0
     if args.detect:
         _pin(args.cpu)
         result = asyncio.run(
             _detect(args.detect, json.loads(args.ports_json), args.interval, args.duration, args.timeout, args.cert_dir,
-                    args.database)
+                    args.database, as4_only=args.as4_signed, signing_dir=args.signing_dir)
         )
         print(json.dumps(result))
         return 0
     saving = "no database" if args.no_database else f"states saved to {args.database or 'a SQLite file'}"
-    print(f"detector bench: {'https' if args.tls else 'http'} targets (half http, half as4), interval "
+    mix = "as4 only, unsigned then signed" if args.as4_signed else "half http, half as4"
+    print(f"detector bench: {'https' if args.tls else 'http'} targets ({mix}), interval "
           f"{args.interval:g}s, measured {args.duration:g}s after a {args.interval:g}s warm-up, detector on CPU "
           f"{args.cpu}, responder on CPU {args.server_cpu}, {args.ports} ports, {saving}")
-    header = f"{'targets':>8} {'probes/s':>9} {'expected':>9} {'lag p50':>9} {'lag p99':>9} {'lag max':>9} " \
+    header = f"{'pings':>8} " if args.as4_signed else ""
+    header += f"{'targets':>8} {'probes/s':>9} {'expected':>9} {'lag p50':>9} {'lag p99':>9} {'lag max':>9} " \
              f"{'CPU':>6} {'RSS':>8} {'saved/s':>8} {'save p99':>9}  results (last per target)"
     print(header)
     with tempfile.TemporaryDirectory() as scratch:
@@ -287,14 +342,21 @@ def main() -> int:
         if args.tls:
             _certificates(Path(scratch))
             cert_dir = scratch
+        if args.as4_signed:
+            _signing_files(Path(scratch))
         for count in args.targets:
-            _report(_run_one(args, count, cert_dir, scratch))
+            if args.as4_signed:
+                _report(_run_one(args, count, cert_dir, scratch), label="unsigned")
+                _report(_run_one(args, count, cert_dir, scratch, signed=True), label="signed")
+            else:
+                _report(_run_one(args, count, cert_dir, scratch))
     return 0
 
 
-def _report(r: dict[str, Any]) -> None:
+def _report(r: dict[str, Any], label: str | None = None) -> None:
+    prefix = "" if label is None else f"{label:>8} "
     print(
-        f"{r['targets']:>8} {r['probes_per_s']:>9.1f} {r['expected_per_s']:>9.1f} {r['lag_p50_ms']:>7.1f}ms "
+        prefix + f"{r['targets']:>8} {r['probes_per_s']:>9.1f} {r['expected_per_s']:>9.1f} {r['lag_p50_ms']:>7.1f}ms "
         f"{r['lag_p99_ms']:>7.1f}ms {r['lag_max_ms']:>7.1f}ms {100 * r['cpu_share']:>5.1f}% "
         f"{r['rss_mib']:>5.0f}MiB {_figure(r['saved_per_s'], '', '.0f'):>8} {_figure(r['save_p99_ms'], 'ms'):>9}  "
         f"{r['last_reasons']} states={r['states']} skipped={r['skipped']}",

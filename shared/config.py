@@ -286,6 +286,24 @@ class TargetSettings(_Section):
     as4_to_party_id: str | None = Field(None, description="AS4 ping receiver PartyId (default: the detector's).")
     as4_to_party_type: str | None = None
     as4_to_role: str | None = None
+    as4_signing: bool | None = Field(
+        None, description="Sign the AS4 ping and require a signed, matching receipt (default: the detector's)."
+    )
+    as4_key_file: str | None = Field(
+        None, description="Our AS4 signing key: a PEM private key, or a PKCS#12 file (.p12/.pfx) with its certificate."
+    )
+    as4_key_password: SecretStr | None = Field(
+        None, description="Password of as4_key_file (give it from the environment or as4_key_password_file)."
+    )
+    as4_cert_file: str | None = Field(
+        None, description="Our AS4 signing certificate (PEM); may be left out when as4_key_file is PKCS#12."
+    )
+    as4_partner_cert_file: str | None = Field(
+        None, description="The certificate (PEM) the partner MSH must sign its receipts with."
+    )
+    as4_trust_ca_file: str | None = Field(
+        None, description="CA certificates (PEM) the receipt's signing certificate must chain to (instead of pinning)."
+    )
 
 
 _EBMS_CORE = "http://docs.oasis-open.org/ebxml-msg/ebms/v3.0/ns/core/200704"
@@ -338,6 +356,23 @@ class DetectorSettings(_Section):
     eo_party_id_type: str = Field(
         "urn:oasis:names:tc:ebcore:partyid-type:eu-customs:EORI",
         description="PartyId type of an EO's EORI when its own AS4 endpoint is pinged.",
+    )
+    as4_signing: bool = Field(
+        False, description="Sign AS4 pings and require signed, matching receipts (configured targets; EO targets "
+        "too when as4_trust_ca_file is set)."
+    )
+    as4_key_file: str | None = Field(
+        None, description="Default AS4 signing key: a PEM private key, or a PKCS#12 file (.p12/.pfx)."
+    )
+    as4_key_password: SecretStr | None = Field(
+        None, description="Password of as4_key_file (LUCCS_DETECTOR__AS4_KEY_PASSWORD or as4_key_password_file)."
+    )
+    as4_cert_file: str | None = Field(None, description="Default AS4 signing certificate (PEM).")
+    as4_partner_cert_file: str | None = Field(
+        None, description="Default certificate (PEM) receipts must be signed with (configured targets only)."
+    )
+    as4_trust_ca_file: str | None = Field(
+        None, description="Default CA certificates (PEM) a receipt's signing certificate must chain to."
     )
 
     @model_validator(mode="after")

@@ -61,6 +61,16 @@ class TargetView(BaseModel):
     cert_warning_days: int | None = Field(
         None, description="Warning level reached: 30, 14 or 7 days before expiry, 0 once expired."
     )
+    as4_signing: bool = Field(False, description="The as4 probe signs its ping and verifies the signed receipt.")
+    as4_signing_cert_expires_at: datetime | None = Field(
+        None, description="Expiry of our AS4 signing certificate (signed pings)."
+    )
+    as4_partner_cert_expires_at: datetime | None = Field(
+        None, description="Expiry of the certificate that signed (or should sign) the last receipt (signed pings)."
+    )
+    as4_cert_warning_days: int | None = Field(
+        None, description="Warning level of the sooner-expiring AS4 certificate: 30, 14 or 7 days, 0 once expired."
+    )
     consecutive_failures: int
     consecutive_successes: int
     suspect: bool = Field(
@@ -99,6 +109,10 @@ def _view(detector: Detector, target: Target, status: TargetStatus) -> TargetVie
         latency_ms=last.latency_ms if last else None,
         cert_expires_at=last.cert_expires_at if last else None,
         cert_warning_days=detector.cert_warning_of(target.id),
+        as4_signing=target.as4_signing is not None,
+        as4_signing_cert_expires_at=last.signing_cert_expires_at if last else None,
+        as4_partner_cert_expires_at=last.partner_cert_expires_at if last else None,
+        as4_cert_warning_days=detector.as4_cert_warning_of(target.id),
         consecutive_failures=status.consecutive_failures,
         consecutive_successes=status.consecutive_successes,
         suspect=suspected.suspect,

@@ -25,12 +25,12 @@ from services.detector.api import router
 from services.detector.domain import TargetStatus
 from services.detector.metrics import DetectorMetrics
 from services.detector.migrate import upgrade
-from services.detector.probes import Prober
+from services.detector.probes import CredentialsError, Prober
 from services.detector.producer import Producer
 from services.detector.registry import RegistryFollower
 from services.detector.service import Detector
 from services.detector.store import TargetStore, WriteBehind
-from services.detector.targets import InvalidTarget, Target, TlsFiles, from_settings
+from services.detector.targets import InvalidTarget, Target, TlsFiles, eo_signing, from_settings
 from shared.auth import authorize, build_guard, install_guard
 from shared.config import ConfigError, Settings
 from shared.db import make_engine, session_factory
@@ -52,6 +52,8 @@ def configured_targets(settings: Settings, prober: Prober) -> list[Target]:
         try:
             target = from_settings(configured, detector)
             prober.check(target)
+        except CredentialsError as exc:
+            raise ConfigError(f"detector.targets[{index}] ({configured.id}): AS4 signing: {exc}") from exc
         except InvalidTarget as exc:
             raise ConfigError(f"detector.targets[{index}]: {exc}") from exc
         except (OSError, ssl.SSLError) as exc:
@@ -62,6 +64,12 @@ def configured_targets(settings: Settings, prober: Prober) -> list[Target]:
             prober.contexts.get(TlsFiles(detector.ca_file, detector.client_cert_file, detector.client_key_file))
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"detector: TLS files: {exc}") from exc
+    eo_signed = eo_signing(detector)
+    if detector.eo_targets and eo_signed is not None:
+        try:
+            prober.credentials.get(eo_signed)
+        except CredentialsError as exc:
+            raise ConfigError(f"detector: AS4 signing of EO pings: {exc}") from exc
     return targets
 
 

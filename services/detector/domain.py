@@ -52,7 +52,9 @@ class ProbeResult:
     """What one probe saw. ``reason`` is a stable code (ok, refused, timeout, http_503, ebms_error, ...).
 
     ``ebms_error`` holds the ebMS error code of an AS4 answer that still proves the MSH alive;
-    ``cert_expires_at`` the expiry of the certificate the server presented, when there was one.
+    ``cert_expires_at`` the expiry of the certificate the server presented, when there was one. A signed AS4
+    ping adds the expiry of our signing certificate and of the receipt's signing certificate (not saved
+    across restarts: the next probe brings them again).
     """
 
     ok: bool
@@ -62,6 +64,8 @@ class ProbeResult:
     detail: str | None = None
     cert_expires_at: datetime | None = None
     ebms_error: str | None = None
+    signing_cert_expires_at: datetime | None = None
+    partner_cert_expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)

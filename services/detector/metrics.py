@@ -108,6 +108,11 @@ class _TargetCollector(Collector):
             "luccs_detector_cert_expiry_timestamp_seconds", "Expiry of the certificate a target presented",
             labels=["target"],
         )
+        as4_expiry = GaugeMetricFamily(
+            "luccs_detector_as4_cert_expiry_timestamp_seconds",
+            "Expiry of the certificates of signed AS4 pings: ours (signing) and the receipt signer's (partner)",
+            labels=["target", "certificate"],
+        )
         counts = GaugeMetricFamily(
             "luccs_detector_targets", "Targets by component and state", labels=["component", "state"]
         )
@@ -119,9 +124,14 @@ class _TargetCollector(Collector):
             expires_at = status.last.cert_expires_at if status.last is not None else None
             if expires_at is not None:
                 expiry.add_metric([target.id], expires_at.timestamp())
+            if status.last is not None:
+                for kind, at in (("signing", status.last.signing_cert_expires_at),
+                                 ("partner", status.last.partner_cert_expires_at)):
+                    if at is not None:
+                        as4_expiry.add_metric([target.id, kind], at.timestamp())
         for (component, state_name), count in sorted(tally.items()):
             counts.add_metric([component, state_name], count)
-        yield from (state, degraded, expiry, counts)
+        yield from (state, degraded, expiry, as4_expiry, counts)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

@@ -82,6 +82,7 @@ class Detector:
         self.targets: dict[str, Target] = {}
         self.statuses: dict[str, TargetStatus] = {}
         self._cert_levels: dict[str, int | None] = {}
+        self._as4_cert_levels: dict[tuple[str, str], int | None] = {}  # (target, "signing"|"partner") -> level
         self._saved: dict[str, SavedTarget] = {}  # saved before the restart, not put again yet
         self._held: dict[str, tuple[Transition | None, int]] = {}  # unpublished changes of unconfirmed targets
         self._resumed: set[str] = set()  # resumed from a save, not probed since: publish the first result
@@ -140,6 +141,8 @@ class Detector:
             return False
         self.statuses.pop(target_id, None)
         self._cert_levels.pop(target_id, None)
+        self._as4_cert_levels.pop((target_id, "signing"), None)
+        self._as4_cert_levels.pop((target_id, "partner"), None)
         self._held.pop(target_id, None)
         self._resumed.discard(target_id)
         self._changed.discard(target_id)
@@ -325,21 +328,33 @@ class Detector:
         return True
 
     def _check_certificate(self, target: Target, result: ProbeResult) -> None:
-        if result.cert_expires_at is None:
-            return
-        level = cert_warning(
-            result.cert_expires_at, now=result.finished_at, levels=self._settings.cert_warning_days
-        )
-        if cert_warning_crossed(self._cert_levels.get(target.id), level):
-            when = result.cert_expires_at.isoformat()
-            if level == 0:
-                log.warning("certificate of target %s has expired (%s)", target.id, when)
-            else:
-                log.warning("certificate of target %s expires within %d days (%s)", target.id, level, when)
-        self._cert_levels[target.id] = level
+        if result.cert_expires_at is not None:
+            level = cert_warning(
+                result.cert_expires_at, now=result.finished_at, levels=self._settings.cert_warning_days
+            )
+            if cert_warning_crossed(self._cert_levels.get(target.id), level):
+                _warn_expiry("certificate", target.id, level, result.cert_expires_at)
+            self._cert_levels[target.id] = level
+        # A signed AS4 ping depends on two more certificates: ours (the MSH refuses an expired one) and the
+        # partner's receipt-signing one (an expired one makes every receipt untrusted).
+        for kind, expires_at in (("signing", result.signing_cert_expires_at),
+                                 ("partner", result.partner_cert_expires_at)):
+            if expires_at is None:
+                continue
+            level = cert_warning(expires_at, now=result.finished_at, levels=self._settings.cert_warning_days)
+            if cert_warning_crossed(self._as4_cert_levels.get((target.id, kind)), level):
+                what = "our AS4 signing certificate" if kind == "signing" else "the partner's AS4 receipt certificate"
+                _warn_expiry(what, target.id, level, expires_at)
+            self._as4_cert_levels[(target.id, kind)] = level
 
     def cert_warning_of(self, target_id: str) -> int | None:
         return self._cert_levels.get(target_id)
+
+    def as4_cert_warning_of(self, target_id: str) -> int | None:
+        """The warning level of the sooner-expiring AS4 certificate of ``target_id`` (signing or partner)."""
+        levels = [self._as4_cert_levels.get((target_id, kind)) for kind in ("signing", "partner")]
+        reached = [level for level in levels if level is not None]
+        return min(reached) if reached else None
 
     # --- publication ----------------------------------------------------------------------------
 
@@ -391,3 +406,11 @@ class Detector:
             for target_id, status in list(self.statuses.items()):
                 if status.last is not None and not status.unconfirmed:
                     self.outbox.refresh(target_id)
+
+
+def _warn_expiry(what: str, target_id: str, level: int | None, expires_at: datetime) -> None:
+    when = expires_at.isoformat()
+    if level == 0:
+        log.warning("%s of target %s has expired (%s)", what, target_id, when)
+    else:
+        log.warning("%s of target %s expires within %d days (%s)", what, target_id, level, when)

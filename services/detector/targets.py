@@ -7,7 +7,7 @@ Pure: building a target validates it, it never opens a file or a socket.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
@@ -43,6 +43,18 @@ class Party:
     id: str
     type: str
     role: str
+
+
+@dataclass(frozen=True)
+class As4Signing:
+    """The files of a signed AS4 ping: our key and certificate, and what the receipt must be signed with
+    (the partner's certificate, pinned, or CAs its certificate must chain to). Loaded once by the prober."""
+
+    key_file: str
+    cert_file: str | None = None  # None: the certificate is in the PKCS#12 key file
+    partner_cert_file: str | None = None
+    trust_ca_file: str | None = None
+    key_password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,8 @@ class Target:
     sender: Party | None = None
     receiver: Party | None = None
     max_response_bytes: int = 1_048_576
+    as4_signing: As4Signing | None = None
+    """Set: the as4 probe signs its ping and verifies the receipt (see ``probes/wssec.py``)."""
 
 
 def parse_endpoint(url: str, probe: ProbeKind) -> Endpoint:
@@ -200,6 +214,50 @@ def from_settings(target: TargetSettings, detector: DetectorSettings) -> Target:
             role=target.as4_to_role or detector.as4_to_role,
         ),
         max_response_bytes=detector.max_response_bytes,
+        as4_signing=_signing(target, detector),
+    )
+
+
+def _signing(target: TargetSettings, detector: DetectorSettings) -> As4Signing | None:
+    enabled = target.as4_signing if target.as4_signing is not None else detector.as4_signing
+    if not enabled:
+        return None
+    if target.probe != "as4":
+        if target.as4_signing:
+            raise InvalidTarget(f"target {target.id!r}: as4_signing applies to as4 probes only")
+        return None  # a detector-wide default does not concern http, tcp, tls or domibus targets
+    # The receipt's trust comes as a pair: a target naming either replaces the detector's.
+    if target.as4_partner_cert_file or target.as4_trust_ca_file:
+        partner, ca = target.as4_partner_cert_file, target.as4_trust_ca_file
+    else:
+        partner, ca = detector.as4_partner_cert_file, detector.as4_trust_ca_file
+    key_file = target.as4_key_file or detector.as4_key_file
+    if not key_file:
+        raise InvalidTarget(f"target {target.id!r}: as4_signing needs as4_key_file (our signing key)")
+    if not partner and not ca:
+        raise InvalidTarget(f"target {target.id!r}: as4_signing needs as4_partner_cert_file or as4_trust_ca_file "
+                            "(what the receipt must be signed with)")
+    password = target.as4_key_password or detector.as4_key_password
+    return As4Signing(
+        key_file=key_file,
+        cert_file=target.as4_cert_file or (None if target.as4_key_file else detector.as4_cert_file),
+        partner_cert_file=partner,
+        trust_ca_file=ca,
+        key_password=password.get_secret_value() if password is not None else None,
+    )
+
+
+def eo_signing(detector: DetectorSettings) -> As4Signing | None:
+    """How EO endpoints are pinged when ``[detector] as4_signing`` is on: signed only with ``as4_trust_ca_file``
+    (a pinned partner certificate names one MSH, not every EO's), else unsigned."""
+    if not (detector.as4_signing and detector.as4_key_file and detector.as4_trust_ca_file):
+        return None
+    password = detector.as4_key_password
+    return As4Signing(
+        key_file=detector.as4_key_file,
+        cert_file=detector.as4_cert_file,
+        trust_ca_file=detector.as4_trust_ca_file,
+        key_password=password.get_secret_value() if password is not None else None,
     )
 
 
@@ -235,4 +293,5 @@ def from_eo(eo: EoData, detector: DetectorSettings) -> Target | None:
         sender=Party(detector.as4_from_party_id, detector.as4_from_party_type, detector.as4_from_role),
         receiver=Party(eo.eori, detector.eo_party_id_type, detector.as4_to_role),
         max_response_bytes=detector.max_response_bytes,
+        as4_signing=eo_signing(detector),
     )

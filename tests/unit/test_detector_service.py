@@ -298,6 +298,30 @@ async def test_certificate_warnings_are_logged_once_per_level(caplog: pytest.Log
     assert detector.cert_warning_of(target.id) == 0
 
 
+async def test_as4_signing_and_partner_certificates_are_warned_apart_and_exported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    detector, _, _ = make()
+    target = ada(detector)
+    registry = CollectorRegistry()
+    DetectorMetrics.create(registry, statuses=detector.view)
+    caplog.set_level(logging.WARNING, logger="services.detector.service")
+    for i, (ours, theirs) in enumerate([(40, 100), (29, 100), (29, 13), (6, 12)]):
+        detector.record(target, result(True, i, signing_cert_expires_at=T0 + timedelta(days=ours),
+                                       partner_cert_expires_at=T0 + timedelta(days=theirs)))
+    warnings = [r.getMessage() for r in caplog.records]
+    assert [("signing" in w, w.split(" within ")[1].split(" ")[0]) for w in warnings] == [
+        (True, "30"), (False, "14"), (True, "7"),
+    ], warnings
+    assert "the partner's AS4 receipt certificate" in warnings[1]
+    assert detector.as4_cert_warning_of(target.id) == 7
+    assert detector.cert_warning_of(target.id) is None  # the TLS level is its own
+    signing = registry.get_sample_value(
+        "luccs_detector_as4_cert_expiry_timestamp_seconds", {"target": target.id, "certificate": "signing"}
+    )
+    assert signing == (T0 + timedelta(days=6)).timestamp()
+
+
 async def test_heartbeats_republish_every_probed_target() -> None:
     detector, sent, _ = make(heartbeat_s=0.05)
     probed = ada(detector)

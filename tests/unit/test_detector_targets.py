@@ -9,6 +9,7 @@ from pydantic import SecretStr
 
 from services.detector.targets import (
     DOMIBUS_STATUS_PATH,
+    As4Signing,
     Endpoint,
     InvalidTarget,
     from_eo,
@@ -181,3 +182,44 @@ def test_eo_targets_use_the_detector_wide_tls_files() -> None:
 def test_equal_inputs_give_equal_targets() -> None:
     assert from_eo(eo("https://a.lu/"), DETECTOR) == from_eo(eo("https://a.lu/"), DETECTOR)
     assert from_eo(eo("https://a.lu/"), DETECTOR) != from_eo(eo("https://b.lu/"), DETECTOR)
+
+
+# --- signed AS4 pings ------------------------------------------------------------------------------
+
+SIGNING_DEFAULTS = DETECTOR.model_copy(update={
+    "as4_signing": True, "as4_key_file": "/k.pem", "as4_cert_file": "/c.pem", "as4_partner_cert_file": "/ada.pem",
+    "as4_key_password": SecretStr("pw"),
+})
+
+
+def test_signing_defaults_come_from_the_detector_and_a_target_replaces_the_trust_pair() -> None:
+    inherited = from_settings(configured(probe="as4"), SIGNING_DEFAULTS)
+    assert inherited.as4_signing == As4Signing("/k.pem", "/c.pem", partner_cert_file="/ada.pem", key_password="pw")
+    assert "pw" not in repr(inherited.as4_signing)
+    own = from_settings(configured(probe="as4", as4_trust_ca_file="/ca.pem"), SIGNING_DEFAULTS)
+    assert own.as4_signing is not None
+    assert (own.as4_signing.partner_cert_file, own.as4_signing.trust_ca_file) == (None, "/ca.pem")
+    assert from_settings(configured(probe="as4", as4_signing=False), SIGNING_DEFAULTS).as4_signing is None
+    assert from_settings(configured(probe="http"), SIGNING_DEFAULTS).as4_signing is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"probe": "http", "as4_signing": True}, "as4 probes only"),
+        ({"probe": "as4", "as4_signing": True}, "needs as4_key_file"),
+        ({"probe": "as4", "as4_signing": True, "as4_key_file": "/k.pem"}, "needs as4_partner_cert_file or"),
+    ],
+)
+def test_signing_without_what_it_needs_is_refused(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidTarget, match=message):
+        from_settings(configured(**overrides), DETECTOR)
+
+
+def test_eo_pings_are_signed_only_with_a_trusted_ca() -> None:
+    eo = EoData(eori="LU12345678901234", name="Test Trading SARL", as4_endpoint="https://ap.example/as4")
+    pinned = from_eo(eo, SIGNING_DEFAULTS)
+    assert pinned is not None and pinned.as4_signing is None  # one partner certificate cannot be every EO's
+    by_ca = from_eo(eo, SIGNING_DEFAULTS.model_copy(update={"as4_trust_ca_file": "/ca.pem"}))
+    assert by_ca is not None and by_ca.as4_signing is not None
+    assert by_ca.as4_signing.trust_ca_file == "/ca.pem" and by_ca.as4_signing.partner_cert_file is None

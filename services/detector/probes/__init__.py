@@ -29,10 +29,12 @@ from services.detector.probes.domibus import probe_domibus
 from services.detector.probes.http import probe_http
 from services.detector.probes.tcp import probe_tcp, probe_tls
 from services.detector.probes.verdict import Verdict
+from services.detector.probes.wssec import CredentialsError, CredentialStore
 from services.detector.targets import Target
 
 __all__ = [
     "Connector",
+    "CredentialsError",
     "HttpAnswer",
     "HttpClient",
     "HttpRequest",
@@ -53,11 +55,15 @@ class Prober:
         self.connector = connector or Connector()
         self.contexts = self.connector.contexts
         self._http = http or H11Client(self.connector)
+        self.credentials = CredentialStore()
 
     def check(self, target: Target) -> None:
-        """Fail now (OSError, ssl.SSLError) if the target's CA bundle or client certificate cannot be loaded."""
+        """Fail now if the target's CA bundle or client certificate cannot be loaded (OSError, ssl.SSLError),
+        or its AS4 signing key, certificate or trust files (:class:`CredentialsError`)."""
         if target.endpoint.uses_tls or target.tls.cert_file or target.tls.ca_file:
             self.contexts.get(target.tls)
+        if target.as4_signing is not None:
+            self.credentials.get(target.as4_signing)
 
     async def probe(self, target: Target) -> ProbeResult:
         """Probe ``target`` once, within its timeout. Never raises, except when cancelled."""
@@ -74,6 +80,9 @@ class Prober:
             unexpected = failure_from(exc)
             verdict = Verdict(False, unexpected.reason, unexpected.detail)
         latency_ms = round((time.perf_counter() - started) * 1000, 3)
+        signing_expires_at = verdict.signing_cert_expires_at
+        if target.as4_signing is not None and signing_expires_at is None:
+            signing_expires_at = self._signing_expiry(target)
         return ProbeResult(
             ok=verdict.ok,
             reason=verdict.reason,
@@ -82,11 +91,21 @@ class Prober:
             detail=verdict.detail,
             cert_expires_at=verdict.cert_expires_at,
             ebms_error=verdict.ebms_error,
+            signing_cert_expires_at=signing_expires_at,
+            partner_cert_expires_at=verdict.partner_cert_expires_at,
         )
+
+    def _signing_expiry(self, target: Target) -> datetime | None:
+        assert target.as4_signing is not None
+        try:
+            return self.credentials.get(target.as4_signing).expires_at
+        except CredentialsError:
+            return None
 
     async def _run(self, target: Target) -> Verdict:
         if target.probe == "as4":
-            return await probe_as4(target, self._http, now=datetime.now(UTC))
+            credentials = self.credentials.get(target.as4_signing) if target.as4_signing is not None else None
+            return await probe_as4(target, self._http, now=datetime.now(UTC), credentials=credentials)
         if target.probe == "http":
             return await probe_http(target, self._http)
         if target.probe == "domibus":

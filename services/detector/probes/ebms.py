@@ -5,12 +5,16 @@ for a business service. A synchronous ``eb:Receipt`` proves the MSH healthy; an 
 instance EBMS:0103 from an MSH that requires a signature) still proves it alive and answering, so it
 counts as up with the error recorded. Anything that is not an ebMS answer inside a SOAP envelope is down.
 
+A signed ping (``as4_signing``) asks more: its receipt must be signed and acknowledge what was sent
+(``wssec.py``), and an eb:Error of authentication (EBMS:0101) or P-Mode (EBMS:0004, EBMS:0010) is down.
+
 Answers are parsed with lxml with entity resolution, DTD loading and network access off; a DOCTYPE is
 refused outright (SOAP forbids document type declarations), so no entity is ever expanded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import Message
@@ -44,6 +48,16 @@ class Ping:
 
 def build_ping(*, sender: Party, receiver: Party, message_id: str, conversation_id: str, timestamp: datetime) -> Ping:
     """A SOAP 1.2 envelope with an ebMS3 UserMessage to the test service, without payload."""
+    envelope = build_envelope(
+        sender=sender, receiver=receiver, message_id=message_id, conversation_id=conversation_id, timestamp=timestamp
+    )
+    return Ping(message_id=message_id, body=etree.tostring(envelope, xml_declaration=True, encoding="UTF-8"))
+
+
+def build_envelope(
+    *, sender: Party, receiver: Party, message_id: str, conversation_id: str, timestamp: datetime
+) -> etree._Element:
+    """The ping's SOAP envelope as an element (to be signed before it is serialised)."""
     envelope = etree.Element(f"{_S}Envelope", nsmap={"env": SOAP12_NS, "eb": EBMS_NS})
     header = etree.SubElement(envelope, f"{_S}Header")
     messaging = etree.SubElement(header, f"{_EB}Messaging", {f"{_S}mustUnderstand": "true"})
@@ -63,7 +77,7 @@ def build_ping(*, sender: Party, receiver: Party, message_id: str, conversation_
     etree.SubElement(collaboration, f"{_EB}Action").text = TEST_ACTION
     etree.SubElement(collaboration, f"{_EB}ConversationId").text = conversation_id
     etree.SubElement(envelope, f"{_S}Body")
-    return Ping(message_id=message_id, body=etree.tostring(envelope, xml_declaration=True, encoding="UTF-8"))
+    return envelope
 
 
 def _parser() -> etree.XMLParser:
@@ -110,8 +124,32 @@ def root_part(content_type: str, body: bytes) -> bytes:
     return payload if isinstance(payload, bytes) else b""
 
 
-def classify(*, status: int, content_type: str, body: bytes, message_id: str) -> Verdict:
-    """Decide what an MSH's answer to the ping says about it (see the module docstring)."""
+AUTH_FAILURES = frozenset({"EBMS:0101"})
+"""FailedAuthentication: the MSH does not accept our signature or certificate."""
+PMODE_FAILURES = frozenset({"EBMS:0004", "EBMS:0010"})
+"""Other (no P-Mode or processing mode fits) and ProcessingModeMismatch."""
+
+ReceiptCheck = Callable[[etree._Element], Verdict]
+
+
+def signed_ping_error(code: str) -> tuple[bool, str]:
+    """What an eb:Error answering a *signed* ping means: (up?, reason). Authentication and P-Mode errors
+    mean the channel does not work for us although the MSH is alive; other errors keep the unsigned rule."""
+    if code in AUTH_FAILURES:
+        return False, "as4_auth_failed"
+    if code in PMODE_FAILURES:
+        return False, "as4_pmode_mismatch"
+    return True, "ebms_error"
+
+
+def classify(
+    *, status: int, content_type: str, body: bytes, message_id: str, receipt_check: ReceiptCheck | None = None
+) -> Verdict:
+    """Decide what an MSH's answer to the ping says about it (see the module docstring).
+
+    ``receipt_check`` is given for a signed ping: it decides what an eb:Receipt proves (see ``wssec.py``),
+    and eb:Errors are classified by :func:`signed_ping_error`.
+    """
     if status in GATEWAY_FAILURES:
         return Verdict(False, f"http_{status}", f"HTTP {status} from a gateway: {snippet(body) or 'no body'}")
     successful = 200 <= status < 300
@@ -136,8 +174,11 @@ def classify(*, status: int, content_type: str, body: bytes, message_id: str) ->
             words = [error.get("shortDescription"), error.get("severity")]
             description = error.findtext(f"{_EB}Description")
             text = ", ".join(w for w in [*words, description and description.strip()] if w)
-            return Verdict(True, "ebms_error", f"MSH answered HTTP {status} with {code} ({text})", ebms_error=code)
+            ok, reason = signed_ping_error(code) if receipt_check is not None else (True, "ebms_error")
+            return Verdict(ok, reason, f"MSH answered HTTP {status} with {code} ({text})", ebms_error=code)
         receipt = signal.find(f"{_EB}Receipt")
+        if receipt is not None and receipt_check is not None:
+            return receipt_check(envelope)
         if receipt is not None:
             referred = signal.findtext(f"{_EB}MessageInfo/{_EB}RefToMessageId")
             note = "" if referred in (None, message_id) else f" (for another message: {referred})"

@@ -13,6 +13,8 @@ class Verdict:
     detail: str | None = None
     ebms_error: str | None = None
     cert_expires_at: datetime | None = None
+    signing_cert_expires_at: datetime | None = None  # our AS4 signing certificate (signed pings)
+    partner_cert_expires_at: datetime | None = None  # the certificate that signed (or should sign) the receipt
 
 
 def snippet(body: bytes, limit: int = 120) -> str:
