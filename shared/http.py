@@ -9,6 +9,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -23,9 +24,10 @@ def add_ops_routes(
     checks: Mapping[str, ReadinessCheck],
     registry: CollectorRegistry,
     liveness: ReadinessCheck | None = None,
+    describe: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
 ) -> None:
     """/healthz (alive: ``liveness`` passes, e.g. no background loop has died), /readyz (every check
-    passes), /metrics."""
+    passes; ``describe`` adds what the service says about itself, e.g. which instance leads), /metrics."""
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
@@ -46,9 +48,13 @@ def add_ops_routes(
     async def readyz() -> JSONResponse:
         results = await asyncio.gather(*(_run_check(check) for check in checks.values()))
         problems = {name: problem for name, problem in zip(checks, results, strict=True) if problem}
+        about: Mapping[str, Any] = {}
+        if describe is not None:
+            with contextlib.suppress(Exception):  # what it says is extra; the checks decide readiness
+                about = jsonable_encoder(await asyncio.wait_for(describe(), timeout=3.0))
         if problems:
-            return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
-        return JSONResponse({"status": "ready"})
+            return JSONResponse({"status": "not ready", "problems": problems, **about}, status_code=503)
+        return JSONResponse({"status": "ready", **about})
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def metrics() -> Response:

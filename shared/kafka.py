@@ -137,6 +137,10 @@ class Publisher:
         except TimeoutError:
             log.warning("Kafka producer did not flush within %.0fs; stopping without it", timeout_s)
 
+    async def partitions_for(self, topic: str) -> set[int]:
+        """The partition numbers of ``topic`` (from the cluster's metadata)."""
+        return set(await self._producer.partitions_for(topic))
+
     async def publish(self, topic: str, event: CloudEvent[Any], *, key: str | None) -> None:
         await self.publish_raw(topic, event.to_bytes(), key=key)
 
@@ -176,6 +180,11 @@ class EventConsumer(Generic[DataT]):
     consumer then carries on. A failing batch is retried, then handled message by message so that only the
     culprit is dead-lettered. Tombstones (null values) reach the handler as ``None`` when
     ``allow_tombstones`` is set, and are dead-lettered otherwise.
+
+    With ``assign_all`` the consumer reads every partition of the topic without joining the group (offsets
+    are still committed under ``group_id``): for a service of which one instance at a time consumes, the
+    leader starts reading at once instead of waiting for a dead member's session to expire. Exceptions of
+    ``stop_on`` raised by the handler are not retried: they end :meth:`run` (the poll under way uncommitted).
     """
 
     def __init__(
@@ -192,6 +201,8 @@ class EventConsumer(Generic[DataT]):
         handler_attempts: int = 5,
         retry_delay_s: float = 0.5,
         max_batch: int = 500,
+        assign_all: bool = False,
+        stop_on: tuple[type[Exception], ...] = (),
     ) -> None:
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler and batch_handler")
@@ -206,12 +217,14 @@ class EventConsumer(Generic[DataT]):
         self._handler_attempts = handler_attempts
         self._retry_delay_s = retry_delay_s
         self._max_batch = max_batch
+        self._assign_all = assign_all
+        self._stop_on = stop_on
         self.stats = ConsumerStats()
 
     async def run(self) -> None:
         """Consume until cancelled."""
         consumer = AIOKafkaConsumer(
-            self.topic,
+            *(() if self._assign_all else (self.topic,)),
             **connection_options(self._settings),
             group_id=self.group_id,
             enable_auto_commit=False,
@@ -227,6 +240,9 @@ class EventConsumer(Generic[DataT]):
         try:
             # inside the try: a cancel while joining the group must still close it
             await start_client(consumer, self._settings)
+            if self._assign_all:
+                partitions = await self._publisher.partitions_for(self.topic)
+                consumer.assign([TopicPartition(self.topic, p) for p in sorted(partitions)])
             while True:
                 batches = await consumer.getmany(timeout_ms=500, max_records=self._max_batch)
                 self.stats.assigned = bool(consumer.assignment())
@@ -323,6 +339,8 @@ class EventConsumer(Generic[DataT]):
                 await call()
                 return True
             except asyncio.CancelledError:
+                raise
+            except self._stop_on:
                 raise
             except Exception as exc:
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"
