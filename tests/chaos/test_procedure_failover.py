@@ -157,6 +157,12 @@ def test_leader_sigkilled_during_an_outage_the_standby_closes_within_the_bound(
     pair: Pair, chaos: ChaosReport
 ) -> None:
     leader, standby = pair.leader_and_standby()
+    for instance, role, flag in ((leader, "leader", 1), (standby, "standby", 0)):  # every instance says who leads
+        ready = httpx.get(f"http://127.0.0.1:{instance.port}/readyz", timeout=5)
+        assert ready.status_code == 200 and ready.json()["instance"]["role"] == role, ready.text
+        assert ready.json()["leader"]["instance_id"] == leader.status()["instance"]["id"]  # type: ignore[index]
+        metrics = httpx.get(f"http://127.0.0.1:{instance.port}/metrics", timeout=5).text
+        assert f"luccs_procedure_leader {flag}.0" in metrics
     before = asyncio.run(_procedure_events(pair.kafka, settle_s=0.5))
     t0 = datetime.now(UTC)
     asyncio.run(_publish(pair.kafka, _seen("ntp", NTP, UP, t0), _seen("ada", ADA, DOWN, t0)))
