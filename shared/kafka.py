@@ -32,6 +32,7 @@ from shared.events import CloudEvent, DataT, DeadLetterData, EventType, InvalidE
 __all__ = [
     "CONTRACT_TOPICS",
     "BatchHandler",
+    "ClusterTooSmall",
     "ConsumerStats",
     "EventConsumer",
     "Handler",
@@ -52,11 +53,26 @@ CONTRACT_TOPICS = ("availability", "procedures", "advisories", "eos", "deliverie
 _COMPACTED = {"eos"}
 
 
-async def ensure_topics(settings: KafkaSettings, *, timeout_s: float = 60.0) -> list[str]:
-    """Create the contract topics that do not exist yet (never relying on auto-creation).
+class ClusterTooSmall(ValueError):
+    """``kafka.replication_factor`` exceeds the brokers of the cluster: the topics cannot be created."""
 
-    Waits for the broker up to ``timeout_s`` so that services may start before it answers.
-    Returns the names of the topics it created.
+
+def _replication_problem(settings: KafkaSettings, brokers: int) -> str | None:
+    if settings.replication_factor <= brokers:
+        return None
+    return (f"kafka.replication_factor = {settings.replication_factor} but the cluster at "
+            f"{settings.bootstrap_servers} has {brokers} broker{'s' if brokers != 1 else ''} answering: lower "
+            "kafka.replication_factor (and kafka.min_insync_replicas) or add brokers")
+
+
+async def ensure_topics(settings: KafkaSettings, *, timeout_s: float = 60.0) -> list[str]:
+    """Create the contract topics that do not exist yet (never relying on auto-creation), with
+    ``replication_factor`` replicas and ``min_insync_replicas`` (topics that exist are left as they are).
+
+    Waits for the broker up to ``timeout_s`` so that services may start before it answers. Raises
+    :class:`ClusterTooSmall` when topics are to be created and fewer brokers than ``replication_factor``
+    answer (when they all exist, that is only a warning: a broker may be restarting). Returns the names of
+    the topics it created.
     """
     deadline = time.monotonic() + timeout_s
     while True:
@@ -68,12 +84,18 @@ async def ensure_topics(settings: KafkaSettings, *, timeout_s: float = 60.0) -> 
                 NewTopic(
                     name=settings.topic(name),
                     num_partitions=1 if name in _COMPACTED else settings.partitions,
-                    replication_factor=1,
-                    topic_configs={"cleanup.policy": "compact"} if name in _COMPACTED else {},
+                    replication_factor=settings.replication_factor,
+                    topic_configs={"min.insync.replicas": str(settings.min_insync_replicas)}
+                    | ({"cleanup.policy": "compact"} if name in _COMPACTED else {}),
                 )
                 for name in CONTRACT_TOPICS
                 if settings.topic(name) not in existing
             ]
+            problem = _replication_problem(settings, len((await admin.describe_cluster())["brokers"]))
+            if problem and wanted:
+                raise ClusterTooSmall(problem)
+            if problem:
+                log.warning("%s (the topics exist: carrying on)", problem)
             created: list[str] = []
             if wanted:
                 # Errors come back per topic in the response, not as exceptions.
