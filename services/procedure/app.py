@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
@@ -28,6 +29,8 @@ from shared.events import AvailabilityData
 from shared.http import add_ops_routes
 from shared.kafka import EventConsumer, Publisher, ensure_topics
 from shared.tasks import BackgroundTasks
+
+log = logging.getLogger(__name__)
 
 
 async def _while_leading(loop: Coroutine[Any, Any, Any]) -> None:
@@ -78,6 +81,9 @@ def create_app(settings: Settings) -> FastAPI:
         async with contextlib.AsyncExitStack() as stack:  # what was started is stopped, in reverse order
             stack.push_async_callback(engine.dispose)
             await leadership.start()  # on SQLite: refuses to start beside another instance
+            if not leadership.single_instance and cfg.sealing_key is None:
+                log.warning("procedure.sealing_key is not set: the key is a file in data_dir, but every instance "
+                            "sharing this database must seal EO webhook secrets with the same key: set it")
             stack.push_async_callback(leadership.close)
             stack.push_async_callback(publisher.stop)
             await upgrade(engine)
