@@ -6,8 +6,10 @@ Every key has a default so an empty file (or none) runs the system on loopback.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import secrets
 import socket
 import ssl
 import tomllib
@@ -104,6 +106,14 @@ class KafkaSettings(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     topic_prefix: str = Field("luccs", pattern=r"^[A-Za-z0-9._-]+$")
     partitions: int = Field(3, ge=1, description="Partitions of the topics created at startup.")
+    replication_factor: int = Field(
+        1, ge=1, description="Replicas of each topic created at startup; at most the cluster's broker count (3 in "
+        "production, so that one broker may die).",
+    )
+    min_insync_replicas: int = Field(
+        1, ge=1, description="Replicas that must have a message before the broker acknowledges it (acks=all), set "
+        "on the topics created at startup; at most replication_factor (2 with 3 replicas).",
+    )
     security_protocol: KafkaSecurityProtocol = Field(
         "PLAINTEXT", description="How every Kafka client connects: TLS (SSL, SASL_SSL), SASL login (SASL_*), both."
     )
@@ -155,6 +165,13 @@ class KafkaSettings(_Section):
                     f"{_keys(stray)} given without kafka.ssl_certfile (the client certificate it belongs to)"
                 )
         self.ssl_context()  # a CA, certificate or key that does not load is a configuration error, not a retry
+        return self
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> KafkaSettings:
+        if self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"kafka.min_insync_replicas ({self.min_insync_replicas}) must not exceed "
+                             f"kafka.replication_factor ({self.replication_factor})")
         return self
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -314,6 +331,17 @@ def _default_instance_id() -> str:
     return socket.gethostname() or "detector"
 
 
+def _process_instance_id() -> str:
+    """Unique per process: two procedure services on one host (or two containers whose PID is 1) differ."""
+    return _instance_id_of(os.getpid())
+
+
+@functools.cache
+def _instance_id_of(pid: int) -> str:
+    # The same for every Settings of one process; a random part because PIDs repeat across containers.
+    return f"{socket.gethostname() or 'procedure'}-{pid}-{secrets.token_hex(3)}"
+
+
 class DetectorSettings(_Section):
     _file_secrets: ClassVar[frozenset[str]] = frozenset({"database_url"})
 
@@ -406,6 +434,15 @@ class ProcedureSettings(_Section):
 
     port: int = Field(8002, ge=0, le=65535)
     database_url: str | None = None
+    instance_id: str = Field(
+        default_factory=_process_instance_id, min_length=1, max_length=200,
+        description="This instance's name in the leadership lease and the status API; default: host-pid-random.",
+    )
+    failover_s: float = Field(
+        5.0, ge=1.0, le=300.0,
+        description="Bound on the time a standby takes to lead after the leader died or was cut off (PostgreSQL); "
+        "the lease lasts 60% of it and is renewed every 10%.",
+    )
     mode: Literal["auto", "confirm"] = "auto"
     stale_after_s: float = Field(60.0, gt=0)
     quorum: float | None = Field(

@@ -10,6 +10,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -27,10 +28,12 @@ def add_ops_routes(
     registry: CollectorRegistry,
     liveness: ReadinessCheck | None = None,
     before_metrics: Callable[[], Awaitable[None]] | None = None,
+    describe: Callable[[], Awaitable[Mapping[str, Any]]] | None = None,
 ) -> None:
     """/healthz (alive: ``liveness`` passes, e.g. no background loop has died), /readyz (every check
-    passes), /metrics (after ``before_metrics``, which reads what the series show; if it fails, the
-    series show what it read last)."""
+    passes; ``describe`` adds what the service says about itself, e.g. which instance leads), /metrics
+    (after ``before_metrics``, which reads what the series show; if it fails, the series show what it read
+    last)."""
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(InterfaceError)
@@ -51,9 +54,13 @@ def add_ops_routes(
     async def readyz() -> JSONResponse:
         results = await asyncio.gather(*(_run_check(check) for check in checks.values()))
         problems = {name: problem for name, problem in zip(checks, results, strict=True) if problem}
+        about: Mapping[str, Any] = {}
+        if describe is not None:
+            with contextlib.suppress(Exception):  # what it says is extra; the checks decide readiness
+                about = jsonable_encoder(await asyncio.wait_for(describe(), timeout=3.0))
         if problems:
-            return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
-        return JSONResponse({"status": "ready"})
+            return JSONResponse({"status": "not ready", "problems": problems, **about}, status_code=503)
+        return JSONResponse({"status": "ready", **about})
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def metrics() -> Response:

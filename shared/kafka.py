@@ -32,6 +32,7 @@ from shared.events import CloudEvent, DataT, DeadLetterData, EventType, InvalidE
 __all__ = [
     "CONTRACT_TOPICS",
     "BatchHandler",
+    "ClusterTooSmall",
     "ConsumerStats",
     "EventConsumer",
     "Handler",
@@ -52,11 +53,26 @@ CONTRACT_TOPICS = ("availability", "procedures", "advisories", "eos", "deliverie
 _COMPACTED = {"eos"}
 
 
-async def ensure_topics(settings: KafkaSettings, *, timeout_s: float = 60.0) -> list[str]:
-    """Create the contract topics that do not exist yet (never relying on auto-creation).
+class ClusterTooSmall(ValueError):
+    """``kafka.replication_factor`` exceeds the brokers of the cluster: the topics cannot be created."""
 
-    Waits for the broker up to ``timeout_s`` so that services may start before it answers.
-    Returns the names of the topics it created.
+
+def _replication_problem(settings: KafkaSettings, brokers: int) -> str | None:
+    if settings.replication_factor <= brokers:
+        return None
+    return (f"kafka.replication_factor = {settings.replication_factor} but the cluster at "
+            f"{settings.bootstrap_servers} has {brokers} broker{'s' if brokers != 1 else ''} answering: lower "
+            "kafka.replication_factor (and kafka.min_insync_replicas) or add brokers")
+
+
+async def ensure_topics(settings: KafkaSettings, *, timeout_s: float = 60.0) -> list[str]:
+    """Create the contract topics that do not exist yet (never relying on auto-creation), with
+    ``replication_factor`` replicas and ``min_insync_replicas`` (topics that exist are left as they are).
+
+    Waits for the broker up to ``timeout_s`` so that services may start before it answers. Raises
+    :class:`ClusterTooSmall` when topics are to be created and fewer brokers than ``replication_factor``
+    answer (when they all exist, that is only a warning: a broker may be restarting). Returns the names of
+    the topics it created.
     """
     deadline = time.monotonic() + timeout_s
     while True:
@@ -68,12 +84,18 @@ async def ensure_topics(settings: KafkaSettings, *, timeout_s: float = 60.0) -> 
                 NewTopic(
                     name=settings.topic(name),
                     num_partitions=1 if name in _COMPACTED else settings.partitions,
-                    replication_factor=1,
-                    topic_configs={"cleanup.policy": "compact"} if name in _COMPACTED else {},
+                    replication_factor=settings.replication_factor,
+                    topic_configs={"min.insync.replicas": str(settings.min_insync_replicas)}
+                    | ({"cleanup.policy": "compact"} if name in _COMPACTED else {}),
                 )
                 for name in CONTRACT_TOPICS
                 if settings.topic(name) not in existing
             ]
+            problem = _replication_problem(settings, len((await admin.describe_cluster())["brokers"]))
+            if problem and wanted:
+                raise ClusterTooSmall(problem)
+            if problem:
+                log.warning("%s (the topics exist: carrying on)", problem)
             created: list[str] = []
             if wanted:
                 # Errors come back per topic in the response, not as exceptions.
@@ -137,6 +159,10 @@ class Publisher:
         except TimeoutError:
             log.warning("Kafka producer did not flush within %.0fs; stopping without it", timeout_s)
 
+    async def partitions_for(self, topic: str) -> set[int]:
+        """The partition numbers of ``topic`` (from the cluster's metadata)."""
+        return set(await self._producer.partitions_for(topic))
+
     async def publish(self, topic: str, event: CloudEvent[Any], *, key: str | None) -> None:
         await self.publish_raw(topic, event.to_bytes(), key=key)
 
@@ -178,6 +204,11 @@ class EventConsumer(Generic[DataT]):
     consumer then carries on. A failing batch is retried, then handled message by message so that only the
     culprit is dead-lettered. Tombstones (null values) reach the handler as ``None`` when
     ``allow_tombstones`` is set, and are dead-lettered otherwise.
+
+    With ``assign_all`` the consumer reads every partition of the topic without joining the group (offsets
+    are still committed under ``group_id``): for a service of which one instance at a time consumes, the
+    leader starts reading at once instead of waiting for a dead member's session to expire. Exceptions of
+    ``stop_on`` raised by the handler are not retried: they end :meth:`run` (the poll under way uncommitted).
     """
 
     def __init__(
@@ -194,6 +225,8 @@ class EventConsumer(Generic[DataT]):
         handler_attempts: int = 5,
         retry_delay_s: float = 0.5,
         max_batch: int = 500,
+        assign_all: bool = False,
+        stop_on: tuple[type[Exception], ...] = (),
     ) -> None:
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler and batch_handler")
@@ -208,12 +241,14 @@ class EventConsumer(Generic[DataT]):
         self._handler_attempts = handler_attempts
         self._retry_delay_s = retry_delay_s
         self._max_batch = max_batch
+        self._assign_all = assign_all
+        self._stop_on = stop_on
         self.stats = ConsumerStats()
 
     async def run(self) -> None:
         """Consume until cancelled."""
         consumer = AIOKafkaConsumer(
-            self.topic,
+            *(() if self._assign_all else (self.topic,)),
             **connection_options(self._settings),
             group_id=self.group_id,
             enable_auto_commit=False,
@@ -230,6 +265,9 @@ class EventConsumer(Generic[DataT]):
         try:
             # inside the try: a cancel while joining the group must still close it
             await start_client(consumer, self._settings)
+            if self._assign_all:
+                partitions = await self._publisher.partitions_for(self.topic)
+                consumer.assign([TopicPartition(self.topic, p) for p in sorted(partitions)])
             while True:
                 batches = await consumer.getmany(timeout_ms=500, max_records=self._max_batch)
                 self.stats.assigned = bool(consumer.assignment())
@@ -329,6 +367,8 @@ class EventConsumer(Generic[DataT]):
                 await call()
                 return True
             except asyncio.CancelledError:
+                raise
+            except self._stop_on:
                 raise
             except Exception as exc:
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.procedure import domain
 from services.procedure.domain import ComponentView, Decision, Observation, Rejected
 from services.procedure.history import record_state_changes
+from services.procedure.leadership import Leadership
 from services.procedure.models import AdvisoryRow, ComponentRow, ObservationRow, ProcedureRow
 from services.procedure.outbox import Outbox
 from services.procedure.recorder import ACTIVE_STATES, Recorder, active_view, evidence_of, load_active
@@ -81,6 +82,7 @@ class ProcedureService:
         sessions: async_sessionmaker[AsyncSession],
         broadcaster: Broadcaster | None = None,
         outbox: Outbox | None = None,
+        leadership: Leadership | None = None,
         clock: Callable[[], datetime] = _now,
     ) -> None:
         self._settings = settings
@@ -92,6 +94,9 @@ class ProcedureService:
         self._started_at = clock()
         self.outbox = outbox
         """Publishes a decision's events after its commit; without it they stay in the outbox table."""
+        self.leadership = leadership
+        """Fences decisions (several instances on one database); None: this is the only writer (tests)."""
+        self._changes: int | None = None  # the lease's command counter the in-memory state reflects
         # What the decisions read, mirrored from the database by each commit; None: read it again.
         self._active: dict[str, ProcedureRow] | None = None
         self._advisories: set[AdvisoryKind] | None = None
@@ -105,6 +110,19 @@ class ProcedureService:
         async with self._sessions() as session:
             rows = (await session.scalars(select(ObservationRow))).all()
         self._observations = {(r.target_id, r.detector_instance): _observation(r) for r in rows}
+
+    async def take_over(self) -> None:
+        """Just elected leader: everything the decisions read comes from the database again, as another
+        instance left it."""
+        async with self._lock:
+            await self.load()
+            self._forget()
+            self.recheck_at = None
+
+    async def refresh(self) -> None:
+        """A standby's reads (status, status page) show the observations the leader recorded."""
+        async with self._lock:
+            await self.load()
 
     def views(
         self, *, now: datetime | None = None, observations: dict[tuple[str, str], Observation] | None = None
@@ -159,6 +177,7 @@ class ProcedureService:
         views = self.views(now=now, observations=observations)
         try:
             async with self._sessions.begin() as session:
+                epoch = await self._fence(session)
                 await upsert(session, cast(Table, ObservationRow.__table__), [
                     {"target_id": o.target_id, "detector_instance": o.detector_instance,
                      "component": o.component.value, "eori": o.eori, "state": o.state.value, "reason": o.reason,
@@ -167,7 +186,7 @@ class ProcedureService:
                     for o in store.values()
                 ], key=("target_id", "detector_instance"))
                 recorder = Recorder(session=session, kafka=self._settings.kafka, now=now,
-                                    components=views.components)
+                                    components=views.components, epoch=epoch)
                 active = await self._active_procedures(session)
                 national_now = next((r for r in active.values() if r.scope == Scope.NATIONAL.value), None)
                 waits = [
@@ -217,6 +236,18 @@ class ProcedureService:
 
     def _forget(self) -> None:
         self._active = self._advisories = self._components = None
+        self._changes = None
+
+    async def _fence(self, session: AsyncSession) -> int | None:
+        """Refuse (NotLeader) unless this instance leads; forget what a command changed since the last decision.
+        Returns the epoch the decision is made under."""
+        if self.leadership is None:
+            return None
+        changes = await self.leadership.fence(session)
+        if changes != self._changes:
+            self._forget()  # an operator or EO command ran (maybe on another instance): read it all again
+            self._changes = changes
+        return self.leadership.epoch
 
     async def _active_procedures(self, session: AsyncSession) -> dict[str, ProcedureRow]:
         if self._active is None:
@@ -278,8 +309,10 @@ class ProcedureService:
             views = self.views(now=now)
             try:
                 async with self._sessions.begin() as session:
+                    # On any instance: the lease row's lock orders the command with decisions and takeovers.
+                    epoch = await self.leadership.serialise_command(session) if self.leadership else None
                     recorder = Recorder(session=session, kafka=self._settings.kafka, now=now,
-                                        components=views.components)
+                                        components=views.components, epoch=epoch)
                     decision = decide(await load_active(session))
                     row = None
                     if decision is not None:
@@ -288,7 +321,7 @@ class ProcedureService:
                 raise Rejected("another active procedure of the same scope exists") from exc
             finally:
                 self._forget()  # commands are rare: the next decision reads the procedures again
-            self._publish(recorder)
+            self._publish(recorder)  # on a standby the outbox leaves them to the leader, which the counter wakes
         self._announce(recorder)
         return row, decision
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, false, text
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, false, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UTCDateTime
@@ -153,3 +153,24 @@ class OutboxRow(Base):
     payload: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    epoch: Mapped[int | None] = mapped_column(BigInteger)
+    """The leadership epoch in force when the row was committed (None: written before leadership existed)."""
+
+
+class LeaseRow(Base):
+    """The leadership lease (one row, ``name = 'procedure'``): who leads, under which epoch, until when.
+
+    ``epoch`` goes up by one at every takeover and is the fencing token: a decision commits only if the
+    epoch it was made under is still the row's (read with a share lock in the decision's transaction).
+    ``changes`` goes up with every operator or EO command, wherever it ran: the leader then reads the
+    procedures it keeps in memory again and publishes the command's events.
+    """
+
+    __tablename__ = "leader_lease"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(200))
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    changes: Mapped[int] = mapped_column(BigInteger)
+    since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

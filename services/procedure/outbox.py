@@ -6,6 +6,12 @@ consumer goes on with the next poll instead of waiting for the broker's acknowle
 also publishes whatever else is unpublished in the table: rows of a previous run, rows other writers
 (the EO registry) queued, and, after a failed publication, every row from the oldest unpublished one
 on, in table order. One task publishes, so nothing overtakes an older event.
+
+With several instances, only the leader publishes (``may_publish``, asked right before every send): a
+deposed leader's queue is dropped (:meth:`Outbox.reset`) and the new leader publishes what is left in the
+table, whatever epoch committed it. A leader stopped between that question and the broker's receipt of
+the send could still send after its lease ran out: the event is then a duplicate with the same CloudEvent
+id of one the new leader publishes (consumers deduplicate by id), never an event nobody decided.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.procedure.leadership import NotLeader
 from services.procedure.models import OutboxRow
 from shared.kafka import Publisher
 
@@ -35,11 +42,17 @@ class Outbox:
     """Publishes committed outbox rows, from the queue fed after each commit and from the table."""
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], publisher: Publisher, *, poll_s: float = 1.0
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        publisher: Publisher,
+        *,
+        poll_s: float = 1.0,
+        may_publish: Callable[[], bool] = lambda: True,
     ) -> None:
         self._sessions = sessions
         self._publisher = publisher
         self._poll_s = poll_s
+        self._may_publish = may_publish
         self._queue: asyncio.Queue[list[Message]] = asyncio.Queue()
         self._backlog = True  # until the table has been found empty, a previous run may have left rows
         self._published_from_table: set[int] = set()  # queued rows the table drain already published
@@ -48,8 +61,8 @@ class Outbox:
         """Set it when rows were added to the table without being queued (the EO registry does)."""
 
     def publish_soon(self, rows: Sequence[OutboxRow]) -> None:
-        """Queue rows just committed for publication (the fast path of every decision)."""
-        if rows:
+        """Queue rows just committed for publication (the fast path of every decision); not on a standby."""
+        if rows and self._may_publish():
             self._queue.put_nowait([(row.id, row.topic, row.key, row.payload) for row in rows])
             self._queued.set()
 
@@ -69,6 +82,8 @@ class Outbox:
                         await self.drain()
                     elif reason == "poll":  # rows nobody queued or woke us for
                         await self.drain(min_age_s=_YOUNG_S)
+            except NotLeader:
+                raise
             except Exception as exc:
                 self._backlog = True
                 log.warning("publishing the outbox failed, will retry from the table: %s", exc)
@@ -101,7 +116,18 @@ class Outbox:
         if messages:
             await self._publish(messages)
 
+    def reset(self) -> None:
+        """Drop what is queued (leadership changed hands): the table still has it, for the leader."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+            self._queue.task_done()
+        self._published_from_table.clear()
+        self._queued.clear()
+        self._backlog = True
+
     async def _publish(self, messages: Sequence[Message]) -> None:
+        if not self._may_publish():
+            raise NotLeader("this instance does not lead: the leader publishes the outbox")
         await self._publisher.publish_many([(topic, key, payload) for _id, topic, key, payload in messages])
         async with self._sessions.begin() as session:
             await session.execute(

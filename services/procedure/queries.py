@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.procedure.handlers import ProcedureService
+from services.procedure.leadership import Leadership
 from services.procedure.models import AdvisoryRow, ComponentRow, ProcedureRow, TimelineRow
 from services.procedure.recorder import ACTIVE_STATES
 from shared.events import ComponentState
@@ -31,11 +32,22 @@ def procedure_view(row: ProcedureRow) -> dict[str, Any]:
     }
 
 
+async def leadership_view(leadership: Leadership) -> dict[str, Any]:
+    """Who leads (from the lease row; None when the lease has run out) and this instance's role."""
+    leader = await leadership.leader()
+    return {
+        "leader": None if leader is None else {"instance_id": leader.instance_id, "since": leader.since,
+                                               "epoch": leader.epoch},
+        "instance": {"id": leadership.instance_id, "role": leadership.role},
+    }
+
+
 async def status_snapshot(
     service: ProcedureService, sessions: async_sessionmaker[AsyncSession], *, reader: Principal
 ) -> dict[str, Any]:
-    """Every national component with state, since and evidence; EO endpoints down; active procedures.
-    EO endpoints and scenario-1 procedures only as far as ``reader`` may read that EO's data."""
+    """Every national component with state, since and evidence; EO endpoints down; active procedures;
+    who leads. EO endpoints and scenario-1 procedures only as far as ``reader`` may read that EO's data."""
+    leading = await leadership_view(service.leadership) if service.leadership is not None else {}
     views = service.views()
     async with sessions() as session:
         since = {r.component: r.since for r in (await session.scalars(select(ComponentRow))).all()}
@@ -66,7 +78,7 @@ async def status_snapshot(
              "raised_at": a.raised_at}
             for a in advisories
         ],
-    }
+    } | leading
 
 
 async def procedure_detail(sessions: async_sessionmaker[AsyncSession], procedure_id: str) -> dict[str, Any] | None:

@@ -110,6 +110,8 @@ class Recorder:
     kafka: KafkaSettings
     now: datetime
     components: dict[Component, ComponentState]
+    epoch: int | None = None
+    """The leadership epoch the decisions are recorded under, carried by their outbox rows."""
     announcements: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     outbox: list[OutboxRow] = field(default_factory=list)
     procedures: list[ProcedureRow] = field(default_factory=list)
@@ -220,7 +222,7 @@ class Recorder:
         self._queue(self.kafka.advisories_topic, row.id, event)
 
     def _queue(self, topic: str, key: str, event: CloudEvent[Any]) -> None:
-        row = OutboxRow(topic=topic, key=key, payload=event.to_bytes(), created_at=self.now)
+        row = OutboxRow(topic=topic, key=key, payload=event.to_bytes(), created_at=self.now, epoch=self.epoch)
         self.session.add(row)
         self.outbox.append(row)
         self.announcements.append((event.type, event.model_dump(mode="json")))

@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.procedure.leadership import Leadership
 from services.procedure.models import EoRow, OutboxRow
 from services.procedure.schemas import EoCreate, EoPatch
 from services.procedure.sealing import Sealer, hash_api_key, new_api_key
@@ -37,7 +38,9 @@ class EoRegistry:
         sessions: async_sessionmaker[AsyncSession],
         sealer: Sealer,
         outbox_ready: asyncio.Event,
+        leadership: Leadership | None = None,
     ) -> None:
+        self._leadership = leadership
         self._kafka = kafka
         self._sessions = sessions
         self._sealer = sealer
@@ -50,6 +53,7 @@ class EoRegistry:
         api_key = new_api_key()
         now = datetime.now(UTC)
         async with self._sessions.begin() as session:
+            epoch = await self._count(session)
             if await session.get(EoRow, body.eori) is not None:
                 raise Conflict(f"EO {body.eori} is already registered: PATCH it instead")
             row = EoRow(
@@ -58,13 +62,14 @@ class EoRegistry:
                 as4_endpoint=body.as4_endpoint, api_key_hash=hash_api_key(api_key), created_at=now, updated_at=now,
             )
             session.add(row)
-            self._publish(session, row, now)
+            self._publish(session, row, now, epoch)
         self._outbox_ready.set()
         return row, api_key
 
     async def update(self, eori: str, body: EoPatch) -> EoRow:
         now = datetime.now(UTC)
         async with self._sessions.begin() as session:
+            epoch = await self._count(session)
             row = await session.get(EoRow, eori)
             if row is None:
                 raise LookupError(eori)
@@ -85,29 +90,32 @@ class EoRegistry:
             if row.webhook_url and not row.webhook_secret_sealed:
                 raise ValueError("webhook_secret is required with a webhook_url: notices are signed with it")
             row.updated_at = now
-            self._publish(session, row, now)
+            self._publish(session, row, now, epoch)
         self._outbox_ready.set()
         return row
 
     async def delete(self, eori: str) -> None:
         async with self._sessions.begin() as session:
+            epoch = await self._count(session)
             row = await session.get(EoRow, eori)
             if row is None:
                 raise LookupError(eori)
             await session.delete(row)
-            session.add(OutboxRow(topic=self._kafka.eos_topic, key=eori, payload=None, created_at=datetime.now(UTC)))
+            session.add(OutboxRow(topic=self._kafka.eos_topic, key=eori, payload=None, created_at=datetime.now(UTC),
+                                  epoch=epoch))
         self._outbox_ready.set()
 
     async def rotate_key(self, eori: str) -> str:
         api_key = new_api_key()
         async with self._sessions.begin() as session:
+            epoch = await self._count(session)
             row = await session.get(EoRow, eori)
             if row is None:
                 raise LookupError(eori)
             now = datetime.now(UTC)
             row.api_key_hash = hash_api_key(api_key)
             row.updated_at = now
-            self._publish(session, row, now)  # the notifier learns the new key's hash
+            self._publish(session, row, now, epoch)  # the notifier learns the new key's hash
         self._outbox_ready.set()
         return api_key
 
@@ -133,7 +141,11 @@ class EoRegistry:
     def _seal(self, secret: SecretStr | None) -> str | None:
         return self._sealer.seal(secret.get_secret_value()) if secret is not None else None
 
-    def _publish(self, session: AsyncSession, row: EoRow, now: datetime) -> None:
+    async def _count(self, session: AsyncSession) -> int | None:
+        """On any instance: count the change on the lease row, which wakes the leader's outbox."""
+        return await self._leadership.serialise_command(session) if self._leadership is not None else None
+
+    def _publish(self, session: AsyncSession, row: EoRow, now: datetime, epoch: int | None) -> None:
         secret = self._sealer.unseal(row.webhook_secret_sealed) if row.webhook_secret_sealed else None
         event = CloudEvent[EoData](
             source=SOURCE,
@@ -146,7 +158,8 @@ class EoRegistry:
                 as4_endpoint=row.as4_endpoint, api_key_hash=row.api_key_hash,
             ),
         )
-        session.add(OutboxRow(topic=self._kafka.eos_topic, key=row.eori, payload=event.to_bytes(), created_at=now))
+        session.add(OutboxRow(topic=self._kafka.eos_topic, key=row.eori, payload=event.to_bytes(), created_at=now,
+                              epoch=epoch))
 
 
 def eo_view(row: EoRow) -> dict[str, object]:

@@ -704,8 +704,12 @@ def test_kubernetes_pods_are_bounded_and_unprivileged() -> None:
 def test_kubernetes_replicas_and_strategies() -> None:
     deployments = k8s("Deployment")
     procedure = deployments["procedure"]["spec"]
-    assert procedure["replicas"] == 1, "the single writer"
-    assert procedure["strategy"]["type"] == "Recreate", "never two writers, not even during a rollout"
+    assert procedure["replicas"] == 2, "one leader and a standby that takes over"
+    assert procedure["strategy"]["type"] == "RollingUpdate", "safe: a stopping leader gives its lease up"
+    assert procedure["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    (container,) = pod_spec(deployments["procedure"])["containers"]
+    assert not [e for e in container.get("env", []) if e["name"] == "LUCCS_PROCEDURE__INSTANCE_ID"], (
+        "the default instance id is unique per process; a fixed one would be shared by both replicas")
     init = [c["args"][0] for c in pod_spec(deployments["procedure"]).get("initContainers", [])]
     assert init == ["migrate"]
 
@@ -721,6 +725,16 @@ def test_kubernetes_replicas_and_strategies() -> None:
     (container,) = pod_spec(detector)["containers"]
     (instance,) = [e for e in container["env"] if e["name"] == "LUCCS_DETECTOR__INSTANCE_ID"]
     assert instance["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+def test_kubernetes_procedure_disruption_budget_keeps_one_instance() -> None:
+    procedure = k8s("Deployment")["procedure"]
+    labels = as_dict(procedure["spec"]["template"]["metadata"]["labels"])
+    budgets = [
+        pdb for pdb in k8s("PodDisruptionBudget").values()
+        if as_dict(pdb["spec"]["selector"]["matchLabels"]).items() <= labels.items()
+    ]
+    assert [int(b["spec"]["minAvailable"]) for b in budgets] == [1]
 
 
 def test_kubernetes_detector_disruption_budget_keeps_a_majority() -> None:

@@ -22,7 +22,7 @@ from shared.events import (
     EventType,
     parse_event,
 )
-from shared.kafka import CONTRACT_TOPICS, EventConsumer, Publisher, ensure_topics
+from shared.kafka import CONTRACT_TOPICS, ClusterTooSmall, EventConsumer, Publisher, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +66,26 @@ async def test_ensure_topics_creates_the_contract_topics_once(kafka_bootstrap: s
         configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, settings.eos_topic)])
         entries = {entry[0]: entry[1] for entry in configs[0].resources[0][4]}
         assert entries["cleanup.policy"] == "compact"
+        assert entries["min.insync.replicas"] == "1"
+    finally:
+        await admin.close()
+
+
+async def test_a_replication_factor_above_the_broker_count_is_one_clear_error(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, replication_factor=3,
+                             min_insync_replicas=2)
+    with pytest.raises(ClusterTooSmall) as refused:
+        await ensure_topics(settings, timeout_s=10)
+    assert str(refused.value) == (
+        f"kafka.replication_factor = 3 but the cluster at {kafka_bootstrap} has 1 broker answering: lower "
+        "kafka.replication_factor (and kafka.min_insync_replicas) or add brokers"
+    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        assert not [t for t in await admin.list_topics() if t.startswith(f"{topic_prefix}.")]  # nothing half-made
     finally:
         await admin.close()
 

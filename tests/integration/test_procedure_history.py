@@ -113,6 +113,9 @@ async def scripted(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
         procedure=ProcedureSettings(database_url=url, stale_after_s=3600, notifier_url=None),
     )
     app = create_app(settings, clock=clock)
+    # The script drives the decisions itself, without the lifespan (broker, leader election): the one
+    # instance decides unfenced, as a single-instance service whose lease is not in question.
+    app.state.procedures.leadership = None
     await _script(app.state.procedures, clock)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://procedure") as client:
         listed = (await client.get("/api/v1/procedures")).json()["items"]

@@ -391,3 +391,19 @@ def test_operator_tokens_are_secret(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, '[api]\noperator_tokens = ["tok-very-secret"]\n'))
     assert [t.get_secret_value() for t in settings.api.operator_tokens] == ["tok-very-secret"]
     assert "tok-very-secret" not in repr(settings)
+
+
+def test_min_insync_replicas_may_not_exceed_the_replication_factor(tmp_path: Path) -> None:
+    config = tmp_path / "luccs.toml"
+    config.write_text("[kafka]\nreplication_factor = 2\nmin_insync_replicas = 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"kafka.min_insync_replicas \(3\) must not exceed kafka.replication_factor"):
+        load_settings(config)
+
+
+def test_procedure_instance_ids_differ_between_processes_and_stay_put_within_one() -> None:
+    from shared.config import _instance_id_of
+
+    here = Settings().procedure.instance_id
+    assert Settings().procedure.instance_id == here
+    assert here == _instance_id_of(os.getpid())
+    assert _instance_id_of(os.getpid() + 1) != here  # another process on this host

@@ -24,8 +24,8 @@ from shared.config import Settings, TargetSettings, load_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "luccs.example.toml"
 
-COMPUTED_AT_START = {"detector.instance_id", "notifier.instance_id"}
-"""Settings whose default is computed when the process starts (the host name): the file shows an example."""
+COMPUTED_AT_START = {"detector.instance_id", "notifier.instance_id", "procedure.instance_id"}
+"""Settings whose default is computed when the process starts (from the host name): the file shows an example."""
 
 _HEADER = re.compile(r"^(?P<commented>#\s*)?\[(?P<array>\[)?\s*(?P<name>[A-Za-z0-9_.]+)\s*\]\]?\s*(#.*)?$")
 _COMMENTED_KEY = re.compile(r"^# (?P<key>[a-z][a-z0-9_]*) =")  # exactly "# key = value": prose is anything else
