@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from services.procedure.api import router
 from services.procedure.handlers import ProcedureService
 from services.procedure.migrate import upgrade
+from services.procedure.notifier_summary import notifier_summary
 from services.procedure.outbox import Outbox
 from services.procedure.registry import EoRegistry
 from services.procedure.sealing import Sealer, load_or_create_key
@@ -81,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.procedures = service
     app.state.registry = eo_registry
     app.state.sessions = sessions
+    app.state.notifier_summary = notifier_summary(settings)
     app.include_router(router)
     app.include_router(status_page_router)
 

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.procedure.handlers import ProcedureService
+from services.procedure.notifier_summary import NotifierSummary
 from services.procedure.registry import EoRegistry
 from shared.config import Settings
 
@@ -32,7 +33,13 @@ def _sessions(request: Request) -> async_sessionmaker[AsyncSession]:
     return sessions
 
 
+def _notifier_summary(request: Request) -> NotifierSummary | None:
+    summary: NotifierSummary | None = request.app.state.notifier_summary
+    return summary
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ServiceDep = Annotated[ProcedureService, Depends(_service)]
 RegistryDep = Annotated[EoRegistry, Depends(_registry)]
 SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(_sessions)]
+NotifierSummaryDep = Annotated[NotifierSummary | None, Depends(_notifier_summary)]
