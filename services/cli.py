@@ -43,7 +43,7 @@ def _app(name: str, settings: Settings) -> tuple[FastAPI, int]:
 
 async def _serve(name: str, app: FastAPI, settings: Settings, port: int) -> None:
     bind_service(name)  # this task's log records, and those of every task its app starts, say whose they are
-    await serve(app, host=settings.api.host, port=port)
+    await serve(app, host=settings.api.host, port=port, ssl_context=settings.api.server_ssl_context())
 
 
 async def _run(names: Sequence[str], settings: Settings) -> None:

@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from shared.events import Component, Language
 from shared.roles import Role, parse_tokens
+from shared.tls import client_context, server_context
 
 CONFIG_ENV = "LUCCS_CONFIG"
 
@@ -255,6 +256,15 @@ class ApiSettings(_Section):
     )
     auth_failure_window_s: float = Field(60.0, gt=0, description="The window of auth_failure_limit, in seconds.")
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies are refused (413).")
+    tls_cert_file: ReadableFile = Field(
+        None, description="PEM certificate (chain) the three services serve https with; unset: plain http.",
+    )
+    tls_key_file: ReadableFile = Field(None, description="PEM private key of tls_cert_file, if not in that file.")
+    tls_key_password: SecretStr | None = Field(None, description="Password of an encrypted tls_key_file.")
+    tls_client_ca_file: ReadableFile = Field(
+        None, description="PEM CA bundle: when set, every connection to the services' ports (every route) must "
+        "present a client certificate chaining to it (mutual TLS).",
+    )
 
     @model_validator(mode="after")
     def _tokens_parse(self) -> ApiSettings:
@@ -264,6 +274,37 @@ class ApiSettings(_Section):
                 if roles.setdefault(token.digest, role) != role:
                     raise ValueError(f"one token is given as both a {roles[token.digest]} and a {role} token")
         return self
+
+    @model_validator(mode="after")
+    def _tls_loads(self) -> ApiSettings:
+        if self.tls_cert_file is None:
+            stray = [f"api.{key}" for key in ("tls_key_file", "tls_key_password", "tls_client_ca_file")
+                     if getattr(self, key) is not None]
+            if stray:
+                raise ValueError(f"{', '.join(stray)} given without api.tls_cert_file (the certificate it goes with)")
+            return self
+        self.server_ssl_context()  # a certificate that does not load is a configuration error, said at start
+        return self
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls_cert_file is not None
+
+    def server_ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of the services' ports, or None for plain http; raises ValueError saying which
+        file does not load."""
+        if self.tls_cert_file is None:
+            return None
+        password = self.tls_key_password.get_secret_value() if self.tls_key_password else None
+        return server_context(cert_file=self.tls_cert_file, key_file=self.tls_key_file, password=password,
+                              client_ca_file=self.tls_client_ca_file)
+
+    def client_ssl_context(self, *, ca_file: str | None, ca_setting: str) -> ssl.SSLContext:
+        """The TLS context of a call to another service's https port: trusting ``ca_file`` (else the system's
+        CAs), presenting this configuration's own certificate if that service asks for one."""
+        password = self.tls_key_password.get_secret_value() if self.tls_key_password else None
+        return client_context(ca_file=ca_file, ca_setting=ca_setting, cert_file=self.tls_cert_file,
+                              key_file=self.tls_key_file, password=password)
 
     def token_entries(self) -> dict[Role, list[SecretStr]]:
         """The configured tokens by role (read_tokens counted as viewer tokens)."""
@@ -452,6 +493,9 @@ class ProcedureSettings(_Section):
     notifier_url: str | None = Field(
         "http://127.0.0.1:8003", description="Where the status page reads the delivery summary; None hides it."
     )
+    notifier_ca_file: ReadableFile = Field(
+        None, description="PEM CA bundle an https notifier_url must chain to (default: the system's CAs).",
+    )
     notifier_token: SecretStr | None = Field(
         None, description="Token the status page shows the notifier when its reads need one (a viewer token)."
     )
@@ -579,6 +623,19 @@ class Settings(BaseSettings):
             values["logging"] = section
             _log.warning("configuration: log_level is deprecated, it is now %s", _MOVED_KEYS["log_level"])
         return values
+
+    @model_validator(mode="after")
+    def _notifier_ca_loads(self) -> Settings:
+        if self.procedure.notifier_ca_file is not None:
+            self.notifier_ssl_context()  # a CA bundle that does not load is a configuration error, said at start
+        return self
+
+    def notifier_ssl_context(self) -> ssl.SSLContext:
+        """The TLS context with which the procedure service reads an https ``procedure.notifier_url``: the
+        notifier must chain to ``procedure.notifier_ca_file`` (else the system's CAs); this configuration's
+        ``[api]`` certificate is presented if the notifier requires client certificates."""
+        return self.api.client_ssl_context(ca_file=self.procedure.notifier_ca_file,
+                                           ca_setting="procedure.notifier_ca_file")
 
     def database_url(self, service: Literal["detector", "procedure", "notifier"]) -> str:
         """The SQLAlchemy URL of a service's database: the configured one, or a SQLite file in data_dir."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -79,8 +80,9 @@ async def _run_check(check: ReadinessCheck) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
-async def serve(app: FastAPI, *, host: str, port: int) -> None:
-    """Run ``app`` with uvicorn until cancelled or signalled; if it cannot start, raise saying why."""
+async def serve(app: FastAPI, *, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> None:
+    """Run ``app`` with uvicorn until cancelled or signalled; if it cannot start, raise saying why. With
+    ``ssl_context`` (``ApiSettings.server_ssl_context``) the port speaks https only."""
     failures: list[BaseException] = []
     lifespan = app.router.lifespan_context
 
@@ -97,10 +99,18 @@ async def serve(app: FastAPI, *, host: str, port: int) -> None:
             raise
 
     app.router.lifespan_context = noting_why_startup_failed
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
+        ssl_context_factory=None if ssl_context is None else lambda _config, _default: ssl_context,
+    )
     server = uvicorn.Server(config)
     with contextlib.suppress(SystemExit):  # uvicorn's way to say the start-up failed; said below instead
-        await server.serve()
+        try:
+            await server.serve()
+        except asyncio.CancelledError:
+            for listener in server.servers:  # uvicorn closes its listening sockets only on a graceful exit
+                listener.close()
+            raise
     if not server.started:
         why = f"{type(failures[0]).__name__}: {failures[0]}" if failures else "see the log above"
         raise RuntimeError(f"{app.title} did not start on {host}:{port}: {why}")

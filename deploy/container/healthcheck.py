@@ -2,13 +2,16 @@
 
 It reads the container's command line (``/proc/1/cmdline``: ``luccs-fallback <service> --config FILE``),
 loads the same configuration the service loaded (file plus ``LUCCS_*`` environment), and GETs
-``/healthz`` (or ``/readyz`` with ``--ready``) on the port of each service it runs. ``migrate`` has
-nothing to check. Only the standard library and the project itself are used: the image has no curl.
+``/healthz`` (or ``/readyz`` with ``--ready``) on the port of each service it runs, over https when
+``[api] tls_cert_file`` is set (presenting that certificate when ``tls_client_ca_file`` asks for one).
+``migrate`` has nothing to check. Only the standard library and the project itself are used: the image
+has no curl.
 """
 
 from __future__ import annotations
 
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -53,22 +56,37 @@ def probe_host(listen_host: str) -> str:
 
 def health_urls(command: str | None, config: str | None, *, path: str = "/healthz") -> list[str]:
     """The URLs to check for this command line; raises the configuration's error if it cannot be loaded."""
+    return health_plan(command, config, path=path)[0]
+
+
+def health_plan(
+    command: str | None, config: str | None, *, path: str = "/healthz"
+) -> tuple[list[str], ssl.SSLContext | None]:
+    """The URLs to check for this command line and, for https ports, the TLS context to check them with."""
     names = services_of(command)
     if not names:
-        return []
+        return [], None
     from shared.config import load_settings  # the image's own project: same defaults, same overrides
 
     settings = load_settings(config)
     host = probe_host(settings.api.host)
     ports = {"detector": settings.detector.port, "procedure": settings.procedure.port,
              "notifier": settings.notifier.port}
-    return [f"http://{host}:{ports[name]}{path}" for name in names]
+    scheme = "https" if settings.api.uses_tls else "http"
+    context = None
+    if settings.api.uses_tls:
+        # The server is this container's own, reached on loopback: what matters is that it answers, not who
+        # it is (its certificate names the service, not 127.0.0.1). Our certificate is presented if asked for.
+        context = settings.api.client_ssl_context(ca_file=None, ca_setting="")
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return [f"{scheme}://{host}:{ports[name]}{path}" for name in names], context
 
 
-def check(url: str, *, timeout_s: float = 3.0) -> str | None:
+def check(url: str, *, timeout_s: float = 3.0, context: ssl.SSLContext | None = None) -> str | None:
     """None if ``url`` answers 2xx, else what went wrong."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - http URL built above
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as response:  # noqa: S310 - built above
             return None if 200 <= response.status < 300 else f"HTTP {response.status}"
     except urllib.error.HTTPError as exc:
         return f"HTTP {exc.code}"
@@ -88,11 +106,11 @@ def main(argv: list[str]) -> int:
         print(f"healthcheck: not a luccs-fallback command: {' '.join(cmdline)}", file=sys.stderr)
         return 1
     try:
-        urls = health_urls(command, config or os.environ.get(CONFIG_ENV), path=path)
+        urls, context = health_plan(command, config or os.environ.get(CONFIG_ENV), path=path)
     except Exception as exc:
         print(f"healthcheck: {exc}", file=sys.stderr)
         return 1
-    problems = [f"{url}: {problem}" for url in urls if (problem := check(url)) is not None]
+    problems = [f"{url}: {problem}" for url in urls if (problem := check(url, context=context)) is not None]
     for problem in problems:
         print(f"healthcheck: {problem}", file=sys.stderr)
     return 1 if problems else 0

@@ -19,6 +19,7 @@ from services.procedure.handlers import ProcedureService
 from services.procedure.leadership import Leadership, NotLeader
 from services.procedure.metrics import ProcedureMetrics
 from services.procedure.migrate import upgrade
+from services.procedure.notifier_summary import notifier_summary
 from services.procedure.outbox import Outbox
 from services.procedure.queries import leadership_view
 from services.procedure.registry import EoRegistry
@@ -139,6 +140,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = _now) -> F
     app.state.registry = eo_registry
     app.state.sessions = sessions
     app.state.leadership = leadership
+    app.state.notifier_summary = notifier_summary(settings)
     app.include_router(router)
     app.include_router(status_page_router)
 

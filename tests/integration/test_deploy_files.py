@@ -11,14 +11,19 @@ import importlib.util
 import json
 import os
 import re
+import ssl
+import subprocess
 import tomllib
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any, get_args
 
 import pytest
+import trustme
 import yaml
+from cryptography import x509
 from pydantic import BaseModel, SecretStr
 from sqlalchemy.engine import make_url
 
@@ -36,6 +41,7 @@ DOCKERFILE = CONTAINER / "Dockerfile"
 IMAGE_CONFIG = "/etc/luccs/luccs.toml"
 SERVICE_NAMES = ("detector", "procedure", "notifier")
 NAMESPACE = "luccs-fallback"
+COMPOSE_SECRETS = "/run/secrets/"
 
 
 @pytest.fixture(autouse=True)
@@ -75,6 +81,10 @@ def setting_path(env_name: str) -> tuple[str, ...] | None:
     model: type[BaseModel] = Settings
     for index, part in enumerate(parts):
         field = model.model_fields.get(part)
+        if field is None and index == len(parts) - 1 and part.endswith("_file"):
+            # <secret>_FILE: the path of a file holding that secret setting (shared/config.py, _Section)
+            secret = f"{'__'.join(parts[:-1]).upper()}__{part.removesuffix('_file').upper()}"
+            return parts if f"LUCCS_{secret}" in secret_env_names() else None
         if field is None:
             return None
         if index == len(parts) - 1:
@@ -91,15 +101,17 @@ def _mentions_secret(annotation: object) -> bool:
 
 
 def secret_env_names() -> set[str]:
-    """``LUCCS_*`` names of every secret setting (SecretStr fields, at any depth of the sections)."""
+    """``LUCCS_*`` names of every secret setting (SecretStr fields and the database URLs, which hold a
+    password; at any depth of the sections): each may instead be given as ``<name>_FILE``."""
     names: set[str] = set()
 
     def walk(model: type[BaseModel], prefix: str) -> None:
+        file_secrets: frozenset[str] = getattr(model, "_file_secrets", frozenset())  # e.g. database_url
         for name, field in model.model_fields.items():
             annotation = field.annotation
             if isinstance(annotation, type) and issubclass(annotation, BaseModel):
                 walk(annotation, f"{prefix}{name.upper()}__")
-            elif _mentions_secret(annotation):
+            elif _mentions_secret(annotation) or name in file_secrets:
                 names.add(f"{prefix}{name.upper()}")
 
     walk(Settings, "LUCCS_")
@@ -127,6 +139,34 @@ def load_with_env(config: Path, env: dict[str, str], monkeypatch: pytest.MonkeyP
         return load_settings(config)
 
 
+def with_files_at(text: str, mounts: dict[str, Path]) -> str:
+    """``text`` with each mount point (a folder path inside the container) replaced by a local folder."""
+    for mount, local in sorted(mounts.items(), key=lambda item: -len(item[0])):
+        text = text.replace(mount.rstrip("/") + "/", f"{local}/")
+    return text
+
+
+def make_compose_secrets(folder: Path) -> Path:
+    """The secret files as deploy/compose/make-secrets.sh makes them (run for real, with openssl)."""
+    done = subprocess.run([str(COMPOSE_DIR / "make-secrets.sh"), str(folder)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return folder
+
+
+@pytest.fixture(scope="module")
+def compose_secrets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_compose_secrets(tmp_path_factory.mktemp("compose") / "secrets")
+
+
+def compose_config(tmp_path: Path, compose_secrets: Path) -> Path:
+    """deploy/compose/luccs.toml as a container sees it, its /run/secrets/ being ``compose_secrets``."""
+    text = (COMPOSE_DIR / "luccs.toml").read_text(encoding="utf-8")
+    path = tmp_path / "compose-luccs.toml"
+    path.write_text(with_files_at(text, {COMPOSE_SECRETS: compose_secrets}), encoding="utf-8")
+    return path
+
+
 def test_setting_path_walks_the_real_model() -> None:
     assert setting_path("LUCCS_DETECTOR__INSTANCE_ID") == ("detector", "instance_id")
     assert setting_path("LUCCS_DATA_DIR") == ("data_dir",)
@@ -134,7 +174,19 @@ def test_setting_path_walks_the_real_model() -> None:
     assert setting_path("LUCCS_PROCEDUR__PORT") is None  # the settings would silently ignore this one
     assert setting_path("LUCCS_DETECTOR__PORT__X") is None
     assert setting_path("KAFKA_NODE_ID") is None
-    assert {"LUCCS_PROCEDURE__SEALING_KEY", "LUCCS_API__OPERATOR_TOKENS"} <= secret_env_names()
+    assert {"LUCCS_PROCEDURE__SEALING_KEY", "LUCCS_API__OPERATOR_TOKENS", "LUCCS_NOTIFIER__DATABASE_URL",
+            "LUCCS_KAFKA__SASL_PASSWORD", "LUCCS_SMTP__PASSWORD"} <= secret_env_names()
+    assert setting_path("LUCCS_PROCEDURE__SEALING_KEY_FILE") == ("procedure", "sealing_key_file")
+    assert setting_path("LUCCS_PROCEDURE__DATABASE_URL_FILE") == ("procedure", "database_url_file")
+    assert setting_path("LUCCS_PROCEDURE__PORT_FILE") is None  # not a secret: no _file form
+
+
+def test_secret_files_are_read_with_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "url").write_text("postgresql://u:pw@db/x\n", encoding="utf-8")
+    config = tmp_path / "luccs.toml"
+    config.write_text("", encoding="utf-8")
+    settings = load_with_env(config, {"LUCCS_PROCEDURE__DATABASE_URL_FILE": str(tmp_path / "url")}, monkeypatch)
+    assert settings.procedure.database_url == "postgresql://u:pw@db/x"
 
 
 def test_cli_accepts_is_strict(tmp_path: Path) -> None:
@@ -149,15 +201,17 @@ def deploy_toml_files() -> list[Path]:
     return sorted(DEPLOY.rglob("*.toml"))
 
 
-def test_every_toml_file_under_deploy_loads() -> None:
+def test_every_toml_file_under_deploy_loads(tmp_path: Path, compose_secrets: Path) -> None:
     files = deploy_toml_files()
     assert {CONTAINER / "luccs.toml", COMPOSE_DIR / "luccs.toml", DEPLOY / "luccs.example.toml"} <= set(files)
     for path in files:
+        if path == COMPOSE_DIR / "luccs.toml":  # names the mounted certificate: loads where it is mounted
+            path = compose_config(tmp_path, compose_secrets)
         load_settings(path)  # raises ConfigError with the file and key on any problem
 
 
-def test_container_configurations_listen_on_every_interface() -> None:
-    for path in (CONTAINER / "luccs.toml", COMPOSE_DIR / "luccs.toml"):
+def test_container_configurations_listen_on_every_interface(tmp_path: Path, compose_secrets: Path) -> None:
+    for path in (CONTAINER / "luccs.toml", compose_config(tmp_path, compose_secrets)):
         assert load_settings(path).api.host == "0.0.0.0", path
 
 
@@ -281,14 +335,17 @@ def test_dockerfile_installs_the_project_with_pip_from_the_repository() -> None:
         assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
         assert dockerignore_allows(patterns, source), f"COPY {source} is excluded by Dockerfile.dockerignore"
     for private in ("var/procedure.key", "var/procedure.db", ".venv/bin/python", ".git/config",
-                    "deploy/compose/.env", "services/notifier/__pycache__/app.cpython-311.pyc", "tests/conftest.py"):
+                    "deploy/compose/.env", "deploy/compose/secrets/tls_key", "deploy/compose/secrets/sealing_key",
+                    "services/notifier/__pycache__/app.cpython-311.pyc", "tests/conftest.py"):
         assert not dockerignore_allows(patterns, private), f"{private} would be sent to the build"
 
 
 # --- the image's helper scripts -----------------------------------------------------------------------
 
 
-def test_healthcheck_finds_the_services_and_their_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_healthcheck_finds_the_services_and_their_ports(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, compose_secrets: Path
+) -> None:
     health = load_module(CONTAINER / "healthcheck.py")
     argv = ["/opt/luccs/venv/bin/python", "/opt/luccs/venv/bin/luccs-fallback", "notifier", "--config", "/x.toml"]
     assert health.parse_command(argv) == ("notifier", "/x.toml")
@@ -301,13 +358,17 @@ def test_healthcheck_finds_the_services_and_their_ports(monkeypatch: pytest.Monk
     assert health.probe_host("10.1.2.3") == "10.1.2.3"
     assert health.health_urls("migrate", None) == []
 
-    config = COMPOSE_DIR / "luccs.toml"
+    config = compose_config(tmp_path, compose_secrets)
     settings = load_settings(config)
+    assert settings.api.uses_tls  # the compose ports speak https: so does its healthcheck
     assert health.health_urls("all", str(config)) == [
-        f"http://127.0.0.1:{service_port(settings, name)}/healthz" for name in SERVICE_NAMES
+        f"https://127.0.0.1:{service_port(settings, name)}/healthz" for name in SERVICE_NAMES
     ]
     monkeypatch.setenv("LUCCS_PROCEDURE__PORT", "9102")
-    assert health.health_urls("procedure", str(config), path="/readyz") == ["http://127.0.0.1:9102/readyz"]
+    assert health.health_urls("procedure", str(config), path="/readyz") == ["https://127.0.0.1:9102/readyz"]
+    plain = tmp_path / "plain.toml"
+    plain.write_text("", encoding="utf-8")
+    assert health.health_urls("procedure", str(plain), path="/readyz") == ["http://127.0.0.1:9102/readyz"]
 
 
 def test_check_install_reports_files_the_install_lacks(tmp_path: Path) -> None:
@@ -388,10 +449,26 @@ def service_env(service: dict[str, Any]) -> dict[str, str]:
     return {str(name): str(value) for name, value in environment.items()}
 
 
-def compose_settings(service: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Settings:
-    values, _ = env_example()
-    env = {name: interpolate(value, values) for name, value in service_env(service).items()}
-    return load_with_env(COMPOSE_DIR / "luccs.toml", env, monkeypatch)
+def compose_settings(
+    service: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, compose_secrets: Path
+) -> Settings:
+    """The settings a compose container loads, with ONLY the secrets it mounts present at /run/secrets/."""
+    mounted = tmp_path / f"mounted-{uuid.uuid4().hex[:8]}"
+    mounted.mkdir()
+    for name in service_secrets(service):
+        source = as_dict(compose()["secrets"][name])["file"]
+        (mounted / name).write_bytes((compose_secrets / Path(source).name).read_bytes())
+    env = {name: with_files_at(interpolate(value, {}), {COMPOSE_SECRETS: mounted})
+           for name, value in service_env(service).items()}
+    config = tmp_path / "compose-luccs.toml"
+    config.write_text(with_files_at((COMPOSE_DIR / "luccs.toml").read_text(encoding="utf-8"),
+                                    {COMPOSE_SECRETS: mounted}), encoding="utf-8")
+    return load_with_env(config, env, monkeypatch)
+
+
+def service_secrets(service: dict[str, Any]) -> list[str]:
+    """The names of the secrets a compose service mounts (short syntax only)."""
+    return [str(name) for name in as_list(service.get("secrets", []))]
 
 
 def command_of(service: dict[str, Any]) -> list[str]:
@@ -443,40 +520,73 @@ def strings_in(value: object) -> Iterator[str]:
             yield from strings_in(item)
 
 
-def test_compose_secrets_come_from_the_environment_file() -> None:
+def test_compose_secrets_come_from_files_never_from_the_environment(compose_secrets: Path) -> None:
+    top = as_dict(compose()["secrets"])
+    for name, secret in top.items():
+        source = str(as_dict(secret)["file"])  # a file, not `environment:`
+        assert source.startswith("./secrets/"), f"secret {name}: {source} is not under ./secrets/"
+        assert (compose_secrets / Path(source).name).is_file(), f"make-secrets.sh does not make {source}"
+    ignored = (COMPOSE_DIR / ".gitignore").read_text(encoding="utf-8").split()
+    assert ".env" in ignored and "secrets/" in ignored
+
     references = [m for text in strings_in(compose()) for m in _COMPOSE_VARIABLE.finditer(text)]
-    required = {m.group("name") for m in references if m.group("op") in (":?", "?")}
+    assert not [m.group("name") for m in references if m.group("op") in (":?", "?")], "no required variables"
     optional = {m.group("name") for m in references if m.group("op") in (":-", "-")}
     values, mentioned = env_example()
-    assert required == set(values), ".env.example must set exactly the variables compose.yaml requires"
-    assert optional <= mentioned, ".env.example must mention every optional variable"
-    assert all(value == "REPLACE_ME" for value in values.values()), "the example holds placeholders only"
-    assert (COMPOSE_DIR / ".gitignore").read_text(encoding="utf-8").split().count(".env") == 1
+    assert values == {} and optional <= mentioned, ".env.example only mentions the optional, non-secret choices"
 
     secret_names = secret_env_names()
+    used: set[str] = set()
     for name, service in compose_services().items():
+        mounted = service_secrets(service)
+        assert set(mounted) <= set(top), f"{name}: mounts an undeclared secret"
+        used.update(mounted)
         for variable, value in service_env(service).items():
-            if variable in secret_names or variable == "POSTGRES_PASSWORD":
-                assert re.search(r"\$\{\w+:\?[^}]*\}", value), f"{name}: {variable} must be a required ${{VAR:?}}"
-            if variable.endswith("DATABASE_URL"):
-                password = make_url(interpolate(value, {k: "PW" for k in required})).password
-                assert password == "PW", f"{name}: {variable} must take its password from a ${{VAR:?}}"
+            assert variable not in secret_names, f"{name}: {variable} puts a secret in the environment"
+            assert "PASSWORD" not in variable or variable.endswith("_FILE"), f"{name}: {variable}"
+            if variable.endswith("_FILE"):
+                assert value.startswith(COMPOSE_SECRETS), f"{name}: {variable} must point at a mounted secret"
+                assert value.removeprefix(COMPOSE_SECRETS) in mounted, f"{name}: {variable}: {value} not mounted"
+        if name in luccs_services():
+            assert {"tls_cert", "tls_key", "tls_ca"} <= set(mounted), f"{name}: its config names the certificate"
+    assert used == set(top), f"declared but never mounted: {set(top) - used}"
+    assert service_env(compose_services()["postgres"])["POSTGRES_PASSWORD_FILE"] == "/run/secrets/postgres_password"
 
 
-def test_compose_configurations_load_and_fit_together(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compose_secret_files_fit_together(compose_secrets: Path) -> None:
+    password = (compose_secrets / "postgres_password").read_text(encoding="utf-8").strip()
+    for database in ("procedure", "notifier"):
+        url = make_url((compose_secrets / f"{database}_database_url").read_text(encoding="utf-8").strip())
+        assert url.password == password and url.database == f"luccs_{database}"
+    # The certificate chains to the CA the procedure service trusts and names every service it is reached by.
+    context = ssl.create_default_context(cafile=str(compose_secrets / "tls_ca"))
+    context.load_cert_chain(str(compose_secrets / "tls_cert"), str(compose_secrets / "tls_key"))
+    names = {name for name, service in luccs_services().items() if command_of(service)[0] in SERVICE_NAMES}
+    certificate = x509.load_pem_x509_certificate((compose_secrets / "tls_cert").read_bytes())
+    alt = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names | {"localhost"} <= set(alt.get_values_for_type(x509.DNSName))
+    for path in compose_secrets.iterdir():
+        assert path.stat().st_mode & 0o777 in (0o444, 0o600), path  # readable in the containers, CA key kept
+    assert compose_secrets.stat().st_mode & 0o777 == 0o700
+
+
+def test_compose_configurations_load_and_fit_together(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, compose_secrets: Path
+) -> None:
     services = compose_services()
     kafka_env = service_env(services["kafka"])
     postgres_env = service_env(services["postgres"])
     detector_ids: list[str] = []
     databases: dict[str, str] = {}
     for name, service in luccs_services().items():
-        settings = compose_settings(service, monkeypatch)
+        settings = compose_settings(service, monkeypatch, tmp_path, compose_secrets)
         command = command_of(service)[0]
         if command == "migrate":  # upgrades both databases: both must be the services' PostgreSQL ones
             databases["migrate"] = settings.database_url("procedure")
             databases["migrate-notifier"] = settings.database_url("notifier")
             continue
         assert settings.api.host == "0.0.0.0"
+        assert settings.api.uses_tls, f"{name}: its port speaks https"
         assert f"://{settings.kafka.bootstrap_servers}" in kafka_env["KAFKA_ADVERTISED_LISTENERS"], name
         ports = [str(port) for port in service.get("ports", [])]
         assert any(port.rsplit(":", 1)[-1] == str(service_port(settings, command)) for port in ports), name
@@ -484,9 +594,15 @@ def test_compose_configurations_load_and_fit_together(monkeypatch: pytest.Monkey
             detector_ids.append(settings.detector.instance_id)
         else:
             databases[command] = settings.database_url("procedure" if command == "procedure" else "notifier")
+        assert settings.api.operator_tokens and settings.api.viewer_tokens and settings.api.bureau_tokens, name
         if command == "procedure":
             assert settings.procedure.sealing_key is not None, "an ephemeral data_dir would lose a generated key"
-            assert settings.api.operator_tokens
+            notifier_url = str(settings.procedure.notifier_url)
+            assert notifier_url.startswith("https://") and settings.procedure.notifier_ca_file is not None
+            notifier = next(n for n, s in luccs_services().items() if command_of(s)[0] == "notifier")
+            assert make_url(notifier_url.replace("https", "postgresql", 1)).host == notifier
+        if command == "notifier":
+            assert settings.smtp.password is not None and settings.smtp.username
     assert len(set(detector_ids)) == len(detector_ids) >= 3, "every vantage point needs its own instance_id"
     urls = {role: make_url(url) for role, url in databases.items()}
     for role, url in urls.items():
@@ -565,10 +681,50 @@ def k8s(kind: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def secret_template() -> dict[str, Any]:
-    documents = [doc for _, doc in k8s_documents() if doc["kind"] == "Secret"]
-    assert len(documents) == 1
-    return documents[0]
+def secret_templates() -> dict[str, dict[str, Any]]:
+    """The Secrets of secret.template.yaml by name (the only file that has Secrets)."""
+    documents = [(path, doc) for path, doc in k8s_documents() if doc["kind"] == "Secret"]
+    assert {path.name for path, _ in documents} == {"secret.template.yaml"}
+    return {str(doc["metadata"]["name"]): doc for _, doc in documents}
+
+
+@pytest.fixture(scope="module")
+def pem_stand_ins() -> dict[str, bytes]:
+    return make_pem_stand_ins()
+
+
+def make_pem_stand_ins() -> dict[str, bytes]:
+    """Real PEM files standing in for the template's certificate placeholders (trustme)."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("procedure", "notifier", "detector", "localhost")
+    return {"tls.crt": leaf.cert_chain_pems[0].bytes(), "tls.key": leaf.private_key_pem.bytes(),
+            "ca.crt": ca.cert_pem.bytes(), "kafka-ca.crt": trustme.CA().cert_pem.bytes()}
+
+
+def mount_secret_volumes(
+    deployment: dict[str, Any], container: dict[str, Any], root: Path, pem_stand_ins: dict[str, bytes]
+) -> dict[str, Path]:
+    """Write the files the kubelet would mount from the Secret volumes of ``container`` (template values, PEM
+    stand-ins for certificates) under ``root``; returns mount path -> local folder."""
+    templates = secret_templates()
+    volumes = {str(v["name"]): as_dict(v) for v in pod_spec(deployment)["volumes"]}
+    mounts: dict[str, Path] = {}
+    for mount in container["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "secret" not in volume:
+            continue
+        assert mount.get("readOnly") is True, mount
+        secret = as_dict(volume["secret"])
+        values = as_dict(templates[secret["secretName"]]["stringData"])
+        items = {str(i["key"]): str(i["path"]) for i in secret.get("items", [])} or {k: k for k in values}
+        local = root / str(mount["name"])
+        local.mkdir(parents=True, exist_ok=True)
+        for key, path in items.items():
+            assert key in values, f"{secret['secretName']} has no key {key}"
+            content = pem_stand_ins.get(key, str(values[key]).encode())
+            (local / path).write_bytes(content)
+        mounts[str(mount["mountPath"])] = local
+    return mounts
 
 
 def pod_spec(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -581,26 +737,33 @@ def containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def container_env(container: dict[str, Any], pod_name: str) -> dict[str, str]:
-    """The container's environment as the kubelet would set it (Secret values from the template)."""
-    secrets = as_dict(secret_template()["stringData"])
+    """The container's environment as the kubelet would set it: plain values and the pod name only (a
+    secret never comes from the environment)."""
     env: dict[str, str] = {}
     for item in container.get("env", []):
         entry = as_dict(item)
         if "value" in entry:
             env[entry["name"]] = str(entry["value"])
-        elif "secretKeyRef" in entry["valueFrom"]:
-            env[entry["name"]] = str(secrets[entry["valueFrom"]["secretKeyRef"]["key"]])
         else:
             assert entry["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
             env[entry["name"]] = pod_name
     return env
 
 
-def configmap_file(tmp_path: Path) -> Path:
+def k8s_container_settings(
+    deployment: dict[str, Any], container: dict[str, Any], root: Path, pem_stand_ins: dict[str, bytes],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Settings:
+    """The settings ``container`` loads: the ConfigMap's file, its environment, ONLY the secret files it mounts."""
     (configmap,) = k8s("ConfigMap").values()
-    path = tmp_path / "luccs.toml"
-    path.write_text(str(configmap["data"]["luccs.toml"]), encoding="utf-8")
-    return path
+    files = mount_secret_volumes(deployment, container, root, pem_stand_ins)
+    config = root / "luccs.toml"
+    config.write_text(with_files_at(str(configmap["data"]["luccs.toml"]), files), encoding="utf-8")
+    pod_name = f"{container['name']}-5d8f7c9b4-x2x7q"
+    env = {variable: with_files_at(value, files) for variable, value in container_env(container, pod_name).items()}
+    for variable in env:
+        assert setting_path(variable) is not None, f"{container['name']}: {variable} matches no settings field"
+    return load_with_env(config, env, monkeypatch)
 
 
 def test_every_kubernetes_document_is_well_formed() -> None:
@@ -625,24 +788,41 @@ def test_kustomization_lists_everything_but_the_secret_template() -> None:
     assert resources == manifests - {"secret.template.yaml"}
 
 
-def test_kubernetes_secret_is_a_template_matching_its_references() -> None:
-    template = secret_template()
-    values = as_dict(template["stringData"])
-    assert values and all("REPLACE_ME" in str(value) for value in values.values()), "placeholders only"
-    assert "data" not in template
-    for deployment in k8s("Deployment").values():
+def test_kubernetes_secrets_are_templates_mounted_as_files() -> None:
+    templates = secret_templates()
+    assert set(templates) == {"luccs-fallback", "luccs-fallback-tls"}
+    assert templates["luccs-fallback-tls"]["type"] == "kubernetes.io/tls"
+    assert {"tls.crt", "tls.key", "ca.crt"} == set(as_dict(templates["luccs-fallback-tls"]["stringData"]))
+    used: dict[str, set[str]] = {name: set() for name in templates}
+    for template in templates.values():
+        values = as_dict(template["stringData"])
+        assert values and all("REPLACE_ME" in str(value) for value in values.values()), "placeholders only"
+        assert "data" not in template
+    secret_names = secret_env_names()
+    for name, deployment in k8s("Deployment").items():
+        volumes = [as_dict(v) for v in pod_spec(deployment)["volumes"]]
+        for volume in volumes:
+            if "secret" in volume:
+                secret = as_dict(volume["secret"])
+                assert secret["secretName"] in templates, name
+                keys = {str(i["key"]) for i in secret.get("items", [])} or set(templates[secret["secretName"]][
+                    "stringData"])
+                used[secret["secretName"]] |= keys
         for container in containers(deployment):
             for item in container.get("env", []):
-                ref = as_dict(item).get("valueFrom", {}).get("secretKeyRef")
-                if ref:
-                    assert ref["name"] == template["metadata"]["name"]
-                    assert ref["key"] in values, ref
+                entry = as_dict(item)
+                assert "secretKeyRef" not in entry.get("valueFrom", {}), f"{name}: {entry['name']} from a Secret"
+                assert entry["name"] not in secret_names, f"{name}: {entry['name']} puts a secret in the environment"
+                if entry["name"].endswith("_FILE"):
+                    assert str(entry["value"]).startswith("/run/secrets/"), f"{name}: {entry['name']}"
+    for secret_name, keys in used.items():
+        unused = set(templates[secret_name]["stringData"]) - keys
+        assert not unused, f"{secret_name}: keys mounted by no pod: {unused}"
 
 
 def test_kubernetes_configuration_loads_for_every_container(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pem_stand_ins: dict[str, bytes]
 ) -> None:
-    config = configmap_file(tmp_path)
     for name, deployment in k8s("Deployment").items():
         spec = pod_spec(deployment)
         config_volumes = {v["name"] for v in spec["volumes"] if "configMap" in v}
@@ -654,18 +834,22 @@ def test_kubernetes_configuration_loads_for_every_container(
             config_dir, _, file_name = args[args.index("--config") + 1].rpartition("/")
             assert mounts.get(config_dir) in config_volumes, f"{name}/{container['name']}: config not mounted"
             assert file_name == "luccs.toml"
-            env = container_env(container, pod_name=f"{name}-5d8f7c9b4-x2x7q")
-            for variable in env:
-                assert setting_path(variable) is not None, f"{name}: {variable} matches no settings field"
-            settings = load_with_env(config, env, monkeypatch)
+            # Only the files this container mounts exist: a setting naming another one fails to load.
+            root = tmp_path / name / container["name"]
+            settings = k8s_container_settings(deployment, container, root, pem_stand_ins, monkeypatch)
             assert settings.api.host == "0.0.0.0"
+            assert settings.api.uses_tls, f"{name}: its port speaks https"
+            assert settings.kafka.uses_sasl and settings.kafka.sasl_password is not None
+            if args[0] != "migrate":
+                assert settings.api.operator_tokens and settings.api.viewer_tokens and settings.api.bureau_tokens
             if name == "procedure":
                 assert make_url(settings.database_url("procedure")).get_backend_name() == "postgresql"
                 if container["name"] == "procedure":
                     assert settings.procedure.sealing_key is not None
-                    assert settings.api.operator_tokens
+                    assert str(settings.procedure.notifier_url).startswith("https://notifier:")
             if name == "notifier":
                 assert make_url(settings.database_url("notifier")).get_backend_name() == "postgresql"
+                assert settings.smtp.password is not None
             if args[0] == "migrate":  # every database it upgrades is a PostgreSQL one, not a file in data_dir
                 chosen = args[args.index("--database") + 1] if "--database" in args else None
                 for database in ("procedure", "notifier"):
@@ -674,15 +858,18 @@ def test_kubernetes_configuration_loads_for_every_container(
                         assert url.get_backend_name() == "postgresql", f"{name}/{container['name']}: {database}"
 
 
-def test_kubernetes_probes_and_ports_match_the_services(tmp_path: Path) -> None:
-    settings = load_settings(configmap_file(tmp_path))
+def test_kubernetes_probes_and_ports_match_the_services(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pem_stand_ins: dict[str, bytes]
+) -> None:
     for name, deployment in k8s("Deployment").items():
         (container,) = [as_dict(c) for c in pod_spec(deployment)["containers"]]
+        settings = k8s_container_settings(deployment, container, tmp_path / name, pem_stand_ins, monkeypatch)
         ports = {str(p.get("name", p["containerPort"])): int(p["containerPort"]) for p in container["ports"]}
         assert list(ports.values()) == [service_port(settings, name)]
         for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
             get = as_dict(container[probe]["httpGet"])
             assert get["path"] == path, f"{name} {probe}"
+            assert get.get("scheme", "HTTP") == ("HTTPS" if settings.api.uses_tls else "HTTP"), f"{name} {probe}"
             port = get["port"]
             assert (ports[port] if isinstance(port, str) else port) == service_port(settings, name), name
 
@@ -763,3 +950,14 @@ def test_kubernetes_services_reach_their_pods() -> None:
         names = {p.get("name") for p in container["ports"]} | {p["containerPort"] for p in container["ports"]}
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in names, f"Service {name}: targetPort {port['targetPort']}"
+
+
+def shipped_configurations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The configuration files of the Compose and Kubernetes examples as the procedure service's container
+    sees them (the secret files they name in place; environment overrides left out)."""
+    compose = compose_config(tmp_path, make_compose_secrets(tmp_path / "compose-secrets"))
+    deployment = k8s("Deployment")["procedure"]
+    (container,) = [as_dict(c) for c in pod_spec(deployment)["containers"]]
+    root = tmp_path / "kubernetes"
+    k8s_container_settings(deployment, container, root, make_pem_stand_ins(), monkeypatch)
+    return [compose, root / "luccs.toml"]

@@ -371,13 +371,15 @@ async def test_detector_routes_by_role(tmp_path: Path, reads_open: bool) -> None
 # ---- the shipped examples ----------------------------------------------------------------------------
 
 
-async def test_the_shipped_configurations_show_no_eo_data_without_a_token(tmp_path: Path) -> None:
+async def test_the_shipped_configurations_show_no_eo_data_without_a_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from services.notifier.app import create_app as notifier_app
     from services.procedure.app import create_app as procedure_app
     from shared.config import load_settings
-    from tests.integration.test_deploy_files import COMPOSE_DIR, CONTAINER, DEPLOY, configmap_file
+    from tests.integration.test_deploy_files import CONTAINER, DEPLOY, shipped_configurations
 
-    shipped = [COMPOSE_DIR / "luccs.toml", configmap_file(tmp_path), CONTAINER / "luccs.toml",
+    shipped = [*shipped_configurations(tmp_path, monkeypatch), CONTAINER / "luccs.toml",
                DEPLOY / "demo" / "luccs.toml", DEPLOY / "luccs.example.toml"]
     eo_data = {
         "procedure": ["/api/v1/eos", f"/api/v1/eos/{EO_A}", f"/api/v1/procedures?eori={EO_A}"],

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.procedure.handlers import ProcedureService
+from services.procedure.notifier_summary import NotifierSummary
 from services.procedure.registry import EoRegistry
 from shared.config import Settings
 
@@ -39,9 +40,17 @@ def _clock(request: Request) -> Callable[[], datetime]:
     return clock
 
 
+def _notifier_summary(request: Request) -> NotifierSummary | None:
+    summary: NotifierSummary | None = request.app.state.notifier_summary
+    return summary
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ServiceDep = Annotated[ProcedureService, Depends(_service)]
 RegistryDep = Annotated[EoRegistry, Depends(_registry)]
 SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(_sessions)]
 ClockDep = Annotated[Callable[[], datetime], Depends(_clock)]
 """What time it is for the service (injected, so that tests control it)."""
+
+
+NotifierSummaryDep = Annotated[NotifierSummary | None, Depends(_notifier_summary)]
