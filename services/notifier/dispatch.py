@@ -136,8 +136,11 @@ class Dispatcher:
                 except Exception:
                     log.exception("dispatching deliveries failed; trying again")
                     sleep_s = self._poll_s
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for may swallow a cancellation that
+                # arrives as it times out, and the loop would then never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=sleep_s)
+                    async with asyncio.timeout(sleep_s):
+                        await self._wake.wait()
                 self._wake.clear()
         finally:
             self.running = False
