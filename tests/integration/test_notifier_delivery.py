@@ -14,7 +14,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -96,22 +96,26 @@ def notifier_settings(kafka_bootstrap: str, prefix: str, database_url: str, **no
 
 
 @contextlib.asynccontextmanager
-async def running_notifier(settings: Settings, *, publish: bool = True) -> AsyncIterator[NotifierParts]:
-    """The notifier's parts with its dispatcher running (and publishing outcomes on the real broker)."""
+async def running_notifier(
+    settings: Settings, *, publish: bool = True, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> AsyncIterator[NotifierParts]:
+    """The notifier's parts with its dispatcher and reach keeper running (publishing outcomes on the real broker)."""
     publisher: Publisher | None = None
     if publish:
         await ensure_topics(settings.kafka)
         publisher = Publisher(settings.kafka, client_id="test-notifier")
         await publisher.start()
-    parts = build_notifier(settings, registry=CollectorRegistry(), publisher=publisher, poll_s=0.05)
+    parts = build_notifier(settings, registry=CollectorRegistry(), publisher=publisher, poll_s=0.05, clock=clock)
     await upgrade(parts.engine)
-    loop = asyncio.create_task(parts.dispatcher.run())
+    loops = [asyncio.create_task(parts.dispatcher.run()), asyncio.create_task(parts.reach.run())]
     try:
         yield parts
     finally:
-        loop.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loop
+        for loop in loops:
+            loop.cancel()
+        for loop in loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
         await parts.aclose()
         if publisher is not None:
             await publisher.stop()

@@ -189,3 +189,31 @@ def test_time_to_reach_grows_with_the_share(seconds: list[float | None]) -> None
     assert shares[len(known):] == [None] * (3 - len(known)), "a larger share is not reached before a smaller one"
     assert (times.reached_all_s is not None) == all(s is not None for s in seconds)
 
+
+def test_the_example_configuration_shows_the_default_escalation_delay() -> None:
+    import tomllib
+    from pathlib import Path
+
+    from shared.config import NotifierSettings
+
+    example = Path(__file__).parents[2] / "deploy" / "luccs.example.toml"
+    notifier = tomllib.loads(example.read_text(encoding="utf-8"))["notifier"]
+    assert notifier["escalate_after_s"] == NotifierSettings().escalate_after_s == 60.0
+
+
+def test_the_reach_endpoint_is_documented_with_its_response_model() -> None:
+    from fastapi import FastAPI
+
+    from services.notifier.api import router
+
+    app = FastAPI()
+    app.include_router(router)
+    spec = app.openapi()
+    route = spec["paths"]["/api/v1/procedures/{procedure_id}/reach"]["get"]
+    assert route["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ProcedureReach"
+    }
+    assert "404" in route["responses"]
+    fields = spec["components"]["schemas"]["ProcedureReach"]["properties"]
+    assert {"concerned", "reached", "unreached", "reached_50_s", "reached_99_s", "reached_all_s"} <= set(fields)
+    assert set(spec["components"]["schemas"]["UnreachedEo"]["properties"]) == {"eori", "channel", "last_error"}
