@@ -542,6 +542,11 @@ class NotifierSettings(_Section):
     registry_catchup_s: float = Field(
         60.0, ge=0, description="At startup, how long to wait for the EO registry topic to be read before fanning out."
     )
+    escalate_after_s: float = Field(
+        60.0, ge=0,
+        description="An EO webhook notice not delivered this long after it was planned also goes by e-mail (once; "
+        "0 = at once); as long again after that, the Servicedesk gets a digest of the EOs still unreached.",
+    )
 
 
 class SmtpSettings(_Section):

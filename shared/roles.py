@@ -81,6 +81,7 @@ _ALL = frozenset({Role.VIEWER, Role.OPERATOR, Role.BUREAU, Role.EO})
 PUBLIC = Rule("public", _ALL, "always")
 NATIONAL = Rule("national", _ALL, "if_reads_open")  # EO data in the answer only for who may read it
 EO_DATA = Rule("eo_data", frozenset({Role.OPERATOR, Role.BUREAU, Role.EO}))  # an EO: its own only
+EO_OVERVIEW = Rule("eo_overview", frozenset({Role.OPERATOR, Role.BUREAU}))  # data of many EOs at once
 OPERATE = Rule("operate", frozenset({Role.OPERATOR}))
 EO_SELF = Rule("eo_self", frozenset({Role.EO}))  # an EO speaking for itself
 BROADCAST = Rule("broadcast", frozenset({Role.OPERATOR, Role.BUREAU}))  # for the broadcast route to come
@@ -118,6 +119,7 @@ ROUTES: Mapping[Service, Mapping[RouteKey, Rule]] = {
     "notifier": _OPS | {
         ("GET", "/api/v1/deliveries"): EO_DATA,
         ("GET", "/api/v1/deliveries/summary"): NATIONAL,
+        ("GET", "/api/v1/procedures/{procedure_id}/reach"): EO_OVERVIEW,  # names the EOs not reached
     },
     "detector": _OPS | {
         ("GET", "/api/v1/targets"): NATIONAL,

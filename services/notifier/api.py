@@ -1,5 +1,6 @@
 """Notifier API: the delivery log, every delivery with its attempts and outcome, newest first (an EO: its
-own only); and a summary of the latest deliveries by status, which names no EO."""
+own only); a summary of the latest deliveries by status, which names no EO; and the reach of a procedure
+(who of the EOs it concerns has been reached, on which channel, how fast)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from pydantic import BaseModel, Field
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.notifier.models import AttemptRow, DeliveryRow
+from services.notifier.reach import procedure_reach
 from shared.auth import Caller, refuse
 from shared.events import DeliveryChannel, DeliveryStatus
 from shared.roles import Role
@@ -88,6 +91,53 @@ async def list_deliveries(
         "items": [_delivery(row, attempts[row.id]) for row in page],
         "next": _encode_cursor(page[-1]) if len(rows) > limit else None,
     }
+
+
+class UnreachedEo(BaseModel):
+    """A concerned EO that no notice of the procedure has reached yet."""
+
+    eori: str = Field(..., description="EORI of the EO.")
+    channel: DeliveryChannel | None = Field(
+        ..., description="Channel of its latest failed try (or the one being tried); null: no webhook or e-mail."
+    )
+    last_error: str | None = Field(..., description="Why its latest try failed; null: none failed yet.")
+
+
+class ProcedureReach(BaseModel):
+    """Who of the EOs a procedure concerns has been reached, and its time to inform."""
+
+    procedure_id: str
+    opened_at: datetime | None = Field(..., description="When the procedure opened; null: never opened.")
+    concerned: int = Field(..., description="EOs the procedure concerns (those registered late included).")
+    reached: int = Field(..., description="Concerned EOs a notice of the procedure has reached, on any channel.")
+    unreached: list[UnreachedEo] = Field(..., description="The other concerned EOs, by EORI.")
+    reached_50_s: float | None = Field(
+        ..., description="Seconds from the opening until half the concerned EOs were reached; null: not yet."
+    )
+    reached_99_s: float | None = Field(..., description="The same for 99 % of the concerned EOs; null: not yet.")
+    reached_all_s: float | None = Field(..., description="The same for every concerned EO; null: not yet.")
+
+
+@router.get(
+    "/procedures/{procedure_id}/reach", response_model=ProcedureReach, tags=["reach"],
+    summary="Who of the EOs a procedure concerns has been reached, on which channel, and how fast",
+    responses={404: {"description": "The notifier has never heard of this procedure."}},
+)
+async def get_reach(
+    request: Request, procedure_id: Annotated[str, Path(max_length=100, pattern=_PRINTABLE)]
+) -> ProcedureReach:
+    sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    async with sessions() as session:
+        report = await procedure_reach(session, procedure_id=procedure_id)
+    if report is None:
+        raise HTTPException(404, f"no procedure {procedure_id!r} is known to the notifier")
+    return ProcedureReach(
+        procedure_id=report.procedure_id, opened_at=report.opened_at, concerned=report.concerned,
+        reached=report.reached,
+        unreached=[UnreachedEo(eori=eo.eori, channel=eo.channel, last_error=eo.last_error) for eo in report.unreached],
+        reached_50_s=report.times.reached_50_s, reached_99_s=report.times.reached_99_s,
+        reached_all_s=report.times.reached_all_s,
+    )
 
 
 def _delivery(row: DeliveryRow, attempts: list[AttemptRow]) -> dict[str, Any]:

@@ -1,12 +1,13 @@
-"""Notifier bootstrap: the composition root (database, texts, senders, planner, dispatcher), the three
-consumers (EO registry, procedures, advisories) and the HTTP app. Nothing connects at import time."""
+"""Notifier bootstrap: the composition root (database, texts, senders, planner, dispatcher, reach keeper), the
+three consumers (EO registry, procedures, advisories) and the HTTP app. Nothing connects at import time."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from aiokafka import ConsumerRecord
 from fastapi import Depends, FastAPI
@@ -24,6 +25,7 @@ from services.notifier.migrate import upgrade
 from services.notifier.models import EoRow
 from services.notifier.notices import Contacts, NoticeTexts
 from services.notifier.planning import Planner
+from services.notifier.reach import ReachKeeper
 from services.notifier.registry import RegistryCatchUp
 from services.notifier.webhook_http import WebhookHttpClient
 from services.notifier.webhooks import WebhookSender, webhook_ssl_context
@@ -47,6 +49,7 @@ class NotifierParts:
     metrics: NotifierMetrics
     planner: Planner
     dispatcher: Dispatcher
+    reach: ReachKeeper
     senders: dict[DeliveryChannel, Sender]
 
     async def aclose(self) -> None:
@@ -56,9 +59,11 @@ class NotifierParts:
 
 
 def build_notifier(
-    settings: Settings, *, registry: CollectorRegistry, publisher: Publisher | None = None, poll_s: float = 1.0
+    settings: Settings, *, registry: CollectorRegistry, publisher: Publisher | None = None, poll_s: float = 1.0,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> NotifierParts:
-    """Wire the notifier's parts from the settings (creates no connection yet)."""
+    """Wire the notifier's parts from the settings (creates no connection yet); ``clock`` is when its
+    deliveries are planned, due and escalated (tests move it on instead of waiting)."""
     cfg = settings.notifier
     engine = make_engine(settings.database_url("notifier"))
     sessions = session_factory(engine)
@@ -75,11 +80,20 @@ def build_notifier(
         DeliveryChannel.EMAIL: SmtpSender(settings=settings.smtp),
     }
     dispatcher = Dispatcher(
-        settings=settings, sessions=sessions, senders=senders, metrics=metrics, publisher=publisher, poll_s=poll_s
+        settings=settings, sessions=sessions, senders=senders, metrics=metrics, publisher=publisher, poll_s=poll_s,
+        clock=clock,
     )
-    planner = Planner(settings=cfg, sessions=sessions, texts=texts, metrics=metrics, on_planned=dispatcher.wake)
+    reach = ReachKeeper(settings=cfg, sessions=sessions, texts=texts, metrics=metrics, on_planned=dispatcher.wake,
+                        poll_s=poll_s, clock=clock)
+
+    def planned() -> None:
+        dispatcher.wake()
+        reach.wake()  # a fan-out committed: an EO registered meanwhile may have been left out of it
+
+    planner = Planner(settings=cfg, sessions=sessions, texts=texts, metrics=metrics, on_planned=planned,
+                      on_registry=reach.wake, clock=clock)
     return NotifierParts(engine=engine, sessions=sessions, metrics=metrics, planner=planner, dispatcher=dispatcher,
-                         senders=senders)
+                         reach=reach, senders=senders)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -141,6 +155,7 @@ def create_app(settings: Settings) -> FastAPI:
         tasks.start(procedures.run(), name="procedure-consumer")
         tasks.start(advisories.run(), name="advisory-consumer")
         tasks.start(parts.dispatcher.run(), name="dispatcher")
+        tasks.start(parts.reach.run(), name="reach")
 
     async def eo_of_key(api_key: str) -> str | None:
         digest = hashlib.sha256(api_key.encode()).hexdigest()

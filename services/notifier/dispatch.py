@@ -10,6 +10,10 @@ share a database never send the same delivery twice; a restarted notifier takes 
 once. Outcomes are written in batches, one transaction for many deliveries (with their attempt rows and
 retry times), then published on the deliveries topic. A crash between a send and the batch that records
 it means that delivery is sent again after the restart, with the same Idempotency-Key: at least once.
+
+Reach: the same transaction records which EO a procedure's notice reached (first time and channel) or the
+latest error of the one still unreached, ends the escalation watch of a delivered webhook notice, and makes
+a failed delivery whose address changed in the registry meanwhile due again at once, at the new address.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.notifier.domain import RetryPolicy, next_attempt_at
 from services.notifier.jobs import Job, Outcome, Sender
 from services.notifier.metrics import NotifierMetrics
-from services.notifier.models import AttemptRow, DeliveryRow, EoRow, NoticeRow, PlannedEventRow
+from services.notifier.models import AttemptRow, DeliveryRow, EoRow, NoticeRow, PlannedEventRow, ReachRow
 from shared.config import Settings
 from shared.events import CloudEvent, DeliveryChannel, DeliveryData, DeliveryStatus, EventType, Language
 from shared.kafka import Publisher
@@ -51,6 +55,17 @@ _RECORD_OUTCOME = (
     .values(status=bindparam("status"), attempts=bindparam("attempts"), next_attempt_at=bindparam("next_attempt_at"),
             claimed_by=None, claimed_until=None, last_error=bindparam("last_error"),
             last_http_status=bindparam("last_http_status"), delivered_at=bindparam("delivered_at"))
+)
+_R = cast(Table, ReachRow.__table__)
+_UNREACHED = (
+    _R.c.procedure_id == bindparam("of_procedure"), _R.c.eori == bindparam("of_eori"), _R.c.reached_at.is_(None)
+)
+_REACHED = update(_R).where(*_UNREACHED).values(
+    reached_at=bindparam("at"), reached_channel=bindparam("on_channel"), last_channel=bindparam("on_channel"),
+    last_error=None,
+)
+_STILL_UNREACHED = update(_R).where(*_UNREACHED).values(
+    last_channel=bindparam("on_channel"), last_error=bindparam("error")
 )
 
 
@@ -136,8 +151,11 @@ class Dispatcher:
                 except Exception:
                     log.exception("dispatching deliveries failed; trying again")
                     sleep_s = self._poll_s
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for may swallow a cancellation that
+                # arrives as it times out, and the loop would then never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=sleep_s)
+                    async with asyncio.timeout(sleep_s):
+                        await self._wake.wait()
                 self._wake.clear()
         finally:
             self.running = False
@@ -374,14 +392,58 @@ class Dispatcher:
         async with self._sessions.begin() as session:
             await session.execute(_RECORD_OUTCOME.values(updated_at=now), updates)
             await session.execute(insert(_ATTEMPTS), attempts)
+            readdressed = await self._record_reach(session, batch, now)
             await self._settle(session, {job.event_id for job, _, _ in batch}, now)
         for (job, _, duration_s), event in zip(batch, feed, strict=True):
             self._held.discard(job.delivery_id)
             self._metrics.outcomes.labels(channel=job.channel.value, outcome=event.data.status.value).inc()
             self._metrics.attempt_seconds.labels(channel=job.channel.value).observe(duration_s)
             self._published.put_nowait(event)
-        if any(u["next_attempt_at"] is not None for u in updates):
+        if readdressed or any(u["next_attempt_at"] is not None for u in updates):
             self._wake.set()
+
+    async def _record_reach(
+        self, session: AsyncSession, batch: list[tuple[Job, Outcome, float]], now: datetime
+    ) -> int:
+        """Who was reached, the escalation watch, the address changes seen in flight; returns how many of
+        those there were (due again at once)."""
+        reached: list[dict[str, Any]] = []
+        unreached: list[dict[str, Any]] = []
+        delivered: list[str] = []
+        failed: dict[str, str] = {}
+        for job, outcome, _ in batch:
+            if outcome.ok:
+                delivered.append(job.delivery_id)
+            else:
+                failed[job.delivery_id] = job.address
+            if job.audience != "eo" or job.eori is None:
+                continue
+            where = {"of_procedure": job.procedure_id, "of_eori": job.eori, "on_channel": job.channel.value}
+            if outcome.ok:
+                reached.append({**where, "at": now})
+            else:
+                unreached.append({**where, "error": outcome.error})
+        if delivered:
+            await session.execute(update(_D).where(_D.c.id.in_(delivered), _D.c.escalate_at.is_not(None))
+                                  .values(escalate_at=None))
+        if reached:
+            await session.execute(_REACHED, reached)
+        if unreached:
+            await session.execute(_STILL_UNREACHED, unreached)
+        if not failed:
+            return 0
+        # The registry moved the EO to another address while this attempt was in flight: retry there now.
+        moved = [
+            row.id for row in (await session.execute(
+                select(_D.c.id, _D.c.recipient).where(_D.c.id.in_(list(failed)))
+            )).all()
+            if row.recipient != failed[row.id]
+        ]
+        if moved:
+            await session.execute(update(_D).where(_D.c.id.in_(moved)).values(
+                status=DeliveryStatus.RETRYING.value, next_attempt_at=now, updated_at=now,
+            ))
+        return len(moved)
 
     async def _settle(self, session: AsyncSession, event_ids: set[str], now: datetime) -> None:
         """Mark the events whose every delivery is now delivered or dead, and time their fan-out."""

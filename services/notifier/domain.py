@@ -2,14 +2,22 @@
 
 The notifier's decisions live here as functions over values: the recipients of a procedure event or an
 advisory (EOs, the Servicedesk eDouane, the Bureau de recette Douanes), what the notices may advise given
-which channels are down, the retry schedule, and which webhook targets may be called at all.
+which channels are down, the retry schedule, which webhook targets may be called at all, and how every
+EO is reached in the end:
+
+- a webhook notice not delivered ``escalate_after_s`` after it was planned also goes by e-mail, once;
+  when a newer notice of the same subject (``national``, or the EO's EORI) was planned for the EO
+  meanwhile, that newer one (the current situation) goes instead, and nothing when it was delivered;
+- ``escalate_after_s`` after the escalation, the Servicedesk gets one digest per fan-out listing the EOs
+  it has still not reached (told neither this notice nor a later one of the same subject);
+- time to inform: from a procedure's opening until 50 %, 99 % and 100 % of its concerned EOs were reached.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -29,15 +37,23 @@ from shared.events import (
 )
 
 __all__ = [
+    "NO_ADDRESS",
     "Audience",
     "EoContact",
+    "EoNotice",
     "NoticeKind",
     "PlannedNotice",
     "RetryPolicy",
     "Situation",
     "StaffContact",
+    "TimeToReach",
+    "UnreachedEo",
     "address_problem",
     "bureau_concerned",
+    "concerned_eos",
+    "escalation_target",
+    "escalation_times",
+    "fanout_unreached",
     "idempotency_key",
     "lane_of",
     "next_attempt_at",
@@ -45,6 +61,8 @@ __all__ = [
     "plan_advisory_notices",
     "plan_procedure_notices",
     "reaches_eos",
+    "time_to_reach",
+    "watched_for_escalation",
     "webhook_url_problem",
 ]
 
@@ -171,19 +189,24 @@ def plan_procedure_notices(
     if kind in (NoticeKind.ADVISORY_RAISED, NoticeKind.ADVISORY_CLEARED):
         raise ValueError(f"{event_type} is not a procedure event")
     notices: list[PlannedNotice] = []
-    if reaches_eos(kind, procedure):
-        if procedure.scope == Scope.NATIONAL:
-            concerned = sorted(eos, key=lambda eo: eo.eori)
-        else:
-            concerned = [eo for eo in eos if eo.eori == procedure.eori]
-        also_email = procedure.scenario == Scenario.EO_B2G_UNAVAILABLE and procedure.origin == Origin.DETECTED
-        for eo in concerned:
-            notices.extend(_eo_notices(eo, also_email=also_email))
+    also_email = procedure.scenario == Scenario.EO_B2G_UNAVAILABLE and procedure.origin == Origin.DETECTED
+    for eo in concerned_eos(event_type=event_type, procedure=procedure, eos=eos):
+        notices.extend(_eo_notices(eo, also_email=also_email))
     if servicedesk is not None:
         notices.append(_staff_notice(Audience.SERVICEDESK, servicedesk))
     if bureau is not None and bureau_concerned(event_type, procedure):
         notices.append(_staff_notice(Audience.BUREAU, bureau))
     return notices
+
+
+def concerned_eos(*, event_type: str, procedure: ProcedureData, eos: Iterable[EoContact]) -> list[EoContact]:
+    """The EOs a procedure event concerns, by EORI: every registered EO for a national procedure, the EO
+    itself for scenario 1; none while the procedure is not in force (see :func:`reaches_eos`)."""
+    if not reaches_eos(notice_kind(event_type), procedure):
+        return []
+    if procedure.scope == Scope.NATIONAL:
+        return sorted(eos, key=lambda eo: eo.eori)
+    return [eo for eo in eos if eo.eori == procedure.eori]
 
 
 def plan_advisory_notices(*, servicedesk: StaffContact | None) -> list[PlannedNotice]:
@@ -322,3 +345,120 @@ def _address_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address
         return ipaddress.IPv4Address(socket.inet_aton(host))
     except OSError:
         return None
+
+
+# --- reaching every EO ----------------------------------------------------------------------------------
+
+NO_ADDRESS = "no webhook or e-mail registered"
+"""The last error of a concerned EO the notifier has no way to reach."""
+
+
+def escalation_times(*, planned_at: datetime, escalate_after_s: float) -> tuple[datetime, datetime]:
+    """When a webhook notice planned at ``planned_at`` that is still undelivered also goes by e-mail, and when
+    the Servicedesk hears which EOs of its fan-out are still unreached (``escalate_after_s`` after that)."""
+    after = timedelta(seconds=escalate_after_s)
+    return planned_at + after, planned_at + 2 * after
+
+
+def watched_for_escalation(planned: Iterable[PlannedNotice]) -> set[str]:
+    """The EORIs whose webhook notice of this plan is watched for escalation: every EO reached by webhook
+    that the same plan does not e-mail already (a detected scenario 1 goes both ways at once)."""
+    by_webhook = {n.eori for n in planned if n.audience == Audience.EO and n.channel == DeliveryChannel.WEBHOOK}
+    emailed = {n.eori for n in planned if n.audience == Audience.EO and n.channel == DeliveryChannel.EMAIL}
+    return {eori for eori in by_webhook - emailed if eori}
+
+
+@dataclass(frozen=True)
+class EoNotice:
+    """One EO's notice of one procedure event, all its channels together, as escalation and reach see it."""
+
+    event_id: str
+    planned_at: datetime
+    delivered: bool
+    """Delivered on at least one channel."""
+    emailed: bool
+    """An e-mail of it is planned already (sent or not)."""
+    last_channel: DeliveryChannel | None = None
+    """The channel of ``last_error``; without an error, the channel it is being tried on."""
+    last_error: str | None = None
+    """The latest failure of its undelivered channels, if any."""
+
+
+def escalation_target(chain: Sequence[EoNotice], *, has_email: bool) -> str | None:
+    """Which notice to e-mail to an EO whose webhook notice (``chain[0]``) is overdue; None: nothing.
+
+    ``chain`` is the EO's notices of one subject (``national``, or its own EORI: one EO's scenario-1
+    procedures) from the overdue one on, in the order planned. The last one is the current situation: a
+    newer event of the same procedure or a later procedure of the subject supersedes the overdue notice,
+    which is then not e-mailed alone; the current one goes instead. Nothing goes when the current notice
+    was delivered (on any channel), is e-mailed already (once), or the EO has no e-mail address.
+    """
+    if not chain or not has_email:
+        return None
+    current = chain[-1]
+    if current.delivered or current.emailed:
+        return None
+    return current.event_id
+
+
+@dataclass(frozen=True)
+class UnreachedEo:
+    """A concerned EO not reached, with the channel and error of its latest failed try (None: none yet)."""
+
+    eori: str
+    channel: DeliveryChannel | None
+    last_error: str | None
+
+
+def fanout_unreached(chains: Mapping[str, Sequence[EoNotice]]) -> list[UnreachedEo]:
+    """The EOs of a fan-out still unreached, by EORI: told neither its notice nor a later one of the subject.
+
+    ``chains`` maps each EORI of the fan-out to its notices of the subject from the fan-out's one on (as
+    for :func:`escalation_target`). An EO reached with a newer notice knows the current situation: it is
+    not listed (that newer notice's own fan-out lists it if it was not reached).
+    """
+    unreached = []
+    for eori in sorted(chains):
+        chain = chains[eori]
+        if any(notice.delivered for notice in chain):
+            continue
+        failed = [notice for notice in chain if notice.last_error is not None]
+        latest = failed[-1] if failed else chain[-1] if chain else None
+        unreached.append(UnreachedEo(
+            eori=eori, channel=latest.last_channel if latest else None, last_error=latest.last_error if latest else None
+        ))
+    return unreached
+
+
+REACH_SHARES = (50, 99, 100)
+"""The shares (in %) of concerned EOs whose time to inform is reported."""
+
+
+@dataclass(frozen=True)
+class TimeToReach:
+    """Seconds from a procedure's opening until 50 %, 99 % and all of its concerned EOs were reached."""
+
+    reached_50_s: float | None
+    reached_99_s: float | None
+    reached_all_s: float | None
+
+
+def time_to_reach(*, opened_at: datetime | None, reached_at: Sequence[datetime | None]) -> TimeToReach:
+    """Time to inform: ``reached_at`` holds, per concerned EO, when it was first reached (None: not yet).
+
+    The time for a share is the reach time of the ``ceil(share * concerned)``-th EO reached, counted from the
+    opening (never negative: the clocks of two services may differ a little). None while fewer EOs were
+    reached, when no EO is concerned, and for a procedure never opened. An EO registered late is concerned
+    from then on: until it is reached, 100 % is not.
+    """
+    concerned = len(reached_at)
+    times = sorted(moment for moment in reached_at if moment is not None)
+
+    def share(percent: int) -> float | None:
+        needed = -(-concerned * percent // 100)  # ceil, in integers
+        if opened_at is None or concerned == 0 or len(times) < needed:
+            return None
+        return max(0.0, (times[needed - 1] - opened_at).total_seconds())
+
+    half, most, every = (share(percent) for percent in REACH_SHARES)
+    return TimeToReach(reached_50_s=half, reached_99_s=most, reached_all_s=every)

@@ -8,7 +8,8 @@ __all__ = ["NotifierMetrics"]
 
 
 class NotifierMetrics:
-    """Deliveries by outcome, attempts and their duration, fan-out duration, queue depth, registry size."""
+    """Deliveries by outcome, attempts and their duration, fan-out duration, queue depth, registry size, and
+    how many EOs each active procedure has not reached yet."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.outcomes = Counter(
@@ -39,4 +40,18 @@ class NotifierMetrics:
         self.unreachable_eos = Counter(
             "luccs_notifier_unreachable_eos_total",
             "EOs an event concerned that have neither webhook nor e-mail registered.", registry=registry,
+        )
+        self.unreached_eos = Gauge(
+            "luccs_notifier_unreached_eos",
+            "EOs an open procedure concerns that no notice of it has reached yet (the series goes when it closes).",
+            ["procedure_id"], registry=registry,
+        )
+        self.escalations = Counter(
+            "luccs_notifier_escalations_total",
+            "EO notices e-mailed because a webhook notice was not delivered within notifier.escalate_after_s.",
+            registry=registry,
+        )
+        self.digests = Counter(
+            "luccs_notifier_unreached_digests_total",
+            "Digests of the EOs a fan-out has not reached, sent to the Servicedesk.", registry=registry,
         )

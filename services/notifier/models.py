@@ -1,5 +1,6 @@
 """Tables of the notifier: its copy of the EO registry, what it knows of open procedures and advisories,
-and the delivery log (planned events, rendered notices, one row per delivery, one per attempt)."""
+the delivery log (planned events, rendered notices, one row per delivery, one per attempt) and who of the
+EOs a procedure concerns has been reached."""
 
 from __future__ import annotations
 
@@ -43,6 +44,10 @@ class KnownProcedureRow(Base):
     scenario: Mapped[str] = mapped_column(String(40))
     state: Mapped[str] = mapped_column(String(10), index=True)
     event_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    """When the procedure opened: where its time to inform starts (None: never opened, or seen before 0003)."""
+    event: Mapped[str | None] = mapped_column(Text)
+    """The CloudEvent (JSON) of its latest state: what an EO registered while it is open is told."""
 
 
 class AdvisoryRow(Base):
@@ -67,6 +72,8 @@ class PlannedEventRow(Base):
     planned_at: Mapped[datetime] = mapped_column(UTCDateTime)
     deliveries: Mapped[int] = mapped_column(Integer)
     settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    digest_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    """When the Servicedesk's digest of the EOs this fan-out has not reached is due; None: none (or sent)."""
 
 
 class NoticeRow(Base):
@@ -114,6 +121,8 @@ class DeliveryRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    escalate_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    """An EO webhook notice: when it also goes by e-mail unless delivered. None: not watched, delivered, done."""
 
     __table_args__ = (
         UniqueConstraint("event_id", "recipient_key", "channel", name="uq_delivery_per_event_recipient_channel"),
@@ -136,3 +145,20 @@ class AttemptRow(Base):
     http_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[float | None]
+
+
+class ReachRow(Base):
+    """An EO a procedure concerns: since when, and when and on which channel a notice of it first reached it."""
+
+    __tablename__ = "procedure_reach"
+
+    procedure_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    eori: Mapped[str] = mapped_column(String(32), primary_key=True)
+    concerned_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    reached_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reached_channel: Mapped[str | None] = mapped_column(String(10))
+    last_channel: Mapped[str | None] = mapped_column(String(10))
+    """While unreached: the channel of the latest failure (or the one being tried); None: no address."""
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_procedure_reach_unreached", "procedure_id", "reached_at"),)

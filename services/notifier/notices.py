@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from services.notifier.domain import Audience, NoticeKind, Situation, notice_kind
+from services.notifier.domain import Audience, NoticeKind, Situation, UnreachedEo, notice_kind
 from shared.events import AdvisoryData, Language, ProcedureData
 
 __all__ = ["TEMPLATE_DIR", "Contacts", "EoSummary", "Notice", "NoticeTexts"]
@@ -112,6 +112,25 @@ class NoticeTexts:
         return self._render(
             f"{audience.value}/{language.value}/procedure.txt",
             p=procedure, kind=kind.value, eo=eo, eos_notified=eos_notified, bureau_told=bureau_told,
+        )
+
+    def digest_notice(
+        self,
+        *,
+        procedure_id: str,
+        event_type: str,
+        planned_at: datetime,
+        concerned: int,
+        unreached: list[UnreachedEo],
+        language: Language,
+    ) -> Notice:
+        """The Servicedesk's digest of the EOs a fan-out has still not reached (``concerned``: EOs it concerns)."""
+        kind = notice_kind(event_type)
+        if kind not in (NoticeKind.OPENED, NoticeKind.UPDATED, NoticeKind.CLOSED):
+            raise ValueError(f"no digest for {event_type}")
+        return self._render(
+            f"servicedesk/{language.value}/digest.txt", procedure_id=procedure_id, kind=kind.value,
+            planned_at=planned_at, concerned=concerned, unreached=unreached,
         )
 
     def advisory_notice(self, *, event_type: str, advisory: AdvisoryData, language: Language) -> Notice:

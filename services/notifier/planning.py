@@ -1,6 +1,11 @@
 """Use cases that turn consumed events into planned deliveries: follow the EO registry, fan out procedure
 events and advisories.
 
+Besides its deliveries, a fan-out records the EOs the procedure concerns (``procedure_reach``), marks the
+webhook notices to escalate by e-mail (``deliveries.escalate_at``) and when the Servicedesk's digest of
+the unreached is due (``planned_events.digest_at``); :mod:`services.notifier.reach` acts on them. A
+registry change that moves an EO's webhook or e-mail sends its retrying deliveries to the new address at once.
+
 A fan-out is written in one transaction (the event marked planned, its rendered notices, one row per
 delivery) before the handler returns, and the consumer commits the Kafka offset only after that: a crash
 before the commit redelivers the event, which the ``planned_events`` row turns into a no-op, so a restart
@@ -14,30 +19,42 @@ import json
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from aiokafka import ConsumerRecord
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import Table, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.notifier.domain import (
+    NO_ADDRESS,
     Audience,
     EoContact,
     NoticeKind,
     PlannedNotice,
     Situation,
     StaffContact,
+    concerned_eos,
+    escalation_times,
     idempotency_key,
     lane_of,
     notice_kind,
     plan_advisory_notices,
     plan_procedure_notices,
+    watched_for_escalation,
 )
 from services.notifier.metrics import NotifierMetrics
-from services.notifier.models import AdvisoryRow, DeliveryRow, EoRow, KnownProcedureRow, NoticeRow, PlannedEventRow
+from services.notifier.models import (
+    AdvisoryRow,
+    DeliveryRow,
+    EoRow,
+    KnownProcedureRow,
+    NoticeRow,
+    PlannedEventRow,
+    ReachRow,
+)
 from services.notifier.notices import EoSummary, Notice, NoticeTexts
 from shared.config import NotifierSettings
 from shared.db import upsert
@@ -45,6 +62,7 @@ from shared.events import (
     AdvisoryData,
     AdvisoryKind,
     CloudEvent,
+    DeliveryChannel,
     DeliveryStatus,
     EoData,
     Language,
@@ -57,7 +75,9 @@ from shared.kafka import Item
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Planner"]
+__all__ = ["Planner", "contacts_of", "insert_new", "own_procedures", "record_notices", "situation_of"]
+
+_DUE = (DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value)
 
 
 class Planner:
@@ -71,6 +91,7 @@ class Planner:
         texts: NoticeTexts,
         metrics: NotifierMetrics,
         on_planned: Callable[[], None] = lambda: None,
+        on_registry: Callable[[], None] = lambda: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._settings = settings
@@ -78,6 +99,7 @@ class Planner:
         self._texts = texts
         self._metrics = metrics
         self._on_planned = on_planned
+        self._on_registry = on_registry
         self._clock = clock
 
     @property
@@ -92,25 +114,15 @@ class Planner:
 
     async def on_eo(self, event: CloudEvent[EoData] | None, record: ConsumerRecord[bytes, bytes]) -> None:
         """Follow the compacted EO topic: an upsert replaces the entry, a tombstone removes it."""
-        async with self._sessions.begin() as session:
-            if event is None:
-                if record.key is None:
-                    raise ValueError("tombstone without a key: cannot tell which EO to remove")
-                await session.execute(delete(EoRow).where(EoRow.eori == record.key.decode()))
-                return
-            eo = event.data
-            values = {
-                "eori": eo.eori, "name": eo.name, "language": eo.language.value, "email": eo.email,
-                "webhook_url": eo.webhook_url,
-                "webhook_secret": eo.webhook_secret.get_secret_value() if eo.webhook_secret else None,
-                "api_key_hash": eo.api_key_hash,
-                "updated_at": self._clock(),
-            }
-            await session.execute(_upsert(session, EoRow, values, key="eori"))
+        await self.on_eo_batch([(event, record)])
 
     async def on_eo_batch(self, items: Sequence[Item[EoData]]) -> None:
-        """A poll's worth of registry records in one transaction; the last record of each EORI wins."""
-        latest: dict[str, dict[str, object] | None] = {}
+        """A poll's worth of registry records in one transaction; the last record of each EORI wins.
+
+        An EO whose webhook URL or e-mail changed gets its pending and retrying deliveries on that channel
+        at the new address, due at once (not at the next backoff step).
+        """
+        latest: dict[str, dict[str, Any] | None] = {}
         for event, record in items:
             if event is None:
                 if record.key is None:
@@ -126,11 +138,32 @@ class Planner:
                 "updated_at": self._clock(),
             }
         removed = [eori for eori, values in latest.items() if values is None]
+        moved = 0
         async with self._sessions.begin() as session:
+            known = {
+                row.eori: row for row in (await session.execute(
+                    select(EoRow.eori, EoRow.webhook_url, EoRow.email).where(EoRow.eori.in_(list(latest)))
+                )).all()
+            }
             if removed:
                 await session.execute(delete(EoRow).where(EoRow.eori.in_(removed)))
             await upsert(session, cast(Table, EoRow.__table__),
                          [values for values in latest.values() if values is not None], key=("eori",))
+            now = self._clock()
+            for eori, values in latest.items():
+                before = known.get(eori)
+                if values is None or before is None:
+                    continue
+                for channel, address, old in (
+                    (DeliveryChannel.WEBHOOK, values["webhook_url"], before.webhook_url),
+                    (DeliveryChannel.EMAIL, values["email"], before.email),
+                ):
+                    if address and address != old:
+                        moved += await _readdress(session, eori=eori, channel=channel, address=address, now=now)
+        if moved:
+            log.info("%d deliveries go to a changed webhook URL or e-mail address at once", moved)
+            self._on_planned()
+        self._on_registry()
 
     async def on_procedure(
         self, event: CloudEvent[ProcedureData] | None, _record: ConsumerRecord[bytes, bytes]
@@ -142,17 +175,13 @@ class Planner:
         async with self._sessions.begin() as session:
             if await session.get(PlannedEventRow, event.id) is not None:
                 return
-            situation = await _situation(session, excluding=procedure.procedure_id)
-            own = await _own_procedures(session, excluding=procedure.procedure_id)
+            situation = await situation_of(session, excluding=procedure.procedure_id)
+            own = await own_procedures(session, excluding=procedure.procedure_id)
             eos = (await session.execute(
                 select(EoRow.eori, EoRow.name, EoRow.language, EoRow.email, EoRow.webhook_url)
             )).all()
             names = {row.eori: row.name for row in eos} if procedure.scope == Scope.EO else {}
-            contacts = [
-                EoContact(eori=r.eori, language=Language(r.language), webhook_url=r.webhook_url, email=r.email,
-                          own_procedure_id=own.get(r.eori))
-                for r in eos
-            ]
+            contacts = contacts_of(eos, own)
             planned = plan_procedure_notices(
                 event_type=event.type, procedure=procedure, eos=contacts, servicedesk=self.servicedesk,
                 bureau=self.bureau,
@@ -173,9 +202,18 @@ class Planner:
                     eo=eo, eos_notified=eos_notified, bureau_told=bureau_told,
                 )
 
-            await self._record_fanout(
-                session, event=event, subject_id=procedure.procedure_id, planned=planned, render=render
+            now = self._clock()
+            concerned = concerned_eos(event_type=event.type, procedure=procedure, eos=contacts)
+            count = await record_notices(
+                session, event=event, subject_id=procedure.procedure_id, planned=planned, render=render,
+                concerned=concerned, now=now, escalate_after_s=self._settings.escalate_after_s,
             )
+            _, digest_at = escalation_times(planned_at=now, escalate_after_s=self._settings.escalate_after_s)
+            session.add(PlannedEventRow(
+                event_id=event.id, event_type=event.type, subject_id=procedure.procedure_id, planned_at=now,
+                deliveries=count, settled_at=None if count else now,
+                digest_at=digest_at if concerned and self.servicedesk is not None else None,
+            ))
             await _remember_procedure(session, event)
         self._planned(event, planned, procedure.procedure_id)
 
@@ -194,50 +232,16 @@ class Planner:
             def render(notice: PlannedNotice) -> Notice:
                 return self._texts.advisory_notice(event_type=event.type, advisory=advisory, language=notice.language)
 
-            await self._record_fanout(session, event=event, subject_id=advisory.advisory_id, planned=planned,
-                                      render=render)
+            now = self._clock()
+            count = await record_notices(session, event=event, subject_id=advisory.advisory_id, planned=planned,
+                                         render=render, concerned=[], now=now, escalate_after_s=None)
+            session.add(PlannedEventRow(event_id=event.id, event_type=event.type, subject_id=advisory.advisory_id,
+                                        planned_at=now, deliveries=count, settled_at=None if count else now))
             stored = await session.get(AdvisoryRow, advisory.advisory_id)
             if stored is None or stored.event_time <= event.time:
                 await session.merge(AdvisoryRow(advisory_id=advisory.advisory_id, kind=advisory.kind.value,
                                                 active=advisory.active, event_time=event.time))
         self._planned(event, planned, advisory.advisory_id)
-
-    async def _record_fanout(
-        self,
-        session: AsyncSession,
-        *,
-        event: CloudEvent[Any],
-        subject_id: str,
-        planned: list[PlannedNotice],
-        render: Callable[[PlannedNotice], Notice],
-    ) -> None:
-        now = self._clock()
-        notice_ids: dict[tuple[str, str, str], int] = {}
-        rows: list[dict[str, Any]] = []
-        for notice in planned:
-            variant = (notice.audience.value, notice.language.value, notice.own_procedure_id or "")
-            if variant not in notice_ids:
-                text = render(notice)
-                body = _webhook_body(event, notice.language, text) if notice.audience == Audience.EO else None
-                row = NoticeRow(event_id=event.id, audience=variant[0], language=variant[1], variant=variant[2],
-                                subject=text.subject, message=text.message, webhook_body=body)
-                session.add(row)
-                await session.flush()
-                notice_ids[variant] = row.id
-            rows.append({
-                "id": str(uuid.uuid4()), "event_id": event.id, "event_type": event.type, "procedure_id": subject_id,
-                "notice_id": notice_ids[variant], "audience": notice.audience.value,
-                "recipient_key": notice.recipient_key, "eori": notice.eori, "channel": notice.channel.value,
-                "recipient": notice.address, "lane": lane_of(notice.channel, notice.address),
-                "idempotency_key": idempotency_key(event.id, notice.recipient_key, notice.channel),
-                "status": DeliveryStatus.PENDING.value, "attempts": 0, "next_attempt_at": now, "claimed_by": None,
-                "claimed_until": None, "last_error": None, "last_http_status": None, "created_at": now,
-                "updated_at": now, "delivered_at": None,
-            })
-        if rows:
-            await session.execute(insert(cast(Table, DeliveryRow.__table__)), rows)
-        session.add(PlannedEventRow(event_id=event.id, event_type=event.type, subject_id=subject_id, planned_at=now,
-                                    deliveries=len(rows), settled_at=None if rows else now))
 
     def _planned(self, event: CloudEvent[Any], planned: list[PlannedNotice], subject_id: str) -> None:
         counts = Counter((n.audience.value, n.channel.value) for n in planned)
@@ -262,6 +266,113 @@ class Planner:
             self._metrics.unreachable_eos.inc(unreachable)
 
 
+async def record_notices(
+    session: AsyncSession,
+    *,
+    event: CloudEvent[Any],
+    subject_id: str,
+    planned: Sequence[PlannedNotice],
+    render: Callable[[PlannedNotice], Notice],
+    concerned: Sequence[EoContact],
+    now: datetime,
+    escalate_after_s: float | None,
+) -> int:
+    """Record planned notices of ``event``: their rendered texts (once per variant), one delivery each, and
+    the ``concerned`` EOs of the procedure; returns the number of deliveries planned.
+
+    Idempotent: a notice already rendered for this event is reused, and a delivery or a concerned EO already
+    recorded is left as it is, so that planning an EO registered late twice sends it nothing twice. EO
+    webhook notices are watched for escalation ``escalate_after_s`` later (None: never).
+    """
+    notice_ids: dict[tuple[str, str, str], int] = {
+        (row.audience, row.language, row.variant): row.id
+        for row in (await session.execute(
+            select(NoticeRow.id, NoticeRow.audience, NoticeRow.language, NoticeRow.variant)
+            .where(NoticeRow.event_id == event.id)
+        )).all()
+    }
+    watched = watched_for_escalation(planned) if escalate_after_s is not None else set()
+    escalate_at = (
+        escalation_times(planned_at=now, escalate_after_s=escalate_after_s)[0] if escalate_after_s is not None
+        else None
+    )
+    rows: list[dict[str, Any]] = []
+    for notice in planned:
+        variant = (notice.audience.value, notice.language.value, notice.own_procedure_id or "")
+        if variant not in notice_ids:
+            text = render(notice)
+            body = _webhook_body(event, notice.language, text) if notice.audience == Audience.EO else None
+            row = NoticeRow(event_id=event.id, audience=variant[0], language=variant[1], variant=variant[2],
+                            subject=text.subject, message=text.message, webhook_body=body)
+            session.add(row)
+            await session.flush()
+            notice_ids[variant] = row.id
+        escalates = notice.channel == DeliveryChannel.WEBHOOK and notice.eori in watched
+        rows.append({
+            "id": str(uuid.uuid4()), "event_id": event.id, "event_type": event.type, "procedure_id": subject_id,
+            "notice_id": notice_ids[variant], "audience": notice.audience.value,
+            "recipient_key": notice.recipient_key, "eori": notice.eori, "channel": notice.channel.value,
+            "recipient": notice.address, "lane": lane_of(notice.channel, notice.address),
+            "idempotency_key": idempotency_key(event.id, notice.recipient_key, notice.channel),
+            "status": DeliveryStatus.PENDING.value, "attempts": 0, "next_attempt_at": now, "claimed_by": None,
+            "claimed_until": None, "last_error": None, "last_http_status": None, "created_at": now,
+            "updated_at": now, "delivered_at": None, "escalate_at": escalate_at if escalates else None,
+        })
+    await insert_new(session, cast(Table, DeliveryRow.__table__), rows,
+                     key=("event_id", "recipient_key", "channel"))
+    reach = [
+        {"procedure_id": subject_id, "eori": eo.eori, "concerned_at": now, "reached_at": None,
+         "reached_channel": None, "last_channel": _first_channel(eo),
+         "last_error": None if eo.webhook_url or eo.email else NO_ADDRESS}
+        for eo in concerned
+    ]
+    await insert_new(session, cast(Table, ReachRow.__table__), reach, key=("procedure_id", "eori"))
+    return len(rows)
+
+
+async def insert_new(session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]], *,
+                     key: Sequence[str]) -> None:
+    """Insert the ``rows`` whose ``key`` is not in ``table`` yet, in one statement; the others are left alone."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    await session.execute(statement.on_conflict_do_nothing(index_elements=list(key)), list(rows))
+
+
+def contacts_of(eos: Sequence[Any], own: Mapping[str, str]) -> list[EoContact]:
+    """EO registry rows (eori, language, webhook_url, email) as the domain plans for them."""
+    return [
+        EoContact(eori=r.eori, language=Language(r.language), webhook_url=r.webhook_url, email=r.email,
+                  own_procedure_id=own.get(r.eori))
+        for r in eos
+    ]
+
+
+def _first_channel(eo: EoContact) -> str | None:
+    if eo.webhook_url:
+        return DeliveryChannel.WEBHOOK.value
+    return DeliveryChannel.EMAIL.value if eo.email else None
+
+
+async def _readdress(
+    session: AsyncSession, *, eori: str, channel: DeliveryChannel, address: str, now: datetime
+) -> int:
+    """Send an EO's unsettled deliveries on ``channel`` to its new ``address``, due now; returns how many.
+
+    A delivery in flight keeps its lease: the dispatcher sees the address changed when it records the outcome
+    and makes it due at once then.
+    """
+    moved = await session.execute(
+        update(DeliveryRow)
+        .where(DeliveryRow.eori == eori, DeliveryRow.audience == Audience.EO.value,
+               DeliveryRow.channel == channel.value, DeliveryRow.status.in_(_DUE), DeliveryRow.recipient != address)
+        .values(recipient=address, lane=lane_of(channel, address), next_attempt_at=now, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(moved, "rowcount", 0) or 0)
+
+
 def _webhook_body(event: CloudEvent[Any], language: Language, notice: Notice) -> bytes:
     """The contract's webhook body: the CloudEvent, its ``data`` extended with the rendered notice."""
     body = event.model_dump(mode="json")
@@ -269,7 +380,8 @@ def _webhook_body(event: CloudEvent[Any], language: Language, notice: Notice) ->
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-async def _situation(session: AsyncSession, *, excluding: str) -> Situation:
+async def situation_of(session: AsyncSession, *, excluding: str) -> Situation:
+    """What the notifier knows of the channels besides procedure ``excluding`` (see :class:`Situation`)."""
     national = (await session.execute(
         select(KnownProcedureRow.procedure_id, KnownProcedureRow.scenario)
         .where(KnownProcedureRow.scope == Scope.NATIONAL.value, KnownProcedureRow.state == ProcedureState.OPEN.value,
@@ -287,7 +399,8 @@ async def _situation(session: AsyncSession, *, excluding: str) -> Situation:
     )
 
 
-async def _own_procedures(session: AsyncSession, *, excluding: str) -> dict[str, str]:
+async def own_procedures(session: AsyncSession, *, excluding: str) -> dict[str, str]:
+    """The open scenario-1 procedure of each EO that has one (besides ``excluding``), by EORI."""
     rows = (await session.execute(
         select(KnownProcedureRow.eori, KnownProcedureRow.procedure_id)
         .where(KnownProcedureRow.scope == Scope.EO.value, KnownProcedureRow.state == ProcedureState.OPEN.value,
@@ -304,13 +417,6 @@ async def _remember_procedure(session: AsyncSession, event: CloudEvent[Procedure
     await session.merge(KnownProcedureRow(
         procedure_id=procedure.procedure_id, scope=procedure.scope.value, eori=procedure.eori,
         scenario=procedure.scenario.value, state=procedure.state.value, event_time=event.time,
+        opened_at=procedure.opened_at, event=event.model_dump_json(),
     ))
-
-
-def _upsert(session: AsyncSession, model: type[EoRow], values: dict[str, Any], *, key: str) -> Any:
-    dialect = session.get_bind().dialect.name
-    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model).values(**values)
-    return statement.on_conflict_do_update(
-        index_elements=[key], set_={k: v for k, v in values.items() if k != key}
-    )
 

@@ -14,7 +14,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,13 +29,12 @@ import trustme
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
-from sqlalchemy import select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
 
 from services.notifier.app import NotifierParts, build_notifier
 from services.notifier.domain import idempotency_key
-from services.notifier.migrate import VERSION_TABLE, upgrade
-from services.notifier.models import AttemptRow, Base, DeliveryRow
+from services.notifier.migrate import upgrade
+from services.notifier.models import AttemptRow, DeliveryRow
 from shared.auth import authorize, build_guard, install_guard
 from shared.config import ApiSettings, KafkaSettings, NotifierSettings, Settings, SmtpSettings
 from shared.events import (
@@ -54,7 +53,7 @@ from shared.events import (
 )
 from shared.kafka import Publisher, ensure_topics
 from shared.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify
-from tests.support import BUREAU, BUREAU_TOKEN, WebhookReceiver, eventually, free_port
+from tests.support import BUREAU, BUREAU_TOKEN, WebhookReceiver, eventually, free_port, pg_database
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +61,6 @@ RECORD: ConsumerRecord[bytes, bytes] = ConsumerRecord(
     topic="t", partition=0, offset=0, timestamp=0, timestamp_type=0, key=None, value=None, checksum=None,
     serialized_key_size=0, serialized_value_size=0, headers=(),
 )
-NOTIFIER_PG_DB = "luccs_notifier_test"
 
 
 # --- harness ------------------------------------------------------------------------------------------------
@@ -70,37 +68,19 @@ NOTIFIER_PG_DB = "luccs_notifier_test"
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A fresh notifier database: a SQLite file, or the notifier's own PostgreSQL database, emptied."""
+    async with notifier_database(request, tmp_path) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def notifier_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh notifier database: a SQLite file, or a PostgreSQL database of its own, dropped afterwards
+    (one per test: a database shared by name would be emptied under a test running elsewhere at once)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'notifier.db'}"
         return
-    url = await notifier_postgres_url(request.getfixturevalue("postgres_url"))
-    yield url
-
-
-async def notifier_postgres_url(server_url: str) -> str:
-    """A database of its own on the test PostgreSQL server (other services' tests use the default one)."""
-    import asyncpg  # type: ignore[import-untyped]
-
-    base = make_url(server_url)
-    connection = await asyncpg.connect(
-        host=base.host, port=base.port, user=base.username, password=base.password, database=base.database
-    )
-    try:
-        exists = await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", NOTIFIER_PG_DB)
-        if not exists:
-            await connection.execute(f'CREATE DATABASE "{NOTIFIER_PG_DB}"')
-    finally:
-        await connection.close()
-    url = base.set(database=NOTIFIER_PG_DB).render_as_string(hide_password=False)
-    from shared.db import make_engine
-
-    engine = make_engine(url)
-    async with engine.begin() as connection:
-        await connection.run_sync(Base.metadata.drop_all)
-        await connection.execute(text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
-    await engine.dispose()
-    return url
+    async with pg_database(request.getfixturevalue("postgres_url"), "luccs_notifier") as url:
+        yield url
 
 
 def notifier_settings(kafka_bootstrap: str, prefix: str, database_url: str, **notifier: Any) -> Settings:
@@ -118,22 +98,26 @@ def notifier_settings(kafka_bootstrap: str, prefix: str, database_url: str, **no
 
 
 @contextlib.asynccontextmanager
-async def running_notifier(settings: Settings, *, publish: bool = True) -> AsyncIterator[NotifierParts]:
-    """The notifier's parts with its dispatcher running (and publishing outcomes on the real broker)."""
+async def running_notifier(
+    settings: Settings, *, publish: bool = True, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> AsyncIterator[NotifierParts]:
+    """The notifier's parts with its dispatcher and reach keeper running (publishing outcomes on the real broker)."""
     publisher: Publisher | None = None
     if publish:
         await ensure_topics(settings.kafka)
         publisher = Publisher(settings.kafka, client_id="test-notifier")
         await publisher.start()
-    parts = build_notifier(settings, registry=CollectorRegistry(), publisher=publisher, poll_s=0.05)
+    parts = build_notifier(settings, registry=CollectorRegistry(), publisher=publisher, poll_s=0.05, clock=clock)
     await upgrade(parts.engine)
-    loop = asyncio.create_task(parts.dispatcher.run())
+    loops = [asyncio.create_task(parts.dispatcher.run()), asyncio.create_task(parts.reach.run())]
     try:
         yield parts
     finally:
-        loop.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loop
+        for loop in loops:
+            loop.cancel()
+        for loop in loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
         await parts.aclose()
         if publisher is not None:
             await publisher.stop()

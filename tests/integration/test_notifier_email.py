@@ -6,7 +6,7 @@ from __future__ import annotations
 import email
 import email.policy
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -24,7 +24,7 @@ from shared.events import AdvisoryData, AdvisoryKind, CloudEvent, DeliveryChanne
 from tests.integration.test_notifier_delivery import (
     RECORD,
     deliveries,
-    notifier_postgres_url,
+    notifier_database,
     notifier_settings,
     procedure_event,
     register,
@@ -62,10 +62,9 @@ class Mailbox:
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'notifier.db'}"
-    return await notifier_postgres_url(request.getfixturevalue("postgres_url"))
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    async with notifier_database(request, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

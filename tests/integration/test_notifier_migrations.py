@@ -14,11 +14,12 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -48,11 +49,13 @@ from services.detector import migrate as detector_migrate
 from services.detector.models import Base as DetectorBase
 from services.notifier.app import build_notifier
 from services.notifier.migrate import FIRST_REVISION, VERSION_TABLE, alembic_config, upgrade
-from services.notifier.models import Base, DeliveryRow, EoRow
+from services.notifier.models import Base, DeliveryRow, EoRow, ReachRow
+from services.notifier.reach import procedure_reach
 from services.procedure import migrate as procedure_migrate
 from services.procedure.models import Base as ProcedureBase
 from shared.config import ConfigError
 from shared.db import UTCDateTime, make_engine, session_factory
+from shared.migrations import run_locked
 from tests.integration.test_notifier_delivery import RECORD, notifier_settings, procedure_event, register
 from tests.support import pg_admin, pg_database
 
@@ -129,17 +132,20 @@ async def _count_eos(engine: AsyncEngine) -> int:
         return int(await session.scalar(select(func.count()).select_from(EoRow)) or 0)
 
 
-def _made_before_migrations() -> MetaData:
-    """The tables the notifier's create_all made before it had migrations: those of its first revision."""
-    metadata: MetaData = ScriptDirectory.from_config(alembic_config()).get_revision(FIRST_REVISION).module.schema()
-    return metadata
-
-
 async def _add_eo(engine: AsyncEngine, eori: str) -> None:
     # Only the columns every revision has: the same row goes into a database of any revision.
-    eos = _made_before_migrations().tables["eos"]
+    eos = _before_migrations().tables["eos"]
     async with engine.begin() as connection:
         await connection.execute(eos.insert().values(eori=eori, name="EO", language="fr", updated_at=NOW))
+
+
+def _before_migrations() -> MetaData:
+    """The tables a notifier made with create_all before it had migrations: those of the first revision."""
+    script = ScriptDirectory.from_config(alembic_config()).get_revision(FIRST_REVISION)
+    assert script is not None
+    metadata = script.module.schema()
+    assert isinstance(metadata, MetaData)
+    return metadata
 
 
 def _earlier_development_schema() -> MetaData:
@@ -195,12 +201,66 @@ async def test_a_second_upgrade_changes_nothing(engine: AsyncEngine) -> None:
     assert await _versions(engine) == [HEAD]
 
 
+async def test_upgrade_from_0001_keeps_the_rows_and_fills_the_reach_at_0003(engine: AsyncEngine) -> None:
+    # A database at 0001 with a procedure being delivered: one EO reached, one not, the Servicedesk told.
+    await upgrade(engine, FIRST_REVISION)
+    at_0001 = _before_migrations().tables
+    delivery = {"event_id": "e-1", "event_type": "luccs.procedure.opened", "procedure_id": "p-1", "notice_id": 1,
+                "channel": "webhook", "lane": "eo.example:443", "attempts": 1, "created_at": NOW, "updated_at": NOW,
+                "delivered_at": None, "last_error": None, "next_attempt_at": None}
+    async with engine.begin() as connection:
+        await connection.execute(at_0001["known_procedures"].insert(), [
+            {"procedure_id": "p-1", "scope": "national", "eori": None, "scenario": "ADA_B2G_UNAVAILABLE",
+             "state": "open", "event_time": NOW},
+        ])
+        await connection.execute(at_0001["notices"].insert(), [
+            {"id": 1, "event_id": "e-1", "audience": "eo", "language": "fr", "variant": "", "subject": "s",
+             "message": "m", "webhook_body": b"{}"},
+        ])
+        await connection.execute(at_0001["deliveries"].insert(), [
+            {**delivery, "id": "d-1", "audience": "eo", "recipient_key": "LU0001", "eori": "LU0001",
+             "recipient": "https://eo.example/1", "idempotency_key": "e-1:LU0001:webhook", "status": "delivered",
+             "delivered_at": NOW + timedelta(seconds=5)},
+            {**delivery, "id": "d-2", "audience": "eo", "recipient_key": "LU0002", "eori": "LU0002",
+             "recipient": "https://eo.example/2", "idempotency_key": "e-1:LU0002:webhook", "status": "retrying",
+             "last_error": "HTTP 500", "next_attempt_at": NOW},
+            {**delivery, "id": "d-3", "audience": "servicedesk", "recipient_key": "servicedesk", "eori": None,
+             "channel": "email", "lane": "smtp", "recipient": "sd@douanes.lu",
+             "idempotency_key": "e-1:servicedesk:email", "status": "delivered", "delivered_at": NOW},
+        ])
+
+    result = await upgrade(engine)
+    assert (result.before, result.after, result.adopted) == (FIRST_REVISION, HEAD, False)
+    assert await _schema_differences(engine) == []
+    async with session_factory(engine)() as session:
+        reach = (await session.execute(
+            select(ReachRow.eori, ReachRow.concerned_at, ReachRow.reached_at).order_by(ReachRow.eori)
+        )).all()
+        escalating = (await session.scalars(select(DeliveryRow.escalate_at))).all()
+        report = await procedure_reach(session, procedure_id="p-1")
+    assert [tuple(row) for row in reach] == [
+        ("LU0001", NOW, NOW + timedelta(seconds=5)), ("LU0002", NOW, None)
+    ], "an EO is reached where a delivery of the procedure was"
+    assert escalating == [None, None, None], "deliveries planned before 0003 are not escalated"
+    assert report is not None
+    assert (report.concerned, report.reached, [eo.eori for eo in report.unreached]) == (2, 1, ["LU0002"])
+    assert report.times.reached_50_s is None, "the opening time is not known of procedures seen before 0003"
+
+    def downgrade(connection: Connection) -> None:
+        command.downgrade(alembic_config(connection), FIRST_REVISION)
+
+    await run_locked(engine, 1, downgrade)
+    async with engine.connect() as connection:
+        assert await connection.run_sync(_differences, _before_migrations()) == []
+    assert await _versions(engine) == [FIRST_REVISION]
+
+
 # --- databases made before migrations ------------------------------------------------------------------------
 
 
 async def test_a_database_made_by_create_all_is_stamped_and_works(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:  # what the notifier did at start before it had migrations
-        await connection.run_sync(_made_before_migrations().create_all)
+        await connection.run_sync(_before_migrations().create_all)
     await _add_eo(engine, "LU0001")
 
     result = await upgrade(engine)
@@ -226,7 +286,7 @@ async def test_a_database_made_by_create_all_is_stamped_and_works(engine: AsyncE
 
 async def test_float_columns_made_by_sqlalchemy_2_0_are_adopted(engine: AsyncEngine) -> None:
     # SQLAlchemy 2.0 maps a ``float`` attribute to FLOAT, 2.1 to DOUBLE: both are the same schema.
-    metadata = _made_before_migrations()
+    metadata = _before_migrations()
     metadata.tables["delivery_attempts"].c.duration_ms.type = Float()
     async with engine.begin() as connection:
         await connection.run_sync(metadata.create_all)
@@ -251,7 +311,7 @@ async def test_the_earlier_development_schema_is_refused(engine: AsyncEngine) ->
 
 async def test_drifted_tables_are_refused_with_the_difference_named(engine: AsyncEngine) -> None:
     async with engine.begin() as connection:
-        await connection.run_sync(_made_before_migrations().create_all)
+        await connection.run_sync(_before_migrations().create_all)
         await connection.execute(text("DROP INDEX ix_deliveries_due"))
         await connection.execute(text("ALTER TABLE deliveries DROP COLUMN claimed_until"))
 
@@ -441,7 +501,7 @@ async def test_cli_migrate_upgrades_both_postgresql_databases_and_adopts_the_not
     notifier = make_engine(notifier_url)
     try:
         async with notifier.begin() as connection:  # left by a notifier from before migrations
-            await connection.run_sync(_made_before_migrations().create_all)
+            await connection.run_sync(_before_migrations().create_all)
         await _add_eo(notifier, "LU0001")
         env = {"LUCCS_PROCEDURE__DATABASE_URL": procedure_url, "LUCCS_NOTIFIER__DATABASE_URL": notifier_url,
                "LUCCS_DETECTOR__DATABASE_URL": detector_url}

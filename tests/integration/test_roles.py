@@ -315,8 +315,10 @@ async def test_notifier_routes_by_role(tmp_path: Path) -> None:
             ))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://notifier") as client:
         routes = _routes(app, "notifier")
-        checked = await _run(client, "notifier", routes, world=world, reads_open=True, paths={}, bodies={},
-                             success={("GET", "/readyz"): {200, 503}}, concerns_a=set())
+        reach = ("GET", "/api/v1/procedures/{procedure_id}/reach")
+        checked = await _run(client, "notifier", routes, world=world, reads_open=True,
+                             paths={"procedure_id": "p1"}, bodies={},
+                             success={("GET", "/readyz"): {200, 503}, reach: {200, 404}}, concerns_a=set())
         assert checked == len(routes) * len(CALLERS)
         own = (await client.get("/api/v1/deliveries", headers=world.headers("eo_own"))).json()["items"]
         assert [d["eori"] for d in own] == [EO_A]
