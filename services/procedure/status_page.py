@@ -16,6 +16,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from services.procedure.api.deps import NotifierSummaryDep, ServiceDep, SessionsDep
 from services.procedure.queries import procedure_detail, status_snapshot
 from shared.auth import Caller
+from shared.pages import page_headers
 
 router = APIRouter(include_in_schema=False)
 _templates = Environment(
@@ -49,4 +50,4 @@ async def status_page(
         deliveries=await summary.read() if summary is not None else None,
         fragment=fragment,
     )
-    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(html, headers=page_headers(html))
