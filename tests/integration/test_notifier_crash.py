@@ -84,9 +84,11 @@ def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
 
 
 def notifier_config(
-    directory: Path, *, kafka_bootstrap: str, topic_prefix: str, port: int, instance_id: str, extra: str = ""
+    directory: Path, *, kafka_bootstrap: str, topic_prefix: str, port: int, instance_id: str, extra: str = "",
+    kafka_extra: str = "",
 ) -> Path:
-    """The config file of a notifier sending to loopback webhooks quickly (``extra``: more [notifier] lines)."""
+    """The config file of a notifier sending to loopback webhooks quickly (``extra``: more [notifier] lines,
+    ``kafka_extra``: more [kafka] lines)."""
     config = directory / f"{instance_id}.toml"
     config.write_text(
         f"""
@@ -96,6 +98,7 @@ level = "INFO"
 [kafka]
 bootstrap_servers = "{kafka_bootstrap}"
 topic_prefix = "{topic_prefix}"
+{kafka_extra}
 [api]
 bureau_tokens = ["{BUREAU_TOKEN}"]
 [notifier]
