@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what is missing, starts a Kafka broker and PostgreSQL of its own
-# (under var/test, on ports that do not clash with `make run`), runs lint, types and every test,
-# and stops the servers again. `scripts/test.sh unit` runs only lint, types and the unit tests.
+# The whole test suite: installs what is missing, starts a Kafka broker, a 3-broker Kafka cluster (for
+# tests/chaos/test_kafka_cluster.py) and PostgreSQL of its own (under var/test, on ports that do not clash
+# with `make run`), runs lint, types and every test, and stops the servers again. `scripts/test.sh unit` runs only lint, types and the unit tests.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,15 +33,26 @@ else
         PG_VAR_DIR="/var/tmp/luccs-fallback-test"
     fi
     pg() { LUCCS_VAR_DIR="$PG_VAR_DIR" "$REPO/deploy/postgres/pg.sh" "$@"; }
+    CLUSTER_PORT="${TEST_KAFKA_CLUSTER_PORT:-19192}"  # nodes on 19192-19194, controllers on 19292-19294
+    cluster() {
+        KAFKA_NODES=3 KAFKA_PORT="$CLUSTER_PORT" KAFKA_CONTROLLER_PORT="${TEST_KAFKA_CLUSTER_CONTROLLER_PORT:-19292}" \
+            "$REPO/deploy/kafka/kafka.sh" "$@"
+    }
     cleanup() {
         "$REPO/deploy/kafka/kafka.sh" stop || true
+        cluster stop || true
         pg stop || true
     }
     trap cleanup EXIT
-    echo "== starting Kafka and PostgreSQL for the tests"
+    echo "== starting Kafka (one broker and a 3-broker cluster) and PostgreSQL for the tests"
+    cluster start &
+    cluster_starting=$!
     "$REPO/deploy/kafka/kafka.sh" start
     pg start
+    wait "$cluster_starting" || { echo "test.sh: the 3-broker Kafka cluster did not start" >&2; exit 1; }
     export LUCCS_TEST_KAFKA="127.0.0.1:$KAFKA_PORT"
+    export LUCCS_TEST_KAFKA_CLUSTER="127.0.0.1:$CLUSTER_PORT,127.0.0.1:$((CLUSTER_PORT + 1)),127.0.0.1:$((CLUSTER_PORT + 2))"
+    export LUCCS_TEST_KAFKA_CLUSTER_DIR="$LUCCS_VAR_DIR/kafka-cluster"
     LUCCS_TEST_POSTGRES_URL="$(pg url)"
     export LUCCS_TEST_POSTGRES_URL
     echo "== pytest (unit, integration, e2e)"

@@ -522,6 +522,10 @@ class NotifierSettings(_Section):
         default_factory=_default_instance_id, min_length=1,
         description="Owner name of the deliveries this process claims; give each notifier sharing a database its own.",
     )
+    claim_lease_s: float = Field(
+        60.0, ge=3, description="How long a delivery a notifier claimed stays its own without renewal (renewed every "
+        "third of it): the deliveries of a notifier that dies are sent by the others after this long.",
+    )
     max_age_s: float = Field(
         86_400.0, gt=0, description="A notice not delivered this long after it was planned is dead-lettered."
     )

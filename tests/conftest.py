@@ -12,7 +12,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,8 @@ from tests.support import ChaosRecord, ChaosReport
 KAFKA_ENV = "LUCCS_TEST_KAFKA"
 VAR_DIR_ENV = "LUCCS_VAR_DIR"
 POSTGRES_ENV = "LUCCS_TEST_POSTGRES_URL"
+CLUSTER_ENV = "LUCCS_TEST_KAFKA_CLUSTER"
+CLUSTER_DIR_ENV = "LUCCS_TEST_KAFKA_CLUSTER_DIR"
 
 
 def _reachable(address: str) -> bool:
@@ -41,6 +43,27 @@ def kafka_bootstrap() -> str:
     if not _reachable(address):
         pytest.fail(f"no Kafka broker answers at {address} ({KAFKA_ENV})")
     return address
+
+
+@dataclass(frozen=True)
+class KafkaCluster:
+    """A local 3-node KRaft cluster (``KAFKA_NODES=3 deploy/kafka/kafka.sh start``): node ``i``'s pid file is
+    ``<directory>/node-<i>/kafka.pid``."""
+
+    bootstrap_servers: str
+    directory: Path
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster() -> KafkaCluster:
+    address = os.environ.get(CLUSTER_ENV)
+    directory = os.environ.get(CLUSTER_DIR_ENV)
+    if not address or not directory:
+        pytest.fail(f"{CLUSTER_ENV} and {CLUSTER_DIR_ENV} are not set: run the suite with `make test`, which "
+                    "starts the 3-broker cluster")
+    if not any(_reachable(node) for node in address.split(",")):
+        pytest.fail(f"no Kafka broker answers at {address} ({CLUSTER_ENV})")
+    return KafkaCluster(bootstrap_servers=address, directory=Path(directory))
 
 
 @pytest.fixture(scope="session")

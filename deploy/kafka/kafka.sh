@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# Single-node Apache Kafka (KRaft, broker+controller) for development and tests.
-# The jars come from the Maven registry via pom.xml; the broker runs with plain `java`.
+# Apache Kafka (KRaft, every node broker+controller) for development and tests: one node, or with
+# KAFKA_NODES=3 a local 3-node cluster on loopback (its own ports and data dirs, the same jars).
+# The jars come from the Maven registry via pom.xml; the brokers run with plain `java`.
 #
 # Usage: kafka.sh fetch|start|stop|status|wipe
 #
 # Environment:
-#   LUCCS_VAR_DIR          state root; the broker lives in $LUCCS_VAR_DIR/kafka (default <repo>/var)
-#   KAFKA_PORT             client (PLAINTEXT) port on 127.0.0.1   (default 9092)
-#   KAFKA_CONTROLLER_PORT  KRaft controller port on 127.0.0.1      (default 9093)
+#   LUCCS_VAR_DIR          state root; the broker lives in $LUCCS_VAR_DIR/kafka, a cluster's nodes in
+#                          $LUCCS_VAR_DIR/kafka-cluster/node-<id>   (default <repo>/var)
+#   KAFKA_NODES            1 (default) or more: a cluster of that many nodes, node ids 1..N, each a broker
+#                          and a KRaft voter; internal topics replicated N times, min ISR 2. `start`
+#                          starts the nodes that are not running (e.g. one that was killed) and waits for
+#                          all; `stop` stops every node.
+#   KAFKA_PORT             client (PLAINTEXT) port on 127.0.0.1; in a cluster node i listens on
+#                          KAFKA_PORT+i-1                          (default 9092; cluster 9192)
+#   KAFKA_CONTROLLER_PORT  KRaft controller port on 127.0.0.1; in a cluster KAFKA_CONTROLLER_PORT+i-1
+#                                                                  (default 9093; cluster 9292)
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker to answer (default 60)
-#   KAFKA_HEAP_OPTS        JVM heap flags                          (default -Xms256m -Xmx512m)
+#   KAFKA_HEAP_OPTS        JVM heap flags        (default -Xms256m -Xmx512m; cluster -Xms128m -Xmx384m)
 #   KAFKA_JVM_OPTS         extra JVM flags                         (default none)
 #   KAFKA_EXTRA_PROPERTIES a file of key=value lines (one per line) added to the generated
 #                          server.properties; a key it sets replaces the generated one (e.g.
@@ -30,17 +38,43 @@ POM="$HERE/pom.xml"
 STAMP="$LIB/.pom.sha256"
 
 VAR_DIR="${LUCCS_VAR_DIR:-$REPO/var}"
-DATA_DIR="$VAR_DIR/kafka"
-LOG_DIR="$DATA_DIR/logs-data"          # Kafka's log.dirs (topic data + KRaft metadata)
-PROPS="$DATA_DIR/server.properties"    # effective config generated from ../server.properties
-PID_FILE="$DATA_DIR/kafka.pid"
-SERVER_LOG="$DATA_DIR/server.log"
-FORMAT_STAMP="$DATA_DIR/format.stamp"  # cluster id + hash of the config the storage was formatted with
+NODES="${KAFKA_NODES:-1}"
+[[ "$NODES" =~ ^[1-9]$ ]] || { echo "kafka.sh: error: KAFKA_NODES must be 1 to 9, not '$NODES'" >&2; exit 1; }
+if (( NODES == 1 )); then
+    BASE_DIR="$VAR_DIR/kafka"
+    BASE_PORT="${KAFKA_PORT:-9092}"
+    BASE_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+    HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
+else
+    BASE_DIR="$VAR_DIR/kafka-cluster"
+    BASE_PORT="${KAFKA_PORT:-9192}"
+    BASE_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9292}"
+    HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms128m -Xmx384m}"
+    if (( BASE_PORT < BASE_CONTROLLER_PORT + NODES && BASE_CONTROLLER_PORT < BASE_PORT + NODES )); then
+        echo "kafka.sh: error: client ports $BASE_PORT.. and controller ports $BASE_CONTROLLER_PORT.. overlap" \
+            "for $NODES nodes (set KAFKA_PORT / KAFKA_CONTROLLER_PORT further apart)" >&2
+        exit 1
+    fi
+fi
+VOTERS=""
+for ((n = 1; n <= NODES; n++)); do VOTERS+="${VOTERS:+,}$n@127.0.0.1:$((BASE_CONTROLLER_PORT + n - 1))"; done
 
-PORT="${KAFKA_PORT:-9092}"
-CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+# The per-node paths and ports; select_node sets them for node $1 (the single broker is node 1 in
+# $VAR_DIR/kafka, as it always was).
+select_node() {
+    NODE_ID="$1"
+    if (( NODES == 1 )); then DATA_DIR="$BASE_DIR"; else DATA_DIR="$BASE_DIR/node-$NODE_ID"; fi
+    LOG_DIR="$DATA_DIR/logs-data"          # Kafka's log.dirs (topic data + KRaft metadata)
+    PROPS="$DATA_DIR/server.properties"    # effective config generated from ../server.properties
+    PID_FILE="$DATA_DIR/kafka.pid"
+    SERVER_LOG="$DATA_DIR/server.log"
+    FORMAT_STAMP="$DATA_DIR/format.stamp"  # cluster id + hash of the config the storage was formatted with
+    PORT=$((BASE_PORT + NODE_ID - 1))
+    CONTROLLER_PORT=$((BASE_CONTROLLER_PORT + NODE_ID - 1))
+}
+select_node 1
+
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-60}"
-HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
 JAVA="${JAVA:-java}"
 MVN="${MVN:-mvn}"
 PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
@@ -123,22 +157,39 @@ broker_pid() {
 # The lock file sits beside the data dir because `wipe` deletes the data dir.
 take_lock() {
     mkdir -p "$VAR_DIR"
-    exec 9>"$VAR_DIR/.kafka.lock"
-    flock -w 120 9 || die "another kafka.sh holds $VAR_DIR/.kafka.lock for over 120 s"
+    local lock="$VAR_DIR/.kafka.lock"
+    (( NODES == 1 )) || lock="$VAR_DIR/.kafka-cluster.lock"
+    exec 9>"$lock"
+    flock -w 120 9 || die "another kafka.sh holds $lock for over 120 s"
 }
 
 # Write the effective config: the template with ports and paths of this data dir.
 write_props() {
     mkdir -p "$DATA_DIR"
     {
-        grep -vE '^(listeners|advertised\.listeners|controller\.quorum\.voters|log\.dirs)=' \
+        local cluster_keys=""
+        (( NODES == 1 )) || cluster_keys='|default\.replication\.factor|min\.insync\.replicas|offsets\.topic\.replication\.factor|transaction\.state\.log\.(replication\.factor|min\.isr)|share\.coordinator\.state\.topic\.(replication\.factor|min\.isr)'
+        grep -vE "^(node\\.id|listeners|advertised\\.listeners|controller\\.quorum\\.voters|log\\.dirs$cluster_keys)=" \
             "$HERE/server.properties"
         echo
         echo "# --- set by kafka.sh ---"
+        echo "node.id=$NODE_ID"
         echo "listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT"
         echo "advertised.listeners=PLAINTEXT://127.0.0.1:$PORT"
-        echo "controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT"
+        echo "controller.quorum.voters=$VOTERS"
         echo "log.dirs=$LOG_DIR"
+        if (( NODES > 1 )); then
+            # Internal topics (consumer offsets, transactions) survive the loss of one node, like the
+            # services' topics with kafka.replication_factor = 3 and kafka.min_insync_replicas = 2.
+            local isr=$(( NODES < 2 ? NODES : 2 ))
+            echo "default.replication.factor=$NODES"
+            echo "min.insync.replicas=$isr"
+            echo "offsets.topic.replication.factor=$NODES"
+            echo "transaction.state.log.replication.factor=$NODES"
+            echo "transaction.state.log.min.isr=$isr"
+            echo "share.coordinator.state.topic.replication.factor=$NODES"
+            echo "share.coordinator.state.topic.min.isr=$isr"
+        fi
     } >"$PROPS.tmp"
     if [[ -n "$EXTRA_PROPS" ]]; then
         add_extra_props "$PROPS.tmp"
@@ -181,17 +232,20 @@ storage_problem() {
     local meta="$LOG_DIR/meta.properties"
     [[ -f "$meta" ]] || { echo "meta.properties missing"; return; }
     grep -qx "cluster.id=$cluster_id" "$meta" || { echo "meta.properties has another or no cluster id"; return; }
-    grep -qx "node.id=1" "$meta" || { echo "meta.properties has another or no node id"; return; }
+    grep -qx "node.id=$NODE_ID" "$meta" || { echo "meta.properties has another or no node id"; return; }
     grep -qx "version=1" "$meta" || { echo "meta.properties is not a KRaft (version=1) file"; return; }
     grep -q "^directory.id=" "$meta" || { echo "meta.properties has no directory id"; return; }
     [[ -d "$LOG_DIR/__cluster_metadata-0" ]] || { echo "KRaft metadata log missing"; return; }
 }
 
+new_cluster_id() { "$JAVA" -XX:TieredStopAtLevel=1 -cp "$LIB/*" kafka.tools.StorageTool random-uuid; }
+
+# Formats this node's storage, with cluster id $1 (the nodes of a cluster share one), else a new one.
 format_storage() {
     rm -rf "$LOG_DIR" "$FORMAT_STAMP"
-    local cluster_id
+    local cluster_id="${1:-}"
     # C1-only JIT: these short-lived tool JVMs start faster.
-    cluster_id="$("$JAVA" -XX:TieredStopAtLevel=1 -cp "$LIB/*" kafka.tools.StorageTool random-uuid)"
+    [[ -n "$cluster_id" ]] || cluster_id="$(new_cluster_id)"
     # read, not a bare $KAFKA_SCRAM_USERS: the [...] of each entry must not be taken for a glob.
     local -a entries=() scram=()
     read -r -a entries <<<"${KAFKA_SCRAM_USERS:-}"
@@ -389,6 +443,136 @@ cmd_wipe() {
     rm -rf "$DATA_DIR"
     log "wiped $DATA_DIR"
 }
+
+# ---------------------------------------------------------------------------------------
+# a cluster (KAFKA_NODES > 1): the same steps, node by node
+# ---------------------------------------------------------------------------------------
+cluster_start() {
+    local t0=$EPOCHREALTIME
+    lib_is_current || cmd_fetch
+    command -v "$JAVA" >/dev/null || die "'$JAVA' not found (Java 17+ needed)"
+    take_lock
+
+    local n pid p problem cluster_id="" any_running=0
+    local -a to_start=() broken=()
+    for ((n = 1; n <= NODES; n++)); do
+        select_node "$n"
+        pid="$(broker_pid)"
+        if [[ -n "$pid" ]]; then any_running=1; continue; fi
+        rm -f "$PID_FILE"
+        for p in "$PORT" "$CONTROLLER_PORT"; do
+            port_open "$p" && die "port $p (node $n) is already in use by another process (set KAFKA_PORT / KAFKA_CONTROLLER_PORT)"
+        done
+        write_props
+        to_start+=("$n")
+        problem="$(storage_problem)"
+        if [[ -n "$problem" ]]; then
+            broken+=("$n")
+            [[ "$problem" == "not formatted yet" ]] || log "node $n: data dir is stale ($problem)"
+        elif [[ -z "$cluster_id" ]]; then
+            cluster_id="$(sed -n 's/^cluster.id=//p' "$FORMAT_STAMP")"
+        fi
+    done
+    # Nodes of one cluster share its id: a running node's, else a formatted node's, else a new one. A
+    # formatted node of another id (a half-done earlier format) is formatted again.
+    for ((n = 1; n <= NODES; n++)); do
+        select_node "$n"
+        [[ -f "$FORMAT_STAMP" ]] || continue
+        local id; id="$(sed -n 's/^cluster.id=//p' "$FORMAT_STAMP")"
+        if [[ -n "$(broker_pid)" ]]; then cluster_id="$id"; break; fi
+    done
+    if [[ -z "$cluster_id" ]]; then
+        (( any_running == 0 )) || die "nodes are running but none has a format stamp: run 'kafka.sh wipe' first"
+        cluster_id="$(new_cluster_id)"
+    fi
+    for n in "${to_start[@]}"; do
+        select_node "$n"
+        if [[ " ${broken[*]} " == *" $n "* ]] || ! grep -qx "cluster.id=$cluster_id" "$FORMAT_STAMP"; then
+            format_storage "$cluster_id"
+        fi
+    done
+    for n in "${to_start[@]}"; do
+        select_node "$n"
+        log "starting node $n on 127.0.0.1:$PORT (controller $CONTROLLER_PORT), data dir $DATA_DIR"
+        launch
+    done
+    # A node is ready when it answers a metadata request, which needs a quorum: wait for all of them.
+    local rc
+    for ((n = 1; n <= NODES; n++)); do
+        select_node "$n"
+        pid="$(broker_pid)"
+        [[ -n "$pid" ]] || { cluster_failed "node $n exited during startup"; }
+        rc=0; wait_ready "$pid" "$START_TIMEOUT" || rc=$?
+        [[ $rc -eq 0 ]] || cluster_failed "node $n (pid $pid) did not become ready (rc $rc)"
+    done
+    log "cluster of $NODES ready on 127.0.0.1:$BASE_PORT-$((BASE_PORT + NODES - 1)) in $(elapsed "$t0")s" \
+        "(started: ${to_start[*]:-none})"
+}
+
+cluster_failed() {
+    log "$1; last 30 lines of $SERVER_LOG:" >&2
+    tail -n 30 "$SERVER_LOG" >&2 || true
+    cluster_stop_nodes
+    exit 1
+}
+
+# SIGTERM to every node at once, then wait: stopped one after the other, the last ones would wait for
+# a controller quorum that is already gone.
+cluster_stop_nodes() {
+    local n pid
+    local -a pids=()
+    for ((n = 1; n <= NODES; n++)); do
+        select_node "$n"
+        pid="$(broker_pid)"
+        [[ -n "$pid" ]] && { kill -TERM "$pid" 2>/dev/null || true; pids+=("$pid"); }
+        rm -f "$PID_FILE"
+    done
+    for pid in "${pids[@]}"; do stop_pid "$pid"; done
+    STOPPED="${#pids[@]}"
+}
+
+cluster_stop() {
+    take_lock
+    local t0=$EPOCHREALTIME
+    cluster_stop_nodes
+    log "stopped $STOPPED of $NODES nodes in $(elapsed "$t0")s (data dir $BASE_DIR)"
+}
+
+cluster_status() {
+    local n pid rc=3
+    for ((n = 1; n <= NODES; n++)); do
+        select_node "$n"
+        pid="$(broker_pid)"
+        if [[ -n "$pid" ]]; then
+            echo "node $n: running (pid $pid, 127.0.0.1:$PORT, data dir $DATA_DIR)"
+            rc=0
+        else
+            echo "node $n: not running (127.0.0.1:$PORT, data dir $DATA_DIR)"
+        fi
+    done
+    return "$rc"
+}
+
+cluster_wipe() {
+    cluster_stop
+    rm -rf "$BASE_DIR"
+    log "wiped $BASE_DIR"
+}
+
+if (( NODES > 1 )); then
+    case "${1:-}" in
+        fetch) cmd_fetch ;;
+        start) cluster_start ;;
+        stop) cluster_stop ;;
+        status) cluster_status ;;
+        wipe) cluster_wipe ;;
+        *)
+            echo "usage: KAFKA_NODES=$NODES $0 fetch|start|stop|status|wipe" >&2
+            exit 2
+            ;;
+    esac
+    exit
+fi
 
 case "${1:-}" in
     fetch) cmd_fetch ;;

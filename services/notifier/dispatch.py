@@ -7,7 +7,9 @@ whose buffer is full: a hanging host fills its own lane and delays no other.
 
 Durability: a claim is a lease written to the row (``claimed_by``, ``claimed_until``), so notifiers that
 share a database never send the same delivery twice; a restarted notifier takes back its own leases at
-once. Outcomes are written in batches, one transaction for many deliveries (with their attempt rows and
+once. The holder renews its leases every third of ``notifier.claim_lease_s``, so the deliveries of a
+notifier that dies (and does not come back) are claimed by the others once that lease has run out.
+Outcomes are written in batches, one transaction for many deliveries (with their attempt rows and
 retry times), then published on the deliveries topic. A crash between a send and the batch that records
 it means that delivery is sent again after the restart, with the same Idempotency-Key: at least once.
 
@@ -41,10 +43,9 @@ from shared.kafka import Publisher
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CLAIM_LEASE", "SOURCE", "Dispatcher"]
+__all__ = ["SOURCE", "Dispatcher"]
 
 SOURCE = "/luccs-fallback/notifier"
-CLAIM_LEASE = timedelta(minutes=10)
 FEED_MAX_LAG_S = 10.0
 _DUE = (DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value)
 _ATTEMPTS = cast(Table, AttemptRow.__table__)
@@ -115,6 +116,7 @@ class Dispatcher:
         self._poll_s = poll_s
         self._claim_batch = claim_batch
         self._me = cfg.instance_id
+        self._lease = timedelta(seconds=cfg.claim_lease_s)
         self._policy = RetryPolicy(max_attempts=cfg.max_attempts, max_age_s=cfg.max_age_s, base_s=cfg.backoff_base_s,
                                    max_delay_s=cfg.backoff_max_s)
         self._slots = asyncio.Semaphore(cfg.concurrency)
@@ -141,6 +143,7 @@ class Dispatcher:
         await self._release_own_claims()
         writer = asyncio.create_task(self._write_outcomes(), name="notifier-outcomes")
         feed = asyncio.create_task(self._publish_outcomes(), name="notifier-outcome-feed")
+        renewer = asyncio.create_task(self._renew_claims(), name="notifier-claim-renewal")
         self.running = True
         try:
             while True:
@@ -159,6 +162,8 @@ class Dispatcher:
                 self._wake.clear()
         finally:
             self.running = False
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
             await self._shut_down(writer, feed)
 
     async def _shut_down(self, writer: asyncio.Task[None], feed: asyncio.Task[None]) -> None:
@@ -189,6 +194,24 @@ class Dispatcher:
         count = getattr(released, "rowcount", 0)
         if count:
             log.info("took back %d deliveries this notifier had claimed before it stopped", count)
+
+    async def _renew_claims(self) -> None:
+        """Keep this process's leases alive while it holds deliveries; a dead notifier stops renewing, and its
+        deliveries are claimed by the others once ``claim_lease_s`` has passed."""
+        every_s = self._lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(every_s)
+            if not self._held:
+                continue
+            try:
+                async with self._sessions.begin() as session:
+                    await session.execute(
+                        update(DeliveryRow).where(DeliveryRow.claimed_by == self._me, DeliveryRow.status.in_(_DUE))
+                        .values(claimed_until=self._clock() + self._lease)
+                        .execution_options(synchronize_session=False)
+                    )
+            except Exception:
+                log.exception("renewing this notifier's delivery claims failed; trying again")
 
     def _lane_for(self, name: str, channel: DeliveryChannel) -> _Lane:
         lane = self._lanes.get(name)
@@ -249,7 +272,7 @@ class Dispatcher:
             if not picked:
                 return []
             await session.execute(
-                update(_D).where(_D.c.id.in_(picked)).values(claimed_by=self._me, claimed_until=now + CLAIM_LEASE)
+                update(_D).where(_D.c.id.in_(picked)).values(claimed_by=self._me, claimed_until=now + self._lease)
             )
             rows = (await session.execute(
                 select(
