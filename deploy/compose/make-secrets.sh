@@ -14,7 +14,7 @@ set -euo pipefail
 
 DIR="${1:-"$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/secrets"}"
 # The names the services are reached by (compose service names) and the loopback the healthcheck uses.
-TLS_NAMES="${TLS_NAMES:-DNS:procedure,DNS:notifier,DNS:detector-a,DNS:detector-b,DNS:detector-c,DNS:localhost,IP:127.0.0.1}"
+TLS_NAMES="${TLS_NAMES:-DNS:procedure,DNS:procedure-b,DNS:notifier,DNS:detector-a,DNS:detector-b,DNS:detector-c,DNS:localhost,IP:127.0.0.1}"
 TLS_DAYS=825
 
 umask 077

@@ -483,11 +483,14 @@ def test_compose_has_the_whole_topology() -> None:
     by_command: dict[str, list[str]] = {}
     for name, service in luccs_services().items():
         by_command.setdefault(command_of(service)[0], []).append(name)
-    assert len(by_command["procedure"]) == 1, "exactly one procedure service: the single writer"
+    assert len(by_command["procedure"]) == 2, "two procedure instances: a leader and a standby"
     assert len(by_command["notifier"]) == 1
     assert len(by_command["detector"]) >= 3, "three detectors: three vantage points"
     assert by_command["migrate"]
-    assert "deploy" not in services[by_command["procedure"][0]], "no replicas for the single writer"
+    for name in by_command["procedure"]:
+        assert "deploy" not in services[name], "two named instances, each with its own host port, not replicas"
+    ports = [services[name]["ports"] for name in by_command["procedure"]]
+    assert ports[0] != ports[1]
 
 
 def test_compose_luccs_services_use_real_subcommands_and_the_mounted_config(tmp_path: Path) -> None:
