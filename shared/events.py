@@ -66,6 +66,7 @@ class EventType(StrEnum):
     PROCEDURE_OPENED = "luccs.procedure.opened"
     PROCEDURE_UPDATED = "luccs.procedure.updated"
     PROCEDURE_CLOSED = "luccs.procedure.closed"
+    PROCEDURE_BROADCAST = "luccs.procedure.broadcast"
     EO_UPSERTED = "luccs.eo.upserted"
     ADVISORY_RAISED = "luccs.advisory.raised"
     ADVISORY_CLEARED = "luccs.advisory.cleared"
@@ -79,8 +80,11 @@ PROCEDURE_EVENT_TYPES = frozenset(
         EventType.PROCEDURE_OPENED,
         EventType.PROCEDURE_UPDATED,
         EventType.PROCEDURE_CLOSED,
+        EventType.PROCEDURE_BROADCAST,
     }
 )
+"""Every event type of the procedures topic whose ``data`` is a :class:`ProcedureData`; a broadcast carries
+the procedure as it stands, with the message in ``broadcast``."""
 
 
 class _Data(BaseModel):
@@ -151,6 +155,34 @@ class Origin(StrEnum):
     OPERATOR = "operator"
 
 
+class BroadcastAuthor(StrEnum):
+    """Who speaks in a broadcast: the Servicedesk eDouane or the Bureau de recette Douanes."""
+
+    SERVICEDESK = "servicedesk"
+    BUREAU = "bureau"
+
+
+class LocalisedText(_Data):
+    """One message written in each of the three languages of the notices."""
+
+    fr: str = Field(..., min_length=1, description="The message in French.")
+    en: str = Field(..., min_length=1, description="The message in English.")
+    de: str = Field(..., min_length=1, description="The message in German.")
+
+    def in_language(self, language: Language) -> str:
+        text: str = getattr(self, language.value)
+        return text
+
+
+class Broadcast(_Data):
+    """A message of the Servicedesk or the Bureau to every EO a procedure concerns, in each EO's language."""
+
+    broadcast_id: str = Field(..., description="Stable id of the broadcast.")
+    author: BroadcastAuthor = Field(..., description="servicedesk or bureau.")
+    text: LocalisedText = Field(..., description="The message, as written, in fr, en and de.")
+    sent_at: AwareDatetime = Field(..., description="When the operator sent it.")
+
+
 def procedure_key(scope: Scope, eori: str | None) -> str:
     """The key of a procedure event: the subject the procedure is about, ``national`` or the EO's EORI.
 
@@ -181,6 +213,9 @@ class ProcedureData(_Data):
         description="National component states at the time: a notice must never advise a channel that is down.",
     )
     evidence: list[Evidence] = Field(default_factory=list, description="Observations behind the decision.")
+    broadcast: Broadcast | None = Field(
+        None, description="The Servicedesk's or the Bureau's message (luccs.procedure.broadcast only; null otherwise)."
+    )
 
 
 class AdvisoryKind(StrEnum):

@@ -390,6 +390,16 @@ class Rejected(Exception):
     """A command that cannot be carried out in the current state; the message says why (HTTP 409)."""
 
 
+def broadcast_refusal(state: ProcedureState) -> str | None:
+    """Why a broadcast about a procedure in ``state`` cannot be sent (None: it can). Only an open procedure
+    is in force: EOs never heard of a proposed one, and a closed one is over."""
+    if state == ProcedureState.OPEN:
+        return None
+    if state == ProcedureState.PROPOSED:
+        return "the procedure is only proposed: EOs have not been told of it (confirm it first)"
+    return "the procedure is closed: a broadcast goes out only during an open procedure"
+
+
 def eo_report(*, eori: str, down: bool, current: ActiveProcedure | None, detail: str | None) -> Decision | None:
     """An EO says its own B2G system is down or back up. Its report is the notice to the Servicedesk.
 

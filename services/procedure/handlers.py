@@ -35,8 +35,12 @@ from shared.db import upsert
 from shared.events import (
     AdvisoryKind,
     AvailabilityData,
+    Broadcast,
+    CloudEvent,
     Component,
     ComponentState,
+    ProcedureData,
+    ProcedureState,
     Scope,
 )
 from shared.kafka import Item
@@ -324,6 +328,26 @@ class ProcedureService:
             self._publish(recorder)  # on a standby the outbox leaves them to the leader, which the counter wakes
         self._announce(recorder)
         return row, decision
+
+    async def broadcast(self, procedure_id: str, *, message: Broadcast, actor: str) -> CloudEvent[ProcedureData]:
+        """Send a broadcast (an operator command, on any instance): LookupError for an unknown procedure,
+        :class:`Rejected` for one that is not open."""
+        async with self._lock:
+            now = self._clock()
+            async with self._sessions.begin() as session:
+                epoch = await self.leadership.serialise_command(session) if self.leadership else None
+                row = await session.get(ProcedureRow, procedure_id)
+                if row is None:
+                    raise LookupError(procedure_id)
+                refusal = domain.broadcast_refusal(ProcedureState(row.state))
+                if refusal is not None:
+                    raise Rejected(refusal)
+                recorder = Recorder(session=session, kafka=self._settings.kafka, now=now,
+                                    components=self.views(now=now).components, epoch=epoch)
+                event = await recorder.broadcast(row, message=message, actor=actor)
+            self._publish(recorder)
+        self._announce(recorder)
+        return event
 
     async def add_note(self, procedure_id: str, *, text: str, actor: str) -> None:
         async with self._lock:

@@ -21,6 +21,7 @@ from shared.config import KafkaSettings
 from shared.events import (
     AdvisoryData,
     AdvisoryKind,
+    Broadcast,
     CloudEvent,
     Component,
     ComponentState,
@@ -190,6 +191,24 @@ class Recorder:
         self.announcements.append(("note", {"procedure_id": row.id, "eori": row.eori, "kind": kind, "text": text,
                                              "actor": actor}))
         return entry
+
+    async def broadcast(self, row: ProcedureRow, *, message: Broadcast, actor: str) -> CloudEvent[ProcedureData]:
+        """Queue a broadcast of the Servicedesk or the Bureau about procedure ``row``, and note it in its timeline
+        (the three texts as sent)."""
+        event = CloudEvent[ProcedureData](
+            source=SOURCE, type=EventType.PROCEDURE_BROADCAST, subject=row.id, time=self.now,
+            data=procedure_data(row, previous=None, evidence=(), components=self.components).model_copy(
+                update={"broadcast": message}
+            ),
+        )
+        text = message.text
+        self.session.add(TimelineRow(
+            procedure_id=row.id, at=self.now, kind="broadcast", scenario=row.scenario, previous_scenario=None,
+            reason=f"[{message.author.value}] fr: {text.fr}\nen: {text.en}\nde: {text.de}", actor=actor,
+            event_id=event.id, evidence=[],
+        ))
+        self._queue(self.kafka.procedures_topic, procedure_key(Scope(row.scope), row.eori), event)
+        return event
 
     async def advisory(self, change: AdvisoryChange) -> None:
         now = self.now

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
-from shared.events import EORI_PATTERN, Language, Scenario
+from shared.events import EORI_PATTERN, BroadcastAuthor, Language, Scenario
 
 EORI = re.compile(EORI_PATTERN)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -89,3 +90,36 @@ class Reason(_Body):
 
 class Note(_Body):
     text: Text
+
+
+def _every_language(texts: dict[str, str]) -> dict[str, str]:
+    unknown = sorted(set(texts) - {lang.value for lang in Language})
+    if unknown:
+        raise ValueError(f"unknown language(s) {', '.join(unknown)}: a text is given in fr, en and de")
+    missing = [lang.value for lang in Language if lang.value not in texts]
+    if missing:
+        raise ValueError(f"the text is missing in {', '.join(missing)}: every EO reads it in its own language, "
+                         "so fr, en and de are all needed")
+    return texts
+
+
+class BroadcastBody(_Body):
+    """A message of the Servicedesk or the Bureau to every EO a procedure concerns."""
+
+    text: Annotated[dict[str, Text], AfterValidator(_every_language)] = Field(
+        ..., description="The message in fr, en and de (all three required).", examples=[
+            {"fr": "Le bureau est joignable au ...", "en": "The office can be reached at ...",
+             "de": "Das Amt ist erreichbar unter ..."}])
+    author: BroadcastAuthor = Field(..., description="Who speaks: servicedesk or bureau.")
+
+
+class BroadcastSent(BaseModel):
+    """A broadcast accepted: its event is on its way to every EO the procedure concerns."""
+
+    broadcast_id: str
+    procedure_id: str
+    event_id: str = Field(..., description="Id of the luccs.procedure.broadcast CloudEvent (Idempotency-Key base).")
+    author: BroadcastAuthor
+    sent_at: datetime
+    scope: str = Field(..., description="national (every EO) or eo (the one EO of a scenario-1 procedure).")
+    eori: str | None
