@@ -14,7 +14,7 @@ from services.notifier.domain import Audience, EoContact, PlannedNotice
 from services.notifier.notices import Notice
 from shared.events import Broadcast, BroadcastAuthor, DeliveryChannel, Language, ProcedureData, Scope
 
-__all__ = ["broadcast_notice", "plan_broadcast_notices"]
+__all__ = ["broadcast_notice", "plan_broadcast_notices", "usual_channel_notices"]
 
 _SUBJECTS = {
     BroadcastAuthor.SERVICEDESK: {
@@ -37,8 +37,14 @@ def plan_broadcast_notices(*, procedure: ProcedureData, eos: Iterable[EoContact]
         sorted(eos, key=lambda eo: eo.eori) if procedure.scope == Scope.NATIONAL
         else [eo for eo in eos if eo.eori == procedure.eori]
     )
+    return usual_channel_notices(concerned)
+
+
+def usual_channel_notices(eos: Iterable[EoContact]) -> list[PlannedNotice]:
+    """One notice per EO, in the order given, on the channel procedure notices take: the webhook when
+    registered, else e-mail; none for an EO with neither."""
     notices: list[PlannedNotice] = []
-    for eo in concerned:
+    for eo in eos:
         channel, address = (
             (DeliveryChannel.WEBHOOK, eo.webhook_url) if eo.webhook_url else (DeliveryChannel.EMAIL, eo.email)
         )

@@ -46,6 +46,7 @@ from services.notifier.domain import (
     plan_procedure_notices,
     watched_for_escalation,
 )
+from services.notifier.maintenance_notices import maintenance_notice, plan_maintenance_notices
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.models import (
     AdvisoryRow,
@@ -68,6 +69,7 @@ from shared.events import (
     EoData,
     EventType,
     Language,
+    MaintenanceData,
     ProcedureData,
     ProcedureState,
     Scenario,
@@ -246,6 +248,29 @@ class Planner:
             session.add(PlannedEventRow(event_id=event.id, event_type=event.type, subject_id=broadcast.broadcast_id,
                                         planned_at=now, deliveries=count, settled_at=None if count else now))
         self._planned(event, planned, broadcast.broadcast_id)
+
+    async def on_maintenance(
+        self, event: CloudEvent[MaintenanceData] | None, _record: ConsumerRecord[bytes, bytes]
+    ) -> None:
+        """Plan the announcement of a maintenance window (scheduled, changed, cancelled, reminder) to every EO."""
+        assert event is not None
+        window = event.data
+        planned: list[PlannedNotice] = []
+        async with self._sessions.begin() as session:
+            if await session.get(PlannedEventRow, event.id) is not None:
+                return
+            eos = (await session.execute(select(EoRow.eori, EoRow.language, EoRow.email, EoRow.webhook_url))).all()
+            planned = plan_maintenance_notices(eos=contacts_of(eos, {}))
+            now = self._clock()
+            count = await record_notices(
+                session, event=event, subject_id=window.maintenance_id, planned=planned,
+                render=lambda notice: maintenance_notice(event_type=event.type, window=window,
+                                                         language=notice.language),
+                concerned=[], now=now, escalate_after_s=None,
+            )
+            session.add(PlannedEventRow(event_id=event.id, event_type=event.type, subject_id=window.maintenance_id,
+                                        planned_at=now, deliveries=count, settled_at=None if count else now))
+        self._planned(event, planned, window.maintenance_id)
 
     async def on_advisory(
         self, event: CloudEvent[AdvisoryData] | None, _record: ConsumerRecord[bytes, bytes]

@@ -231,6 +231,8 @@ class Decision:
     previous_scenario: Scenario | None = None
     eori: str | None = None
     origin: Origin = Origin.DETECTED
+    maintenance_id: str | None = None
+    """The maintenance window a planned procedure comes from (set on its opening)."""
 
 
 @dataclass(frozen=True)

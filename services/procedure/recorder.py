@@ -27,6 +27,7 @@ from shared.events import (
     ComponentState,
     EventType,
     Evidence,
+    MaintenanceData,
     Origin,
     ProcedureData,
     ProcedureState,
@@ -99,6 +100,7 @@ def procedure_data(
         origin=Origin(row.origin),
         components=components,
         evidence=list(evidence),
+        maintenance_id=row.maintenance_id,
     )
 
 
@@ -141,6 +143,7 @@ class Recorder:
                 opened_at=None if decision.action == Action.PROPOSE else now,
                 closed_at=None,
                 updated_at=now,
+                maintenance_id=decision.maintenance_id,
             )
             self.session.add(row)
         else:
@@ -208,6 +211,13 @@ class Recorder:
             event_id=event.id, evidence=[],
         ))
         self._queue(self.kafka.procedures_topic, procedure_key(Scope(row.scope), row.eori), event)
+        return event
+
+    def maintenance(self, event_type: EventType, data: MaintenanceData) -> CloudEvent[MaintenanceData]:
+        """Queue the announcement of a maintenance window (procedures topic, key ``national``)."""
+        event = CloudEvent[MaintenanceData](source=SOURCE, type=event_type, subject=data.maintenance_id,
+                                            time=self.now, data=data)
+        self._queue(self.kafka.procedures_topic, Scope.NATIONAL.value, event)
         return event
 
     async def advisory(self, change: AdvisoryChange) -> None:
