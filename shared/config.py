@@ -490,6 +490,10 @@ class ProcedureSettings(_Section):
         None, gt=0.5, le=1, description="Share of fresh vantage points that must agree; None = strict majority."
     )
     tick_s: float = Field(2.0, gt=0, description="How often staleness and advisories are re-evaluated.")
+    maintenance_reminders_s: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [172800, 3600],
+        description="Lead times (seconds before a maintenance window's start) at which EOs are reminded of it.",
+    )
     notifier_url: str | None = Field(
         "http://127.0.0.1:8003", description="Where the status page reads the delivery summary; None hides it."
     )

@@ -7,6 +7,7 @@ dead-letter, never an exception that stops a consumer.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -66,6 +67,11 @@ class EventType(StrEnum):
     PROCEDURE_OPENED = "luccs.procedure.opened"
     PROCEDURE_UPDATED = "luccs.procedure.updated"
     PROCEDURE_CLOSED = "luccs.procedure.closed"
+    PROCEDURE_BROADCAST = "luccs.procedure.broadcast"
+    MAINTENANCE_SCHEDULED = "luccs.maintenance.scheduled"
+    MAINTENANCE_CHANGED = "luccs.maintenance.changed"
+    MAINTENANCE_CANCELLED = "luccs.maintenance.cancelled"
+    MAINTENANCE_REMINDER = "luccs.maintenance.reminder"
     EO_UPSERTED = "luccs.eo.upserted"
     ADVISORY_RAISED = "luccs.advisory.raised"
     ADVISORY_CLEARED = "luccs.advisory.cleared"
@@ -79,8 +85,23 @@ PROCEDURE_EVENT_TYPES = frozenset(
         EventType.PROCEDURE_OPENED,
         EventType.PROCEDURE_UPDATED,
         EventType.PROCEDURE_CLOSED,
+        EventType.PROCEDURE_BROADCAST,
     }
 )
+"""Every event type of the procedures topic whose ``data`` is a :class:`ProcedureData`; a broadcast carries
+the procedure as it stands, with the message in ``broadcast``."""
+
+
+MAINTENANCE_EVENT_TYPES = frozenset(
+    {
+        EventType.MAINTENANCE_SCHEDULED,
+        EventType.MAINTENANCE_CHANGED,
+        EventType.MAINTENANCE_CANCELLED,
+        EventType.MAINTENANCE_REMINDER,
+    }
+)
+"""Announcements of maintenance windows: on the procedures topic too (key ``national``), data
+:class:`MaintenanceData`."""
 
 
 class _Data(BaseModel):
@@ -144,11 +165,41 @@ class Evidence(_Data):
 
 
 class Origin(StrEnum):
-    """Who started a procedure: the detectors, the EO itself (scenario 1 self-report) or an operator."""
+    """Who started a procedure: the detectors, the EO itself (scenario 1 self-report), an operator, or a
+    maintenance window at its start."""
 
     DETECTED = "detected"
     EO_REPORT = "eo_report"
     OPERATOR = "operator"
+    PLANNED = "planned"
+
+
+class BroadcastAuthor(StrEnum):
+    """Who speaks in a broadcast: the Servicedesk eDouane or the Bureau de recette Douanes."""
+
+    SERVICEDESK = "servicedesk"
+    BUREAU = "bureau"
+
+
+class LocalisedText(_Data):
+    """One message written in each of the three languages of the notices."""
+
+    fr: str = Field(..., min_length=1, description="The message in French.")
+    en: str = Field(..., min_length=1, description="The message in English.")
+    de: str = Field(..., min_length=1, description="The message in German.")
+
+    def in_language(self, language: Language) -> str:
+        text: str = getattr(self, language.value)
+        return text
+
+
+class Broadcast(_Data):
+    """A message of the Servicedesk or the Bureau to every EO a procedure concerns, in each EO's language."""
+
+    broadcast_id: str = Field(..., description="Stable id of the broadcast.")
+    author: BroadcastAuthor = Field(..., description="servicedesk or bureau.")
+    text: LocalisedText = Field(..., description="The message, as written, in fr, en and de.")
+    sent_at: AwareDatetime = Field(..., description="When the operator sent it.")
 
 
 def procedure_key(scope: Scope, eori: str | None) -> str:
@@ -181,6 +232,42 @@ class ProcedureData(_Data):
         description="National component states at the time: a notice must never advise a channel that is down.",
     )
     evidence: list[Evidence] = Field(default_factory=list, description="Observations behind the decision.")
+    broadcast: Broadcast | None = Field(
+        None, description="The Servicedesk's or the Bureau's message (luccs.procedure.broadcast only; null otherwise)."
+    )
+    maintenance_id: str | None = Field(
+        None, description="The maintenance window that opened this procedure (origin planned), if any."
+    )
+
+
+class MaintainedComponent(StrEnum):
+    """What a maintenance window takes down: the ADA's B2G, NTP, or the whole of LUCCS (both)."""
+
+    ADA_B2G = "ada_b2g"
+    NTP = "ntp"
+    LUCCS = "luccs"
+
+
+class MaintenanceState(StrEnum):
+    SCHEDULED = "scheduled"
+    ACTIVE = "active"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+class MaintenanceData(_Data):
+    """A maintenance window as announced on the procedures topic (key ``national``)."""
+
+    maintenance_id: str = Field(..., description="Stable id of the window.")
+    component: MaintainedComponent = Field(..., description="ada_b2g, ntp or luccs (both).")
+    starts_at: AwareDatetime = Field(..., description="Announced start.")
+    ends_at: AwareDatetime = Field(..., description="Announced end.")
+    state: MaintenanceState = Field(..., description="State of the window after this event.")
+    reason: str = Field(..., description="Why, as the operator wrote it.")
+    message: LocalisedText | None = Field(None, description="The operator's own words to EOs, in fr, en and de.")
+    lead_s: int | None = Field(None, description="On reminders: how long before the start this reminder is due.")
+    previous_starts_at: AwareDatetime | None = Field(None, description="On changes: the start announced before.")
+    previous_ends_at: AwareDatetime | None = Field(None, description="On changes: the end announced before.")
 
 
 class AdvisoryKind(StrEnum):
@@ -297,6 +384,7 @@ DeadLetterEvent = CloudEvent[DeadLetterData]
 _ALLOWED_TYPES: dict[type[BaseModel], frozenset[str]] = {
     AvailabilityData: frozenset({EventType.AVAILABILITY_CHANGED, EventType.AVAILABILITY_HEARTBEAT}),
     ProcedureData: PROCEDURE_EVENT_TYPES,
+    MaintenanceData: MAINTENANCE_EVENT_TYPES,
     AdvisoryData: frozenset({EventType.ADVISORY_RAISED, EventType.ADVISORY_CLEARED}),
     EoData: frozenset({EventType.EO_UPSERTED}),
     DeliveryData: frozenset({EventType.DELIVERY_RECORDED}),
@@ -309,6 +397,18 @@ class InvalidEvent(ValueError):
     """A message that is not a valid contract event; its text is the dead-letter reason."""
 
 
+class ForeignEvent(InvalidEvent):
+    """A valid message of another kind sharing the topic (a maintenance announcement on the procedures topic,
+    read by a procedure consumer): not for this consumer, skipped rather than dead-lettered."""
+
+
+# Data models sharing one topic: each one's consumers skip the others' event types.
+_SHARED_TOPIC: dict[type[BaseModel], frozenset[str]] = {
+    ProcedureData: MAINTENANCE_EVENT_TYPES,
+    MaintenanceData: PROCEDURE_EVENT_TYPES,
+}
+
+
 def parse_event(raw: bytes, data_model: type[DataT]) -> CloudEvent[DataT]:
     """Parse and validate one message; raise :class:`InvalidEvent` with a readable reason if it is not valid."""
     adapter = _adapters.get(data_model)
@@ -317,10 +417,22 @@ def parse_event(raw: bytes, data_model: type[DataT]) -> CloudEvent[DataT]:
     try:
         event: CloudEvent[DataT] = adapter.validate_json(raw)
     except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        if _event_type(raw) in _SHARED_TOPIC.get(data_model, frozenset()):
+            raise ForeignEvent(f"a {_event_type(raw)} event is not for a {data_model.__name__} consumer") from exc
         raise InvalidEvent(_summarise(exc)) from exc
+    if event.type in _SHARED_TOPIC.get(data_model, frozenset()):
+        raise ForeignEvent(f"a {event.type} event is not for a {data_model.__name__} consumer")
     if event.type not in _ALLOWED_TYPES[data_model]:
         raise InvalidEvent(f"unexpected event type {event.type!r} for {data_model.__name__}")
     return event
+
+
+def _event_type(raw: bytes) -> str | None:
+    try:
+        found = json.loads(raw).get("type")
+    except (ValueError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
 
 
 def _summarise(exc: ValueError) -> str:

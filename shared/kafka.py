@@ -27,7 +27,7 @@ from shared._kafka_connection import (
     start_client,
 )
 from shared.config import KafkaSettings
-from shared.events import CloudEvent, DataT, DeadLetterData, EventType, InvalidEvent, parse_event
+from shared.events import CloudEvent, DataT, DeadLetterData, EventType, ForeignEvent, InvalidEvent, parse_event
 
 __all__ = [
     "CONTRACT_TOPICS",
@@ -329,6 +329,8 @@ class EventConsumer(Generic[DataT]):
             return None
         try:
             return parse_event(record.value, self._data_model), record
+        except ForeignEvent:
+            return None  # another consumer's kind of event on a shared topic
         except InvalidEvent as exc:
             await self._dead_letter(record, str(exc))
             return None

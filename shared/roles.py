@@ -84,7 +84,7 @@ EO_DATA = Rule("eo_data", frozenset({Role.OPERATOR, Role.BUREAU, Role.EO}))  # a
 EO_OVERVIEW = Rule("eo_overview", frozenset({Role.OPERATOR, Role.BUREAU}))  # data of many EOs at once
 OPERATE = Rule("operate", frozenset({Role.OPERATOR}))
 EO_SELF = Rule("eo_self", frozenset({Role.EO}))  # an EO speaking for itself
-BROADCAST = Rule("broadcast", frozenset({Role.OPERATOR, Role.BUREAU}))  # for the broadcast route to come
+BROADCAST = Rule("broadcast", frozenset({Role.OPERATOR, Role.BUREAU}))
 
 Service = Literal["procedure", "notifier", "detector"]
 RouteKey = tuple[str, str]
@@ -108,6 +108,13 @@ ROUTES: Mapping[Service, Mapping[RouteKey, Rule]] = {
         ("POST", "/api/v1/procedures/{procedure_id}/confirm"): OPERATE,
         ("POST", "/api/v1/procedures/{procedure_id}/close"): OPERATE,
         ("POST", "/api/v1/procedures/{procedure_id}/notes"): OPERATE,
+        ("POST", "/api/v1/procedures/{procedure_id}/broadcasts"): BROADCAST,
+        ("POST", "/api/v1/maintenances"): OPERATE,
+        ("GET", "/api/v1/maintenances"): NATIONAL,
+        ("GET", "/api/v1/maintenances.ics"): NATIONAL,
+        ("GET", "/api/v1/maintenances/{maintenance_id}"): NATIONAL,
+        ("PATCH", "/api/v1/maintenances/{maintenance_id}"): OPERATE,
+        ("POST", "/api/v1/maintenances/{maintenance_id}/cancel"): OPERATE,
         ("POST", "/api/v1/eo-reports"): EO_SELF,
         ("GET", "/api/v1/eos"): EO_DATA,
         ("GET", "/api/v1/eos/{eori}"): EO_DATA,

@@ -32,7 +32,7 @@ from services.notifier.webhooks import WebhookSender, webhook_ssl_context
 from shared.auth import authorize, build_guard, install_guard
 from shared.config import Settings
 from shared.db import make_engine, ping, session_factory
-from shared.events import AdvisoryData, CloudEvent, DeliveryChannel, EoData, ProcedureData
+from shared.events import AdvisoryData, CloudEvent, DeliveryChannel, EoData, MaintenanceData, ProcedureData
 from shared.http import add_ops_routes
 from shared.kafka import EventConsumer, Item, Publisher, ensure_topics
 from shared.tasks import BackgroundTasks
@@ -116,6 +116,10 @@ def create_app(settings: Settings) -> FastAPI:
         await catch_up.wait(settings.notifier.registry_catchup_s)
         await parts.planner.on_procedure(event, record)
 
+    async def on_maintenance(event: CloudEvent[MaintenanceData] | None, record: ConsumerRecord[bytes, bytes]) -> None:
+        await catch_up.wait(settings.notifier.registry_catchup_s)
+        await parts.planner.on_maintenance(event, record)
+
     async def on_advisory(event: CloudEvent[AdvisoryData] | None, record: ConsumerRecord[bytes, bytes]) -> None:
         await catch_up.wait(settings.notifier.registry_catchup_s)
         await parts.planner.on_advisory(event, record)
@@ -125,6 +129,12 @@ def create_app(settings: Settings) -> FastAPI:
     procedures = EventConsumer(
         settings=settings.kafka, topic=settings.kafka.procedures_topic, group_id=group,
         data_model=ProcedureData, handler=on_procedure, publisher=publisher,
+    )
+    # Maintenance announcements share the procedures topic: a group of their own reads them (each consumer
+    # skips the other's events).
+    maintenance = EventConsumer(
+        settings=settings.kafka, topic=settings.kafka.procedures_topic, group_id=f"{group}.maintenance",
+        data_model=MaintenanceData, handler=on_maintenance, publisher=publisher,
     )
     advisories = EventConsumer(
         settings=settings.kafka, topic=settings.kafka.advisories_topic, group_id=f"{group}.advisories",
@@ -154,6 +164,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         tasks.start(procedures.run(), name="procedure-consumer")
         tasks.start(advisories.run(), name="advisory-consumer")
+        tasks.start(maintenance.run(), name="maintenance-consumer")
         tasks.start(parts.dispatcher.run(), name="dispatcher")
         tasks.start(parts.reach.run(), name="reach")
 

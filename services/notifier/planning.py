@@ -28,6 +28,7 @@ from sqlalchemy import Table, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.notifier.broadcasts import broadcast_notice, plan_broadcast_notices
 from services.notifier.domain import (
     NO_ADDRESS,
     Audience,
@@ -45,6 +46,7 @@ from services.notifier.domain import (
     plan_procedure_notices,
     watched_for_escalation,
 )
+from services.notifier.maintenance_notices import maintenance_notice, plan_maintenance_notices
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.models import (
     AdvisoryRow,
@@ -65,7 +67,9 @@ from shared.events import (
     DeliveryChannel,
     DeliveryStatus,
     EoData,
+    EventType,
     Language,
+    MaintenanceData,
     ProcedureData,
     ProcedureState,
     Scenario,
@@ -170,6 +174,9 @@ class Planner:
     ) -> None:
         """Plan every notice of a procedure event (EOs, Servicedesk, Bureau); a redelivered event plans nothing."""
         assert event is not None  # tombstones on this topic are dead-lettered by the consumer
+        if event.type == EventType.PROCEDURE_BROADCAST:
+            await self._on_broadcast(event)
+            return
         procedure = event.data
         planned: list[PlannedNotice] = []
         async with self._sessions.begin() as session:
@@ -216,6 +223,54 @@ class Planner:
             ))
             await _remember_procedure(session, event)
         self._planned(event, planned, procedure.procedure_id)
+
+    async def _on_broadcast(self, event: CloudEvent[ProcedureData]) -> None:
+        """Plan a broadcast: the author's text to every EO the procedure concerns, in its language."""
+        procedure, broadcast = event.data, event.data.broadcast
+        if broadcast is None:
+            raise ValueError(f"broadcast event {event.id} carries no broadcast")  # retried, then dead-lettered
+        planned: list[PlannedNotice] = []
+        async with self._sessions.begin() as session:
+            if await session.get(PlannedEventRow, event.id) is not None:
+                return
+            eos = (await session.execute(
+                select(EoRow.eori, EoRow.name, EoRow.language, EoRow.email, EoRow.webhook_url)
+            )).all()
+            planned = plan_broadcast_notices(procedure=procedure, eos=contacts_of(eos, {}))
+            now = self._clock()
+            # Filed under the broadcast's id, not the procedure's: a broadcast is no notice of the procedure's
+            # state, so it neither counts as reaching an EO nor stands in for a notice being escalated.
+            count = await record_notices(
+                session, event=event, subject_id=broadcast.broadcast_id, planned=planned,
+                render=lambda notice: broadcast_notice(broadcast, notice.language), concerned=[], now=now,
+                escalate_after_s=None,
+            )
+            session.add(PlannedEventRow(event_id=event.id, event_type=event.type, subject_id=broadcast.broadcast_id,
+                                        planned_at=now, deliveries=count, settled_at=None if count else now))
+        self._planned(event, planned, broadcast.broadcast_id)
+
+    async def on_maintenance(
+        self, event: CloudEvent[MaintenanceData] | None, _record: ConsumerRecord[bytes, bytes]
+    ) -> None:
+        """Plan the announcement of a maintenance window (scheduled, changed, cancelled, reminder) to every EO."""
+        assert event is not None
+        window = event.data
+        planned: list[PlannedNotice] = []
+        async with self._sessions.begin() as session:
+            if await session.get(PlannedEventRow, event.id) is not None:
+                return
+            eos = (await session.execute(select(EoRow.eori, EoRow.language, EoRow.email, EoRow.webhook_url))).all()
+            planned = plan_maintenance_notices(eos=contacts_of(eos, {}))
+            now = self._clock()
+            count = await record_notices(
+                session, event=event, subject_id=window.maintenance_id, planned=planned,
+                render=lambda notice: maintenance_notice(event_type=event.type, window=window,
+                                                         language=notice.language),
+                concerned=[], now=now, escalate_after_s=None,
+            )
+            session.add(PlannedEventRow(event_id=event.id, event_type=event.type, subject_id=window.maintenance_id,
+                                        planned_at=now, deliveries=count, settled_at=None if count else now))
+        self._planned(event, planned, window.maintenance_id)
 
     async def on_advisory(
         self, event: CloudEvent[AdvisoryData] | None, _record: ConsumerRecord[bytes, bytes]

@@ -231,6 +231,8 @@ class Decision:
     previous_scenario: Scenario | None = None
     eori: str | None = None
     origin: Origin = Origin.DETECTED
+    maintenance_id: str | None = None
+    """The maintenance window a planned procedure comes from (set on its opening)."""
 
 
 @dataclass(frozen=True)
@@ -388,6 +390,16 @@ def _decide_eo(
 
 class Rejected(Exception):
     """A command that cannot be carried out in the current state; the message says why (HTTP 409)."""
+
+
+def broadcast_refusal(state: ProcedureState) -> str | None:
+    """Why a broadcast about a procedure in ``state`` cannot be sent (None: it can). Only an open procedure
+    is in force: EOs never heard of a proposed one, and a closed one is over."""
+    if state == ProcedureState.OPEN:
+        return None
+    if state == ProcedureState.PROPOSED:
+        return "the procedure is only proposed: EOs have not been told of it (confirm it first)"
+    return "the procedure is closed: a broadcast goes out only during an open procedure"
 
 
 def eo_report(*, eori: str, down: bool, current: ActiveProcedure | None, detail: str | None) -> Decision | None:

@@ -13,16 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import cast
+from typing import TypeVar, cast
 
 from sqlalchemy import Table, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.procedure import domain
+from services.procedure import domain, maintenance, maintenances
 from services.procedure.domain import ComponentView, Decision, Observation, Rejected
 from services.procedure.history import record_state_changes
 from services.procedure.leadership import Leadership
@@ -35,13 +35,18 @@ from shared.db import upsert
 from shared.events import (
     AdvisoryKind,
     AvailabilityData,
+    Broadcast,
+    CloudEvent,
     Component,
     ComponentState,
+    ProcedureData,
+    ProcedureState,
     Scope,
 )
 from shared.kafka import Item
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -189,18 +194,27 @@ class ProcedureService:
                                     components=views.components, epoch=epoch)
                 active = await self._active_procedures(session)
                 national_now = next((r for r in active.values() if r.scope == Scope.NATIONAL.value), None)
+                windows = await maintenances.run_windows(
+                    session, recorder, national=views.national, national_procedure=national_now,
+                    reminder_leads_s=self._settings.procedure.maintenance_reminders_s,
+                )
+                active.update({r.id: r for r in recorder.procedures if r.state in ACTIVE_STATES})
+                national_now = next((r for r in active.values() if r.scope == Scope.NATIONAL.value), None)
+                # Components under an active window count as down: the probes open nothing more meanwhile.
+                national = maintenance.masked_views(views.national, windows.active)
                 waits = [
                     domain.national_wait(active_view(national_now).scenario if national_now else None,
-                                         views.national, now=now),
-                    domain.advisory_wait(views.national, now=now),
+                                         national, now=now),
+                    domain.advisory_wait(national, now=now),
+                    windows.next_at,
                 ]
                 decisions = domain.decide(
-                    active=[active_view(r) for r in active.values()], national=views.national, eos=views.eos,
+                    active=[active_view(r) for r in active.values()], national=national, eos=views.eos,
                     confirm_mode=self._settings.procedure.mode == "confirm", now=now,
                 )
                 for decision in decisions:
                     if decision.scope == Scope.NATIONAL:
-                        evidence = [o for v in views.national.values() for o in domain.supporting_evidence(v)]
+                        evidence = [o for v in national.values() for o in domain.supporting_evidence(v)]
                     else:
                         view = views.eos.get(decision.eori or "")
                         evidence = list(domain.supporting_evidence(view)) if view else []
@@ -209,9 +223,12 @@ class ProcedureService:
                              decision.eori or "national", decision.reason)
                 advisories = await self._active_advisories(session)
                 blind_allowed = (now - self._started_at).total_seconds() >= self._settings.procedure.stale_after_s
-                changes = domain.decide_advisories(
-                    active=sorted(advisories), national=views.national, blind_allowed=blind_allowed, now=now,
-                )
+                changes = [
+                    change for change in domain.decide_advisories(
+                        active=sorted(advisories), national=national, blind_allowed=blind_allowed, now=now,
+                    )
+                    if not (change.raise_it and maintenance.planned_advisory(change.kind, windows.active))
+                ]
                 for change in changes:
                     await recorder.advisory(change)
                     log.warning("advisory %s %s: %s", change.kind.value, "raised" if change.raise_it else "cleared",
@@ -324,6 +341,35 @@ class ProcedureService:
             self._publish(recorder)  # on a standby the outbox leaves them to the leader, which the counter wakes
         self._announce(recorder)
         return row, decision
+
+    async def record(self, work: Callable[[AsyncSession, Recorder], Awaitable[T]]) -> T:
+        """Run an operator command that records something besides a decision (a broadcast, a maintenance
+        window) in one transaction, on any instance, ordered with decisions like :meth:`command`; its queued
+        events are published after the commit."""
+        async with self._lock:
+            now = self._clock()
+            async with self._sessions.begin() as session:
+                epoch = await self.leadership.serialise_command(session) if self.leadership else None
+                recorder = Recorder(session=session, kafka=self._settings.kafka, now=now,
+                                    components=self.views(now=now).components, epoch=epoch)
+                result = await work(session, recorder)
+            self._publish(recorder)
+        self._announce(recorder)
+        return result
+
+    async def broadcast(self, procedure_id: str, *, message: Broadcast, actor: str) -> CloudEvent[ProcedureData]:
+        """Send a broadcast: LookupError for an unknown procedure, :class:`Rejected` for one that is not open."""
+
+        async def work(session: AsyncSession, recorder: Recorder) -> CloudEvent[ProcedureData]:
+            row = await session.get(ProcedureRow, procedure_id)
+            if row is None:
+                raise LookupError(procedure_id)
+            refusal = domain.broadcast_refusal(ProcedureState(row.state))
+            if refusal is not None:
+                raise Rejected(refusal)
+            return await recorder.broadcast(row, message=message, actor=actor)
+
+        return await self.record(work)
 
     async def add_note(self, procedure_id: str, *, text: str, actor: str) -> None:
         async with self._lock:

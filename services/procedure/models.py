@@ -80,6 +80,8 @@ class ProcedureRow(Base):
     opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    maintenance_id: Mapped[str | None] = mapped_column(String(36))
+    """The maintenance window that opened it (origin planned)."""
 
     __table_args__ = (
         # The database itself guarantees at most one active national procedure and one per EO.
@@ -155,6 +157,25 @@ class OutboxRow(Base):
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     epoch: Mapped[int | None] = mapped_column(BigInteger)
     """The leadership epoch in force when the row was committed (None: written before leadership existed)."""
+
+
+class MaintenanceRow(Base):
+    """A maintenance window: a planned unavailability of the ADA B2G, NTP or both (``luccs``)."""
+
+    __tablename__ = "maintenances"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    component: Mapped[str] = mapped_column(String(10))
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    ends_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    state: Mapped[str] = mapped_column(String(10), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    message: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    reminders_sent: Mapped[list[int]] = mapped_column(JSON, default=list)
+    procedure_id: Mapped[str | None] = mapped_column(String(36))
+    overran: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class LeaseRow(Base):

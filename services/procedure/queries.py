@@ -29,6 +29,7 @@ def procedure_view(row: ProcedureRow) -> dict[str, Any]:
         "opened_at": row.opened_at,
         "closed_at": row.closed_at,
         "updated_at": row.updated_at,
+        "maintenance_id": row.maintenance_id,
     }
 
 

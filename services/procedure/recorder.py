@@ -21,11 +21,13 @@ from shared.config import KafkaSettings
 from shared.events import (
     AdvisoryData,
     AdvisoryKind,
+    Broadcast,
     CloudEvent,
     Component,
     ComponentState,
     EventType,
     Evidence,
+    MaintenanceData,
     Origin,
     ProcedureData,
     ProcedureState,
@@ -98,6 +100,7 @@ def procedure_data(
         origin=Origin(row.origin),
         components=components,
         evidence=list(evidence),
+        maintenance_id=row.maintenance_id,
     )
 
 
@@ -140,6 +143,7 @@ class Recorder:
                 opened_at=None if decision.action == Action.PROPOSE else now,
                 closed_at=None,
                 updated_at=now,
+                maintenance_id=decision.maintenance_id,
             )
             self.session.add(row)
         else:
@@ -190,6 +194,31 @@ class Recorder:
         self.announcements.append(("note", {"procedure_id": row.id, "eori": row.eori, "kind": kind, "text": text,
                                              "actor": actor}))
         return entry
+
+    async def broadcast(self, row: ProcedureRow, *, message: Broadcast, actor: str) -> CloudEvent[ProcedureData]:
+        """Queue a broadcast of the Servicedesk or the Bureau about procedure ``row``, and note it in its timeline
+        (the three texts as sent)."""
+        event = CloudEvent[ProcedureData](
+            source=SOURCE, type=EventType.PROCEDURE_BROADCAST, subject=row.id, time=self.now,
+            data=procedure_data(row, previous=None, evidence=(), components=self.components).model_copy(
+                update={"broadcast": message}
+            ),
+        )
+        text = message.text
+        self.session.add(TimelineRow(
+            procedure_id=row.id, at=self.now, kind="broadcast", scenario=row.scenario, previous_scenario=None,
+            reason=f"[{message.author.value}] fr: {text.fr}\nen: {text.en}\nde: {text.de}", actor=actor,
+            event_id=event.id, evidence=[],
+        ))
+        self._queue(self.kafka.procedures_topic, procedure_key(Scope(row.scope), row.eori), event)
+        return event
+
+    def maintenance(self, event_type: EventType, data: MaintenanceData) -> CloudEvent[MaintenanceData]:
+        """Queue the announcement of a maintenance window (procedures topic, key ``national``)."""
+        event = CloudEvent[MaintenanceData](source=SOURCE, type=event_type, subject=data.maintenance_id,
+                                            time=self.now, data=data)
+        self._queue(self.kafka.procedures_topic, Scope.NATIONAL.value, event)
+        return event
 
     async def advisory(self, change: AdvisoryChange) -> None:
         now = self.now

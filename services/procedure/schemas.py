@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
-from shared.events import EORI_PATTERN, Language, Scenario
+from shared.events import EORI_PATTERN, BroadcastAuthor, Language, MaintainedComponent, MaintenanceState, Scenario
 
 EORI = re.compile(EORI_PATTERN)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -89,3 +90,85 @@ class Reason(_Body):
 
 class Note(_Body):
     text: Text
+
+
+def _every_language(texts: dict[str, str]) -> dict[str, str]:
+    unknown = sorted(set(texts) - {lang.value for lang in Language})
+    if unknown:
+        raise ValueError(f"unknown language(s) {', '.join(unknown)}: a text is given in fr, en and de")
+    missing = [lang.value for lang in Language if lang.value not in texts]
+    if missing:
+        raise ValueError(f"the text is missing in {', '.join(missing)}: every EO reads it in its own language, "
+                         "so fr, en and de are all needed")
+    return texts
+
+
+Texts = Annotated[dict[str, Text], AfterValidator(_every_language)]
+
+
+class BroadcastBody(_Body):
+    """A message of the Servicedesk or the Bureau to every EO a procedure concerns."""
+
+    text: Texts = Field(
+        ..., description="The message in fr, en and de (all three required).", examples=[
+            {"fr": "Le bureau est joignable au ...", "en": "The office can be reached at ...",
+             "de": "Das Amt ist erreichbar unter ..."}])
+    author: BroadcastAuthor = Field(..., description="Who speaks: servicedesk or bureau.")
+
+
+class BroadcastSent(BaseModel):
+    """A broadcast accepted: its event is on its way to every EO the procedure concerns."""
+
+    broadcast_id: str
+    procedure_id: str
+    event_id: str = Field(..., description="Id of the luccs.procedure.broadcast CloudEvent (Idempotency-Key base).")
+    author: BroadcastAuthor
+    sent_at: datetime
+    scope: str = Field(..., description="national (every EO) or eo (the one EO of a scenario-1 procedure).")
+    eori: str | None
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("needs a timezone, e.g. 2026-12-05T20:00:00Z")
+    return value
+
+
+When = Annotated[datetime, AfterValidator(_aware)]
+
+
+class MaintenanceCreate(_Body):
+    component: MaintainedComponent = Field(..., description="ada_b2g, ntp or luccs (both).")
+    starts_at: When
+    ends_at: When
+    reason: Text
+    message: Texts | None = Field(None, description="Words to EOs in fr, en and de (all three, or none).")
+
+
+class MaintenancePatch(_Body):
+    """Only the fields given change. While the window is active only ``ends_at`` (and the words) may change."""
+
+    starts_at: When | None = None
+    ends_at: When | None = None
+    reason: Text | None = None
+    message: Texts | None = None
+
+
+class MaintenanceView(BaseModel):
+    maintenance_id: str
+    component: MaintainedComponent
+    starts_at: datetime
+    ends_at: datetime
+    state: MaintenanceState
+    reason: str
+    message: dict[str, str] | None
+    procedure_id: str | None = Field(..., description="The procedure the window opened (or joined) at its start.")
+    overran: bool = Field(..., description="Still unavailable at its end: its procedure continued as detected.")
+    reminders_sent_s: list[int] = Field(..., description="Lead times whose reminder went out.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class MaintenanceList(BaseModel):
+    items: list[MaintenanceView]
+    next: str | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
@@ -14,15 +15,15 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.procedure import domain
-from services.procedure.api.deps import ServiceDep, SessionsDep
+from services.procedure.api.deps import ClockDep, ServiceDep, SessionsDep
 from services.procedure.domain import Rejected
 from services.procedure.handlers import ProcedureService, find_active
 from services.procedure.models import ProcedureRow
 from services.procedure.queries import procedure_detail, procedure_view, status_snapshot
 from services.procedure.recorder import active_view
-from services.procedure.schemas import Declare, EoReport, Eori, Note, Reason
+from services.procedure.schemas import BroadcastBody, BroadcastSent, Declare, EoReport, Eori, Note, Reason
 from shared.auth import Caller, refuse
-from shared.events import ProcedureState, Scenario, Scope
+from shared.events import Broadcast, LocalisedText, ProcedureState, Scenario, Scope
 from shared.roles import Role
 
 router = APIRouter(prefix="/api/v1")
@@ -194,3 +195,22 @@ async def eo_report(body: EoReport, caller: Caller, service: ServiceDep) -> dict
 async def stream(caller: Caller, service: ServiceDep) -> StreamingResponse:
     return StreamingResponse(service.broadcaster.subscribe(visible=caller.may_read_eo), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.post("/procedures/{procedure_id}/broadcasts", tags=["operator"], status_code=201,
+             response_model=BroadcastSent,
+             summary="Send the Servicedesk's or the Bureau's own words to every EO the procedure concerns, "
+                     "each in its language (webhook and e-mail like every notice); noted in the timeline")
+async def broadcast(procedure_id: str, body: BroadcastBody, caller: Caller, service: ServiceDep,
+                    clock: ClockDep) -> BroadcastSent:
+    message = Broadcast(broadcast_id=str(uuid.uuid4()), author=body.author, text=LocalisedText(**body.text),
+                        sent_at=clock())
+    try:
+        event = await service.broadcast(procedure_id, message=message, actor=caller.name)
+    except LookupError as exc:
+        raise HTTPException(404, f"no procedure {procedure_id!r}") from exc
+    except Rejected as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return BroadcastSent(broadcast_id=message.broadcast_id, procedure_id=procedure_id, event_id=event.id,
+                         author=message.author, sent_at=event.time, scope=event.data.scope.value,
+                         eori=event.data.eori)
