@@ -26,11 +26,11 @@ The rule the advice obeys (product section 3): a notice never advises a channel 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from services.notifier.domain import NoticeKind, Situation, notice_kind
-from shared.events import Component, ComponentState, Origin, ProcedureData, Scenario
+from shared.events import Component, ComponentState, DetectedReason, Origin, ProcedureData, Scenario
 
 __all__ = [
     "ADVISED_CHANNEL",
@@ -40,10 +40,12 @@ __all__ = [
     "EoGuidance",
     "Happening",
     "Headline",
+    "RecordedReason",
     "Step",
     "b2g_state",
     "eo_guidance",
     "ntp_state",
+    "recorded_reason",
 ]
 
 S1, S2, S3 = Scenario.EO_B2G_UNAVAILABLE, Scenario.ADA_B2G_UNAVAILABLE, Scenario.LUCCS_UNAVAILABLE
@@ -126,8 +128,29 @@ class Step(StrEnum):
     NOTICE_WHEN_CHANGED = "notice_when_changed"
 
 
+class RecordedReason(StrEnum):
+    """The recorded reason of the event: a reason of the scenario engine is worded in the EO's language,
+    any other (an operator's or an EO's own words) is quoted as written."""
+
+    ADA_B2G_DOWN = "reason_ada_b2g_down"
+    LUCCS_DOWN = "reason_luccs_down"
+    EO_B2G_DOWN = "reason_eo_b2g_down"
+    ADA_B2G_BACK = "reason_ada_b2g_back"
+    ADA_B2G_BACK_NTP_DOWN = "reason_ada_b2g_back_ntp_down"
+    EO_B2G_BACK = "reason_eo_b2g_back"
+    QUOTED = "reason_quoted"
+
+
+_DETECTED_REASONS = {reason.value: RecordedReason[reason.name] for reason in DetectedReason}
+
+
+def recorded_reason(reason: str) -> RecordedReason:
+    """How a notice words a procedure event's ``reason`` (see :class:`RecordedReason`)."""
+    return _DETECTED_REASONS.get(reason, RecordedReason.QUOTED)
+
+
 PHRASE_KEYS: tuple[str, ...] = tuple(
-    member.value for enum in (Headline, Happening, Step, Advice, Scenario) for member in enum
+    member.value for enum in (Headline, Happening, Step, Advice, RecordedReason, Scenario) for member in enum
 )
 """Every phrase an EO notice may need, in every language: the keys of ``templates/eo/<lang>/_phrases.txt``
 (scenario values name the scenarios)."""
@@ -143,6 +166,7 @@ class EoGuidance:
     advice: Advice
     steps: tuple[Step | Advice, ...]
     """The "what you must do" lines in order; ``advice`` is one of them."""
+    reason: RecordedReason = RecordedReason.QUOTED
     national_procedure_id: str | None = None
     """Another open national procedure, which the notice names."""
     national_scenario: Scenario | None = None
@@ -179,6 +203,13 @@ def eo_guidance(
     kind = notice_kind(event_type)
     if kind not in EO_NOTICE_KINDS:
         raise ValueError(f"no EO notice for {event_type}")
+    guidance = _guidance(kind, procedure, situation, own_procedure_id)
+    return replace(guidance, reason=recorded_reason(procedure.reason))
+
+
+def _guidance(
+    kind: NoticeKind, procedure: ProcedureData, situation: Situation, own_procedure_id: str | None
+) -> EoGuidance:
     scenario = procedure.scenario
     in_force = kind != NoticeKind.CLOSED
     exception_elsewhere = situation.national_scenario == S3

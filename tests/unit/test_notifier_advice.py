@@ -20,14 +20,17 @@ from services.notifier.advice import (
     EoGuidance,
     Happening,
     Headline,
+    RecordedReason,
     Step,
     eo_guidance,
+    recorded_reason,
 )
 from services.notifier.domain import Situation
 from services.notifier.notices import TEMPLATE_DIR, Contacts, NoticeTexts
 from shared.events import (
     Component,
     ComponentState,
+    DetectedReason,
     EventType,
     Language,
     Origin,
@@ -279,3 +282,24 @@ def test_every_distinct_guidance_renders_in_every_language() -> None:
             assert "proc-7f3a" in notice.subject and "\n" not in notice.subject
             assert "{" not in notice.message and "proc-7f3a" in notice.message
             assert notice.message.count("\n- ") == len(guidance.steps)
+
+
+# --- the recorded reason ---------------------------------------------------------------------------------------
+
+
+def test_every_reason_of_the_scenario_engine_has_its_own_phrase() -> None:
+    assert {recorded_reason(reason.value) for reason in DetectedReason} == set(RecordedReason) - {
+        RecordedReason.QUOTED}
+    assert recorded_reason("Planned work on the AS4 gateway") == RecordedReason.QUOTED
+
+
+@pytest.mark.parametrize("language", list(Language))
+def test_a_detected_reason_is_worded_in_the_eo_language_and_any_other_is_quoted(language: Language) -> None:
+    detected = procedure(OPENED, S2, ntp=UP, ada=DOWN).model_copy(update={"reason": DetectedReason.ADA_B2G_DOWN.value})
+    notice = TEXTS.eo_notice(event_type=OPENED.value, procedure=detected, language=language, situation=Situation())
+    assert DetectedReason.ADA_B2G_DOWN.value not in notice.message  # English included: worded for EOs
+    written = detected.model_copy(update={"reason": "Panne du routeur AS4"})
+    notice = TEXTS.eo_notice(event_type=OPENED.value, procedure=written, language=language, situation=Situation())
+    quoted = {Language.EN: '"Panne du routeur AS4"', Language.FR: "« Panne du routeur AS4 »",
+              Language.DE: "„Panne du routeur AS4“"}
+    assert quoted[language] in notice.message
