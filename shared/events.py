@@ -270,6 +270,22 @@ class MaintenanceData(_Data):
     previous_ends_at: AwareDatetime | None = Field(None, description="On changes: the end announced before.")
 
 
+class DetectedReason(StrEnum):
+    """The reasons the scenario engine records for the decisions it makes from the probes (the ``reason`` of
+    a procedure event). Notices to EOs word them in the EO's language; any other reason (written by an
+    operator or an EO) is shown as written, quoted."""
+
+    ADA_B2G_DOWN = "ADA B2G (AS4) is unavailable while NTP is available"
+    LUCCS_DOWN = "ADA B2G (AS4) and NTP are both unavailable"
+    EO_B2G_DOWN = "the EO's own B2G (AS4) endpoint is unavailable"
+    ADA_B2G_BACK = "ADA B2G (AS4) is available again"
+    ADA_B2G_BACK_NTP_DOWN = (
+        "ADA B2G (AS4) is available again; NTP is still unavailable"
+        " (advisory to the Servicedesk, not a fallback scenario)"
+    )
+    EO_B2G_BACK = "the EO's own B2G (AS4) endpoint answers again"
+
+
 class AdvisoryKind(StrEnum):
     NTP_UNAVAILABLE = "ntp_unavailable"
     MONITORING_BLIND = "monitoring_blind"

@@ -1,9 +1,9 @@
 """Who must be told what, on which channel, and when to try again. Pure: no I/O, the clock is passed in.
 
 The notifier's decisions live here as functions over values: the recipients of a procedure event or an
-advisory (EOs, the Servicedesk eDouane, the Bureau de recette Douanes), what the notices may advise given
-which channels are down, the retry schedule, which webhook targets may be called at all, and how every
-EO is reached in the end:
+advisory (EOs, the Servicedesk eDouane, the Bureau de recette Douanes), the retry schedule, which webhook
+targets may be called at all, and how every EO is reached in the end (what an EO notice says, and that it
+never advises a channel that is down, is decided in :mod:`services.notifier.advice`):
 
 - a webhook notice not delivered ``escalate_after_s`` after it was planned also goes by e-mail, once;
   when a newer notice of the same subject (``national``, or the EO's EORI) was planned for the EO

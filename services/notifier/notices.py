@@ -2,8 +2,12 @@
 
 One folder per audience (``eo``, ``servicedesk``, ``bureau``), one per language inside it, one file per
 notice. Each template defines two blocks, ``subject`` and ``body``. A folder's ``_phrases.txt`` holds the
-macros its notices share (scenario names, what an EO must do); they reach the templates as ``t``. Plain
-text: no autoescaping, and an undefined variable is an error rather than a silent blank.
+macros its notices share; they reach the templates as ``t``. Plain text: no autoescaping, and an undefined
+variable is an error rather than a silent blank.
+
+What an EO is told is decided by :func:`services.notifier.advice.eo_guidance` (``g`` in the EO templates);
+the EO templates only word it: ``say(key)`` renders the phrase of a key (the macro of that name in the
+language's ``_phrases.txt``) and fails on a missing one.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from services.notifier.advice import EoGuidance, eo_guidance
 from services.notifier.domain import Audience, NoticeKind, Situation, UnreachedEo, notice_kind
 from shared.events import AdvisoryData, Language, ProcedureData
 
@@ -83,13 +88,14 @@ class NoticeTexts:
         ``situation`` says which other channels are down, so that no notice advises one of them;
         ``own_procedure_id`` is the EO's own open scenario-1 procedure, for national notices.
         """
-        kind = notice_kind(event_type)
-        if kind not in (NoticeKind.OPENED, NoticeKind.UPDATED, NoticeKind.CLOSED):
-            raise ValueError(f"no EO notice for {event_type}")
-        return self._render(
-            f"eo/{language.value}/{kind.value}.txt",
-            p=procedure, kind=kind.value, situation=situation, own_procedure_id=own_procedure_id,
-        )
+        guidance = eo_guidance(event_type=event_type, procedure=procedure, situation=situation,
+                               own_procedure_id=own_procedure_id)
+        return self._render(f"eo/{language.value}/{guidance.kind.value}.txt", p=procedure, g=guidance)
+
+    def eo_phrase(self, key: str, *, language: Language, procedure: ProcedureData, guidance: EoGuidance) -> str:
+        """One phrase of the EO notices in ``language`` (LookupError when the language lacks it)."""
+        say: _Phrasebook = self._shared(f"eo/{language.value}/", {"p": procedure, "g": guidance})["say"]
+        return say(key)
 
     def staff_notice(
         self,
@@ -140,19 +146,40 @@ class NoticeTexts:
             raise ValueError(f"{event_type} is not an advisory event")
         return self._render(f"servicedesk/{language.value}/advisory.txt", a=advisory, kind=kind.value)
 
+    def _shared(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
+        """The values a template sees: its own, the contacts, its folder's phrases as ``t`` and ``say``."""
+        shared: dict[str, Any] = {**values, "contacts": self._contacts}
+        folder = name.rsplit("/", 1)[0]
+        phrases = f"{folder}/_phrases.txt"
+        if phrases in self._phrase_files:
+            say = _Phrasebook(phrases)
+            shared["say"] = say
+            shared["t"] = say.module = self._env.get_template(phrases).make_module(shared)
+        return shared
+
     def _render(self, name: str, **values: Any) -> Notice:
         template = self._env.get_template(name)
-        shared: dict[str, Any] = {"contacts": self._contacts}
-        folder = name.rsplit("/", 1)[0]
-        if f"{folder}/_phrases.txt" in self._phrase_files:
-            shared["t"] = self._env.get_template(f"{folder}/_phrases.txt").make_module(shared)
-        context = template.new_context({**values, **shared})
+        context = template.new_context(self._shared(name, values))
         subject = "".join(template.blocks["subject"](context))
         body = "".join(template.blocks["body"](context))
         return Notice(
             subject=_SPACES.sub(" ", subject).strip(),
             message=_BLANK_LINES.sub("\n\n", "\n".join(line.rstrip() for line in body.splitlines())).strip(),
         )
+
+
+class _Phrasebook:
+    """``say(key)`` in the templates: the phrase of ``key``, the macro of that name in a ``_phrases.txt``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.module: Any = None
+
+    def __call__(self, key: str) -> str:
+        macro = getattr(self.module, str(key), None)
+        if not callable(macro):
+            raise LookupError(f"no phrase {str(key)!r} in {self.name}")
+        return str(macro())
 
 
 def _local_time(moment: datetime | None) -> str:

@@ -28,7 +28,16 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from shared.events import AdvisoryKind, Component, ComponentState, Origin, ProcedureState, Scenario, Scope
+from shared.events import (
+    AdvisoryKind,
+    Component,
+    ComponentState,
+    DetectedReason,
+    Origin,
+    ProcedureState,
+    Scenario,
+    Scope,
+)
 
 NATIONAL_COMPONENTS = (Component.ADA_B2G, Component.NTP)
 
@@ -244,9 +253,9 @@ class NationalDecision:
 
 
 _REASONS = {
-    Scenario.ADA_B2G_UNAVAILABLE: "ADA B2G (AS4) is unavailable while NTP is available",
-    Scenario.LUCCS_UNAVAILABLE: "ADA B2G (AS4) and NTP are both unavailable",
-    Scenario.EO_B2G_UNAVAILABLE: "the EO's own B2G (AS4) endpoint is unavailable",
+    Scenario.ADA_B2G_UNAVAILABLE: DetectedReason.ADA_B2G_DOWN,
+    Scenario.LUCCS_UNAVAILABLE: DetectedReason.LUCCS_DOWN,
+    Scenario.EO_B2G_UNAVAILABLE: DetectedReason.EO_B2G_DOWN,
 }
 
 
@@ -316,10 +325,9 @@ def decide_national(current: Scenario | None, views: dict[Component, ComponentVi
         assert desired is not None
         return NationalDecision(Action.OPEN, desired, None, _REASONS[desired])
     if desired is None:
-        reason = "ADA B2G (AS4) is available again"
-        if ntp == ComponentState.DOWN:
-            reason += "; NTP is still unavailable (advisory to the Servicedesk, not a fallback scenario)"
-        return NationalDecision(Action.CLOSE, current, None, reason)
+        ntp_down = ntp == ComponentState.DOWN
+        reason = DetectedReason.ADA_B2G_BACK_NTP_DOWN if ntp_down else DetectedReason.ADA_B2G_BACK
+        return NationalDecision(Action.CLOSE, current, None, reason.value)
     return NationalDecision(Action.UPDATE, desired, current, _REASONS[desired])
 
 
@@ -380,7 +388,7 @@ def _decide_eo(
         return Decision(action, scenario, Scope.EO, _REASONS[scenario], eori=eori)
     if state == ComponentState.UP and current is not None and _follows_probes(current):
         action = Action.WITHDRAW if current.state == ProcedureState.PROPOSED else Action.CLOSE
-        reason = "the EO's own B2G (AS4) endpoint answers again"
+        reason = DetectedReason.EO_B2G_BACK.value
         return Decision(action, scenario, Scope.EO, reason, procedure_id=current.procedure_id, eori=eori)
     return None
 

@@ -39,6 +39,8 @@ from shared.auth import authorize, build_guard, install_guard
 from shared.config import ApiSettings, KafkaSettings, NotifierSettings, Settings, SmtpSettings
 from shared.events import (
     CloudEvent,
+    Component,
+    ComponentState,
     DeliveryChannel,
     DeliveryData,
     EoData,
@@ -154,9 +156,17 @@ def procedure_event(
             procedure_id=procedure_id, scenario=scenario, previous_scenario=previous,
             scope=Scope.EO if scenario == Scenario.EO_B2G_UNAVAILABLE else Scope.NATIONAL, eori=eori,
             state=state.get(event_type, ProcedureState.OPEN), reason="test", opened_at=now,
-            closed_at=now if closed else None, origin=origin,
+            closed_at=now if closed else None, origin=origin, components=_components(scenario, closed=closed),
         ),
     )
+
+
+def _components(scenario: Scenario, *, closed: bool) -> dict[Component, ComponentState]:
+    """The national component states the procedure service puts on an event of the scenario."""
+    up, down = ComponentState.UP, ComponentState.DOWN
+    if closed or scenario == Scenario.EO_B2G_UNAVAILABLE:
+        return {Component.ADA_B2G: up, Component.NTP: up}
+    return {Component.ADA_B2G: down, Component.NTP: up if scenario == Scenario.ADA_B2G_UNAVAILABLE else down}
 
 
 async def deliveries(parts: NotifierParts) -> list[DeliveryRow]:
@@ -261,7 +271,7 @@ async def test_every_eo_gets_one_signed_notice_in_its_language(
         assert event.data.procedure_id in body["data"]["message"]
     by_language = {w.path: w.event["data"]["message"] for w in receiver.received}
     assert "National Trader Portal (NTP), qui reste ouvert" in by_language["/fr"]
-    assert "National Trader Portal (NTP) ein, das während dieses Verfahrens geöffnet bleibt" in by_language["/de"]
+    assert "National Trader Portal (NTP) ein, das geöffnet bleibt" in by_language["/de"]
     assert "National Trader Portal (NTP), which stays open" in by_language["/en"]
 
 

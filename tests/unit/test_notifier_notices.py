@@ -55,10 +55,19 @@ def procedure(
         procedure_id="proc-7f3a", scenario=scenario, previous_scenario=previous,
         scope=Scope.EO if scenario == S1 else Scope.NATIONAL, eori="LU0000000002" if scenario == S1 else None,
         state=ProcedureState.CLOSED if closed else ProcedureState.OPEN, reason="ada-as4 refused 3 probes",
-        opened_at=OPENED_AT, closed_at=CLOSED_AT if closed else None, origin=origin,
+        opened_at=OPENED_AT, closed_at=CLOSED_AT if closed else None, origin=origin, components=components(
+            scenario, closed=closed),
         evidence=[Evidence(target_id="ada-as4", component=Component.ADA_B2G, detector_instance="d1",
                            state=ComponentState.DOWN, observed_at=OPENED_AT, reason="refused")],
     )
+
+
+def components(scenario: Scenario, *, closed: bool) -> dict[Component, ComponentState]:
+    """The national component states a procedure event of the scenario carries."""
+    up, down = ComponentState.UP, ComponentState.DOWN
+    if closed or scenario == S1:
+        return {Component.ADA_B2G: up, Component.NTP: up}
+    return {Component.ADA_B2G: down, Component.NTP: up if scenario == S2 else down}
 
 
 def eo_notice(event_type: EventType, scenario: Scenario, language: Language, situation: Situation | None = None,
