@@ -127,7 +127,7 @@ def down_channels(case: dict[str, Any]) -> set[Component]:
 def test_the_cases_cover_every_combination() -> None:
     # (1 previous scenario for opened and closed, 4 for updated) x scenarios x origins x other procedures
     # x own procedure x NTP states x ADA B2G states
-    assert len(CASES) == (1 + 4 + 1) * 3 * 3 * 5 * 2 * 4 * 4
+    assert len(CASES) == (1 + 4 + 1) * 3 * len(Origin) * 5 * 2 * 4 * 4
     assert {guidance_of(c).advice for c in CASES} == set(Advice)
 
 
