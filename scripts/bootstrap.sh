@@ -48,6 +48,10 @@ if [[ -z "$PYTHON_BIN" ]]; then
     PYTHON_BIN="$(command -v python3.11)"
 fi
 
+if [[ -x "$VENV/bin/python" ]] && ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+    log "the virtualenv in $VENV is incomplete (an interrupted earlier run?): making it again"
+    rm -rf "$VENV"
+fi
 if [[ ! -x "$VENV/bin/python" ]]; then
     log "creating virtualenv in $VENV"
     "$PYTHON_BIN" -m venv "$VENV" || { apt_install python3.11-venv && "$PYTHON_BIN" -m venv "$VENV"; }
