@@ -98,6 +98,8 @@ _OPS: dict[RouteKey, Rule] = {
 ROUTES: Mapping[Service, Mapping[RouteKey, Rule]] = {
     "procedure": _OPS | {
         ("GET", "/"): NATIONAL,
+        ("GET", "/public"): PUBLIC,  # the EOs' page: national facts only, never evidence, reasons or EO data
+        ("GET", "/public/feed.atom"): PUBLIC,
         ("GET", "/api/v1/status"): NATIONAL,
         ("GET", "/api/v1/procedures"): NATIONAL,
         ("GET", "/api/v1/procedures/{procedure_id}"): NATIONAL,

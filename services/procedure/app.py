@@ -21,6 +21,7 @@ from services.procedure.metrics import ProcedureMetrics
 from services.procedure.migrate import upgrade
 from services.procedure.notifier_summary import notifier_summary
 from services.procedure.outbox import Outbox
+from services.procedure.public_page import router as public_page_router
 from services.procedure.queries import leadership_view
 from services.procedure.registry import EoRegistry
 from services.procedure.sealing import Sealer, load_or_create_key
@@ -143,6 +144,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = _now) -> F
     app.state.notifier_summary = notifier_summary(settings)
     app.include_router(router)
     app.include_router(status_page_router)
+    app.include_router(public_page_router)
 
     async def database_ready() -> str | None:
         await ping(engine)
