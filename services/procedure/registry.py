@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.procedure.bulk import ChunkOutcome, ImportLine, Rejected
 from services.procedure.leadership import Leadership
 from services.procedure.models import EoRow, OutboxRow
 from services.procedure.schemas import EoCreate, EoPatch
@@ -118,6 +119,55 @@ class EoRegistry:
             self._publish(session, row, now, epoch)  # the notifier learns the new key's hash
         self._outbox_ready.set()
         return api_key
+
+    async def upsert_chunk(self, lines: Sequence[ImportLine], *, issue_keys: bool) -> ChunkOutcome:
+        """Create or update the EOs of one chunk of an import in one transaction (an EO equal to its line is
+        left alone and not republished). ``issue_keys``: return each new EO's API key; otherwise the new EO
+        gets a key nobody knows (issue one with ``POST /api/v1/eos/{eori}/api-key``)."""
+        outcome = ChunkOutcome()
+        now = datetime.now(UTC)
+        async with self._sessions.begin() as session:
+            epoch = await self._count(session)
+            found = await session.scalars(select(EoRow).where(EoRow.eori.in_([line.eo.eori for line in lines])))
+            existing = {row.eori: row for row in found}
+            for line in lines:
+                body = line.eo
+                row = existing.get(body.eori)
+                secret = body.webhook_secret.get_secret_value() if body.webhook_secret is not None else None
+                if body.webhook_url and secret is None and (row is None or row.webhook_secret_sealed is None):
+                    outcome.rejected.append(Rejected(line.line, "webhook_secret is required with a webhook_url: "
+                                                                "notices are signed with it"))
+                    continue
+                if row is None:
+                    api_key = new_api_key()
+                    row = EoRow(
+                        eori=body.eori, name=body.name, language=body.language.value, email=body.email,
+                        webhook_url=body.webhook_url, webhook_secret_sealed=self._seal(body.webhook_secret),
+                        as4_endpoint=body.as4_endpoint, api_key_hash=hash_api_key(api_key), created_at=now,
+                        updated_at=now,
+                    )
+                    session.add(row)
+                    outcome.created += 1
+                    if issue_keys:
+                        outcome.keys.append((body.eori, api_key))
+                else:
+                    wanted = {"name": body.name, "language": body.language.value, "email": body.email,
+                              "webhook_url": body.webhook_url, "as4_endpoint": body.as4_endpoint}
+                    changed = {k: v for k, v in wanted.items() if getattr(row, k) != v}
+                    new_secret = secret is not None and (
+                        row.webhook_secret_sealed is None or self._sealer.unseal(row.webhook_secret_sealed) != secret)
+                    if not changed and not new_secret:
+                        outcome.unchanged += 1
+                        continue
+                    for column, value in changed.items():
+                        setattr(row, column, value)
+                    if new_secret:
+                        row.webhook_secret_sealed = self._seal(body.webhook_secret)
+                    row.updated_at = now
+                    outcome.updated += 1
+                self._publish(session, row, now, epoch)
+        self._outbox_ready.set()
+        return outcome
 
     async def get(self, eori: str) -> EoRow | None:
         async with self._sessions() as session:
