@@ -4,7 +4,9 @@ real broker and SQLite (the registry topic is read back from the broker)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,15 +14,17 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
 from services.eo_cli import ImportAnswer, read_import_answer
+from services.eo_cli import main as eos_cli
 from services.procedure.app import create_app
 from services.procedure.bulk import MAX_LINE_BYTES
 from shared.config import ApiSettings, KafkaSettings, ProcedureSettings, Settings
 from shared.events import EoData, parse_event
 from tests.integration.test_procedure_api import _read_topic
-from tests.support import free_port
+from tests.support import free_port, pg_database
 
 pytestmark = pytest.mark.integration
 
@@ -43,13 +47,27 @@ class Api:
 
 
 @pytest.fixture
-async def api(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[Api]:
+async def api(request: pytest.FixtureRequest, tmp_path: Path, kafka_bootstrap: str,
+              topic_prefix: str) -> AsyncIterator[Api]:
+    """The procedure service on SQLite, or (``indirect`` param ``"postgresql"``) on a PostgreSQL database of its
+    own, where every chunk goes through the leadership lease like any registry write."""
+    async with contextlib.AsyncExitStack() as stack:
+        database_url = None
+        if getattr(request, "param", "sqlite") == "postgresql":
+            database_url = await stack.enter_async_context(pg_database(request.getfixturevalue("postgres_url")))
+        async for served in _serve(tmp_path, kafka_bootstrap, topic_prefix, database_url):
+            yield served
+
+
+async def _serve(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str,
+                 database_url: str | None) -> AsyncIterator[Api]:
     settings = Settings(
         data_dir=tmp_path,
         kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix),
         api=ApiSettings(operator_tokens=[SecretStr(OPERATOR)], bureau_tokens=[SecretStr(BUREAU)],
                         viewer_tokens=[SecretStr(VIEWER)], max_body_bytes=2048),
-        procedure=ProcedureSettings(import_chunk_lines=3, import_max_bytes=200_000),
+        procedure=ProcedureSettings(import_chunk_lines=3, import_max_bytes=200_000, database_url=database_url,
+                                    sealing_key=SecretStr(Fernet.generate_key().decode())),
     )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
@@ -71,6 +89,7 @@ def _eo(eori: str, **fields: object) -> dict[str, object]:
     return {"eori": eori, "name": f"EO {eori}", "language": "en"} | fields
 
 
+@pytest.mark.parametrize("api", ["sqlite", "postgresql"], indirect=True)
 async def test_ndjson_import_upserts_by_eori_and_reports_each_rejected_line(api: Api) -> None:
     first = await api.import_(_ndjson(
         _eo("LU0001", webhook_url="https://eo.example/1", webhook_secret=SECRET),
@@ -181,3 +200,27 @@ async def test_bad_files_are_4xx_and_roles_are_enforced(api: Api) -> None:
     assert (await api.client.get("/api/v1/eos:export", headers={"Authorization": f"Bearer {key}"})).status_code == 403
     spec = (await api.client.get("/openapi.json")).json()
     assert spec["paths"]["/api/v1/eos:import"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+
+
+async def test_cli_imports_a_file_with_progress_saves_the_keys_and_exports(
+        api: Api, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "eos.csv"
+    source.write_text("eori,name,language\nLU0001,Alpha,fr\nLU0002,Beta,de\nL,bad,fr\n", encoding="utf-8")
+    keys = tmp_path / "keys.csv"
+    url = str(api.client.base_url)
+    code = await asyncio.to_thread(eos_cli, ["import", str(source), "--url", url, "--token", OPERATOR,
+                                             "--keys-out", str(keys)])
+    assert code == 3  # some lines rejected
+    err = capfd.readouterr().err
+    assert "100%" in err and "created 2, updated 0, unchanged 0, rejected 1" in err
+    assert "line 4: eori:" in err
+    assert os.stat(keys).st_mode & 0o777 == 0o600
+    assert [line.split(",")[0] for line in keys.read_text().splitlines()] == ["eori", "LU0001", "LU0002"]
+
+    exported = tmp_path / "export.ndjson"
+    code = await asyncio.to_thread(eos_cli, ["export", "--url", url, "--token", BUREAU, "-o", str(exported)])
+    assert code == 0
+    assert [json.loads(line)["eori"] for line in exported.read_text().splitlines()] == ["LU0001", "LU0002"]
+    refused = await asyncio.to_thread(eos_cli, ["import", str(source), "--url", url, "--token", BUREAU])
+    assert refused == 1
+    assert "403" in capfd.readouterr().err
