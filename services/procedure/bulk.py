@@ -30,8 +30,8 @@ from pydantic import ValidationError
 from services.procedure.schemas import EoCreate
 
 __all__ = [
-    "EXPORT_COLUMNS", "ImportFormat", "ImportLine", "ImportReport", "ImportTooLarge", "InvalidImport",
-    "LineSplitter", "Rejected", "import_eos",
+    "EXPORT_COLUMNS", "MAX_LINE_BYTES", "ChunkOutcome", "ImportFormat", "ImportLine", "ImportReport", "ImportTooLarge",
+    "InvalidImport", "LineSplitter", "Rejected", "csv_line", "export_line", "import_eos",
 ]
 
 MAX_LINE_BYTES = 65_536
@@ -172,6 +172,8 @@ class _Parser:
             fields = json.loads(text)
         except ValueError as exc:
             return Rejected(number, f"not JSON: {exc}")
+        except RecursionError:
+            return Rejected(number, "not JSON this parser reads: nested too deeply")
         if not isinstance(fields, dict):
             return Rejected(number, "not a JSON object: each line is one EO, e.g. {\"eori\": \"LU123\", \"name\": ...}")
         return _validate(number, fields)
