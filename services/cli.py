@@ -122,13 +122,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         from services.simulator.cli import main as simulator_main
 
         return simulator_main(arguments[0], arguments[1:])
+    if arguments and arguments[0] == "eos":
+        # A client of a running procedure service: reads no Settings either.
+        from services.eo_cli import main as eos_main
+
+        return eos_main(arguments[1:])
     parser = argparse.ArgumentParser(
         prog="luccs-fallback", description="LUCCS National Import System fallback procedure, run automatically."
     )
     parser.add_argument(
-        "service", choices=[*SERVICES, "all", "migrate", *SIMULATOR_COMMANDS],
+        "service", choices=[*SERVICES, "all", "migrate", *SIMULATOR_COMMANDS, "eos"],
         help="what to run ('all': the three services; 'migrate': upgrade the procedure, notifier and detector "
-        "databases and exit; 'simulator': a local LUCCS stand-in, 'simulator-ctl': switch its modes; see their --help)",
+        "databases and exit; 'simulator': a local LUCCS stand-in, 'simulator-ctl': switch its modes; "
+        "'eos': bulk EO import/export; see their --help)",
     )
     parser.add_argument("--config", help=f"TOML configuration file (default: ${CONFIG_ENV}, else built-in defaults)")
     parser.add_argument(

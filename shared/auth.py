@@ -115,12 +115,14 @@ async def authorize(request: Request) -> Principal:
 Caller = Annotated[Principal, Depends(authorize)]
 
 
-def install_guard(app: FastAPI, guard: Guard, *, max_body_bytes: int) -> None:
+def install_guard(app: FastAPI, guard: Guard, *, max_body_bytes: int,
+                  streamed_paths: frozenset[str] = frozenset()) -> None:
     """Attach ``guard`` to an app built with ``dependencies=[Depends(authorize)]`` (raise RuntimeError when
     one of its routes has no entry in the table or is not guarded), declare the bearer schemes in its
-    OpenAPI, and put the edge (body size limit, audit lines) in front of it."""
+    OpenAPI, and put the edge (body size limit, audit lines) in front of it. ``streamed_paths``: routes that
+    read their body incrementally and enforce a limit of their own (the edge does not buffer them)."""
     app.state.guard = guard
-    app.add_middleware(ApiEdge, max_body_bytes=max_body_bytes)
+    app.add_middleware(ApiEdge, max_body_bytes=max_body_bytes, streamed_paths=streamed_paths)
     missing = [f"{m} {r.path}" for r in app.routes if isinstance(r, APIRoute) for m in sorted(r.methods or ())
                if guard.rule(m, r.path) is None]
     if missing:

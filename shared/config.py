@@ -506,6 +506,12 @@ class ProcedureSettings(_Section):
     sealing_key: SecretStr | None = Field(
         None, description="Fernet key sealing EO webhook secrets at rest; default: generated in data_dir."
     )
+    import_max_bytes: int = Field(
+        268_435_456, ge=1024, description="Largest body of POST /api/v1/eos:import (streamed, never held whole).",
+    )
+    import_chunk_lines: int = Field(
+        1000, ge=1, le=10_000, description="Lines of an EO import written per database transaction.",
+    )
 
 
 class NotifierSettings(_Section):

@@ -29,15 +29,17 @@ class ApiEdge:
     """ASGI middleware: a body over ``max_body_bytes`` is a 413 before the app sees it; every request of an
     audited role, and every refused one, writes an audit line."""
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, streamed_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.streamed_paths = streamed_paths
+        """Paths whose body the route reads incrementally and limits itself (a bulk import): not buffered here."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+        if scope["method"] in ("POST", "PUT", "PATCH", "DELETE") and scope["path"] not in self.streamed_paths:
             body = await self._read_body(scope, receive)
             if body is None:
                 await _too_large(send, self.max_body_bytes)

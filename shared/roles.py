@@ -124,6 +124,8 @@ ROUTES: Mapping[Service, Mapping[RouteKey, Rule]] = {
         ("PATCH", "/api/v1/eos/{eori}"): OPERATE,
         ("DELETE", "/api/v1/eos/{eori}"): OPERATE,
         ("POST", "/api/v1/eos/{eori}/api-key"): OPERATE,
+        ("POST", "/api/v1/eos:import"): OPERATE,
+        ("GET", "/api/v1/eos:export"): EO_OVERVIEW,
     },
     "notifier": _OPS | {
         ("GET", "/api/v1/deliveries"): EO_DATA,

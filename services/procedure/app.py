@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.procedure.api import router
+from services.procedure.api.bulk import IMPORT_PATH
 from services.procedure.handlers import ProcedureService
 from services.procedure.leadership import Leadership, NotLeader
 from services.procedure.metrics import ProcedureMetrics
@@ -159,5 +160,5 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = _now) -> F
     add_ops_routes(app, checks={"database": database_ready, "loops": leader_tasks_problem}, registry=registry,
                    liveness=leader_tasks_problem, describe=who_leads, before_metrics=metrics.refresh)
     install_guard(app, build_guard(service="procedure", api=settings.api, eo_keys=eo_of_key),
-                  max_body_bytes=settings.api.max_body_bytes)
+                  max_body_bytes=settings.api.max_body_bytes, streamed_paths=frozenset({IMPORT_PATH}))
     return app

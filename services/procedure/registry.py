@@ -11,11 +11,13 @@ import asyncio
 import hmac
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any, cast
 
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.procedure.bulk import ChunkOutcome, ImportLine, Rejected
 from services.procedure.leadership import Leadership
 from services.procedure.models import EoRow, OutboxRow
 from services.procedure.schemas import EoCreate, EoPatch
@@ -119,6 +121,61 @@ class EoRegistry:
         self._outbox_ready.set()
         return api_key
 
+    async def upsert_chunk(self, lines: Sequence[ImportLine], *, issue_keys: bool) -> ChunkOutcome:
+        """Create or update the EOs of one chunk of an import in one transaction (an EO equal to its line is
+        left alone and not republished). ``issue_keys``: return each new EO's API key; otherwise the new EO
+        gets a key nobody knows (issue one with ``POST /api/v1/eos/{eori}/api-key``)."""
+        outcome = ChunkOutcome()
+        now = datetime.now(UTC)
+        created: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        async with self._sessions.begin() as session:
+            epoch = await self._count(session)
+            found = await session.scalars(select(EoRow).where(EoRow.eori.in_([line.eo.eori for line in lines])))
+            existing = {row.eori: row for row in found}
+            for line in lines:
+                body = line.eo
+                row = existing.get(body.eori)
+                secret = body.webhook_secret.get_secret_value() if body.webhook_secret is not None else None
+                if body.webhook_url and secret is None and (row is None or row.webhook_secret_sealed is None):
+                    outcome.rejected.append(Rejected(line.line, "webhook_secret is required with a webhook_url: "
+                                                                "notices are signed with it"))
+                    continue
+                wanted = {"name": body.name, "language": body.language.value, "email": body.email,
+                          "webhook_url": body.webhook_url, "as4_endpoint": body.as4_endpoint}
+                if row is None:
+                    # New EOs are inserted in one executemany, not through the ORM's unit of work.
+                    api_key = new_api_key()
+                    values: dict[str, Any] = {
+                        "eori": body.eori, **wanted, "webhook_secret_sealed": self._seal(body.webhook_secret),
+                        "api_key_hash": hash_api_key(api_key), "created_at": now, "updated_at": now}
+                    created.append(values)
+                    outcome.created += 1
+                    if issue_keys:
+                        outcome.keys.append((body.eori, api_key))
+                else:
+                    changed = {k: v for k, v in wanted.items() if getattr(row, k) != v}
+                    stored = self._sealer.unseal(row.webhook_secret_sealed) if row.webhook_secret_sealed else None
+                    if not changed and (secret is None or secret == stored):
+                        outcome.unchanged += 1
+                        continue
+                    for column, value in changed.items():
+                        setattr(row, column, value)
+                    if secret is not None and secret != stored:
+                        row.webhook_secret_sealed = self._seal(body.webhook_secret)
+                    row.updated_at = now
+                    outcome.updated += 1
+                    values = {"eori": row.eori, **wanted, "api_key_hash": row.api_key_hash}
+                    secret = secret if secret is not None else stored
+                events.append({"topic": self._kafka.eos_topic, "key": body.eori, "created_at": now, "epoch": epoch,
+                               "payload": self._event(values, secret, now)})
+            if created:
+                await session.execute(insert(cast(Table, EoRow.__table__)), created)
+            if events:
+                await session.execute(insert(cast(Table, OutboxRow.__table__)), events)
+        self._outbox_ready.set()
+        return outcome
+
     async def get(self, eori: str) -> EoRow | None:
         async with self._sessions() as session:
             return await session.get(EoRow, eori)
@@ -147,19 +204,27 @@ class EoRegistry:
 
     def _publish(self, session: AsyncSession, row: EoRow, now: datetime, epoch: int | None) -> None:
         secret = self._sealer.unseal(row.webhook_secret_sealed) if row.webhook_secret_sealed else None
+        values = {c: getattr(row, c) for c in ("eori", "name", "language", "email", "webhook_url", "as4_endpoint",
+                                               "api_key_hash")}
+        session.add(OutboxRow(topic=self._kafka.eos_topic, key=row.eori, payload=self._event(values, secret, now),
+                              created_at=now, epoch=epoch))
+
+    @staticmethod
+    def _event(values: dict[str, Any], secret: str | None, now: datetime) -> bytes:
+        """The registry topic's message for an EO (``values``: its columns, ``secret``: unsealed)."""
         event = CloudEvent[EoData](
             source=SOURCE,
             type=EventType.EO_UPSERTED,
-            subject=row.eori,
+            subject=values["eori"],
             time=now,
             data=EoData(
-                eori=row.eori, name=row.name, language=Language(row.language), email=row.email,
-                webhook_url=row.webhook_url, webhook_secret=SecretStr(secret) if secret else None,
-                as4_endpoint=row.as4_endpoint, api_key_hash=row.api_key_hash,
+                eori=values["eori"], name=values["name"], language=Language(values["language"]),
+                email=values["email"], webhook_url=values["webhook_url"],
+                webhook_secret=SecretStr(secret) if secret else None, as4_endpoint=values["as4_endpoint"],
+                api_key_hash=values["api_key_hash"],
             ),
         )
-        session.add(OutboxRow(topic=self._kafka.eos_topic, key=row.eori, payload=event.to_bytes(), created_at=now,
-                              epoch=epoch))
+        return event.to_bytes()
 
 
 def eo_view(row: EoRow) -> dict[str, object]:

@@ -1,0 +1,117 @@
+"""Bulk registry import: 100,000 EOs through ``POST /api/v1/eos:import``, seconds, EOs/s and the service's RSS.
+
+Starts one procedure service (``luccs-fallback procedure``, its own SQLite file in a temporary folder, or
+``--database URL``) on the broker, writes an NDJSON file of ``--eos`` EOs (half with a webhook and its
+secret, so sealing is measured too; every one with an AS4 endpoint), and imports it with
+``luccs-fallback eos import`` (keys returned as a file), timing from the first byte sent to the answer.
+Then imports the same file again (every line unchanged) and prints both, with the service's RSS after
+each (VmRSS) and its peak (VmHWM). The registry topic is published by the leader's outbox afterwards and
+is not part of the time.
+
+    python -m bench.import_bench --bootstrap 127.0.0.1:9092 [--eos 100000] [--database postgresql://...]
+
+Nothing here fails on a number. Goal (issue 14): 100,000 EOs in under 20 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from tests.support import free_port
+
+TOKEN = "bench-operator-token"
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _write_file(path: Path, count: int) -> None:
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(count):
+            eo: dict[str, object] = {"eori": f"LU{i:010d}", "name": f"Operator {i}", "language": "fr",
+                                     "email": f"ops{i}@eo.example", "as4_endpoint": f"https://as4-{i}.eo.example/msh"}
+            if i % 2 == 0:
+                eo |= {"webhook_url": f"https://hooks.eo.example/{i}", "webhook_secret": f"bench-secret-{i:012d}"}
+            out.write(json.dumps(eo) + "\n")
+
+
+def _import(script: str, url: str, path: Path, keys: Path) -> tuple[float, str]:
+    started = time.monotonic()
+    done = subprocess.run([script, "eos", "import", str(path), "--url", url, "--token", TOKEN,
+                           "--keys-out", str(keys)], capture_output=True, text=True, check=False)
+    elapsed = time.monotonic() - started
+    summary = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.startswith("created")]
+    return elapsed, summary[-1] if summary else f"exit {done.returncode}: {done.stderr[-500:]}"
+
+
+def main(args: argparse.Namespace) -> None:
+    script = str(Path(sys.executable).with_name("luccs-fallback"))
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        port = free_port()
+        database = f'database_url = "{args.database}"\n' if args.database else ""
+        config = tmp / "procedure.toml"
+        config.write_text(
+            f'data_dir = "{tmp}"\n[logging]\nlevel = "WARNING"\n[api]\noperator_tokens = ["{TOKEN}"]\n'
+            f'[kafka]\nbootstrap_servers = "{args.bootstrap}"\ntopic_prefix = "bench-import-{uuid.uuid4().hex[:8]}"\n'
+            f'[procedure]\nport = {port}\n{database}notifier_url = ""\nimport_chunk_lines = {args.chunk}\n',
+            encoding="utf-8")
+        data = tmp / "eos.ndjson"
+        _write_file(data, args.eos)
+        print(f"import: {args.eos:,} EOs, {data.stat().st_size / 1e6:.1f} MB NDJSON, chunks of {args.chunk}, "
+              f"{'PostgreSQL' if args.database else 'SQLite'}", flush=True)
+        log = tmp / "procedure.log"
+        with log.open("wb") as out:
+            service = subprocess.Popen([script, "procedure", "--config", str(config)], stdout=out,
+                                       stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline or service.poll() is not None:
+                    raise SystemExit(f"the procedure service did not start:\n{log.read_text()[-2000:]}")
+                time.sleep(0.2)
+            print(f"  service started: RSS {_status_kib(service.pid, 'VmRSS') / 1024:.0f} MiB", flush=True)
+            for run in ("first (all new)", "again (all unchanged)"):
+                elapsed, summary = _import(script, url, data, tmp / "keys.ndjson")
+                rss, peak = (_status_kib(service.pid, f) / 1024 for f in ("VmRSS", "VmHWM"))
+                print(f"  {run}: {elapsed:.1f} s, {args.eos / elapsed:,.0f} EOs/s; {summary}; service RSS "
+                      f"{rss:.0f} MiB (peak {peak:.0f} MiB)", flush=True)
+        finally:
+            service.terminate()
+            try:
+                service.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                service.kill()
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bootstrap", default=os.environ.get("LUCCS_BENCH_KAFKA", "127.0.0.1:9092"))
+    parser.add_argument("--eos", type=int, default=100_000)
+    parser.add_argument("--chunk", type=int, default=1000, help="procedure.import_chunk_lines (default 1000)")
+    parser.add_argument("--database", help="procedure database URL (default: SQLite in a temporary folder)")
+    main(parser.parse_args())
+
+
+if __name__ == "__main__":
+    cli()
