@@ -179,14 +179,22 @@ def _operation(path: str, method: str, operation: Schema, spec: Schema) -> st.Se
     )
     extra = st.dictionaries(st.sampled_from(["x", "limit", "cursor", "state"]), TEXT, max_size=2)
     body: st.SearchStrategy[dict[str, Any]] = st.just({})
-    if "requestBody" in operation:
-        schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    content = operation.get("requestBody", {}).get("content", {})
+    if "application/json" in content:
+        schema = content["application/json"]["schema"]
         body = (
             _from_schema(schema, spec).map(lambda value: {"json": value})
             | JSON_VALUES.map(lambda value: {"json": value})
             | st.binary(max_size=200).map(lambda raw: {"content": raw, "headers": {"Content-Type": "application/json"}})
             | st.just({})
         )
+    elif content or "requestBody" in operation:
+        # A file upload (e.g. the bulk registry import): its declared types, and others, with any bytes.
+        types = [*sorted(content), "application/json", "text/plain", "application/octet-stream"]
+        body = st.builds(
+            lambda raw, kind: {"content": raw, "headers": {"Content-Type": kind}},
+            st.binary(max_size=300) | TEXT.map(str.encode), st.sampled_from(types),
+        ) | st.just({})
     return st.tuples(
         st.just(method.upper()), paths, st.builds(lambda q, e: e | q, queries, extra), HEADERS, body
     )
