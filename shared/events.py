@@ -425,8 +425,23 @@ _SHARED_TOPIC: dict[type[BaseModel], frozenset[str]] = {
 }
 
 
+_GUESTS: dict[type[BaseModel], frozenset[str]] = {MaintenanceData: MAINTENANCE_EVENT_TYPES}
+"""Data models read from a topic that belongs to another one (maintenance announcements travel on the
+procedures topic): their consumers claim only messages of their own types and leave everything else, poison
+included, to the topic's own consumers, so a bad message is dead-lettered once per reading service."""
+
+
+def claims(data_model: type[BaseModel], raw: bytes | None) -> bool:
+    """Whether a consumer of ``data_model`` is answerable for ``raw`` (a tombstone is None): always, unless it
+    is a guest on the topic and the message does not say it is one of the guest's types."""
+    guest_types = _GUESTS.get(data_model)
+    return guest_types is None or (raw is not None and _event_type(raw) in guest_types)
+
+
 def parse_event(raw: bytes, data_model: type[DataT]) -> CloudEvent[DataT]:
     """Parse and validate one message; raise :class:`InvalidEvent` with a readable reason if it is not valid."""
+    if not claims(data_model, raw):
+        raise ForeignEvent(f"a {_event_type(raw)!r} message is left to the topic's own consumers")
     adapter = _adapters.get(data_model)
     if adapter is None:
         adapter = _adapters[data_model] = TypeAdapter(CloudEvent[data_model])  # type: ignore[valid-type]

@@ -27,7 +27,16 @@ from shared._kafka_connection import (
     start_client,
 )
 from shared.config import KafkaSettings
-from shared.events import CloudEvent, DataT, DeadLetterData, EventType, ForeignEvent, InvalidEvent, parse_event
+from shared.events import (
+    CloudEvent,
+    DataT,
+    DeadLetterData,
+    EventType,
+    ForeignEvent,
+    InvalidEvent,
+    claims,
+    parse_event,
+)
 
 __all__ = [
     "CONTRACT_TOPICS",
@@ -325,7 +334,8 @@ class EventConsumer(Generic[DataT]):
         if record.value is None:
             if self._allow_tombstones:
                 return None, record
-            await self._dead_letter(record, "tombstone (null value) on a topic that does not allow them")
+            if claims(self._data_model, None):  # a guest on the topic leaves it to the topic's own consumers
+                await self._dead_letter(record, "tombstone (null value) on a topic that does not allow them")
             return None
         try:
             return parse_event(record.value, self._data_model), record

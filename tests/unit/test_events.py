@@ -370,3 +370,40 @@ def test_eo_without_secret_serialises_null() -> None:
     document = json.loads(eo.model_dump_json())
     assert document["webhook_secret"] is None
     assert document["language"] == "fr"
+
+
+# --- a guest on a shared topic: maintenance announcements on the procedures topic ---------------------------
+
+
+@pytest.mark.parametrize("raw", [
+    b"not json", b"[]", b'{"type": "luccs.unknown.thing", "data": {}}', b'{"specversion": "1.0"}',
+    b'{"type": "luccs.procedure.opened", "data": {}}',
+])
+def test_the_guest_leaves_everything_but_its_own_types_to_the_topics_own_consumers(raw: bytes) -> None:
+    from shared.events import ForeignEvent, MaintenanceData, claims
+
+    assert not claims(MaintenanceData, raw)
+    with pytest.raises(ForeignEvent):
+        parse_event(raw, MaintenanceData)
+    assert not claims(MaintenanceData, None)  # a tombstone: the procedure consumer dead-letters it, once
+
+
+def test_the_guest_dead_letters_a_broken_message_of_its_own_type_and_the_owner_skips_it() -> None:
+    from shared.events import ForeignEvent, MaintenanceData, claims
+
+    raw = b'{"specversion": "1.0", "id": "x", "source": "/t", "type": "luccs.maintenance.scheduled", "data": {}}'
+    assert claims(MaintenanceData, raw)
+    with pytest.raises(InvalidEvent, match="schema validation failed") as caught:
+        parse_event(raw, MaintenanceData)
+    assert not isinstance(caught.value, ForeignEvent)
+    with pytest.raises(ForeignEvent):
+        parse_event(raw, ProcedureData)
+
+
+def test_the_owner_dead_letters_an_unknown_type() -> None:
+    raw = b'{"specversion": "1.0", "id": "x", "source": "/t", "type": "luccs.unknown.thing", "data": {}}'
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(raw, ProcedureData)
+    from shared.events import ForeignEvent
+
+    assert not isinstance(caught.value, ForeignEvent)
