@@ -157,6 +157,14 @@ def trusted_time(observed_at: datetime, *, sent_at: datetime | None, now: dateti
     return now
 
 
+def trusted_verdict(verdict_by: datetime | None, *, observed_at: datetime, trusted_at: datetime) -> datetime | None:
+    """A suspect observation's verdict time, moved as its observation time was by :func:`trusted_time` (a
+    detector clock running ahead skews both by the same amount)."""
+    if verdict_by is None:
+        return None
+    return verdict_by - (observed_at - trusted_at)
+
+
 MAX_EVIDENCE = 12
 """Observations recorded as a decision's evidence per component: enough to show why, with the dissent."""
 

@@ -52,13 +52,6 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _verdict_by(seen: AvailabilityData, observed_at: datetime) -> datetime | None:
-    """The detector's verdict time, moved as its observation time was (a skewed clock skews both)."""
-    if not seen.suspect or seen.verdict_by is None:
-        return None
-    return seen.verdict_by - (seen.observed_at - observed_at)
-
-
 def _observation(row: ObservationRow) -> Observation:
     return Observation(
         target_id=row.target_id, component=Component(row.component), detector_instance=row.detector_instance,
@@ -164,7 +157,9 @@ class ProcedureService:
                 newer[key] = Observation(
                     target_id=seen.target_id, component=seen.component, detector_instance=seen.detector_instance,
                     state=seen.state, observed_at=observed_at, reason=seen.reason, eori=seen.eori,
-                    suspect=seen.suspect, verdict_by=_verdict_by(seen, observed_at),
+                    suspect=seen.suspect,
+                    verdict_by=domain.trusted_verdict(seen.verdict_by if seen.suspect else None,
+                                                      observed_at=seen.observed_at, trusted_at=observed_at),
                 )
             if not newer:
                 return

@@ -26,6 +26,7 @@ from services.procedure.domain import (
     decide,
     decide_advisories,
     national_wait,
+    trusted_verdict,
 )
 from shared.events import AdvisoryKind, Component, ComponentState, Origin, ProcedureState, Scenario, Scope
 
@@ -326,3 +327,10 @@ def test_ntp_blips_during_an_ada_outage_never_reach_eos_twice(blips: int) -> Non
     ada.run()
     ntp.run()
     assert run_engine(ada, ntp, start=None, states=(UP, UP)) == [(Action.OPEN, S2)]
+
+
+def test_a_skewed_detectors_verdict_moves_with_its_observation() -> None:
+    ahead = NOW + timedelta(minutes=10)
+    moved = trusted_verdict(ahead + timedelta(seconds=3), observed_at=ahead, trusted_at=NOW)
+    assert moved == NOW + timedelta(seconds=3)
+    assert trusted_verdict(None, observed_at=ahead, trusted_at=NOW) is None
