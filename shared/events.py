@@ -420,8 +420,7 @@ class ForeignEvent(InvalidEvent):
 
 # Data models sharing one topic: each one's consumers skip the others' event types.
 _SHARED_TOPIC: dict[type[BaseModel], frozenset[str]] = {
-    ProcedureData: MAINTENANCE_EVENT_TYPES,
-    MaintenanceData: PROCEDURE_EVENT_TYPES,
+    ProcedureData: MAINTENANCE_EVENT_TYPES,  # the guests' types (see _GUESTS for the other direction)
 }
 
 
