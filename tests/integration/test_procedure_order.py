@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer
 from sqlalchemy import select
 
 from services.notifier.app import NotifierParts
@@ -28,8 +28,6 @@ from services.procedure.outbox import Outbox
 from shared.config import KafkaSettings, ProcedureSettings, Settings
 from shared.db import make_engine, session_factory
 from shared.events import (
-    AvailabilityData,
-    CloudEvent,
     Component,
     ComponentState,
     EventType,
@@ -39,6 +37,7 @@ from shared.events import (
 )
 from shared.kafka import EventConsumer, Publisher, ensure_topics
 from tests.integration.test_notifier_delivery import notifier_settings, register, running_notifier
+from tests.integration.test_procedure_service import _RECORD, _seen
 from tests.support import WebhookReceiver, eventually
 
 pytestmark = pytest.mark.integration
@@ -46,10 +45,6 @@ pytestmark = pytest.mark.integration
 UP, DOWN = ComponentState.UP, ComponentState.DOWN
 ADA, NTP, EO_B2G = Component.ADA_B2G, Component.NTP, Component.EO_B2G
 EORI = "LU00000000000042"
-_RECORD: ConsumerRecord[bytes, bytes] = ConsumerRecord(
-    topic="t", partition=0, offset=0, timestamp=0, timestamp_type=0, key=None, value=None, checksum=None,
-    serialized_key_size=0, serialized_value_size=0, headers=(),
-)
 
 
 @pytest.fixture
@@ -57,17 +52,6 @@ def receiver() -> Iterator[WebhookReceiver]:
     hooks = WebhookReceiver().start()
     yield hooks
     hooks.stop()
-
-
-def _seen(target: str, component: Component, state: ComponentState, at: datetime,
-          eori: str | None = None) -> CloudEvent[AvailabilityData]:
-    return CloudEvent[AvailabilityData](
-        source="/tests", type=EventType.AVAILABILITY_CHANGED, subject=target,
-        data=AvailabilityData(
-            target_id=target, component=component, eori=eori, detector_instance="d1", state=state, since=at,
-            observed_at=at, probe="http", ok=state == UP, reason="test",
-        ),
-    )
 
 
 @contextlib.asynccontextmanager
