@@ -23,8 +23,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.procedure import domain, maintenance, maintenances
-from services.procedure.domain import ComponentView, Decision, Observation, Rejected
 from services.procedure.availability import NATIONAL_COMPONENTS
+from services.procedure.domain import ComponentView, Decision, Observation, Rejected
 from services.procedure.history import record_state_changes
 from services.procedure.latency import LatencySample, LatencySlot, rollup
 from services.procedure.latency_store import add_latency
