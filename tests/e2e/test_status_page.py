@@ -128,6 +128,7 @@ async def test_an_operator_confirms_watches_the_fan_out_and_closes_from_the_cons
             await expect(page.locator("#sign-in-error")).to_contain_text("Refused:")
             await expect(page.locator("#sign-in-error")).to_contain_text("token")
             await expect(page.locator("button[data-action]")).to_have_count(0)
+            await expect(page.locator("#read-only")).to_be_visible()
             assert await page.evaluate("() => sessionStorage.length") == 0
             async with httpx.AsyncClient(base_url=system.url) as client:
                 still = (await client.get(f"/api/v1/procedures/{procedure_id}")).json()
@@ -136,6 +137,8 @@ async def test_an_operator_confirms_watches_the_fan_out_and_closes_from_the_cons
             await page.fill("#token", TOKEN)
             await page.click("#sign-in button[type=submit]")
             await expect(page.locator("#who-name")).to_contain_text("operator:")
+            await expect(page.locator("#sign-in")).to_be_hidden()
+            await expect(page.locator("#read-only")).to_be_hidden()
             assert await page.evaluate("() => document.cookie") == ""
             assert TOKEN not in page.url
             card = page.locator(f"article[data-procedure='{procedure_id}']")
