@@ -23,6 +23,8 @@ __all__ = ["EoEndpointDown", "StatisticsInput", "eo_endpoints_down", "procedure_
 
 _OPENING_KINDS = ("open", "confirm")
 _NOTIFIER_READS = 8  # reach queries in flight at once for the statistics
+MAX_NOTIFIER_QUERIES = 2000
+"""Statistics over more procedures than this do without the notifier's first-notice times (one query each)."""
 
 
 async def procedure_fan_out(summary: NotifierSummary, procedure_id: str) -> FanOut | None:
@@ -71,7 +73,10 @@ async def statistics_input(
             opened_in = {procedure_id: scenario for procedure_id, scenario in entries.all()}  # the earliest wins
     first: dict[str, float | None] = {}
     problem: str | None = "no notifier is configured (procedure.notifier_url)" if summary is None else None
-    if summary is not None and rows:
+    if summary is not None and len(rows) > MAX_NOTIFIER_QUERIES:
+        problem = (f"{len(rows)} procedures opened in the window: the notifier is asked for at most "
+                   f"{MAX_NOTIFIER_QUERIES}; take a shorter window for the times to first notice")
+    elif summary is not None and rows:
         limit = asyncio.Semaphore(_NOTIFIER_READS)
         async with summary.client() as client:
             async def one(procedure_id: str) -> None:

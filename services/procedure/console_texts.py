@@ -11,6 +11,12 @@ from shared.events import Language
 __all__ = ["PHRASES"]
 
 _EN = {
+    "kind_propose": "proposed", "kind_open": "opened", "kind_confirm": "confirmed", "kind_update": "scenario changed",
+    "kind_close": "closed", "kind_withdraw": "withdrawn", "kind_note": "note", "kind_broadcast": "broadcast",
+    "advisory_ntp_unavailable": "NTP unavailable (ADA B2G available): no fallback procedure",
+    "advisory_monitoring_blind": "Monitoring blind: no fresh observation",
+    "origin_detected": "detected", "origin_eo_report": "reported by the EO", "origin_operator": "declared",
+    "origin_planned": "planned maintenance",
     "lang_name": "English",
     "title": "LUCCS fallback, Servicedesk console",
     "live_hint": "This page updates itself while JavaScript is on; otherwise reload it.",
@@ -58,6 +64,12 @@ _EN = {
 }
 
 _FR = {
+    "kind_propose": "proposée", "kind_open": "ouverte", "kind_confirm": "confirmée", "kind_update": "scénario modifié",
+    "kind_close": "close", "kind_withdraw": "retirée", "kind_note": "note", "kind_broadcast": "message diffusé",
+    "advisory_ntp_unavailable": "NTP indisponible (B2G de l'ADA disponible) : pas de procédure de secours",
+    "advisory_monitoring_blind": "Surveillance aveugle : aucune observation récente",
+    "origin_detected": "détectée", "origin_eo_report": "signalée par l'opérateur", "origin_operator": "déclarée",
+    "origin_planned": "maintenance planifiée",
     "lang_name": "Français",
     "title": "LUCCS secours, console du Servicedesk",
     "live_hint": "Cette page se met à jour seule si JavaScript est actif ; sinon, rechargez-la.",
@@ -109,6 +121,13 @@ _FR = {
 }
 
 _DE = {
+    "kind_propose": "vorgeschlagen", "kind_open": "eröffnet", "kind_confirm": "bestätigt",
+    "kind_update": "Szenario geändert", "kind_close": "geschlossen", "kind_withdraw": "zurückgezogen",
+    "kind_note": "Notiz", "kind_broadcast": "Nachricht gesendet",
+    "advisory_ntp_unavailable": "NTP nicht verfügbar (B2G der ADA verfügbar): kein Notfallverfahren",
+    "advisory_monitoring_blind": "Überwachung blind: keine aktuelle Beobachtung",
+    "origin_detected": "erkannt", "origin_eo_report": "vom Wirtschaftsbeteiligten gemeldet",
+    "origin_operator": "erklärt", "origin_planned": "geplante Wartung",
     "lang_name": "Deutsch",
     "title": "LUCCS-Notfallverfahren, Servicedesk-Konsole",
     "live_hint": "Diese Seite aktualisiert sich selbst, solange JavaScript aktiv ist; sonst neu laden.",

@@ -262,3 +262,29 @@ async def test_the_console_shows_bars_chart_and_the_eo_table_only_to_who_may_rea
     french = (await scripted.client.get("/console/live", params={"lang": "fr"})).text
     assert "Disponibilité, 90 derniers jours" in french and 'data-action=' not in french
     assert (await scripted.client.get("/console/live", headers={"Authorization": "Bearer wrong"})).status_code == 403
+
+
+async def test_with_read_requires_token_the_page_holds_no_data_and_its_live_part_needs_a_token(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path, kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+        api=ApiSettings(operator_tokens=[SecretStr(TOKEN)], read_requires_token=True),
+        procedure=ProcedureSettings(notifier_url=None),
+    )
+    engine = make_engine(settings.database_url("procedure"))
+    await upgrade(engine)
+    await engine.dispose()
+    app = create_app(settings)
+    app.state.procedures.leadership = None  # no lifespan (see the scripted fixture)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://procedure") as client:
+            shell = await client.get("/")
+            assert shell.status_code == 200
+            assert "Sign in to see the status" in shell.text and 'data-component="ada_b2g"' not in shell.text
+            assert (await client.get("/console/live")).status_code == 401
+            live = await client.get("/console/live", headers=OPERATOR)
+            assert live.status_code == 200 and 'data-component="ada_b2g"' in live.text
+            assert (await client.get("/api/v1/history/procedures")).status_code == 401
+    finally:
+        await app.state.sessions.kw["bind"].dispose()

@@ -19,8 +19,9 @@ from services.procedure.console import (
     scenario_figures,
 )
 from services.procedure.console_texts import PHRASES
+from services.procedure.domain import Action
 from services.procedure.latency import LatencySample, LatencySlot, rollup, slot_start
-from shared.events import Component, Scenario
+from shared.events import AdvisoryKind, Component, Origin, Scenario
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 ADA, NTP = Component.ADA_B2G, Component.NTP
@@ -116,3 +117,5 @@ def test_every_language_has_every_phrase_and_every_scenario_and_component_a_name
     for phrases in PHRASES.values():
         assert set(phrases) == keys
     assert {f"scenario_{s.value}" for s in Scenario} | {f"component_{c.value}" for c in Component} <= keys
+    assert {f"advisory_{k.value}" for k in AdvisoryKind} | {f"origin_{o.value}" for o in Origin} <= keys
+    assert {f"kind_{a.value}" for a in Action} | {"kind_note", "kind_broadcast"} <= keys
