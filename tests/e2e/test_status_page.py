@@ -182,6 +182,45 @@ async def test_an_operator_confirms_watches_the_fan_out_and_closes_from_the_cons
             await browser.close()
 
 
+async def test_an_operator_declares_annotates_and_broadcasts_with_errors_in_words(base_url: str) -> None:
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(base_url + "/?lang=fr")
+            await page.fill("#token", TOKEN)
+            await page.click("#sign-in button[type=submit]")
+            await expect(page.locator("#who-name")).to_contain_text("operator:")
+
+            await page.click("button[data-action='declare']")
+            await expect(page.locator("#act-question")).to_contain_text("Déclarer cette procédure")
+            await page.select_option("#act select[name=scenario]", "ADA_B2G_UNAVAILABLE")
+            await page.fill("#act textarea[name=reason]", "Exercice")
+            await page.click("#act-yes")
+            card = page.locator("article.procedure[data-state='open']")
+            await expect(card).to_contain_text("Scénario 2", timeout=10_000)
+            await expect(card.locator(".fanout")).to_contain_text("indisponible")  # no notifier configured here
+
+            await card.locator("button[data-action='note']").click()
+            await page.fill("#act textarea[name=text]", "Appel du Bureau à 10 h")
+            await page.click("#act-yes")
+            await expect(card.locator(".timeline li[data-kind='note']")).to_contain_text("Appel du Bureau à 10 h",
+                                                                                        timeout=10_000)
+
+            await card.locator("button[data-action='broadcast']").click()
+            await page.fill("#act textarea[name=text_fr]", "Déposez par NTP")
+            await page.fill("#act textarea[name=text_en]", "Lodge through NTP")
+            await page.click("#act-yes")  # no German text: the API's 422 in words, nothing sent
+            await expect(page.locator("#act-error")).to_contain_text("missing in de")
+            await page.fill("#act textarea[name=text_de]", "Über NTP anmelden")
+            await page.click("#act-yes")
+            await expect(page.locator("#act")).to_be_hidden()
+            await expect(card.locator(".timeline li[data-kind='broadcast']")).to_have_count(1, timeout=10_000)
+            await expect(card.locator(".timeline li[data-kind='broadcast']")).to_contain_text("message diffusé")
+        finally:
+            await browser.close()
+
+
 async def test_at_200_percent_zoom_the_main_controls_do_not_overflow(base_url: str) -> None:
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS)
