@@ -225,7 +225,7 @@ async def test_latency_series_per_five_minutes(scripted: Scripted) -> None:
     assert response.json() == {"step_s": 300, "items": [
         {"component": "ada_b2g", "slot_start": _iso(0), "samples": 2, "mean_ms": 200.0, "max_ms": 300.0},
         {"component": "ada_b2g", "slot_start": _iso(5 / 60), "samples": 1, "mean_ms": 50.0, "max_ms": 50.0},
-    ]}
+    ], "next": None}
     both = (await scripted.client.get("/api/v1/history/latency", params={"from": _iso(0), "to": _iso(1)})).json()
     assert [(i["component"], i["samples"]) for i in both["items"]] == [("ada_b2g", 2), ("ada_b2g", 1), ("ntp", 1)]
     bad = await scripted.client.get("/api/v1/history/latency", params={"from": _iso(1), "to": _iso(0)})

@@ -37,6 +37,7 @@ class LatencyItem(BaseModel):
 class LatencySeries(BaseModel):
     step_s: int = Field(description="Width of a slot in seconds (300); slots without probes are left out")
     items: list[LatencyItem]
+    next: str | None = Field(None, description="Always null: a window (at most 31 days) comes in one page")
 
 
 class ScenarioStatistics(BaseModel):
