@@ -46,7 +46,7 @@ _EN = {
     "author_bureau": "Bureau de recette Douanes", "text_fr": "French text", "text_en": "English text",
     "text_de": "German text",
     "are_you_sure": "Please check, then confirm:", "yes": "Yes, do it", "cancel": "Cancel",
-    "done": "Done.", "error": "Refused:", "network_error": "The service did not answer.",
+    "done": "Done.", "error": "Refused:", "network_error": "No answer from the service: try again.",
     "ask_confirm": "Confirm this proposed procedure? EOs will be told.",
     "ask_withdraw": "Withdraw this proposed procedure? Nothing reaches EOs.",
     "ask_close": "Close this procedure? EOs will be told it is over.",
