@@ -164,6 +164,18 @@ async def test_an_operator_confirms_watches_the_fan_out_and_closes_from_the_cons
             await page.fill("#act textarea[name=reason]", "Gateway restarted")
             await page.click("#act-yes")
             await expect(card).to_have_count(0, timeout=15_000)
+            # ADA B2G is still down: the service proposes again; the operator withdraws that proposal.
+            again = page.locator(f"article.procedure[data-state='proposed']:not([data-procedure='{procedure_id}'])")
+            await expect(again).to_have_count(1, timeout=15_000)
+            second_id = await again.get_attribute("data-procedure")
+            await again.locator("button[data-action='withdraw']").click()
+            await expect(page.locator("#act-question")).to_contain_text("Withdraw this proposed procedure")
+            await page.fill("#act textarea[name=reason]", "Known: the gateway is being restarted")
+            await page.click("#act-yes")
+            await expect(page.locator(f"article[data-procedure='{second_id}']")).to_have_count(0, timeout=15_000)
+            async with httpx.AsyncClient(base_url=system.url) as client:
+                withdrawn = (await client.get(f"/api/v1/procedures/{second_id}")).json()
+            assert [e["kind"] for e in withdrawn["timeline"]] == ["propose", "withdraw"]
             await system.observe(Component.ADA_B2G, ComponentState.UP, latency_ms=90)
             await expect(page.locator("tr[data-component='ada_b2g'] .state")).to_have_attribute(
                 "data-state", "up", timeout=15_000)
