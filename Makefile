@@ -1,5 +1,5 @@
 # The two commands of the README, plus a quick loop for development.
-.PHONY: run test test-unit bench
+.PHONY: run test test-unit bench console-screenshots
 
 run:        ## install what is missing and run the whole system (broker included) on its defaults
 	./scripts/run.sh
@@ -12,3 +12,6 @@ test-unit:  ## lint, types and unit tests only: seconds, no servers
 
 bench:      ## run the benchmarks (own broker) and print their figures; see bench/README.md
 	./scripts/bench.sh
+
+console-screenshots:  ## PNGs of the Servicedesk console during an outage and after it (needs the broker of `make run`)
+	.venv/bin/python -m scripts.console_screenshots

@@ -42,7 +42,8 @@ def _event(target: str, component: Component, instance: str, state: ComponentSta
         source=f"/bench/{instance}", type=EventType.AVAILABILITY_HEARTBEAT, subject=target,
         data=AvailabilityData(target_id=target, component=component, detector_instance=instance, state=state,
                               since=BASE, observed_at=at, probe="http", ok=state == ComponentState.UP,
-                              reason="ok" if state == ComponentState.UP else "refused"),
+                              reason="ok" if state == ComponentState.UP else "refused",
+                              latency_ms=20.0 + at.microsecond % 1000 / 10),  # as a detector sends (rolled up)
     ).to_bytes()
 
 

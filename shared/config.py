@@ -501,7 +501,11 @@ class ProcedureSettings(_Section):
         None, description="PEM CA bundle an https notifier_url must chain to (default: the system's CAs).",
     )
     notifier_token: SecretStr | None = Field(
-        None, description="Token the status page shows the notifier when its reads need one (a viewer token)."
+        None, description="Token the console shows the notifier: a viewer token reads the delivery summary; "
+        "the fan-out progress and the times to first notice need an operator or bureau token there.",
+    )
+    console_language: Language = Field(
+        Language.EN, description="Language the Servicedesk console (/) opens in; its switch offers fr, en and de.",
     )
     sealing_key: SecretStr | None = Field(
         None, description="Fernet key sealing EO webhook secrets at rest; default: generated in data_dir."

@@ -97,7 +97,8 @@ _OPS: dict[RouteKey, Rule] = {
 
 ROUTES: Mapping[Service, Mapping[RouteKey, Rule]] = {
     "procedure": _OPS | {
-        ("GET", "/"): NATIONAL,
+        ("GET", "/"): PUBLIC,  # the console's shell: its live part only when reads are open (else /console/live)
+        ("GET", "/console/live"): NATIONAL,  # the console's live part, for whoever calls it (EO data as allowed)
         ("GET", "/public"): PUBLIC,  # the EOs' page: national facts only, never evidence, reasons or EO data
         ("GET", "/public/feed.atom"): PUBLIC,
         ("GET", "/api/v1/status"): NATIONAL,
@@ -106,6 +107,9 @@ ROUTES: Mapping[Service, Mapping[RouteKey, Rule]] = {
         ("GET", "/api/v1/stream"): NATIONAL,
         ("GET", "/api/v1/history"): NATIONAL,
         ("GET", "/api/v1/outages"): NATIONAL,
+        ("GET", "/api/v1/history/latency"): NATIONAL,
+        ("GET", "/api/v1/history/procedures"): NATIONAL,  # scenario-1 figures only for who reads every EO
+        ("GET", "/api/v1/procedures/{procedure_id}/fanout"): NATIONAL,  # counts only; scenario 1: EO_DATA readers
         ("POST", "/api/v1/procedures"): OPERATE,
         ("POST", "/api/v1/procedures/{procedure_id}/confirm"): OPERATE,
         ("POST", "/api/v1/procedures/{procedure_id}/close"): OPERATE,

@@ -441,6 +441,8 @@ class TimeToReach:
     reached_50_s: float | None
     reached_99_s: float | None
     reached_all_s: float | None
+    first_reached_s: float | None = None
+    """Seconds from the opening until the first concerned EO was reached (the time to first notice)."""
 
 
 def time_to_reach(*, opened_at: datetime | None, reached_at: Sequence[datetime | None]) -> TimeToReach:
@@ -461,4 +463,5 @@ def time_to_reach(*, opened_at: datetime | None, reached_at: Sequence[datetime |
         return max(0.0, (times[needed - 1] - opened_at).total_seconds())
 
     half, most, every = (share(percent) for percent in REACH_SHARES)
-    return TimeToReach(reached_50_s=half, reached_99_s=most, reached_all_s=every)
+    first = max(0.0, (times[0] - opened_at).total_seconds()) if opened_at is not None and times else None
+    return TimeToReach(reached_50_s=half, reached_99_s=most, reached_all_s=every, first_reached_s=first)

@@ -23,8 +23,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.procedure import domain, maintenance, maintenances
+from services.procedure.availability import NATIONAL_COMPONENTS
 from services.procedure.domain import ComponentView, Decision, Observation, Rejected
 from services.procedure.history import record_state_changes
+from services.procedure.latency import LatencySample, LatencySlot, rollup
+from services.procedure.latency_store import add_latency
 from services.procedure.leadership import Leadership
 from services.procedure.models import AdvisoryRow, ComponentRow, ObservationRow, ProcedureRow
 from services.procedure.outbox import Outbox
@@ -141,6 +144,7 @@ class ProcedureService:
         now = self._clock()
         async with self._lock:
             newer: dict[tuple[str, str], Observation] = {}
+            latencies: list[LatencySample] = []
             for event, record in items:
                 assert event is not None  # the consumer dead-letters tombstones on this topic
                 seen = event.data
@@ -154,6 +158,9 @@ class ProcedureService:
                 known = newer.get(key) or self._observations.get(key)
                 if known is not None and known.observed_at >= observed_at:
                     continue  # a redelivery or an older message: already accounted for
+                if seen.latency_ms is not None and seen.eori is None and seen.component in NATIONAL_COMPONENTS:
+                    latencies.append(LatencySample(component=seen.component, observed_at=observed_at,
+                                                   latency_ms=seen.latency_ms))
                 newer[key] = Observation(
                     target_id=seen.target_id, component=seen.component, detector_instance=seen.detector_instance,
                     state=seen.state, observed_at=observed_at, reason=seen.reason, eori=seen.eori,
@@ -165,14 +172,15 @@ class ProcedureService:
                 return
             # Recorded only once committed: until then the status shows the state its decisions are in,
             # and a redelivery after a failure is decided again.
-            await self._decide(now, store=newer)
+            await self._decide(now, store=newer, latency=rollup(latencies))
 
     async def tick(self) -> None:
         """Re-decide with the clock moved on: observations go stale, advisories rise and clear."""
         async with self._lock:
             await self._decide(self._clock(), store={})
 
-    async def _decide(self, now: datetime, *, store: dict[tuple[str, str], Observation]) -> None:
+    async def _decide(self, now: datetime, *, store: dict[tuple[str, str], Observation],
+                      latency: Sequence[LatencySlot] = ()) -> None:
         observations = {**self._observations, **store}
         views = self.views(now=now, observations=observations)
         try:
@@ -185,6 +193,7 @@ class ProcedureService:
                      "verdict_by": o.verdict_by}
                     for o in store.values()
                 ], key=("target_id", "detector_instance"))
+                await add_latency(session, latency)
                 recorder = Recorder(session=session, kafka=self._settings.kafka, now=now,
                                     components=views.components, epoch=epoch)
                 active = await self._active_procedures(session)

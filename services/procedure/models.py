@@ -5,7 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, false, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    false,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from shared.db import UTCDateTime
@@ -60,6 +73,19 @@ class ComponentStateRow(Base):
         Index("uq_component_states_current", "component", unique=True,
               sqlite_where=text("until IS NULL"), postgresql_where=text("until IS NULL")),
     )
+
+
+class ProbeLatencyRow(Base):
+    """Probe latency of a national component per 5-minute UTC slot (:mod:`services.procedure.latency`): how many
+    probes were reported, their summed and their largest latency. Written with the observations."""
+
+    __tablename__ = "probe_latency"
+
+    component: Mapped[str] = mapped_column(String(20), primary_key=True)
+    slot_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    samples: Mapped[int] = mapped_column(Integer)
+    total_ms: Mapped[float] = mapped_column(Float)
+    max_ms: Mapped[float] = mapped_column(Float)
 
 
 _ACTIVE = "state IN ('open', 'proposed')"

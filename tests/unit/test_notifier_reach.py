@@ -175,6 +175,12 @@ def test_time_to_reach_without_concerned_eos_or_opening_is_null(reached: list[da
     assert (times.reached_50_s, times.reached_99_s, times.reached_all_s) == (None, None, None)
 
 
+def test_time_to_first_notice_is_the_earliest_reach_from_the_opening() -> None:
+    assert time_to_reach(opened_at=NOW, reached_at=_at(3, None, 1.5, 4)).first_reached_s == 1.5
+    assert time_to_reach(opened_at=NOW, reached_at=_at(None, None)).first_reached_s is None
+    assert time_to_reach(opened_at=None, reached_at=_at(1)).first_reached_s is None
+
+
 def test_time_to_reach_is_never_negative() -> None:
     assert time_to_reach(opened_at=NOW, reached_at=_at(-0.5)).reached_all_s == 0.0
 
