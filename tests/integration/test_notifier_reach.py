@@ -147,8 +147,9 @@ async def test_only_the_unreached_are_escalated_and_the_digest_lists_exactly_the
 
             async def first_outcomes() -> bool:
                 rows = {(r.recipient_key, r.channel): r for r in await deliveries(parts)}
-                return (rows[("LU0003", "webhook")].status == "delivered" and rows[("LU0005", "email")].status == "dead"
-                        and rows[("LU0001", "webhook")].attempts >= 1 and rows[("LU0002", "webhook")].attempts >= 1)
+                webhook, email = DeliveryChannel.WEBHOOK, DeliveryChannel.EMAIL
+                return (rows[("LU0003", webhook)].status == "delivered" and rows[("LU0005", email)].status == "dead"
+                        and rows[("LU0001", webhook)].attempts >= 1 and rows[("LU0002", webhook)].attempts >= 1)
 
             await eventually(first_outcomes, what="the first outcomes")
             before = (await _api(parts, f"/api/v1/procedures/{procedure_id}/reach")).json()
