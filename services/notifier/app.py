@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,10 +61,11 @@ class NotifierParts:
 
 def build_notifier(
     settings: Settings, *, registry: CollectorRegistry, publisher: Publisher | None = None, poll_s: float = 1.0,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC), rng: random.Random | None = None,
 ) -> NotifierParts:
     """Wire the notifier's parts from the settings (creates no connection yet); ``clock`` is when its
-    deliveries are planned, due and escalated (tests move it on instead of waiting)."""
+    deliveries are planned, due and escalated (tests move it on instead of waiting), ``rng`` draws the jitter
+    of their retries (tests pin it)."""
     cfg = settings.notifier
     engine = make_engine(settings.database_url("notifier"))
     sessions = session_factory(engine)
@@ -81,7 +83,7 @@ def build_notifier(
     }
     dispatcher = Dispatcher(
         settings=settings, sessions=sessions, senders=senders, metrics=metrics, publisher=publisher, poll_s=poll_s,
-        clock=clock,
+        clock=clock, rng=rng,
     )
     reach = ReachKeeper(settings=cfg, sessions=sessions, texts=texts, metrics=metrics, on_planned=dispatcher.wake,
                         poll_s=poll_s, clock=clock)
