@@ -25,7 +25,7 @@ from services.notifier.metrics import NotifierMetrics
 from services.notifier.migrate import upgrade
 from services.notifier.models import EoRow
 from services.notifier.notices import Contacts, NoticeTexts
-from services.notifier.planning import Planner
+from services.notifier.planning import NoticeDesk, Planner
 from services.notifier.reach import ReachKeeper
 from services.notifier.registry import RegistryCatchUp
 from services.notifier.webhook_http import WebhookHttpClient
@@ -85,15 +85,14 @@ def build_notifier(
         settings=settings, sessions=sessions, senders=senders, metrics=metrics, publisher=publisher, poll_s=poll_s,
         clock=clock, rng=rng,
     )
-    reach = ReachKeeper(settings=cfg, sessions=sessions, texts=texts, metrics=metrics, on_planned=dispatcher.wake,
-                        poll_s=poll_s, clock=clock)
+    desk = NoticeDesk(settings=cfg, sessions=sessions, texts=texts, metrics=metrics, clock=clock)
+    reach = ReachKeeper(desk, on_planned=dispatcher.wake, poll_s=poll_s)
 
     def planned() -> None:
         dispatcher.wake()
         reach.wake()  # a fan-out committed: an EO registered meanwhile may have been left out of it
 
-    planner = Planner(settings=cfg, sessions=sessions, texts=texts, metrics=metrics, on_planned=planned,
-                      on_registry=reach.wake, clock=clock)
+    planner = Planner(desk, on_planned=planned, on_registry=reach.wake)
     return NotifierParts(engine=engine, sessions=sessions, metrics=metrics, planner=planner, dispatcher=dispatcher,
                          reach=reach, senders=senders)
 

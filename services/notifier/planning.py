@@ -20,6 +20,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -78,9 +79,21 @@ from shared.kafka import Item
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Planner", "contacts_of", "insert_new", "own_procedures", "record_notices", "situation_of"]
+__all__ = ["NoticeDesk", "Planner", "contacts_of", "insert_new", "own_procedures", "record_notices", "situation_of"]
 
 _DUE = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
+
+
+@dataclass(frozen=True)
+class NoticeDesk:
+    """What plans and records notices (the :class:`Planner` and the reach keeper) works with: the settings,
+    the delivery log, the notice texts, the metrics, and the clock that says when (tests move it on)."""
+
+    settings: NotifierSettings
+    sessions: async_sessionmaker[AsyncSession]
+    texts: NoticeTexts
+    metrics: NotifierMetrics
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
 
 class Planner:
@@ -88,22 +101,15 @@ class Planner:
 
     def __init__(
         self,
+        desk: NoticeDesk,
         *,
-        settings: NotifierSettings,
-        sessions: async_sessionmaker[AsyncSession],
-        texts: NoticeTexts,
-        metrics: NotifierMetrics,
         on_planned: Callable[[], None] = lambda: None,
         on_registry: Callable[[], None] = lambda: None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._settings = settings
-        self._sessions = sessions
-        self._texts = texts
-        self._metrics = metrics
+        self._settings, self._sessions, self._texts = desk.settings, desk.sessions, desk.texts
+        self._metrics, self._clock = desk.metrics, desk.clock
         self._on_planned = on_planned
         self._on_registry = on_registry
-        self._clock = clock
 
     @property
     def servicedesk(self) -> StaffContact | None:

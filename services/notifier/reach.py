@@ -22,11 +22,11 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, exists, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifier.domain import (
     NO_ADDRESS,
@@ -45,11 +45,16 @@ from services.notifier.domain import (
     reaches_eos,
     time_to_reach,
 )
-from services.notifier.metrics import NotifierMetrics
 from services.notifier.models import DeliveryRow, EoRow, KnownProcedureRow, NoticeRow, PlannedEventRow, ReachRow
-from services.notifier.notices import Notice, NoticeTexts
-from services.notifier.planning import contacts_of, insert_new, own_procedures, record_notices, situation_of
-from shared.config import NotifierSettings
+from services.notifier.notices import Notice
+from services.notifier.planning import (
+    NoticeDesk,
+    contacts_of,
+    insert_new,
+    own_procedures,
+    record_notices,
+    situation_of,
+)
 from shared.events import (
     CloudEvent,
     DeliveryChannel,
@@ -122,24 +127,17 @@ class ReachKeeper:
 
     def __init__(
         self,
+        desk: NoticeDesk,
         *,
-        settings: NotifierSettings,
-        sessions: async_sessionmaker[AsyncSession],
-        texts: NoticeTexts,
-        metrics: NotifierMetrics,
         on_planned: Callable[[], None] = lambda: None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         poll_s: float = 1.0,
         sweep_s: float = 30.0,
         gauge_s: float = 2.0,
         batch: int = 500,
     ) -> None:
-        self._settings = settings
-        self._sessions = sessions
-        self._texts = texts
-        self._metrics = metrics
+        self._settings, self._sessions, self._texts = desk.settings, desk.sessions, desk.texts
+        self._metrics, self._clock = desk.metrics, desk.clock
         self._on_planned = on_planned
-        self._clock = clock
         self._poll_s = poll_s
         self._sweep_s = sweep_s
         self._gauge_s = gauge_s
