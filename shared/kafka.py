@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeAlias
@@ -75,7 +76,8 @@ def _replication_problem(settings: KafkaSettings, brokers: int) -> str | None:
 
 
 async def ensure_topics(
-    settings: KafkaSettings, *, timeout_s: float = 60.0, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
+    settings: KafkaSettings, *, timeout_s: float = 60.0, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> list[str]:
     """Create the contract topics that do not exist yet (never relying on auto-creation), with
     ``replication_factor`` replicas and ``min_insync_replicas`` (topics that exist are left as they are).
@@ -127,7 +129,7 @@ async def ensure_topics(
 
     try:
         return await retrying(attempt, policy=RetryPolicy(Backoff(first_s=1.0, factor=1.0), max_elapsed_s=timeout_s),
-                              retry_if=_transient, on_failure=failed, sleep=sleep)
+                              retry_if=_transient, on_failure=failed, sleep=sleep, clock=clock)
     except (KafkaError, OSError) as exc:
         if not _transient(exc):
             raise

@@ -12,8 +12,9 @@ from aiokafka import ConsumerRecord
 
 from shared.config import KafkaSettings
 from shared.events import AvailabilityData, CloudEvent, DeadLetterData
-from shared.kafka import EventConsumer, Publisher
+from shared.kafka import EventConsumer, Publisher, ensure_topics
 from shared.retry import Backoff, RetryPolicy, retrying
+from tests.support import free_port
 
 
 class Edge(random.Random):
@@ -219,3 +220,11 @@ async def test_a_stop_on_exception_ends_the_consumer_without_retry_or_dead_lette
     with pytest.raises(Fenced):
         await consumer._with_retries(call.without_result, [RECORD])
     assert call.calls == 1 and time.sleeps == [] and publisher.published == []
+
+
+async def test_the_wait_for_the_broker_at_start_tries_every_second_until_its_timeout() -> None:
+    time = FakeTime()
+    unreachable = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}")  # nothing listens: refused at once
+    with pytest.raises(ConnectionError, match="did not answer within 3s"):
+        await ensure_topics(unreachable, timeout_s=3, sleep=time.sleep, clock=time.clock)
+    assert time.sleeps == [1.0, 1.0, 1.0]
