@@ -152,6 +152,7 @@ async def running_pipeline(
 
 
 async def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``predicate`` every 10 ms until it holds; TimeoutError naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
@@ -160,6 +161,7 @@ async def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -
 
 
 async def wait_http(client: httpx.AsyncClient, url: str, timeout_s: float = 90) -> None:
+    """Wait until ``url`` answers 200 (a service started and ready)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -172,6 +174,7 @@ async def wait_http(client: httpx.AsyncClient, url: str, timeout_s: float = 90) 
 
 
 async def wait_status(client: httpx.AsyncClient, url: str, wanted: dict[str, str], timeout_s: float = 60) -> None:
+    """Wait until the procedure service's status (``url``) shows exactly the ``wanted`` component states."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
