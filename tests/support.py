@@ -266,4 +266,4 @@ async def serving(app: Any, *, client_timeout_s: float = 10.0) -> AsyncIterator[
             yield client
     finally:
         server.should_exit = True
-        await task
+        await asyncio.wait_for(task, timeout=30)
