@@ -20,26 +20,20 @@ import asyncio
 import functools
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 from aiokafka import AIOKafkaConsumer
 
+from bench.launcher import running_pipeline, wait_for, wait_status
 from shared.config import KafkaSettings
 from shared.events import AvailabilityData, CloudEvent, EventType, ProcedureData, parse_event
 from shared.kafka import ensure_topics
-from tests.support import WebhookReceiver, free_port
+from tests.support import WebhookReceiver
 
-TOKEN = "bench-operator-token"
 EORI = "LU99999999999"
-SECRET = "bench-webhook-secret-0123456789"
 
 
 @dataclass
@@ -66,48 +60,6 @@ def _retry_interval(args: argparse.Namespace) -> float:
     return retry
 
 
-def _config(tmp: Path, args: argparse.Namespace, prefix: str, ports: dict[str, int]) -> Path:
-    config = tmp / "bench.toml"
-    config.write_text(f"""
-data_dir = "{tmp}"
-[logging]
-level = "WARNING"
-[kafka]
-bootstrap_servers = "{args.bootstrap}"
-topic_prefix = "{prefix}"
-[api]
-operator_tokens = ["{TOKEN}"]
-[detector]
-instance_id = "bench"
-port = {ports['detector']}
-interval_s = {args.interval}
-timeout_s = {min(0.8, args.interval * 0.8)}
-failure_threshold = {args.failure_threshold}
-retry_interval_s = {_retry_interval(args)}
-success_threshold = 2
-heartbeat_s = 5
-eo_targets = false
-[[detector.targets]]
-id = "ada-as4"
-component = "ada_b2g"
-probe = "as4"
-url = "http://127.0.0.1:{ports['ada-as4']}/as4"
-[[detector.targets]]
-id = "ntp"
-component = "ntp"
-url = "http://127.0.0.1:{ports['ntp']}/"
-[procedure]
-port = {ports['procedure']}
-stale_after_s = 60
-notifier_url = "http://127.0.0.1:{ports['notifier']}"
-[notifier]
-port = {ports['notifier']}
-allow_insecure_webhooks = true
-allow_private_webhooks = true
-""", encoding="utf-8")
-    return config
-
-
 async def _collect(settings: KafkaSettings, sink: Seen, stop: asyncio.Event) -> None:
     consumer = AIOKafkaConsumer(settings.availability_topic, settings.procedures_topic,
                                 bootstrap_servers=settings.bootstrap_servers, auto_offset_reset="earliest",
@@ -130,72 +82,36 @@ async def _collect(settings: KafkaSettings, sink: Seen, stop: asyncio.Event) -> 
         await consumer.stop()
 
 
-async def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} within {timeout_s}s")
-        await asyncio.sleep(0.01)
-
-
 async def main(args: argparse.Namespace) -> None:
     prefix = f"e2e-bench-{uuid.uuid4().hex[:8]}"
     settings = KafkaSettings(bootstrap_servers=args.bootstrap, topic_prefix=prefix)
     await ensure_topics(settings)
-    base = free_port()
-    ports = {"control": base, "ada-as4": free_port(), "ntp": free_port(), "receiver": free_port(),
-             "detector": free_port(), "procedure": free_port(), "notifier": free_port()}
-    receiver = WebhookReceiver().start()
-    script = str(Path(sys.executable).with_name("luccs-fallback"))
-    processes: list[subprocess.Popen[bytes]] = []
     sink = Seen()
     stop = asyncio.Event()
     collector = asyncio.create_task(_collect(settings, sink, stop))
     runs: list[Run] = []
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        config = _config(tmp, args, prefix, ports)
-        log = (tmp / "services.log").open("wb")
-        try:
-            processes.append(subprocess.Popen(
-                [script, "simulator", "--base-port", str(base), "--eos", "0", "--log-level", "WARNING",
-                 *(f"--port={name}={ports[name]}" for name in ("ada-as4", "ntp", "receiver"))],
-                stdout=log, stderr=subprocess.STDOUT))
-            for service in ("detector", "procedure", "notifier"):
-                processes.append(subprocess.Popen([script, service, "--config", str(config)], stdout=log,
-                                                  stderr=subprocess.STDOUT))
-            async with httpx.AsyncClient(timeout=5) as client:
-                for service in ("detector", "procedure", "notifier"):
-                    await _wait_http(client, f"http://127.0.0.1:{ports[service]}/readyz")
-                control = f"http://127.0.0.1:{base}/control"
-                await _wait_http(client, control)
-                created = await client.post(
-                    f"http://127.0.0.1:{ports['procedure']}/api/v1/eos", headers={"Authorization": f"Bearer {TOKEN}"},
-                    json={"eori": EORI, "name": "Bench EO", "language": "en", "webhook_url": receiver.url("/bench"),
-                          "webhook_secret": SECRET})
-                created.raise_for_status()
-                status_url = f"http://127.0.0.1:{ports['procedure']}/api/v1/status"
-                await _wait_status(client, status_url, {"ada_b2g": "up", "ntp": "up"})
-                await asyncio.sleep(2)  # the notifier has read the EO by now
-                print(f"e2e latency: {args.runs} runs, interval {args.interval}s, retry interval "
-                      f"{_retry_interval(args)}s, failure_threshold {args.failure_threshold}", flush=True)
-                for n in range(args.runs):
-                    runs.append(await _one_run(client, control, receiver, sink, n))
-                    await client.post(f"{control}/ada-as4/ok")
-                    await _wait(functools.partial(_more_than, receiver, "luccs.procedure.closed", n), 60,
-                                "closed webhook")
-                    await _wait_status(client, status_url, {"ada_b2g": "up", "ntp": "up"})
-        finally:
-            stop.set()
-            await collector
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-            receiver.stop()
+    detection = {"interval_s": args.interval, "timeout_s": min(0.8, args.interval * 0.8),
+                 "failure_threshold": args.failure_threshold, "retry_interval_s": _retry_interval(args),
+                 "success_threshold": 2, "heartbeat_s": 5}
+    try:
+        async with running_pipeline(bootstrap=args.bootstrap, prefix=prefix, detector_settings=detection,
+                                    procedure_settings={"stale_after_s": 60}, procedure_reads_notifier=True,
+                                    client_timeout_s=5) as pipeline:
+            client, receiver = pipeline.client, pipeline.receiver
+            await pipeline.register_eo(EORI, name="Bench EO", path="/bench")
+            await wait_status(client, pipeline.status_url, {"ada_b2g": "up", "ntp": "up"})
+            await asyncio.sleep(2)  # the notifier has read the EO by now
+            print(f"e2e latency: {args.runs} runs, interval {args.interval}s, retry interval "
+                  f"{_retry_interval(args)}s, failure_threshold {args.failure_threshold}", flush=True)
+            for n in range(args.runs):
+                runs.append(await _one_run(client, pipeline.control, receiver, sink, n))
+                await client.post(f"{pipeline.control}/ada-as4/ok")
+                await wait_for(functools.partial(_more_than, receiver, "luccs.procedure.closed", n), 60,
+                               "closed webhook")
+                await wait_status(client, pipeline.status_url, {"ada_b2g": "up", "ntp": "up"})
+    finally:
+        stop.set()
+        await collector
     _report(runs, args)
 
 
@@ -203,36 +119,11 @@ def _more_than(receiver: WebhookReceiver, event_type: str, count: int) -> bool:
     return len(receiver.of_type(event_type)) > count
 
 
-async def _wait_http(client: httpx.AsyncClient, url: str, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if (await client.get(url)).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        await asyncio.sleep(0.2)
-    raise TimeoutError(f"{url} not ready within {timeout_s}s")
-
-
-async def _wait_status(client: httpx.AsyncClient, url: str, wanted: dict[str, str], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            states = {c["component"]: c["state"] for c in (await client.get(url)).json()["components"]}
-        except httpx.TransportError:  # an idle keep-alive connection closed by the server as we reused it
-            continue
-        if states == wanted:
-            return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"components not {wanted} within {timeout_s}s")
-
-
 async def _one_run(client: httpx.AsyncClient, control: str, receiver: WebhookReceiver,
                    sink: Seen, n: int) -> Run:
     injected = time.time()
     await client.post(f"{control}/ada-as4/refuse")
-    await _wait(lambda: len(receiver.of_type("luccs.procedure.opened")) > n, 60, "opened webhook")
+    await wait_for(lambda: len(receiver.of_type("luccs.procedure.opened")) > n, 60, "opened webhook")
     webhook = time.time()
     hook = receiver.of_type("luccs.procedure.opened")[n]
     procedure_id = hook.event["data"]["procedure_id"]
@@ -240,7 +131,7 @@ async def _one_run(client: httpx.AsyncClient, control: str, receiver: WebhookRec
         return next(((t, e) for t, e in sink.procedures
                      if e.type == EventType.PROCEDURE_OPENED and e.data.procedure_id == procedure_id), None)
 
-    await _wait(lambda: opened_event() is not None, 10, "procedure event on Kafka")
+    await wait_for(lambda: opened_event() is not None, 10, "procedure event on Kafka")
     published, opened = opened_event() or (0.0, None)
     assert opened is not None
     down_at, down = next((t, e) for t, e in reversed(sink.availability)

@@ -21,24 +21,17 @@ import asyncio
 import os
 import random
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 
-from bench.e2e_latency_bench import _wait, _wait_http, _wait_status
+from bench.launcher import running_pipeline, wait_for, wait_status
 from shared.config import KafkaSettings
 from shared.kafka import ensure_topics
-from tests.support import ReceivedWebhook, WebhookReceiver, free_port
-
-TOKEN = "bench-operator-token"
-SECRET = "bench-webhook-secret-0123456789"
+from tests.support import ReceivedWebhook, WebhookReceiver
 
 
 @dataclass
@@ -50,40 +43,6 @@ class Run:
     returned_at: float
     closed_notice_s: float
     return_story: list[str]
-
-
-def _config(tmp: Path, args: argparse.Namespace, prefix: str, ports: dict[str, int]) -> Path:
-    config = tmp / "bench.toml"
-    config.write_text(f"""
-data_dir = "{tmp}"
-[logging]
-level = "WARNING"
-[kafka]
-bootstrap_servers = "{args.bootstrap}"
-topic_prefix = "{prefix}"
-[api]
-operator_tokens = ["{TOKEN}"]
-[detector]
-instance_id = "bench"
-port = {ports['detector']}
-eo_targets = false
-[[detector.targets]]
-id = "ada-as4"
-component = "ada_b2g"
-probe = "as4"
-url = "http://127.0.0.1:{ports['ada-as4']}/as4"
-[[detector.targets]]
-id = "ntp"
-component = "ntp"
-url = "http://127.0.0.1:{ports['ntp']}/"
-[procedure]
-port = {ports['procedure']}
-[notifier]
-port = {ports['notifier']}
-allow_insecure_webhooks = true
-allow_private_webhooks = true
-""", encoding="utf-8")
-    return config
 
 
 def _story(hooks: list[ReceivedWebhook]) -> list[str]:
@@ -104,59 +63,24 @@ def _national(receiver: WebhookReceiver, path: str, since: int) -> list[Received
 async def main(args: argparse.Namespace) -> None:
     prefix = f"joint-bench-{uuid.uuid4().hex[:8]}"
     await ensure_topics(KafkaSettings(bootstrap_servers=args.bootstrap, topic_prefix=prefix))
-    base = free_port()
-    ports = {"control": base, "ada-as4": free_port(), "ntp": free_port(), "receiver": free_port(),
-             "detector": free_port(), "procedure": free_port(), "notifier": free_port()}
-    receiver = WebhookReceiver().start()
-    script = str(Path(sys.executable).with_name("luccs-fallback"))
-    processes: list[subprocess.Popen[bytes]] = []
     runs: list[Run] = []
     eoris = [f"LU{9000000000 + n}" for n in range(args.eos)]
     targets = "all" if args.only is None else args.only
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        config = _config(tmp, args, prefix, ports)
-        log = (tmp / "services.log").open("wb")
-        try:
-            processes.append(subprocess.Popen(
-                [script, "simulator", "--base-port", str(base), "--eos", "0", "--log-level", "WARNING",
-                 *(f"--port={name}={ports[name]}" for name in ("ada-as4", "ntp", "receiver"))],
-                stdout=log, stderr=subprocess.STDOUT))
-            for service in ("detector", "procedure", "notifier"):
-                processes.append(subprocess.Popen([script, service, "--config", str(config)], stdout=log,
-                                                  stderr=subprocess.STDOUT))
-            async with httpx.AsyncClient(timeout=10) as client:
-                for service in ("detector", "procedure", "notifier"):
-                    await _wait_http(client, f"http://127.0.0.1:{ports[service]}/readyz")
-                control = f"http://127.0.0.1:{base}/control"
-                await _wait_http(client, control)
-                for eori in eoris:
-                    created = await client.post(
-                        f"http://127.0.0.1:{ports['procedure']}/api/v1/eos",
-                        headers={"Authorization": f"Bearer {TOKEN}"},
-                        json={"eori": eori, "name": f"Bench EO {eori}", "language": "en",
-                              "webhook_url": receiver.url(f"/{eori}"), "webhook_secret": SECRET})
-                    created.raise_for_status()
-                status_url = f"http://127.0.0.1:{ports['procedure']}/api/v1/status"
-                await _wait_status(client, status_url, {"ada_b2g": "up", "ntp": "up"}, timeout_s=args.timeout)
-                await asyncio.sleep(3)  # the notifier has read the EOs by now
-                what = "ADA AS4 and NTP" if targets == "all" else targets
-                print(f"joint outage: {args.runs} runs, {what} refusing at once, {args.eos} EOs, default detection "
-                      "settings", flush=True)
-                for n in range(args.runs):
-                    runs.append(await _one_run(client, control, status_url, receiver, eoris, targets, args))
-                    r = runs[-1]
-                    print(f"  run {n + 1:>3}: outage -> notice {r.first_notice_s:5.2f} s {r.failure_story}; "
-                          f"return -> notice {r.closed_notice_s:5.2f} s {r.return_story}", flush=True)
-        finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-            receiver.stop()
+    async with running_pipeline(bootstrap=args.bootstrap, prefix=prefix) as pipeline:
+        client = pipeline.client
+        for eori in eoris:
+            await pipeline.register_eo(eori, name=f"Bench EO {eori}", path=f"/{eori}")
+        await wait_status(client, pipeline.status_url, {"ada_b2g": "up", "ntp": "up"}, timeout_s=args.timeout)
+        await asyncio.sleep(3)  # the notifier has read the EOs by now
+        what = "ADA AS4 and NTP" if targets == "all" else targets
+        print(f"joint outage: {args.runs} runs, {what} refusing at once, {args.eos} EOs, default detection "
+              "settings", flush=True)
+        for n in range(args.runs):
+            runs.append(await _one_run(client, pipeline.control, pipeline.status_url, pipeline.receiver, eoris,
+                                       targets, args))
+            r = runs[-1]
+            print(f"  run {n + 1:>3}: outage -> notice {r.first_notice_s:5.2f} s {r.failure_story}; "
+                  f"return -> notice {r.closed_notice_s:5.2f} s {r.return_story}", flush=True)
     _report(runs, targets)
 
 
@@ -170,11 +94,11 @@ async def _one_run(client: httpx.AsyncClient, control: str, status_url: str, rec
     await asyncio.sleep(random.uniform(0, args.interval))
     failed_at = time.time()
     (await client.post(f"{control}/{targets}/refuse")).raise_for_status()
-    await _wait(lambda: bool(_national(receiver, watched, since)), args.timeout, "first notice")
+    await wait_for(lambda: bool(_national(receiver, watched, since)), args.timeout, "first notice")
     first_notice = time.time() - failed_at
     down = {"ada_b2g": "down", "ntp": "down" if targets == "all" else "up"}
-    await _wait_status(client, status_url, down, timeout_s=args.timeout)
-    await _wait(lambda: _scenario_is(receiver, watched, since, expected), args.timeout, f"{expected} notice")
+    await wait_status(client, status_url, down, timeout_s=args.timeout)
+    await wait_for(lambda: _scenario_is(receiver, watched, since, expected), args.timeout, f"{expected} notice")
     await asyncio.sleep(args.settle)  # room for a late, contradictory notice to show up
     with receiver._lock:
         told = {h.path for h in receiver.received[since:] if h.event["data"].get("scope") == "national"
@@ -185,10 +109,10 @@ async def _one_run(client: httpx.AsyncClient, control: str, status_url: str, rec
     await asyncio.sleep(random.uniform(0, args.interval))
     returned_at = time.time()
     (await client.post(f"{control}/{targets}/ok")).raise_for_status()
-    await _wait(lambda: any(h.event["type"] == "luccs.procedure.closed" for h in _national(receiver, watched, since)),
-                args.timeout, "closed notice")
+    await wait_for(lambda: any(h.event["type"] == "luccs.procedure.closed"
+                               for h in _national(receiver, watched, since)), args.timeout, "closed notice")
     closed_notice = time.time() - returned_at
-    await _wait_status(client, status_url, {"ada_b2g": "up", "ntp": "up"}, timeout_s=args.timeout)
+    await wait_status(client, status_url, {"ada_b2g": "up", "ntp": "up"}, timeout_s=args.timeout)
     await asyncio.sleep(args.settle)
     return Run(failed_at, first_notice, failure_story, len(told) if targets == "all" else 0, returned_at,
                closed_notice, _story(_national(receiver, watched, since)))

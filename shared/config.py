@@ -312,10 +312,14 @@ class ApiSettings(_Section):
                 Role.BUREAU: list(self.bureau_tokens)}
 
 
+ProbeKind = Literal["http", "as4", "tcp", "tls", "domibus"]
+"""How a target is probed (section 5 of the product): the one list, for the settings and the detector."""
+
+
 class TargetSettings(_Section):
     id: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9._:-]+$")
     component: Component
-    probe: Literal["http", "as4", "tcp", "tls", "domibus"] = "http"
+    probe: ProbeKind = "http"
     url: str = Field(..., min_length=1)
     interval_s: float | None = Field(None, gt=0)
     retry_interval_s: float | None = Field(

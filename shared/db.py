@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import DateTime, Dialect, Table, event, text
+from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
@@ -74,6 +76,19 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def closed_set(enum: type[E], length: int) -> SqlEnum:
+    """A column type for a closed set of names (a :class:`~enum.StrEnum`): stored as the member's value, the
+    very string of the contract, in a ``VARCHAR(length)`` (no database enum type, no CHECK constraint, so no
+    migration); rows load as members, and a string that is not a member is refused before it is written."""
+    return SqlEnum(
+        enum, native_enum=False, create_constraint=False, validate_strings=True, length=length,
+        values_callable=lambda members: [m.value for m in members],
+    )
 
 
 async def upsert(

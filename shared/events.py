@@ -380,7 +380,7 @@ class CloudEvent(BaseModel, Generic[DataT]):
     specversion: Literal["1.0"] = "1.0"
     id: str = Field(default_factory=lambda: str(uuid.uuid4()), min_length=1)
     source: str = Field(..., min_length=1, description="URI-reference of the producing service instance.")
-    type: str = Field(..., min_length=1)
+    type: EventType = Field(..., description="What happened: one of the contract's event types.")
     time: AwareDatetime = Field(default_factory=lambda: datetime.now(UTC))
     subject: str | None = None
     datacontenttype: Literal["application/json"] = "application/json"
@@ -447,8 +447,11 @@ def parse_event(raw: bytes, data_model: type[DataT]) -> CloudEvent[DataT]:
     try:
         event: CloudEvent[DataT] = adapter.validate_json(raw)
     except ValueError as exc:  # pydantic.ValidationError is a ValueError
-        if _event_type(raw) in _SHARED_TOPIC.get(data_model, frozenset()):
-            raise ForeignEvent(f"a {_event_type(raw)} event is not for a {data_model.__name__} consumer") from exc
+        found = _event_type(raw)
+        if found in _SHARED_TOPIC.get(data_model, frozenset()):
+            raise ForeignEvent(f"a {found} event is not for a {data_model.__name__} consumer") from exc
+        if found is not None and _only_the_type_is_wrong(exc):
+            raise InvalidEvent(f"unexpected event type {found!r} for {data_model.__name__}") from exc
         raise InvalidEvent(_summarise(exc)) from exc
     if event.type in _SHARED_TOPIC.get(data_model, frozenset()):
         raise ForeignEvent(f"a {event.type} event is not for a {data_model.__name__} consumer")
@@ -463,6 +466,11 @@ def _event_type(raw: bytes) -> str | None:
     except (ValueError, AttributeError):
         return None
     return found if isinstance(found, str) else None
+
+
+def _only_the_type_is_wrong(exc: ValueError) -> bool:
+    errors = getattr(exc, "errors", None)
+    return callable(errors) and all(tuple(e["loc"]) == ("type",) for e in errors())
 
 
 def _summarise(exc: ValueError) -> str:

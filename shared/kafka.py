@@ -37,6 +37,7 @@ from shared.events import (
     claims,
     parse_event,
 )
+from shared.retry import Backoff, RetryPolicy, retrying
 
 __all__ = [
     "CONTRACT_TOPICS",
@@ -74,7 +75,10 @@ def _replication_problem(settings: KafkaSettings, brokers: int) -> str | None:
             "kafka.replication_factor (and kafka.min_insync_replicas) or add brokers")
 
 
-async def ensure_topics(settings: KafkaSettings, *, timeout_s: float = 60.0) -> list[str]:
+async def ensure_topics(
+    settings: KafkaSettings, *, timeout_s: float = 60.0, sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[str]:
     """Create the contract topics that do not exist yet (never relying on auto-creation), with
     ``replication_factor`` replicas and ``min_insync_replicas`` (topics that exist are left as they are).
 
@@ -83,8 +87,7 @@ async def ensure_topics(settings: KafkaSettings, *, timeout_s: float = 60.0) -> 
     answer (when they all exist, that is only a warning: a broker may be restarting). Returns the names of
     the topics it created.
     """
-    deadline = time.monotonic() + timeout_s
-    while True:
+    async def attempt() -> list[str]:
         admin = AIOKafkaAdminClient(**connection_options(settings), request_timeout_ms=10_000)
         try:
             await start_client(admin, settings)
@@ -117,20 +120,30 @@ async def ensure_topics(settings: KafkaSettings, *, timeout_s: float = 60.0) -> 
             if created:
                 log.info("created topics %s", ", ".join(created))
             return created
-        except KafkaAccessDenied:
-            raise
-        except (KafkaError, OSError) as exc:
-            transient = isinstance(exc, OSError | KafkaConnectionError) or getattr(exc, "retriable", False)
-            if not transient:
-                raise
-            if time.monotonic() >= deadline:
-                raise ConnectionError(
-                    f"Kafka at {settings.bootstrap_servers} did not answer within {timeout_s:.0f}s: {exc}"
-                ) from exc
-            log.warning("Kafka not reachable yet (%s); retrying", exc)
-            await asyncio.sleep(1.0)
         finally:
             await admin.close()
+
+    def failed(_attempt: int, exc: Exception, delay_s: float | None) -> None:
+        if delay_s is not None:
+            log.warning("Kafka not reachable yet (%s); retrying", exc)
+
+    try:
+        return await retrying(attempt, policy=RetryPolicy(Backoff(first_s=1.0, factor=1.0), max_elapsed_s=timeout_s),
+                              retry_if=_transient, on_failure=failed, sleep=sleep, clock=clock)
+    except (KafkaError, OSError) as exc:
+        if not _transient(exc):
+            raise
+        raise ConnectionError(
+            f"Kafka at {settings.bootstrap_servers} did not answer within {timeout_s:.0f}s: {exc}"
+        ) from exc
+
+
+def _transient(exc: Exception) -> bool:
+    """A failure to reach the broker that waiting may cure (not a refusal of our credentials)."""
+    if isinstance(exc, KafkaAccessDenied):
+        return False
+    return isinstance(exc, OSError | KafkaConnectionError) or (
+        isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False)))
 
 
 class Publisher:
@@ -236,6 +249,7 @@ class EventConsumer(Generic[DataT]):
         max_batch: int = 500,
         assign_all: bool = False,
         stop_on: tuple[type[Exception], ...] = (),
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler and batch_handler")
@@ -248,7 +262,8 @@ class EventConsumer(Generic[DataT]):
         self._publisher = publisher
         self._allow_tombstones = allow_tombstones
         self._handler_attempts = handler_attempts
-        self._retry_delay_s = retry_delay_s
+        self._backoff = Backoff(first_s=retry_delay_s)  # doubling, no cap: the attempts bound it
+        self._sleep = sleep
         self._max_batch = max_batch
         self._assign_all = assign_all
         self._stop_on = stop_on
@@ -374,22 +389,21 @@ class EventConsumer(Generic[DataT]):
         attempts: int | None = None,
     ) -> bool:
         attempts = attempts or self._handler_attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                await call()
-                return True
-            except asyncio.CancelledError:
-                raise
-            except self._stop_on:
-                raise
-            except Exception as exc:
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("handler failed on %s (attempt %d/%d)", self.topic, attempt, attempts)
-                if attempt < attempts:
-                    await asyncio.sleep(self._retry_delay_s * 2 ** (attempt - 1))
-        for record in dead_letter_on_failure:
-            await self._dead_letter(record, f"handler failed {attempts} times: {self.stats.last_error}")
-        return False
+
+        def failed(attempt: int, exc: Exception, _delay_s: float | None) -> None:
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("handler failed on %s (attempt %d/%d)", self.topic, attempt, attempts)
+
+        try:
+            await retrying(call, policy=RetryPolicy(self._backoff, max_attempts=attempts), on_failure=failed,
+                           retry_if=lambda exc: not isinstance(exc, self._stop_on), sleep=self._sleep)
+        except self._stop_on:
+            raise
+        except Exception:  # given up, every failure logged by failed()
+            for record in dead_letter_on_failure:
+                await self._dead_letter(record, f"handler failed {attempts} times: {self.stats.last_error}")
+            return False
+        return True
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)

@@ -13,15 +13,17 @@ import asyncio
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from alembic import command
+from alembic import command, context
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-__all__ = ["alembic_config", "alembic_lock", "current_revision", "revision_of", "run_locked", "upgrade"]
+__all__ = [
+    "alembic_config", "alembic_lock", "current_revision", "revision_of", "run_environment", "run_locked", "upgrade",
+]
 
 T = TypeVar("T")
 
@@ -72,3 +74,21 @@ async def upgrade(engine: AsyncEngine, migrations: Path, *, lock_key: int, revis
     """Bring the schema of ``migrations`` to ``revision``; a no-op when it is already there."""
     await run_locked(engine, lock_key, lambda connection: command.upgrade(alembic_config(migrations, connection),
                                                                           revision))
+
+
+def run_environment(
+    metadata: MetaData, *, version_table: str = "alembic_version", own_tables_only: bool = False
+) -> None:
+    """The body of a service's Alembic ``env.py``: run the migrations on the connection the service's
+    ``upgrade`` handed over, history in ``version_table``. With ``own_tables_only``, autogenerate looks at
+    ``metadata``'s tables only, so that it never proposes to drop the tables of a service sharing the database."""
+
+    def own_table(name: str | None, type_: str, _parent_names: Any) -> bool:
+        return type_ != "table" or name in metadata.tables
+
+    context.configure(
+        connection=context.config.attributes["connection"], target_metadata=metadata, version_table=version_table,
+        include_name=own_table if own_tables_only else None, render_as_batch=True, compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()

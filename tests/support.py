@@ -17,6 +17,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
+import uvicorn
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -243,3 +246,24 @@ async def pg_database(server_url: str, prefix: str = "luccs_test") -> AsyncItera
 BUREAU_TOKEN = "bureau-token-for-tests"
 """A bureau token (reads everything, EO data included; writes nothing) for tests that read EO data."""
 BUREAU = {"Authorization": f"Bearer {BUREAU_TOKEN}"}
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any, *, client_timeout_s: float = 10.0) -> AsyncIterator[httpx.AsyncClient]:
+    """Serve ``app`` (an ASGI app: its lifespan runs) with uvicorn on a free loopback port; yield a client
+    whose ``base_url`` is it, once the server has started (within 60 s); stop the server afterwards."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None))
+    task = asyncio.create_task(server.serve())
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.config.port}",
+                                     timeout=client_timeout_s) as client:
+            async with asyncio.timeout(60):
+                while not server.started:
+                    if task.done():  # it failed to start: say why
+                        await task
+                        raise RuntimeError("the server stopped before it started")
+                    await asyncio.sleep(0.05)
+            yield client
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=30)

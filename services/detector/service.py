@@ -39,8 +39,8 @@ from services.detector.metrics import DetectorMetrics
 from services.detector.outbox import Outbox, Send, note_superseded
 from services.detector.probes import Prober
 from services.detector.scheduler import Scheduler
-from services.detector.targets import EO_TARGET_PREFIX, InvalidTarget, ProbeKind, Target, eo_target_id, from_eo
-from shared.config import DetectorSettings
+from services.detector.targets import EO_TARGET_PREFIX, InvalidTarget, Target, eo_target_id, from_eo
+from shared.config import DetectorSettings, ProbeKind
 from shared.events import AvailabilityData, CloudEvent, Component, EoData, EventType
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ from urllib.parse import quote, urlsplit
 
 from services.detector.domain import Thresholds, default_retry_interval
 from shared.config import DetectorSettings, TargetSettings
+from shared.config import ProbeKind as ProbeKind  # the one list of probe kinds, re-exported for the detector
 from shared.events import Component, EoData
 
-ProbeKind = Literal["http", "as4", "tcp", "tls", "domibus"]
 EO_TARGET_PREFIX = "eo:"
 DOMIBUS_STATUS_PATH = "/ext/monitoring/application/status"
 

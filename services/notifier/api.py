@@ -73,9 +73,9 @@ async def list_deliveries(
     if eori is not None:
         query = query.where(DeliveryRow.eori == eori)
     if status is not None:
-        query = query.where(DeliveryRow.status == status.value)
+        query = query.where(DeliveryRow.status == status)
     if channel is not None:
-        query = query.where(DeliveryRow.channel == channel.value)
+        query = query.where(DeliveryRow.channel == channel)
     sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
     async with sessions() as session:
         rows = (await session.scalars(query.limit(limit + 1))).all()

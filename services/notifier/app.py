@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from services.notifier.metrics import NotifierMetrics
 from services.notifier.migrate import upgrade
 from services.notifier.models import EoRow
 from services.notifier.notices import Contacts, NoticeTexts
-from services.notifier.planning import Planner
+from services.notifier.planning import NoticeDesk, Planner
 from services.notifier.reach import ReachKeeper
 from services.notifier.registry import RegistryCatchUp
 from services.notifier.webhook_http import WebhookHttpClient
@@ -60,10 +61,11 @@ class NotifierParts:
 
 def build_notifier(
     settings: Settings, *, registry: CollectorRegistry, publisher: Publisher | None = None, poll_s: float = 1.0,
-    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC), rng: random.Random | None = None,
 ) -> NotifierParts:
     """Wire the notifier's parts from the settings (creates no connection yet); ``clock`` is when its
-    deliveries are planned, due and escalated (tests move it on instead of waiting)."""
+    deliveries are planned, due and escalated (tests move it on instead of waiting), ``rng`` draws the jitter
+    of their retries (tests pin it)."""
     cfg = settings.notifier
     engine = make_engine(settings.database_url("notifier"))
     sessions = session_factory(engine)
@@ -81,17 +83,16 @@ def build_notifier(
     }
     dispatcher = Dispatcher(
         settings=settings, sessions=sessions, senders=senders, metrics=metrics, publisher=publisher, poll_s=poll_s,
-        clock=clock,
+        clock=clock, rng=rng,
     )
-    reach = ReachKeeper(settings=cfg, sessions=sessions, texts=texts, metrics=metrics, on_planned=dispatcher.wake,
-                        poll_s=poll_s, clock=clock)
+    desk = NoticeDesk(settings=cfg, sessions=sessions, texts=texts, metrics=metrics, clock=clock)
+    reach = ReachKeeper(desk, on_planned=dispatcher.wake, poll_s=poll_s)
 
     def planned() -> None:
         dispatcher.wake()
         reach.wake()  # a fan-out committed: an EO registered meanwhile may have been left out of it
 
-    planner = Planner(settings=cfg, sessions=sessions, texts=texts, metrics=metrics, on_planned=planned,
-                      on_registry=reach.wake, clock=clock)
+    planner = Planner(desk, on_planned=planned, on_registry=reach.wake)
     return NotifierParts(engine=engine, sessions=sessions, metrics=metrics, planner=planner, dispatcher=dispatcher,
                          reach=reach, senders=senders)
 

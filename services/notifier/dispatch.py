@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -33,13 +34,14 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.notifier.domain import RetryPolicy, next_attempt_at
+from services.notifier.domain import delivery_retry_policy, next_attempt_at
 from services.notifier.jobs import Job, Outcome, Sender
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.models import AttemptRow, DeliveryRow, EoRow, NoticeRow, PlannedEventRow, ReachRow
 from shared.config import Settings
 from shared.events import CloudEvent, DeliveryChannel, DeliveryData, DeliveryStatus, EventType, Language
 from shared.kafka import Publisher
+from shared.retry import Backoff, RetryPolicy, retrying
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ __all__ = ["SOURCE", "Dispatcher"]
 SOURCE = "/luccs-fallback/notifier"
 FEED_MAX_LAG_S = 10.0
 _DUE = (DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value)
+_RECORD_FOREVER = RetryPolicy(Backoff(first_s=1.0, factor=1.0))
+"""Outcomes already sent are recorded whatever it takes: every second until the database takes them."""
 _ATTEMPTS = cast(Table, AttemptRow.__table__)
 _D = cast(Table, DeliveryRow.__table__)
 # One statement, executed for a whole batch of outcomes (executemany), not one transaction per delivery.
@@ -105,6 +109,7 @@ class Dispatcher:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         poll_s: float = 1.0,
         claim_batch: int = 1000,
+        rng: random.Random | None = None,
     ) -> None:
         cfg = settings.notifier
         self._settings = settings
@@ -117,8 +122,9 @@ class Dispatcher:
         self._claim_batch = claim_batch
         self._me = cfg.instance_id
         self._lease = timedelta(seconds=cfg.claim_lease_s)
-        self._policy = RetryPolicy(max_attempts=cfg.max_attempts, max_age_s=cfg.max_age_s, base_s=cfg.backoff_base_s,
-                                   max_delay_s=cfg.backoff_max_s)
+        self._policy = delivery_retry_policy(max_attempts=cfg.max_attempts, max_age_s=cfg.max_age_s,
+                                             base_s=cfg.backoff_base_s, max_delay_s=cfg.backoff_max_s)
+        self._rng = rng
         self._slots = asyncio.Semaphore(cfg.concurrency)
         self._wake = asyncio.Event()
         self._lanes: dict[str, _Lane] = {}
@@ -368,15 +374,15 @@ class Dispatcher:
             batch = [await self._outcomes.get()]
             while not self._outcomes.empty() and len(batch) < 2000:
                 batch.append(self._outcomes.get_nowait())
-            while True:
-                try:
-                    await self._record(batch)
-                    break
-                except Exception:
-                    log.exception("recording %d delivery outcomes failed; trying again", len(batch))
-                    await asyncio.sleep(1.0)
+            await self._record_whatever_it_takes(batch)
             for _ in batch:
                 self._outcomes.task_done()
+
+    async def _record_whatever_it_takes(self, batch: list[tuple[Job, Outcome, float]]) -> None:
+        def failed(_attempt: int, _exc: Exception, _delay_s: float | None) -> None:
+            log.exception("recording %d delivery outcomes failed; trying again", len(batch))
+
+        await retrying(lambda: self._record(batch), policy=_RECORD_FOREVER, on_failure=failed)
 
     async def _record(self, batch: list[tuple[Job, Outcome, float]]) -> None:
         now = self._clock()
@@ -390,7 +396,7 @@ class Dispatcher:
             else:
                 if not outcome.permanent:
                     retry_at = next_attempt_at(policy=self._policy, attempt=job.attempt, planned_at=job.created_at,
-                                               now=now)
+                                               now=now, rng=self._rng)
                 status = DeliveryStatus.RETRYING if retry_at else DeliveryStatus.DEAD
             updates.append({
                 "key": job.delivery_id, "status": status.value, "attempts": job.attempt, "next_attempt_at": retry_at,

@@ -1,9 +1,10 @@
 """Who must be told what, on which channel, and when to try again. Pure: no I/O, the clock is passed in.
 
 The notifier's decisions live here as functions over values: the recipients of a procedure event or an
-advisory (EOs, the Servicedesk eDouane, the Bureau de recette Douanes), the retry schedule, which webhook
-targets may be called at all, and how every EO is reached in the end (what an EO notice says, and that it
-never advises a channel that is down, is decided in :mod:`services.notifier.advice`):
+advisory (EOs, the Servicedesk eDouane, the Bureau de recette Douanes), the retry schedule (a
+:class:`shared.retry.RetryPolicy`), which webhook targets may be called at all, and how every EO is reached
+in the end (what an EO notice says, and that it never advises a channel that is down, is decided in
+:mod:`services.notifier.advice`):
 
 - a webhook notice not delivered ``escalate_after_s`` after it was planned also goes by e-mail, once;
   when a newer notice of the same subject (``national``, or the EO's EORI) was planned for the EO
@@ -16,14 +17,13 @@ never advises a channel that is down, is decided in :mod:`services.notifier.advi
 from __future__ import annotations
 
 import ipaddress
+import random
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from urllib.parse import urlsplit
-
-from tenacity import RetryCallState, stop_after_attempt, stop_after_delay, wait_random_exponential
 
 from shared.events import (
     DeliveryChannel,
@@ -35,6 +35,7 @@ from shared.events import (
     Scenario,
     Scope,
 )
+from shared.retry import Backoff, RetryPolicy
 
 __all__ = [
     "NO_ADDRESS",
@@ -43,7 +44,6 @@ __all__ = [
     "EoNotice",
     "NoticeKind",
     "PlannedNotice",
-    "RetryPolicy",
     "Situation",
     "StaffContact",
     "TimeToReach",
@@ -51,6 +51,7 @@ __all__ = [
     "address_problem",
     "bureau_concerned",
     "concerned_eos",
+    "delivery_retry_policy",
     "escalation_target",
     "escalation_times",
     "fanout_unreached",
@@ -259,34 +260,28 @@ def lane_of(channel: DeliveryChannel, address: str) -> str:
 # --- retries --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter, up to ``max_attempts`` tries or ``max_age_s`` after planning."""
-
-    max_attempts: int
-    max_age_s: float
-    base_s: float
-    max_delay_s: float
+def delivery_retry_policy(*, max_attempts: int, max_age_s: float, base_s: float, max_delay_s: float) -> RetryPolicy:
+    """The schedule of a notice's retries: exponential backoff with full jitter (the pause is drawn from
+    [0, min(max_delay, base * 2**(attempt-1))], which spreads a herd of failed deliveries), up to
+    ``max_attempts`` tries or ``max_age_s`` after planning."""
+    return RetryPolicy(Backoff(first_s=base_s, max_s=max_delay_s, jitter=True), max_attempts=max_attempts,
+                       max_elapsed_s=max_age_s)
 
 
-def next_attempt_at(*, policy: RetryPolicy, attempt: int, planned_at: datetime, now: datetime) -> datetime | None:
+def next_attempt_at(
+    *, policy: RetryPolicy, attempt: int, planned_at: datetime, now: datetime, rng: random.Random | None = None
+) -> datetime | None:
     """When to try again after failed attempt number ``attempt`` (1-based); None: give up (dead-letter).
 
-    The schedule comes from tenacity's strategies (``wait_random_exponential``: the delay is drawn from
-    [0, min(max_delay, base * 2**(attempt-1))], which spreads a herd of failed deliveries; the stop
-    conditions: attempts or age). It is returned as a time, so the caller stores it and a restart keeps it.
+    Returned as a time, never beyond the policy's age limit, so the caller stores it and a restart keeps it.
     """
-    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
-    state.attempt_number = attempt
-    state.start_time = 0.0
-    state.outcome_timestamp = max(0.0, (now - planned_at).total_seconds())
-    stop = stop_after_attempt(policy.max_attempts) | stop_after_delay(policy.max_age_s)
-    if stop(state):
+    delay = policy.next_delay_s(attempt=attempt, elapsed_s=max(0.0, (now - planned_at).total_seconds()), rng=rng)
+    if delay is None:
         return None
-    delay = wait_random_exponential(multiplier=policy.base_s, max=policy.max_delay_s)(state)
     retry_at = now + timedelta(seconds=delay)
-    deadline = planned_at + timedelta(seconds=policy.max_age_s)
-    return min(retry_at, deadline)
+    if policy.max_elapsed_s is None:
+        return retry_at
+    return min(retry_at, planned_at + timedelta(seconds=policy.max_elapsed_s))
 
 
 # --- webhook targets ------------------------------------------------------------------------------------

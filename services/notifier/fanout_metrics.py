@@ -21,8 +21,8 @@ from shared.events import DeliveryStatus, ProcedureState
 
 __all__ = ["FanoutMetrics"]
 
-_UNSETTLED = [DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value]
-_ACTIVE = [ProcedureState.OPEN.value, ProcedureState.PROPOSED.value]
+_UNSETTLED = [DeliveryStatus.PENDING, DeliveryStatus.RETRYING]
+_ACTIVE = [ProcedureState.OPEN, ProcedureState.PROPOSED]
 
 
 class FanoutMetrics(Collector):
@@ -30,7 +30,7 @@ class FanoutMetrics(Collector):
 
     def __init__(self, *, registry: CollectorRegistry, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
-        self._counts: dict[str, dict[str, int]] = {}
+        self._counts: dict[str, dict[DeliveryStatus, int]] = {}
         registry.register(self)
 
     async def refresh(self) -> None:
@@ -45,7 +45,7 @@ class FanoutMetrics(Collector):
                 .where(DeliveryRow.procedure_id.in_(active))
                 .group_by(DeliveryRow.procedure_id, DeliveryRow.status)
             )).all()
-        counts: dict[str, dict[str, int]] = {}
+        counts: dict[str, dict[DeliveryStatus, int]] = {}
         for procedure_id, status, n in counted:
             counts.setdefault(procedure_id, {})[status] = n
         self._counts = counts
@@ -58,5 +58,5 @@ class FanoutMetrics(Collector):
         )
         for procedure_id, by_status in sorted(self._counts.items()):
             for status in DeliveryStatus:
-                family.add_metric([procedure_id, status.value], by_status.get(status.value, 0))
+                family.add_metric([procedure_id, status.value], by_status.get(status, 0))
         yield family

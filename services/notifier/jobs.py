@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from shared.events import DeliveryChannel, Language
+from services.notifier.domain import Audience
+from shared.events import DeliveryChannel, EventType, Language
 
 __all__ = ["Job", "Outcome", "Sender"]
 
@@ -17,10 +18,10 @@ class Job:
 
     delivery_id: str
     event_id: str
-    event_type: str
+    event_type: EventType
     procedure_id: str
     eori: str | None
-    audience: str
+    audience: Audience
     channel: DeliveryChannel
     address: str
     lane: str

@@ -9,7 +9,18 @@ from datetime import datetime
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import UTCDateTime
+from services.notifier.domain import Audience
+from shared.db import UTCDateTime, closed_set
+from shared.events import (
+    AdvisoryKind,
+    DeliveryChannel,
+    DeliveryStatus,
+    EventType,
+    Language,
+    ProcedureState,
+    Scenario,
+    Scope,
+)
 
 
 class Base(DeclarativeBase):
@@ -23,7 +34,7 @@ class EoRow(Base):
 
     eori: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(300))
-    language: Mapped[str] = mapped_column(String(2))
+    language: Mapped[Language] = mapped_column(closed_set(Language, 2))
     email: Mapped[str | None] = mapped_column(String(320))
     webhook_url: Mapped[str | None] = mapped_column(Text)
     # Kept in clear: the notifier signs with it. Never logged, never returned by the API.
@@ -39,10 +50,10 @@ class KnownProcedureRow(Base):
     __tablename__ = "known_procedures"
 
     procedure_id: Mapped[str] = mapped_column(String(100), primary_key=True)
-    scope: Mapped[str] = mapped_column(String(10))
+    scope: Mapped[Scope] = mapped_column(closed_set(Scope, 10))
     eori: Mapped[str | None] = mapped_column(String(32))
-    scenario: Mapped[str] = mapped_column(String(40))
-    state: Mapped[str] = mapped_column(String(10), index=True)
+    scenario: Mapped[Scenario] = mapped_column(closed_set(Scenario, 40))
+    state: Mapped[ProcedureState] = mapped_column(closed_set(ProcedureState, 10), index=True)
     event_time: Mapped[datetime] = mapped_column(UTCDateTime)
     opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     """When the procedure opened: where its time to inform starts (None: never opened, or seen before 0003)."""
@@ -56,7 +67,7 @@ class AdvisoryRow(Base):
     __tablename__ = "advisories"
 
     advisory_id: Mapped[str] = mapped_column(String(100), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(40))
+    kind: Mapped[AdvisoryKind] = mapped_column(closed_set(AdvisoryKind, 40))
     active: Mapped[bool] = mapped_column(Boolean)
     event_time: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -67,7 +78,7 @@ class PlannedEventRow(Base):
     __tablename__ = "planned_events"
 
     event_id: Mapped[str] = mapped_column(String(100), primary_key=True)
-    event_type: Mapped[str] = mapped_column(String(60))
+    event_type: Mapped[EventType] = mapped_column(closed_set(EventType, 60))
     subject_id: Mapped[str] = mapped_column(String(100))
     planned_at: Mapped[datetime] = mapped_column(UTCDateTime)
     deliveries: Mapped[int] = mapped_column(Integer)
@@ -83,8 +94,8 @@ class NoticeRow(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     event_id: Mapped[str] = mapped_column(String(100))
-    audience: Mapped[str] = mapped_column(String(20))
-    language: Mapped[str] = mapped_column(String(2))
+    audience: Mapped[Audience] = mapped_column(closed_set(Audience, 20))
+    language: Mapped[Language] = mapped_column(closed_set(Language, 2))
     variant: Mapped[str] = mapped_column(String(100), default="")
     subject: Mapped[str] = mapped_column(Text)
     message: Mapped[str] = mapped_column(Text)
@@ -100,18 +111,18 @@ class DeliveryRow(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(100))
-    event_type: Mapped[str] = mapped_column(String(60))
+    event_type: Mapped[EventType] = mapped_column(closed_set(EventType, 60))
     procedure_id: Mapped[str] = mapped_column(String(100), index=True)
     """The procedure announced (for an advisory notice: the advisory id)."""
     notice_id: Mapped[int] = mapped_column(ForeignKey("notices.id"))
-    audience: Mapped[str] = mapped_column(String(20))
+    audience: Mapped[Audience] = mapped_column(closed_set(Audience, 20))
     recipient_key: Mapped[str] = mapped_column(String(40))
     eori: Mapped[str | None] = mapped_column(String(32), index=True)
-    channel: Mapped[str] = mapped_column(String(10))
+    channel: Mapped[DeliveryChannel] = mapped_column(closed_set(DeliveryChannel, 10))
     recipient: Mapped[str] = mapped_column(Text)
     lane: Mapped[str] = mapped_column(String(300))
     idempotency_key: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(10))
+    status: Mapped[DeliveryStatus] = mapped_column(closed_set(DeliveryStatus, 10))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     claimed_by: Mapped[str | None] = mapped_column(String(200))
@@ -141,7 +152,7 @@ class AttemptRow(Base):
     delivery_id: Mapped[str] = mapped_column(ForeignKey("deliveries.id"), index=True)
     attempt: Mapped[int] = mapped_column(Integer)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
-    outcome: Mapped[str] = mapped_column(String(10))
+    outcome: Mapped[DeliveryStatus] = mapped_column(closed_set(DeliveryStatus, 10))
     http_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[float | None]
@@ -156,8 +167,8 @@ class ReachRow(Base):
     eori: Mapped[str] = mapped_column(String(32), primary_key=True)
     concerned_at: Mapped[datetime] = mapped_column(UTCDateTime)
     reached_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    reached_channel: Mapped[str | None] = mapped_column(String(10))
-    last_channel: Mapped[str | None] = mapped_column(String(10))
+    reached_channel: Mapped[DeliveryChannel | None] = mapped_column(closed_set(DeliveryChannel, 10))
+    last_channel: Mapped[DeliveryChannel | None] = mapped_column(closed_set(DeliveryChannel, 10))
     """While unreached: the channel of the latest failure (or the one being tried); None: no address."""
     last_error: Mapped[str | None] = mapped_column(Text)
 

@@ -20,6 +20,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -72,16 +73,27 @@ from shared.events import (
     MaintenanceData,
     ProcedureData,
     ProcedureState,
-    Scenario,
     Scope,
 )
 from shared.kafka import Item
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Planner", "contacts_of", "insert_new", "own_procedures", "record_notices", "situation_of"]
+__all__ = ["NoticeDesk", "Planner", "contacts_of", "insert_new", "own_procedures", "record_notices", "situation_of"]
 
-_DUE = (DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value)
+_DUE = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
+
+
+@dataclass(frozen=True)
+class NoticeDesk:
+    """What plans and records notices (the :class:`Planner` and the reach keeper) works with: the settings,
+    the delivery log, the notice texts, the metrics, and the clock that says when (tests move it on)."""
+
+    settings: NotifierSettings
+    sessions: async_sessionmaker[AsyncSession]
+    texts: NoticeTexts
+    metrics: NotifierMetrics
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
 
 class Planner:
@@ -89,22 +101,15 @@ class Planner:
 
     def __init__(
         self,
+        desk: NoticeDesk,
         *,
-        settings: NotifierSettings,
-        sessions: async_sessionmaker[AsyncSession],
-        texts: NoticeTexts,
-        metrics: NotifierMetrics,
         on_planned: Callable[[], None] = lambda: None,
         on_registry: Callable[[], None] = lambda: None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._settings = settings
-        self._sessions = sessions
-        self._texts = texts
-        self._metrics = metrics
+        self._settings, self._sessions, self._texts = desk.settings, desk.sessions, desk.texts
+        self._metrics, self._clock = desk.metrics, desk.clock
         self._on_planned = on_planned
         self._on_registry = on_registry
-        self._clock = clock
 
     @property
     def servicedesk(self) -> StaffContact | None:
@@ -135,7 +140,7 @@ class Planner:
                 continue
             eo = event.data
             latest[eo.eori] = {
-                "eori": eo.eori, "name": eo.name, "language": eo.language.value, "email": eo.email,
+                "eori": eo.eori, "name": eo.name, "language": eo.language, "email": eo.email,
                 "webhook_url": eo.webhook_url,
                 "webhook_secret": eo.webhook_secret.get_secret_value() if eo.webhook_secret else None,
                 "api_key_hash": eo.api_key_hash,
@@ -294,7 +299,7 @@ class Planner:
                                         planned_at=now, deliveries=count, settled_at=None if count else now))
             stored = await session.get(AdvisoryRow, advisory.advisory_id)
             if stored is None or stored.event_time <= event.time:
-                await session.merge(AdvisoryRow(advisory_id=advisory.advisory_id, kind=advisory.kind.value,
+                await session.merge(AdvisoryRow(advisory_id=advisory.advisory_id, kind=advisory.kind,
                                                 active=advisory.active, event_time=event.time))
         self._planned(event, planned, advisory.advisory_id)
 
@@ -353,7 +358,7 @@ async def record_notices(
     )
     rows: list[dict[str, Any]] = []
     for notice in planned:
-        variant = (notice.audience.value, notice.language.value, notice.own_procedure_id or "")
+        variant = (notice.audience, notice.language, notice.own_procedure_id or "")
         if variant not in notice_ids:
             text = render(notice)
             body = _webhook_body(event, notice.language, text) if notice.audience == Audience.EO else None
@@ -365,11 +370,11 @@ async def record_notices(
         escalates = notice.channel == DeliveryChannel.WEBHOOK and notice.eori in watched
         rows.append({
             "id": str(uuid.uuid4()), "event_id": event.id, "event_type": event.type, "procedure_id": subject_id,
-            "notice_id": notice_ids[variant], "audience": notice.audience.value,
-            "recipient_key": notice.recipient_key, "eori": notice.eori, "channel": notice.channel.value,
+            "notice_id": notice_ids[variant], "audience": notice.audience,
+            "recipient_key": notice.recipient_key, "eori": notice.eori, "channel": notice.channel,
             "recipient": notice.address, "lane": lane_of(notice.channel, notice.address),
             "idempotency_key": idempotency_key(event.id, notice.recipient_key, notice.channel),
-            "status": DeliveryStatus.PENDING.value, "attempts": 0, "next_attempt_at": now, "claimed_by": None,
+            "status": DeliveryStatus.PENDING, "attempts": 0, "next_attempt_at": now, "claimed_by": None,
             "claimed_until": None, "last_error": None, "last_http_status": None, "created_at": now,
             "updated_at": now, "delivered_at": None, "escalate_at": escalate_at if escalates else None,
         })
@@ -398,16 +403,16 @@ async def insert_new(session: AsyncSession, table: Table, rows: Sequence[Mapping
 def contacts_of(eos: Sequence[Any], own: Mapping[str, str]) -> list[EoContact]:
     """EO registry rows (eori, language, webhook_url, email) as the domain plans for them."""
     return [
-        EoContact(eori=r.eori, language=Language(r.language), webhook_url=r.webhook_url, email=r.email,
+        EoContact(eori=r.eori, language=r.language, webhook_url=r.webhook_url, email=r.email,
                   own_procedure_id=own.get(r.eori))
         for r in eos
     ]
 
 
-def _first_channel(eo: EoContact) -> str | None:
+def _first_channel(eo: EoContact) -> DeliveryChannel | None:
     if eo.webhook_url:
-        return DeliveryChannel.WEBHOOK.value
-    return DeliveryChannel.EMAIL.value if eo.email else None
+        return DeliveryChannel.WEBHOOK
+    return DeliveryChannel.EMAIL if eo.email else None
 
 
 async def _readdress(
@@ -420,8 +425,8 @@ async def _readdress(
     """
     moved = await session.execute(
         update(DeliveryRow)
-        .where(DeliveryRow.eori == eori, DeliveryRow.audience == Audience.EO.value,
-               DeliveryRow.channel == channel.value, DeliveryRow.status.in_(_DUE), DeliveryRow.recipient != address)
+        .where(DeliveryRow.eori == eori, DeliveryRow.audience == Audience.EO,
+               DeliveryRow.channel == channel, DeliveryRow.status.in_(_DUE), DeliveryRow.recipient != address)
         .values(recipient=address, lane=lane_of(channel, address), next_attempt_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -439,17 +444,17 @@ async def situation_of(session: AsyncSession, *, excluding: str) -> Situation:
     """What the notifier knows of the channels besides procedure ``excluding`` (see :class:`Situation`)."""
     national = (await session.execute(
         select(KnownProcedureRow.procedure_id, KnownProcedureRow.scenario)
-        .where(KnownProcedureRow.scope == Scope.NATIONAL.value, KnownProcedureRow.state == ProcedureState.OPEN.value,
+        .where(KnownProcedureRow.scope == Scope.NATIONAL, KnownProcedureRow.state == ProcedureState.OPEN,
                KnownProcedureRow.procedure_id != excluding)
         .order_by(KnownProcedureRow.event_time.desc()).limit(1)
     )).first()
     ntp_advisory = (await session.scalar(
         select(AdvisoryRow.advisory_id)
-        .where(AdvisoryRow.kind == AdvisoryKind.NTP_UNAVAILABLE.value, AdvisoryRow.active.is_(True)).limit(1)
+        .where(AdvisoryRow.kind == AdvisoryKind.NTP_UNAVAILABLE, AdvisoryRow.active.is_(True)).limit(1)
     )) is not None
     return Situation(
         national_procedure_id=national.procedure_id if national else None,
-        national_scenario=Scenario(national.scenario) if national else None,
+        national_scenario=national.scenario if national else None,
         ntp_advisory=ntp_advisory,
     )
 
@@ -458,7 +463,7 @@ async def own_procedures(session: AsyncSession, *, excluding: str) -> dict[str, 
     """The open scenario-1 procedure of each EO that has one (besides ``excluding``), by EORI."""
     rows = (await session.execute(
         select(KnownProcedureRow.eori, KnownProcedureRow.procedure_id)
-        .where(KnownProcedureRow.scope == Scope.EO.value, KnownProcedureRow.state == ProcedureState.OPEN.value,
+        .where(KnownProcedureRow.scope == Scope.EO, KnownProcedureRow.state == ProcedureState.OPEN,
                KnownProcedureRow.procedure_id != excluding)
     )).all()
     return {row.eori: row.procedure_id for row in rows if row.eori}
@@ -470,8 +475,8 @@ async def _remember_procedure(session: AsyncSession, event: CloudEvent[Procedure
     if stored is not None and stored.event_time > event.time:
         return  # an older event arriving late does not undo a newer state
     await session.merge(KnownProcedureRow(
-        procedure_id=procedure.procedure_id, scope=procedure.scope.value, eori=procedure.eori,
-        scenario=procedure.scenario.value, state=procedure.state.value, event_time=event.time,
+        procedure_id=procedure.procedure_id, scope=procedure.scope, eori=procedure.eori,
+        scenario=procedure.scenario, state=procedure.state, event_time=event.time,
         opened_at=procedure.opened_at, event=event.model_dump_json(),
     ))
 

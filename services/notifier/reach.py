@@ -22,11 +22,11 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, exists, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifier.domain import (
     NO_ADDRESS,
@@ -45,12 +45,25 @@ from services.notifier.domain import (
     reaches_eos,
     time_to_reach,
 )
-from services.notifier.metrics import NotifierMetrics
 from services.notifier.models import DeliveryRow, EoRow, KnownProcedureRow, NoticeRow, PlannedEventRow, ReachRow
-from services.notifier.notices import Notice, NoticeTexts
-from services.notifier.planning import contacts_of, insert_new, own_procedures, record_notices, situation_of
-from shared.config import NotifierSettings
-from shared.events import CloudEvent, DeliveryChannel, DeliveryStatus, ProcedureData, ProcedureState, Scope
+from services.notifier.notices import Notice
+from services.notifier.planning import (
+    NoticeDesk,
+    contacts_of,
+    insert_new,
+    own_procedures,
+    record_notices,
+    situation_of,
+)
+from shared.events import (
+    CloudEvent,
+    DeliveryChannel,
+    DeliveryStatus,
+    EventType,
+    ProcedureData,
+    ProcedureState,
+    Scope,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +72,8 @@ __all__ = ["DIGEST_KEY", "ReachKeeper", "ReachReport", "procedure_reach"]
 DIGEST_KEY = "servicedesk-digest"
 """The recipient key of the Servicedesk's digests: one per fan-out (event), besides its notice of the event."""
 _D = cast(Table, DeliveryRow.__table__)
-_EO = Audience.EO.value
-_OPEN = ProcedureState.OPEN.value
+_EO = Audience.EO
+_OPEN = ProcedureState.OPEN
 
 
 @dataclass(frozen=True)
@@ -87,8 +100,7 @@ async def procedure_reach(session: AsyncSession, *, procedure_id: str) -> ReachR
         return None
     opened_at = known.opened_at if known is not None else None
     unreached = [
-        UnreachedEo(eori=row.eori, channel=DeliveryChannel(row.last_channel) if row.last_channel else None,
-                    last_error=row.last_error)
+        UnreachedEo(eori=row.eori, channel=row.last_channel, last_error=row.last_error)
         for row in rows if row.reached_at is None
     ]
     return ReachReport(
@@ -102,9 +114,9 @@ class _Planned:
     """An EO's notice of one event as recorded: the domain's view, and what an e-mail of it needs."""
 
     notice: EoNotice
-    scope: str
+    scope: Scope
     """The subject's kind: ``national``, or ``eo`` (the EO's own scenario-1 procedures)."""
-    event_type: str
+    event_type: EventType
     procedure_id: str
     notice_id: int
 
@@ -115,24 +127,17 @@ class ReachKeeper:
 
     def __init__(
         self,
+        desk: NoticeDesk,
         *,
-        settings: NotifierSettings,
-        sessions: async_sessionmaker[AsyncSession],
-        texts: NoticeTexts,
-        metrics: NotifierMetrics,
         on_planned: Callable[[], None] = lambda: None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         poll_s: float = 1.0,
         sweep_s: float = 30.0,
         gauge_s: float = 2.0,
         batch: int = 500,
     ) -> None:
-        self._settings = settings
-        self._sessions = sessions
-        self._texts = texts
-        self._metrics = metrics
+        self._settings, self._sessions, self._texts = desk.settings, desk.sessions, desk.texts
+        self._metrics, self._clock = desk.metrics, desk.clock
         self._on_planned = on_planned
-        self._clock = clock
         self._poll_s = poll_s
         self._sweep_s = sweep_s
         self._gauge_s = gauge_s
@@ -326,7 +331,7 @@ class ReachKeeper:
             concerned=len(eoris) + len(no_address), unreached=sorted(unreached, key=lambda eo: eo.eori),
             language=language,
         )
-        notice = NoticeRow(event_id=fanout.event_id, audience=Audience.SERVICEDESK.value, language=language.value,
+        notice = NoticeRow(event_id=fanout.event_id, audience=Audience.SERVICEDESK, language=language,
                            variant="digest", subject=text.subject, message=text.message, webhook_body=None)
         session.add(notice)
         await session.flush()
@@ -334,7 +339,7 @@ class ReachKeeper:
         await insert_new(session, _D, [{
             **_delivery(event_id=fanout.event_id, event_type=fanout.event_type, procedure_id=procedure_id,
                         notice_id=notice.id, recipient_key=DIGEST_KEY, address=address, now=now),
-            "audience": Audience.SERVICEDESK.value, "eori": None,
+            "audience": Audience.SERVICEDESK, "eori": None,
         }], key=("event_id", "recipient_key", "channel"))
         log.warning("%d EOs concerned by %s are still unreached: digest to the Servicedesk", len(unreached),
                     procedure_id)
@@ -381,16 +386,16 @@ async def _chains(session: AsyncSession, eoris: Iterable[str]) -> dict[str, list
     chains: dict[str, list[_Planned]] = defaultdict(list)
     for (eori, event_id), channels in grouped.items():
         first = min(channels, key=lambda r: (r.created_at, r.notice_id))
-        failed = sorted((r for r in channels if r.last_error and r.status != DeliveryStatus.DELIVERED.value),
+        failed = sorted((r for r in channels if r.last_error and r.status != DeliveryStatus.DELIVERED),
                         key=lambda r: r.updated_at)
         tried = failed[-1] if failed else first
         chains[eori].append(_Planned(
             scope=first.scope,
             notice=EoNotice(
                 event_id=event_id, planned_at=first.created_at,
-                delivered=any(r.status == DeliveryStatus.DELIVERED.value for r in channels),
-                emailed=any(r.channel == DeliveryChannel.EMAIL.value for r in channels),
-                last_channel=DeliveryChannel(tried.channel), last_error=tried.last_error if failed else None,
+                delivered=any(r.status == DeliveryStatus.DELIVERED for r in channels),
+                emailed=any(r.channel == DeliveryChannel.EMAIL for r in channels),
+                last_channel=tried.channel, last_error=tried.last_error if failed else None,
             ),
             event_type=first.event_type, procedure_id=first.procedure_id, notice_id=first.notice_id,
         ))
@@ -416,15 +421,15 @@ def _email_row(planned: _Planned, *, eori: str, address: str, now: datetime) -> 
 
 
 def _delivery(
-    *, event_id: str, event_type: str, procedure_id: str, notice_id: int, recipient_key: str, address: str,
+    *, event_id: str, event_type: EventType, procedure_id: str, notice_id: int, recipient_key: str, address: str,
     now: datetime,
 ) -> dict[str, Any]:
     channel = DeliveryChannel.EMAIL
     return {
         "id": str(uuid.uuid4()), "event_id": event_id, "event_type": event_type, "procedure_id": procedure_id,
-        "notice_id": notice_id, "recipient_key": recipient_key, "channel": channel.value, "recipient": address,
+        "notice_id": notice_id, "recipient_key": recipient_key, "channel": channel, "recipient": address,
         "lane": lane_of(channel, address), "idempotency_key": idempotency_key(event_id, recipient_key, channel),
-        "status": DeliveryStatus.PENDING.value, "attempts": 0, "next_attempt_at": now, "claimed_by": None,
+        "status": DeliveryStatus.PENDING, "attempts": 0, "next_attempt_at": now, "claimed_by": None,
         "claimed_until": None, "last_error": None, "last_http_status": None, "created_at": now, "updated_at": now,
         "delivered_at": None, "escalate_at": None,
     }

@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError
 
 from shared.config import KafkaSettings
 from shared.kafka import connection_options, start_client
+from shared.retry import Backoff, RetryPolicy, retrying
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +39,13 @@ class RegistryCatchUp:
         On a fresh broker the group coordinator appears only once the offsets topic exists: retry the
         transient errors until ``timeout_s``.
         """
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while True:
-            try:
-                await self._prepare()
-                return
-            except KafkaError as exc:
-                if not getattr(exc, "retriable", False) or asyncio.get_running_loop().time() > deadline:
-                    raise
+        def failed(_attempt: int, exc: Exception, delay_s: float | None) -> None:
+            if delay_s is not None:
                 log.info("EO registry offsets not readable yet (%s); retrying", exc)
-                await asyncio.sleep(0.5)
+
+        await retrying(self._prepare, policy=RetryPolicy(Backoff(first_s=0.5, factor=1.0), max_elapsed_s=timeout_s),
+                       retry_if=lambda exc: isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False)),
+                       on_failure=failed)
 
     async def _prepare(self) -> None:
         topic = self._settings.eos_topic

@@ -43,7 +43,6 @@ from shared.events import (
     Component,
     ComponentState,
     ProcedureData,
-    ProcedureState,
     Scope,
 )
 from shared.kafka import Item
@@ -57,8 +56,8 @@ def _now() -> datetime:
 
 def _observation(row: ObservationRow) -> Observation:
     return Observation(
-        target_id=row.target_id, component=Component(row.component), detector_instance=row.detector_instance,
-        state=ComponentState(row.state), observed_at=row.observed_at, reason=row.reason, eori=row.eori,
+        target_id=row.target_id, component=row.component, detector_instance=row.detector_instance,
+        state=row.state, observed_at=row.observed_at, reason=row.reason, eori=row.eori,
         suspect=row.suspect, verdict_by=row.verdict_by,
     )
 
@@ -101,7 +100,7 @@ class ProcedureService:
         # What the decisions read, mirrored from the database by each commit; None: read it again.
         self._active: dict[str, ProcedureRow] | None = None
         self._advisories: set[AdvisoryKind] | None = None
-        self._components: dict[str, str] | None = None
+        self._components: dict[Component, ComponentState] | None = None
         self.recheck_at: datetime | None = None
         """When a decision that waits for a verdict on its way is to be made again (None: nothing waits)."""
         self._woken = asyncio.Event()
@@ -188,7 +187,7 @@ class ProcedureService:
                 epoch = await self._fence(session)
                 await upsert(session, cast(Table, ObservationRow.__table__), [
                     {"target_id": o.target_id, "detector_instance": o.detector_instance,
-                     "component": o.component.value, "eori": o.eori, "state": o.state.value, "reason": o.reason,
+                     "component": o.component, "eori": o.eori, "state": o.state, "reason": o.reason,
                      "observed_at": o.observed_at, "received_at": now, "suspect": o.suspect,
                      "verdict_by": o.verdict_by}
                     for o in store.values()
@@ -197,13 +196,13 @@ class ProcedureService:
                 recorder = Recorder(session=session, kafka=self._settings.kafka, now=now,
                                     components=views.components, epoch=epoch)
                 active = await self._active_procedures(session)
-                national_now = next((r for r in active.values() if r.scope == Scope.NATIONAL.value), None)
+                national_now = next((r for r in active.values() if r.scope == Scope.NATIONAL), None)
                 windows = await maintenances.run_windows(
                     session, recorder, national=views.national, national_procedure=national_now,
                     reminder_leads_s=self._settings.procedure.maintenance_reminders_s,
                 )
                 active.update({r.id: r for r in recorder.procedures if r.state in ACTIVE_STATES})
-                national_now = next((r for r in active.values() if r.scope == Scope.NATIONAL.value), None)
+                national_now = next((r for r in active.values() if r.scope == Scope.NATIONAL), None)
                 # Components under an active window count as down: the probes open nothing more meanwhile.
                 national = maintenance.masked_views(views.national, windows.active)
                 waits = [
@@ -278,20 +277,20 @@ class ProcedureService:
     async def _active_advisories(self, session: AsyncSession) -> set[AdvisoryKind]:
         if self._advisories is None:
             kinds = await session.scalars(select(AdvisoryRow.kind).where(AdvisoryRow.active.is_(True)))
-            return {AdvisoryKind(k) for k in kinds.all()}
+            return set(kinds.all())
         return set(self._advisories)
 
     async def _record_components(
         self, session: AsyncSession, recorder: Recorder, views: Views, now: datetime
-    ) -> dict[str, str]:
+    ) -> dict[Component, ComponentState]:
         """Record the national components whose state changed; return every component's state."""
         known = self._components
         if known is None:
             known = {r.component: r.state for r in (await session.scalars(select(ComponentRow))).all()}
         changed = {
-            component.value: view.state.value
+            component: view.state
             for component, view in views.national.items()
-            if known.get(component.value) != view.state.value
+            if known.get(component) != view.state
         }
         await upsert(session, cast(Table, ComponentRow.__table__), [
             {"component": component, "state": state, "since": now} for component, state in changed.items()
@@ -368,7 +367,7 @@ class ProcedureService:
             row = await session.get(ProcedureRow, procedure_id)
             if row is None:
                 raise LookupError(procedure_id)
-            refusal = domain.broadcast_refusal(ProcedureState(row.state))
+            refusal = domain.broadcast_refusal(row.state)
             if refusal is not None:
                 raise Rejected(refusal)
             return await recorder.broadcast(row, message=message, actor=actor)
@@ -413,5 +412,5 @@ class ProcedureService:
 
 
 def find_active(rows: Sequence[ProcedureRow], *, scope: Scope, eori: str | None = None) -> ProcedureRow | None:
-    return next((r for r in rows if r.scope == scope.value and (scope == Scope.NATIONAL or r.eori == eori)), None)
+    return next((r for r in rows if r.scope == scope and (scope == Scope.NATIONAL or r.eori == eori)), None)
 

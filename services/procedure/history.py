@@ -30,7 +30,7 @@ from services.procedure.availability import (
     scenario_periods,
 )
 from services.procedure.models import ComponentStateRow, ProcedureRow, TimelineRow
-from shared.events import Component, ComponentState, Scenario, Scope
+from shared.events import Component, ComponentState, Scope
 
 __all__ = ["InvalidCursor", "Page", "history_page", "outages_page", "record_state_changes"]
 
@@ -48,7 +48,9 @@ class Page(Generic[T]):
     next: str | None
 
 
-async def record_state_changes(session: AsyncSession, changed: Mapping[str, str], *, now: datetime) -> None:
+async def record_state_changes(
+    session: AsyncSession, changed: Mapping[Component, ComponentState], *, now: datetime
+) -> None:
     """End each changed component's current span at ``now`` and start one in its new state (inside the
     caller's transaction, the one that records the change itself)."""
     for component, state in changed.items():
@@ -63,8 +65,7 @@ async def record_state_changes(session: AsyncSession, changed: Mapping[str, str]
 
 
 def _span(row: ComponentStateRow) -> StateSpan:
-    return StateSpan(component=Component(row.component), state=ComponentState(row.state), since=row.since,
-                     until=row.until)
+    return StateSpan(component=row.component, state=row.state, since=row.since, until=row.until)
 
 
 def _overlapping(start: datetime, end: datetime) -> ColumnElement[bool]:
@@ -172,7 +173,7 @@ async def outages_page(
                        or_(ProcedureRow.closed_at.is_(None), ProcedureRow.closed_at >= earliest))
                 .order_by(TimelineRow.at, TimelineRow.id)
             )
-            entries = [TimelineEntry(procedure_id=p, at=at, kind=kind, scenario=Scenario(scenario))
+            entries = [TimelineEntry(procedure_id=p, at=at, kind=kind, scenario=scenario)
                        for p, at, kind, scenario in found.all()]
     items = outages([_span(r) for r in page], scenario_periods(entries), now=now)
     more = len(rows) > limit

@@ -28,28 +28,27 @@ from shared.events import (
     MaintenanceData,
     MaintenanceState,
     Origin,
-    Scenario,
     Scope,
 )
 
 __all__ = ["WindowsOutcome", "calendar", "cancel", "change", "load_current", "run_windows", "schedule", "window_of"]
 
-_CURRENT = (MaintenanceState.SCHEDULED.value, MaintenanceState.ACTIVE.value)
+_CURRENT = (MaintenanceState.SCHEDULED, MaintenanceState.ACTIVE)
 _NAMES = {MaintainedComponent.ADA_B2G: "ADA B2G (AS4)", MaintainedComponent.NTP: "NTP (National Trader Portal)",
           MaintainedComponent.LUCCS: "LUCCS (ADA B2G and NTP)"}
 
 
 def window_of(row: MaintenanceRow) -> Window:
-    return Window(maintenance_id=row.id, component=MaintainedComponent(row.component), starts_at=row.starts_at,
-                  ends_at=row.ends_at, state=MaintenanceState(row.state),
+    return Window(maintenance_id=row.id, component=row.component, starts_at=row.starts_at, ends_at=row.ends_at,
+                  state=row.state,
                   reminders_sent=frozenset(row.reminders_sent or ()))
 
 
 def _data(row: MaintenanceRow, *, lead_s: int | None = None, previous: tuple[datetime, datetime] | None = None
           ) -> MaintenanceData:
     return MaintenanceData(
-        maintenance_id=row.id, component=MaintainedComponent(row.component), starts_at=row.starts_at,
-        ends_at=row.ends_at, state=MaintenanceState(row.state), reason=row.reason,
+        maintenance_id=row.id, component=row.component, starts_at=row.starts_at, ends_at=row.ends_at,
+        state=row.state, reason=row.reason,
         message=LocalisedText(**row.message) if row.message else None, lead_s=lead_s,
         previous_starts_at=previous[0] if previous else None, previous_ends_at=previous[1] if previous else None,
     )
@@ -65,8 +64,8 @@ async def schedule(
         raise ValueError("ends_at must be after starts_at")
     if ends_at <= now:
         raise ValueError("ends_at must be in the future")
-    row = MaintenanceRow(id=str(uuid.uuid4()), component=component.value, starts_at=starts_at, ends_at=ends_at,
-                         state=MaintenanceState.SCHEDULED.value, reason=reason, message=message, reminders_sent=[],
+    row = MaintenanceRow(id=str(uuid.uuid4()), component=component, starts_at=starts_at, ends_at=ends_at,
+                         state=MaintenanceState.SCHEDULED, reason=reason, message=message, reminders_sent=[],
                          procedure_id=None, overran=False, created_at=now, updated_at=now)
     session.add(row)
     await session.flush()
@@ -106,10 +105,10 @@ async def change(
 async def cancel(session: AsyncSession, recorder: Recorder, *, maintenance_id: str, reason: str) -> MaintenanceRow:
     """Cancel a scheduled window and announce it; an active one is ended by moving its end (PATCH)."""
     row = await _found(session, maintenance_id)
-    if row.state != MaintenanceState.SCHEDULED.value:
+    if row.state != MaintenanceState.SCHEDULED:
         raise Rejected(f"the maintenance is {row.state}: only a scheduled one can be cancelled"
-                       + (" (move its end to end it now)" if row.state == MaintenanceState.ACTIVE.value else ""))
-    row.state, row.reason, row.updated_at = MaintenanceState.CANCELLED.value, reason, recorder.now
+                       + (" (move its end to end it now)" if row.state == MaintenanceState.ACTIVE else ""))
+    row.state, row.reason, row.updated_at = MaintenanceState.CANCELLED, reason, recorder.now
     await session.flush()
     recorder.maintenance(EventType.MAINTENANCE_CANCELLED, _data(row))
     return row
@@ -141,7 +140,7 @@ async def run_windows(
                                          reminder_leads_s=reminder_leads_s):
         row = rows[step.window.maintenance_id]
         row.state, row.reminders_sent, row.updated_at = (
-            step.window.state.value, sorted(step.window.reminders_sent), now
+            step.window.state, sorted(step.window.reminders_sent), now
         )
         if step.kind == StepKind.REMIND:
             recorder.maintenance(EventType.MAINTENANCE_REMINDER, _data(row, lead_s=step.lead_s))
@@ -158,7 +157,7 @@ async def run_windows(
 
 
 async def _start(recorder: Recorder, row: MaintenanceRow, national: ProcedureRow | None) -> ProcedureRow | None:
-    component = MaintainedComponent(row.component)
+    component = row.component
     scenario = maintenance.planned_scenario(component)
     if national is not None and national.state in ACTIVE_STATES:
         row.procedure_id = national.id  # an outage already in fallback: the window joins it
@@ -181,12 +180,12 @@ async def _end(session: AsyncSession, recorder: Recorder, row: MaintenanceRow, w
     if procedure is None or procedure.state not in ACTIVE_STATES:
         return
     row.overran = True
-    procedure.origin = Origin.DETECTED.value  # from now on an outage like any other
-    scenario = Scenario(procedure.scenario)
+    procedure.origin = Origin.DETECTED  # from now on an outage like any other
+    scenario = procedure.scenario
     await recorder.apply(Decision(
         action=Action.UPDATE, scenario=scenario, scope=Scope.NATIONAL, procedure_id=procedure.id,
         previous_scenario=scenario,
-        reason=f"the planned maintenance of {_NAMES[MaintainedComponent(row.component)]} overran its announced "
+        reason=f"the planned maintenance of {_NAMES[row.component]} overran its announced "
                f"end ({row.ends_at.isoformat()}): still unavailable, the procedure continues",
     ))
 
@@ -204,10 +203,10 @@ def calendar(rows: Sequence[MaintenanceRow], *, now: datetime) -> bytes:
         event.add("dtstamp", now)
         event.add("dtstart", row.starts_at)
         event.add("dtend", row.ends_at)
-        event.add("summary", f"LUCCS planned maintenance: {_NAMES[MaintainedComponent(row.component)]}")
+        event.add("summary", f"LUCCS planned maintenance: {_NAMES[row.component]}")
         if row.message:
             event.add("description", "\n\n".join(row.message[lang] for lang in ("fr", "en", "de")))
-        event.add("status", "CANCELLED" if row.state == MaintenanceState.CANCELLED.value else "CONFIRMED")
+        event.add("status", "CANCELLED" if row.state == MaintenanceState.CANCELLED else "CONFIRMED")
         event.add("last-modified", row.updated_at)
         feed.add_component(event)
     ical: bytes = feed.to_ical()

@@ -30,12 +30,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.procedure.availability import NATIONAL_COMPONENTS
 from services.procedure.domain import Action
 from services.procedure.models import AdvisoryRow, ComponentRow, ObservationRow, OutboxRow, ProcedureRow, TimelineRow
-from shared.events import AdvisoryKind, ComponentState, ProcedureState, Scenario, Scope
+from shared.events import AdvisoryKind, Component, ComponentState, ProcedureState, Scenario, Scope
 from shared.kafka import EventConsumer
 
 __all__ = ["ProcedureMetrics"]
 
-STATE_VALUE = {ComponentState.UP.value: 1.0, ComponentState.DOWN.value: 0.0, ComponentState.UNKNOWN.value: -1.0}
+STATE_VALUE = {ComponentState.UP: 1.0, ComponentState.DOWN: 0.0, ComponentState.UNKNOWN: -1.0}
 SCOPES = {
     Scenario.EO_B2G_UNAVAILABLE: Scope.EO,
     Scenario.ADA_B2G_UNAVAILABLE: Scope.NATIONAL,
@@ -64,8 +64,8 @@ class ProcedureMetrics(Collector):
         self._clock = clock
         self.consumer: EventConsumer[Any] | None = None
         """The availability consumer, once started (its lag is served)."""
-        self._components: dict[str, str] = {}
-        self._procedures: dict[tuple[str, str, str], int] = {}
+        self._components: dict[Component, ComponentState] = {}
+        self._procedures: dict[tuple[Scenario, Scope, ProcedureState], int] = {}
         self._decisions: dict[tuple[str, str], int] = {}
         self._decided_up_to = 0  # timeline id already counted into _decisions
         self._advisories: set[str] = set()
@@ -82,7 +82,7 @@ class ProcedureMetrics(Collector):
                 (scenario, scope, state): n
                 for scenario, scope, state, n in (await session.execute(
                     select(ProcedureRow.scenario, ProcedureRow.scope, ProcedureRow.state, func.count())
-                    .where(ProcedureRow.state.in_([ProcedureState.OPEN.value, ProcedureState.PROPOSED.value]))
+                    .where(ProcedureRow.state.in_([ProcedureState.OPEN, ProcedureState.PROPOSED]))
                     .group_by(ProcedureRow.scenario, ProcedureRow.scope, ProcedureRow.state)
                 )).all()
             }
@@ -113,7 +113,7 @@ class ProcedureMetrics(Collector):
         state = GaugeMetricFamily("luccs_component_state", "State of a national component: 1 up, 0 down, "
                                   "-1 unknown (no fresh observation, or nothing decided yet).", labels=["component"])
         for component in NATIONAL_COMPONENTS:
-            state.add_metric([component.value], STATE_VALUE.get(self._components.get(component.value, ""), -1.0))
+            state.add_metric([component.value], STATE_VALUE[self._components.get(component, ComponentState.UNKNOWN)])
         yield state
         for name, wanted, text in (
             ("luccs_procedures_active", ProcedureState.OPEN, "Open procedures, by scenario and scope."),
@@ -123,7 +123,7 @@ class ProcedureMetrics(Collector):
             family = GaugeMetricFamily(name, text, labels=["scenario", "scope"])
             for scenario, scope in SCOPES.items():
                 family.add_metric([scenario.value, scope.value],
-                                  self._procedures.get((scenario.value, scope.value, wanted.value), 0))
+                                  self._procedures.get((scenario, scope, wanted), 0))
             yield family
         decisions = CounterMetricFamily(
             "luccs_procedure_decisions",

@@ -21,7 +21,19 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.db import UTCDateTime
+from shared.db import UTCDateTime, closed_set
+from shared.events import (
+    AdvisoryKind,
+    Component,
+    ComponentState,
+    Language,
+    MaintainedComponent,
+    MaintenanceState,
+    Origin,
+    ProcedureState,
+    Scenario,
+    Scope,
+)
 
 
 class Base(DeclarativeBase):
@@ -35,9 +47,9 @@ class ObservationRow(Base):
 
     target_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     detector_instance: Mapped[str] = mapped_column(String(200), primary_key=True)
-    component: Mapped[str] = mapped_column(String(20))
+    component: Mapped[Component] = mapped_column(closed_set(Component, 20))
     eori: Mapped[str | None] = mapped_column(String(32))
-    state: Mapped[str] = mapped_column(String(10))
+    state: Mapped[ComponentState] = mapped_column(closed_set(ComponentState, 10))
     reason: Mapped[str] = mapped_column(String(200))
     observed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -50,8 +62,8 @@ class ComponentRow(Base):
 
     __tablename__ = "components"
 
-    component: Mapped[str] = mapped_column(String(20), primary_key=True)
-    state: Mapped[str] = mapped_column(String(10))
+    component: Mapped[Component] = mapped_column(closed_set(Component, 20), primary_key=True)
+    state: Mapped[ComponentState] = mapped_column(closed_set(ComponentState, 10))
     since: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
@@ -62,8 +74,8 @@ class ComponentStateRow(Base):
     __tablename__ = "component_states"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    component: Mapped[str] = mapped_column(String(20))
-    state: Mapped[str] = mapped_column(String(10))
+    component: Mapped[Component] = mapped_column(closed_set(Component, 20))
+    state: Mapped[ComponentState] = mapped_column(closed_set(ComponentState, 10))
     since: Mapped[datetime] = mapped_column(UTCDateTime)
     until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -95,11 +107,11 @@ class ProcedureRow(Base):
     __tablename__ = "procedures"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    scenario: Mapped[str] = mapped_column(String(40))
-    scope: Mapped[str] = mapped_column(String(10))
+    scenario: Mapped[Scenario] = mapped_column(closed_set(Scenario, 40))
+    scope: Mapped[Scope] = mapped_column(closed_set(Scope, 10))
     eori: Mapped[str | None] = mapped_column(String(32), index=True)
-    state: Mapped[str] = mapped_column(String(10), index=True)
-    origin: Mapped[str] = mapped_column(String(20), default="detected")
+    state: Mapped[ProcedureState] = mapped_column(closed_set(ProcedureState, 10), index=True)
+    origin: Mapped[Origin] = mapped_column(closed_set(Origin, 20), default=Origin.DETECTED)
     auto_close: Mapped[bool] = mapped_column(Boolean, default=True)
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
@@ -133,8 +145,8 @@ class TimelineRow(Base):
     procedure_id: Mapped[str] = mapped_column(ForeignKey("procedures.id"), index=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
     kind: Mapped[str] = mapped_column(String(20))
-    scenario: Mapped[str] = mapped_column(String(40))
-    previous_scenario: Mapped[str | None] = mapped_column(String(40))
+    scenario: Mapped[Scenario] = mapped_column(closed_set(Scenario, 40))
+    previous_scenario: Mapped[Scenario | None] = mapped_column(closed_set(Scenario, 40))
     reason: Mapped[str] = mapped_column(Text)
     actor: Mapped[str] = mapped_column(String(100), default="system")
     event_id: Mapped[str | None] = mapped_column(String(36))
@@ -145,7 +157,7 @@ class AdvisoryRow(Base):
     __tablename__ = "advisories"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(30), index=True)
+    kind: Mapped[AdvisoryKind] = mapped_column(closed_set(AdvisoryKind, 30), index=True)
     active: Mapped[bool] = mapped_column(Boolean, index=True)
     components: Mapped[list[str]] = mapped_column(JSON, default=list)
     reason: Mapped[str] = mapped_column(Text)
@@ -160,7 +172,7 @@ class EoRow(Base):
 
     eori: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(300))
-    language: Mapped[str] = mapped_column(String(2))
+    language: Mapped[Language] = mapped_column(closed_set(Language, 2))
     email: Mapped[str | None] = mapped_column(String(320))
     webhook_url: Mapped[str | None] = mapped_column(Text)
     webhook_secret_sealed: Mapped[str | None] = mapped_column(Text)
@@ -191,10 +203,10 @@ class MaintenanceRow(Base):
     __tablename__ = "maintenances"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    component: Mapped[str] = mapped_column(String(10))
+    component: Mapped[MaintainedComponent] = mapped_column(closed_set(MaintainedComponent, 10))
     starts_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     ends_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    state: Mapped[str] = mapped_column(String(10), index=True)
+    state: Mapped[MaintenanceState] = mapped_column(closed_set(MaintenanceState, 10), index=True)
     reason: Mapped[str] = mapped_column(Text)
     message: Mapped[dict[str, str] | None] = mapped_column(JSON)
     reminders_sent: Mapped[list[int]] = mapped_column(JSON, default=list)

@@ -185,10 +185,10 @@ class ProcedureFacts:
     """What the read side hands over of a procedure row (a subset: nothing it must not show)."""
 
     procedure_id: str
-    scenario: str
-    scope: str
-    state: str
-    origin: str
+    scenario: Scenario
+    scope: Scope
+    state: ProcedureState
+    origin: Origin
     opened_at: datetime | None
     closed_at: datetime | None
 
@@ -198,13 +198,13 @@ def public_procedures(rows: Iterable[ProcedureFacts], *, now: datetime) -> list[
     :data:`HISTORY_DAYS` days, newest first. Scenario-1 (one EO's) and proposed ones are not public."""
     since = now - timedelta(days=HISTORY_DAYS)
     found = [
-        PublicProcedure(procedure_id=r.procedure_id, scenario=Scenario(r.scenario), opened_at=r.opened_at,
-                        closed_at=r.closed_at if r.state == ProcedureState.CLOSED.value else None,
-                        planned=r.origin == Origin.PLANNED.value)
+        PublicProcedure(procedure_id=r.procedure_id, scenario=r.scenario, opened_at=r.opened_at,
+                        closed_at=r.closed_at if r.state == ProcedureState.CLOSED else None,
+                        planned=r.origin == Origin.PLANNED)
         for r in rows
-        if r.scope == Scope.NATIONAL.value and r.scenario != S1.value and r.opened_at is not None
-        and r.state in (ProcedureState.OPEN.value, ProcedureState.CLOSED.value)
-        and (r.state == ProcedureState.OPEN.value or (r.closed_at is not None and r.closed_at >= since))
+        if r.scope == Scope.NATIONAL and r.scenario != S1 and r.opened_at is not None
+        and r.state in (ProcedureState.OPEN, ProcedureState.CLOSED)
+        and (r.state == ProcedureState.OPEN or (r.closed_at is not None and r.closed_at >= since))
     ]
     return sorted(found, key=lambda p: p.opened_at, reverse=True)
 

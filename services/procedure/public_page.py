@@ -40,7 +40,6 @@ from shared.events import (
     Component,
     Language,
     LocalisedText,
-    MaintainedComponent,
     MaintenanceState,
     ProcedureState,
     Scope,
@@ -88,24 +87,24 @@ async def read_situation(*, service: ProcedureService, sessions: async_sessionma
         procedure_rows = (await session.execute(
             select(ProcedureRow.id, ProcedureRow.scenario, ProcedureRow.scope, ProcedureRow.state,
                    ProcedureRow.origin, ProcedureRow.opened_at, ProcedureRow.closed_at)
-            .where(ProcedureRow.scope == Scope.NATIONAL.value)
-            .where(or_(ProcedureRow.state == ProcedureState.OPEN.value, ProcedureRow.closed_at >= since))
+            .where(ProcedureRow.scope == Scope.NATIONAL)
+            .where(or_(ProcedureRow.state == ProcedureState.OPEN, ProcedureRow.closed_at >= since))
         )).all()
         window_rows = (await session.execute(
             select(MaintenanceRow.id, MaintenanceRow.component, MaintenanceRow.starts_at, MaintenanceRow.ends_at,
                    MaintenanceRow.state, MaintenanceRow.message, MaintenanceRow.updated_at)
-            .where(or_(MaintenanceRow.state.in_([MaintenanceState.SCHEDULED.value, MaintenanceState.ACTIVE.value]),
+            .where(or_(MaintenanceRow.state.in_([MaintenanceState.SCHEDULED, MaintenanceState.ACTIVE]),
                        MaintenanceRow.updated_at >= since))
         )).all()
         broadcast_rows = (await session.execute(
             select(TimelineRow.id, TimelineRow.procedure_id, TimelineRow.at, TimelineRow.reason)
             .join(ProcedureRow, ProcedureRow.id == TimelineRow.procedure_id)
-            .where(ProcedureRow.scope == Scope.NATIONAL.value, TimelineRow.kind == "broadcast",
+            .where(ProcedureRow.scope == Scope.NATIONAL, TimelineRow.kind == "broadcast",
                    TimelineRow.at >= since)
         )).all()
         ntp_advisory = (await session.scalar(
             select(AdvisoryRow.id).where(AdvisoryRow.active.is_(True),
-                                         AdvisoryRow.kind == AdvisoryKind.NTP_UNAVAILABLE.value).limit(1)
+                                         AdvisoryRow.kind == AdvisoryKind.NTP_UNAVAILABLE).limit(1)
         )) is not None
     procedures = public.public_procedures(
         [ProcedureFacts(procedure_id=r.id, scenario=r.scenario, scope=r.scope, state=r.state, origin=r.origin,
@@ -113,8 +112,8 @@ async def read_situation(*, service: ProcedureService, sessions: async_sessionma
         now=now,
     )
     windows = [
-        PublicWindow(maintenance_id=r.id, component=MaintainedComponent(r.component), starts_at=r.starts_at,
-                     ends_at=r.ends_at, state=MaintenanceState(r.state),
+        PublicWindow(maintenance_id=r.id, component=r.component, starts_at=r.starts_at, ends_at=r.ends_at,
+                     state=r.state,
                      message=LocalisedText(**r.message) if r.message else None, updated_at=r.updated_at)
         for r in window_rows
     ]

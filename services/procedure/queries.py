@@ -61,7 +61,7 @@ async def status_snapshot(
             {
                 "component": view.component,
                 "state": view.state,
-                "since": since.get(view.component.value),
+                "since": since.get(view.component),
                 "evidence": [
                     {"target_id": o.target_id, "detector_instance": o.detector_instance, "state": o.state,
                      "observed_at": o.observed_at, "reason": o.reason}

@@ -20,7 +20,6 @@ from services.procedure.models import AdvisoryRow, OutboxRow, ProcedureRow, Time
 from shared.config import KafkaSettings
 from shared.events import (
     AdvisoryData,
-    AdvisoryKind,
     Broadcast,
     CloudEvent,
     Component,
@@ -28,7 +27,6 @@ from shared.events import (
     EventType,
     Evidence,
     MaintenanceData,
-    Origin,
     ProcedureData,
     ProcedureState,
     Scenario,
@@ -37,7 +35,7 @@ from shared.events import (
 )
 
 SOURCE = "/luccs-fallback/procedure"
-ACTIVE_STATES = (ProcedureState.OPEN.value, ProcedureState.PROPOSED.value)
+ACTIVE_STATES = (ProcedureState.OPEN, ProcedureState.PROPOSED)
 
 _EVENT_TYPE = {
     Action.PROPOSE: EventType.PROCEDURE_PROPOSED,
@@ -67,11 +65,11 @@ def evidence_of(observations: Sequence[Observation]) -> list[Evidence]:
 def active_view(row: ProcedureRow) -> ActiveProcedure:
     return ActiveProcedure(
         procedure_id=row.id,
-        scenario=Scenario(row.scenario),
-        scope=Scope(row.scope),
+        scenario=row.scenario,
+        scope=row.scope,
         eori=row.eori,
-        state=ProcedureState(row.state),
-        origin=Origin(row.origin),
+        state=row.state,
+        origin=row.origin,
         auto_close=row.auto_close,
     )
 
@@ -89,15 +87,15 @@ def procedure_data(
 ) -> ProcedureData:
     return ProcedureData(
         procedure_id=row.id,
-        scenario=Scenario(row.scenario),
+        scenario=row.scenario,
         previous_scenario=previous,
-        scope=Scope(row.scope),
+        scope=row.scope,
         eori=row.eori,
-        state=ProcedureState(row.state),
+        state=row.state,
         reason=row.reason,
         opened_at=row.opened_at,
         closed_at=row.closed_at,
-        origin=Origin(row.origin),
+        origin=row.origin,
         components=components,
         evidence=list(evidence),
         maintenance_id=row.maintenance_id,
@@ -132,11 +130,11 @@ class Recorder:
         if decision.procedure_id is None:
             row = ProcedureRow(
                 id=str(uuid.uuid4()),
-                scenario=decision.scenario.value,
-                scope=decision.scope.value,
+                scenario=decision.scenario,
+                scope=decision.scope,
                 eori=decision.eori,
-                state=(ProcedureState.PROPOSED if decision.action == Action.PROPOSE else ProcedureState.OPEN).value,
-                origin=decision.origin.value,
+                state=ProcedureState.PROPOSED if decision.action == Action.PROPOSE else ProcedureState.OPEN,
+                origin=decision.origin,
                 auto_close=auto_close,
                 reason=decision.reason,
                 created_at=now,
@@ -151,13 +149,13 @@ class Recorder:
             if found is None:
                 raise LookupError(f"no procedure {decision.procedure_id}")
             row = found
-            row.scenario = decision.scenario.value
+            row.scenario = decision.scenario
             row.reason = decision.reason
             row.updated_at = now
             if decision.action == Action.CONFIRM:
-                row.state, row.opened_at = ProcedureState.OPEN.value, now
+                row.state, row.opened_at = ProcedureState.OPEN, now
             elif decision.action in (Action.CLOSE, Action.WITHDRAW):
-                row.state, row.closed_at = ProcedureState.CLOSED.value, now
+                row.state, row.closed_at = ProcedureState.CLOSED, now
         await self.session.flush()
         event = CloudEvent[ProcedureData](
             source=SOURCE,
@@ -173,15 +171,15 @@ class Recorder:
                 procedure_id=row.id,
                 at=now,
                 kind=decision.action.value,
-                scenario=decision.scenario.value,
-                previous_scenario=decision.previous_scenario.value if decision.previous_scenario else None,
+                scenario=decision.scenario,
+                previous_scenario=decision.previous_scenario,
                 reason=decision.reason,
                 actor=actor,
                 event_id=event.id,
                 evidence=[e.model_dump(mode="json") for e in evidence],
             )
         )
-        self._queue(self.kafka.procedures_topic, procedure_key(Scope(row.scope), row.eori), event)
+        self._queue(self.kafka.procedures_topic, procedure_key(row.scope, row.eori), event)
         self.procedures.append(row)
         return row
 
@@ -210,7 +208,7 @@ class Recorder:
             reason=f"[{message.author.value}] fr: {text.fr}\nen: {text.en}\nde: {text.de}", actor=actor,
             event_id=event.id, evidence=[],
         ))
-        self._queue(self.kafka.procedures_topic, procedure_key(Scope(row.scope), row.eori), event)
+        self._queue(self.kafka.procedures_topic, procedure_key(row.scope, row.eori), event)
         return event
 
     def maintenance(self, event_type: EventType, data: MaintenanceData) -> CloudEvent[MaintenanceData]:
@@ -224,14 +222,14 @@ class Recorder:
         now = self.now
         if change.raise_it:
             row = AdvisoryRow(
-                id=str(uuid.uuid4()), kind=change.kind.value, active=True,
+                id=str(uuid.uuid4()), kind=change.kind, active=True,
                 components=[c.value for c in change.components], reason=change.reason, raised_at=now,
                 cleared_at=None,
             )
             self.session.add(row)
         else:
             found = await self.session.scalar(
-                select(AdvisoryRow).where(AdvisoryRow.kind == change.kind.value, AdvisoryRow.active.is_(True))
+                select(AdvisoryRow).where(AdvisoryRow.kind == change.kind, AdvisoryRow.active.is_(True))
             )
             if found is None:
                 return
@@ -243,7 +241,7 @@ class Recorder:
             subject=row.id,
             time=now,
             data=AdvisoryData(
-                advisory_id=row.id, kind=AdvisoryKind(row.kind), active=row.active,
+                advisory_id=row.id, kind=row.kind, active=row.active,
                 components=[Component(c) for c in row.components], reason=change.reason,
                 raised_at=row.raised_at, cleared_at=row.cleared_at,
             ),

@@ -59,7 +59,7 @@ class EoRegistry:
             if await session.get(EoRow, body.eori) is not None:
                 raise Conflict(f"EO {body.eori} is already registered: PATCH it instead")
             row = EoRow(
-                eori=body.eori, name=body.name, language=body.language.value, email=body.email,
+                eori=body.eori, name=body.name, language=body.language, email=body.email,
                 webhook_url=body.webhook_url, webhook_secret_sealed=self._seal(body.webhook_secret),
                 as4_endpoint=body.as4_endpoint, api_key_hash=hash_api_key(api_key), created_at=now, updated_at=now,
             )
@@ -83,7 +83,7 @@ class EoRegistry:
             if "language" in given:
                 if body.language is None:
                     raise ValueError("language cannot be cleared")
-                row.language = body.language.value
+                row.language = body.language
             for column in ("email", "webhook_url", "as4_endpoint"):
                 if column in given:
                     setattr(row, column, getattr(body, column))
@@ -141,7 +141,7 @@ class EoRegistry:
                     outcome.rejected.append(Rejected(line.line, "webhook_secret is required with a webhook_url: "
                                                                 "notices are signed with it"))
                     continue
-                wanted = {"name": body.name, "language": body.language.value, "email": body.email,
+                wanted = {"name": body.name, "language": body.language, "email": body.email,
                           "webhook_url": body.webhook_url, "as4_endpoint": body.as4_endpoint}
                 if row is None:
                     # New EOs are inserted in one executemany, not through the ORM's unit of work.

@@ -19,13 +19,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from services.procedure.app import create_app
 from shared.config import KafkaSettings, ProcedureSettings, Settings
 from shared.events import AvailabilityData, CloudEvent, Component, ComponentState, EventType
 from shared.kafka import Publisher, ensure_topics
-from tests.support import ChaosReport, free_port
+from tests.support import ChaosReport, serving
 
 pytestmark = pytest.mark.integration
 
@@ -60,18 +59,8 @@ async def procedure(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> 
 
 @contextlib.asynccontextmanager
 async def _serving(settings: Settings) -> AsyncIterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(60):
-            while not server.started:
-                assert not task.done(), "the procedure app did not start"
-                await asyncio.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=30)
+    async with serving(create_app(settings)) as client:
+        yield str(client.base_url).rstrip("/")
 
 
 async def _states(client: httpx.AsyncClient) -> dict[str, str]:

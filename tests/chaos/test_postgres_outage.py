@@ -7,7 +7,6 @@ the test, and the outage is the proxy closing (its listening socket and every op
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from services.procedure.app import create_app
 from shared.config import ApiSettings, KafkaSettings, ProcedureSettings, Settings
-from tests.support import ChaosReport, eventually, free_port, pg_admin
+from tests.support import ChaosReport, eventually, free_port, pg_admin, serving
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -113,22 +111,14 @@ async def service(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str, postg
         procedure=ProcedureSettings(database_url=database_url.render_as_string(hide_password=False),
                                     notifier_url=None),
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
-    task = asyncio.create_task(server.serve())
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            async with asyncio.timeout(60):
-                while not server.started:
-                    assert not task.done(), "the procedure app did not start"
-                    await asyncio.sleep(0.05)
-            yield Service(client, proxy)
+        async with serving(create_app(settings)) as client:
+            try:
+                yield Service(client, proxy)
+            finally:
+                if not proxy.is_open:  # let the engine close its connections cleanly
+                    await proxy.open()
     finally:
-        if not proxy.is_open:  # let the engine close its connections cleanly
-            await proxy.open()
-        server.should_exit = True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(task, timeout=30)
         await proxy.close()
         await pg_admin(postgres_url, drop)
 

@@ -3,13 +3,11 @@ its strict Content-Security-Policy with no violation, and the browser's language
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from playwright.async_api import ConsoleMessage, async_playwright, expect
 from pydantic import SecretStr
 
@@ -18,7 +16,7 @@ from services.procedure.public_texts import PHRASES
 from shared.config import ApiSettings, KafkaSettings, ProcedureSettings, Settings
 from shared.events import Language
 from tests.e2e.test_status_page import CHROMIUM_FLAGS, _chromium
-from tests.support import free_port
+from tests.support import serving
 
 pytestmark = pytest.mark.e2e
 
@@ -33,15 +31,8 @@ async def base_url(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> A
         api=ApiSettings(operator_tokens=[SecretStr(TOKEN)]),
         procedure=ProcedureSettings(notifier_url=None),
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(60):
-        while not server.started:
-            await asyncio.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
+    async with serving(create_app(settings)) as client:
+        yield str(client.base_url).rstrip("/")
 
 
 async def test_the_public_page_renders_in_each_language_under_its_policy(base_url: str) -> None:

@@ -5,26 +5,21 @@ real webhook receivers, each EO once, in its language, signed with its own secre
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from pydantic import SecretStr
 
-from services.notifier.app import NotifierParts
-from services.procedure.app import create_app
 from shared.config import ApiSettings, KafkaSettings, Settings
-from shared.events import EventType, Language, ProcedureData
-from shared.kafka import EventConsumer, Publisher
-from tests.integration.test_notifier_delivery import notifier_settings, register, running_notifier
-from tests.support import WebhookReceiver, eventually, free_port
+from shared.events import EventType, Language
+from tests.integration.pipeline import ProcedureAndNotifier as Pipeline
+from tests.integration.pipeline import procedure_and_notifier
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -36,46 +31,13 @@ TEXT = {"fr": "Appelez le bureau au 123.", "en": "Call the office on 123.", "de"
 BROADCAST = EventType.PROCEDURE_BROADCAST.value
 
 
-@dataclass
-class Pipeline:
-    client: httpx.AsyncClient
-    notifier: NotifierParts
-    hooks: WebhookReceiver
-
-
 @pytest.fixture
 async def pipeline(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> AsyncIterator[Pipeline]:
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix)
     settings = Settings(data_dir=tmp_path, kafka=kafka,
                         api=ApiSettings(operator_tokens=[SecretStr(OPERATOR)], bureau_tokens=[SecretStr(BUREAU)]))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
-    serving = asyncio.create_task(server.serve())
-    hooks = WebhookReceiver().start()
-    notifier = notifier_settings(kafka_bootstrap, topic_prefix, f"sqlite:///{tmp_path / 'notifier.db'}")
-    async with running_notifier(notifier) as parts:
-        for eori, language in EOS.items():
-            await register(parts, eori, hooks.url(f"/{eori}"), language)
-        deadletters = Publisher(kafka, client_id="test-broadcast-deadletters")
-        await deadletters.start()
-        consuming = asyncio.create_task(EventConsumer(
-            settings=kafka, topic=kafka.procedures_topic, group_id=f"{topic_prefix}.notifier",
-            data_model=ProcedureData, handler=parts.planner.on_procedure, publisher=deadletters,
-        ).run())
-        try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-                async with asyncio.timeout(60):
-                    while not server.started:
-                        await asyncio.sleep(0.05)
-                yield Pipeline(client, parts, hooks)
-        finally:
-            consuming.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await consuming
-            await deadletters.stop()
-            server.should_exit = True
-            await serving
-            hooks.stop()
+    async with procedure_and_notifier(settings, tmp_path=tmp_path, eos=EOS) as running:
+        yield running
 
 
 async def _declare(client: httpx.AsyncClient, **body: Any) -> str:

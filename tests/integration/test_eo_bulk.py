@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
@@ -24,7 +23,7 @@ from services.procedure.bulk import MAX_LINE_BYTES
 from shared.config import ApiSettings, KafkaSettings, ProcedureSettings, Settings
 from shared.events import EoData, parse_event
 from tests.integration.test_procedure_api import _read_topic
-from tests.support import free_port, pg_database
+from tests.support import pg_database, serving
 
 pytestmark = pytest.mark.integration
 
@@ -69,16 +68,8 @@ async def _serve(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str,
         procedure=ProcedureSettings(import_chunk_lines=3, import_max_bytes=200_000, database_url=database_url,
                                     sealing_key=SecretStr(Fernet.generate_key().decode())),
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
-    task = asyncio.create_task(server.serve())
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=20) as client:
-        async with asyncio.timeout(60):
-            while not server.started:
-                await asyncio.sleep(0.05)
+    async with serving(create_app(settings), client_timeout_s=20) as client:
         yield Api(client, settings)
-    server.should_exit = True
-    await task
 
 
 def _ndjson(*lines: object) -> bytes:

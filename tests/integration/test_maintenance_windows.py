@@ -5,9 +5,7 @@ receivers. Windows are scheduled a few seconds ahead."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,11 +13,8 @@ from typing import Any
 import httpx
 import icalendar
 import pytest
-import uvicorn
 from pydantic import SecretStr
 
-from services.notifier.app import NotifierParts
-from services.procedure.app import create_app
 from shared.config import ApiSettings, KafkaSettings, ProcedureSettings, Settings
 from shared.events import (
     AvailabilityData,
@@ -28,12 +23,9 @@ from shared.events import (
     ComponentState,
     EventType,
     Language,
-    MaintenanceData,
-    ProcedureData,
 )
-from shared.kafka import EventConsumer, Publisher
-from tests.integration.test_notifier_delivery import notifier_settings, register, running_notifier
-from tests.support import WebhookReceiver, eventually, free_port
+from tests.integration.pipeline import ProcedureAndNotifier, procedure_and_notifier
+from tests.support import WebhookReceiver, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -44,13 +36,8 @@ MESSAGE = {"fr": "Mise à jour annuelle.", "en": "Yearly upgrade.", "de": "Jähr
 UP, DOWN = ComponentState.UP, ComponentState.DOWN
 
 
-@dataclass
-class Pipeline:
-    client: httpx.AsyncClient
-    notifier: NotifierParts
-    hooks: WebhookReceiver
-    publisher: Publisher
-    kafka: KafkaSettings
+class Pipeline(ProcedureAndNotifier):
+    """The procedure service and a notifier, with what the tests of maintenance windows do to them."""
 
     async def observe(self, component: Component, state: ComponentState) -> None:
         now = datetime.now(UTC)
@@ -91,45 +78,12 @@ async def pipeline(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> A
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix)
     settings = Settings(data_dir=tmp_path, kafka=kafka, api=ApiSettings(operator_tokens=[SecretStr(OPERATOR)]),
                         procedure=ProcedureSettings(tick_s=0.2, maintenance_reminders_s=[172800, 3600]))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
-    serving = asyncio.create_task(server.serve())
-    hooks = WebhookReceiver().start()
-    notifier = notifier_settings(kafka_bootstrap, topic_prefix, f"sqlite:///{tmp_path / 'notifier.db'}")
-    async with running_notifier(notifier) as parts:
-        for eori, language in EOS.items():
-            await register(parts, eori, hooks.url(f"/{eori}"), language)
-        publisher = Publisher(kafka, client_id="test-maintenance")
-        await publisher.start()
-        consumers = [
-            asyncio.create_task(EventConsumer(
-                settings=kafka, topic=kafka.procedures_topic, group_id=f"{topic_prefix}.notifier",
-                data_model=ProcedureData, handler=parts.planner.on_procedure, publisher=publisher,
-            ).run()),
-            asyncio.create_task(EventConsumer(
-                settings=kafka, topic=kafka.procedures_topic, group_id=f"{topic_prefix}.notifier.maintenance",
-                data_model=MaintenanceData, handler=parts.planner.on_maintenance, publisher=publisher,
-            ).run()),
-        ]
-        try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-                async with asyncio.timeout(60):
-                    while not server.started:
-                        await asyncio.sleep(0.05)
-                pipeline = Pipeline(client, parts, hooks, publisher, kafka)
-                await pipeline.observe(Component.ADA_B2G, UP)
-                await pipeline.observe(Component.NTP, UP)
-                await eventually(lambda: _components_up(client), what="both components up")
-                yield pipeline
-        finally:
-            for consumer in consumers:
-                consumer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await consumer
-            await publisher.stop()
-            server.should_exit = True
-            await serving
-            hooks.stop()
+    async with procedure_and_notifier(settings, tmp_path=tmp_path, eos=EOS, maintenance=True) as running:
+        pipeline = Pipeline(**vars(running))
+        await pipeline.observe(Component.ADA_B2G, UP)
+        await pipeline.observe(Component.NTP, UP)
+        await eventually(lambda: _components_up(pipeline.client), what="both components up")
+        yield pipeline
 
 
 async def _components_up(client: httpx.AsyncClient) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import ssl
 import threading
 import time
@@ -19,12 +20,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
-import tenacity.wait
 import trustme
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from prometheus_client import CollectorRegistry
@@ -99,9 +98,20 @@ def notifier_settings(kafka_bootstrap: str, prefix: str, database_url: str, **no
     )
 
 
+class _TopOfTheWindow(random.Random):
+    """A random source that always draws the top of the range: a retry's full jitter waits the whole pause."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+TOP_OF_THE_WINDOW = _TopOfTheWindow()
+
+
 @contextlib.asynccontextmanager
 async def running_notifier(
-    settings: Settings, *, publish: bool = True, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    settings: Settings, *, publish: bool = True, clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    rng: random.Random | None = None,
 ) -> AsyncIterator[NotifierParts]:
     """The notifier's parts with its dispatcher and reach keeper running (publishing outcomes on the real broker)."""
     publisher: Publisher | None = None
@@ -109,7 +119,8 @@ async def running_notifier(
         await ensure_topics(settings.kafka)
         publisher = Publisher(settings.kafka, client_id="test-notifier")
         await publisher.start()
-    parts = build_notifier(settings, registry=CollectorRegistry(), publisher=publisher, poll_s=0.05, clock=clock)
+    parts = build_notifier(settings, registry=CollectorRegistry(), publisher=publisher, poll_s=0.05, clock=clock,
+                           rng=rng)
     await upgrade(parts.engine)
     loops = [asyncio.create_task(parts.dispatcher.run()), asyncio.create_task(parts.reach.run())]
     try:
@@ -430,16 +441,13 @@ async def test_https_webhooks_verify_the_certificate(
         trusted.stop()
 
 
-async def test_a_pending_retry_survives_a_restart(
-    database_url: str, kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_pending_retry_survives_a_restart(database_url: str, kafka_bootstrap: str, topic_prefix: str) -> None:
     receiver = WebhookReceiver(statuses=[503]).start()
     # A long first backoff, its jitter pinned to the top of the window (full jitter may draw ~0 s and retry
     # at once): the retry is still scheduled when the notifier stops.
-    monkeypatch.setattr(tenacity.wait, "random", SimpleNamespace(uniform=lambda low, high: high))
     settings = notifier_settings(kafka_bootstrap, topic_prefix, database_url, backoff_base_s=3, backoff_max_s=3)
     try:
-        async with running_notifier(settings, publish=False) as parts:
+        async with running_notifier(settings, publish=False, rng=TOP_OF_THE_WINDOW) as parts:
             await register(parts, "LU0001", receiver.url())
             event = procedure_event()
             await parts.planner.on_procedure(event, RECORD)
@@ -453,7 +461,7 @@ async def test_a_pending_retry_survives_a_restart(
             (before,) = seen
         assert before.next_attempt_at is not None
         assert len(receiver.received) == 1
-        async with running_notifier(settings, publish=False) as parts:
+        async with running_notifier(settings, publish=False, rng=TOP_OF_THE_WINDOW) as parts:
             await parts.planner.on_procedure(event, RECORD)  # the event redelivered after the restart
             await eventually(lambda: settled(parts), what="the retry after the restart")
             (after,) = await deliveries(parts)

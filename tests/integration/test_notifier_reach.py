@@ -12,12 +12,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
-import tenacity.wait
 from fastapi import FastAPI
 
 from services.notifier.api import router
@@ -30,6 +28,7 @@ from shared.signing import IDEMPOTENCY_HEADER
 from tests.integration import test_notifier_email as email_tests
 from tests.integration.test_notifier_delivery import (
     RECORD,
+    TOP_OF_THE_WINDOW,
     deliveries,
     notifier_database,
     notifier_settings,
@@ -147,8 +146,9 @@ async def test_only_the_unreached_are_escalated_and_the_digest_lists_exactly_the
 
             async def first_outcomes() -> bool:
                 rows = {(r.recipient_key, r.channel): r for r in await deliveries(parts)}
-                return (rows[("LU0003", "webhook")].status == "delivered" and rows[("LU0005", "email")].status == "dead"
-                        and rows[("LU0001", "webhook")].attempts >= 1 and rows[("LU0002", "webhook")].attempts >= 1)
+                webhook, email = DeliveryChannel.WEBHOOK, DeliveryChannel.EMAIL
+                return (rows[("LU0003", webhook)].status == "delivered" and rows[("LU0005", email)].status == "dead"
+                        and rows[("LU0001", webhook)].attempts >= 1 and rows[("LU0002", webhook)].attempts >= 1)
 
             await eventually(first_outcomes, what="the first outcomes")
             before = (await _api(parts, f"/api/v1/procedures/{procedure_id}/reach")).json()
@@ -278,16 +278,14 @@ async def test_an_eo_registered_while_a_procedure_is_open_gets_its_notice_once(
 
 async def test_a_fixed_webhook_url_gets_the_retrying_notice_at_once(
     database_url: str, kafka_bootstrap: str, topic_prefix: str, mailbox: tuple[email_tests.Mailbox, int],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, port = mailbox
     # The next retry is an hour away (jitter pinned to the top of the window): only the fix delivers it.
-    monkeypatch.setattr(tenacity.wait, "random", SimpleNamespace(uniform=lambda low, high: high))
     wrong = WebhookReceiver(statuses=list(FOREVER)).start()
     fixed = WebhookReceiver().start()
     settings = _settings(kafka_bootstrap, topic_prefix, database_url, port, backoff_base_s=3600, backoff_max_s=3600)
     try:
-        async with running_notifier(settings, publish=False) as parts:
+        async with running_notifier(settings, publish=False, rng=TOP_OF_THE_WINDOW) as parts:
             await register(parts, "LU0001", wrong.url())
             event = procedure_event()
             await parts.planner.on_procedure(event, RECORD)

@@ -12,14 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from aiokafka import AIOKafkaConsumer
 from pydantic import SecretStr
 
 from services.procedure.app import create_app
 from shared.config import ApiSettings, KafkaSettings, Settings
 from shared.events import EoData, parse_event
-from tests.support import free_port
+from tests.support import serving
 
 pytestmark = pytest.mark.integration
 
@@ -48,16 +47,8 @@ async def api(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> AsyncI
         kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix),
         api=ApiSettings(operator_tokens=[SecretStr(OPERATOR)]),
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
-    task = asyncio.create_task(server.serve())
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        async with asyncio.timeout(60):
-            while not server.started:
-                await asyncio.sleep(0.05)
+    async with serving(create_app(settings)) as client:
         yield Api(client, settings)
-    server.should_exit = True
-    await task
 
 
 async def test_auth_is_401_without_credentials_and_403_with_wrong_ones(api: Api) -> None:

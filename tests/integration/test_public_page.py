@@ -4,7 +4,6 @@ reasons, notes, EO data or scenario-1 procedures — however much of it the serv
 
 from __future__ import annotations
 
-import asyncio
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from pydantic import SecretStr
 
 from services.procedure.app import create_app
@@ -21,7 +19,7 @@ from services.procedure.public_texts import PHRASES
 from shared.config import ApiSettings, KafkaSettings, Settings
 from shared.events import AvailabilityData, CloudEvent, Component, ComponentState, EventType, Language
 from shared.kafka import Publisher
-from tests.support import eventually, free_port
+from tests.support import eventually, serving
 
 pytestmark = pytest.mark.integration
 
@@ -53,16 +51,8 @@ async def service(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> As
         kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix),
         api=ApiSettings(operator_tokens=[SecretStr(OPERATOR)]),
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
-    task = asyncio.create_task(server.serve())
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        async with asyncio.timeout(60):
-            while not server.started:
-                await asyncio.sleep(0.05)
+    async with serving(create_app(settings)) as client:
         yield Service(client, settings)
-    server.should_exit = True
-    await task
 
 
 async def _observe(settings: Settings, component: Component, target: str) -> None:

@@ -407,3 +407,17 @@ def test_the_owner_dead_letters_an_unknown_type() -> None:
     from shared.events import ForeignEvent
 
     assert not isinstance(caught.value, ForeignEvent)
+
+
+def test_the_event_types_on_the_wire_are_the_contracts_names() -> None:
+    # PRODUCT.md sections 4 and 4b name these; an enum member renamed by mistake must not change the wire.
+    contract = {
+        "luccs.procedure.proposed", "luccs.procedure.opened", "luccs.procedure.updated", "luccs.procedure.closed",
+        "luccs.procedure.broadcast", "luccs.maintenance.scheduled", "luccs.maintenance.changed",
+        "luccs.maintenance.cancelled", "luccs.maintenance.reminder",
+    }
+    assert contract <= {t.value for t in EventType}
+    event = CloudEvent[ProcedureData](source="/s", type=EventType.PROCEDURE_OPENED, data=procedure_data())
+    assert json.loads(event.to_bytes())["type"] == "luccs.procedure.opened"
+    parsed = parse_event(event.to_bytes(), ProcedureData)
+    assert type(parsed.type) is EventType and parsed.type == EventType.PROCEDURE_OPENED

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from services.notifier.domain import (
     Audience,
     EoContact,
-    RetryPolicy,
     Situation,
     StaffContact,
     address_problem,
     bureau_concerned,
+    delivery_retry_policy,
     idempotency_key,
     lane_of,
     next_attempt_at,
@@ -174,23 +174,52 @@ def test_idempotency_key_and_lanes() -> None:
 
 # --- retries ----------------------------------------------------------------------------------------------
 
-POLICY = RetryPolicy(max_attempts=6, max_age_s=3600, base_s=1.0, max_delay_s=300.0)
+POLICY = delivery_retry_policy(max_attempts=6, max_age_s=3600, base_s=1.0, max_delay_s=300.0)
+
+
+class _Edge(random.Random):
+    """Draws the bottom or the top of every range."""
+
+    def __init__(self, top: bool) -> None:
+        super().__init__()
+        self.top = top
+
+    def uniform(self, a: float, b: float) -> float:
+        return b if self.top else a
 
 
 @FAST
 @given(attempt=st.integers(min_value=1, max_value=5), seed=st.integers(0, 2**32), elapsed=st.floats(0, 3000))
 def test_retry_waits_within_the_exponential_window(attempt: int, seed: int, elapsed: float) -> None:
-    random.seed(seed)
     planned = NOW - timedelta(seconds=elapsed)
-    when = next_attempt_at(policy=POLICY, attempt=attempt, planned_at=planned, now=NOW)
+    when = next_attempt_at(policy=POLICY, attempt=attempt, planned_at=planned, now=NOW, rng=random.Random(seed))
     assert when is not None
     delay = (when - NOW).total_seconds()
     assert 0 <= delay <= min(300.0, 2 ** (attempt - 1)) + 1e-6
     assert when <= planned + timedelta(seconds=3600)
 
 
+@pytest.mark.parametrize(("attempt", "top"), [(1, 1.0), (2, 2.0), (5, 16.0), (9, 256.0), (10, 300.0)])
+def test_the_window_doubles_up_to_the_cap_and_the_jitter_spans_all_of_it(attempt: int, top: float) -> None:
+    policy = delivery_retry_policy(max_attempts=20, max_age_s=10**6, base_s=1.0, max_delay_s=300.0)
+
+    def delay(top_of_the_range: bool) -> float:
+        when = next_attempt_at(policy=policy, attempt=attempt, planned_at=NOW, now=NOW, rng=_Edge(top_of_the_range))
+        assert when is not None
+        return (when - NOW).total_seconds()
+
+    assert (delay(False), delay(True)) == (0.0, top)
+
+
+def test_a_retry_is_never_scheduled_beyond_the_age_limit() -> None:
+    planned = NOW - timedelta(seconds=3599)
+    assert next_attempt_at(policy=POLICY, attempt=5, planned_at=planned, now=NOW, rng=_Edge(True)) == (
+        planned + timedelta(seconds=3600))
+
+
 def test_retries_are_spread_not_synchronised() -> None:
-    delays = {next_attempt_at(policy=POLICY, attempt=5, planned_at=NOW, now=NOW) for _ in range(50)}
+    rng = random.Random(7)
+    delays = {next_attempt_at(policy=POLICY, attempt=5, planned_at=NOW, now=NOW, rng=rng) for _ in range(50)}
     assert len(delays) > 40
 
 
@@ -206,7 +235,7 @@ def test_no_retry_after_max_age() -> None:
 
 
 def test_very_late_attempts_stay_capped() -> None:
-    policy = RetryPolicy(max_attempts=5000, max_age_s=10**9, base_s=1.0, max_delay_s=300.0)
+    policy = delivery_retry_policy(max_attempts=5000, max_age_s=10**9, base_s=1.0, max_delay_s=300.0)
     when = next_attempt_at(policy=policy, attempt=1100, planned_at=NOW, now=NOW)
     assert when is not None and when - NOW <= timedelta(seconds=300)
 

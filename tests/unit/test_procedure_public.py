@@ -28,7 +28,10 @@ from shared.events import (
     Language,
     MaintainedComponent,
     MaintenanceState,
+    Origin,
+    ProcedureState,
     Scenario,
+    Scope,
 )
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -119,21 +122,22 @@ def test_channels_show_windows_declared_procedures_and_advisories_over_the_probe
     assert channel_states(up, windows=[], ntp_advisory=True, national=None)[NTP] == ChannelState.DOWN
 
 
-def _facts(pid: str, *, scenario: str = S2.value, scope: str = "national", state: str = "closed",
-           origin: str = "detected", opened: datetime | None = NOW, closed: datetime | None = NOW) -> ProcedureFacts:
+def _facts(pid: str, *, scenario: Scenario = S2, scope: Scope = Scope.NATIONAL,
+           state: ProcedureState = ProcedureState.CLOSED, origin: Origin = Origin.DETECTED,
+           opened: datetime | None = NOW, closed: datetime | None = NOW) -> ProcedureFacts:
     return ProcedureFacts(procedure_id=pid, scenario=scenario, scope=scope, state=state, origin=origin,
-                          opened_at=opened, closed_at=closed if state == "closed" else None)
+                          opened_at=opened, closed_at=closed if state == ProcedureState.CLOSED else None)
 
 
 def test_only_national_procedures_in_force_in_the_last_30_days_are_public() -> None:
     old = NOW - timedelta(days=31)
     rows = [
         _facts("recent", closed=NOW - timedelta(days=2), opened=NOW - timedelta(days=3)),
-        _facts("long-running", state="open", opened=old, origin="planned"),
+        _facts("long-running", state=ProcedureState.OPEN, opened=old, origin=Origin.PLANNED),
         _facts("ended-29-days-ago", opened=old, closed=NOW - timedelta(days=29)),
         _facts("too-old", opened=old, closed=old + timedelta(hours=1)),
-        _facts("one-eo", scenario=Scenario.EO_B2G_UNAVAILABLE.value, scope="eo", state="open"),
-        _facts("proposed", state="proposed", opened=None),
+        _facts("one-eo", scenario=Scenario.EO_B2G_UNAVAILABLE, scope=Scope.EO, state=ProcedureState.OPEN),
+        _facts("proposed", state=ProcedureState.PROPOSED, opened=None),
     ]
     shown = public_procedures(rows, now=NOW)
     assert [p.procedure_id for p in shown] == ["recent", "long-running", "ended-29-days-ago"]  # newest first

@@ -6,22 +6,8 @@ service's (``alembic_version``) where both are visible, and autogenerate only lo
 
 from __future__ import annotations
 
-from typing import Any
-
-from alembic import context
-
 from services.notifier.migrate import VERSION_TABLE
 from services.notifier.models import Base
+from shared.migrations import run_environment
 
-
-def _notifier_table(name: str | None, type_: str, _parent_names: Any) -> bool:
-    return type_ != "table" or name in Base.metadata.tables
-
-
-connection = context.config.attributes["connection"]
-context.configure(
-    connection=connection, target_metadata=Base.metadata, version_table=VERSION_TABLE,
-    include_name=_notifier_table, render_as_batch=True, compare_type=True,
-)
-with context.begin_transaction():
-    context.run_migrations()
+run_environment(Base.metadata, version_table=VERSION_TABLE, own_tables_only=True)

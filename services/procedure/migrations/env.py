@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from alembic import context
-
 from services.procedure.models import Base
+from shared.migrations import run_environment
 
-connection = context.config.attributes["connection"]
-context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True, compare_type=True)
-with context.begin_transaction():
-    context.run_migrations()
+run_environment(Base.metadata)
