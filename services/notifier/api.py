@@ -4,14 +4,11 @@ own only); a summary of the latest deliveries by status, which names no EO; and 
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections import defaultdict
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -19,7 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.notifier.models import AttemptRow, DeliveryRow
 from services.notifier.reach import procedure_reach
 from shared.auth import Caller, refuse
+from shared.errors import NotFound
 from shared.events import DeliveryChannel, DeliveryStatus
+from shared.paging import CURSOR_MAX_LENGTH, Page, decode_cursor, decode_moment, next_cursor
 from shared.roles import Role
 
 router = APIRouter(prefix="/api/v1", tags=["deliveries"])
@@ -28,10 +27,50 @@ _PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 Text = Annotated[str | None, Query(max_length=200, pattern=_PRINTABLE)]
 
 
-@router.get("/deliveries/summary", summary="How many of the latest deliveries are in each status (no EO data)")
+class AttemptView(BaseModel):
+    attempt: int = Field(description="1 for the first try")
+    at: datetime
+    outcome: str = Field(description="delivered, failed, ...")
+    http_status: int | None = Field(description="The webhook's answer, if any")
+    error: str | None
+    duration_ms: float | None
+
+
+class DeliveryView(BaseModel):
+    """One notice to one recipient on one channel, with every attempt."""
+
+    delivery_id: str
+    event_id: str = Field(description="The CloudEvent delivered")
+    event_type: str
+    procedure_id: str | None = Field(description="The procedure announced (or the advisory id)")
+    audience: str = Field(description="eo, servicedesk or bureau")
+    eori: str | None
+    channel: DeliveryChannel
+    recipient: str = Field(description="The webhook URL or the e-mail address")
+    idempotency_key: str
+    status: DeliveryStatus
+    attempt_count: int
+    attempts: list[AttemptView]
+    last_error: str | None
+    next_attempt_at: datetime | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
+class DeliveryPage(Page[DeliveryView]):
+    pass
+
+
+class DeliverySummary(BaseModel):
+    counts: dict[str, int] = Field(description="Deliveries per status, among the latest `limit`")
+    total: int
+
+
+@router.get("/deliveries/summary", response_model=DeliverySummary,
+            summary="How many of the latest deliveries are in each status (no EO data)")
 async def delivery_summary(
     request: Request, limit: Annotated[int, Query(ge=1, le=10_000, description="How many of the latest.")] = 500,
-) -> dict[str, Any]:
+) -> DeliverySummary:
     latest = select(DeliveryRow.status).order_by(
         DeliveryRow.created_at.desc(), DeliveryRow.id.desc()
     ).limit(limit).subquery()
@@ -41,10 +80,12 @@ async def delivery_summary(
             select(latest.c.status, func.count()).group_by(latest.c.status)
         )).all()
     counts = {status: n for status, n in counted}
-    return {"counts": counts, "total": sum(counts.values())}
+    return DeliverySummary(counts=counts, total=sum(counts.values()))
 
 
-@router.get("/deliveries", summary="Deliveries with their attempts, newest first (an EO: its own only)")
+@router.get("/deliveries", response_model=DeliveryPage,
+            responses={400: {"description": "A cursor that is not the `next` of a previous page"}},
+            summary="Deliveries with their attempts, newest first (an EO: its own only)")
 async def list_deliveries(
     request: Request,
     caller: Caller,
@@ -53,8 +94,9 @@ async def list_deliveries(
     status: Annotated[DeliveryStatus | None, Query(description="pending, retrying, delivered or dead.")] = None,
     channel: Annotated[DeliveryChannel | None, Query(description="webhook or email.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=400, description="'next' of the previous page")] = None,
-) -> dict[str, Any]:
+    cursor: Annotated[str | None, Query(max_length=CURSOR_MAX_LENGTH, description="'next' of the previous page")]
+    = None,
+) -> DeliveryPage:
     if eori is not None and not caller.may_read_eo(eori):
         raise refuse(caller, "read another EO's deliveries")
     query = select(DeliveryRow).order_by(DeliveryRow.created_at.desc(), DeliveryRow.id.desc())
@@ -63,7 +105,8 @@ async def list_deliveries(
     elif not caller.reads_every_eo:  # unreachable through the roles table; kept so a change there fails closed
         raise refuse(caller, "read deliveries")
     if cursor is not None:
-        after_time, after_id = _decode_cursor(cursor)
+        after_text, after_id = decode_cursor(cursor, keys=2)
+        after_time = decode_moment(after_text)
         query = query.where(or_(
             DeliveryRow.created_at < after_time,
             and_(DeliveryRow.created_at == after_time, DeliveryRow.id < after_id),
@@ -87,10 +130,8 @@ async def list_deliveries(
             )
             for attempt in found.all():
                 attempts[attempt.delivery_id].append(attempt)
-    return {
-        "items": [_delivery(row, attempts[row.id]) for row in page],
-        "next": _encode_cursor(page[-1]) if len(rows) > limit else None,
-    }
+    return DeliveryPage(items=[_delivery(row, attempts[row.id]) for row in page],
+                        next=next_cursor(rows, limit=limit, key=lambda r: (r.created_at.isoformat(), r.id)))
 
 
 class UnreachedEo(BaseModel):
@@ -130,7 +171,7 @@ async def get_reach(
     async with sessions() as session:
         report = await procedure_reach(session, procedure_id=procedure_id)
     if report is None:
-        raise HTTPException(404, f"no procedure {procedure_id!r} is known to the notifier")
+        raise NotFound(f"no procedure {procedure_id!r} is known to the notifier")
     return ProcedureReach(
         procedure_id=report.procedure_id, opened_at=report.opened_at, concerned=report.concerned,
         reached=report.reached,
@@ -140,8 +181,8 @@ async def get_reach(
     )
 
 
-def _delivery(row: DeliveryRow, attempts: list[AttemptRow]) -> dict[str, Any]:
-    return {
+def _delivery(row: DeliveryRow, attempts: list[AttemptRow]) -> DeliveryView:
+    return DeliveryView.model_validate({
         "delivery_id": row.id,
         "event_id": row.event_id,
         "event_type": row.event_type,
@@ -162,20 +203,4 @@ def _delivery(row: DeliveryRow, attempts: list[AttemptRow]) -> dict[str, Any]:
         "next_attempt_at": row.next_attempt_at,
         "created_at": row.created_at,
         "delivered_at": row.delivered_at,
-    }
-
-
-def _encode_cursor(row: DeliveryRow) -> str:
-    raw = json.dumps([row.created_at.isoformat(), row.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        created_at, delivery_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        moment = datetime.fromisoformat(created_at)
-        if moment.tzinfo is None or not isinstance(delivery_id, str):
-            raise ValueError("not a cursor")
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise HTTPException(400, "invalid cursor: use the 'next' value of the previous page") from exc
-    return moment, delivery_id
+    })

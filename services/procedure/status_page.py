@@ -18,7 +18,7 @@ from services.procedure.queries import procedure_detail, status_snapshot
 from shared.auth import Caller
 from shared.pages import page_headers
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(tags=["pages"])
 _templates = Environment(
     loader=FileSystemLoader(Path(__file__).with_name("templates")),
     autoescape=select_autoescape(default=True),
@@ -33,7 +33,8 @@ def _when(value: datetime | None) -> str:
 _templates.filters["when"] = _when
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse, summary="The live status page (HTML) for the Servicedesk and ops",
+            responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}})
 async def status_page(
     caller: Caller,
     service: ServiceDep,
@@ -42,11 +43,11 @@ async def status_page(
     fragment: bool = False,
 ) -> HTMLResponse:
     snapshot = await status_snapshot(service, sessions, reader=caller)
-    details = [await procedure_detail(sessions, p["procedure_id"]) for p in snapshot["procedures"]]
+    details = [await procedure_detail(sessions, p.procedure_id) for p in snapshot.procedures]
     template = _templates.get_template("status.html")
     html = template.render(
         snapshot=snapshot,
-        procedures=[d for d in details if d is not None],
+        procedures=details,
         deliveries=await summary.read() if summary is not None else None,
         fragment=fragment,
     )
