@@ -129,7 +129,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 _DESCRIPTIONS = {
-    400: "Bad request (e.g. a cursor that is not the `next` of a previous page)",
+    400: "Bad request: a body that cannot be parsed, or a cursor that is not the `next` of a previous page",
     401: "No credentials: send `Authorization: Bearer <token>`",
     403: "Unknown token, or a role that may not do this",
     404: "Not found",
@@ -146,7 +146,8 @@ _WITH_BODY = {"post", "put", "patch", "delete"}
 def document_errors(spec: dict[str, Any], *, needs_token: Callable[[str, str], bool]) -> None:
     """Declare :class:`ApiError` in ``spec`` for every error an operation can answer: whatever it declared
     (its 4xx/5xx without a schema of their own get this one, FastAPI's 422 is replaced), 401/403/429 where
-    ``needs_token(method, path)``, 413 where it takes a body, 422 where it takes parameters, 503 everywhere."""
+    ``needs_token(method, path)``, 400 and 413 where it takes a body, 422 where it takes parameters or a
+    body, 503 everywhere."""
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     schemas[ERROR_SCHEMA] = ApiError.model_json_schema(ref_template="#/components/schemas/{model}")
     for name, definition in schemas[ERROR_SCHEMA].pop("$defs", {}).items():
@@ -164,6 +165,8 @@ def document_errors(spec: dict[str, Any], *, needs_token: Callable[[str, str], b
                 codes |= {413}
             if operation.get("parameters") or "requestBody" in operation:
                 codes |= {422}
+            if "requestBody" in operation:
+                codes |= {400}  # a body that is not even JSON (FastAPI: "There was an error parsing the body")
             for number in codes:
                 responses.setdefault(str(number), {"description": _DESCRIPTIONS[number]})
             for code, response in responses.items():

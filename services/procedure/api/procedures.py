@@ -39,7 +39,8 @@ async def status(caller: Caller, service: ServiceDep, sessions: SessionsDep) -> 
 
 
 @router.get("/procedures", tags=["procedures"], response_model=ProcedurePage,
-            responses={400: {"description": "A time without a timezone, or a cursor that is not the `next` of a previous page"},
+            responses={400: {"description": "A time without a timezone, or a cursor that is not the `next` of a "
+                                            "previous page"},
                        403: {"description": "Another EO's procedures"}},
             summary="Procedures, newest first (scenario-1 ones only for who may read that EO's)")
 async def list_procedures(
