@@ -146,8 +146,6 @@ class ProcedureCommands:
             raise NotFound(f"no maintenance {maintenance_id!r}") from exc
         except Rejected as exc:
             raise Conflict(str(exc)) from exc
-        except ValueError as exc:
-            raise Invalid(str(exc)) from exc
         return maintenance_view(row)
 
     async def cancel_maintenance(self, *, maintenance_id: str, reason: str) -> MaintenanceView:

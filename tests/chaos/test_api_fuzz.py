@@ -38,7 +38,7 @@ pytestmark = pytest.mark.integration
 
 OPERATOR = "operator-token-for-fuzzing"
 AUTH = {"Authorization": f"Bearer {OPERATOR}"}
-MAX_EXAMPLES = int(os.environ.get("LUCCS_FUZZ_EXAMPLES", "12"))  # per operation; raise it to hunt longer
+MAX_EXAMPLES = int(os.environ.get("LUCCS_FUZZ_EXAMPLES", "25"))  # per operation; raise it to hunt longer
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
