@@ -41,7 +41,7 @@ from shared.config import (
     TargetSettings,
 )
 from shared.events import Component
-from tests.support import WebhookReceiver, eventually, free_port
+from tests.support import ToggleServer, WebhookReceiver, eventually, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -111,7 +111,9 @@ async def services(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> A
     from services.notifier.app import create_app as notifier_app
     from services.procedure.app import create_app as procedure_app
 
-    ntp = TargetSettings(id="ntp-portal", component=Component.NTP, url=f"http://127.0.0.1:{free_port()}/")
+    portal = ToggleServer()
+    portal.up()  # NTP stays up: nothing the probes see changes the script's procedures under it
+    ntp = TargetSettings(id="ntp-portal", component=Component.NTP, probe="http", url=portal.url)
     settings = Settings(
         data_dir=tmp_path,
         kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix),
@@ -120,10 +122,13 @@ async def services(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> A
         notifier=NotifierSettings(allow_insecure_webhooks=True, allow_private_webhooks=True),
         detector=DetectorSettings(instance_id="contract", interval_s=0.5, timeout_s=0.3, targets=[ntp]),
     )
-    async with (_served("procedure", procedure_app(settings)) as procedure,
-                _served("notifier", notifier_app(settings)) as notifier,
-                _served("detector", detector_app(settings)) as detector):
-        yield {"procedure": procedure, "notifier": notifier, "detector": detector}
+    try:
+        async with (_served("procedure", procedure_app(settings)) as procedure,
+                    _served("notifier", notifier_app(settings)) as notifier,
+                    _served("detector", detector_app(settings)) as detector):
+            yield {"procedure": procedure, "notifier": notifier, "detector": detector}
+    finally:
+        portal.down()
 
 
 async def test_a_scripted_day_answers_as_each_service_publishes(services: dict[str, Checked]) -> None:
