@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 
 from shared.config import ApiSettings
 from shared.edge import ApiEdge
+from shared.errors import document_errors, install_error_handlers
 from shared.roles import (
     ANONYMOUS,
     ROUTES,
@@ -118,10 +119,12 @@ Caller = Annotated[Principal, Depends(authorize)]
 def install_guard(app: FastAPI, guard: Guard, *, max_body_bytes: int,
                   streamed_paths: frozenset[str] = frozenset()) -> None:
     """Attach ``guard`` to an app built with ``dependencies=[Depends(authorize)]`` (raise RuntimeError when
-    one of its routes has no entry in the table or is not guarded), declare the bearer schemes in its
-    OpenAPI, and put the edge (body size limit, audit lines) in front of it. ``streamed_paths``: routes that
+    one of its routes has no entry in the table or is not guarded), declare the bearer schemes and the
+    error answers in its OpenAPI, make every error an :class:`shared.errors.ApiError`, and put the edge
+    (body size limit, audit lines) in front of it. ``streamed_paths``: routes that
     read their body incrementally and enforce a limit of their own (the edge does not buffer them)."""
     app.state.guard = guard
+    install_error_handlers(app)
     app.add_middleware(ApiEdge, max_body_bytes=max_body_bytes, streamed_paths=streamed_paths)
     missing = [f"{m} {r.path}" for r in app.routes if isinstance(r, APIRoute) for m in sorted(r.methods or ())
                if guard.rule(m, r.path) is None]
@@ -144,7 +147,8 @@ _SCHEMES = {
 
 
 def _document_security(app: FastAPI, guard: Guard) -> None:
-    """OpenAPI: both bearer schemes (so /docs has "Authorize") and, per operation, what the table says."""
+    """OpenAPI: both bearer schemes (so /docs has "Authorize"), per operation what the table says, and the
+    error answers (:func:`shared.errors.document_errors`)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -167,10 +171,15 @@ def _document_security(app: FastAPI, guard: Guard) -> None:
                 operation["security"] = security
                 roles = ", ".join(sorted(r.value for r in rule.roles))
                 operation["description"] = (operation.get("description", "") + f"\n\nRoles: {roles}.").strip()
+        document_errors(spec, needs_token=lambda method, path: _needs_token(guard.rule(method.upper(), path)))
         app.openapi_schema = spec
         return spec
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _needs_token(rule: Rule | None) -> bool:
+    return rule is None or rule.anonymous != "always"
 
 
 def build_guard(

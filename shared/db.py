@@ -92,13 +92,19 @@ def closed_set(enum: type[E], length: int) -> SqlEnum:
 
 
 async def upsert(
-    session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]], *, key: Sequence[str]
+    session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]], *, key: Sequence[str],
+    update: bool = True,
 ) -> None:
-    """Insert ``rows`` or update them where ``key`` already exists, in one statement (SQLite and PostgreSQL)."""
+    """Insert ``rows`` or, where ``key`` already exists, update them (``update=False``: leave those alone),
+    in one statement (SQLite and PostgreSQL). The one insert-or-update of every service."""
     if not rows:
         return
     insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else postgresql_insert
     statement = insert(table)
-    updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in key}
+    if update:
+        updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in key}
+        resolved = statement.on_conflict_do_update(index_elements=list(key), set_=updates)
+    else:
+        resolved = statement.on_conflict_do_nothing(index_elements=list(key))
     # One statement, many parameter sets: compiled once and cached, whatever the number of rows.
-    await session.execute(statement.on_conflict_do_update(index_elements=list(key), set_=updates), list(rows))
+    await session.execute(resolved, list(rows))

@@ -14,12 +14,35 @@ from fastapi import FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 log = logging.getLogger(__name__)
 
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 """Returns None when the dependency is fine, else what is wrong."""
+
+
+class Health(BaseModel):
+    """``/healthz``: ok, or (503) failing with the problem; ``detail`` like every error answer."""
+
+    status: str = Field(description="ok or failing")
+    problem: str | None = Field(None, description="What failed (on a 503)")
+    detail: str | None = Field(None, description="The same, in the shape of every error answer (on a 503)")
+
+
+class Readiness(BaseModel):
+    """``/readyz``: ready, or (503) not ready with each failing check; plus what the service says about
+    itself (e.g. ``leader`` and ``instance`` of the procedure service)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: str = Field(description="ready or not ready")
+    problems: dict[str, str] | None = Field(None, description="Each failing check and why (on a 503)")
+    detail: str | None = Field(None, description="The failing checks, in the shape of every error answer (on a 503)")
+
+
+_METRICS_MEDIA = CONTENT_TYPE_LATEST.split(";")[0]
 
 
 def add_ops_routes(
@@ -44,14 +67,18 @@ def add_ops_routes(
         return JSONResponse({"detail": "a dependency (the database) is unavailable, try again shortly"},
                             status_code=503, headers={"Retry-After": "5"})
 
-    @app.get("/healthz", tags=["ops"], summary="The process is alive and none of its loops has died")
-    async def healthz() -> JSONResponse:
+    @app.get("/healthz", tags=["ops"], summary="The process is alive and none of its loops has died",
+             response_model=Health, response_model_exclude_none=True,
+             responses={503: {"model": Health, "description": "A loop of the process has died"}})
+    async def healthz() -> Any:
         problem = await _run_check(liveness) if liveness is not None else None
         if problem:
-            return JSONResponse({"status": "failing", "problem": problem}, status_code=503)
-        return JSONResponse({"status": "ok"})
+            return JSONResponse({"status": "failing", "problem": problem, "detail": problem}, status_code=503)
+        return Health(status="ok")
 
-    @app.get("/readyz", tags=["ops"], summary="Ready: every check of this service passes (a 503 names those that fail)")
+    @app.get("/readyz", tags=["ops"], summary="Ready: every check of this service passes (a 503 names those that fail)",
+             response_model=Readiness,
+             responses={503: {"model": Readiness, "description": "Not ready: `problems` names the failing checks"}})
     async def readyz() -> JSONResponse:
         results = await asyncio.gather(*(_run_check(check) for check in checks.values()))
         problems = {name: problem for name, problem in zip(checks, results, strict=True) if problem}
@@ -60,10 +87,14 @@ def add_ops_routes(
             with contextlib.suppress(Exception):  # what it says is extra; the checks decide readiness
                 about = jsonable_encoder(await asyncio.wait_for(describe(), timeout=3.0))
         if problems:
-            return JSONResponse({"status": "not ready", "problems": problems, **about}, status_code=503)
+            said = "not ready: " + "; ".join(f"{name}: {problem}" for name, problem in problems.items())
+            return JSONResponse({"status": "not ready", "problems": problems, "detail": said, **about},
+                                status_code=503)
         return JSONResponse({"status": "ready", **about})
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response,
+             responses={200: {"description": "Prometheus text exposition format",
+                              "content": {_METRICS_MEDIA: {"schema": {"type": "string"}}}}})
     async def metrics() -> Response:
         if before_metrics is not None:
             try:

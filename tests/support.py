@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -267,3 +267,50 @@ async def serving(app: Any, *, client_timeout_s: float = 10.0) -> AsyncIterator[
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=30)
+
+
+@contextlib.contextmanager
+def served_in_thread(make_app: Callable[[], Any], *, ready_path: str = "/readyz",
+                     timeout: float = 60.0) -> Iterator[str]:
+    """Serve the app ``make_app`` builds with uvicorn on loopback, in a thread and event loop of its own (the
+    app is built in that loop: its broker clients belong to it), lifespan included, until the block ends;
+    yields its base URL once ``ready_path`` answers 200. For tests whose client is synchronous (schemathesis):
+    a server in the test's own loop would never get to answer."""
+    import httpx
+    import uvicorn
+
+    port = free_port()
+    servers: list[uvicorn.Server] = []
+    failures: list[BaseException] = []
+
+    async def serve() -> None:
+        server = uvicorn.Server(uvicorn.Config(make_app(), host="127.0.0.1", port=port, log_config=None,
+                                               access_log=False))
+        servers.append(server)
+        await server.serve()
+
+    def run() -> None:
+        try:
+            asyncio.run(serve())
+        except BaseException as exc:  # reported by the waiting test
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: (servers and servers[0].started) or not thread.is_alive(), timeout=timeout,
+                 what="the app to start")
+        assert servers and servers[0].started, f"the app did not start: {failures!r}"
+
+        def ready() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(base_url + ready_path, timeout=5).status_code == 200
+            return False
+
+        wait_for(ready, timeout=timeout, interval=0.2, what=f"{ready_path} to answer 200")
+        yield base_url
+    finally:
+        for server in servers:
+            server.should_exit = True
+        thread.join(timeout=30)

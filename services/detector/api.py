@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -14,7 +12,9 @@ from services.detector.domain import TargetStatus, suspicion
 from services.detector.service import Detector
 from services.detector.targets import Target
 from shared.auth import Caller, refuse
+from shared.errors import NotFound
 from shared.events import Component, ComponentState
+from shared.paging import CURSOR_MAX_LENGTH, Page, decode_cursor, encode_cursor
 
 router = APIRouter(prefix="/api/v1", tags=["targets"])
 
@@ -22,7 +22,7 @@ router = APIRouter(prefix="/api/v1", tags=["targets"])
 def _detector(request: Request) -> Detector:
     detector: Detector | None = getattr(request.app.state, "detector", None)
     if detector is None:
-        raise HTTPException(503, "the detector is starting")
+        raise HTTPException(503, "the detector is starting", headers={"Retry-After": "1"})
     return detector
 
 
@@ -85,9 +85,8 @@ class TargetView(BaseModel):
     last_result: LastResult | None
 
 
-class TargetPage(BaseModel):
-    items: list[TargetView]
-    next: str | None = Field(None, description="Cursor of the next page; null on the last page.")
+class TargetPage(Page[TargetView]):
+    pass
 
 
 def _view(detector: Detector, target: Target, status: TargetStatus) -> TargetView:
@@ -127,36 +126,21 @@ def _view(detector: Detector, target: Target, status: TargetStatus) -> TargetVie
     )
 
 
-def encode_cursor(target_id: str) -> str:
-    return base64.urlsafe_b64encode(target_id.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    """The target id a cursor points after; raises ValueError if it is not one of ours."""
-    try:
-        return base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError("invalid cursor") from exc
-
-
-@router.get("/targets", summary="Every probed target with its state, sorted by id", response_model=TargetPage)
+@router.get("/targets", summary="Every probed target with its state, sorted by id", response_model=TargetPage,
+            responses={400: {"description": "A cursor that is not the `next` of a previous page"}})
 async def list_targets(
     caller: Caller,
     detector: DetectorDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
-    cursor: Annotated[str | None, Query(max_length=1024, description="The `next` of the previous page.")] = None,
+    cursor: Annotated[str | None, Query(max_length=CURSOR_MAX_LENGTH, description="The `next` of the previous page.")]
+    = None,
     state: Annotated[ComponentState | None, Query(description="Only targets in this state.")] = None,
     component: Annotated[Component | None, Query(description="Only targets of this component.")] = None,
     probe: Annotated[
         Literal["http", "as4", "tcp", "tls", "domibus"] | None, Query(description="Only this probe kind.")
     ] = None,
 ) -> TargetPage:
-    after = None
-    if cursor is not None:
-        try:
-            after = decode_cursor(cursor)
-        except ValueError:
-            raise HTTPException(400, "invalid cursor: pass the `next` value of a previous page unchanged") from None
+    after = decode_cursor(cursor, keys=1)[0] if cursor is not None else None
     selected: list[tuple[Target, TargetStatus]] = []
     for target, status in detector.view():
         if after is not None and target.id <= after:
@@ -189,9 +173,7 @@ async def get_target(target_id: str, caller: Caller, detector: DetectorDep) -> T
     target = detector.targets.get(target_id)
     status = detector.statuses.get(target_id)
     if target is None or status is None:
-        raise HTTPException(
-            404, f"no target {target_id!r}: GET /api/v1/targets lists them; EO endpoints are 'eo:<EORI>'"
-        )
+        raise NotFound(f"no target {target_id!r}: GET /api/v1/targets lists them; EO endpoints are 'eo:<EORI>'")
     if not caller.may_read_eo(target.eori):
         raise refuse(caller, "read an EO's AS4 endpoint")
     return _view(detector, target, status)

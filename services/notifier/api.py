@@ -4,22 +4,20 @@ own only); a summary of the latest deliveries by status, which names no EO; and 
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-from collections import defaultdict
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
-from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.notifier.models import AttemptRow, DeliveryRow
+from services.notifier import queries
+from services.notifier.queries import DeliveryPage, DeliverySummary
 from services.notifier.reach import procedure_reach
 from shared.auth import Caller, refuse
+from shared.errors import NotFound
 from shared.events import DeliveryChannel, DeliveryStatus
+from shared.paging import CURSOR_MAX_LENGTH
 from shared.roles import Role
 
 router = APIRouter(prefix="/api/v1", tags=["deliveries"])
@@ -28,23 +26,18 @@ _PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 Text = Annotated[str | None, Query(max_length=200, pattern=_PRINTABLE)]
 
 
-@router.get("/deliveries/summary", summary="How many of the latest deliveries are in each status (no EO data)")
+@router.get("/deliveries/summary", response_model=DeliverySummary,
+            summary="How many of the latest deliveries are in each status (no EO data)")
 async def delivery_summary(
     request: Request, limit: Annotated[int, Query(ge=1, le=10_000, description="How many of the latest.")] = 500,
-) -> dict[str, Any]:
-    latest = select(DeliveryRow.status).order_by(
-        DeliveryRow.created_at.desc(), DeliveryRow.id.desc()
-    ).limit(limit).subquery()
+) -> DeliverySummary:
     sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
-    async with sessions() as session:
-        counted = (await session.execute(
-            select(latest.c.status, func.count()).group_by(latest.c.status)
-        )).all()
-    counts = {status: n for status, n in counted}
-    return {"counts": counts, "total": sum(counts.values())}
+    return await queries.delivery_summary(sessions, limit=limit)
 
 
-@router.get("/deliveries", summary="Deliveries with their attempts, newest first (an EO: its own only)")
+@router.get("/deliveries", response_model=DeliveryPage,
+            responses={400: {"description": "A cursor that is not the `next` of a previous page"}},
+            summary="Deliveries with their attempts, newest first (an EO: its own only)")
 async def list_deliveries(
     request: Request,
     caller: Caller,
@@ -53,44 +46,17 @@ async def list_deliveries(
     status: Annotated[DeliveryStatus | None, Query(description="pending, retrying, delivered or dead.")] = None,
     channel: Annotated[DeliveryChannel | None, Query(description="webhook or email.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=400, description="'next' of the previous page")] = None,
-) -> dict[str, Any]:
+    cursor: Annotated[str | None, Query(max_length=CURSOR_MAX_LENGTH, description="'next' of the previous page")]
+    = None,
+) -> DeliveryPage:
     if eori is not None and not caller.may_read_eo(eori):
         raise refuse(caller, "read another EO's deliveries")
-    query = select(DeliveryRow).order_by(DeliveryRow.created_at.desc(), DeliveryRow.id.desc())
-    if caller.role == Role.EO:
-        query = query.where(DeliveryRow.eori == caller.eori)
-    elif not caller.reads_every_eo:  # unreachable through the roles table; kept so a change there fails closed
-        raise refuse(caller, "read deliveries")
-    if cursor is not None:
-        after_time, after_id = _decode_cursor(cursor)
-        query = query.where(or_(
-            DeliveryRow.created_at < after_time,
-            and_(DeliveryRow.created_at == after_time, DeliveryRow.id < after_id),
-        ))
-    if procedure_id is not None:
-        query = query.where(DeliveryRow.procedure_id == procedure_id)
-    if eori is not None:
-        query = query.where(DeliveryRow.eori == eori)
-    if status is not None:
-        query = query.where(DeliveryRow.status == status)
-    if channel is not None:
-        query = query.where(DeliveryRow.channel == channel)
+    if caller.role != Role.EO and not caller.reads_every_eo:
+        raise refuse(caller, "read deliveries")  # unreachable through the roles table; fails closed if it changes
     sessions: async_sessionmaker[AsyncSession] = request.app.state.sessions
-    async with sessions() as session:
-        rows = (await session.scalars(query.limit(limit + 1))).all()
-        page = rows[:limit]
-        attempts: dict[str, list[AttemptRow]] = defaultdict(list)
-        if page:
-            found = await session.scalars(
-                select(AttemptRow).where(AttemptRow.delivery_id.in_([r.id for r in page])).order_by(AttemptRow.id)
-            )
-            for attempt in found.all():
-                attempts[attempt.delivery_id].append(attempt)
-    return {
-        "items": [_delivery(row, attempts[row.id]) for row in page],
-        "next": _encode_cursor(page[-1]) if len(rows) > limit else None,
-    }
+    return await queries.delivery_page(sessions, only_eori=caller.eori if caller.role == Role.EO else None,
+                                       procedure_id=procedure_id, eori=eori, status=status, channel=channel,
+                                       limit=limit, cursor=cursor)
 
 
 class UnreachedEo(BaseModel):
@@ -116,9 +82,6 @@ class ProcedureReach(BaseModel):
     )
     reached_99_s: float | None = Field(..., description="The same for 99 % of the concerned EOs; null: not yet.")
     reached_all_s: float | None = Field(..., description="The same for every concerned EO; null: not yet.")
-    first_reached_s: float | None = Field(
-        None, description="Seconds from the opening until the first concerned EO was reached; null: not yet."
-    )
 
 
 @router.get(
@@ -133,52 +96,11 @@ async def get_reach(
     async with sessions() as session:
         report = await procedure_reach(session, procedure_id=procedure_id)
     if report is None:
-        raise HTTPException(404, f"no procedure {procedure_id!r} is known to the notifier")
+        raise NotFound(f"no procedure {procedure_id!r} is known to the notifier")
     return ProcedureReach(
         procedure_id=report.procedure_id, opened_at=report.opened_at, concerned=report.concerned,
         reached=report.reached,
         unreached=[UnreachedEo(eori=eo.eori, channel=eo.channel, last_error=eo.last_error) for eo in report.unreached],
         reached_50_s=report.times.reached_50_s, reached_99_s=report.times.reached_99_s,
-        reached_all_s=report.times.reached_all_s, first_reached_s=report.times.first_reached_s,
+        reached_all_s=report.times.reached_all_s,
     )
-
-
-def _delivery(row: DeliveryRow, attempts: list[AttemptRow]) -> dict[str, Any]:
-    return {
-        "delivery_id": row.id,
-        "event_id": row.event_id,
-        "event_type": row.event_type,
-        "procedure_id": row.procedure_id,
-        "audience": row.audience,
-        "eori": row.eori,
-        "channel": row.channel,
-        "recipient": row.recipient,
-        "idempotency_key": row.idempotency_key,
-        "status": row.status,
-        "attempt_count": row.attempts,
-        "attempts": [
-            {"attempt": a.attempt, "at": a.at, "outcome": a.outcome, "http_status": a.http_status, "error": a.error,
-             "duration_ms": a.duration_ms}
-            for a in attempts
-        ],
-        "last_error": row.last_error,
-        "next_attempt_at": row.next_attempt_at,
-        "created_at": row.created_at,
-        "delivered_at": row.delivered_at,
-    }
-
-
-def _encode_cursor(row: DeliveryRow) -> str:
-    raw = json.dumps([row.created_at.isoformat(), row.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        created_at, delivery_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        moment = datetime.fromisoformat(created_at)
-        if moment.tzinfo is None or not isinstance(delivery_id, str):
-            raise ValueError("not a cursor")
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise HTTPException(400, "invalid cursor: use the 'next' value of the previous page") from exc
-    return moment, delivery_id

@@ -26,7 +26,6 @@ from typing import Any, cast
 
 from aiokafka import ConsumerRecord
 from sqlalchemy import Table, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.notifier.broadcasts import broadcast_notice, plan_broadcast_notices
@@ -79,7 +78,7 @@ from shared.kafka import Item
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NoticeDesk", "Planner", "contacts_of", "insert_new", "own_procedures", "record_notices", "situation_of"]
+__all__ = ["NoticeDesk", "Planner", "contacts_of", "own_procedures", "record_notices", "situation_of"]
 
 _DUE = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
 
@@ -378,26 +377,16 @@ async def record_notices(
             "claimed_until": None, "last_error": None, "last_http_status": None, "created_at": now,
             "updated_at": now, "delivered_at": None, "escalate_at": escalate_at if escalates else None,
         })
-    await insert_new(session, cast(Table, DeliveryRow.__table__), rows,
-                     key=("event_id", "recipient_key", "channel"))
+    await upsert(session, cast(Table, DeliveryRow.__table__), rows, update=False,
+                 key=("event_id", "recipient_key", "channel"))
     reach = [
         {"procedure_id": subject_id, "eori": eo.eori, "concerned_at": now, "reached_at": None,
          "reached_channel": None, "last_channel": _first_channel(eo),
          "last_error": None if eo.webhook_url or eo.email else NO_ADDRESS}
         for eo in concerned
     ]
-    await insert_new(session, cast(Table, ReachRow.__table__), reach, key=("procedure_id", "eori"))
+    await upsert(session, cast(Table, ReachRow.__table__), reach, key=("procedure_id", "eori"), update=False)
     return len(rows)
-
-
-async def insert_new(session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]], *,
-                     key: Sequence[str]) -> None:
-    """Insert the ``rows`` whose ``key`` is not in ``table`` yet, in one statement; the others are left alone."""
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-    await session.execute(statement.on_conflict_do_nothing(index_elements=list(key)), list(rows))
 
 
 def contacts_of(eos: Sequence[Any], own: Mapping[str, str]) -> list[EoContact]:

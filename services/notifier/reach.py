@@ -47,14 +47,8 @@ from services.notifier.domain import (
 )
 from services.notifier.models import DeliveryRow, EoRow, KnownProcedureRow, NoticeRow, PlannedEventRow, ReachRow
 from services.notifier.notices import Notice
-from services.notifier.planning import (
-    NoticeDesk,
-    contacts_of,
-    insert_new,
-    own_procedures,
-    record_notices,
-    situation_of,
-)
+from services.notifier.planning import NoticeDesk, contacts_of, own_procedures, record_notices, situation_of
+from shared.db import upsert
 from shared.events import (
     CloudEvent,
     DeliveryChannel,
@@ -280,7 +274,7 @@ class ReachKeeper:
                     continue
                 current = next(p for p in chain if p.notice.event_id == target)
                 rows[(target, row.eori)] = _email_row(current, eori=row.eori, address=email, now=now)
-            await insert_new(session, _D, list(rows.values()), key=("event_id", "recipient_key", "channel"))
+            await upsert(session, _D, list(rows.values()), key=("event_id", "recipient_key", "channel"), update=False)
         if rows:
             self._metrics.escalations.inc(len(rows))
             log.info("%d EO notices not delivered by webhook within %.0fs go by e-mail too", len(rows),
@@ -336,7 +330,7 @@ class ReachKeeper:
         session.add(notice)
         await session.flush()
         address = cast(str, self._settings.servicedesk_email)
-        await insert_new(session, _D, [{
+        await upsert(session, _D, update=False, rows=[{
             **_delivery(event_id=fanout.event_id, event_type=fanout.event_type, procedure_id=procedure_id,
                         notice_id=notice.id, recipient_key=DIGEST_KEY, address=address, now=now),
             "audience": Audience.SERVICEDESK, "eori": None,

@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from services.procedure.api import router
 from services.procedure.api.bulk import IMPORT_PATH
+from services.procedure.commands import ProcedureCommands
 from services.procedure.handlers import ProcedureService
 from services.procedure.leadership import Leadership, NotLeader
 from services.procedure.metrics import ProcedureMetrics
@@ -139,6 +140,7 @@ def create_app(settings: Settings, *, clock: Callable[[], datetime] = _now) -> F
     app.state.settings = settings
     app.state.clock = clock
     app.state.procedures = service
+    app.state.commands = ProcedureCommands(service=service, sessions=sessions, clock=clock)
     app.state.registry = eo_registry
     app.state.sessions = sessions
     app.state.leadership = leadership

@@ -6,8 +6,6 @@ this module only writes the spans and reads what those functions need, one page 
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,13 +28,11 @@ from services.procedure.availability import (
     scenario_periods,
 )
 from services.procedure.models import ComponentStateRow, ProcedureRow, TimelineRow
+from shared.errors import InvalidCursor
 from shared.events import Component, ComponentState, Scope
+from shared.paging import decode_cursor, decode_moment, encode_cursor
 
 __all__ = ["InvalidCursor", "Page", "history_page", "outages_page", "record_state_changes"]
-
-
-class InvalidCursor(ValueError):
-    pass
 
 
 T = TypeVar("T")
@@ -73,28 +69,6 @@ def _overlapping(start: datetime, end: datetime) -> ColumnElement[bool]:
                 or_(ComponentStateRow.until.is_(None), ComponentStateRow.until > start))
 
 
-def _encode(*parts: str) -> str:
-    return base64.urlsafe_b64encode("|".join(parts).encode()).decode()
-
-
-def _decode(cursor: str, count: int) -> list[str]:
-    try:
-        parts = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidCursor("invalid cursor: use the 'next' value of the previous page") from exc
-    if len(parts) != count:
-        raise InvalidCursor("invalid cursor: use the 'next' value of the previous page")
-    return parts
-
-
-def _moment(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise InvalidCursor("invalid cursor: use the 'next' value of the previous page") from exc
-    if moment.tzinfo is None:
-        raise InvalidCursor("invalid cursor: use the 'next' value of the previous page")
-    return moment
 
 
 async def history_page(
@@ -111,8 +85,9 @@ async def history_page(
     """One page of per-bucket figures, by component then time; ``next`` continues after its last item."""
     keys = [(c, b) for c in components for b in bucket_starts(start, end, bucket)]
     if cursor is not None:
-        component, after = _decode(cursor, 2)
-        position = next((i for i, (c, b) in enumerate(keys) if c.value == component and b == _moment(after)), None)
+        component, after_text = decode_cursor(cursor, keys=2)
+        after = decode_moment(after_text)
+        position = next((i for i, (c, b) in enumerate(keys) if c.value == component and b == after), None)
         if position is None:
             raise InvalidCursor("invalid cursor: it does not belong to this query")
         keys = keys[position + 1:]
@@ -131,7 +106,7 @@ async def history_page(
             items += [bucket_figures(spans, component=component, bucket_start=b, bucket=bucket, start=start,
                                      end=end, now=now) for b in starts]
     last = page[-1] if page else None
-    return Page(items, _encode(last[0].value, last[1].isoformat()) if more and last else None)
+    return Page(items, encode_cursor(last[0].value, last[1].isoformat()) if more and last else None)
 
 
 async def outages_page(
@@ -153,8 +128,8 @@ async def outages_page(
         .order_by(ComponentStateRow.since, ComponentStateRow.id)
     )
     if cursor is not None:
-        since_text, row_id = _decode(cursor, 2)
-        since = _moment(since_text)
+        since_text, row_id = decode_cursor(cursor, keys=2)
+        since = decode_moment(since_text)
         if not row_id.isdigit():
             raise InvalidCursor("invalid cursor: use the 'next' value of the previous page")
         query = query.where(or_(ComponentStateRow.since > since,
@@ -177,4 +152,4 @@ async def outages_page(
                        for p, at, kind, scenario in found.all()]
     items = outages([_span(r) for r in page], scenario_periods(entries), now=now)
     more = len(rows) > limit
-    return Page(items, _encode(page[-1].since.isoformat(), str(page[-1].id)) if more else None)
+    return Page(items, encode_cursor(page[-1].since.isoformat(), str(page[-1].id)) if more else None)

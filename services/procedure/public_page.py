@@ -48,7 +48,7 @@ from shared.pages import page_headers
 
 __all__ = ["router"]
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(tags=["pages"])
 LUXEMBOURG = ZoneInfo("Europe/Luxembourg")
 ATOM = "http://www.w3.org/2005/Atom"
 _templates = Environment(
@@ -141,7 +141,8 @@ async def read_situation(*, service: ProcedureService, sessions: async_sessionma
 AcceptLanguage = Annotated[str | None, Header()]
 
 
-@router.get("/public", response_class=HTMLResponse)
+@router.get("/public", response_class=HTMLResponse,
+            responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}})
 async def public_page(
     _caller: Caller, service: ServiceDep, sessions: SessionsDep, clock: ClockDep,
     lang: str | None = None, accept_language: AcceptLanguage = None,
@@ -159,7 +160,9 @@ async def public_page(
                                                             "Vary": "Accept-Language"})
 
 
-@router.get("/public/feed.atom")
+@router.get("/public/feed.atom", response_class=Response,
+            responses={200: {"description": "Atom feed (RFC 4287)",
+                             "content": {"application/atom+xml": {"schema": {"type": "string"}}}}})
 async def public_feed(
     _caller: Caller, request: Request, service: ServiceDep, sessions: SessionsDep, clock: ClockDep,
     lang: str | None = None, accept_language: AcceptLanguage = None,

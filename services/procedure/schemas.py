@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
 from shared.events import EORI_PATTERN, BroadcastAuthor, Language, MaintainedComponent, MaintenanceState, Scenario
+from shared.paging import Page
 
 EORI = re.compile(EORI_PATTERN)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -169,6 +170,5 @@ class MaintenanceView(BaseModel):
     updated_at: datetime
 
 
-class MaintenanceList(BaseModel):
-    items: list[MaintenanceView]
-    next: str | None = None
+class MaintenanceList(Page[MaintenanceView]):
+    pass

@@ -30,11 +30,12 @@ from services.procedure.latency_store import latency_slots
 from services.procedure.notifier_summary import NotifierUnavailable
 from services.procedure.queries import procedure_detail, status_snapshot
 from shared.auth import Caller
+from shared.errors import NotFound
 from shared.events import Language, ProcedureState, Scenario
 from shared.pages import page_headers
 from shared.roles import Role
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(tags=["pages"])
 _templates = Environment(
     loader=FileSystemLoader(Path(__file__).with_name("templates")),
     autoescape=select_autoescape(default=True),
@@ -67,17 +68,18 @@ async def _live(*, caller: Caller, service: ServiceDep, sessions: SessionsDep, s
     """What the live part shows to ``caller``."""
     snapshot = await status_snapshot(service, sessions, reader=caller)
     procedures = []
-    for active in snapshot["procedures"]:
-        detail = await procedure_detail(sessions, active["procedure_id"])
-        if detail is None:
+    for active in snapshot.procedures:
+        try:
+            detail = await procedure_detail(sessions, active.procedure_id)
+        except NotFound:  # closed and gone between the two reads
             continue
         progress: Any = None
-        if detail["state"] == ProcedureState.OPEN.value and summary is not None:
+        if detail.state == ProcedureState.OPEN and summary is not None:
             try:
-                progress = await procedure_fan_out(summary, detail["procedure_id"])
+                progress = await procedure_fan_out(summary, detail.procedure_id)
             except NotifierUnavailable as exc:
                 progress = str(exc)
-        procedures.append(detail | {"fanout": progress})
+        procedures.append(detail.model_dump() | {"fanout": progress})
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     start = today - timedelta(days=HISTORY_DAYS - 1)
     days = await history_page(sessions, bucket=Bucket.DAY, start=start, end=now, now=now,
@@ -111,7 +113,11 @@ def _render(*, fragment: bool, language: Language, live: dict[str, Any] | None) 
 Lang = Annotated[str | None, Query(max_length=2, description="fr, en or de")]
 
 
-@router.get("/", response_class=HTMLResponse)
+_HTML: dict[int | str, dict[str, Any]] = {200: {"content": {"text/html": {"schema": {"type": "string"}}}}}
+
+
+@router.get("/", response_class=HTMLResponse, responses=_HTML,
+            summary="The Servicedesk console (HTML): live state, actions with a token, fan-out, history")
 async def console_page(caller: Caller, service: ServiceDep, sessions: SessionsDep, summary: NotifierSummaryDep,
                        settings: SettingsDep, clock: ClockDep, lang: Lang = None) -> HTMLResponse:
     language = _language(lang, settings.procedure.console_language)
@@ -121,7 +127,8 @@ async def console_page(caller: Caller, service: ServiceDep, sessions: SessionsDe
     return _render(fragment=False, language=language, live=live)
 
 
-@router.get("/console/live", response_class=HTMLResponse)
+@router.get("/console/live", response_class=HTMLResponse, responses=_HTML,
+            summary="The console's live part (an HTML fragment the page fetches with the signed-in token)")
 async def console_live(caller: Caller, service: ServiceDep, sessions: SessionsDep, summary: NotifierSummaryDep,
                        settings: SettingsDep, clock: ClockDep, lang: Lang = None) -> HTMLResponse:
     language = _language(lang, settings.procedure.console_language)

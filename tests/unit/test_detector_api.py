@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from services.detector.api import decode_cursor, encode_cursor, router
+from services.detector.api import router
 from services.detector.domain import ProbeResult
 from services.detector.metrics import DetectorMetrics
 from services.detector.probes import Prober
@@ -150,12 +150,6 @@ async def test_bad_query_input_is_a_4xx(client: httpx.AsyncClient, params: dict[
     response = await client.get("/api/v1/targets", params=params)  # type: ignore[arg-type]
     assert response.status_code == status
     assert response.json()["detail"]
-
-
-def test_cursor_round_trip() -> None:
-    assert decode_cursor(encode_cursor("eo:LU12345678901234")) == "eo:LU12345678901234"
-    with pytest.raises(ValueError, match="invalid cursor"):
-        decode_cursor("%%%")
 
 
 async def test_before_the_lifespan_the_api_says_it_is_starting() -> None:

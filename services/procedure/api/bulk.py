@@ -38,6 +38,7 @@ from services.procedure.bulk import (
 )
 from services.procedure.registry import eo_view
 from shared.auth import Caller
+from shared.errors import ApiError
 
 router = APIRouter(prefix="/api/v1", tags=["eo registry"])
 
@@ -56,6 +57,12 @@ class EoImportResult(BaseModel):
     updated: int = Field(description="EOs that existed and were changed")
     unchanged: int = Field(description="EOs that existed and already matched their line")
     rejected: list[RejectedLine] = Field(description="Lines not imported, by line number")
+
+
+class ImportTooLargeError(ApiError):
+    """413 in the middle of an import: the lines before the limit were imported."""
+
+    imported: EoImportResult = Field(description="What the lines before the limit did")
 
 
 class EoExportLine(BaseModel):
@@ -108,7 +115,8 @@ def _multipart(result: EoImportResult, keys: bytes, fmt: ImportFormat) -> Respon
                                     "(JSON) then the keys file (attachment).",
                      "content": {"multipart/mixed": {"schema": {"type": "string"}}}},
                400: {"description": "The file cannot be read at all (e.g. an unknown CSV column)"},
-               413: {"description": "Body over procedure.import_max_bytes"},
+               413: {"model": ImportTooLargeError,
+                     "description": "Body over procedure.import_max_bytes (`imported`: what the lines before did)"},
                415: {"description": "Neither NDJSON nor CSV"}},
 )
 async def import_eos_file(
@@ -134,9 +142,9 @@ async def import_eos_file(
         raise HTTPException(400, str(exc)) from exc
     except ImportTooLarge as exc:
         done = _result(exc.report)
-        return JSONResponse(status_code=413, content={
-            "detail": f"{exc}: the lines before were imported ({done.created} created, {done.updated} updated); "
-                      "split the file", "imported": done.model_dump()})
+        return JSONResponse(status_code=413, content=ImportTooLargeError(
+            detail=f"{exc}: the lines before were imported ({done.created} created, {done.updated} updated); "
+                   "split the file", imported=done).model_dump(mode="json", exclude_none=True))
     except ClientDisconnect as exc:
         raise HTTPException(400, "the client went away before the end of the file") from exc
     result = _result(report)
@@ -144,13 +152,13 @@ async def import_eos_file(
 
 
 @router.get(
-    "/eos:export", response_model=EoExportLine,
+    "/eos:export", response_class=StreamingResponse,
     summary="Every EO, by EORI, as NDJSON (default) or CSV (Accept: text/csv); no secret, no key",
     responses={200: {"description": "One EoExportLine per line (NDJSON), or a CSV with a header row",
                      "content": {"application/x-ndjson": {"schema": {"type": "string"}},
                                  "text/csv": {"schema": {"type": "string"}}}}},
 )
-async def export_eos(request: Request, _caller: Caller, registry: RegistryDep) -> Any:
+async def export_eos(request: Request, _caller: Caller, registry: RegistryDep) -> StreamingResponse:
     fmt = ImportFormat.CSV if "text/csv" in request.headers.get("accept", "") else ImportFormat.NDJSON
 
     async def lines() -> AsyncIterator[bytes]:

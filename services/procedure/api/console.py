@@ -120,7 +120,8 @@ async def procedure_statistics(
 
 
 @router.get("/procedures/{procedure_id}/fanout", tags=["procedures"], response_model=FanOutProgress,
-            responses={503: {"description": "No notifier configured, or it did not answer (the detail says)"}},
+            responses={404: {"description": "No such procedure"},
+                       503: {"description": "No notifier configured, or it did not answer (the detail says)"}},
             summary="A procedure's fan-out progress: of the N EOs it concerns, how many reached, retrying, dead")
 async def fanout(procedure_id: str, caller: Caller, sessions: SessionsDep,
                  summary: NotifierSummaryDep) -> FanOutProgress:

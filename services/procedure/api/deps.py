@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.procedure.commands import ProcedureCommands
 from services.procedure.handlers import ProcedureService
 from services.procedure.notifier_summary import NotifierSummary
 from services.procedure.registry import EoRegistry
@@ -23,6 +24,11 @@ def _settings(request: Request) -> Settings:
 def _service(request: Request) -> ProcedureService:
     service: ProcedureService = request.app.state.procedures
     return service
+
+
+def _commands(request: Request) -> ProcedureCommands:
+    commands: ProcedureCommands = request.app.state.commands
+    return commands
 
 
 def _registry(request: Request) -> EoRegistry:
@@ -47,6 +53,7 @@ def _notifier_summary(request: Request) -> NotifierSummary | None:
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ServiceDep = Annotated[ProcedureService, Depends(_service)]
+CommandsDep = Annotated[ProcedureCommands, Depends(_commands)]
 RegistryDep = Annotated[EoRegistry, Depends(_registry)]
 SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(_sessions)]
 ClockDep = Annotated[Callable[[], datetime], Depends(_clock)]

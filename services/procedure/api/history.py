@@ -18,8 +18,9 @@ from pydantic import BaseModel, Field
 
 from services.procedure.api.deps import ClockDep, SessionsDep
 from services.procedure.availability import NATIONAL_COMPONENTS, Bucket
-from services.procedure.history import InvalidCursor, history_page, outages_page
+from services.procedure.history import history_page, outages_page
 from shared.events import Component
+from shared.paging import CURSOR_MAX_LENGTH, Page
 
 router = APIRouter(prefix="/api/v1", tags=["history"])
 
@@ -30,9 +31,12 @@ _EARLIEST, _LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzin
 _DEFAULT_SPAN = {Bucket.HOUR: timedelta(hours=24), Bucket.DAY: timedelta(days=30)}
 
 NationalComponent = Literal["ada_b2g", "ntp"]
-_CSV: dict[int | str, dict[str, Any]] = {200: {"content": {"text/csv": {"schema": {"type": "string"}}},
-              "description": "The items (JSON), or with `Accept: text/csv` a CSV with a header row; the next "
-                             "page's URL then comes in a `Link: <...>; rel=\"next\"` header."}}
+_CSV: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}},
+          "description": "The items (JSON), or with `Accept: text/csv` a CSV with a header row; the next "
+                         "page's URL then comes in a `Link: <...>; rel=\"next\"` header."},
+    400: {"description": "A cursor that is not the `next` of a previous page of the same query"},
+}
 
 
 class HistoryBucket(BaseModel):
@@ -47,9 +51,8 @@ class HistoryBucket(BaseModel):
     outages: int = Field(description="Outages that started in the bucket")
 
 
-class HistoryPage(BaseModel):
-    items: list[HistoryBucket]
-    next: str | None = Field(description="Cursor of the next page, or null")
+class HistoryPage(Page[HistoryBucket]):
+    pass
 
 
 class OutageItem(BaseModel):
@@ -60,9 +63,8 @@ class OutageItem(BaseModel):
     procedure_id: str | None = Field(description="The national procedure it caused, if any")
 
 
-class OutagePage(BaseModel):
-    items: list[OutageItem]
-    next: str | None = Field(description="Cursor of the next page, or null")
+class OutagePage(Page[OutageItem]):
+    pass
 
 
 def _window(start: datetime | None, end: datetime | None, *, now: datetime, span: timedelta,
@@ -104,7 +106,7 @@ def _csv(request: Request, header: Sequence[str], rows: Sequence[dict[str, Any]]
 From = Annotated[datetime | None, Query(alias="from", description="Start (ISO 8601 with timezone)")]
 To = Annotated[datetime | None, Query(alias="to", description="End, excluded (default: now)")]
 Limit = Annotated[int, Query(ge=1, le=2000)]
-Cursor = Annotated[str | None, Query(max_length=400, description="'next' of the previous page")]
+Cursor = Annotated[str | None, Query(max_length=CURSOR_MAX_LENGTH, description="'next' of the previous page")]
 
 
 @router.get("/history", response_model=HistoryPage, responses=_CSV,
@@ -123,11 +125,8 @@ async def history(
 ) -> Any:
     now = clock()
     start, end = _window(start, end, now=now, span=_DEFAULT_SPAN[bucket], longest=MAX_RANGE[bucket])
-    try:
-        page = await history_page(sessions, components=_components(component), bucket=bucket, start=start,
-                                  end=end, now=now, limit=limit, cursor=cursor)
-    except InvalidCursor as exc:
-        raise HTTPException(400, str(exc)) from exc
+    page = await history_page(sessions, components=_components(component), bucket=bucket, start=start,
+                              end=end, now=now, limit=limit, cursor=cursor)
     items = [HistoryBucket(component=f.component, bucket_start=f.bucket_start, availability=f.availability,
                            up_s=f.up_s, downtime_s=f.downtime_s, unknown_s=f.unknown_s, outages=f.outages)
              for f in page.items]
@@ -152,11 +151,8 @@ async def list_outages(
 ) -> Any:
     now = clock()
     start, end = _window(start, end, now=now, span=timedelta(days=30), longest=MAX_OUTAGE_RANGE)
-    try:
-        page = await outages_page(sessions, components=_components(component), start=start, end=end, now=now,
-                                  limit=limit, cursor=cursor)
-    except InvalidCursor as exc:
-        raise HTTPException(400, str(exc)) from exc
+    page = await outages_page(sessions, components=_components(component), start=start, end=end, now=now,
+                              limit=limit, cursor=cursor)
     items = [OutageItem(component=o.component, started_at=o.started_at, ended_at=o.ended_at,
                         duration_s=o.duration_s, procedure_id=o.procedure_id) for o in page.items]
     if _wants_csv(request):

@@ -5,99 +5,69 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response
-from sqlalchemy import select
+from fastapi import APIRouter, Query, Response
 
 from services.procedure import maintenances
-from services.procedure.api.deps import ClockDep, ServiceDep, SessionsDep
-from services.procedure.domain import Rejected
-from services.procedure.models import MaintenanceRow
+from services.procedure.api.deps import ClockDep, CommandsDep, SessionsDep
+from services.procedure.queries import maintenance, maintenance_rows, maintenance_view
 from services.procedure.schemas import MaintenanceCreate, MaintenanceList, MaintenancePatch, MaintenanceView, Reason
 from shared.auth import Caller
+from shared.errors import Responses
 from shared.events import MaintenanceState
+from shared.paging import CURSOR_MAX_LENGTH, next_cursor
 
 router = APIRouter(prefix="/api/v1", tags=["maintenance"])
 
-
-def _view(row: MaintenanceRow) -> MaintenanceView:
-    return MaintenanceView(
-        maintenance_id=row.id, component=row.component, starts_at=row.starts_at, ends_at=row.ends_at,
-        state=MaintenanceState(row.state), reason=row.reason, message=row.message, procedure_id=row.procedure_id,
-        overran=row.overran, reminders_sent_s=sorted(row.reminders_sent or []), created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+_NOT_FOUND: Responses = {404: {"description": "No such maintenance window"}}
+_CONFLICT: Responses = {409: {"description": "The change does not fit the window's state"}}
 
 
 @router.post("/maintenances", status_code=201, response_model=MaintenanceView,
              summary="Schedule a maintenance window; every EO is told, in its language, and reminded before it")
-async def schedule(body: MaintenanceCreate, caller: Caller, service: ServiceDep) -> MaintenanceView:
-    try:
-        row = await service.record(lambda session, recorder: maintenances.schedule(
-            session, recorder, component=body.component, starts_at=body.starts_at, ends_at=body.ends_at,
-            reason=body.reason, message=body.message,
-        ))
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from exc
-    return _view(row)
+async def schedule(body: MaintenanceCreate, caller: Caller, commands: CommandsDep) -> MaintenanceView:
+    return await commands.schedule_maintenance(component=body.component, starts_at=body.starts_at,
+                                               ends_at=body.ends_at, reason=body.reason, message=body.message)
 
 
-@router.get("/maintenances", response_model=MaintenanceList, summary="Maintenance windows, by start")
+@router.get("/maintenances", response_model=MaintenanceList,
+            responses={400: {"description": "A cursor that is not the `next` of a previous page"}},
+            summary="Maintenance windows, latest start first")
 async def list_maintenances(
     caller: Caller, sessions: SessionsDep,
     state: Annotated[MaintenanceState | None, Query(description="scheduled, active, done or cancelled")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 500,
+    cursor: Annotated[str | None, Query(max_length=CURSOR_MAX_LENGTH, description="'next' of the previous page")]
+    = None,
 ) -> MaintenanceList:
-    query = select(MaintenanceRow).order_by(MaintenanceRow.starts_at.desc(), MaintenanceRow.id)
-    if state is not None:
-        query = query.where(MaintenanceRow.state == state.value)
-    async with sessions() as session:
-        rows = (await session.scalars(query.limit(limit))).all()
-    return MaintenanceList(items=[_view(r) for r in rows], next=None)
+    rows = await maintenance_rows(sessions, state=state, limit=limit, cursor=cursor)
+    return MaintenanceList(items=[maintenance_view(r) for r in rows[:limit]],
+                           next=next_cursor(rows, limit=limit, key=lambda r: (r.starts_at.isoformat(), r.id)))
 
 
 @router.get("/maintenances.ics", response_class=Response,
-            responses={200: {"content": {"text/calendar": {}}, "description": "iCalendar (RFC 5545) feed"}},
+            responses={200: {"content": {"text/calendar": {"schema": {"type": "string"}}},
+                             "description": "iCalendar (RFC 5545) feed"}},
             summary="The maintenance windows as an iCalendar feed, for EOs' calendars")
 async def ics(caller: Caller, sessions: SessionsDep, clock: ClockDep) -> Response:
-    async with sessions() as session:
-        rows = (await session.scalars(select(MaintenanceRow).order_by(MaintenanceRow.starts_at))).all()
+    rows = await maintenance_rows(sessions, newest_first=False)
     return Response(maintenances.calendar(rows, now=clock()), media_type="text/calendar; charset=utf-8")
 
 
-@router.get("/maintenances/{maintenance_id}", response_model=MaintenanceView, summary="One maintenance window")
+@router.get("/maintenances/{maintenance_id}", response_model=MaintenanceView, responses=_NOT_FOUND,
+            summary="One maintenance window")
 async def get_maintenance(maintenance_id: str, caller: Caller, sessions: SessionsDep) -> MaintenanceView:
-    async with sessions() as session:
-        row = await session.get(MaintenanceRow, maintenance_id)
-    if row is None:
-        raise HTTPException(404, f"no maintenance {maintenance_id!r}")
-    return _view(row)
+    return await maintenance(sessions, maintenance_id)
 
 
-@router.patch("/maintenances/{maintenance_id}", response_model=MaintenanceView,
+@router.patch("/maintenances/{maintenance_id}", response_model=MaintenanceView, responses=_NOT_FOUND | _CONFLICT,
               summary="Reschedule, extend or reword a window (while active: its end only); EOs are told")
-async def change(maintenance_id: str, body: MaintenancePatch, caller: Caller, service: ServiceDep
+async def change(maintenance_id: str, body: MaintenancePatch, caller: Caller, commands: CommandsDep
                  ) -> MaintenanceView:
-    try:
-        row = await service.record(lambda session, recorder: maintenances.change(
-            session, recorder, maintenance_id=maintenance_id, starts_at=body.starts_at, ends_at=body.ends_at,
-            reason=body.reason, message=body.message,
-        ))
-    except LookupError as exc:
-        raise HTTPException(404, f"no maintenance {maintenance_id!r}") from exc
-    except Rejected as exc:
-        raise HTTPException(409, str(exc)) from exc
-    return _view(row)
+    return await commands.change_maintenance(maintenance_id=maintenance_id, starts_at=body.starts_at,
+                                             ends_at=body.ends_at, reason=body.reason, message=body.message)
 
 
 @router.post("/maintenances/{maintenance_id}/cancel", response_model=MaintenanceView,
-             summary="Cancel a scheduled window; EOs are told")
-async def cancel(maintenance_id: str, body: Reason, caller: Caller, service: ServiceDep) -> MaintenanceView:
-    try:
-        row = await service.record(lambda session, recorder: maintenances.cancel(
-            session, recorder, maintenance_id=maintenance_id, reason=body.reason,
-        ))
-    except LookupError as exc:
-        raise HTTPException(404, f"no maintenance {maintenance_id!r}") from exc
-    except Rejected as exc:
-        raise HTTPException(409, str(exc)) from exc
-    return _view(row)
+             responses=_NOT_FOUND | _CONFLICT, summary="Cancel a scheduled window; EOs are told")
+async def cancel(maintenance_id: str, body: Reason, caller: Caller, commands: CommandsDep) -> MaintenanceView:
+    return await commands.cancel_maintenance(maintenance_id=maintenance_id, reason=body.reason)
