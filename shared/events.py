@@ -238,6 +238,9 @@ class ProcedureData(_Data):
     maintenance_id: str | None = Field(
         None, description="The maintenance window that opened this procedure (origin planned), if any."
     )
+    maintenance_ends_at: AwareDatetime | None = Field(
+        None, description="The announced end of that maintenance window, as it stands (null without a window)."
+    )
 
 
 class MaintainedComponent(StrEnum):

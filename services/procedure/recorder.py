@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.procedure.domain import Action, ActiveProcedure, AdvisoryChange, Decision, Observation
-from services.procedure.models import AdvisoryRow, OutboxRow, ProcedureRow, TimelineRow
+from services.procedure.models import AdvisoryRow, MaintenanceRow, OutboxRow, ProcedureRow, TimelineRow
 from shared.config import KafkaSettings
 from shared.events import (
     AdvisoryData,
@@ -86,6 +86,7 @@ def procedure_data(
     previous: Scenario | None,
     evidence: Sequence[Evidence],
     components: dict[Component, ComponentState],
+    maintenance_ends_at: datetime | None = None,
 ) -> ProcedureData:
     return ProcedureData(
         procedure_id=row.id,
@@ -101,6 +102,7 @@ def procedure_data(
         components=components,
         evidence=list(evidence),
         maintenance_id=row.maintenance_id,
+        maintenance_ends_at=maintenance_ends_at,
     )
 
 
@@ -165,7 +167,8 @@ class Recorder:
             subject=row.id,
             time=now,
             data=procedure_data(
-                row, previous=decision.previous_scenario, evidence=evidence, components=self.components
+                row, previous=decision.previous_scenario, evidence=evidence, components=self.components,
+                maintenance_ends_at=await self._maintenance_end(row),
             ),
         )
         self.session.add(
@@ -200,7 +203,8 @@ class Recorder:
         (the three texts as sent)."""
         event = CloudEvent[ProcedureData](
             source=SOURCE, type=EventType.PROCEDURE_BROADCAST, subject=row.id, time=self.now,
-            data=procedure_data(row, previous=None, evidence=(), components=self.components).model_copy(
+            data=procedure_data(row, previous=None, evidence=(), components=self.components,
+                                maintenance_ends_at=await self._maintenance_end(row)).model_copy(
                 update={"broadcast": message}
             ),
         )
@@ -249,6 +253,13 @@ class Recorder:
             ),
         )
         self._queue(self.kafka.advisories_topic, row.id, event)
+
+    async def _maintenance_end(self, row: ProcedureRow) -> datetime | None:
+        """The announced end of the window that opened ``row`` (None without one)."""
+        if row.maintenance_id is None:
+            return None
+        window = await self.session.get(MaintenanceRow, row.maintenance_id)
+        return window.ends_at if window is not None else None
 
     def _queue(self, topic: str, key: str, event: CloudEvent[Any]) -> None:
         row = OutboxRow(topic=topic, key=key, payload=event.to_bytes(), created_at=self.now, epoch=self.epoch)

@@ -262,3 +262,64 @@ def test_every_template_file_is_used() -> None:
     for audience in ("eo", "servicedesk", "bureau"):
         names = {lang.value: sorted(p.name for p in (root / audience / lang.value).iterdir()) for lang in LANGUAGES}
         assert names["fr"] == names["en"] == names["de"], audience
+
+
+# --- a procedure a maintenance window opened ---------------------------------------------------------------
+
+WINDOW_END = datetime(2024, 3, 1, 11, 30, tzinfo=UTC)  # 12:30 in Luxembourg
+PLANNED_WORDS = {Language.EN: "Planned maintenance", Language.FR: "Maintenance planifiée",
+                 Language.DE: "Geplante Wartung"}
+DETECTED_WORDS = {  # what a detected outage's notice says happened
+    S2: {Language.EN: "The B2G (AS4) channel of the customs administration (ADA) is unavailable",
+         Language.FR: "Le canal B2G (AS4) de l'administration des douanes (ADA) est indisponible",
+         Language.DE: "Der B2G-Kanal (AS4) der Zollverwaltung (ADA) ist nicht verfügbar"},
+    S3: {Language.EN: "LUCCS is unavailable: neither", Language.FR: "LUCCS est indisponible : ni",
+         Language.DE: "LUCCS ist nicht verfügbar: Weder"},
+}
+NOT_A_FAILURE = {Language.EN: "This is not a failure", Language.FR: "Il ne s'agit pas d'une panne",
+                 Language.DE: "Es handelt sich nicht um eine Störung"}
+
+
+def planned(scenario: Scenario, *, ends_at: datetime | None = WINDOW_END) -> ProcedureData:
+    return procedure(OPENED, scenario, origin=Origin.PLANNED).model_copy(update={
+        "maintenance_id": "mw-1", "maintenance_ends_at": ends_at, "evidence": [],
+        "reason": "planned maintenance of ADA B2G until 2024-03-01T11:30:00+00:00: swap the HSM (ticket 4711)",
+    })
+
+
+@pytest.mark.parametrize("scenario", [S2, S3])
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_a_planned_opening_says_planned_maintenance_and_its_announced_end_not_a_detected_outage(
+    scenario: Scenario, language: Language
+) -> None:
+    notice = TEXTS.eo_notice(event_type=OPENED.value, procedure=planned(scenario), language=language,
+                             situation=Situation())
+    detected = TEXTS.eo_notice(event_type=OPENED.value, procedure=procedure(OPENED, scenario), language=language,
+                               situation=Situation())
+    assert PLANNED_WORDS[language] in notice.subject and PLANNED_WORDS[language] not in detected.subject
+    assert PLANNED_WORDS[language] in notice.message and NOT_A_FAILURE[language] in notice.message
+    assert "2024-03-01 12:30" in notice.message  # the announced end, Luxembourg time
+    assert DETECTED_WORDS[scenario][language] in detected.message
+    assert DETECTED_WORDS[scenario][language] not in notice.message
+    assert NOT_A_FAILURE[language] not in detected.message
+    # The operator's reason for the window is not quoted to EOs (neither announcements nor /public show it).
+    assert "HSM" not in notice.message and "ticket 4711" not in notice.message
+    # What to do is the same as for a detected outage of the same channels.
+    assert notice.message.split("\n\n")[-1] == detected.message.split("\n\n")[-1]
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_a_planned_opening_without_a_known_end_still_says_planned(language: Language) -> None:
+    notice = TEXTS.eo_notice(event_type=OPENED.value, procedure=planned(S2, ends_at=None), language=language,
+                             situation=Situation())
+    assert PLANNED_WORDS[language] in notice.message and "12:30" not in notice.message and "?" not in notice.message
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_later_notices_of_a_planned_procedure_say_what_changed(language: Language) -> None:
+    """Only the opening is about the maintenance: an update (NTP failing as well) says what changed."""
+    update = planned(S3).model_copy(update={"previous_scenario": S2, "reason": "ADA B2G (AS4) and NTP are both "
+                                            "unavailable"})
+    notice = TEXTS.eo_notice(event_type=UPDATED.value, procedure=update, language=language, situation=Situation())
+    assert PLANNED_WORDS[language] not in notice.subject and PLANNED_WORDS[language] not in notice.message
+    assert BUREAU in notice.message
