@@ -76,7 +76,7 @@ async def status_snapshot(
         "procedures": [procedure_view(row) for row in active if reader.may_read_eo(row.eori)],
         "advisories": [
             {"advisory_id": a.id, "kind": a.kind, "components": a.components, "reason": a.reason,
-             "raised_at": a.raised_at}
+             "raised_at": a.raised_at, "certificate": (a.detail or {}).get("certificate")}
             for a in advisories
         ],
     } | leading

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.procedure.certificates import CertificateChange
 from services.procedure.domain import Action, ActiveProcedure, AdvisoryChange, Decision, Observation
 from services.procedure.models import AdvisoryRow, MaintenanceRow, OutboxRow, ProcedureRow, TimelineRow
 from shared.config import KafkaSettings
@@ -22,6 +23,8 @@ from shared.events import (
     AdvisoryData,
     AdvisoryKind,
     Broadcast,
+    CertificateExpiry,
+    CertificateRole,
     CloudEvent,
     Component,
     ComponentState,
@@ -104,6 +107,19 @@ def procedure_data(
         maintenance_id=row.maintenance_id,
         maintenance_ends_at=maintenance_ends_at,
     )
+
+
+_ROLE = {CertificateRole.TLS: "TLS certificate", CertificateRole.AS4_SIGNING: "our AS4 signing certificate",
+         CertificateRole.AS4_PARTNER: "AS4 receipt-signing certificate"}
+
+
+def certificate_reason(certificate: CertificateExpiry) -> str:
+    """The advisory's reason, for operators (the notices and the console word it in each language)."""
+    when = certificate.expires_at.isoformat()
+    what = f"{_ROLE[certificate.role]} of {certificate.component.value} (target {certificate.target_id})"
+    if certificate.warning_days == 0:
+        return f"{what} expired at {when}"
+    return f"{what} expires at {when}, within {certificate.warning_days} days"
 
 
 @dataclass
@@ -260,6 +276,33 @@ class Recorder:
             return None
         window = await self.session.get(MaintenanceRow, row.maintenance_id)
         return window.ends_at if window is not None else None
+
+    async def certificate_advisory(self, change: CertificateChange) -> str:
+        """Raise (or raise again, at a closer warning level) or clear the advisory of one certificate of a national
+        target; returns the advisory's id."""
+        now, certificate = self.now, change.certificate
+        found = await self.session.get(AdvisoryRow, change.advisory_id) if change.advisory_id else None
+        if found is None:
+            row = AdvisoryRow(id=str(uuid.uuid4()), kind=AdvisoryKind.CERTIFICATE_EXPIRING.value, active=True,
+                              components=[certificate.component.value], reason="", raised_at=now, cleared_at=None)
+            self.session.add(row)
+        else:
+            row = found
+        if change.raise_it:
+            row.raised_at, row.detail = now, {"certificate": certificate.model_dump(mode="json")}
+            row.reason = certificate_reason(certificate)
+        else:
+            row.active, row.cleared_at = False, now
+            row.reason = f"{certificate_reason(certificate)}: the target presents another certificate now"
+        event = CloudEvent[AdvisoryData](
+            source=SOURCE, type=EventType.ADVISORY_RAISED if change.raise_it else EventType.ADVISORY_CLEARED,
+            subject=row.id, time=now,
+            data=AdvisoryData(advisory_id=row.id, kind=AdvisoryKind.CERTIFICATE_EXPIRING, active=row.active,
+                              components=[certificate.component], reason=row.reason, raised_at=row.raised_at,
+                              cleared_at=row.cleared_at, certificate=certificate),
+        )
+        self._queue(self.kafka.advisories_topic, row.id, event)
+        return row.id
 
     def _queue(self, topic: str, key: str, event: CloudEvent[Any]) -> None:
         row = OutboxRow(topic=topic, key=key, payload=event.to_bytes(), created_at=self.now, epoch=self.epoch)

@@ -14,6 +14,8 @@ from services.notifier.notices import Contacts, EoSummary, NoticeTexts
 from shared.events import (
     AdvisoryData,
     AdvisoryKind,
+    CertificateExpiry,
+    CertificateRole,
     Component,
     ComponentState,
     EventType,
@@ -224,8 +226,11 @@ def test_bureau_notices(language: Language, event_type: EventType, previous: Sce
 @pytest.mark.parametrize("kind", list(AdvisoryKind))
 @pytest.mark.parametrize("active", [True, False])
 def test_advisory_notices(language: Language, kind: AdvisoryKind, active: bool) -> None:
+    certificate = CertificateExpiry(target_id="ntp-tls", component=Component.NTP, role=CertificateRole.TLS,
+                                    expires_at=CLOSED_AT, warning_days=14)
     advisory = AdvisoryData(advisory_id="adv-1", kind=kind, active=active, components=[Component.NTP],
-                            reason="no answer", raised_at=OPENED_AT, cleared_at=None if active else CLOSED_AT)
+                            reason="no answer", raised_at=OPENED_AT, cleared_at=None if active else CLOSED_AT,
+                            certificate=certificate if kind == AdvisoryKind.CERTIFICATE_EXPIRING else None)
     event_type = EventType.ADVISORY_RAISED if active else EventType.ADVISORY_CLEARED
     notice = TEXTS.advisory_notice(event_type=event_type.value, advisory=advisory, language=language)
     assert "adv-1" in notice.subject and "ntp" in notice.message and "no answer" in notice.message
@@ -234,6 +239,37 @@ def test_advisory_notices(language: Language, kind: AdvisoryKind, active: bool) 
         language=language,
     )
     assert raised_again.subject != notice.subject
+
+
+CERTIFICATE_WORDS = {  # how each language names the certificate, and says when it expires
+    Language.EN: {CertificateRole.TLS: "TLS certificate of ada_b2g", CertificateRole.AS4_SIGNING:
+                  "our own AS4 signing certificate", CertificateRole.AS4_PARTNER: "receipt-signing certificate"},
+    Language.FR: {CertificateRole.TLS: "certificat TLS de ada_b2g", CertificateRole.AS4_SIGNING:
+                  "notre propre signature AS4", CertificateRole.AS4_PARTNER: "accusés de réception AS4"},
+    Language.DE: {CertificateRole.TLS: "TLS-Zertifikat von ada_b2g", CertificateRole.AS4_SIGNING:
+                  "unserer eigenen AS4-Signatur", CertificateRole.AS4_PARTNER: "Empfangsbestätigungen signiert"},
+}
+EXPIRED_WORDS = {Language.EN: "has expired", Language.FR: "a expiré", Language.DE: "ist abgelaufen"}
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("role", list(CertificateRole))
+@pytest.mark.parametrize("warning_days", [30, 7, 0])
+def test_a_certificate_advisory_names_the_certificate_its_expiry_and_the_level(
+    language: Language, role: CertificateRole, warning_days: int
+) -> None:
+    certificate = CertificateExpiry(target_id="ada-as4", component=Component.ADA_B2G, role=role,
+                                    expires_at=CLOSED_AT, warning_days=warning_days)
+    advisory = AdvisoryData(advisory_id="adv-9", kind=AdvisoryKind.CERTIFICATE_EXPIRING, active=True,
+                            components=[Component.ADA_B2G], reason="r", raised_at=OPENED_AT, certificate=certificate)
+    notice = TEXTS.advisory_notice(event_type=EventType.ADVISORY_RAISED.value, advisory=advisory, language=language)
+    assert CERTIFICATE_WORDS[language][role] in notice.subject + notice.message
+    assert "2024-07-02 19:45" in notice.message and "ada-as4" in notice.message  # Luxembourg time
+    assert (EXPIRED_WORDS[language] in notice.subject) == (warning_days == 0)
+    assert (f"{warning_days} " in notice.subject) == (warning_days != 0)
+    cleared = TEXTS.advisory_notice(event_type=EventType.ADVISORY_CLEARED.value, language=language,
+                                    advisory=advisory.model_copy(update={"active": False, "cleared_at": CLOSED_AT}))
+    assert cleared.subject != notice.subject and "2024-07-02 19:45" in cleared.message
 
 
 def test_eos_get_no_notice_of_proposals_or_advisories() -> None:
