@@ -216,7 +216,7 @@ class Recorder:
 
     async def broadcast(self, row: ProcedureRow, *, message: Broadcast, actor: str) -> CloudEvent[ProcedureData]:
         """Queue a broadcast of the Servicedesk or the Bureau about procedure ``row``, and note it in its timeline
-        (the three texts as sent)."""
+        (the three texts as sent: readable in ``reason``, exactly in ``detail``, which the public page reads)."""
         event = CloudEvent[ProcedureData](
             source=SOURCE, type=EventType.PROCEDURE_BROADCAST, subject=row.id, time=self.now,
             data=procedure_data(row, previous=None, evidence=(), components=self.components,
@@ -228,7 +228,7 @@ class Recorder:
         self.session.add(TimelineRow(
             procedure_id=row.id, at=self.now, kind="broadcast", scenario=row.scenario, previous_scenario=None,
             reason=f"[{message.author.value}] fr: {text.fr}\nen: {text.en}\nde: {text.de}", actor=actor,
-            event_id=event.id, evidence=[],
+            event_id=event.id, evidence=[], detail={"broadcast": message.model_dump(mode="json")},
         ))
         self._queue(self.kafka.procedures_topic, procedure_key(Scope(row.scope), row.eori), event)
         return event
