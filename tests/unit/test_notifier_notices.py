@@ -359,3 +359,16 @@ def test_later_notices_of_a_planned_procedure_say_what_changed(language: Languag
     notice = TEXTS.eo_notice(event_type=UPDATED.value, procedure=update, language=language, situation=Situation())
     assert PLANNED_WORDS[language] not in notice.subject and PLANNED_WORDS[language] not in notice.message
     assert BUREAU in notice.message
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_servicedesk_reads_that_a_planned_procedure_comes_from_a_maintenance_window(language: Language) -> None:
+    notice = TEXTS.staff_notice(audience=Audience.SERVICEDESK, event_type=OPENED.value, procedure=planned(S2),
+                                language=language, eos_notified=3)
+    declared = TEXTS.staff_notice(audience=Audience.SERVICEDESK, event_type=OPENED.value, language=language,
+                                  procedure=procedure(OPENED, S2, origin=Origin.OPERATOR), eos_notified=3)
+    words = {Language.EN: ("planned maintenance window", "declared by an operator"),
+             Language.FR: ("fenêtre de maintenance planifiée", "déclarée par un opérateur"),
+             Language.DE: ("geplanten Wartungsfenster", "von einem Operator erklärt")}[language]
+    assert words[0] in notice.message and "2024-03-01 12:30" in notice.message and words[1] not in notice.message
+    assert words[1] in declared.message and words[0] not in declared.message
