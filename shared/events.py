@@ -133,6 +133,12 @@ class AvailabilityData(_Data):
     ebms_error: str | None = Field(
         None, description="ebMS error code of an AS4 answer that still proves the MSH alive, e.g. EBMS:0103."
     )
+    as4_signing_cert_expires_at: AwareDatetime | None = Field(
+        None, description="Signed AS4 pings: expiry of our own signing certificate, when known."
+    )
+    as4_partner_cert_expires_at: AwareDatetime | None = Field(
+        None, description="Signed AS4 pings: expiry of the certificate receipts are (to be) signed with, when known."
+    )
     # Suspicion: a streak of probes disagreeing with ``state`` is running but has not reached its threshold.
     # Published at once (as a heartbeat) so that the procedure service can wait for a verdict that is on its
     # way instead of deciding on half the picture. Consumers that do not know these fields ignore them.
@@ -238,6 +244,9 @@ class ProcedureData(_Data):
     maintenance_id: str | None = Field(
         None, description="The maintenance window that opened this procedure (origin planned), if any."
     )
+    maintenance_ends_at: AwareDatetime | None = Field(
+        None, description="The announced end of that maintenance window, as it stands (null without a window)."
+    )
 
 
 class MaintainedComponent(StrEnum):
@@ -289,13 +298,39 @@ class DetectedReason(StrEnum):
 class AdvisoryKind(StrEnum):
     NTP_UNAVAILABLE = "ntp_unavailable"
     MONITORING_BLIND = "monitoring_blind"
+    CERTIFICATE_EXPIRING = "certificate_expiring"
+
+
+class CertificateRole(StrEnum):
+    """Which certificate of a national target a certificate advisory is about."""
+
+    TLS = "tls"
+    """The certificate the target presented in the TLS handshake."""
+    AS4_SIGNING = "as4_signing"
+    """Our own AS4 signing certificate (signed pings): the MSH refuses our pings once it has expired."""
+    AS4_PARTNER = "as4_partner"
+    """The certificate the partner's MSH signs its AS4 receipts with."""
+
+
+class CertificateExpiry(_Data):
+    """A certificate of a national target nearing (or past) its expiry, as a certificate advisory names it."""
+
+    target_id: str = Field(..., description="The target whose probe saw the certificate.")
+    component: Component = Field(..., description="ada_b2g or ntp: the channel the target watches.")
+    role: CertificateRole = Field(..., description="tls, as4_signing (ours) or as4_partner.")
+    expires_at: AwareDatetime = Field(..., description="The certificate's expiry (notAfter).")
+    warning_days: int = Field(
+        ..., ge=0, description="The warning level reached: 30, 14 or 7 days before expiry, 0 once expired."
+    )
 
 
 class AdvisoryData(_Data):
     """A notice for the Servicedesk and ops that is not a fallback scenario (no EO is told).
 
     ``ntp_unavailable``: NTP is down while ADA B2G is fine. ``monitoring_blind``: no fresh observation of a
-    component (a dead detector is not a dead LUCCS, but someone must look).
+    component (a dead detector is not a dead LUCCS, but someone must look). ``certificate_expiring``: a
+    certificate of a national target has reached a warning level (``certificate``); raised again, same
+    ``advisory_id``, at each closer level, cleared once the target presents another certificate.
     """
 
     advisory_id: str = Field(..., description="Stable id from raise to clear (the message key).")
@@ -305,6 +340,9 @@ class AdvisoryData(_Data):
     reason: str
     raised_at: AwareDatetime
     cleared_at: AwareDatetime | None = None
+    certificate: CertificateExpiry | None = Field(
+        None, description="certificate_expiring only: the certificate and the warning level reached."
+    )
 
 
 class EoData(_Data):

@@ -392,6 +392,8 @@ class Detector:
                 degraded=status.degraded,
                 cert_expires_at=last.cert_expires_at,
                 ebms_error=last.ebms_error,
+                as4_signing_cert_expires_at=last.signing_cert_expires_at,
+                as4_partner_cert_expires_at=last.partner_cert_expires_at,
                 suspect=suspected.suspect,
                 streak=suspected.streak,
                 threshold=suspected.threshold,

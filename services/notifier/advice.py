@@ -7,6 +7,10 @@ the national component states it carries), what the notifier knows of the other 
 phrase table of every language (``templates/eo/<lang>/_phrases.txt``). Exactly one of the steps is the
 :class:`Advice`: which channel to lodge declarations through, if any.
 
+A procedure a maintenance window opened (origin ``planned``) is announced as planned maintenance, with the
+window's announced end when the event carries it, never as a detected outage; its recorded reason (the
+operator's reason for the window) is not quoted to EOs.
+
 The rule the advice obeys (product section 3): a notice never advises a channel that is down.
 - NTP counts as down when the event's ``components`` say so, when the procedure itself is scenario 3 and in
   force, when another national procedure in scenario 3 is open, or when an NTP-only advisory is active.
@@ -27,6 +31,7 @@ The rule the advice obeys (product section 3): a notice never advises a channel 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import StrEnum
 
 from services.notifier.domain import NoticeKind, Situation, notice_kind
@@ -82,6 +87,7 @@ class Headline(StrEnum):
     """The subject line of an EO notice."""
 
     OPENED = "headline_opened"
+    OPENED_PLANNED = "headline_opened_planned"
     CHANGED = "headline_changed"
     CLOSED_BACK_TO_NORMAL = "headline_closed_back_to_normal"
     CLOSED_NATIONAL_STILL_IN_FORCE = "headline_closed_national_still_in_force"
@@ -97,6 +103,9 @@ class Happening(StrEnum):
     EO_B2G_DOWN_DECLARED = "eo_b2g_down_declared"
     ADA_B2G_DOWN = "ada_b2g_down"
     LUCCS_DOWN = "luccs_down"
+    ADA_B2G_PLANNED = "ada_b2g_planned"
+    """A maintenance window (announced) takes the customs B2G channel down: planned, not a failure."""
+    LUCCS_PLANNED = "luccs_planned"
     NTP_DOWN_TOO = "ntp_down_too"
     NTP_BACK = "ntp_back"
     STILL_EO_B2G_DOWN = "still_eo_b2g_down"
@@ -138,6 +147,9 @@ class RecordedReason(StrEnum):
     ADA_B2G_BACK = "reason_ada_b2g_back"
     ADA_B2G_BACK_NTP_DOWN = "reason_ada_b2g_back_ntp_down"
     EO_B2G_BACK = "reason_eo_b2g_back"
+    PLANNED_MAINTENANCE = "reason_planned_maintenance"
+    """A procedure opened by a maintenance window: its recorded reason holds the operator's reason for the
+    window, which EOs are not shown (neither the announcements nor the public page show it)."""
     QUOTED = "reason_quoted"
 
 
@@ -172,6 +184,8 @@ class EoGuidance:
     national_scenario: Scenario | None = None
     own_procedure_id: str | None = None
     """The EO's own open scenario-1 procedure, which a national notice names."""
+    planned_until: datetime | None = None
+    """The announced end of the maintenance window behind a planned opening, when known."""
 
 
 def ntp_state(procedure: ProcedureData, situation: Situation, *, in_force: bool) -> ComponentState:
@@ -204,7 +218,15 @@ def eo_guidance(
     if kind not in EO_NOTICE_KINDS:
         raise ValueError(f"no EO notice for {event_type}")
     guidance = _guidance(kind, procedure, situation, own_procedure_id)
+    if kind == NoticeKind.OPENED and _planned(procedure):
+        return replace(guidance, headline=Headline.OPENED_PLANNED, happened=_OPENED_PLANNED[procedure.scenario],
+                       reason=RecordedReason.PLANNED_MAINTENANCE, planned_until=procedure.maintenance_ends_at)
     return replace(guidance, reason=recorded_reason(procedure.reason))
+
+
+def _planned(procedure: ProcedureData) -> bool:
+    """Opened by a maintenance window: an announced unavailability, not a detected outage."""
+    return procedure.origin == Origin.PLANNED and procedure.scenario in _OPENED_PLANNED
 
 
 def _guidance(
@@ -275,6 +297,7 @@ def _restoration(origin: Origin) -> Step:
 
 
 _OPENED = {S2: Happening.ADA_B2G_DOWN, S3: Happening.LUCCS_DOWN}
+_OPENED_PLANNED = {S2: Happening.ADA_B2G_PLANNED, S3: Happening.LUCCS_PLANNED}
 _OPENED_S1 = {Origin.DETECTED: Happening.EO_B2G_DOWN_DETECTED, Origin.EO_REPORT: Happening.EO_B2G_DOWN_REPORTED}
 _STILL = {S1: Happening.STILL_EO_B2G_DOWN, S2: Happening.STILL_ADA_B2G_DOWN, S3: Happening.STILL_LUCCS_DOWN}
 _CLOSED = {S1: Happening.EO_B2G_BACK, S2: Happening.ADA_B2G_BACK, S3: Happening.LUCCS_BACK}

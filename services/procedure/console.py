@@ -6,18 +6,30 @@ statistics, the 90-day availability cells and the 24-hour response-time chart. T
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from services.procedure.availability import BucketFigures, Outage
 from services.procedure.latency import SLOT, LatencySlot
-from shared.events import Component, Scenario
+from shared.events import CertificateExpiry, Component, Scenario
 
 __all__ = [
     "AvailabilityCell", "FanOut", "LatencyChart", "ProcedureFacts", "ScenarioFigures", "availability_cells",
-    "fan_out", "latency_chart", "nearest_rank", "scenario_figures",
+    "certificate_line", "fan_out", "latency_chart", "nearest_rank", "scenario_figures",
 ]
+
+
+# ---- certificates ---------------------------------------------------------------------------------------
+
+
+def certificate_line(certificate: CertificateExpiry, phrases: Mapping[str, str]) -> str:
+    """The console's line of a certificate advisory: which certificate of which channel expires (or expired)
+    on which day (UTC), in the words of ``phrases``."""
+    what = phrases[f"certificate_{certificate.role.value}"].format(
+        component=phrases[f"component_{certificate.component.value}"], target=certificate.target_id)
+    key = "certificate_expired" if certificate.warning_days == 0 else "certificate_expires"
+    return phrases[key].format(what=what, date=certificate.expires_at.astimezone(UTC).strftime("%Y-%m-%d"))
 
 
 # ---- fan-out ------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TypeVar, cast
 
@@ -22,8 +22,9 @@ from sqlalchemy import Table, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.procedure import domain, maintenance, maintenances
+from services.procedure import certificates, domain, maintenance, maintenances
 from services.procedure.availability import NATIONAL_COMPONENTS
+from services.procedure.certificates import CertificateKey, SeenCertificate
 from services.procedure.domain import ComponentView, Decision, Observation, Rejected
 from services.procedure.history import record_state_changes
 from services.procedure.latency import LatencySample, LatencySlot, rollup
@@ -31,7 +32,14 @@ from services.procedure.latency_store import add_latency
 from services.procedure.leadership import Leadership
 from services.procedure.models import AdvisoryRow, ComponentRow, ObservationRow, ProcedureRow
 from services.procedure.outbox import Outbox
-from services.procedure.recorder import ACTIVE_STATES, Recorder, active_view, evidence_of, load_active
+from services.procedure.recorder import (
+    ACTIVE_STATES,
+    Recorder,
+    active_view,
+    certificate_reason,
+    evidence_of,
+    load_active,
+)
 from services.procedure.stream import Broadcaster
 from shared.config import Settings
 from shared.db import upsert
@@ -39,6 +47,7 @@ from shared.events import (
     AdvisoryKind,
     AvailabilityData,
     Broadcast,
+    CertificateExpiry,
     CloudEvent,
     Component,
     ComponentState,
@@ -101,6 +110,7 @@ class ProcedureService:
         self._active: dict[str, ProcedureRow] | None = None
         self._advisories: set[AdvisoryKind] | None = None
         self._components: dict[Component, ComponentState] | None = None
+        self._certificates: dict[CertificateKey, tuple[str, CertificateExpiry]] | None = None
         self.recheck_at: datetime | None = None
         """When a decision that waits for a verdict on its way is to be made again (None: nothing waits)."""
         self._woken = asyncio.Event()
@@ -144,6 +154,7 @@ class ProcedureService:
         async with self._lock:
             newer: dict[tuple[str, str], Observation] = {}
             latencies: list[LatencySample] = []
+            seen_certificates: list[SeenCertificate] = []
             for event, record in items:
                 assert event is not None  # the consumer dead-letters tombstones on this topic
                 seen = event.data
@@ -160,6 +171,7 @@ class ProcedureService:
                 if seen.latency_ms is not None and seen.eori is None and seen.component in NATIONAL_COMPONENTS:
                     latencies.append(LatencySample(component=seen.component, observed_at=observed_at,
                                                    latency_ms=seen.latency_ms))
+                seen_certificates += certificates.seen_certificates(seen)
                 newer[key] = Observation(
                     target_id=seen.target_id, component=seen.component, detector_instance=seen.detector_instance,
                     state=seen.state, observed_at=observed_at, reason=seen.reason, eori=seen.eori,
@@ -171,7 +183,7 @@ class ProcedureService:
                 return
             # Recorded only once committed: until then the status shows the state its decisions are in,
             # and a redelivery after a failure is decided again.
-            await self._decide(now, store=newer, latency=rollup(latencies))
+            await self._decide(now, store=newer, latency=rollup(latencies), seen_certificates=seen_certificates)
 
     async def tick(self) -> None:
         """Re-decide with the clock moved on: observations go stale, advisories rise and clear."""
@@ -179,7 +191,7 @@ class ProcedureService:
             await self._decide(self._clock(), store={})
 
     async def _decide(self, now: datetime, *, store: dict[tuple[str, str], Observation],
-                      latency: Sequence[LatencySlot] = ()) -> None:
+                      latency: Sequence[LatencySlot] = (), seen_certificates: Sequence[SeenCertificate] = ()) -> None:
         observations = {**self._observations, **store}
         views = self.views(now=now, observations=observations)
         try:
@@ -236,6 +248,7 @@ class ProcedureService:
                     await recorder.advisory(change)
                     log.warning("advisory %s %s: %s", change.kind.value, "raised" if change.raise_it else "cleared",
                                 change.reason)
+                told = await self._told_certificates(session, recorder, seen_certificates, now)
                 components = await self._record_components(session, recorder, views, now)
         except BaseException:
             self._forget()
@@ -250,12 +263,13 @@ class ProcedureService:
             c.kind for c in changes if not c.raise_it
         }
         self._components = components
+        self._certificates = told
         self._recheck(min((w for w in waits if w is not None), default=None))
         self._publish(recorder)
         self._announce(recorder)
 
     def _forget(self) -> None:
-        self._active = self._advisories = self._components = None
+        self._active = self._advisories = self._components = self._certificates = None
         self._changes = None
 
     async def _fence(self, session: AsyncSession) -> int | None:
@@ -268,6 +282,38 @@ class ProcedureService:
             self._forget()  # an operator or EO command ran (maybe on another instance): read it all again
             self._changes = changes
         return self.leadership.epoch
+
+    async def _told_certificates(
+        self, session: AsyncSession, recorder: Recorder, seen: Sequence[SeenCertificate], now: datetime
+    ) -> dict[CertificateKey, tuple[str, CertificateExpiry]] | None:
+        """Tell the Servicedesk of the certificates of national targets that reached a warning level (see
+        :mod:`services.procedure.certificates`); returns the certificate advisories active after that."""
+        told = self._certificates
+        if not seen:
+            return told
+        if told is None:
+            rows = (await session.scalars(select(AdvisoryRow).where(
+                AdvisoryRow.active.is_(True), AdvisoryRow.kind == AdvisoryKind.CERTIFICATE_EXPIRING.value
+            ))).all()
+            told = {}
+            for row in rows:
+                if row.detail and "certificate" in row.detail:
+                    known = CertificateExpiry.model_validate(row.detail["certificate"])
+                    told[(known.target_id, known.role)] = (row.id, known)
+        told = dict(told)
+        for change in certificates.certificate_changes(told=told, seen=seen, now=now,
+                                                       levels=self._settings.detector.cert_warning_days):
+            key = (change.certificate.target_id, change.certificate.role)
+            if change.raise_it and change.advisory_id is None and key in told:
+                change = replace(change, advisory_id=told[key][0])  # raised earlier in this batch
+            advisory_id = await recorder.certificate_advisory(change)
+            if change.raise_it:
+                told[key] = (advisory_id, change.certificate)
+            else:
+                told.pop(key, None)
+            log.warning("advisory certificate_expiring %s: %s", "raised" if change.raise_it else "cleared",
+                        certificate_reason(change.certificate))
+        return told
 
     async def _active_procedures(self, session: AsyncSession) -> dict[str, ProcedureRow]:
         if self._active is None:

@@ -7,7 +7,8 @@ instance answers the same) or, for EO endpoints and the consumer lag, from the a
 - ``luccs_procedures_active{scenario,scope}``: open procedures (every valid pair is present, 0 if none).
 - ``luccs_procedures_proposed{scenario,scope}``: proposed procedures awaiting an operator (confirm mode).
 - ``luccs_procedure_decisions_total{action,scenario}``: decisions recorded (timeline), since the database began.
-- ``luccs_advisory_active{kind}``: 1 while an advisory (``ntp_unavailable``, ``monitoring_blind``) is raised.
+- ``luccs_advisory_active{kind}``: 1 while an advisory of the kind (``ntp_unavailable``, ``monitoring_blind``,
+  ``certificate_expiring``) is raised.
 - ``luccs_eo_endpoints_down``: EOs whose own AS4 endpoint is down now.
 - ``luccs_detector_observation_age_seconds{detector_instance}``: age of the newest observation of each
   detector instance the service has heard from.

@@ -151,6 +151,8 @@ class TimelineRow(Base):
     actor: Mapped[str] = mapped_column(String(100), default="system")
     event_id: Mapped[str | None] = mapped_column(String(36))
     evidence: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """What the entry records in structured form (a broadcast: its author and texts), beside ``reason``."""
 
 
 class AdvisoryRow(Base):
@@ -163,6 +165,8 @@ class AdvisoryRow(Base):
     reason: Mapped[str] = mapped_column(Text)
     raised_at: Mapped[datetime] = mapped_column(UTCDateTime)
     cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Structured facts of the advisory (certificate_expiring: its ``certificate``)."""
 
 
 class EoRow(Base):

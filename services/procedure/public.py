@@ -20,10 +20,11 @@ The advice values that exist in the notices have the same values as the notifier
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from services.procedure.maintenance import Window, covered
 from shared.events import (
@@ -218,21 +219,20 @@ class PublicBroadcast:
     text: LocalisedText
 
 
-_BROADCAST = re.compile(r"^\[(servicedesk|bureau)\] fr: (.*?)\nen: (.*?)\nde: (.*)\Z", re.S)
-
-
-def public_broadcast(*, entry_id: int, procedure_id: str, at: datetime, recorded: str) -> PublicBroadcast | None:
-    """A broadcast from its timeline entry (``[author] fr: ...\\nen: ...\\nde: ...``, as the recorder writes
-    it); None when the entry is not in that form. Only called for national procedures' entries."""
-    match = _BROADCAST.match(recorded)
-    if match is None:
+def public_broadcast(
+    *, entry_id: int, procedure_id: str, at: datetime, detail: Mapping[str, Any] | None
+) -> PublicBroadcast | None:
+    """A broadcast from its timeline entry's structured detail (``{"broadcast": {author, text: {fr, en, de},
+    ...}}``, as the recorder writes it): the texts exactly as the operator wrote them. None when the entry
+    carries none (a note, or an entry that is not a broadcast)."""
+    recorded = (detail or {}).get("broadcast")
+    if not isinstance(recorded, Mapping):
         return None
-    fr, en, de = match.group(2), match.group(3), match.group(4)
-    if not (fr and en and de):
+    try:
+        author, text = BroadcastAuthor(str(recorded.get("author"))), LocalisedText.model_validate(recorded.get("text"))
+    except ValueError:  # pydantic's ValidationError too
         return None
-    return PublicBroadcast(entry_id=entry_id, procedure_id=procedure_id, author=BroadcastAuthor(match.group(1)),
-                           sent_at=at,
-                           text=LocalisedText(fr=fr, en=en, de=de))
+    return PublicBroadcast(entry_id=entry_id, procedure_id=procedure_id, author=author, sent_at=at, text=text)
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ async def read_situation(*, service: ProcedureService, sessions: async_sessionma
                        MaintenanceRow.updated_at >= since))
         )).all()
         broadcast_rows = (await session.execute(
-            select(TimelineRow.id, TimelineRow.procedure_id, TimelineRow.at, TimelineRow.reason)
+            select(TimelineRow.id, TimelineRow.procedure_id, TimelineRow.at, TimelineRow.detail)
             .join(ProcedureRow, ProcedureRow.id == TimelineRow.procedure_id)
             .where(ProcedureRow.scope == Scope.NATIONAL, TimelineRow.kind == "broadcast",
                    TimelineRow.at >= since)
@@ -125,7 +125,7 @@ async def read_situation(*, service: ProcedureService, sessions: async_sessionma
                                      national=in_force.scenario if in_force else None)
     broadcasts = [b for r in broadcast_rows
                   if (b := public.public_broadcast(entry_id=r.id, procedure_id=r.procedure_id, at=r.at,
-                                                   recorded=r.reason)) is not None]
+                                                   detail=r.detail)) is not None]
     return PublicSituation(
         channels=channels,
         advice=public.public_advice(ada_b2g=channels[Component.ADA_B2G], ntp=channels[Component.NTP],

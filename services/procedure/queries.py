@@ -78,7 +78,7 @@ async def status_snapshot(
         procedures=[procedure_view(row) for row in active if reader.may_read_eo(row.eori)],
         advisories=[AdvisoryView.model_validate({
             "advisory_id": a.id, "kind": a.kind, "components": a.components, "reason": a.reason,
-            "raised_at": a.raised_at}) for a in advisories],
+            "raised_at": a.raised_at, "certificate": (a.detail or {}).get("certificate")}) for a in advisories],
     )
     if service.leadership is not None:
         leading = await leadership_view(service.leadership)

@@ -15,12 +15,16 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.procedure.certificates import CertificateChange
 from services.procedure.domain import Action, ActiveProcedure, AdvisoryChange, Decision, Observation
-from services.procedure.models import AdvisoryRow, OutboxRow, ProcedureRow, TimelineRow
+from services.procedure.models import AdvisoryRow, MaintenanceRow, OutboxRow, ProcedureRow, TimelineRow
 from shared.config import KafkaSettings
 from shared.events import (
     AdvisoryData,
+    AdvisoryKind,
     Broadcast,
+    CertificateExpiry,
+    CertificateRole,
     CloudEvent,
     Component,
     ComponentState,
@@ -84,6 +88,7 @@ def procedure_data(
     previous: Scenario | None,
     evidence: Sequence[Evidence],
     components: dict[Component, ComponentState],
+    maintenance_ends_at: datetime | None = None,
 ) -> ProcedureData:
     return ProcedureData(
         procedure_id=row.id,
@@ -99,7 +104,21 @@ def procedure_data(
         components=components,
         evidence=list(evidence),
         maintenance_id=row.maintenance_id,
+        maintenance_ends_at=maintenance_ends_at,
     )
+
+
+_ROLE = {CertificateRole.TLS: "TLS certificate", CertificateRole.AS4_SIGNING: "our AS4 signing certificate",
+         CertificateRole.AS4_PARTNER: "AS4 receipt-signing certificate"}
+
+
+def certificate_reason(certificate: CertificateExpiry) -> str:
+    """The advisory's reason, for operators (the notices and the console word it in each language)."""
+    when = certificate.expires_at.isoformat()
+    what = f"{_ROLE[certificate.role]} of {certificate.component.value} (target {certificate.target_id})"
+    if certificate.warning_days == 0:
+        return f"{what} expired at {when}"
+    return f"{what} expires at {when}, within {certificate.warning_days} days"
 
 
 @dataclass
@@ -163,7 +182,8 @@ class Recorder:
             subject=row.id,
             time=now,
             data=procedure_data(
-                row, previous=decision.previous_scenario, evidence=evidence, components=self.components
+                row, previous=decision.previous_scenario, evidence=evidence, components=self.components,
+                maintenance_ends_at=await self._maintenance_end(row),
             ),
         )
         self.session.add(
@@ -195,10 +215,11 @@ class Recorder:
 
     async def broadcast(self, row: ProcedureRow, *, message: Broadcast, actor: str) -> CloudEvent[ProcedureData]:
         """Queue a broadcast of the Servicedesk or the Bureau about procedure ``row``, and note it in its timeline
-        (the three texts as sent)."""
+        (the three texts as sent: readable in ``reason``, exactly in ``detail``, which the public page reads)."""
         event = CloudEvent[ProcedureData](
             source=SOURCE, type=EventType.PROCEDURE_BROADCAST, subject=row.id, time=self.now,
-            data=procedure_data(row, previous=None, evidence=(), components=self.components).model_copy(
+            data=procedure_data(row, previous=None, evidence=(), components=self.components,
+                                maintenance_ends_at=await self._maintenance_end(row)).model_copy(
                 update={"broadcast": message}
             ),
         )
@@ -206,7 +227,7 @@ class Recorder:
         self.session.add(TimelineRow(
             procedure_id=row.id, at=self.now, kind="broadcast", scenario=row.scenario, previous_scenario=None,
             reason=f"[{message.author.value}] fr: {text.fr}\nen: {text.en}\nde: {text.de}", actor=actor,
-            event_id=event.id, evidence=[],
+            event_id=event.id, evidence=[], detail={"broadcast": message.model_dump(mode="json")},
         ))
         self._queue(self.kafka.procedures_topic, procedure_key(row.scope, row.eori), event)
         return event
@@ -247,6 +268,40 @@ class Recorder:
             ),
         )
         self._queue(self.kafka.advisories_topic, row.id, event)
+
+    async def _maintenance_end(self, row: ProcedureRow) -> datetime | None:
+        """The announced end of the window that opened ``row`` (None without one)."""
+        if row.maintenance_id is None:
+            return None
+        window = await self.session.get(MaintenanceRow, row.maintenance_id)
+        return window.ends_at if window is not None else None
+
+    async def certificate_advisory(self, change: CertificateChange) -> str:
+        """Raise (or raise again, at a closer warning level) or clear the advisory of one certificate of a national
+        target; returns the advisory's id."""
+        now, certificate = self.now, change.certificate
+        found = await self.session.get(AdvisoryRow, change.advisory_id) if change.advisory_id else None
+        if found is None:
+            row = AdvisoryRow(id=str(uuid.uuid4()), kind=AdvisoryKind.CERTIFICATE_EXPIRING, active=True,
+                              components=[certificate.component.value], reason="", raised_at=now, cleared_at=None)
+            self.session.add(row)
+        else:
+            row = found
+        if change.raise_it:
+            row.raised_at, row.detail = now, {"certificate": certificate.model_dump(mode="json")}
+            row.reason = certificate_reason(certificate)
+        else:
+            row.active, row.cleared_at = False, now
+            row.reason = f"{certificate_reason(certificate)}: the target presents another certificate now"
+        event = CloudEvent[AdvisoryData](
+            source=SOURCE, type=EventType.ADVISORY_RAISED if change.raise_it else EventType.ADVISORY_CLEARED,
+            subject=row.id, time=now,
+            data=AdvisoryData(advisory_id=row.id, kind=AdvisoryKind.CERTIFICATE_EXPIRING, active=row.active,
+                              components=[certificate.component], reason=row.reason, raised_at=row.raised_at,
+                              cleared_at=row.cleared_at, certificate=certificate),
+        )
+        self._queue(self.kafka.advisories_topic, row.id, event)
+        return row.id
 
     def _queue(self, topic: str, key: str, event: CloudEvent[Any]) -> None:
         row = OutboxRow(topic=topic, key=key, payload=event.to_bytes(), created_at=self.now, epoch=self.epoch)

@@ -22,7 +22,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from services.procedure.api.deps import ClockDep, NotifierSummaryDep, ServiceDep, SessionsDep, SettingsDep
 from services.procedure.availability import NATIONAL_COMPONENTS, Bucket
-from services.procedure.console import availability_cells, latency_chart
+from services.procedure.console import availability_cells, certificate_line, latency_chart
 from services.procedure.console_data import eo_endpoints_down, procedure_fan_out
 from services.procedure.console_texts import PHRASES
 from services.procedure.history import history_page, outages_page
@@ -31,7 +31,7 @@ from services.procedure.notifier_summary import NotifierUnavailable
 from services.procedure.queries import procedure_detail, status_snapshot
 from shared.auth import Caller
 from shared.errors import NotFound
-from shared.events import Language, ProcedureState, Scenario
+from shared.events import CertificateExpiry, Language, ProcedureState, Scenario
 from shared.pages import page_headers
 from shared.roles import Role
 
@@ -54,6 +54,8 @@ def _minutes(seconds: float) -> str:
 
 _templates.filters["when"] = _when
 _templates.filters["minutes"] = _minutes
+_templates.globals["certificate_line"] = lambda certificate, phrases: certificate_line(
+    CertificateExpiry.model_validate(certificate), phrases)
 
 
 def _language(lang: str | None, default: Language) -> Language:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.events import (
     AdvisoryKind,
+    CertificateExpiry,
     Component,
     ComponentState,
     Language,
@@ -86,6 +87,8 @@ class AdvisoryView(BaseModel):
     components: list[str]
     reason: str
     raised_at: datetime
+    certificate: CertificateExpiry | None = Field(
+        None, description="The certificate a certificate_expiring advisory is about (null for other kinds)")
 
 
 class LeaderView(BaseModel):

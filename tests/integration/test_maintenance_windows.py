@@ -107,6 +107,13 @@ async def test_a_window_is_announced_reminded_opens_once_and_closes_after_its_en
         assert MESSAGE[language.value] in hook.event["data"]["message"]
     # The planned procedure opens at the start; the probes failing then open nothing more.
     await eventually(lambda: _at_every_eo(hooks, EventType.PROCEDURE_OPENED), what="the planned procedure")
+    for hook in hooks.of_type(EventType.PROCEDURE_OPENED):  # told it is the planned maintenance, until when
+        data = hook.event["data"]
+        assert (data["origin"], data["maintenance_id"]) == ("planned", window["maintenance_id"])
+        assert datetime.fromisoformat(data["maintenance_ends_at"]) == datetime.fromisoformat(window["ends_at"])
+        planned = {"fr": "Maintenance planifiée", "en": "Planned maintenance", "de": "Geplante Wartung"}
+        assert planned[data["language"]] in data["subject"] and planned[data["language"]] in data["message"]
+        assert "upgrade" not in data["message"]  # the operator's reason for the window stays internal
     await pipeline.observe(Component.ADA_B2G, DOWN)
     [opened] = await pipeline.procedures()
     assert (opened["origin"], opened["maintenance_id"], opened["scenario"]) == (

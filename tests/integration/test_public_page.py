@@ -13,10 +13,14 @@ from pathlib import Path
 import httpx
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import select, text
 
 from services.procedure.app import create_app
+from services.procedure.migrate import upgrade
+from services.procedure.models import TimelineRow
 from services.procedure.public_texts import PHRASES
 from shared.config import ApiSettings, KafkaSettings, Settings
+from shared.db import make_engine
 from shared.events import AvailabilityData, CloudEvent, Component, ComponentState, EventType, Language
 from shared.kafka import Publisher
 from tests.support import eventually, serving
@@ -34,7 +38,11 @@ SECRETS = [
     "reason-pelican-4242", "close-reason-moose", "reason-lynx-808", "note-heron-5150",  # recorded reasons, notes
     "maint-reason-ibis",  # the operator's reason for a window (EOs get its message)
 ]
-BROADCAST = {"fr": "diffusion-fr-loutre", "en": "broadcast-en-otter", "de": "rundspruch-de-fischotter"}
+# Each text holds what the timeline's old "[author] fr: ...\nen: ...\nde: ..." text could not carry: its
+# separators, quotes, colons, line breaks. The feed must give each one back exactly.
+BROADCAST = {"fr": 'diffusion-fr-loutre : « appelez » le "123"\nen: reste en français\nde: aussi',
+             "en": 'broadcast-en-otter: "call" 123\nde: still English\n[bureau] fr: too',
+             "de": "rundspruch-de-fischotter: „rufen“ Sie 123 an\n\nfr: bleibt Deutsch"}
 WINDOW_MESSAGE = {"fr": "maintenance-fr-castor", "en": "maintenance-en-beaver", "de": "wartung-de-biber"}
 
 
@@ -158,7 +166,8 @@ async def test_the_page_and_the_feed_say_what_to_do_in_each_language_and_leak_no
         assert sum(title.startswith(t["feed_closed"] + ":") for title in titles) == 1
         for entry in entries.values():
             assert entry.findtext(f"{ATOM}updated")
-        assert not any(BROADCAST[o.value] in feed.text or WINDOW_MESSAGE[o.value] in feed.text for o in others)
+        assert not any(BROADCAST[o.value].split(":")[0] in feed.text or WINDOW_MESSAGE[o.value] in feed.text
+                       for o in others)
 
 
 async def test_the_language_follows_accept_language_when_not_asked(service: Service) -> None:
@@ -172,3 +181,30 @@ async def test_the_language_follows_accept_language_when_not_asked(service: Serv
     assert default.headers["Content-Language"] == "fr"
     # Nothing recorded yet: monitoring has seen neither channel, so B2G is advised with the caveat only.
     assert 'data-advice="b2g_unconfirmed"' in default.text
+
+
+async def test_broadcasts_recorded_before_the_detail_column_keep_their_texts(tmp_path: Path) -> None:
+    """Migration 0007 reads the broadcasts of the timeline's old text form into the structured detail once."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'before-0007.db'}")
+    try:
+        await upgrade(engine, "0006")
+        at = "2026-11-30 10:00:00.000000"
+        async with engine.begin() as connection:
+            await connection.execute(text(
+                "INSERT INTO procedures (id, scenario, scope, eori, state, origin, auto_close, reason, created_at,"
+                " opened_at, closed_at, updated_at) VALUES ('p-1', 'LUCCS_UNAVAILABLE', 'national', NULL, 'open',"
+                " 'operator', 1, 'r', :at, :at, NULL, :at)"), {"at": at})
+            for kind, reason in (("broadcast", "[bureau] fr: Appelez le 123.\nen: Call 123.\nde: Rufen Sie 123 an."),
+                                 ("note", "[bureau] fr: a\nen: b\nde: c")):
+                await connection.execute(text(
+                    "INSERT INTO timeline (procedure_id, at, kind, scenario, previous_scenario, reason, actor,"
+                    " event_id, evidence) VALUES ('p-1', :at, :kind, 'LUCCS_UNAVAILABLE', NULL, :reason, 'op', NULL,"
+                    " '[]')"), {"at": at, "kind": kind, "reason": reason})
+        await upgrade(engine)
+        async with engine.connect() as connection:
+            rows = (await connection.execute(select(TimelineRow.kind, TimelineRow.detail))).all()
+        details = {kind: detail for kind, detail in rows}
+    finally:
+        await engine.dispose()
+    assert details == {"broadcast": {"broadcast": {"author": "bureau", "text": {
+        "fr": "Appelez le 123.", "en": "Call 123.", "de": "Rufen Sie 123 an."}}}, "note": None}

@@ -226,6 +226,27 @@ def test_an_update_says_what_changed(previous: Scenario | None, scenario: Scenar
     assert guidance.happened == happened
 
 
+@pytest.mark.parametrize(("scenario", "happened"), [(S2, Happening.ADA_B2G_PLANNED), (S3, Happening.LUCCS_PLANNED)])
+def test_a_planned_opening_is_planned_maintenance_with_the_same_steps_as_a_detected_one(
+    scenario: Scenario, happened: Happening
+) -> None:
+    end = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+    detected = procedure(OPENED, scenario, ada=DOWN, ntp=UP if scenario == S2 else DOWN)
+    planned = detected.model_copy(update={"origin": Origin.PLANNED, "maintenance_id": "mw-1",
+                                          "maintenance_ends_at": end})
+    as_detected = eo_guidance(event_type=OPENED.value, procedure=detected, situation=Situation())
+    as_planned = eo_guidance(event_type=OPENED.value, procedure=planned, situation=Situation())
+    assert (as_planned.headline, as_planned.happened, as_planned.reason, as_planned.planned_until) == (
+        Headline.OPENED_PLANNED, happened, RecordedReason.PLANNED_MAINTENANCE, end)
+    assert (as_detected.headline, as_detected.planned_until) == (Headline.OPENED, None)
+    assert as_detected.happened != happened and as_detected.reason == RecordedReason.QUOTED
+    assert (as_planned.advice, as_planned.steps) == (as_detected.advice, as_detected.steps)
+    # Its later events say what changed, like any procedure's.
+    updated = planned.model_copy(update={"previous_scenario": S2, "scenario": S3})
+    assert eo_guidance(event_type=UPDATED.value, procedure=updated, situation=Situation()).happened == (
+        Happening.NTP_DOWN_TOO)
+
+
 def test_eos_get_no_guidance_for_proposals() -> None:
     with pytest.raises(ValueError, match="no EO notice"):
         eo_guidance(event_type=EventType.PROCEDURE_PROPOSED.value, procedure=procedure(OPENED, S2),
@@ -289,7 +310,7 @@ def test_every_distinct_guidance_renders_in_every_language() -> None:
 
 def test_every_reason_of_the_scenario_engine_has_its_own_phrase() -> None:
     assert {recorded_reason(reason.value) for reason in DetectedReason} == set(RecordedReason) - {
-        RecordedReason.QUOTED}
+        RecordedReason.QUOTED, RecordedReason.PLANNED_MAINTENANCE}
     assert recorded_reason("Planned work on the AS4 gateway") == RecordedReason.QUOTED
 
 

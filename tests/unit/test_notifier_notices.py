@@ -14,6 +14,8 @@ from services.notifier.notices import Contacts, EoSummary, NoticeTexts
 from shared.events import (
     AdvisoryData,
     AdvisoryKind,
+    CertificateExpiry,
+    CertificateRole,
     Component,
     ComponentState,
     EventType,
@@ -224,8 +226,11 @@ def test_bureau_notices(language: Language, event_type: EventType, previous: Sce
 @pytest.mark.parametrize("kind", list(AdvisoryKind))
 @pytest.mark.parametrize("active", [True, False])
 def test_advisory_notices(language: Language, kind: AdvisoryKind, active: bool) -> None:
+    certificate = CertificateExpiry(target_id="ntp-tls", component=Component.NTP, role=CertificateRole.TLS,
+                                    expires_at=CLOSED_AT, warning_days=14)
     advisory = AdvisoryData(advisory_id="adv-1", kind=kind, active=active, components=[Component.NTP],
-                            reason="no answer", raised_at=OPENED_AT, cleared_at=None if active else CLOSED_AT)
+                            reason="no answer", raised_at=OPENED_AT, cleared_at=None if active else CLOSED_AT,
+                            certificate=certificate if kind == AdvisoryKind.CERTIFICATE_EXPIRING else None)
     event_type = EventType.ADVISORY_RAISED if active else EventType.ADVISORY_CLEARED
     notice = TEXTS.advisory_notice(event_type=event_type.value, advisory=advisory, language=language)
     assert "adv-1" in notice.subject and "ntp" in notice.message and "no answer" in notice.message
@@ -234,6 +239,37 @@ def test_advisory_notices(language: Language, kind: AdvisoryKind, active: bool) 
         language=language,
     )
     assert raised_again.subject != notice.subject
+
+
+CERTIFICATE_WORDS = {  # how each language names the certificate, and says when it expires
+    Language.EN: {CertificateRole.TLS: "TLS certificate of ada_b2g", CertificateRole.AS4_SIGNING:
+                  "our own AS4 signing certificate", CertificateRole.AS4_PARTNER: "receipt-signing certificate"},
+    Language.FR: {CertificateRole.TLS: "certificat TLS de ada_b2g", CertificateRole.AS4_SIGNING:
+                  "notre propre signature AS4", CertificateRole.AS4_PARTNER: "accusés de réception AS4"},
+    Language.DE: {CertificateRole.TLS: "TLS-Zertifikat von ada_b2g", CertificateRole.AS4_SIGNING:
+                  "unserer eigenen AS4-Signatur", CertificateRole.AS4_PARTNER: "Empfangsbestätigungen signiert"},
+}
+EXPIRED_WORDS = {Language.EN: "has expired", Language.FR: "a expiré", Language.DE: "ist abgelaufen"}
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("role", list(CertificateRole))
+@pytest.mark.parametrize("warning_days", [30, 7, 0])
+def test_a_certificate_advisory_names_the_certificate_its_expiry_and_the_level(
+    language: Language, role: CertificateRole, warning_days: int
+) -> None:
+    certificate = CertificateExpiry(target_id="ada-as4", component=Component.ADA_B2G, role=role,
+                                    expires_at=CLOSED_AT, warning_days=warning_days)
+    advisory = AdvisoryData(advisory_id="adv-9", kind=AdvisoryKind.CERTIFICATE_EXPIRING, active=True,
+                            components=[Component.ADA_B2G], reason="r", raised_at=OPENED_AT, certificate=certificate)
+    notice = TEXTS.advisory_notice(event_type=EventType.ADVISORY_RAISED.value, advisory=advisory, language=language)
+    assert CERTIFICATE_WORDS[language][role] in notice.subject + notice.message
+    assert "2024-07-02 19:45" in notice.message and "ada-as4" in notice.message  # Luxembourg time
+    assert (EXPIRED_WORDS[language] in notice.subject) == (warning_days == 0)
+    assert (f"{warning_days} " in notice.subject) == (warning_days != 0)
+    cleared = TEXTS.advisory_notice(event_type=EventType.ADVISORY_CLEARED.value, language=language,
+                                    advisory=advisory.model_copy(update={"active": False, "cleared_at": CLOSED_AT}))
+    assert cleared.subject != notice.subject and "2024-07-02 19:45" in cleared.message
 
 
 def test_eos_get_no_notice_of_proposals_or_advisories() -> None:
@@ -262,3 +298,77 @@ def test_every_template_file_is_used() -> None:
     for audience in ("eo", "servicedesk", "bureau"):
         names = {lang.value: sorted(p.name for p in (root / audience / lang.value).iterdir()) for lang in LANGUAGES}
         assert names["fr"] == names["en"] == names["de"], audience
+
+
+# --- a procedure a maintenance window opened ---------------------------------------------------------------
+
+WINDOW_END = datetime(2024, 3, 1, 11, 30, tzinfo=UTC)  # 12:30 in Luxembourg
+PLANNED_WORDS = {Language.EN: "Planned maintenance", Language.FR: "Maintenance planifiée",
+                 Language.DE: "Geplante Wartung"}
+DETECTED_WORDS = {  # what a detected outage's notice says happened
+    S2: {Language.EN: "The B2G (AS4) channel of the customs administration (ADA) is unavailable",
+         Language.FR: "Le canal B2G (AS4) de l'administration des douanes (ADA) est indisponible",
+         Language.DE: "Der B2G-Kanal (AS4) der Zollverwaltung (ADA) ist nicht verfügbar"},
+    S3: {Language.EN: "LUCCS is unavailable: neither", Language.FR: "LUCCS est indisponible : ni",
+         Language.DE: "LUCCS ist nicht verfügbar: Weder"},
+}
+NOT_A_FAILURE = {Language.EN: "This is not a failure", Language.FR: "Il ne s'agit pas d'une panne",
+                 Language.DE: "Es handelt sich nicht um eine Störung"}
+
+
+def planned(scenario: Scenario, *, ends_at: datetime | None = WINDOW_END) -> ProcedureData:
+    return procedure(OPENED, scenario, origin=Origin.PLANNED).model_copy(update={
+        "maintenance_id": "mw-1", "maintenance_ends_at": ends_at, "evidence": [],
+        "reason": "planned maintenance of ADA B2G until 2024-03-01T11:30:00+00:00: swap the HSM (ticket 4711)",
+    })
+
+
+@pytest.mark.parametrize("scenario", [S2, S3])
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_a_planned_opening_says_planned_maintenance_and_its_announced_end_not_a_detected_outage(
+    scenario: Scenario, language: Language
+) -> None:
+    notice = TEXTS.eo_notice(event_type=OPENED.value, procedure=planned(scenario), language=language,
+                             situation=Situation())
+    detected = TEXTS.eo_notice(event_type=OPENED.value, procedure=procedure(OPENED, scenario), language=language,
+                               situation=Situation())
+    assert PLANNED_WORDS[language] in notice.subject and PLANNED_WORDS[language] not in detected.subject
+    assert PLANNED_WORDS[language] in notice.message and NOT_A_FAILURE[language] in notice.message
+    assert "2024-03-01 12:30" in notice.message  # the announced end, Luxembourg time
+    assert DETECTED_WORDS[scenario][language] in detected.message
+    assert DETECTED_WORDS[scenario][language] not in notice.message
+    assert NOT_A_FAILURE[language] not in detected.message
+    # The operator's reason for the window is not quoted to EOs (neither announcements nor /public show it).
+    assert "HSM" not in notice.message and "ticket 4711" not in notice.message
+    # What to do is the same as for a detected outage of the same channels.
+    assert notice.message.split("\n\n")[-1] == detected.message.split("\n\n")[-1]
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_a_planned_opening_without_a_known_end_still_says_planned(language: Language) -> None:
+    notice = TEXTS.eo_notice(event_type=OPENED.value, procedure=planned(S2, ends_at=None), language=language,
+                             situation=Situation())
+    assert PLANNED_WORDS[language] in notice.message and "12:30" not in notice.message and "?" not in notice.message
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_later_notices_of_a_planned_procedure_say_what_changed(language: Language) -> None:
+    """Only the opening is about the maintenance: an update (NTP failing as well) says what changed."""
+    update = planned(S3).model_copy(update={"previous_scenario": S2, "reason": "ADA B2G (AS4) and NTP are both "
+                                            "unavailable"})
+    notice = TEXTS.eo_notice(event_type=UPDATED.value, procedure=update, language=language, situation=Situation())
+    assert PLANNED_WORDS[language] not in notice.subject and PLANNED_WORDS[language] not in notice.message
+    assert BUREAU in notice.message
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_servicedesk_reads_that_a_planned_procedure_comes_from_a_maintenance_window(language: Language) -> None:
+    notice = TEXTS.staff_notice(audience=Audience.SERVICEDESK, event_type=OPENED.value, procedure=planned(S2),
+                                language=language, eos_notified=3)
+    declared = TEXTS.staff_notice(audience=Audience.SERVICEDESK, event_type=OPENED.value, language=language,
+                                  procedure=procedure(OPENED, S2, origin=Origin.OPERATOR), eos_notified=3)
+    words = {Language.EN: ("planned maintenance window", "declared by an operator"),
+             Language.FR: ("fenêtre de maintenance planifiée", "déclarée par un opérateur"),
+             Language.DE: ("geplanten Wartungsfenster", "von einem Operator erklärt")}[language]
+    assert words[0] in notice.message and "2024-03-01 12:30" in notice.message and words[1] not in notice.message
+    assert words[1] in declared.message and words[0] not in declared.message

@@ -22,10 +22,12 @@ from services.procedure.public import (
 )
 from services.procedure.public_texts import PHRASES
 from shared.events import (
+    Broadcast,
     BroadcastAuthor,
     Component,
     ComponentState,
     Language,
+    LocalisedText,
     MaintainedComponent,
     MaintenanceState,
     Origin,
@@ -146,13 +148,27 @@ def test_only_national_procedures_in_force_in_the_last_30_days_are_public() -> N
     assert not hasattr(shown[0], "reason") and not hasattr(shown[0], "eori")
 
 
-def test_a_broadcast_is_read_back_from_its_timeline_entry() -> None:
-    recorded = "[bureau] fr: Appelez le 123.\nDeuxième ligne.\nen: Call 123.\nde: Rufen Sie 123 an."
-    found = public_broadcast(entry_id=7, procedure_id="p", at=NOW, recorded=recorded)
-    assert found is not None and found.author == BroadcastAuthor.BUREAU
-    assert found.text.in_language(Language.FR) == "Appelez le 123.\nDeuxième ligne."
-    assert found.text.in_language(Language.DE) == "Rufen Sie 123 an."
-    assert public_broadcast(entry_id=8, procedure_id="p", at=NOW, recorded="an operator's note") is None
+TRICKY = {  # what the old parsing of the timeline's text cut or mixed up: its separators, quotes, colons
+    "fr": 'Appelez le « 123 » : "urgent"\nen: ceci reste du français\n[bureau] fr: aussi',
+    "en": "Call \"123\": now\nde: this stays English\r\nde:",
+    "de": "Rufen Sie „123“ an: sofort\nfr: das bleibt Deutsch\n\nen: ",
+}
+
+
+def test_a_broadcast_is_read_back_exactly_from_its_timeline_entry() -> None:
+    sent = Broadcast(broadcast_id="b-1", author=BroadcastAuthor.BUREAU, text=LocalisedText(**TRICKY), sent_at=NOW)
+    found = public_broadcast(entry_id=7, procedure_id="p", at=NOW,
+                             detail={"broadcast": sent.model_dump(mode="json")})
+    assert found is not None and found.author == BroadcastAuthor.BUREAU and found.sent_at == NOW
+    for language in Language:
+        assert found.text.in_language(language) == TRICKY[language.value]
+
+
+@pytest.mark.parametrize("detail", [None, {}, {"broadcast": None}, {"broadcast": {"author": "bureau"}},
+                                    {"broadcast": {"author": "nobody", "text": TRICKY}},
+                                    {"broadcast": {"author": "bureau", "text": {**TRICKY, "de": ""}}}])
+def test_an_entry_without_a_whole_broadcast_is_none(detail: dict[str, object] | None) -> None:
+    assert public_broadcast(entry_id=8, procedure_id="p", at=NOW, detail=detail) is None
 
 
 def test_every_language_has_every_phrase_the_page_needs() -> None:
