@@ -25,12 +25,14 @@ from services.detector.api import router
 from services.detector.domain import TargetStatus
 from services.detector.metrics import DetectorMetrics
 from services.detector.migrate import upgrade
+from services.detector.peers import PeerWatch
 from services.detector.probes import CredentialsError, Prober
 from services.detector.producer import Producer
 from services.detector.registry import RegistryFollower
 from services.detector.service import Detector
 from services.detector.store import TargetStore, WriteBehind
 from services.detector.targets import InvalidTarget, Target, TlsFiles, eo_signing, from_settings
+from services.detector.vantage import Membership
 from shared.auth import authorize, build_guard, install_guard
 from shared.config import ConfigError, Settings
 from shared.db import make_engine, session_factory
@@ -59,6 +61,9 @@ def configured_targets(settings: Settings, prober: Prober) -> list[Target]:
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"detector.targets[{index}] ({configured.id}): TLS files: {exc}") from exc
         targets.append(target)
+    if detector.vantage_points and detector.eo_targets and not targets:
+        raise ConfigError("detector.vantage_points needs at least one configured target: the instances see each "
+                          "other through the heartbeats of the targets they all probe")
     if detector.eo_targets and (detector.ca_file or detector.client_cert_file):
         try:
             prober.contexts.get(TlsFiles(detector.ca_file, detector.client_cert_file, detector.client_key_file))
@@ -142,6 +147,13 @@ def create_app(settings: Settings) -> FastAPI:
                 )
                 state["follower"] = follower
                 tasks.start(follower.run(), name="eo-registry")
+                if settings.detector.vantage_points:
+                    peers = PeerWatch(
+                        kafka=kafka,
+                        membership=Membership(self_id=instance, timeout_s=settings.detector.vantage_timeout_s),
+                        on_members=detector.set_vantage_members,
+                    )
+                    tasks.start(peers.run(), name="vantage-points")
             try:
                 yield
             finally:

@@ -40,6 +40,7 @@ from services.detector.outbox import Outbox, Send, note_superseded
 from services.detector.probes import Prober
 from services.detector.scheduler import Scheduler
 from services.detector.targets import EO_TARGET_PREFIX, InvalidTarget, ProbeKind, Target, eo_target_id, from_eo
+from services.detector.vantage import owns
 from shared.config import DetectorSettings
 from shared.events import AvailabilityData, CloudEvent, Component, EoData, EventType
 
@@ -90,6 +91,8 @@ class Detector:
         self._eo_keys: dict[str, str] = {}  # SHA-256 of an EO's API key -> its EORI (from the registry)
         self._eo_key_of: dict[str, str] = {}  # and back
         self._forgotten: set[str] = set()  # to delete from the saved targets
+        self._registered: dict[str, Target] = {}  # every EO endpoint of the registry; those probed here are in targets
+        self._vantage_members: frozenset[str] | None = None  # live instances (vantage_points); None: not known yet
         self.save_now = asyncio.Event()
         """Set when something should be saved at once rather than with the next batch."""
         self.scheduler = Scheduler(
@@ -135,6 +138,10 @@ class Detector:
 
     def remove(self, target_id: str) -> bool:
         """Stop probing and publishing ``target_id`` and forget it; return whether it was a target."""
+        self._registered.pop(target_id, None)
+        return self._unprobe(target_id)
+
+    def _unprobe(self, target_id: str) -> bool:
         if self._saved.pop(target_id, None) is not None:
             self._forgotten.add(target_id)
         if self.targets.pop(target_id, None) is None:
@@ -163,6 +170,10 @@ class Detector:
             return "rejected"
         if target is None:
             return "removed" if self.remove(target_id) else "no_endpoint"
+        self._registered[target_id] = target
+        if not self._probes_here(target):
+            self._unprobe(target_id)
+            return "elsewhere"
         if self.put(target):
             log.info("probing the AS4 endpoint of EO %s: %s", eo.eori, target.url)
             return "upserted"
@@ -189,10 +200,36 @@ class Detector:
         """After a full replay of the registry, drop EO targets the registry no longer has (saved ones too)."""
         for eori in [e for e in self._eo_key_of if e not in eoris]:
             self._learn_key(eori, None)
-        for target_id, target in list(self.targets.items()):
-            if target.source == "registry" and target.eori not in eoris:
+        for target_id, target in list(self._registered.items()):
+            if target.eori not in eoris:
                 self.remove(target_id)
         self.forget_unclaimed(registry=True)
+
+    # --- vantage points -------------------------------------------------------------------------
+
+    def _probes_here(self, target: Target) -> bool:
+        k = self._settings.vantage_points
+        if not k or target.source != "registry" or self._vantage_members is None:
+            return True  # configured (national) targets everywhere; every EO until the live instances are known
+        return owns(self._settings.instance_id, target.id, self._vantage_members, k)
+
+    def set_vantage_members(self, members: frozenset[str]) -> tuple[int, int]:
+        """Follow the live detector instances (``vantage_points``): probe the EO endpoints this instance is now
+        one of the k owners of, stop probing the others. Returns (taken over, handed over)."""
+        self._vantage_members = members
+        taken = handed = 0
+        for target_id, target in list(self._registered.items()):
+            if self._probes_here(target):
+                if target_id not in self.targets:
+                    self.put(target)
+                    taken += 1
+            elif self._unprobe(target_id):
+                handed += 1
+        if taken or handed:
+            log.info("detector instances now %s: probing %d more EO endpoints, %d fewer (%d of %d here)",
+                     ", ".join(sorted(members)), taken, handed,
+                     sum(1 for t in self.targets.values() if t.source == "registry"), len(self._registered))
+        return taken, handed
 
     # --- across restarts ------------------------------------------------------------------------
 
