@@ -213,6 +213,16 @@ class Detector:
             return True  # configured (national) targets everywhere; every EO until the live instances are known
         return owns(self._settings.instance_id, target.id, self._vantage_members, k)
 
+    @property
+    def eo_endpoints(self) -> int:
+        """EO endpoints in the registry, probed here or by the other vantage points."""
+        return len(self._registered)
+
+    @property
+    def vantage_members(self) -> frozenset[str] | None:
+        """The live detector instances the EO endpoints are shared among (None: not known, or every EO here)."""
+        return self._vantage_members
+
     def set_vantage_members(self, members: frozenset[str]) -> tuple[int, int]:
         """Follow the live detector instances (``vantage_points``): probe the EO endpoints this instance is now
         one of the k owners of, stop probing the others. Returns (taken over, handed over)."""
