@@ -415,6 +415,10 @@ class DetectorSettings(_Section):
         "its share of EO endpoints (with vantage_points).",
     )
     max_concurrency: int = Field(500, ge=1, description="Probes in flight at once, over all targets.")
+    workers: int = Field(
+        1, ge=1, le=64, description="Probe processes (one per core): the targets are shared among them, results "
+        "come back to the detector process; 1 = probes run in the detector process itself.",
+    )
     per_host_limit: int = Field(20, ge=1, description="Probes in flight at once towards one host:port.")
     max_response_bytes: int = Field(1_048_576, ge=1024, description="Larger answers are not read (invalid).")
     degraded_latency_ms: float | None = Field(None, gt=0, description="Default latency bound of 'degraded'.")

@@ -117,7 +117,8 @@ def create_app(settings: Settings) -> FastAPI:
             async def dead_letter(letter: CloudEvent[DeadLetterData]) -> None:
                 await publisher.publish(kafka.deadletter_topic, letter, key=kafka.eos_topic)
 
-            detector = Detector(settings=settings.detector, prober=prober, send=send, metrics=metrics)
+            detector = Detector(settings=settings.detector, prober=prober, send=send, metrics=metrics,
+                                logging_settings=settings.logging)
             detector.resume_from(saved)
             for target in targets:
                 detector.put(target)

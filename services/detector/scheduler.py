@@ -218,8 +218,17 @@ class Scheduler:
         if self._slots.get(slot.target.id) is not slot:
             return  # unscheduled or replaced meanwhile
         status = self._on_result(slot.target, result)
-        if status is None:
-            return
+        if status is not None:
+            self._pace(slot, status)
+
+    def pace(self, target_id: str, status: TargetStatus) -> None:
+        """Pace ``target_id``'s next probe by its status after its latest result, when ``on_result`` could not
+        tell it at once (a probe worker: the status is decided by the parent process)."""
+        slot = self._slots.get(target_id)
+        if slot is not None:
+            self._pace(slot, status)
+
+    def _pace(self, slot: _Slot, status: TargetStatus) -> None:
         retry_due = due_after_probe(
             status, finished=self._now(), regular_due=slot.regular_due, retry_interval_s=slot.target.retry_interval_s
         )

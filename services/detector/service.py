@@ -41,7 +41,8 @@ from services.detector.probes import Prober
 from services.detector.scheduler import Scheduler
 from services.detector.targets import EO_TARGET_PREFIX, InvalidTarget, ProbeKind, Target, eo_target_id, from_eo
 from services.detector.vantage import owns
-from shared.config import DetectorSettings
+from services.detector.workers import WorkerPool
+from shared.config import DetectorSettings, LoggingSettings
 from shared.events import AvailabilityData, CloudEvent, Component, EoData, EventType
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Detector:
         send: Send,
         metrics: DetectorMetrics,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        logging_settings: LoggingSettings | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
@@ -95,13 +97,22 @@ class Detector:
         self._vantage_members: frozenset[str] | None = None  # live instances (vantage_points); None: not known yet
         self.save_now = asyncio.Event()
         """Set when something should be saved at once rather than with the next batch."""
-        self.scheduler = Scheduler(
-            probe=prober.probe,
-            on_result=self.record,
-            max_concurrency=settings.max_concurrency,
-            per_host_limit=settings.per_host_limit,
-            metrics=metrics,
-        )
+        self.scheduler: Scheduler | WorkerPool
+        if settings.workers > 1:  # probes in child processes; their results come back to record()
+            logs = logging_settings or LoggingSettings()
+            self.scheduler = WorkerPool(
+                workers=settings.workers, on_result=self.record, max_concurrency=settings.max_concurrency,
+                per_host_limit=settings.per_host_limit, metrics=metrics, log_level=logs.level,
+                log_format=logs.format,
+            )
+        else:
+            self.scheduler = Scheduler(
+                probe=prober.probe,
+                on_result=self.record,
+                max_concurrency=settings.max_concurrency,
+                per_host_limit=settings.per_host_limit,
+                metrics=metrics,
+            )
         self.outbox = Outbox(
             build=self.event,
             send=send,
