@@ -183,13 +183,14 @@ class WorkerPool:
     async def run(self) -> None:
         """Start the workers and keep them running until cancelled (then stop them)."""
         try:
+            await asyncio.gather(*(self._spawn(worker) for worker in self._workers))
+            self._rebalance()  # once all are up: no target placed on the first one only to move again
             await asyncio.gather(*(self._keep(worker) for worker in self._workers))
         finally:
             await asyncio.gather(*(self._stop(w) for w in self._workers), return_exceptions=True)
 
     async def _keep(self, worker: _Worker) -> None:
         while True:
-            await self._start(worker)
             await self._serve(worker)  # until the worker's output closes: it died
             await self._buried(worker)
             worker.failures += 1
@@ -198,8 +199,11 @@ class WorkerPool:
             log.error("probe worker %s died (exit code %s): its targets are probed by the others; restarting it "
                       "in %.1fs", worker.name, worker.process.returncode if worker.process else None, pause)
             await asyncio.sleep(pause)
+            await self._spawn(worker)
+            log.info("probe worker %s restarted (pid %s): %d targets moved back to it", worker.name,
+                     worker.process.pid if worker.process else None, self._rebalance())
 
-    async def _start(self, worker: _Worker) -> None:
+    async def _spawn(self, worker: _Worker) -> None:
         process = await asyncio.create_subprocess_exec(
             *self._command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
@@ -207,8 +211,6 @@ class WorkerPool:
         worker.process, worker.channel = process, Channel(process.stdin)
         worker.scheduled = worker.in_flight = worker.started = worker.completed = worker.skipped = 0
         worker.live = True
-        moved = self._rebalance()
-        log.info("probe worker %s started (pid %d): %d targets moved to it", worker.name, process.pid, moved)
 
     async def _serve(self, worker: _Worker) -> None:
         assert worker.process is not None and worker.process.stdout is not None
