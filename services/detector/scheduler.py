@@ -25,6 +25,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from services.detector.domain import ProbeResult, TargetStatus, due_after_probe, first_due, next_due
 from services.detector.metrics import DetectorMetrics
@@ -35,6 +36,18 @@ log = logging.getLogger(__name__)
 ProbeFn = Callable[[Target], Awaitable[ProbeResult]]
 ResultFn = Callable[[Target, ProbeResult], TargetStatus | None]
 """Folds a result in; returns the target's status then (None: not a target any more, nothing to confirm)."""
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """Monotonic time and timers: the running event loop itself, or a test's clock that it advances by hand."""
+
+    def time(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> Timer: ...
 
 
 @dataclass(eq=False)
@@ -58,7 +71,9 @@ class Scheduler:
         per_host_limit: int,
         metrics: DetectorMetrics | None = None,
         lag_samples: int = 20_000,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock = clock  # None: the running loop's
         self._probe = probe
         self._on_result = on_result
         self._metrics = metrics
@@ -85,9 +100,11 @@ class Scheduler:
     def in_flight(self) -> int:
         return len(self._running)
 
-    @staticmethod
-    def _now() -> float:
-        return asyncio.get_running_loop().time()
+    def _time(self) -> Clock:
+        return self._clock if self._clock is not None else asyncio.get_running_loop()
+
+    def _now(self) -> float:
+        return self._time().time()
 
     def schedule(self, target: Target) -> None:
         """(Re)schedule ``target``: first probe within one interval; a probe of its old version is ignored."""
@@ -152,15 +169,16 @@ class Scheduler:
     async def run(self) -> None:
         """Start probes as they fall due, until cancelled (probes in flight are cancelled with it)."""
         loop = asyncio.get_running_loop()
+        clock = self._time()
         try:
             while True:
-                now = loop.time()
+                now = clock.time()
                 self._start_due(now)
                 self._waiter = loop.create_future()
                 timer = None
                 if self._heap:
                     self._wake_at = self._heap[0][0]
-                    timer = loop.call_at(self._wake_at, self._wake)
+                    timer = clock.call_at(self._wake_at, self._wake)
                 else:
                     self._wake_at = None
                 try:
