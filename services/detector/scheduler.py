@@ -25,8 +25,8 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
+from services.detector.clock import Clock, running_clock
 from services.detector.domain import ProbeResult, TargetStatus, due_after_probe, first_due, next_due
 from services.detector.metrics import DetectorMetrics
 from services.detector.targets import Target
@@ -36,18 +36,6 @@ log = logging.getLogger(__name__)
 ProbeFn = Callable[[Target], Awaitable[ProbeResult]]
 ResultFn = Callable[[Target, ProbeResult], TargetStatus | None]
 """Folds a result in; returns the target's status then (None: not a target any more, nothing to confirm)."""
-
-
-class Timer(Protocol):
-    def cancel(self) -> None: ...
-
-
-class Clock(Protocol):
-    """Monotonic time and timers: the running event loop itself, or a test's clock that it advances by hand."""
-
-    def time(self) -> float: ...
-
-    def call_at(self, when: float, callback: Callable[[], object]) -> Timer: ...
 
 
 @dataclass(eq=False)
@@ -100,11 +88,8 @@ class Scheduler:
     def in_flight(self) -> int:
         return len(self._running)
 
-    def _time(self) -> Clock:
-        return self._clock if self._clock is not None else asyncio.get_running_loop()
-
     def _now(self) -> float:
-        return self._time().time()
+        return running_clock(self._clock).time()
 
     def schedule(self, target: Target) -> None:
         """(Re)schedule ``target``: first probe within one interval; a probe of its old version is ignored."""
@@ -169,7 +154,7 @@ class Scheduler:
     async def run(self) -> None:
         """Start probes as they fall due, until cancelled (probes in flight are cancelled with it)."""
         loop = asyncio.get_running_loop()
-        clock = self._time()
+        clock = running_clock(self._clock)
         try:
             while True:
                 now = clock.time()

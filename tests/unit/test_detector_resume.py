@@ -4,11 +4,11 @@ changes, and the detector's side of saving (what is marked, what resumes, what i
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -31,6 +31,7 @@ from services.detector.store import _SWEEP_LIMIT, TargetStore, WriteBehind
 from services.detector.targets import Target, from_settings
 from shared.config import DetectorSettings, TargetSettings
 from shared.events import AvailabilityData, CloudEvent, Component, ComponentState, EoData, EventType
+from tests.clock import ManualClock, settle
 
 UP, DOWN, UNKNOWN = ComponentState.UP, ComponentState.DOWN, ComponentState.UNKNOWN
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -407,37 +408,38 @@ async def test_a_burst_of_changes_is_saved_in_a_few_batches_and_a_lone_one_at_on
     for target in targets:
         detector.put(target)
     store = CountingStore()
-    loop = asyncio.create_task(WriteBehind(detector=detector, store=store, interval_s=60, min_gap_s=0.05).run())
+    ticks = ManualClock()
+    loop = asyncio.create_task(
+        WriteBehind(detector=detector, store=store, interval_s=60, min_gap_s=0.05, clock=ticks).run())
     try:
-        await asyncio.sleep(0.01)
+        await ticks.advance(0.01)
         detector.record(targets[0], probe(False, 1))
-        await asyncio.sleep(0.01)
+        await settle()
         assert store.batches == [(["t0"], [])], "a lone change: saved at once"
-        await asyncio.sleep(0.1)
-        started = time.monotonic()
-        for target in targets[1:]:  # a change every 2 ms or so
+        await ticks.advance(0.1)
+        for target in targets[1:]:  # a change every 2 ms: 0.196 s of changes
             detector.record(target, probe(False, 1))
-            await asyncio.sleep(0.002)
-        burst_s = time.monotonic() - started
-        await asyncio.sleep(0.1)
+            await ticks.advance(0.002)
+        await ticks.advance(0.1)
     finally:
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
     assert sorted(t for saved, _ in store.batches[1:] for t in saved) == sorted(t.id for t in targets[1:])
-    bound = burst_s / 0.05 + 3  # one per gap, plus the edges
-    assert len(store.batches) - 1 <= bound < 99, f"{len(store.batches) - 1} transactions for 99 changes"
+    # The first change of the burst at once, then one batch per gap of 0.05 s: 5 transactions, not 99.
+    assert len(store.batches) - 1 == 5, store.batches
 
 
 class SweepingStore(CountingStore):
     """Answers each sweep with the next of ``outcomes`` (rows deleted, or an error), then 0; notes when."""
 
-    def __init__(self, outcomes: list[int | Exception]) -> None:
+    def __init__(self, outcomes: list[int | Exception], clock: ManualClock) -> None:
         super().__init__()
+        self.clock = clock
         self.outcomes = outcomes
         self.sweeps: list[float] = []
 
     async def sweep(self, *, limit: int = 0) -> int:
-        self.sweeps.append(asyncio.get_running_loop().time())
+        self.sweeps.append(self.clock.time())
         outcome = self.outcomes.pop(0) if self.outcomes else 0
         if isinstance(outcome, Exception):
             raise outcome
@@ -448,22 +450,25 @@ async def test_other_instances_expired_rows_are_swept_at_start_then_periodically
     broker, clock = Broker(), Clock(T0)
     detector = make(broker, clock)
     target = ada(detector)
-    store = SweepingStore([_SWEEP_LIMIT, 3, RuntimeError("database gone"), 0])
-    write_behind = WriteBehind(detector=detector, store=store, interval_s=0.01, sweep_every_s=0.2)
-    started = asyncio.get_running_loop().time()
+    ticks = ManualClock()
+    store = SweepingStore([_SWEEP_LIMIT, 3, RuntimeError("database gone"), 0], ticks)
+    write_behind = WriteBehind(detector=detector, store=store, interval_s=0.01, min_gap_s=0.01, sweep_every_s=0.2,
+                               clock=ticks)
+    started = ticks.time()
     loop = asyncio.create_task(write_behind.run())
     try:
-        await asyncio.sleep(0.45)
+        await ticks.advance(0.45)
         detector.record(target, probe(False, 1))
-        await asyncio.sleep(0.05)
+        await ticks.advance(0.05)
         assert not loop.done(), "a failed sweep does not stop the saves"
     finally:
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
     first, backlog, *_ = store.sweeps
     gaps = [later - earlier for earlier, later in zip(store.sweeps, store.sweeps[1:], strict=False)]
-    assert first - started < 0.05, "at start"
-    assert backlog - first < 0.1, "a full batch: the rest at the next interval, not in an hour"
-    assert len(gaps) >= 3 and all(gap >= 0.199 for gap in gaps[1:]), "then every sweep_every_s"
+    assert first == started, "at start"
+    assert backlog - first == pytest.approx(0.01), "a full batch: the rest at the next interval, not in an hour"
+    assert len(gaps) == 3 and all(gap == pytest.approx(0.2, abs=0.011) for gap in gaps[1:]), (
+        "then every sweep_every_s", gaps)
     assert write_behind.swept == _SWEEP_LIMIT + 3
     assert store.batches[-1] == (["ada-as4"], [])
