@@ -5,7 +5,7 @@ For each target count N, two processes are started:
 * a responder: a raw asyncio HTTP/1.1 server listening on ``--ports`` loopback ports, answering any GET
   with ``200 ok`` and any POST with an ebMS3 receipt (targets share ports, with distinct paths); pinned to
   ``--server-cpu``;
-* the detector: the real scheduler, prober, state machine, outbox (the broker replaced by a counter) and
+* the detector: the real scheduler, prober, state machine, latest-state buffer (the broker replaced by a counter) and
   write-behind of target states to a SQLite file in a temporary folder (``--database URL`` for another,
   e.g. PostgreSQL; ``--no-database`` for none) probing N targets, half ``http`` and half ``as4``, every
   ``--interval`` seconds; pinned to ``--cpu``.
@@ -212,7 +212,7 @@ async def _detect(
         detector.put(from_settings(configured, settings))
     loops = [
         asyncio.create_task(detector.scheduler.run()),
-        asyncio.create_task(detector.outbox.run()),
+        asyncio.create_task(detector.latest.run()),
         asyncio.create_task(detector.heartbeat_loop()),
     ]
     save_seconds: list[float] = []
@@ -324,7 +324,7 @@ async def _vantage(
         detector.set_vantage_members(frozenset(names))
         detectors.append(detector)
     loops = [asyncio.create_task(d.scheduler.run()) for d in detectors]
-    loops += [asyncio.create_task(d.outbox.run()) for d in detectors]
+    loops += [asyncio.create_task(d.latest.run()) for d in detectors]
     await asyncio.sleep(2 * interval)  # warm-up: first probes, and the retries that decide the unknown states
     counting = True
     await asyncio.sleep(duration)

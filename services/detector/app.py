@@ -2,7 +2,7 @@
 
 At start the database (``detector.database_url``, default a SQLite file in ``data_dir``) is migrated and
 this instance's saved targets are loaded: configured and registered targets resume from them (see
-``Detector.put``), the others are dropped. Loops: the scheduler (probes), the outbox (publishes changes at
+``Detector.put``), the others are dropped. Loops: the scheduler (probes), the latest-state buffer (publishes changes at
 once and the latest state per target when the broker comes back), the heartbeat, the write-behind of
 target states (which also deletes other instances' rows not saved for ``detector.state_retention_days``),
 and the EO registry follower (adds, changes and removes ``eo:<EORI>`` targets while running).
@@ -133,7 +133,7 @@ def create_app(settings: Settings) -> FastAPI:
             state.update(detector=detector, tasks=tasks, write_behind=write_behind)
             app.state.detector = detector
             tasks.start(detector.scheduler.run(), name="scheduler")
-            tasks.start(detector.outbox.run(), name="publish")
+            tasks.start(detector.latest.run(), name="publish")
             tasks.start(detector.heartbeat_loop(), name="heartbeat")
             tasks.start(write_behind.run(), name="save")
             if settings.detector.eo_targets:
@@ -167,7 +167,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     async def broker_ready() -> str | None:
         detector: Detector | None = state.get("detector")
-        return "starting" if detector is None else detector.outbox.last_error
+        return "starting" if detector is None else detector.latest.last_error
 
     async def registry_ready() -> str | None:
         follower: RegistryFollower | None = state.get("follower")

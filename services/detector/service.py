@@ -1,7 +1,7 @@
 """The detector's use cases: keep the set of targets, fold each probe result in, decide what to publish.
 
 The state decisions are the domain's; this module applies them to the detector's in-memory state and
-hands what must be said to the outbox (a change at once, every state again as a heartbeat, and a suspicion
+hands what must be said to the latest-state buffer (a change at once, every state again as a heartbeat, and a suspicion
 at once: the first probe that disagrees with a target's state, every further one of the streak, and the one
 that ends the streak without a change, each as a heartbeat carrying the suspicion fields).
 
@@ -35,8 +35,8 @@ from services.detector.domain import (
     resume,
     suspicion,
 )
+from services.detector.latest import LatestStates, Send, note_superseded
 from services.detector.metrics import DetectorMetrics
-from services.detector.outbox import Outbox, Send, note_superseded
 from services.detector.probes import Prober
 from services.detector.scheduler import Scheduler
 from services.detector.targets import EO_TARGET_PREFIX, InvalidTarget, ProbeKind, Target, eo_target_id, from_eo
@@ -67,7 +67,7 @@ class SavedTarget:
 
 
 class Detector:
-    """Every target's status, the scheduler that probes them and the outbox that publishes them."""
+    """Every target's status, the scheduler that probes them and the buffer that publishes their latest states."""
 
     def __init__(
         self,
@@ -113,14 +113,14 @@ class Detector:
                 per_host_limit=settings.per_host_limit,
                 metrics=metrics,
             )
-        self.outbox = Outbox(
+        self.latest = LatestStates(
             build=self.event,
             send=send,
             on_failure=lambda _exc: metrics.publish_failures.inc(),
             on_superseded=metrics.collapsed.inc,
             on_published=self._published,
         )
-        metrics.pending.set_function(lambda: len(self.outbox))
+        metrics.pending.set_function(lambda: len(self.latest))
 
     def view(self) -> Iterator[tuple[Target, TargetStatus]]:
         for target_id, target in list(self.targets.items()):
@@ -166,7 +166,7 @@ class Detector:
         self._changed.discard(target_id)
         self._forgotten.add(target_id)
         self.scheduler.unschedule(target_id)
-        self.outbox.drop(target_id)
+        self.latest.drop(target_id)
         return True
 
     def on_eo(self, eo: EoData) -> str:
@@ -280,7 +280,7 @@ class Detector:
             if status.unconfirmed:
                 self._held[target.id] = (saved.unpublished, saved.superseded)
             else:
-                self.outbox.restore(target.id, saved.unpublished, saved.superseded)
+                self.latest.restore(target.id, saved.unpublished, saved.superseded)
         if status.unconfirmed:
             log.info("target %s resumes %s since %s, not confirmed since a restart long after its last probe: "
                      "not published until fresh probes confirm it", target.id, status.state.value, status.since)
@@ -307,7 +307,7 @@ class Detector:
         if target is None or status is None or status.last is None:
             return None
         held = self._held.get(target_id)
-        unpublished, superseded = held if held is not None else self.outbox.unpublished(target_id)
+        unpublished, superseded = held if held is not None else self.latest.unpublished(target_id)
         return SavedTarget(
             target_id=target_id, component=target.component, probe=target.probe, url=target.url, status=status,
             unpublished=unpublished, superseded=superseded, cert_warning=self._cert_levels.get(target_id),
@@ -341,24 +341,24 @@ class Detector:
             )
             metrics.transitions.labels(target.component.value, transition.current.value).inc()
             self._release_held(target.id)
-            self.outbox.changed(target.id, transition)
+            self.latest.changed(target.id, transition)
             self.save_now.set()
         elif status.unconfirmed:
             pass  # a state saved long ago: published once fresh probes confirm it
         elif before.unconfirmed:
             log.info("target %s: fresh probes confirm it %s since %s", target.id, status.state.value, status.since)
             if not self._release_held(target.id):
-                self.outbox.refresh(target.id)
+                self.latest.refresh(target.id)
         elif status.degraded != before.degraded:
             log.info("target %s %s degraded (latency %s ms)", target.id,
                      "is" if status.degraded else "is no longer", result.latency_ms)
-            self.outbox.refresh(target.id)
+            self.latest.refresh(target.id)
         elif first_since_restart:
-            self.outbox.refresh(target.id)  # resumed: current again at once, not at the next heartbeat
+            self.latest.refresh(target.id)  # resumed: current again at once, not at the next heartbeat
         elif is_suspect(status) or is_suspect(before):
             # A change may be on its way (or the streak grew: a fresher verdict estimate), or the streak broke
             # without one: a consumer waiting for this target's verdict learns it now, not at the heartbeat.
-            self.outbox.refresh(target.id)
+            self.latest.refresh(target.id)
         if is_suspect(status) and not is_suspect(before):
             self._corroborate(target)
         self._check_certificate(target, result)
@@ -382,7 +382,7 @@ class Detector:
         held = self._held.pop(target_id, None)
         if held is None:
             return False
-        self.outbox.restore(target_id, *held)
+        self.latest.restore(target_id, *held)
         return True
 
     def _check_certificate(self, target: Target, result: ProbeResult) -> None:
@@ -463,7 +463,7 @@ class Detector:
             await asyncio.sleep(self._settings.heartbeat_s)
             for target_id, status in list(self.statuses.items()):
                 if status.last is not None and not status.unconfirmed:
-                    self.outbox.refresh(target_id)
+                    self.latest.refresh(target_id)
 
 
 def _warn_expiry(what: str, target_id: str, level: int | None, expires_at: datetime) -> None:

@@ -1,7 +1,7 @@
 """Probing on every core: ``detector.workers`` probe processes sharing the targets (the parent's side).
 
 The detector process keeps everything that decides: the targets' states, the quorum-free per-target state
-machine, suspicion, the outbox and its one Kafka producer, the database. The probes themselves (HTTP, TLS,
+machine, suspicion, the latest-state buffer and its one Kafka producer, the database. The probes themselves (HTTP, TLS,
 XML, signatures: the CPU of a detector) run in ``workers`` child processes (``probe_worker.py``), each with
 its own scheduler. Each target has exactly one owner among the live workers, chosen by rendezvous hashing
 (:func:`~services.detector.vantage.owners` with k = 1), so that a worker leaving or coming back moves only

@@ -69,7 +69,7 @@ async def test_each_target_has_one_owner_among_the_workers_also_after_one_dies(p
     for target_id in ids:
         detector.put(from_settings(TargetSettings(id=target_id, component="ntp", probe="http",
                                                   url=pages.server.url(f"/{target_id}")), settings))
-    loops = [asyncio.create_task(pool.run()), asyncio.create_task(detector.outbox.run())]
+    loops = [asyncio.create_task(pool.run()), asyncio.create_task(detector.latest.run())]
     try:
         def probed_since(moment: datetime) -> bool:
             return all((s := detector.statuses[t].last) is not None and s.finished_at > moment for t in ids)

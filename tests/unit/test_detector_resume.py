@@ -1,5 +1,5 @@
-"""Unit tests of what a detector keeps across a restart: the resume rule (pure), the outbox's unpublished
-changes, and the detector's side of saving (what is marked, what resumes, what is forgotten)."""
+"""Unit tests of what a detector keeps across a restart: the resume rule (pure), the latest-state buffer's
+unpublished changes, and the detector's side of saving (what is marked, what resumes, what is forgotten)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from services.detector.domain import (
     observe,
     resume,
 )
+from services.detector.latest import LatestStates
 from services.detector.metrics import DetectorMetrics
-from services.detector.outbox import Outbox
 from services.detector.probes import Prober
 from services.detector.service import Detector, SavedTarget
 from services.detector.store import _SWEEP_LIMIT, TargetStore, WriteBehind
@@ -130,7 +130,7 @@ def test_a_restart_within_the_window_changes_no_decision(before: list[bool], aft
     assert run(second, resumed) == uninterrupted
 
 
-# --- the outbox's unpublished changes -------------------------------------------------------------
+# --- the latest-state buffer's unpublished changes -------------------------------------------------------------
 
 
 def _event(target_id: str, transition: Transition | None, _superseded: int) -> CloudEvent[AvailabilityData]:
@@ -151,16 +151,16 @@ async def test_a_change_sent_but_not_acknowledged_is_still_unpublished() -> None
     async def send(_target_id: str, _event: CloudEvent[AvailabilityData]) -> None:
         await release.wait()
 
-    outbox = Outbox(build=_event, send=send, on_published=lambda *args: published.append(args))
+    latest = LatestStates(build=_event, send=send, on_published=lambda *args: published.append(args))
     change = Transition(UP, DOWN, T0)
-    outbox.changed("a", change)
-    flushing = asyncio.create_task(outbox.flush())
+    latest.changed("a", change)
+    flushing = asyncio.create_task(latest.flush())
     await asyncio.sleep(0)
-    assert len(outbox) == 0, "taken by the flush"
-    assert outbox.unpublished("a") == (change, 0)
+    assert len(latest) == 0, "taken by the flush"
+    assert latest.unpublished("a") == (change, 0)
     release.set()
     assert await flushing
-    assert outbox.unpublished("a") == (None, 0)
+    assert latest.unpublished("a") == (None, 0)
     assert published == [("a", change, 0)]
 
 
@@ -168,24 +168,24 @@ async def test_a_cancelled_publication_stays_pending() -> None:
     async def send(_target_id: str, _event: CloudEvent[AvailabilityData]) -> None:
         await asyncio.Event().wait()
 
-    outbox = Outbox(build=_event, send=send)
-    outbox.changed("a", Transition(UP, DOWN, T0))
-    flushing = asyncio.create_task(outbox.flush())
+    latest = LatestStates(build=_event, send=send)
+    latest.changed("a", Transition(UP, DOWN, T0))
+    flushing = asyncio.create_task(latest.flush())
     await asyncio.sleep(0)
     flushing.cancel()
     await asyncio.gather(flushing, return_exceptions=True)
-    assert len(outbox) == 1
-    assert outbox.unpublished("a") == (Transition(UP, DOWN, T0), 0)
+    assert len(latest) == 1
+    assert latest.unpublished("a") == (Transition(UP, DOWN, T0), 0)
 
 
 def test_a_restored_change_folds_with_a_newer_one() -> None:
     async def send(_target_id: str, _event: CloudEvent[AvailabilityData]) -> None:
         raise AssertionError("not sent here")
 
-    outbox = Outbox(build=_event, send=send)
-    outbox.restore("a", Transition(UP, DOWN, T0), 1)
-    outbox.changed("a", Transition(DOWN, UP, T0 + timedelta(minutes=1)))
-    assert outbox.unpublished("a") == (None, 3), "down and up again: nothing to tell but three superseded changes"
+    latest = LatestStates(build=_event, send=send)
+    latest.restore("a", Transition(UP, DOWN, T0), 1)
+    latest.changed("a", Transition(DOWN, UP, T0 + timedelta(minutes=1)))
+    assert latest.unpublished("a") == (None, 3), "down and up again: nothing to tell but three superseded changes"
 
 
 # --- the detector's side of saving ---------------------------------------------------------------
@@ -264,7 +264,7 @@ async def test_a_published_change_is_saved_again_without_it() -> None:
         detector.record(target, probe(False, i))
     detector.take_changes()
     detector.save_now.clear()
-    assert await detector.outbox.flush()
+    assert await detector.latest.flush()
     assert detector.save_now.is_set()
     [saved], _ = detector.take_changes()
     assert saved.unpublished is None
@@ -287,14 +287,14 @@ async def test_a_restart_within_the_window_resumes_and_publishes_the_first_fresh
     target = ada(detector)
     for i in range(5):
         detector.record(target, probe(False, i))
-    await detector.outbox.flush()
+    await detector.latest.flush()
     clock.now = T0 + timedelta(seconds=30)
     again = restart(detector, broker, clock)
     status = again.statuses["ada-as4"]
     assert (status.state, status.since, status.consecutive_failures, status.unconfirmed) == (
         DOWN, T0 + timedelta(seconds=2), 5, False)
     again.record(again.targets["ada-as4"], probe(False, 30))
-    await again.outbox.flush()
+    await again.latest.flush()
     assert broker.summary()[1:] == [(EventType.AVAILABILITY_HEARTBEAT, "down", None, T0 + timedelta(seconds=2))]
 
 
@@ -305,10 +305,10 @@ async def test_an_unpublished_change_is_published_after_a_restart() -> None:
     target = ada(detector)
     for i in range(3):
         detector.record(target, probe(False, i))
-    assert not await detector.outbox.flush()
+    assert not await detector.latest.flush()
     broker.up = True
     again = restart(detector, broker, clock)
-    assert await again.outbox.flush()
+    assert await again.latest.flush()
     assert broker.summary() == [(EventType.AVAILABILITY_CHANGED, "down", "unknown", T0 + timedelta(seconds=2))]
 
 
@@ -318,7 +318,7 @@ async def test_an_old_state_is_not_heartbeated_until_fresh_probes_confirm_it() -
     target = ada(detector)
     for i in range(3):
         detector.record(target, probe(False, i))
-    await detector.outbox.flush()
+    await detector.latest.flush()
     clock.now = T0 + timedelta(hours=2)
     again = restart(detector, broker, clock)
     assert again.statuses["ada-as4"].unconfirmed
@@ -327,10 +327,10 @@ async def test_an_old_state_is_not_heartbeated_until_fresh_probes_confirm_it() -
     heartbeat.cancel()
     again.record(again.targets["ada-as4"], probe(False, 7200))
     again.record(again.targets["ada-as4"], probe(False, 7210))
-    await again.outbox.flush()
+    await again.latest.flush()
     assert len(broker.sent) == 1, "nothing published for the old state yet"
     again.record(again.targets["ada-as4"], probe(False, 7220))
-    await again.outbox.flush()
+    await again.latest.flush()
     assert broker.summary()[1:] == [(EventType.AVAILABILITY_HEARTBEAT, "down", None, T0 + timedelta(seconds=2))]
 
 
@@ -342,19 +342,19 @@ async def test_an_old_unpublished_change_waits_for_confirmation_and_folds_if_it_
     for i in range(2):
         detector.record(target, probe(True, i))
     broker.up = True
-    await detector.outbox.flush()  # consumers know it up
+    await detector.latest.flush()  # consumers know it up
     broker.up = False
     for i in range(2, 5):
         detector.record(target, probe(False, i))  # down, not published
     clock.now = T0 + timedelta(hours=2)
     broker.up = True
     again = restart(detector, broker, clock)
-    assert await again.outbox.flush()
+    assert await again.latest.flush()
     assert len(broker.sent) == 1, "held until confirmed"
     assert again.snapshot("ada-as4").unpublished == Transition(UP, DOWN, T0 + timedelta(seconds=4))  # type: ignore[union-attr]
     again.record(again.targets["ada-as4"], probe(True, 7200))
     again.record(again.targets["ada-as4"], probe(True, 7210))  # it came back meanwhile
-    await again.outbox.flush()
+    await again.latest.flush()
     [event] = broker.sent[1:]
     assert (event.type, event.data.state) == (EventType.AVAILABILITY_HEARTBEAT, UP)
     assert "superseded" in (event.data.detail or "")

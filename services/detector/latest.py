@@ -11,9 +11,9 @@ a heartbeat of ``up`` (nothing changed for the consumers, so no procedure opens 
 already over), with the superseded changes told in the detail, counted in a metric and logged.
 
 What is still to be published (pending, or sent and not yet acknowledged) is what the detector saves as a
-target's unpublished change (:meth:`Outbox.unpublished`); a saved one is put back with :meth:`Outbox.restore`
-after a restart, and ``on_published`` says when a change has reached the broker, so that the saved copy is
-cleared.
+target's unpublished change (:meth:`LatestStates.unpublished`); a saved one is put back with
+:meth:`LatestStates.restore` after a restart, and ``on_published`` says when a change has reached the broker, so
+that the saved copy is cleared.
 """
 
 from __future__ import annotations
@@ -48,8 +48,10 @@ class _Mark:
         return _Mark(merged, folded)
 
 
-class Outbox:
-    """Pending availability events, one per target, and the loop that publishes them."""
+class LatestStates:
+    """The latest state of each target waiting to be published (one pending event per target at most), and the
+    loop that publishes them. Not an outbox: nothing here is durable (the write-behind saves the unpublished
+    change with the target's state)."""
 
     def __init__(
         self,
