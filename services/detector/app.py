@@ -5,7 +5,9 @@ this instance's saved targets are loaded: configured and registered targets resu
 ``Detector.put``), the others are dropped. Loops: the scheduler (probes), the latest-state buffer (publishes changes at
 once and the latest state per target when the broker comes back), the heartbeat, the write-behind of
 target states (which also deletes other instances' rows not saved for ``detector.state_retention_days``),
-and the EO registry follower (adds, changes and removes ``eo:<EORI>`` targets while running).
+the EO registry follower (adds, changes and removes ``eo:<EORI>`` targets while running) and, with
+``detector.vantage_points``, the follower of the other instances' heartbeats (which EO endpoints are probed
+here). With ``detector.workers`` > 1 the scheduler loop is the pool of probe worker processes.
 At shutdown what changed since the last save is saved.
 """
 
