@@ -38,7 +38,7 @@ from services.detector.vantage import Membership
 from shared.auth import authorize, build_guard, install_guard
 from shared.config import ConfigError, Settings
 from shared.db import make_engine, session_factory
-from shared.events import AvailabilityData, CloudEvent, DeadLetterData
+from shared.events import AvailabilityData, CloudEvent
 from shared.http import add_ops_routes
 from shared.kafka import ensure_topics
 from shared.tasks import BackgroundTasks
@@ -116,9 +116,6 @@ def create_app(settings: Settings) -> FastAPI:
             async def send(target_id: str, event: CloudEvent[AvailabilityData]) -> None:
                 await publisher.publish(kafka.availability_topic, event, key=target_id)
 
-            async def dead_letter(letter: CloudEvent[DeadLetterData]) -> None:
-                await publisher.publish(kafka.deadletter_topic, letter, key=kafka.eos_topic)
-
             detector = Detector(settings=settings.detector, prober=prober, send=send, metrics=metrics,
                                 logging_settings=settings.logging)
             detector.resume_from(saved)
@@ -145,7 +142,7 @@ def create_app(settings: Settings) -> FastAPI:
                     on_upsert=detector.on_eo,
                     on_remove=detector.on_eo_removed,
                     on_replayed=detector.retain_eos,
-                    dead_letter=dead_letter,
+                    sink=publisher,
                     on_outcome=lambda outcome: metrics.registry_records.labels(outcome).inc(),
                 )
                 state["follower"] = follower

@@ -51,6 +51,12 @@ class Producer:
             await self._producer.stop()
             self.started = False
 
-    async def publish(self, topic: str, event: CloudEvent[Any], *, key: str) -> None:
+    async def publish(self, topic: str, event: CloudEvent[Any], *, key: str | None) -> None:
         async with asyncio.timeout(self._timeout_s * 2):  # the batch expires first; this is a backstop
-            await self._producer.send_and_wait(topic, value=event.to_bytes(), key=key.encode())
+            await self._producer.send_and_wait(
+                topic, value=event.to_bytes(), key=key.encode() if key is not None else None
+            )
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        partitions: set[int] = await self._producer.partitions_for(topic)
+        return partitions
