@@ -341,6 +341,8 @@ async def _vantage(
         "eo_probes_per_interval": sum(per_eo), "unsharded_per_interval": eos * instances,
         "national_per_interval": probes["ntp"] / intervals,
         "eo_targets_per_instance": [sum(1 for t in d.targets if t.startswith("eo:")) for d in detectors],
+        "owners": sorted(Counter(sum(1 for d in detectors if f"eo:LU{i:012d}" in d.targets) for i in range(eos))
+                         .items()),
     }
 
 
@@ -482,6 +484,7 @@ def main() -> int:
         v = _run_vantage(args)
         print(f"vantage points: {v['instances']} instances, vantage_points = {v['k']}, {v['eos']} EO endpoints, "
               f"{v['intervals']:g} intervals measured")
+        print(f"  instances probing each EO endpoint: {', '.join(f'{n} for {c}' for n, c in v['owners'])}")
         print(f"  probes per EO endpoint per interval, over all instances: min {v['eo_min']:.2f}, mean "
               f"{v['eo_mean']:.2f}, max {v['eo_max']:.2f} (k = {v['k']}; without vantage_points: {v['instances']}); "
               f"exactly k x intervals: {100 * v['eo_exactly_k']:.1f}% of them")

@@ -8,7 +8,9 @@ now are known after one pass; records keyed by an EO target (``eo:...``) are ski
 Once it has read up to where the topic ended at its start, and then whenever the live set changes (an
 instance seen for the first time, or not heard from for ``vantage_timeout_s``), it hands the live set over.
 
-Messages it cannot read are left to the topic's own consumer (the procedure service dead-letters them).
+Not :class:`shared.kafka.EventConsumer`: that one validates every record and dead-letters what it cannot read,
+which on this topic is the procedure service's job (a poison message would be dead-lettered twice), and it
+starts at the beginning of the topic. Messages this follower cannot read are left to the procedure service.
 While the broker is unreachable no heartbeat arrives: the other instances time out and this one takes over
 their share, which errs on the side of probing more.
 """
