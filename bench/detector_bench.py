@@ -20,6 +20,14 @@ duration of one batch save, and the probe results by reason.
     .venv/bin/python -m bench.detector_bench --tls                 # HTTPS targets: a handshake per probe
     .venv/bin/python -m bench.detector_bench --as4-signed --targets 1000   # as4 only: unsigned, then signed
 
+``--workers N`` runs the detector with ``detector.workers = N`` (probe processes; the detector is then not
+pinned, and its CPU and RSS include the workers'); the row also gives the share of the schedule kept
+(probes/s against N targets / interval). ``--vantage INSTANCES:K`` then runs INSTANCES detectors in one
+process with ``vantage_points = K`` over ``--vantage-eos`` EO endpoints (the live set handed to them, no
+broker) and prints how many instances probe each EO endpoint and how often it is probed per interval:
+
+    .venv/bin/python -m bench.detector_bench --targets 40000 --workers 2 --vantage 3:2
+
 ``--as4-signed`` probes only ``as4`` targets and runs each N twice, unsigned pings then signed ones (RSA
 2048, ``as4_signing`` with a partner certificate): the responder is then a receiving MSH by the ``as4``
 package (a test dependency) that verifies each signature and answers with a signed receipt, which the
@@ -297,6 +305,7 @@ async def _vantage(
     from shared.events import AvailabilityData, CloudEvent, EoData
 
     probes = Counter[str]()
+    failed = Counter[str]()
     counting = False
 
     class CountingProber(Prober):
@@ -304,6 +313,8 @@ async def _vantage(
             result = await super().probe(target)
             if counting:
                 probes[target.id] += 1
+                if not result.ok:
+                    failed[result.reason] += 1  # a failed probe is retried at the retry pace: more probes
             return result
 
     async def send(target_id: str, event: CloudEvent[AvailabilityData]) -> None:
@@ -340,6 +351,7 @@ async def _vantage(
         "eo_exactly_k": sum(1 for n in per_eo if round(n * intervals) == k * round(intervals)) / eos,
         "eo_probes_per_interval": sum(per_eo), "unsharded_per_interval": eos * instances,
         "national_per_interval": probes["ntp"] / intervals,
+        "failed": dict(failed),
         "eo_targets_per_instance": [sum(1 for t in d.targets if t.startswith("eo:")) for d in detectors],
         "owners": sorted(Counter(sum(1 for d in detectors if f"eo:LU{i:012d}" in d.targets) for i in range(eos))
                          .items()),
@@ -400,6 +412,7 @@ def _run_one(
         cpu = [] if args.cpu is None or args.workers > 1 else ["--cpu", str(args.cpu)]
         cpu += ["--workers", str(args.workers)]
         database = [] if args.no_database else ["--database", args.database or f"sqlite:///{scratch}/detector-{count}.db"]
+        server_cpu_before, wall_before = _cpu_s_of(server.pid), time.perf_counter()
         detector = subprocess.run(
             [*me, "--detect", str(count), "--ports-json", ports, "--interval", str(args.interval),
              "--duration", str(args.duration), "--timeout", str(args.timeout), *cpu, *tls, *database],
@@ -408,10 +421,21 @@ def _run_one(
         if detector.returncode != 0:
             raise RuntimeError(f"detector run failed:\n{detector.stderr[-3000:]}")
         result: dict[str, Any] = json.loads(detector.stdout.strip().splitlines()[-1])
+        # Over the detector's whole run (start-up and warm-up included): near 100% means the responder limits.
+        wall = time.perf_counter() - wall_before
+        result["responder_cpu_share"] = (_cpu_s_of(server.pid) - server_cpu_before) / wall
         return result
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def _cpu_s_of(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
@@ -490,7 +514,8 @@ def main() -> int:
               f"exactly k x intervals: {100 * v['eo_exactly_k']:.1f}% of them")
         print(f"  EO probes per interval: {v['eo_probes_per_interval']:.0f} (every instance probing every EO: "
               f"{v['unsharded_per_interval']}); EO endpoints per instance: {v['eo_targets_per_instance']}; "
-              f"national target probes per interval: {v['national_per_interval']:.2f} (every instance)", flush=True)
+              f"national target probes per interval: {v['national_per_interval']:.2f} (every instance); failed probes "
+              f"(each retried at the retry pace): {v['failed'] or 0}", flush=True)
     return 0
 
 
@@ -501,6 +526,7 @@ def _report(r: dict[str, Any], label: str | None = None) -> None:
         f"{r['lag_p99_ms']:>7.1f}ms {r['lag_max_ms']:>7.1f}ms {100 * r['cpu_share']:>5.1f}% "
         f"{r['rss_mib']:>5.0f}MiB {_figure(r['saved_per_s'], '', '.0f'):>8} {_figure(r['save_p99_ms'], 'ms'):>9}  "
         f"{r['last_reasons']} states={r['states']} skipped={r['skipped']}"
+        + (f" responder_cpu={100 * r['responder_cpu_share']:.0f}%" if "responder_cpu_share" in r else "")
         + (f" kept={100 * r['probes_per_s'] / r['expected_per_s']:.0f}% workers={r['workers']}"
            + (" (a worker restarted)" if r["worker_restarted"] else "") if r["workers"] > 1 else ""),
         flush=True,
