@@ -306,13 +306,19 @@ async def _vantage(
 
     probes = Counter[str]()
     failed = Counter[str]()
+    probed_by: dict[str, set[str]] = {}
     counting = False
 
     class CountingProber(Prober):
+        def __init__(self, instance: str) -> None:
+            super().__init__()
+            self.instance = instance
+
         async def probe(self, target: Target) -> ProbeResult:
             result = await super().probe(target)
             if counting:
                 probes[target.id] += 1
+                probed_by.setdefault(target.id, set()).add(self.instance)
                 if not result.ok:
                     failed[result.reason] += 1  # a failed probe is retried at the retry pace: more probes
             return result
@@ -325,7 +331,7 @@ async def _vantage(
     for name in names:
         settings = DetectorSettings(instance_id=name, interval_s=interval, timeout_s=timeout, heartbeat_s=15,
                                     vantage_points=k, max_concurrency=500, per_host_limit=100)
-        detector = Detector(settings=settings, prober=CountingProber(), send=send,
+        detector = Detector(settings=settings, prober=CountingProber(name), send=send,
                             metrics=DetectorMetrics.create(CollectorRegistry()))
         detector.put(from_settings(TargetSettings(id="ntp", component="ntp", probe="http",
                                                   url=f"http://127.0.0.1:{ports[0]}/ntp"), settings))
@@ -352,6 +358,7 @@ async def _vantage(
         "eo_probes_per_interval": sum(per_eo), "unsharded_per_interval": eos * instances,
         "national_per_interval": probes["ntp"] / intervals,
         "failed": dict(failed),
+        "probed_by": sorted(Counter(len(probed_by.get(f"eo:LU{i:012d}", ())) for i in range(eos)).items()),
         "eo_targets_per_instance": [sum(1 for t in d.targets if t.startswith("eo:")) for d in detectors],
         "owners": sorted(Counter(sum(1 for d in detectors if f"eo:LU{i:012d}" in d.targets) for i in range(eos))
                          .items()),
@@ -508,7 +515,8 @@ def main() -> int:
         v = _run_vantage(args)
         print(f"vantage points: {v['instances']} instances, vantage_points = {v['k']}, {v['eos']} EO endpoints, "
               f"{v['intervals']:g} intervals measured")
-        print(f"  instances probing each EO endpoint: {', '.join(f'{n} for {c}' for n, c in v['owners'])}")
+        print(f"  instances owning each EO endpoint: {', '.join(f'{n} for {c}' for n, c in v['owners'])}; "
+              f"instances that probed it while measured: {', '.join(f'{n} for {c}' for n, c in v['probed_by'])}")
         print(f"  probes per EO endpoint per interval, over all instances: min {v['eo_min']:.2f}, mean "
               f"{v['eo_mean']:.2f}, max {v['eo_max']:.2f} (k = {v['k']}; without vantage_points: {v['instances']}); "
               f"exactly k x intervals: {100 * v['eo_exactly_k']:.1f}% of them")
