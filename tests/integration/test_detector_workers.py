@@ -9,20 +9,25 @@ import signal
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
+from services.detector.app import create_app
 from services.detector.metrics import DetectorMetrics
 from services.detector.probes import Prober
 from services.detector.service import Detector
 from services.detector.targets import from_settings
 from services.detector.workers import WorkerPool
-from shared.config import DetectorSettings, TargetSettings
+from shared.config import ApiSettings, DetectorSettings, KafkaSettings, Settings, TargetSettings
 from shared.events import AvailabilityData, CloudEvent, ComponentState
+from shared.kafka import ensure_topics
 from tests.integration.test_probes_servers import LoopbackServer, Reply, Request
-from tests.support import eventually
+from tests.support import BUREAU, BUREAU_TOKEN, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -102,3 +107,32 @@ async def test_each_target_has_one_owner_among_the_workers_also_after_one_dies(p
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
     assert pool.pids() == {}
+
+
+async def test_the_detector_app_probes_through_its_workers_and_stops_them(
+    pages: Pages, kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix)
+    await ensure_topics(kafka)
+    config = Settings(data_dir=tmp_path, kafka=kafka, api=ApiSettings(bureau_tokens=[SecretStr(BUREAU_TOKEN)]),
+                      detector={"instance_id": "it-workers-app", "interval_s": 0.5, "timeout_s": 0.4,
+                                "success_threshold": 1, "workers": 2, "eo_targets": False,
+                                "targets": [{"id": f"page-{i}", "component": "ntp", "probe": "http",
+                                             "url": pages.server.url(f"/page-{i}")} for i in range(6)]})
+    app = create_app(config)
+    async with app.router.lifespan_context(app):
+        detector: Detector = app.state.detector
+        pool = detector.scheduler
+        assert isinstance(pool, WorkerPool)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://detector", headers=BUREAU) as client:
+            async def all_up() -> bool:
+                items = (await client.get("/api/v1/targets")).json()["items"]
+                return len(items) == 6 and all(item["state"] == "up" for item in items)
+
+            await eventually(all_up, timeout=30, what="every page up, probed by the workers")
+        assert len(pool.pids()) == 2 and one_owner_each(pool, [f"page-{i}" for i in range(6)])
+        pids = list(pool.pids().values())
+    for pid in pids:  # stopped with the app: no orphan probe processes
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
