@@ -131,7 +131,9 @@ async def test_the_detector_app_probes_through_its_workers_and_stops_them(
                 return len(items) == 6 and all(item["state"] == "up" for item in items)
 
             await eventually(all_up, timeout=30, what="every page up, probed by the workers")
-        assert len(pool.pids()) == 2 and one_owner_each(pool, [f"page-{i}" for i in range(6)])
+        # The workers report what their schedulers hold every half second.
+        await eventually(lambda: len(pool.pids()) == 2 and one_owner_each(pool, [f"page-{i}" for i in range(6)]),
+                         timeout=30, what="each page owned by one of the two workers")
         pids = list(pool.pids().values())
     for pid in pids:  # stopped with the app: no orphan probe processes
         with pytest.raises(ProcessLookupError):
