@@ -23,6 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from services.detector.clock import Clock, running_clock, sleep
 from services.detector.domain import Transition, coalesce
 from shared.events import AvailabilityData, CloudEvent
 
@@ -60,6 +61,7 @@ class LatestStates:
         send: Send,
         batch_size: int = 500,
         retry_initial_s: float = 0.5,
+        clock: Clock | None = None,
         retry_max_s: float = 10.0,
         on_failure: Callable[[BaseException], None] | None = None,
         on_superseded: Callable[[int], None] | None = None,
@@ -69,6 +71,7 @@ class LatestStates:
         self._send = send
         self._batch_size = batch_size
         self._retry_initial_s = retry_initial_s
+        self._clock = clock  # None: the running loop's (the retry pauses)
         self._retry_max_s = retry_max_s
         self._on_failure = on_failure
         self._on_superseded = on_superseded
@@ -177,7 +180,7 @@ class LatestStates:
                 continue
             log.warning("publishing availability failed (%d pending), retrying in %.1fs: %s",
                         len(self._pending), delay, self.last_error)
-            await asyncio.sleep(delay)
+            await sleep(running_clock(self._clock), delay)
             delay = min(delay * 2, self._retry_max_s)
 
 

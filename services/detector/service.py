@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from services.detector.clock import Clock, running_clock, sleep
 from services.detector.domain import (
     ProbeResult,
     TargetStatus,
@@ -78,10 +79,12 @@ class Detector:
         metrics: DetectorMetrics,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         logging_settings: LoggingSettings | None = None,
+        ticks: Clock | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._clock = clock
+        self._ticks = ticks  # monotonic time of the loops (heartbeats, probes, retries); None: the running loop's
         self.targets: dict[str, Target] = {}
         self.statuses: dict[str, TargetStatus] = {}
         self._cert_levels: dict[str, int | None] = {}
@@ -112,6 +115,7 @@ class Detector:
                 max_concurrency=settings.max_concurrency,
                 per_host_limit=settings.per_host_limit,
                 metrics=metrics,
+                clock=ticks,
             )
         self.latest = LatestStates(
             build=self.event,
@@ -119,6 +123,7 @@ class Detector:
             on_failure=lambda _exc: metrics.publish_failures.inc(),
             on_superseded=metrics.collapsed.inc,
             on_published=self._published,
+            clock=ticks,
         )
         metrics.pending.set_function(lambda: len(self.latest))
 
@@ -460,7 +465,7 @@ class Detector:
     async def heartbeat_loop(self) -> None:
         """Mark every probed target for re-publication every ``heartbeat_s`` (not unconfirmed ones)."""
         while True:
-            await asyncio.sleep(self._settings.heartbeat_s)
+            await sleep(running_clock(self._ticks), self._settings.heartbeat_s)
             for target_id, status in list(self.statuses.items()):
                 if status.last is not None and not status.unconfirmed:
                     self.latest.refresh(target_id)

@@ -11,6 +11,7 @@ import pytest
 from services.detector.domain import Transition
 from services.detector.latest import LatestStates, note_superseded
 from shared.events import AvailabilityData, CloudEvent, Component, ComponentState, EventType
+from tests.clock import ManualClock, settle
 
 UP = ComponentState.UP
 DOWN = ComponentState.DOWN
@@ -202,17 +203,21 @@ async def test_a_target_that_is_gone_is_not_published() -> None:
 async def test_run_retries_until_the_broker_is_back() -> None:
     failures: list[BaseException] = []
     world = World(states={"a": DOWN}, broker_up=False)
-    latest = world.latest(retry_initial_s=0.01, retry_max_s=0.02, on_failure=failures.append)
+    ticks = ManualClock()
+    latest = world.latest(retry_initial_s=1.0, retry_max_s=4.0, on_failure=failures.append, clock=ticks)
     runner = asyncio.create_task(latest.run())
     try:
         latest.changed("a", change(UP, DOWN))
-        async with asyncio.timeout(5):
-            while world.attempts < 3:
-                await asyncio.sleep(0.01)
+        await settle()
+        assert world.attempts == 1
+        # Backoff 1, 2, 4, 4 s: the fifth attempt 11 s after the first.
+        await ticks.advance(10.9)
+        assert world.attempts == 4
+        await ticks.advance(0.1)
+        assert world.attempts == 5
         world.broker_up = True
-        async with asyncio.timeout(5):
-            while not world.sent:
-                await asyncio.sleep(0.01)
+        await ticks.advance(4.0)
+        assert world.sent
     finally:
         runner.cancel()
         with pytest.raises(asyncio.CancelledError):

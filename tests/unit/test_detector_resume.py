@@ -214,12 +214,12 @@ class Clock:
         return self.now
 
 
-def make(broker: Broker, clock: Clock, **overrides: Any) -> Detector:
+def make(broker: Broker, clock: Clock, *, ticks: ManualClock | None = None, **overrides: Any) -> Detector:
     values: dict[str, Any] = {"instance_id": "vp-1", "interval_s": INTERVAL_S, "failure_threshold": 3,
                               "success_threshold": 2}
     values.update(overrides)
     return Detector(settings=DetectorSettings(**values), prober=Prober(), send=broker.send,
-                    metrics=DetectorMetrics.create(CollectorRegistry()), clock=clock)
+                    metrics=DetectorMetrics.create(CollectorRegistry()), clock=clock, ticks=ticks)
 
 
 def ada(detector: Detector, url: str = "https://b2g.lu/as4") -> Target:
@@ -229,10 +229,11 @@ def ada(detector: Detector, url: str = "https://b2g.lu/as4") -> Target:
     return target
 
 
-def restart(detector: Detector, broker: Broker, clock: Clock, *, url: str = "https://b2g.lu/as4") -> Detector:
+def restart(detector: Detector, broker: Broker, clock: Clock, *, url: str = "https://b2g.lu/as4",
+            **overrides: Any) -> Detector:
     """What a restart keeps: everything that was saved (as if every change had been flushed)."""
     saved = [s for target_id in detector.targets if (s := detector.snapshot(target_id)) is not None]
-    again = make(broker, clock)
+    again = make(broker, clock, **overrides)
     again.resume_from(saved)
     ada(again, url)
     again.forget_unclaimed(registry=False)
@@ -314,17 +315,19 @@ async def test_an_unpublished_change_is_published_after_a_restart() -> None:
 
 async def test_an_old_state_is_not_heartbeated_until_fresh_probes_confirm_it() -> None:
     broker, clock = Broker(), Clock(T0)
-    detector = make(broker, clock, heartbeat_s=0.01)
+    detector = make(broker, clock)
     target = ada(detector)
     for i in range(3):
         detector.record(target, probe(False, i))
     await detector.latest.flush()
     clock.now = T0 + timedelta(hours=2)
-    again = restart(detector, broker, clock)
+    ticks = ManualClock()
+    again = restart(detector, broker, clock, heartbeat_s=15, ticks=ticks)
     assert again.statuses["ada-as4"].unconfirmed
     heartbeat = asyncio.create_task(again.heartbeat_loop())
-    await asyncio.sleep(0.05)
+    await ticks.advance(45)  # three heartbeats
     heartbeat.cancel()
+    assert not len(again.latest), "an unconfirmed state is not heartbeated"
     again.record(again.targets["ada-as4"], probe(False, 7200))
     again.record(again.targets["ada-as4"], probe(False, 7210))
     await again.latest.flush()

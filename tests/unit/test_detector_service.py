@@ -18,6 +18,7 @@ from services.detector.service import Detector
 from services.detector.targets import Target, from_settings
 from shared.config import DetectorSettings, TargetSettings
 from shared.events import AvailabilityData, CloudEvent, Component, ComponentState, EoData, EventType
+from tests.clock import ManualClock
 
 UP = ComponentState.UP
 DOWN = ComponentState.DOWN
@@ -26,7 +27,9 @@ EORI = "LU12345678901234"
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def make(**settings: Any) -> tuple[Detector, list[CloudEvent[AvailabilityData]], CollectorRegistry]:
+def make(
+    *, ticks: ManualClock | None = None, **settings: Any
+) -> tuple[Detector, list[CloudEvent[AvailabilityData]], CollectorRegistry]:
     values: dict[str, Any] = {"instance_id": "vp-1", "interval_s": 60, "failure_threshold": 2, "success_threshold": 2}
     values.update(settings)
     sent: list[CloudEvent[AvailabilityData]] = []
@@ -36,7 +39,8 @@ def make(**settings: Any) -> tuple[Detector, list[CloudEvent[AvailabilityData]],
 
     registry = CollectorRegistry()
     detector = Detector(
-        settings=DetectorSettings(**values), prober=Prober(), send=send, metrics=DetectorMetrics.create(registry)
+        settings=DetectorSettings(**values), prober=Prober(), send=send, metrics=DetectorMetrics.create(registry),
+        ticks=ticks,
     )
     return detector, sent, registry
 
@@ -323,15 +327,17 @@ async def test_as4_signing_and_partner_certificates_are_warned_apart_and_exporte
 
 
 async def test_heartbeats_republish_every_probed_target() -> None:
-    detector, sent, _ = make(heartbeat_s=0.05)
+    ticks = ManualClock()
+    detector, sent, _ = make(heartbeat_s=15, ticks=ticks)
     probed = ada(detector)
     ada(detector, id="never-probed")
     detector.record(probed, result(True, 1))
     beat = asyncio.create_task(detector.heartbeat_loop())
     try:
-        async with asyncio.timeout(5):
-            while not len(detector.latest):
-                await asyncio.sleep(0.01)
+        await ticks.advance(14.9)
+        assert not len(detector.latest), "not before heartbeat_s"
+        await ticks.advance(0.1)
+        assert len(detector.latest) == 1
     finally:
         beat.cancel()
     await detector.latest.flush()
