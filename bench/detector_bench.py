@@ -247,6 +247,7 @@ async def _detect(
     reasons_before = Counter(s.last.reason for s in detector.statuses.values() if s.last)
     worker_pids = list(pids().values())
     completed, cpu, started = scheduler.completed, _cpu_s(worker_pids), time.perf_counter()
+    own_cpu = _cpu_s()
     lags: list[float] = []
     deadline = started + duration
     while time.perf_counter() < deadline:  # bounded by --duration
@@ -255,6 +256,7 @@ async def _detect(
         scheduler.lag_samples.clear()
     elapsed = time.perf_counter() - started
     cpu_used = _cpu_s(worker_pids) - cpu
+    own_cpu_used = _cpu_s() - own_cpu
     rss = _rss_mib() + _workers_rss_mib(worker_pids)
     restarted = worker_pids != list(pids().values())
     probes = scheduler.completed - completed
@@ -278,6 +280,7 @@ async def _detect(
         "cpu_share": cpu_used / elapsed,
         "rss_mib": rss,
         "workers": workers,
+        "parent_cpu_share": own_cpu_used / elapsed,
         "worker_restarted": restarted,
         "skipped": scheduler.skipped,
         "saved_per_s": saved / elapsed if write_behind is not None else None,
@@ -535,7 +538,8 @@ def _report(r: dict[str, Any], label: str | None = None) -> None:
         f"{r['rss_mib']:>5.0f}MiB {_figure(r['saved_per_s'], '', '.0f'):>8} {_figure(r['save_p99_ms'], 'ms'):>9}  "
         f"{r['last_reasons']} states={r['states']} skipped={r['skipped']}"
         + (f" responder_cpu={100 * r['responder_cpu_share']:.0f}%" if "responder_cpu_share" in r else "")
-        + (f" kept={100 * r['probes_per_s'] / r['expected_per_s']:.0f}% workers={r['workers']}"
+        + (f" kept={100 * r['probes_per_s'] / r['expected_per_s']:.0f}% workers={r['workers']} "
+           f"(detector process {100 * r['parent_cpu_share']:.0f}% of the CPU)"
            + (" (a worker restarted)" if r["worker_restarted"] else "") if r["workers"] > 1 else ""),
         flush=True,
     )
