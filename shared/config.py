@@ -410,7 +410,19 @@ class DetectorSettings(_Section):
     )
     targets: list[TargetSettings] = Field(default_factory=list)
     eo_targets: bool = Field(True, description="Probe the AS4 endpoint of every EO in the registry topic.")
+    vantage_points: int = Field(
+        0, ge=0, description="Detector instances probing each EO endpoint, chosen by rendezvous hashing over the "
+        "live instances (configured targets: every instance); 0 = every instance probes every EO endpoint.",
+    )
+    vantage_timeout_s: float = Field(
+        45.0, gt=0, description="An instance whose heartbeats are missed this long is gone: the others take over "
+        "its share of EO endpoints (with vantage_points).",
+    )
     max_concurrency: int = Field(500, ge=1, description="Probes in flight at once, over all targets.")
+    workers: int = Field(
+        1, ge=1, le=64, description="Probe processes (one per core): the targets are shared among them, results "
+        "come back to the detector process; 1 = probes run in the detector process itself.",
+    )
     per_host_limit: int = Field(20, ge=1, description="Probes in flight at once towards one host:port.")
     max_response_bytes: int = Field(1_048_576, ge=1024, description="Larger answers are not read (invalid).")
     degraded_latency_ms: float | None = Field(None, gt=0, description="Default latency bound of 'degraded'.")
@@ -454,6 +466,14 @@ class DetectorSettings(_Section):
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
             raise ValueError(f"duplicate detector target ids: {', '.join(duplicates)}")
+        return self
+
+    @model_validator(mode="after")
+    def _vantage_timeout_beyond_heartbeats(self) -> DetectorSettings:
+        # Instances announce themselves through their heartbeats: a shorter timeout drops live ones.
+        if self.vantage_points and self.vantage_timeout_s <= self.heartbeat_s:
+            raise ValueError(f"detector.vantage_timeout_s ({self.vantage_timeout_s:g}) must exceed "
+                             f"detector.heartbeat_s ({self.heartbeat_s:g})")
         return self
 
     @model_validator(mode="after")

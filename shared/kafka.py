@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeAlias
+from typing import Any, Generic, Protocol, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -45,6 +45,7 @@ __all__ = [
     "ClusterTooSmall",
     "ConsumerStats",
     "EventConsumer",
+    "EventSink",
     "Handler",
     "Item",
     "KafkaAccessDenied",
@@ -206,6 +207,15 @@ Item: TypeAlias = "tuple[CloudEvent[DataT] | None, ConsumerRecord[bytes, bytes]]
 BatchHandler: TypeAlias = "Callable[[Sequence[Item[DataT]]], Awaitable[None]]"
 
 
+class EventSink(Protocol):
+    """Where a consumer sends its dead letters (and learns a topic's partitions): a :class:`Publisher`, or a
+    service's own producer."""
+
+    async def publish(self, topic: str, event: CloudEvent[Any], *, key: str | None) -> None: ...
+
+    async def partitions_for(self, topic: str) -> set[int]: ...
+
+
 @dataclass
 class ConsumerStats:
     processed: int = 0
@@ -231,6 +241,10 @@ class EventConsumer(Generic[DataT]):
     are still committed under ``group_id``): for a service of which one instance at a time consumes, the
     leader starts reading at once instead of waiting for a dead member's session to expire. Exceptions of
     ``stop_on`` raised by the handler are not retried: they end :meth:`run` (the poll under way uncommitted).
+
+    With ``group_id`` None (and ``assign_all``) it reads the whole topic from the beginning at every
+    :meth:`run` and commits nothing (its dead letters name it ``name``); ``on_caught_up`` is called once it has
+    read up to where the topic ended when it started (a compacted registry replayed).
     """
 
     def __init__(
@@ -238,9 +252,9 @@ class EventConsumer(Generic[DataT]):
         *,
         settings: KafkaSettings,
         topic: str,
-        group_id: str,
+        group_id: str | None,
         data_model: type[DataT],
-        publisher: Publisher,
+        publisher: EventSink,
         handler: Handler[DataT] | None = None,
         batch_handler: BatchHandler[DataT] | None = None,
         allow_tombstones: bool = False,
@@ -250,11 +264,17 @@ class EventConsumer(Generic[DataT]):
         assign_all: bool = False,
         stop_on: tuple[type[Exception], ...] = (),
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        name: str | None = None,
+        on_caught_up: Callable[[], None] | None = None,
     ) -> None:
         if (handler is None) == (batch_handler is None):
             raise ValueError("give exactly one of handler and batch_handler")
+        if (group_id is None or on_caught_up is not None) and not assign_all:
+            raise ValueError("reading without a group, or until caught up, needs assign_all")
         self.topic = topic
         self.group_id = group_id
+        self.name = name or group_id or topic
+        self._on_caught_up = on_caught_up
         self._settings = settings
         self._data_model = data_model
         self._handler = handler
@@ -289,10 +309,16 @@ class EventConsumer(Generic[DataT]):
         try:
             # inside the try: a cancel while joining the group must still close it
             await start_client(consumer, self._settings)
+            caught_up, ends = self._on_caught_up, None
             if self._assign_all:
                 partitions = await self._publisher.partitions_for(self.topic)
                 consumer.assign([TopicPartition(self.topic, p) for p in sorted(partitions)])
+                if caught_up is not None:
+                    ends = await consumer.end_offsets(list(consumer.assignment()))
             while True:
+                if caught_up is not None and ends is not None and await _reached(consumer, ends):
+                    caught_up()
+                    caught_up = None
                 batches = await consumer.getmany(timeout_ms=500, max_records=self._max_batch)
                 self.stats.assigned = bool(consumer.assignment())
                 if not batches:
@@ -333,6 +359,8 @@ class EventConsumer(Generic[DataT]):
             log.warning("the last offsets of %s were not committed on stop: they will be handled again", self.topic)
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        if self.group_id is None:
+            return  # no group: nothing to commit to
         # A rebalance may have taken partitions away while the poll was handled: their next owner re-reads
         # from the last commit (handlers are idempotent), and committing them would fail the whole request.
         owned = consumer.assignment()
@@ -407,9 +435,16 @@ class EventConsumer(Generic[DataT]):
 
     async def _dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str) -> None:
         log.warning("dead-lettering %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason)
-        letter = dead_letter(record, consumer=self.group_id, reason=reason)
+        letter = dead_letter(record, consumer=self.name, reason=reason)
         await self._publisher.publish(self._settings.deadletter_topic, letter, key=record.topic)
         self.stats.dead_lettered += 1
+
+
+async def _reached(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
+    for partition, end in ends.items():
+        if await consumer.position(partition) < end:
+            return False
+    return True
 
 
 def _lag(consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int]) -> int:

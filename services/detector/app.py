@@ -2,10 +2,12 @@
 
 At start the database (``detector.database_url``, default a SQLite file in ``data_dir``) is migrated and
 this instance's saved targets are loaded: configured and registered targets resume from them (see
-``Detector.put``), the others are dropped. Loops: the scheduler (probes), the outbox (publishes changes at
+``Detector.put``), the others are dropped. Loops: the scheduler (probes), the latest-state buffer (publishes changes at
 once and the latest state per target when the broker comes back), the heartbeat, the write-behind of
 target states (which also deletes other instances' rows not saved for ``detector.state_retention_days``),
-and the EO registry follower (adds, changes and removes ``eo:<EORI>`` targets while running).
+the EO registry follower (adds, changes and removes ``eo:<EORI>`` targets while running) and, with
+``detector.vantage_points``, the follower of the other instances' heartbeats (which EO endpoints are probed
+here). With ``detector.workers`` > 1 the scheduler loop is the pool of probe worker processes.
 At shutdown what changed since the last save is saved.
 """
 
@@ -25,16 +27,18 @@ from services.detector.api import router
 from services.detector.domain import TargetStatus
 from services.detector.metrics import DetectorMetrics
 from services.detector.migrate import upgrade
+from services.detector.peers import PeerWatch
 from services.detector.probes import CredentialsError, Prober
 from services.detector.producer import Producer
 from services.detector.registry import RegistryFollower
 from services.detector.service import Detector
 from services.detector.store import TargetStore, WriteBehind
 from services.detector.targets import InvalidTarget, Target, TlsFiles, eo_signing, from_settings
+from services.detector.vantage import Membership
 from shared.auth import authorize, build_guard, install_guard
 from shared.config import ConfigError, Settings
 from shared.db import make_engine, session_factory
-from shared.events import AvailabilityData, CloudEvent, DeadLetterData
+from shared.events import AvailabilityData, CloudEvent
 from shared.http import add_ops_routes
 from shared.kafka import ensure_topics
 from shared.tasks import BackgroundTasks
@@ -59,6 +63,9 @@ def configured_targets(settings: Settings, prober: Prober) -> list[Target]:
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"detector.targets[{index}] ({configured.id}): TLS files: {exc}") from exc
         targets.append(target)
+    if detector.vantage_points and detector.eo_targets and not targets:
+        raise ConfigError("detector.vantage_points needs at least one configured target: the instances see each "
+                          "other through the heartbeats of the targets they all probe")
     if detector.eo_targets and (detector.ca_file or detector.client_cert_file):
         try:
             prober.contexts.get(TlsFiles(detector.ca_file, detector.client_cert_file, detector.client_key_file))
@@ -109,10 +116,8 @@ def create_app(settings: Settings) -> FastAPI:
             async def send(target_id: str, event: CloudEvent[AvailabilityData]) -> None:
                 await publisher.publish(kafka.availability_topic, event, key=target_id)
 
-            async def dead_letter(letter: CloudEvent[DeadLetterData]) -> None:
-                await publisher.publish(kafka.deadletter_topic, letter, key=kafka.eos_topic)
-
-            detector = Detector(settings=settings.detector, prober=prober, send=send, metrics=metrics)
+            detector = Detector(settings=settings.detector, prober=prober, send=send, metrics=metrics,
+                                logging_settings=settings.logging)
             detector.resume_from(saved)
             for target in targets:
                 detector.put(target)
@@ -127,7 +132,7 @@ def create_app(settings: Settings) -> FastAPI:
             state.update(detector=detector, tasks=tasks, write_behind=write_behind)
             app.state.detector = detector
             tasks.start(detector.scheduler.run(), name="scheduler")
-            tasks.start(detector.outbox.run(), name="publish")
+            tasks.start(detector.latest.run(), name="publish")
             tasks.start(detector.heartbeat_loop(), name="heartbeat")
             tasks.start(write_behind.run(), name="save")
             if settings.detector.eo_targets:
@@ -137,11 +142,18 @@ def create_app(settings: Settings) -> FastAPI:
                     on_upsert=detector.on_eo,
                     on_remove=detector.on_eo_removed,
                     on_replayed=detector.retain_eos,
-                    dead_letter=dead_letter,
+                    sink=publisher,
                     on_outcome=lambda outcome: metrics.registry_records.labels(outcome).inc(),
                 )
                 state["follower"] = follower
                 tasks.start(follower.run(), name="eo-registry")
+                if settings.detector.vantage_points:
+                    peers = PeerWatch(
+                        kafka=kafka,
+                        membership=Membership(self_id=instance, timeout_s=settings.detector.vantage_timeout_s),
+                        on_members=detector.set_vantage_members,
+                    )
+                    tasks.start(peers.run(), name="vantage-points")
             try:
                 yield
             finally:
@@ -154,7 +166,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     async def broker_ready() -> str | None:
         detector: Detector | None = state.get("detector")
-        return "starting" if detector is None else detector.outbox.last_error
+        return "starting" if detector is None else detector.latest.last_error
 
     async def registry_ready() -> str | None:
         follower: RegistryFollower | None = state.get("follower")

@@ -4,7 +4,7 @@ Not :class:`shared.kafka.Publisher`: that one is idempotent, and aiokafka never 
 an idempotent producer; while the broker is away it retries them until it returns and then delivers
 them, outdated, ahead of anything newer. For the detector that would turn an outage that began and
 ended while the broker was away into a late "down" then "up" (a procedure opened and closed after the
-fact). Here a send that the broker did not acknowledge in time fails, the outbox keeps the target's
+fact). Here a send that the broker did not acknowledge in time fails, the latest-state buffer keeps the target's
 latest state, and only that is published once the broker is back. A send retried after a lost
 acknowledgement may reach the broker twice; consumers ignore an observation they already have.
 """
@@ -32,7 +32,7 @@ class Producer:
             client_id=client_id,
             acks="all",
             enable_idempotence=False,
-            linger_ms=0,  # a state change goes out at once; the outbox hands over heartbeats in batches anyway
+            linger_ms=0,  # a state change goes out at once; heartbeats come in batches from the latest-state buffer
             request_timeout_ms=int(timeout_s * 1000),
         )
         self.started = False
@@ -51,6 +51,12 @@ class Producer:
             await self._producer.stop()
             self.started = False
 
-    async def publish(self, topic: str, event: CloudEvent[Any], *, key: str) -> None:
+    async def publish(self, topic: str, event: CloudEvent[Any], *, key: str | None) -> None:
         async with asyncio.timeout(self._timeout_s * 2):  # the batch expires first; this is a backstop
-            await self._producer.send_and_wait(topic, value=event.to_bytes(), key=key.encode())
+            await self._producer.send_and_wait(
+                topic, value=event.to_bytes(), key=key.encode() if key is not None else None
+            )
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        partitions: set[int] = await self._producer.partitions_for(topic)
+        return partitions

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from services.detector.clock import Clock, running_clock
 from services.detector.domain import ProbeResult, TargetStatus, due_after_probe, first_due, next_due
 from services.detector.metrics import DetectorMetrics
 from services.detector.targets import Target
@@ -58,7 +59,9 @@ class Scheduler:
         per_host_limit: int,
         metrics: DetectorMetrics | None = None,
         lag_samples: int = 20_000,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock = clock  # None: the running loop's
         self._probe = probe
         self._on_result = on_result
         self._metrics = metrics
@@ -85,9 +88,8 @@ class Scheduler:
     def in_flight(self) -> int:
         return len(self._running)
 
-    @staticmethod
-    def _now() -> float:
-        return asyncio.get_running_loop().time()
+    def _now(self) -> float:
+        return running_clock(self._clock).time()
 
     def schedule(self, target: Target) -> None:
         """(Re)schedule ``target``: first probe within one interval; a probe of its old version is ignored."""
@@ -152,15 +154,16 @@ class Scheduler:
     async def run(self) -> None:
         """Start probes as they fall due, until cancelled (probes in flight are cancelled with it)."""
         loop = asyncio.get_running_loop()
+        clock = running_clock(self._clock)
         try:
             while True:
-                now = loop.time()
+                now = clock.time()
                 self._start_due(now)
                 self._waiter = loop.create_future()
                 timer = None
                 if self._heap:
                     self._wake_at = self._heap[0][0]
-                    timer = loop.call_at(self._wake_at, self._wake)
+                    timer = clock.call_at(self._wake_at, self._wake)
                 else:
                     self._wake_at = None
                 try:
@@ -218,8 +221,17 @@ class Scheduler:
         if self._slots.get(slot.target.id) is not slot:
             return  # unscheduled or replaced meanwhile
         status = self._on_result(slot.target, result)
-        if status is None:
-            return
+        if status is not None:
+            self._pace(slot, status)
+
+    def pace(self, target_id: str, status: TargetStatus) -> None:
+        """Pace ``target_id``'s next probe by its status after its latest result, when ``on_result`` could not
+        tell it at once (a probe worker: the status is decided by the parent process)."""
+        slot = self._slots.get(target_id)
+        if slot is not None:
+            self._pace(slot, status)
+
+    def _pace(self, slot: _Slot, status: TargetStatus) -> None:
         retry_due = due_after_probe(
             status, finished=self._now(), regular_due=slot.regular_due, retry_interval_s=slot.target.retry_interval_s
         )

@@ -1,7 +1,7 @@
 """The detector's use cases: keep the set of targets, fold each probe result in, decide what to publish.
 
 The state decisions are the domain's; this module applies them to the detector's in-memory state and
-hands what must be said to the outbox (a change at once, every state again as a heartbeat, and a suspicion
+hands what must be said to the latest-state buffer (a change at once, every state again as a heartbeat, and a suspicion
 at once: the first probe that disagrees with a target's state, every further one of the streak, and the one
 that ends the streak without a change, each as a heartbeat carrying the suspicion fields).
 
@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from services.detector.clock import Clock, running_clock, sleep
 from services.detector.domain import (
     ProbeResult,
     TargetStatus,
@@ -35,12 +36,14 @@ from services.detector.domain import (
     resume,
     suspicion,
 )
+from services.detector.latest import LatestStates, Send, note_superseded
 from services.detector.metrics import DetectorMetrics
-from services.detector.outbox import Outbox, Send, note_superseded
 from services.detector.probes import Prober
 from services.detector.scheduler import Scheduler
 from services.detector.targets import EO_TARGET_PREFIX, InvalidTarget, Target, eo_target_id, from_eo
-from shared.config import DetectorSettings, ProbeKind
+from services.detector.vantage import owns
+from services.detector.workers import WorkerPool
+from shared.config import DetectorSettings, LoggingSettings, ProbeKind
 from shared.events import AvailabilityData, CloudEvent, Component, EoData, EventType
 
 log = logging.getLogger(__name__)
@@ -65,7 +68,7 @@ class SavedTarget:
 
 
 class Detector:
-    """Every target's status, the scheduler that probes them and the outbox that publishes them."""
+    """Every target's status, the scheduler that probes them and the buffer that publishes their latest states."""
 
     def __init__(
         self,
@@ -75,10 +78,13 @@ class Detector:
         send: Send,
         metrics: DetectorMetrics,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        logging_settings: LoggingSettings | None = None,
+        ticks: Clock | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
         self._clock = clock
+        self._ticks = ticks  # monotonic time of the loops (heartbeats, probes, retries); None: the running loop's
         self.targets: dict[str, Target] = {}
         self.statuses: dict[str, TargetStatus] = {}
         self._cert_levels: dict[str, int | None] = {}
@@ -90,23 +96,36 @@ class Detector:
         self._eo_keys: dict[str, str] = {}  # SHA-256 of an EO's API key -> its EORI (from the registry)
         self._eo_key_of: dict[str, str] = {}  # and back
         self._forgotten: set[str] = set()  # to delete from the saved targets
+        self._registered: dict[str, Target] = {}  # every EO endpoint of the registry; those probed here are in targets
+        self._vantage_members: frozenset[str] | None = None  # live instances (vantage_points); None: not known yet
         self.save_now = asyncio.Event()
         """Set when something should be saved at once rather than with the next batch."""
-        self.scheduler = Scheduler(
-            probe=prober.probe,
-            on_result=self.record,
-            max_concurrency=settings.max_concurrency,
-            per_host_limit=settings.per_host_limit,
-            metrics=metrics,
-        )
-        self.outbox = Outbox(
+        self.scheduler: Scheduler | WorkerPool
+        if settings.workers > 1:  # probes in child processes; their results come back to record()
+            logs = logging_settings or LoggingSettings()
+            self.scheduler = WorkerPool(
+                workers=settings.workers, on_result=self.record, max_concurrency=settings.max_concurrency,
+                per_host_limit=settings.per_host_limit, metrics=metrics, log_level=logs.level,
+                log_format=logs.format,
+            )
+        else:
+            self.scheduler = Scheduler(
+                probe=prober.probe,
+                on_result=self.record,
+                max_concurrency=settings.max_concurrency,
+                per_host_limit=settings.per_host_limit,
+                metrics=metrics,
+                clock=ticks,
+            )
+        self.latest = LatestStates(
             build=self.event,
             send=send,
             on_failure=lambda _exc: metrics.publish_failures.inc(),
             on_superseded=metrics.collapsed.inc,
             on_published=self._published,
+            clock=ticks,
         )
-        metrics.pending.set_function(lambda: len(self.outbox))
+        metrics.pending.set_function(lambda: len(self.latest))
 
     def view(self) -> Iterator[tuple[Target, TargetStatus]]:
         for target_id, target in list(self.targets.items()):
@@ -135,6 +154,10 @@ class Detector:
 
     def remove(self, target_id: str) -> bool:
         """Stop probing and publishing ``target_id`` and forget it; return whether it was a target."""
+        self._registered.pop(target_id, None)
+        return self._unprobe(target_id)
+
+    def _unprobe(self, target_id: str) -> bool:
         if self._saved.pop(target_id, None) is not None:
             self._forgotten.add(target_id)
         if self.targets.pop(target_id, None) is None:
@@ -148,7 +171,7 @@ class Detector:
         self._changed.discard(target_id)
         self._forgotten.add(target_id)
         self.scheduler.unschedule(target_id)
-        self.outbox.drop(target_id)
+        self.latest.drop(target_id)
         return True
 
     def on_eo(self, eo: EoData) -> str:
@@ -163,6 +186,10 @@ class Detector:
             return "rejected"
         if target is None:
             return "removed" if self.remove(target_id) else "no_endpoint"
+        self._registered[target_id] = target
+        if not self._probes_here(target):
+            self._unprobe(target_id)
+            return "elsewhere"
         if self.put(target):
             log.info("probing the AS4 endpoint of EO %s: %s", eo.eori, target.url)
             return "upserted"
@@ -189,10 +216,46 @@ class Detector:
         """After a full replay of the registry, drop EO targets the registry no longer has (saved ones too)."""
         for eori in [e for e in self._eo_key_of if e not in eoris]:
             self._learn_key(eori, None)
-        for target_id, target in list(self.targets.items()):
-            if target.source == "registry" and target.eori not in eoris:
+        for target_id, target in list(self._registered.items()):
+            if target.eori not in eoris:
                 self.remove(target_id)
         self.forget_unclaimed(registry=True)
+
+    # --- vantage points -------------------------------------------------------------------------
+
+    def _probes_here(self, target: Target) -> bool:
+        k = self._settings.vantage_points
+        if not k or target.source != "registry" or self._vantage_members is None:
+            return True  # configured (national) targets everywhere; every EO until the live instances are known
+        return owns(self._settings.instance_id, target.id, self._vantage_members, k)
+
+    @property
+    def eo_endpoints(self) -> int:
+        """EO endpoints in the registry, probed here or by the other vantage points."""
+        return len(self._registered)
+
+    @property
+    def vantage_members(self) -> frozenset[str] | None:
+        """The live detector instances the EO endpoints are shared among (None: not known, or every EO here)."""
+        return self._vantage_members
+
+    def set_vantage_members(self, members: frozenset[str]) -> tuple[int, int]:
+        """Follow the live detector instances (``vantage_points``): probe the EO endpoints this instance is now
+        one of the k owners of, stop probing the others. Returns (taken over, handed over)."""
+        self._vantage_members = members
+        taken = handed = 0
+        for target_id, target in list(self._registered.items()):
+            if self._probes_here(target):
+                if target_id not in self.targets:
+                    self.put(target)
+                    taken += 1
+            elif self._unprobe(target_id):
+                handed += 1
+        if taken or handed:
+            log.info("detector instances now %s: probing %d more EO endpoints, %d fewer (%d of %d here)",
+                     ", ".join(sorted(members)), taken, handed,
+                     sum(1 for t in self.targets.values() if t.source == "registry"), len(self._registered))
+        return taken, handed
 
     # --- across restarts ------------------------------------------------------------------------
 
@@ -222,7 +285,7 @@ class Detector:
             if status.unconfirmed:
                 self._held[target.id] = (saved.unpublished, saved.superseded)
             else:
-                self.outbox.restore(target.id, saved.unpublished, saved.superseded)
+                self.latest.restore(target.id, saved.unpublished, saved.superseded)
         if status.unconfirmed:
             log.info("target %s resumes %s since %s, not confirmed since a restart long after its last probe: "
                      "not published until fresh probes confirm it", target.id, status.state.value, status.since)
@@ -249,7 +312,7 @@ class Detector:
         if target is None or status is None or status.last is None:
             return None
         held = self._held.get(target_id)
-        unpublished, superseded = held if held is not None else self.outbox.unpublished(target_id)
+        unpublished, superseded = held if held is not None else self.latest.unpublished(target_id)
         return SavedTarget(
             target_id=target_id, component=target.component, probe=target.probe, url=target.url, status=status,
             unpublished=unpublished, superseded=superseded, cert_warning=self._cert_levels.get(target_id),
@@ -283,24 +346,24 @@ class Detector:
             )
             metrics.transitions.labels(target.component.value, transition.current.value).inc()
             self._release_held(target.id)
-            self.outbox.changed(target.id, transition)
+            self.latest.changed(target.id, transition)
             self.save_now.set()
         elif status.unconfirmed:
             pass  # a state saved long ago: published once fresh probes confirm it
         elif before.unconfirmed:
             log.info("target %s: fresh probes confirm it %s since %s", target.id, status.state.value, status.since)
             if not self._release_held(target.id):
-                self.outbox.refresh(target.id)
+                self.latest.refresh(target.id)
         elif status.degraded != before.degraded:
             log.info("target %s %s degraded (latency %s ms)", target.id,
                      "is" if status.degraded else "is no longer", result.latency_ms)
-            self.outbox.refresh(target.id)
+            self.latest.refresh(target.id)
         elif first_since_restart:
-            self.outbox.refresh(target.id)  # resumed: current again at once, not at the next heartbeat
+            self.latest.refresh(target.id)  # resumed: current again at once, not at the next heartbeat
         elif is_suspect(status) or is_suspect(before):
             # A change may be on its way (or the streak grew: a fresher verdict estimate), or the streak broke
             # without one: a consumer waiting for this target's verdict learns it now, not at the heartbeat.
-            self.outbox.refresh(target.id)
+            self.latest.refresh(target.id)
         if is_suspect(status) and not is_suspect(before):
             self._corroborate(target)
         self._check_certificate(target, result)
@@ -324,7 +387,7 @@ class Detector:
         held = self._held.pop(target_id, None)
         if held is None:
             return False
-        self.outbox.restore(target_id, *held)
+        self.latest.restore(target_id, *held)
         return True
 
     def _check_certificate(self, target: Target, result: ProbeResult) -> None:
@@ -404,10 +467,10 @@ class Detector:
     async def heartbeat_loop(self) -> None:
         """Mark every probed target for re-publication every ``heartbeat_s`` (not unconfirmed ones)."""
         while True:
-            await asyncio.sleep(self._settings.heartbeat_s)
+            await sleep(running_clock(self._ticks), self._settings.heartbeat_s)
             for target_id, status in list(self.statuses.items()):
                 if status.last is not None and not status.unconfirmed:
-                    self.outbox.refresh(target_id)
+                    self.latest.refresh(target_id)
 
 
 def _warn_expiry(what: str, target_id: str, level: int | None, expires_at: datetime) -> None:

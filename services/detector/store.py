@@ -16,8 +16,6 @@ other instances not saved for the retention period (:meth:`TargetStore.sweep`), 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -28,6 +26,7 @@ from typing import Any, cast
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.detector.clock import Clock, running_clock, sleep, wait_for_event
 from services.detector.domain import ProbeResult, TargetStatus, Transition
 from services.detector.models import TargetStateRow
 from services.detector.service import Detector, SavedTarget
@@ -206,7 +205,9 @@ class WriteBehind:
         sweep_every_s: float = 3600.0,
         on_save: Callable[[float], None] | None = None,
         on_failure: Callable[[BaseException], None] | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock = clock  # None: the running loop's
         self._detector = detector
         self._store = store
         self._interval_s = interval_s
@@ -260,23 +261,21 @@ class WriteBehind:
         Sweeps at start and whenever a sweep is due, after the flush (a change to save never waits for one).
         """
         save_now = self._detector.save_now
-        loop = asyncio.get_running_loop()
+        clock = running_clock(self._clock)
         delay = self._interval_s
-        last_flush = -self._min_gap_s
-        next_sweep = loop.time() + await self.sweep()
+        last_flush = clock.time() - self._min_gap_s
+        next_sweep = clock.time() + await self.sweep()
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval_s):
-                    await save_now.wait()
-            await asyncio.sleep(max(0.0, last_flush + self._min_gap_s - loop.time()))
+            await wait_for_event(clock, save_now, self._interval_s)
+            await sleep(clock, last_flush + self._min_gap_s - clock.time())
             save_now.clear()
-            last_flush = loop.time()
+            last_flush = clock.time()
             flushed = await self.flush()
-            if loop.time() >= next_sweep:
-                next_sweep = loop.time() + await self.sweep()
+            if clock.time() >= next_sweep:
+                next_sweep = clock.time() + await self.sweep()
             if flushed:
                 delay = self._interval_s
                 continue
             log.warning("saving target states failed, retrying in %.0fs: %s", delay, self.last_error)
-            await asyncio.sleep(delay)
+            await sleep(clock, delay)
             delay = min(delay * 2, self._retry_max_s)

@@ -321,7 +321,7 @@ async def test_a_state_resumed_unconfirmed_stays_so_across_a_quick_second_restar
     long_ago = now - timedelta(hours=1)
     for i in range(2):
         before.record(target, result(True, long_ago + timedelta(seconds=i)))
-    assert await before.outbox.flush()
+    assert await before.latest.flush()
     assert broker.summary() == [(EventType.AVAILABILITY_CHANGED, "up", "unknown")]
 
     first = await save_and_restart(engine, before, broker)
@@ -333,10 +333,10 @@ async def test_a_state_resumed_unconfirmed_stays_so_across_a_quick_second_restar
     status = second.statuses["ada"]
     assert (status.state, status.unconfirmed, status.consecutive_failures) == (UP, True, 1)
     second.record(second.targets["ada"], result(False, now + timedelta(seconds=1)))
-    assert await second.outbox.flush()
+    assert await second.latest.flush()
     assert len(broker.sent) == 1, "nothing published for the old up"
     second.record(second.targets["ada"], result(False, now + timedelta(seconds=2)))  # the third failure
-    assert await second.outbox.flush()
+    assert await second.latest.flush()
     assert broker.summary()[1:] == [(EventType.AVAILABILITY_CHANGED, "down", "up")]
 
 
@@ -351,11 +351,11 @@ async def test_a_held_change_stays_held_across_a_quick_second_restart(engine: As
     long_ago = now - timedelta(hours=2)
     for i in range(2):
         before.record(target, result(True, long_ago + timedelta(seconds=i)))
-    assert await before.outbox.flush()  # consumers know it up
+    assert await before.latest.flush()  # consumers know it up
     broker.up = False
     for i in range(2, 5):
         before.record(target, result(False, long_ago + timedelta(seconds=i)))  # down, never published
-    assert not await before.outbox.flush()
+    assert not await before.latest.flush()
     broker.up = True
     held = Transition(UP, DOWN, long_ago + timedelta(seconds=4))
 
@@ -363,18 +363,18 @@ async def test_a_held_change_stays_held_across_a_quick_second_restart(engine: As
     row = (await rows(engine))["ada"]
     assert (row.unconfirmed, row.unpublished_from) == (False, "up"), "saved before the long stop"
     first.record(first.targets["ada"], result(False, now))
-    assert (first.statuses["ada"].unconfirmed, len(first.outbox)) == (True, 0)
+    assert (first.statuses["ada"].unconfirmed, len(first.latest)) == (True, 0)
 
     second = await save_and_restart(engine, first, broker)
     row = (await rows(engine))["ada"]
     assert (row.unconfirmed, row.unpublished_from) == (True, "up")
-    assert (second.statuses["ada"].unconfirmed, len(second.outbox)) == (True, 0), "still held"
-    assert await second.outbox.flush()
+    assert (second.statuses["ada"].unconfirmed, len(second.latest)) == (True, 0), "still held"
+    assert await second.latest.flush()
     assert len(broker.sent) == 1
     assert second.snapshot("ada").unpublished == held  # type: ignore[union-attr]
     for i in (1, 2):  # three fresh failures: down confirmed, the held change goes out
         second.record(second.targets["ada"], result(False, now + timedelta(seconds=i)))
-    assert await second.outbox.flush()
+    assert await second.latest.flush()
     [change] = broker.sent[1:]
     assert (change.type, change.data.previous_state, change.data.state, change.data.since) == (
         EventType.AVAILABILITY_CHANGED, UP, DOWN, held.at)
@@ -440,7 +440,7 @@ async def test_an_unpublished_change_survives_a_restart_and_is_published_once(
     now = datetime.now(UTC)
     for i in range(3):
         before.record(target, result(False, now - timedelta(seconds=2 - i)))
-    assert not await before.outbox.flush()
+    assert not await before.latest.flush()
     assert await WriteBehind(detector=before, store=TargetStore(session_factory(engine), instance_id=INSTANCE)).flush()
     assert (await rows(engine))["ada"].unpublished_from == "unknown"
 

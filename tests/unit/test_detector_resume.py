@@ -1,14 +1,14 @@
-"""Unit tests of what a detector keeps across a restart: the resume rule (pure), the outbox's unpublished
-changes, and the detector's side of saving (what is marked, what resumes, what is forgotten)."""
+"""Unit tests of what a detector keeps across a restart: the resume rule (pure), the latest-state buffer's
+unpublished changes, and the detector's side of saving (what is marked, what resumes, what is forgotten)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -23,14 +23,15 @@ from services.detector.domain import (
     observe,
     resume,
 )
+from services.detector.latest import LatestStates
 from services.detector.metrics import DetectorMetrics
-from services.detector.outbox import Outbox
 from services.detector.probes import Prober
 from services.detector.service import Detector, SavedTarget
 from services.detector.store import _SWEEP_LIMIT, TargetStore, WriteBehind
 from services.detector.targets import Target, from_settings
 from shared.config import DetectorSettings, TargetSettings
 from shared.events import AvailabilityData, CloudEvent, Component, ComponentState, EoData, EventType
+from tests.clock import ManualClock, settle
 
 UP, DOWN, UNKNOWN = ComponentState.UP, ComponentState.DOWN, ComponentState.UNKNOWN
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -129,7 +130,7 @@ def test_a_restart_within_the_window_changes_no_decision(before: list[bool], aft
     assert run(second, resumed) == uninterrupted
 
 
-# --- the outbox's unpublished changes -------------------------------------------------------------
+# --- the latest-state buffer's unpublished changes -------------------------------------------------------------
 
 
 def _event(target_id: str, transition: Transition | None, _superseded: int) -> CloudEvent[AvailabilityData]:
@@ -150,16 +151,16 @@ async def test_a_change_sent_but_not_acknowledged_is_still_unpublished() -> None
     async def send(_target_id: str, _event: CloudEvent[AvailabilityData]) -> None:
         await release.wait()
 
-    outbox = Outbox(build=_event, send=send, on_published=lambda *args: published.append(args))
+    latest = LatestStates(build=_event, send=send, on_published=lambda *args: published.append(args))
     change = Transition(UP, DOWN, T0)
-    outbox.changed("a", change)
-    flushing = asyncio.create_task(outbox.flush())
+    latest.changed("a", change)
+    flushing = asyncio.create_task(latest.flush())
     await asyncio.sleep(0)
-    assert len(outbox) == 0, "taken by the flush"
-    assert outbox.unpublished("a") == (change, 0)
+    assert len(latest) == 0, "taken by the flush"
+    assert latest.unpublished("a") == (change, 0)
     release.set()
     assert await flushing
-    assert outbox.unpublished("a") == (None, 0)
+    assert latest.unpublished("a") == (None, 0)
     assert published == [("a", change, 0)]
 
 
@@ -167,24 +168,24 @@ async def test_a_cancelled_publication_stays_pending() -> None:
     async def send(_target_id: str, _event: CloudEvent[AvailabilityData]) -> None:
         await asyncio.Event().wait()
 
-    outbox = Outbox(build=_event, send=send)
-    outbox.changed("a", Transition(UP, DOWN, T0))
-    flushing = asyncio.create_task(outbox.flush())
+    latest = LatestStates(build=_event, send=send)
+    latest.changed("a", Transition(UP, DOWN, T0))
+    flushing = asyncio.create_task(latest.flush())
     await asyncio.sleep(0)
     flushing.cancel()
     await asyncio.gather(flushing, return_exceptions=True)
-    assert len(outbox) == 1
-    assert outbox.unpublished("a") == (Transition(UP, DOWN, T0), 0)
+    assert len(latest) == 1
+    assert latest.unpublished("a") == (Transition(UP, DOWN, T0), 0)
 
 
 def test_a_restored_change_folds_with_a_newer_one() -> None:
     async def send(_target_id: str, _event: CloudEvent[AvailabilityData]) -> None:
         raise AssertionError("not sent here")
 
-    outbox = Outbox(build=_event, send=send)
-    outbox.restore("a", Transition(UP, DOWN, T0), 1)
-    outbox.changed("a", Transition(DOWN, UP, T0 + timedelta(minutes=1)))
-    assert outbox.unpublished("a") == (None, 3), "down and up again: nothing to tell but three superseded changes"
+    latest = LatestStates(build=_event, send=send)
+    latest.restore("a", Transition(UP, DOWN, T0), 1)
+    latest.changed("a", Transition(DOWN, UP, T0 + timedelta(minutes=1)))
+    assert latest.unpublished("a") == (None, 3), "down and up again: nothing to tell but three superseded changes"
 
 
 # --- the detector's side of saving ---------------------------------------------------------------
@@ -213,12 +214,12 @@ class Clock:
         return self.now
 
 
-def make(broker: Broker, clock: Clock, **overrides: Any) -> Detector:
+def make(broker: Broker, clock: Clock, *, ticks: ManualClock | None = None, **overrides: Any) -> Detector:
     values: dict[str, Any] = {"instance_id": "vp-1", "interval_s": INTERVAL_S, "failure_threshold": 3,
                               "success_threshold": 2}
     values.update(overrides)
     return Detector(settings=DetectorSettings(**values), prober=Prober(), send=broker.send,
-                    metrics=DetectorMetrics.create(CollectorRegistry()), clock=clock)
+                    metrics=DetectorMetrics.create(CollectorRegistry()), clock=clock, ticks=ticks)
 
 
 def ada(detector: Detector, url: str = "https://b2g.lu/as4") -> Target:
@@ -228,10 +229,11 @@ def ada(detector: Detector, url: str = "https://b2g.lu/as4") -> Target:
     return target
 
 
-def restart(detector: Detector, broker: Broker, clock: Clock, *, url: str = "https://b2g.lu/as4") -> Detector:
+def restart(detector: Detector, broker: Broker, clock: Clock, *, url: str = "https://b2g.lu/as4",
+            **overrides: Any) -> Detector:
     """What a restart keeps: everything that was saved (as if every change had been flushed)."""
     saved = [s for target_id in detector.targets if (s := detector.snapshot(target_id)) is not None]
-    again = make(broker, clock)
+    again = make(broker, clock, **overrides)
     again.resume_from(saved)
     ada(again, url)
     again.forget_unclaimed(registry=False)
@@ -263,7 +265,7 @@ async def test_a_published_change_is_saved_again_without_it() -> None:
         detector.record(target, probe(False, i))
     detector.take_changes()
     detector.save_now.clear()
-    assert await detector.outbox.flush()
+    assert await detector.latest.flush()
     assert detector.save_now.is_set()
     [saved], _ = detector.take_changes()
     assert saved.unpublished is None
@@ -286,14 +288,14 @@ async def test_a_restart_within_the_window_resumes_and_publishes_the_first_fresh
     target = ada(detector)
     for i in range(5):
         detector.record(target, probe(False, i))
-    await detector.outbox.flush()
+    await detector.latest.flush()
     clock.now = T0 + timedelta(seconds=30)
     again = restart(detector, broker, clock)
     status = again.statuses["ada-as4"]
     assert (status.state, status.since, status.consecutive_failures, status.unconfirmed) == (
         DOWN, T0 + timedelta(seconds=2), 5, False)
     again.record(again.targets["ada-as4"], probe(False, 30))
-    await again.outbox.flush()
+    await again.latest.flush()
     assert broker.summary()[1:] == [(EventType.AVAILABILITY_HEARTBEAT, "down", None, T0 + timedelta(seconds=2))]
 
 
@@ -304,32 +306,34 @@ async def test_an_unpublished_change_is_published_after_a_restart() -> None:
     target = ada(detector)
     for i in range(3):
         detector.record(target, probe(False, i))
-    assert not await detector.outbox.flush()
+    assert not await detector.latest.flush()
     broker.up = True
     again = restart(detector, broker, clock)
-    assert await again.outbox.flush()
+    assert await again.latest.flush()
     assert broker.summary() == [(EventType.AVAILABILITY_CHANGED, "down", "unknown", T0 + timedelta(seconds=2))]
 
 
 async def test_an_old_state_is_not_heartbeated_until_fresh_probes_confirm_it() -> None:
     broker, clock = Broker(), Clock(T0)
-    detector = make(broker, clock, heartbeat_s=0.01)
+    detector = make(broker, clock)
     target = ada(detector)
     for i in range(3):
         detector.record(target, probe(False, i))
-    await detector.outbox.flush()
+    await detector.latest.flush()
     clock.now = T0 + timedelta(hours=2)
-    again = restart(detector, broker, clock)
+    ticks = ManualClock()
+    again = restart(detector, broker, clock, heartbeat_s=15, ticks=ticks)
     assert again.statuses["ada-as4"].unconfirmed
     heartbeat = asyncio.create_task(again.heartbeat_loop())
-    await asyncio.sleep(0.05)
+    await ticks.advance(45)  # three heartbeats
     heartbeat.cancel()
+    assert not len(again.latest), "an unconfirmed state is not heartbeated"
     again.record(again.targets["ada-as4"], probe(False, 7200))
     again.record(again.targets["ada-as4"], probe(False, 7210))
-    await again.outbox.flush()
+    await again.latest.flush()
     assert len(broker.sent) == 1, "nothing published for the old state yet"
     again.record(again.targets["ada-as4"], probe(False, 7220))
-    await again.outbox.flush()
+    await again.latest.flush()
     assert broker.summary()[1:] == [(EventType.AVAILABILITY_HEARTBEAT, "down", None, T0 + timedelta(seconds=2))]
 
 
@@ -341,19 +345,19 @@ async def test_an_old_unpublished_change_waits_for_confirmation_and_folds_if_it_
     for i in range(2):
         detector.record(target, probe(True, i))
     broker.up = True
-    await detector.outbox.flush()  # consumers know it up
+    await detector.latest.flush()  # consumers know it up
     broker.up = False
     for i in range(2, 5):
         detector.record(target, probe(False, i))  # down, not published
     clock.now = T0 + timedelta(hours=2)
     broker.up = True
     again = restart(detector, broker, clock)
-    assert await again.outbox.flush()
+    assert await again.latest.flush()
     assert len(broker.sent) == 1, "held until confirmed"
     assert again.snapshot("ada-as4").unpublished == Transition(UP, DOWN, T0 + timedelta(seconds=4))  # type: ignore[union-attr]
     again.record(again.targets["ada-as4"], probe(True, 7200))
     again.record(again.targets["ada-as4"], probe(True, 7210))  # it came back meanwhile
-    await again.outbox.flush()
+    await again.latest.flush()
     [event] = broker.sent[1:]
     assert (event.type, event.data.state) == (EventType.AVAILABILITY_HEARTBEAT, UP)
     assert "superseded" in (event.data.detail or "")
@@ -407,37 +411,38 @@ async def test_a_burst_of_changes_is_saved_in_a_few_batches_and_a_lone_one_at_on
     for target in targets:
         detector.put(target)
     store = CountingStore()
-    loop = asyncio.create_task(WriteBehind(detector=detector, store=store, interval_s=60, min_gap_s=0.05).run())
+    ticks = ManualClock()
+    loop = asyncio.create_task(
+        WriteBehind(detector=detector, store=store, interval_s=60, min_gap_s=0.05, clock=ticks).run())
     try:
-        await asyncio.sleep(0.01)
+        await ticks.advance(0.01)
         detector.record(targets[0], probe(False, 1))
-        await asyncio.sleep(0.01)
+        await settle()
         assert store.batches == [(["t0"], [])], "a lone change: saved at once"
-        await asyncio.sleep(0.1)
-        started = time.monotonic()
-        for target in targets[1:]:  # a change every 2 ms or so
+        await ticks.advance(0.1)
+        for target in targets[1:]:  # a change every 2 ms: 0.196 s of changes
             detector.record(target, probe(False, 1))
-            await asyncio.sleep(0.002)
-        burst_s = time.monotonic() - started
-        await asyncio.sleep(0.1)
+            await ticks.advance(0.002)
+        await ticks.advance(0.1)
     finally:
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
     assert sorted(t for saved, _ in store.batches[1:] for t in saved) == sorted(t.id for t in targets[1:])
-    bound = burst_s / 0.05 + 3  # one per gap, plus the edges
-    assert len(store.batches) - 1 <= bound < 99, f"{len(store.batches) - 1} transactions for 99 changes"
+    # The first change of the burst at once, then one batch per gap of 0.05 s: 5 transactions, not 99.
+    assert len(store.batches) - 1 == 5, store.batches
 
 
 class SweepingStore(CountingStore):
     """Answers each sweep with the next of ``outcomes`` (rows deleted, or an error), then 0; notes when."""
 
-    def __init__(self, outcomes: list[int | Exception]) -> None:
+    def __init__(self, outcomes: list[int | Exception], clock: ManualClock) -> None:
         super().__init__()
+        self.clock = clock
         self.outcomes = outcomes
         self.sweeps: list[float] = []
 
     async def sweep(self, *, limit: int = 0) -> int:
-        self.sweeps.append(asyncio.get_running_loop().time())
+        self.sweeps.append(self.clock.time())
         outcome = self.outcomes.pop(0) if self.outcomes else 0
         if isinstance(outcome, Exception):
             raise outcome
@@ -448,22 +453,25 @@ async def test_other_instances_expired_rows_are_swept_at_start_then_periodically
     broker, clock = Broker(), Clock(T0)
     detector = make(broker, clock)
     target = ada(detector)
-    store = SweepingStore([_SWEEP_LIMIT, 3, RuntimeError("database gone"), 0])
-    write_behind = WriteBehind(detector=detector, store=store, interval_s=0.01, sweep_every_s=0.2)
-    started = asyncio.get_running_loop().time()
+    ticks = ManualClock()
+    store = SweepingStore([_SWEEP_LIMIT, 3, RuntimeError("database gone"), 0], ticks)
+    write_behind = WriteBehind(detector=detector, store=store, interval_s=0.01, min_gap_s=0.01, sweep_every_s=0.2,
+                               clock=ticks)
+    started = ticks.time()
     loop = asyncio.create_task(write_behind.run())
     try:
-        await asyncio.sleep(0.45)
+        await ticks.advance(0.45)
         detector.record(target, probe(False, 1))
-        await asyncio.sleep(0.05)
+        await ticks.advance(0.05)
         assert not loop.done(), "a failed sweep does not stop the saves"
     finally:
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
     first, backlog, *_ = store.sweeps
     gaps = [later - earlier for earlier, later in zip(store.sweeps, store.sweeps[1:], strict=False)]
-    assert first - started < 0.05, "at start"
-    assert backlog - first < 0.1, "a full batch: the rest at the next interval, not in an hour"
-    assert len(gaps) >= 3 and all(gap >= 0.199 for gap in gaps[1:]), "then every sweep_every_s"
+    assert first == started, "at start"
+    assert backlog - first == pytest.approx(0.01), "a full batch: the rest at the next interval, not in an hour"
+    assert len(gaps) == 3 and all(gap == pytest.approx(0.2, abs=0.011) for gap in gaps[1:]), (
+        "then every sweep_every_s", gaps)
     assert write_behind.swept == _SWEEP_LIMIT + 3
     assert store.batches[-1] == (["ada-as4"], [])

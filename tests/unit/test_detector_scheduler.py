@@ -1,4 +1,7 @@
-"""Unit tests of the probe scheduler with in-memory probes: spread, limits, isolation of slow targets."""
+"""Unit tests of the probe scheduler with in-memory probes: spread, limits, isolation of slow targets.
+
+Time is a :class:`~tests.clock.ManualClock` the tests advance: no test waits on the wall clock, and what
+"within one interval" means is exact."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from services.detector.domain import ProbeResult, TargetStatus, observe, phase
@@ -18,7 +22,7 @@ from services.detector.scheduler import Scheduler
 from services.detector.targets import Target, from_settings
 from shared.config import DetectorSettings, TargetSettings
 from shared.events import ComponentState
-from tests.support import eventually
+from tests.clock import ManualClock
 
 SETTINGS = DetectorSettings(instance_id="t", interval_s=0.2, timeout_s=0.2)
 
@@ -40,6 +44,7 @@ class Recorder:
     """A probe function that records calls and concurrency; ``behaviour`` may make a target hang or be slow."""
 
     def __init__(self, behaviour: Callable[[Target], Any] | None = None) -> None:
+        self.clock = ManualClock()
         self.calls: Counter[str] = Counter()
         self.results: list[tuple[str, ProbeResult]] = []
         self.active = 0
@@ -78,31 +83,22 @@ async def running(scheduler: Scheduler) -> AsyncIterator[Scheduler]:
             await task
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
-
 def scheduler(recorder: Recorder, *, concurrency: int = 100, per_host: int = 100, **kwargs: Any) -> Scheduler:
     return Scheduler(
-        probe=recorder.probe, on_result=recorder.record, max_concurrency=concurrency, per_host_limit=per_host, **kwargs
+        probe=recorder.probe, on_result=recorder.record, max_concurrency=concurrency, per_host_limit=per_host,
+        clock=recorder.clock, **kwargs
     )
 
 
-async def test_every_target_is_probed_about_once_per_interval() -> None:
+async def test_every_target_is_probed_once_per_interval_at_its_phase() -> None:
     recorder = Recorder()
     sched = scheduler(recorder)
     for i in range(20):
         sched.schedule(target(f"t{i}"))
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     async with running(sched):
-        await asyncio.sleep(1.05)  # about five intervals of 0.2 s
-        slots = (loop.time() - started) / 0.2
-    assert set(recorder.calls) == {f"t{i}" for i in range(20)}
-    # Fixed-rate slots: one per interval (the first somewhere in the first interval), never a burst.
-    assert all(int(slots) - 1 <= n <= int(slots) + 1 for n in recorder.calls.values()), (slots, recorder.calls)
+        await recorder.clock.advance(1.05)  # five intervals of 0.2 s and a bit
+    # Fixed-rate slots: the first at the target's phase within the first interval, then one per interval.
+    assert recorder.calls == {f"t{i}": 6 if phase(f"t{i}") * 0.2 <= 0.05 else 5 for i in range(20)}
     assert len(recorder.results) == sum(recorder.calls.values())
 
 
@@ -116,7 +112,7 @@ async def test_a_hanging_target_delays_no_other_target() -> None:
     sched.schedule(target("hangs"))
     sched.schedule(target("fine"))
     async with running(sched):
-        await wait_until(lambda: recorder.calls["fine"] >= 5)
+        await recorder.clock.advance_until(lambda: recorder.calls["fine"] >= 5, within=1.0)
         assert recorder.calls["hangs"] == 1, "its next slots are skipped while the first probe still runs"
         assert sched.skipped >= 3
     assert [tid for tid, _ in recorder.results] == ["fine"] * len(recorder.results)
@@ -124,21 +120,21 @@ async def test_a_hanging_target_delays_no_other_target() -> None:
 
 async def test_global_concurrency_is_bounded() -> None:
     async def slow(_t: Target) -> None:
-        await asyncio.sleep(0.15)
+        await recorder.clock.sleep(0.15)
 
     recorder = Recorder(slow)
     sched = scheduler(recorder, concurrency=3)
     for i in range(12):
         sched.schedule(target(f"t{i}", port=9000 + i, interval_s=0.1))
     async with running(sched):
-        await wait_until(lambda: len(recorder.calls) == 12)
+        await recorder.clock.advance_until(lambda: len(recorder.calls) == 12, within=5.0)
     assert recorder.max_active == 3
 
 
 async def test_per_host_concurrency_is_bounded_and_other_hosts_are_not_held_up() -> None:
     async def slow_shared_host(t: Target) -> None:
         if t.endpoint.port == 8443:
-            await asyncio.sleep(0.3)
+            await recorder.clock.sleep(0.3)
 
     recorder = Recorder(slow_shared_host)
     sched = scheduler(recorder, per_host=2)
@@ -146,7 +142,7 @@ async def test_per_host_concurrency_is_bounded_and_other_hosts_are_not_held_up()
         sched.schedule(target(f"shared{i}", port=8443, interval_s=0.3))
     sched.schedule(target("elsewhere", port=9999))
     async with running(sched):
-        await wait_until(lambda: recorder.calls["elsewhere"] >= 4)
+        await recorder.clock.advance_until(lambda: recorder.calls["elsewhere"] >= 4, within=1.0)
     assert recorder.max_by_host["127.0.0.1:8443"] == 2
     assert recorder.max_by_host["127.0.0.1:9999"] == 1
 
@@ -163,10 +159,10 @@ async def test_unscheduled_targets_are_not_probed_and_their_running_results_drop
     sched.schedule(target("removed"))
     sched.schedule(target("kept"))
     async with running(sched):
-        await wait_until(lambda: recorder.calls["removed"] == 1)
+        await recorder.clock.advance_until(lambda: recorder.calls["removed"] == 1, within=0.2)
         sched.unschedule("removed")
         gate.set()
-        await asyncio.sleep(0.5)
+        await recorder.clock.advance(0.5)
     assert recorder.calls["removed"] == 1
     assert "removed" not in [tid for tid, _ in recorder.results]
     assert len(sched) == 1
@@ -185,11 +181,11 @@ async def test_rescheduling_a_changed_target_drops_the_old_versions_result() -> 
     sched = scheduler(recorder)
     sched.schedule(target("eo", url="http://127.0.0.1:1/old"))
     async with running(sched):
-        await wait_until(lambda: seen_urls == ["http://127.0.0.1:1/old"])
+        await recorder.clock.advance_until(lambda: seen_urls == ["http://127.0.0.1:1/old"], within=0.2)
         sched.schedule(target("eo", url="http://127.0.0.1:1/new"))
         gate.set()
-        await wait_until(lambda: "http://127.0.0.1:1/new" in seen_urls, timeout=1.0)
-        await asyncio.sleep(0.05)
+        await recorder.clock.advance_until(lambda: "http://127.0.0.1:1/new" in seen_urls, within=0.2)
+        await recorder.clock.advance(0.05)
     assert recorder.results, "the new endpoint's probes are recorded"
     assert all(r[1].ok for r in recorder.results)
     assert len(recorder.results) == seen_urls.count("http://127.0.0.1:1/new")
@@ -200,9 +196,10 @@ async def test_a_target_added_while_running_is_probed_within_one_interval() -> N
     sched = scheduler(recorder)
     sched.schedule(target("early", interval_s=5.0))
     async with running(sched):
-        await asyncio.sleep(0.05)
+        await recorder.clock.advance(0.05)
         sched.schedule(target("late", interval_s=0.3))
-        await wait_until(lambda: recorder.calls["late"] >= 1, timeout=0.6)
+        took = await recorder.clock.advance_until(lambda: recorder.calls["late"] >= 1, within=0.3)
+    assert took == pytest.approx(phase("late") * 0.3)
 
 
 async def test_lag_and_skips_reach_the_metrics() -> None:
@@ -212,11 +209,11 @@ async def test_lag_and_skips_reach_the_metrics() -> None:
     sched = scheduler(recorder, metrics=metrics)
     sched.schedule(target("a", interval_s=0.05))
     async with running(sched):
-        await wait_until(lambda: recorder.calls["a"] >= 3)
+        await recorder.clock.advance_until(lambda: recorder.calls["a"] >= 3, within=0.2)
     count = registry.get_sample_value("luccs_detector_scheduler_lag_seconds_count")
     assert count is not None and count >= 3
     assert len(sched.lag_samples) == sched.started >= 3
-    assert all(lag >= 0 for lag in sched.lag_samples)
+    assert all(lag == 0 for lag in sched.lag_samples)  # nothing held them up: each started when due
 
 
 async def test_compaction_keeps_the_heap_bounded_under_churn() -> None:
@@ -251,6 +248,7 @@ class Confirmer:
     handing the status back so that the scheduler paces the next probe. Records when each probe ran."""
 
     def __init__(self, outcomes: Callable[[str, int], bool], start: TargetStatus | None = None) -> None:
+        self.clock = ManualClock()
         self.outcomes = outcomes
         self.start = start if start is not None else TargetStatus()
         self.statuses: dict[str, TargetStatus] = {}
@@ -259,17 +257,16 @@ class Confirmer:
         self.max_by_host: Counter[str] = Counter()
 
     async def probe(self, target: Target) -> ProbeResult:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = self.clock.time()
         host = target.endpoint.host_key
         self.active_by_host[host] += 1
         self.max_by_host[host] = max(self.max_by_host[host], self.active_by_host[host])
         try:
-            await asyncio.sleep(0.01)
+            await self.clock.sleep(0.01)
             ok = self.outcomes(target.id, len(self.runs[target.id]))
         finally:
             self.active_by_host[host] -= 1
-        self.runs[target.id].append((started, loop.time()))
+        self.runs[target.id].append((started, self.clock.time()))
         return ProbeResult(ok=ok, reason="ok" if ok else "refused", finished_at=datetime.now(UTC))
 
     def record(self, target: Target, result: ProbeResult) -> TargetStatus:
@@ -285,7 +282,8 @@ class Confirmer:
 
 
 def confirming_scheduler(confirmer: Confirmer, *, per_host: int = 100) -> Scheduler:
-    return Scheduler(probe=confirmer.probe, on_result=confirmer.record, max_concurrency=100, per_host_limit=per_host)
+    return Scheduler(probe=confirmer.probe, on_result=confirmer.record, max_concurrency=100, per_host_limit=per_host,
+                     clock=confirmer.clock)
 
 
 UP_BEFORE = TargetStatus(state=ComponentState.UP, since=datetime(2024, 3, 1, tzinfo=UTC), consecutive_successes=9,
@@ -298,14 +296,15 @@ async def test_an_outage_is_confirmed_at_the_retry_pace_then_the_target_waits_fo
     sched = confirming_scheduler(confirmer)
     sched.schedule(slow_target(target_id))  # failure threshold 3 (the detector default)
     async with running(sched):
-        await eventually(lambda: confirmer.state(target_id) == ComponentState.DOWN, what="down")
+        await confirmer.clock.advance_until(lambda: confirmer.state(target_id) == ComponentState.DOWN, within=1.0,
+                                            what="down")
         # Without the retry pace the second probe would wait a whole interval (60 s).
         assert confirmer.calls(target_id) == 3
-        await asyncio.sleep(10 * RETRY_S)
+        await confirmer.clock.advance(10 * RETRY_S)
         assert confirmer.calls(target_id) == 3, "decided: no more retries, the next probe is the regular one"
     runs = confirmer.runs[target_id]
     for (_, finished), (started, _) in itertools.pairwise(runs):
-        assert started - finished >= RETRY_S, "a retry rests a retry interval after the previous probe finished"
+        assert started - finished == pytest.approx(RETRY_S), "a retry comes a retry interval after the last probe"
 
 
 async def test_a_streak_broken_by_an_agreeing_probe_goes_back_to_the_regular_slot() -> None:
@@ -314,8 +313,8 @@ async def test_a_streak_broken_by_an_agreeing_probe_goes_back_to_the_regular_slo
     sched = confirming_scheduler(confirmer)
     sched.schedule(slow_target(target_id))
     async with running(sched):
-        await eventually(lambda: confirmer.calls(target_id) == 2, what="the retry")
-        await asyncio.sleep(10 * RETRY_S)
+        await confirmer.clock.advance_until(lambda: confirmer.calls(target_id) == 2, within=1.0, what="the retry")
+        await confirmer.clock.advance(10 * RETRY_S)
         assert confirmer.calls(target_id) == 2, "the streak broke: back to the interval"
     assert confirmer.state(target_id) == ComponentState.UP
 
@@ -326,8 +325,9 @@ async def test_an_unknown_target_is_decided_at_the_retry_pace() -> None:
     sched = confirming_scheduler(confirmer)
     sched.schedule(slow_target(target_id))
     async with running(sched):
-        await eventually(lambda: confirmer.state(target_id) == ComponentState.UP, what="up")
-        await asyncio.sleep(10 * RETRY_S)
+        await confirmer.clock.advance_until(lambda: confirmer.state(target_id) == ComponentState.UP, within=1.0,
+                                            what="up")
+        await confirmer.clock.advance(10 * RETRY_S)
     assert confirmer.calls(target_id) == 2
 
 
@@ -338,7 +338,8 @@ async def test_retries_keep_the_per_host_limit() -> None:
     for target_id in ids:
         sched.schedule(slow_target(target_id, port=8443))
     async with running(sched):
-        await eventually(lambda: all(confirmer.state(t) == ComponentState.DOWN for t in ids), what="all down")
+        await confirmer.clock.advance_until(lambda: all(confirmer.state(t) == ComponentState.DOWN for t in ids),
+                                            within=2.0, what="all down")
     assert all(confirmer.calls(t) == 3 for t in ids)
     assert confirmer.max_by_host["127.0.0.1:8443"] <= 2
 
@@ -349,9 +350,10 @@ async def test_an_unscheduled_target_is_not_retried() -> None:
     sched = confirming_scheduler(confirmer)
     sched.schedule(slow_target(target_id))
     async with running(sched):
-        await eventually(lambda: confirmer.calls(target_id) == 1, what="the first probe")
+        await confirmer.clock.advance_until(lambda: confirmer.calls(target_id) == 1, within=1.0,
+                                            what="the first probe")
         sched.unschedule(target_id)
-        await asyncio.sleep(10 * RETRY_S)
+        await confirmer.clock.advance(10 * RETRY_S)
     assert confirmer.calls(target_id) <= 2  # a retry started before the unschedule may finish, none after
     assert len(sched) == 0
 
@@ -362,8 +364,9 @@ async def test_probe_now_probes_a_target_long_before_its_slot_and_keeps_the_slot
     sched.schedule(target("slow", interval_s=3600))  # its first slot: somewhere in the next hour
     async with running(sched):
         assert sched.probe_now("slow")
-        await wait_until(lambda: recorder.calls["slow"] == 1)
-        await asyncio.sleep(0.2)
+        took = await recorder.clock.advance_until(lambda: recorder.calls["slow"] == 1, within=1.0)
+        await recorder.clock.advance(60)
+    assert took == 0  # at once, not at its slot
     assert recorder.calls["slow"] == 1  # once: the regular slot is still the one in the hour
     assert not sched.probe_now("gone")
 
@@ -379,8 +382,8 @@ async def test_probe_now_does_not_probe_a_target_twice_at_once() -> None:
     sched.schedule(target("hanging", interval_s=3600))
     async with running(sched):
         assert sched.probe_now("hanging")
-        await wait_until(lambda: recorder.active == 1)
+        await recorder.clock.advance_until(lambda: recorder.active == 1, within=1.0)
         assert not sched.probe_now("hanging")  # its running probe's result is as fresh as a new one
         release.set()
-        await wait_until(lambda: len(recorder.results) == 1)
+        await recorder.clock.advance_until(lambda: len(recorder.results) == 1, within=1.0)
     assert recorder.calls["hanging"] == 1

@@ -18,6 +18,7 @@ from services.detector.service import Detector
 from services.detector.targets import Target, from_settings
 from shared.config import DetectorSettings, TargetSettings
 from shared.events import AvailabilityData, CloudEvent, Component, ComponentState, EoData, EventType
+from tests.clock import ManualClock
 
 UP = ComponentState.UP
 DOWN = ComponentState.DOWN
@@ -26,7 +27,9 @@ EORI = "LU12345678901234"
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def make(**settings: Any) -> tuple[Detector, list[CloudEvent[AvailabilityData]], CollectorRegistry]:
+def make(
+    *, ticks: ManualClock | None = None, **settings: Any
+) -> tuple[Detector, list[CloudEvent[AvailabilityData]], CollectorRegistry]:
     values: dict[str, Any] = {"instance_id": "vp-1", "interval_s": 60, "failure_threshold": 2, "success_threshold": 2}
     values.update(settings)
     sent: list[CloudEvent[AvailabilityData]] = []
@@ -36,7 +39,8 @@ def make(**settings: Any) -> tuple[Detector, list[CloudEvent[AvailabilityData]],
 
     registry = CollectorRegistry()
     detector = Detector(
-        settings=DetectorSettings(**values), prober=Prober(), send=send, metrics=DetectorMetrics.create(registry)
+        settings=DetectorSettings(**values), prober=Prober(), send=send, metrics=DetectorMetrics.create(registry),
+        ticks=ticks,
     )
     return detector, sent, registry
 
@@ -64,7 +68,7 @@ async def test_a_transition_is_published_as_a_changed_event_with_everything_know
     target = ada(detector)
     detector.record(target, result(True, 1))
     detector.record(target, result(True, 2, cert_expires_at=T0 + timedelta(days=40)))
-    assert await detector.outbox.flush()
+    assert await detector.latest.flush()
     [event] = sent
     assert event.type == EventType.AVAILABILITY_CHANGED
     assert event.subject == "ada-as4"
@@ -83,7 +87,7 @@ async def test_no_event_until_a_threshold_is_reached() -> None:
     detector, sent, _ = make()
     target = ada(detector)
     detector.record(target, result(False, 1))
-    assert await detector.outbox.flush()
+    assert await detector.latest.flush()
     assert sent == []
 
 
@@ -91,7 +95,7 @@ async def test_ebms_errors_travel_with_the_event() -> None:
     detector, sent, _ = make(success_threshold=1)
     target = ada(detector)
     detector.record(target, ProbeResult(True, "ebms_error", T0, 5.0, "EBMS:0103", ebms_error="EBMS:0103"))
-    await detector.outbox.flush()
+    await detector.latest.flush()
     assert (sent[0].data.reason, sent[0].data.ebms_error, sent[0].data.ok) == ("ebms_error", "EBMS:0103", True)
 
 
@@ -103,9 +107,9 @@ async def test_becoming_degraded_is_published_at_once_as_a_heartbeat() -> None:
         return ProbeResult(True, "ok", T0 + timedelta(seconds=i), latency_ms=500.0)
 
     detector.record(target, slow(1))
-    await detector.outbox.flush()
+    await detector.latest.flush()
     detector.record(target, slow(2))
-    await detector.outbox.flush()
+    await detector.latest.flush()
     assert [(e.type, e.data.state, e.data.degraded) for e in sent] == [
         (EventType.AVAILABILITY_CHANGED, UP, False),
         (EventType.AVAILABILITY_HEARTBEAT, UP, True),
@@ -118,7 +122,7 @@ async def test_becoming_degraded_is_published_at_once_as_a_heartbeat() -> None:
 async def flushed(detector: Detector, sent: list[CloudEvent[AvailabilityData]]) -> list[CloudEvent[AvailabilityData]]:
     """The events one flush publishes."""
     before = len(sent)
-    assert await detector.outbox.flush()
+    assert await detector.latest.flush()
     return sent[before:]
 
 
@@ -197,7 +201,7 @@ async def test_an_unknown_target_publishes_no_suspicion() -> None:
 async def test_heartbeats_carry_the_suspicion_fields() -> None:
     detector, sent, target = await up_target()
     detector.record(target, result(False, 10))
-    detector.outbox.refresh(target.id)  # what the heartbeat loop does
+    detector.latest.refresh(target.id)  # what the heartbeat loop does
     [event] = await flushed(detector, sent)
     assert event.data.suspect and event.data.verdict_by == T0 + timedelta(seconds=38)
 
@@ -224,7 +228,7 @@ async def test_a_registered_endpoint_becomes_an_eo_target() -> None:
     assert (target.component, target.probe, target.eori) == (Component.EO_B2G, "as4", EORI)
     assert len(detector.scheduler) == 1
     detector.record(target, result(False, 1))
-    await detector.outbox.flush()
+    await detector.latest.flush()
     assert (sent[0].data.component, sent[0].data.eori, sent[0].data.state) == (Component.EO_B2G, EORI, DOWN)
 
 
@@ -258,7 +262,7 @@ async def test_a_removed_endpoint_is_no_longer_probed_nor_published(how: str) ->
     assert f"eo:{EORI}" not in detector.targets
     assert len(detector.scheduler) == 0
     detector.record(target, result(False, 2))  # a probe that was still running
-    await detector.outbox.flush()
+    await detector.latest.flush()
     assert sent == []
 
 
@@ -323,18 +327,20 @@ async def test_as4_signing_and_partner_certificates_are_warned_apart_and_exporte
 
 
 async def test_heartbeats_republish_every_probed_target() -> None:
-    detector, sent, _ = make(heartbeat_s=0.05)
+    ticks = ManualClock()
+    detector, sent, _ = make(heartbeat_s=15, ticks=ticks)
     probed = ada(detector)
     ada(detector, id="never-probed")
     detector.record(probed, result(True, 1))
     beat = asyncio.create_task(detector.heartbeat_loop())
     try:
-        async with asyncio.timeout(5):
-            while not len(detector.outbox):
-                await asyncio.sleep(0.01)
+        await ticks.advance(14.9)
+        assert not len(detector.latest), "not before heartbeat_s"
+        await ticks.advance(0.1)
+        assert len(detector.latest) == 1
     finally:
         beat.cancel()
-    await detector.outbox.flush()
+    await detector.latest.flush()
     assert [(e.type, e.data.target_id, e.data.state) for e in sent] == [
         (EventType.AVAILABILITY_HEARTBEAT, "ada-as4", UNKNOWN)
     ]

@@ -11,9 +11,9 @@ a heartbeat of ``up`` (nothing changed for the consumers, so no procedure opens 
 already over), with the superseded changes told in the detail, counted in a metric and logged.
 
 What is still to be published (pending, or sent and not yet acknowledged) is what the detector saves as a
-target's unpublished change (:meth:`Outbox.unpublished`); a saved one is put back with :meth:`Outbox.restore`
-after a restart, and ``on_published`` says when a change has reached the broker, so that the saved copy is
-cleared.
+target's unpublished change (:meth:`LatestStates.unpublished`); a saved one is put back with
+:meth:`LatestStates.restore` after a restart, and ``on_published`` says when a change has reached the broker, so
+that the saved copy is cleared.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from services.detector.clock import Clock, running_clock, sleep
 from services.detector.domain import Transition, coalesce
 from shared.events import AvailabilityData, CloudEvent
 
@@ -48,8 +49,10 @@ class _Mark:
         return _Mark(merged, folded)
 
 
-class Outbox:
-    """Pending availability events, one per target, and the loop that publishes them."""
+class LatestStates:
+    """The latest state of each target waiting to be published (one pending event per target at most), and the
+    loop that publishes them. Not an outbox: nothing here is durable (the write-behind saves the unpublished
+    change with the target's state)."""
 
     def __init__(
         self,
@@ -58,6 +61,7 @@ class Outbox:
         send: Send,
         batch_size: int = 500,
         retry_initial_s: float = 0.5,
+        clock: Clock | None = None,
         retry_max_s: float = 10.0,
         on_failure: Callable[[BaseException], None] | None = None,
         on_superseded: Callable[[int], None] | None = None,
@@ -67,6 +71,7 @@ class Outbox:
         self._send = send
         self._batch_size = batch_size
         self._retry_initial_s = retry_initial_s
+        self._clock = clock  # None: the running loop's (the retry pauses)
         self._retry_max_s = retry_max_s
         self._on_failure = on_failure
         self._on_superseded = on_superseded
@@ -175,7 +180,7 @@ class Outbox:
                 continue
             log.warning("publishing availability failed (%d pending), retrying in %.1fs: %s",
                         len(self._pending), delay, self.last_error)
-            await asyncio.sleep(delay)
+            await sleep(running_clock(self._clock), delay)
             delay = min(delay * 2, self._retry_max_s)
 
 

@@ -1,4 +1,4 @@
-"""Unit tests of the availability outbox: one pending event per target, latest state after a broker outage."""
+"""Unit tests of the latest-state buffer: one pending event per target, latest state after a broker outage."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.detector.domain import Transition
-from services.detector.outbox import Outbox, note_superseded
+from services.detector.latest import LatestStates, note_superseded
 from shared.events import AvailabilityData, CloudEvent, Component, ComponentState, EventType
+from tests.clock import ManualClock, settle
 
 UP = ComponentState.UP
 DOWN = ComponentState.DOWN
@@ -51,8 +52,8 @@ class World:
             raise ConnectionError("broker unreachable")
         self.sent.append(event)
 
-    def outbox(self, **kwargs: object) -> Outbox:
-        return Outbox(build=self.build, send=self.send, **kwargs)  # type: ignore[arg-type]
+    def latest(self, **kwargs: object) -> LatestStates:
+        return LatestStates(build=self.build, send=self.send, **kwargs)  # type: ignore[arg-type]
 
     def summary(self) -> list[tuple[str, str, str | None, str]]:
         return [
@@ -67,60 +68,60 @@ def change(previous: ComponentState, current: ComponentState, minute: int = 0) -
 
 async def test_a_change_is_published_once_as_a_changed_event() -> None:
     world = World(states={"a": DOWN})
-    outbox = world.outbox()
-    outbox.changed("a", change(UP, DOWN))
-    assert await outbox.flush()
+    latest = world.latest()
+    latest.changed("a", change(UP, DOWN))
+    assert await latest.flush()
     assert world.summary() == [("a", EventType.AVAILABILITY_CHANGED, "up", "down")]
-    assert len(outbox) == 0
-    assert await outbox.flush()
+    assert len(latest) == 0
+    assert await latest.flush()
     assert len(world.sent) == 1
 
 
 async def test_a_heartbeat_does_not_replace_a_pending_change() -> None:
     world = World(states={"a": DOWN})
-    outbox = world.outbox()
-    outbox.changed("a", change(UP, DOWN))
-    outbox.refresh("a")
-    await outbox.flush()
+    latest = world.latest()
+    latest.changed("a", change(UP, DOWN))
+    latest.refresh("a")
+    await latest.flush()
     assert world.summary() == [("a", EventType.AVAILABILITY_CHANGED, "up", "down")]
 
 
 async def test_pending_is_bounded_by_the_number_of_targets() -> None:
     world = World(states={f"t{i}": UP for i in range(50)}, broker_up=False)
-    outbox = world.outbox()
+    latest = world.latest()
     for _round in range(20):
         for i in range(50):
-            outbox.refresh(f"t{i}")
-        assert not await outbox.flush()
-    assert len(outbox) == 50
+            latest.refresh(f"t{i}")
+        assert not await latest.flush()
+    assert len(latest) == 50
 
 
 async def test_after_an_outage_the_latest_state_of_every_target_is_published() -> None:
     world = World(states={"a": DOWN, "b": UP}, broker_up=False)
-    outbox = world.outbox(batch_size=1)
-    outbox.changed("a", change(UP, DOWN, 1))
-    outbox.refresh("b")
-    assert not await outbox.flush()
-    assert outbox.last_error is not None and "broker unreachable" in outbox.last_error
+    latest = world.latest(batch_size=1)
+    latest.changed("a", change(UP, DOWN, 1))
+    latest.refresh("b")
+    assert not await latest.flush()
+    assert latest.last_error is not None and "broker unreachable" in latest.last_error
     world.broker_up = True
-    while len(outbox):
-        assert await outbox.flush()
+    while len(latest):
+        assert await latest.flush()
     assert sorted(world.summary()) == [
         ("a", EventType.AVAILABILITY_CHANGED, "up", "down"),
         ("b", EventType.AVAILABILITY_HEARTBEAT, None, "up"),
     ]
-    assert outbox.last_error is None
+    assert latest.last_error is None
 
 
 async def test_down_and_up_during_an_outage_publish_the_latest_state_without_a_change() -> None:
     superseded: list[int] = []
     world = World(states={"a": UP}, broker_up=False)
-    outbox = world.outbox(on_superseded=superseded.append)
-    outbox.changed("a", change(UP, DOWN, 1))
-    assert not await outbox.flush()
-    outbox.changed("a", change(DOWN, UP, 2))
+    latest = world.latest(on_superseded=superseded.append)
+    latest.changed("a", change(UP, DOWN, 1))
+    assert not await latest.flush()
+    latest.changed("a", change(DOWN, UP, 2))
     world.broker_up = True
-    assert await outbox.flush()
+    assert await latest.flush()
     assert world.summary() == [("a", EventType.AVAILABILITY_HEARTBEAT, None, "up")]
     assert world.sent[0].data.detail == "2 state change(s) superseded while the broker was unreachable"
     assert superseded == [2]
@@ -128,11 +129,11 @@ async def test_down_and_up_during_an_outage_publish_the_latest_state_without_a_c
 
 async def test_changes_during_an_outage_fold_into_the_net_change() -> None:
     world = World(states={"a": DOWN}, broker_up=False)
-    outbox = world.outbox()
-    outbox.changed("a", change(UNKNOWN, UP, 1))
-    outbox.changed("a", change(UP, DOWN, 2))
+    latest = world.latest()
+    latest.changed("a", change(UNKNOWN, UP, 1))
+    latest.changed("a", change(UP, DOWN, 2))
     world.broker_up = True
-    await outbox.flush()
+    await latest.flush()
     assert world.summary() == [("a", EventType.AVAILABILITY_CHANGED, "unknown", "down")]
     assert "1 state change(s) superseded" in (world.sent[0].data.detail or "")
 
@@ -150,17 +151,17 @@ async def test_a_change_made_while_a_publication_fails_is_folded_after_it() -> N
             raise ConnectionError("broker went away")
         await world.send(target_id, event)
 
-    outbox = Outbox(build=world.build, send=send)
-    outbox.changed("a", change(UP, DOWN, 1))
-    flushing = asyncio.create_task(outbox.flush())
+    latest = LatestStates(build=world.build, send=send)
+    latest.changed("a", change(UP, DOWN, 1))
+    flushing = asyncio.create_task(latest.flush())
     await asyncio.sleep(0)
     world.states["a"] = UP
-    outbox.changed("a", change(DOWN, UP, 2))  # marked while the first attempt is in flight
+    latest.changed("a", change(DOWN, UP, 2))  # marked while the first attempt is in flight
     gate.set()
     assert not await flushing
-    assert len(outbox) == 1
-    assert outbox.pending("a") is None, "down then up, neither published: no change to tell"
-    assert await outbox.flush()
+    assert len(latest) == 1
+    assert latest.pending("a") is None, "down then up, neither published: no change to tell"
+    assert await latest.flush()
     assert world.summary() == [("a", EventType.AVAILABILITY_HEARTBEAT, None, "up")]
 
 
@@ -172,15 +173,15 @@ async def test_a_change_made_while_a_publication_succeeds_is_published_next() ->
         await gate.wait()
         await world.send(target_id, event)
 
-    outbox = Outbox(build=world.build, send=send)
-    outbox.changed("a", change(UP, DOWN, 1))
-    flushing = asyncio.create_task(outbox.flush())
+    latest = LatestStates(build=world.build, send=send)
+    latest.changed("a", change(UP, DOWN, 1))
+    flushing = asyncio.create_task(latest.flush())
     await asyncio.sleep(0)
-    outbox.changed("a", change(DOWN, UP, 2))
+    latest.changed("a", change(DOWN, UP, 2))
     gate.set()
     assert await flushing
     world.states["a"] = UP
-    assert await outbox.flush()
+    assert await latest.flush()
     assert world.summary() == [
         ("a", EventType.AVAILABILITY_CHANGED, "up", "down"),
         ("a", EventType.AVAILABILITY_CHANGED, "down", "up"),
@@ -189,30 +190,34 @@ async def test_a_change_made_while_a_publication_succeeds_is_published_next() ->
 
 async def test_a_target_that_is_gone_is_not_published() -> None:
     world = World(states={"a": UP})
-    outbox = world.outbox()
-    outbox.refresh("a")
-    outbox.refresh("gone")
-    outbox.drop("a")
-    outbox.refresh("a")
+    latest = world.latest()
+    latest.refresh("a")
+    latest.refresh("gone")
+    latest.drop("a")
+    latest.refresh("a")
     del world.states["a"]
-    assert await outbox.flush()
+    assert await latest.flush()
     assert world.sent == []
 
 
 async def test_run_retries_until_the_broker_is_back() -> None:
     failures: list[BaseException] = []
     world = World(states={"a": DOWN}, broker_up=False)
-    outbox = world.outbox(retry_initial_s=0.01, retry_max_s=0.02, on_failure=failures.append)
-    runner = asyncio.create_task(outbox.run())
+    ticks = ManualClock()
+    latest = world.latest(retry_initial_s=1.0, retry_max_s=4.0, on_failure=failures.append, clock=ticks)
+    runner = asyncio.create_task(latest.run())
     try:
-        outbox.changed("a", change(UP, DOWN))
-        async with asyncio.timeout(5):
-            while world.attempts < 3:
-                await asyncio.sleep(0.01)
+        latest.changed("a", change(UP, DOWN))
+        await settle()
+        assert world.attempts == 1
+        # Backoff 1, 2, 4, 4 s: the fifth attempt 11 s after the first.
+        await ticks.advance(10.9)
+        assert world.attempts == 4
+        await ticks.advance(0.1)
+        assert world.attempts == 5
         world.broker_up = True
-        async with asyncio.timeout(5):
-            while not world.sent:
-                await asyncio.sleep(0.01)
+        await ticks.advance(4.0)
+        assert world.sent
     finally:
         runner.cancel()
         with pytest.raises(asyncio.CancelledError):

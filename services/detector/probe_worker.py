@@ -1,0 +1,164 @@
+"""A probe worker process (``detector.workers`` > 1) and the pipe protocol it speaks with the detector.
+
+The worker runs the scheduler and the prober for the targets the detector assigned to it, and nothing else:
+results go back to the parent, which folds them into the targets' states, decides and publishes (one Kafka
+producer, the quorum and suspicion logic in one place). Started as ``python -m services.detector.probe_worker
+--max-concurrency N --per-host-limit M``; it exits when its input closes (the parent stopped or died).
+
+Protocol: frames of a 4-byte big-endian length and a pickled list of messages (tuples), both ways; the
+messages of one event-loop turn travel in one frame. Pickle is safe here: both ends are this code, started
+by the parent over an anonymous pipe. Parent to worker: ``("put", target, version)`` (probe it: new or
+changed), ``("drop", target_id)``, ``("now", target_id)`` (probe at once), ``("pace", target_id, status)``
+(the status after its latest result, which paces a change being confirmed). Worker to parent: ``("result",
+target_id, version, result)`` and, every half second, ``("stats", scheduled, in_flight, started, completed,
+skipped, lags)`` (lags: the scheduler lag samples since the last one, in seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import struct
+import sys
+from typing import Any
+
+from services.detector.domain import ProbeResult
+from services.detector.probes import Prober
+from services.detector.scheduler import Scheduler
+from services.detector.targets import Target
+from shared.logging import bind_service, configure_logging
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct(">I")
+_MAX_BATCH = 500  # messages per frame: 40,000 targets put at start go out as many moderate frames
+STATS_EVERY_S = 0.5
+
+Message = tuple[Any, ...]
+
+
+class Channel:
+    """Sends messages over a pipe, those of one event-loop turn batched into frames."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._queued: list[Message] = []
+
+    def send(self, message: Message) -> None:
+        if not self._queued:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._queued.append(message)
+
+    def _flush(self) -> None:
+        queued, self._queued = self._queued, []
+        if self._writer.is_closing():
+            return
+        for start in range(0, len(queued), _MAX_BATCH):
+            body = pickle.dumps(queued[start : start + _MAX_BATCH], protocol=pickle.HIGHEST_PROTOCOL)
+            self._writer.write(_HEADER.pack(len(body)) + body)
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+
+async def receive(reader: asyncio.StreamReader) -> list[Message] | None:
+    """The next frame's messages, or None once the other end has closed the pipe."""
+    try:
+        (length,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+        batch: list[Message] = pickle.loads(await reader.readexactly(length))  # noqa: S301 (our own child)
+    except asyncio.IncompleteReadError:
+        return None
+    return batch
+
+
+class ProbeWorker:
+    """The worker's side: a scheduler whose results go to the parent, paced by the parent's statuses."""
+
+    def __init__(self, *, channel: Channel, prober: Prober, max_concurrency: int, per_host_limit: int) -> None:
+        self._channel = channel
+        self._versions: dict[str, int] = {}
+        self.scheduler = Scheduler(
+            probe=prober.probe, on_result=self._result, max_concurrency=max_concurrency,
+            per_host_limit=per_host_limit,
+        )
+
+    def _result(self, target: Target, result: ProbeResult) -> None:
+        self._channel.send(("result", target.id, self._versions.get(target.id, -1), result))
+        return None  # paced when the parent's status comes back
+
+    def handle(self, message: Message) -> None:
+        kind = message[0]
+        if kind == "put":
+            target, version = message[1], message[2]
+            self._versions[target.id] = version
+            self.scheduler.schedule(target)
+        elif kind == "drop":
+            self._versions.pop(message[1], None)
+            self.scheduler.unschedule(message[1])
+        elif kind == "now":
+            self.scheduler.probe_now(message[1])
+        elif kind == "pace":
+            self.scheduler.pace(message[1], message[2])
+        else:
+            log.error("probe worker: unknown message %r", kind)
+
+    async def report(self) -> None:
+        scheduler = self.scheduler
+        while True:
+            await asyncio.sleep(STATS_EVERY_S)
+            lags = list(scheduler.lag_samples)
+            scheduler.lag_samples.clear()
+            self._channel.send(("stats", len(scheduler), scheduler.in_flight, scheduler.started,
+                                scheduler.completed, scheduler.skipped, lags))
+
+
+async def _serve(max_concurrency: int, per_host_limit: int, out_fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(out_fd, "wb", buffering=0)
+    )
+    channel = Channel(asyncio.StreamWriter(transport, protocol, None, loop))
+    worker = ProbeWorker(channel=channel, prober=Prober(), max_concurrency=max_concurrency,
+                         per_host_limit=per_host_limit)
+    loops = [asyncio.create_task(worker.scheduler.run()), asyncio.create_task(worker.report())]
+    try:
+        while (batch := await receive(reader)) is not None:
+            for message in batch:
+                worker.handle(message)
+            await channel.drain()  # the parent reads slower than we write: wait rather than buffer
+    finally:
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            channel.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="luccs-fallback detector probe worker (started by the detector)")
+    parser.add_argument("--max-concurrency", type=int, required=True)
+    parser.add_argument("--per-host-limit", type=int, required=True)
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
+    args = parser.parse_args()
+    # The protocol gets stdout's pipe to itself; anything printed by a library goes to stderr instead.
+    out_fd = os.dup(1)
+    os.dup2(2, 1)
+    configure_logging(level=args.log_level, log_format=args.log_format, stream=sys.stderr)
+    bind_service(f"detector-worker-{os.getpid()}")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args.max_concurrency, args.per_host_limit, out_fd))
+
+
+if __name__ == "__main__":
+    main()
