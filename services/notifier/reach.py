@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -48,7 +47,14 @@ from services.notifier.domain import (
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.models import DeliveryRow, EoRow, KnownProcedureRow, NoticeRow, PlannedEventRow, ReachRow
 from services.notifier.notices import Notice, NoticeTexts
-from services.notifier.planning import contacts_of, insert_new, own_procedures, record_notices, situation_of
+from services.notifier.planning import (
+    contacts_of,
+    insert_new,
+    new_delivery_id,
+    own_procedures,
+    record_notices,
+    situation_of,
+)
 from shared.config import NotifierSettings
 from shared.events import CloudEvent, DeliveryChannel, DeliveryStatus, ProcedureData, ProcedureState, Scope
 
@@ -421,7 +427,7 @@ def _delivery(
 ) -> dict[str, Any]:
     channel = DeliveryChannel.EMAIL
     return {
-        "id": str(uuid.uuid4()), "event_id": event_id, "event_type": event_type, "procedure_id": procedure_id,
+        "id": new_delivery_id(), "event_id": event_id, "event_type": event_type, "procedure_id": procedure_id,
         "notice_id": notice_id, "recipient_key": recipient_key, "channel": channel.value, "recipient": address,
         "lane": lane_of(channel, address), "idempotency_key": idempotency_key(event_id, recipient_key, channel),
         "status": DeliveryStatus.PENDING.value, "attempts": 0, "next_attempt_at": now, "claimed_by": None,
