@@ -6,30 +6,29 @@ grows (its pool rescans every connection for every request), far from the 2,000/
 under 5 s needs; h11 over plain streams does ~10,000/s on the same machine (see bench/README.md).
 
 Owning the connection step also gives the safety rules their natural place: the host name is resolved
-right before connecting, every address it resolves to is checked, and the connection goes to a checked
-address (so a name that later re-resolves elsewhere gains nothing). TLS verifies the certificate against
-the URL's host name. Redirects are never followed: the caller sees the 3xx and its Location.
+right before connecting (by :class:`shared.resolver.Resolver`, the detector's cached resolver: a host is
+looked up once a minute, however many EOs' webhooks it serves), every address it resolves to is checked,
+and the connection goes to a checked address (so a name that later re-resolves elsewhere gains nothing).
+TLS verifies the certificate against the URL's host name. Redirects are never followed: the caller sees the
+3xx and its Location.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import h11
 
 from services.notifier.domain import address_problem
+from shared.resolver import Resolver
 
 __all__ = ["HttpAnswer", "TargetRefused", "TransportError", "WebhookHttpClient"]
-
-Resolver = Callable[[str, int], Awaitable[list[str]]]
-"""Resolves (host, port) to IP address strings."""
 
 _MAX_RESPONSE_BYTES = 64 * 1024
 
@@ -61,16 +60,6 @@ class _Connection:
             self.writer.close()
 
 
-async def system_resolver(host: str, port: int) -> list[str]:
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    addresses: list[str] = []
-    for *_, sockaddr in infos:
-        address = str(sockaddr[0])
-        if address not in addresses:
-            addresses.append(address)
-    return addresses
-
-
 class WebhookHttpClient:
     """POSTs bodies to webhook URLs over pooled keep-alive connections; one instance per process."""
 
@@ -81,14 +70,14 @@ class WebhookHttpClient:
         ssl_context: ssl.SSLContext | None = None,
         max_idle_per_origin: int = 20,
         idle_expiry_s: float = 30.0,
-        resolver: Resolver = system_resolver,
+        resolver: Resolver | None = None,
         user_agent: str = "luccs-fallback-notifier/1",
     ) -> None:
         self._allow_private = allow_private
         self._ssl = ssl_context or ssl.create_default_context()
         self._max_idle = max_idle_per_origin
         self._idle_expiry_s = idle_expiry_s
-        self._resolve = resolver
+        self._resolver = resolver or Resolver()
         self._user_agent = user_agent
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._urls: dict[str, tuple[str, str, int, str, str]] = {}
@@ -170,7 +159,7 @@ class WebhookHttpClient:
 
     async def _connect(self, scheme: str, host: str, port: int) -> _Connection:
         try:
-            addresses = await self._resolve(host, port)
+            addresses = [address for _family, address in await self._resolver.resolve(host, port)]
         except OSError as exc:
             raise TransportError(f"cannot resolve {host}: {exc}") from exc
         if not addresses:

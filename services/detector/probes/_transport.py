@@ -22,8 +22,8 @@ from typing import Protocol
 
 import h11
 
-from services.detector.probes._dns import Resolver
 from services.detector.targets import Endpoint, TlsFiles
+from shared.resolver import Resolver
 
 USER_AGENT = "luccs-fallback-detector/1"
 _READ_CHUNK = 65_536
