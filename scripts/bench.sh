@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks and prints their figures: installs what is missing, starts a broker of its own
-# (var/bench, 127.0.0.1:39092) and stops it afterwards. `scripts/bench.sh detector` (or procedure, import, e2e_latency, joint_outage,
+# (var/bench, 127.0.0.1:39092) and stops it afterwards. `scripts/bench.sh detector` (or procedure, import, memory, e2e_latency, joint_outage,
 # notifier) runs one; extra arguments go to that benchmark, e.g. `scripts/bench.sh notifier --eos 2000`.
 set -euo pipefail
 
@@ -14,7 +14,7 @@ trap '"$REPO/deploy/kafka/kafka.sh" stop' EXIT
 
 which="${1:-all}"
 [[ $# -gt 0 ]] && shift
-for bench in detector procedure notifier import e2e_latency joint_outage; do
+for bench in detector procedure notifier import memory e2e_latency joint_outage; do
     if [[ "$which" == all || "$which" == "$bench" ]]; then
         echo "== bench/${bench}_bench.py"
         "$REPO/.venv/bin/python" -m "bench.${bench}_bench" "$@"

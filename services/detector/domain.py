@@ -32,7 +32,7 @@ CERT_WARNING_DAYS: tuple[int, ...] = (30, 14, 7)
 """Days before a certificate's expiry at which the detector warns (each level once)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Thresholds:
     """How many consecutive probes decide a change, and the latency above which an up target is degraded."""
 
@@ -68,7 +68,7 @@ class ProbeResult:
     partner_cert_expires_at: datetime | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TargetStatus:
     """A target's decided state and since when, the counters that decide the next change, the last result.
 

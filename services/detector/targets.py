@@ -7,6 +7,8 @@ Pure: building a target validates it, it never opens a file or a socket.
 
 from __future__ import annotations
 
+import functools
+import sys
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote, urlsplit
@@ -27,7 +29,7 @@ class InvalidTarget(ValueError):
     """A target that cannot be probed as configured or registered; the text says why."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TlsFiles:
     """Where the trust anchors and the client certificate of a target are (None: system CAs, no client cert)."""
 
@@ -36,7 +38,7 @@ class TlsFiles:
     key_file: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Party:
     """One side of an ebMS3 exchange: PartyId, its type, and the role it plays."""
 
@@ -45,7 +47,7 @@ class Party:
     role: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class As4Signing:
     """The files of a signed AS4 ping: our key and certificate, and what the receipt must be signed with
     (the partner's certificate, pinned, or CAs its certificate must chain to). Loaded once by the prober."""
@@ -57,7 +59,7 @@ class As4Signing:
     key_password: str | None = field(default=None, repr=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HttpCheck:
     """What the http probe sends and accepts."""
 
@@ -71,7 +73,7 @@ class HttpCheck:
         return status in self.expected_status
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     """Where a probe connects: scheme (http, https, tcp or tls), host, port and request path."""
 
@@ -96,7 +98,7 @@ class Endpoint:
         return host if self.port == default else f"{host}:{self.port}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Target:
     """A probed target with every default applied. Equal targets need no rescheduling."""
 
@@ -149,7 +151,7 @@ def parse_endpoint(url: str, probe: ProbeKind) -> Endpoint:
     path = quote(parts.path or "/", safe=_PATH_SAFE)
     if parts.query:
         path = f"{path}?{quote(parts.query, safe=_PATH_SAFE + '?')}"
-    return Endpoint(scheme="https" if scheme == "tls" else scheme, host=host.lower(), port=port, path=path)
+    return Endpoint(scheme="https" if scheme == "tls" else scheme, host=sys.intern(host.lower()), port=port, path=path)
 
 
 def from_settings(target: TargetSettings, detector: DetectorSettings) -> Target:
@@ -273,6 +275,12 @@ def from_eo(eo: EoData, detector: DetectorSettings) -> Target | None:
     if not eo.as4_endpoint:
         return None
     endpoint = parse_endpoint(eo.as4_endpoint, "as4")
+    # Every EO target shares the parts that come from the settings (one copy, not 100,000 equal ones).
+    thresholds, tls, sender = _eo_defaults(
+        detector.failure_threshold, detector.success_threshold, detector.degraded_latency_ms,
+        TlsFiles(detector.ca_file, detector.client_cert_file, detector.client_key_file),
+        Party(detector.as4_from_party_id, detector.as4_from_party_type, detector.as4_from_role),
+    )
     return Target(
         id=eo_target_id(eo.eori),
         component=Component.EO_B2G,
@@ -284,14 +292,17 @@ def from_eo(eo: EoData, detector: DetectorSettings) -> Target | None:
         interval_s=detector.interval_s,
         timeout_s=min(detector.timeout_s, detector.interval_s),
         retry_interval_s=detector.retry_interval_s or default_retry_interval(detector.interval_s),
-        thresholds=Thresholds(
-            failure=detector.failure_threshold,
-            success=detector.success_threshold,
-            degraded_latency_ms=detector.degraded_latency_ms,
-        ),
-        tls=TlsFiles(detector.ca_file, detector.client_cert_file, detector.client_key_file),
-        sender=Party(detector.as4_from_party_id, detector.as4_from_party_type, detector.as4_from_role),
+        thresholds=thresholds,
+        tls=tls,
+        sender=sender,
         receiver=Party(eo.eori, detector.eo_party_id_type, detector.as4_to_role),
         max_response_bytes=detector.max_response_bytes,
         as4_signing=eo_signing(detector),
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _eo_defaults(
+    failure: int, success: int, degraded_latency_ms: float | None, tls: TlsFiles, sender: Party
+) -> tuple[Thresholds, TlsFiles, Party]:
+    return Thresholds(failure=failure, success=success, degraded_latency_ms=degraded_latency_ms), tls, sender

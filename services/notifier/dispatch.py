@@ -25,7 +25,7 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,6 +49,9 @@ __all__ = ["SOURCE", "Dispatcher"]
 
 SOURCE = "/luccs-fallback/notifier"
 FEED_MAX_LAG_S = 10.0
+OUTCOME_GATHER_S = 0.05
+OUTCOME_BATCH = 2000
+LANE_BUFFER = 1000
 _DUE = (DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value)
 _RECORD_FOREVER = RetryPolicy(Backoff(first_s=1.0, factor=1.0))
 """Outcomes already sent are recorded whatever it takes: every second until the database takes them."""
@@ -108,7 +111,7 @@ class Dispatcher:
         publisher: Publisher | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         poll_s: float = 1.0,
-        claim_batch: int = 1000,
+        claim_batch: int = 2000,
         rng: random.Random | None = None,
     ) -> None:
         cfg = settings.notifier
@@ -134,6 +137,7 @@ class Dispatcher:
         self._outcomes: asyncio.Queue[tuple[Job, Outcome, float]] = asyncio.Queue()
         self._published: asyncio.Queue[CloudEvent[DeliveryData]] = asyncio.Queue()
         self._gauges_at = 0.0
+        self._histograms: dict[str, Any] = {}
         self.running = False
 
     def wake(self) -> None:
@@ -226,7 +230,9 @@ class Dispatcher:
                 self._settings.smtp.connections if channel == DeliveryChannel.EMAIL
                 else self._settings.notifier.per_host_concurrency
             )
-            lane = self._lanes[name] = _Lane(name=name, limit=limit, buffer=max(8 * limit, 500))
+            # LANE_BUFFER at least: one host taking a whole fan-out is fed in claims of hundreds of deliveries,
+            # and a second notifier sharing the database still finds work to take on (and over).
+            lane = self._lanes[name] = _Lane(name=name, limit=limit, buffer=max(8 * limit, LANE_BUFFER))
         return lane
 
     async def _claim(self) -> None:
@@ -244,28 +250,36 @@ class Dispatcher:
             if len(claimed) < self._claim_batch // 2:
                 return
 
+    def _due(self, status: str, now: datetime, columns: Any, *, limit: int) -> Any:
+        # One status at a time: the index (status, next_attempt_at) then yields the rows in due order and the
+        # LIMIT stops the scan. With ``status IN (...)`` both SQLite and PostgreSQL sort every due row first,
+        # which made each claim cost as much as the whole backlog (100,000 rows for a national fan-out).
+        return (
+            select(*columns)
+            .where(_D.c.status == status, _D.c.next_attempt_at <= now,
+                   (_D.c.claimed_until.is_(None)) | (_D.c.claimed_until < now))
+            .order_by(_D.c.next_attempt_at)
+            .limit(limit)
+        )
+
     async def _claim_batch_of_jobs(self, *, excluding_lanes: list[str]) -> list[Job]:
         now = self._clock()
         # First the candidates (id and lane only), then the full rows of the ones this process takes: a
         # lane with little room does not make the claim load rows it will leave for later.
-        candidates = (
-            select(_D.c.id, _D.c.lane, _D.c.channel)
-            .where(
-                _D.c.status.in_(_DUE),
-                _D.c.next_attempt_at <= now,
-                (_D.c.claimed_until.is_(None)) | (_D.c.claimed_until < now),
-            )
-            .order_by(_D.c.next_attempt_at)
-            .limit(self._claim_batch)
-            .with_for_update(skip_locked=True)
-        )
-        if excluding_lanes:
-            candidates = candidates.where(_D.c.lane.not_in(excluding_lanes))
         async with self._sessions.begin() as session:
-            found = (await session.execute(candidates)).all()
+            found: list[Any] = []
+            for status in _DUE:
+                candidates = self._due(
+                    status, now, (_D.c.id, _D.c.lane, _D.c.channel, _D.c.next_attempt_at), limit=self._claim_batch
+                ).with_for_update(skip_locked=True)
+                if excluding_lanes:
+                    candidates = candidates.where(_D.c.lane.not_in(excluding_lanes))
+                found += (await session.execute(candidates)).all()
+            found.sort(key=lambda row: row.next_attempt_at)
+            del found[self._claim_batch:]
             room: dict[str, int] = {}
             picked: list[str] = []
-            for delivery_id, lane_name, channel in found:
+            for delivery_id, lane_name, channel, _ in found:
                 if delivery_id in self._held:
                     continue
                 if lane_name not in room:
@@ -312,17 +326,14 @@ class Dispatcher:
 
     async def _until_next_due(self) -> float:
         now = self._clock()
+        horizon = now + timedelta(seconds=self._poll_s)
         async with self._sessions() as session:
-            soonest = await session.scalar(
-                select(func.min(DeliveryRow.next_attempt_at)).where(
-                    DeliveryRow.status.in_(_DUE),
-                    (DeliveryRow.claimed_until.is_(None)) | (DeliveryRow.claimed_until < now),
-                )
-            )
+            times: list[datetime | None] = [
+                await session.scalar(self._due(status, horizon, (_D.c.next_attempt_at,), limit=1)) for status in _DUE
+            ]
+        soonest = min((t for t in times if t is not None), default=None)
         if soonest is None:
             return self._poll_s
-        if soonest.tzinfo is None:  # an aggregate bypasses the column type on SQLite
-            soonest = soonest.replace(tzinfo=UTC)
         return min(self._poll_s, max(0.0, (soonest - now).total_seconds()))
 
     async def _refresh_gauges(self) -> None:
@@ -372,7 +383,11 @@ class Dispatcher:
     async def _write_outcomes(self) -> None:
         while True:
             batch = [await self._outcomes.get()]
-            while not self._outcomes.empty() and len(batch) < 2000:
+            # While deliveries are under way more outcomes follow: gather them for a moment and record them
+            # together (a transaction per delivery or per handful would cost more than the sending).
+            if self._lanes and self._outcomes.qsize() < OUTCOME_BATCH - 1:
+                await asyncio.sleep(OUTCOME_GATHER_S)
+            while not self._outcomes.empty() and len(batch) < OUTCOME_BATCH:
                 batch.append(self._outcomes.get_nowait())
             await self._record_whatever_it_takes(batch)
             for _ in batch:
@@ -423,13 +438,22 @@ class Dispatcher:
             await session.execute(insert(_ATTEMPTS), attempts)
             readdressed = await self._record_reach(session, batch, now)
             await self._settle(session, {job.event_id for job, _, _ in batch}, now)
+        counted: Counter[tuple[str, str]] = Counter()
         for (job, _, duration_s), event in zip(batch, feed, strict=True):
             self._held.discard(job.delivery_id)
-            self._metrics.outcomes.labels(channel=job.channel.value, outcome=event.data.status.value).inc()
-            self._metrics.attempt_seconds.labels(channel=job.channel.value).observe(duration_s)
+            counted[(job.channel.value, event.data.status.value)] += 1
+            self._attempt_seconds(job.channel.value).observe(duration_s)
             self._published.put_nowait(event)
+        for (channel, ended), count in counted.items():
+            self._metrics.outcomes.labels(channel=channel, outcome=ended).inc(count)
         if readdressed or any(u["next_attempt_at"] is not None for u in updates):
             self._wake.set()
+
+    def _attempt_seconds(self, channel: str) -> Any:
+        histogram = self._histograms.get(channel)
+        if histogram is None:
+            histogram = self._histograms[channel] = self._metrics.attempt_seconds.labels(channel=channel)
+        return histogram
 
     async def _record_reach(
         self, session: AsyncSession, batch: list[tuple[Job, Outcome, float]], now: datetime
@@ -476,11 +500,13 @@ class Dispatcher:
 
     async def _settle(self, session: AsyncSession, event_ids: set[str], now: datetime) -> None:
         """Mark the events whose every delivery is now delivered or dead, and time their fan-out."""
-        unsettled = set((await session.scalars(
-            select(DeliveryRow.event_id).where(DeliveryRow.event_id.in_(event_ids), DeliveryRow.status.in_(_DUE))
-            .distinct()
-        )).all())
-        done = event_ids - unsettled
+        # One indexed probe per event (any delivery still due?), not a count of a fan-out's due rows per batch.
+        done = {
+            event_id for event_id in event_ids
+            if await session.scalar(
+                select(_D.c.id).where(_D.c.event_id == event_id, _D.c.status.in_(_DUE)).limit(1)
+            ) is None
+        }
         if not done:
             return
         events = (await session.scalars(
@@ -510,10 +536,7 @@ class Dispatcher:
 
     async def _publish(self, publisher: Publisher, batch: list[CloudEvent[DeliveryData]]) -> None:
         topic = self._settings.kafka.deliveries_topic
-        results = await asyncio.gather(
-            *(publisher.publish(topic, event, key=event.data.procedure_id) for event in batch),
-            return_exceptions=True,
-        )
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:  # the delivery log is the record; the topic is a feed for others
-            log.warning("could not publish %d delivery outcomes: %s", len(failures), failures[0])
+        try:  # handed to the producer as one batch: one wait for all, not a waiting task per outcome
+            await publisher.publish_many([(topic, event.data.procedure_id, event.to_bytes()) for event in batch])
+        except Exception as exc:  # the delivery log is the record; the topic is a feed for others
+            log.warning("could not publish %d delivery outcomes: %s", len(batch), exc)

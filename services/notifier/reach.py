@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -47,7 +46,14 @@ from services.notifier.domain import (
 )
 from services.notifier.models import DeliveryRow, EoRow, KnownProcedureRow, NoticeRow, PlannedEventRow, ReachRow
 from services.notifier.notices import Notice
-from services.notifier.planning import NoticeDesk, contacts_of, own_procedures, record_notices, situation_of
+from services.notifier.planning import (
+    NoticeDesk,
+    contacts_of,
+    new_delivery_id,
+    own_procedures,
+    record_notices,
+    situation_of,
+)
 from shared.db import upsert
 from shared.events import (
     CloudEvent,
@@ -420,7 +426,7 @@ def _delivery(
 ) -> dict[str, Any]:
     channel = DeliveryChannel.EMAIL
     return {
-        "id": str(uuid.uuid4()), "event_id": event_id, "event_type": event_type, "procedure_id": procedure_id,
+        "id": new_delivery_id(), "event_id": event_id, "event_type": event_type, "procedure_id": procedure_id,
         "notice_id": notice_id, "recipient_key": recipient_key, "channel": channel, "recipient": address,
         "lane": lane_of(channel, address), "idempotency_key": idempotency_key(event_id, recipient_key, channel),
         "status": DeliveryStatus.PENDING, "attempts": 0, "next_attempt_at": now, "claimed_by": None,

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from services.detector.probes._dns import Address, Resolver
+from shared.resolver import Address, Resolver
 
 PROVIDER: list[Address] = [(int(socket.AF_INET), "192.0.2.10"), (int(socket.AF_INET6), "2001:db8::10")]
 

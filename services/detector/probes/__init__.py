@@ -13,7 +13,6 @@ import time
 from datetime import UTC, datetime
 
 from services.detector.domain import ProbeResult
-from services.detector.probes._dns import Resolver
 from services.detector.probes._transport import (
     Connector,
     H11Client,
@@ -31,6 +30,7 @@ from services.detector.probes.tcp import probe_tcp, probe_tls
 from services.detector.probes.verdict import Verdict
 from services.detector.probes.wssec import CredentialsError, CredentialStore
 from services.detector.targets import Target
+from shared.resolver import Resolver
 
 __all__ = [
     "Connector",

@@ -1,11 +1,11 @@
 """The network side of the probes: connections, TLS, one HTTP/1.1 exchange, and failure reason codes.
 
-HTTP is spoken with h11 (the sans-I/O HTTP/1.1 library httpx itself runs on) over asyncio streams rather
-than through httpx: a probe is one request on a fresh connection, and measured on one core this costs
-about a fifth of the CPU of an httpx request (0.25 ms against 1.3 ms), which is what lets one detector
-probe thousands of targets. Every probe opens its own connection, so a probe also proves that the
-target still accepts connections (and completes a TLS handshake), not only that an idle keep-alive
-connection still answers.
+HTTP is spoken by :mod:`shared.http11` (h11 over asyncio streams; the notifier's webhooks use it too)
+rather than through httpx: a probe is one request on a fresh connection, and measured on one core this
+costs about a fifth of the CPU of an httpx request (0.25 ms against 1.3 ms), which is what lets one
+detector probe thousands of targets. Every probe opens its own connection, so a probe also proves that
+the target still accepts connections (and completes a TLS handshake), not only that an idle keep-alive
+connection still answers. This module maps what fails to the probes' reason codes.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from typing import Protocol
 
 import h11
 
-from services.detector.probes._dns import Resolver
 from services.detector.targets import Endpoint, TlsFiles
+from shared.http11 import Http11Connection, NoAnswer, TooLarge, connect, exchange
+from shared.resolver import Resolver
 
 USER_AGENT = "luccs-fallback-detector/1"
-_READ_CHUNK = 65_536
 _X509_V_ERR_CERT_HAS_EXPIRED = 10
 
 
@@ -117,23 +117,10 @@ class Connector:
         """Connect to ``endpoint`` (verified TLS with ``tls`` files when given); raise :class:`ProbeFailure`."""
         context = self.contexts.get(tls) if tls is not None else None
         try:
-            addresses = await self.resolver.resolve(endpoint.host, endpoint.port)
-        except OSError as exc:
+            connection = await connect(endpoint.host, endpoint.port, resolver=self.resolver, ssl_context=context)
+        except (OSError, ValueError) as exc:  # ConnectFailed carries the last address's error as its cause
             raise failure_from(exc) from exc
-        failure: BaseException | None = None
-        for family, ip in addresses:
-            try:
-                return await asyncio.open_connection(
-                    ip, endpoint.port, family=family, ssl=context, server_hostname=endpoint.host if context else None
-                )
-            except ssl.SSLError as exc:  # the address answered: its TLS is what failed
-                raise failure_from(exc) from exc
-            except (OSError, ValueError) as exc:  # ssl.SSLCertVerificationError is a ValueError too
-                failure = exc
-                if isinstance(exc, ValueError):
-                    break
-        assert failure is not None
-        raise failure_from(failure) from failure
+        return connection.reader, connection.writer
 
 
 def close(writer: asyncio.StreamWriter) -> None:
@@ -180,18 +167,21 @@ class H11Client:
         reader, writer = await self._connector.open(endpoint, tls=tls if endpoint.uses_tls else None)
         expires_at = cert_expiry(writer) if endpoint.uses_tls else None
         try:
-            answer = await _exchange(reader, writer, request, max_body=max_body)
+            answer = await exchange(Http11Connection(reader, writer), method=request.method, target=endpoint.path,
+                                    headers=_headers(request), body=request.body, max_body=max_body)
+        except NoAnswer as exc:
+            raise ProbeFailure("reset", "connection closed without an answer") from exc
+        except TooLarge as exc:
+            raise ProbeFailure("too_large", f"answer larger than {max_body} bytes") from exc
         except (OSError, ValueError, h11.ProtocolError) as exc:
             raise failure_from(exc) from exc
         finally:
             close(writer)
-        return HttpAnswer(answer.status, answer.headers, answer.body, expires_at)
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in answer.headers}
+        return HttpAnswer(answer.status, headers, answer.body, expires_at)
 
 
-async def _exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: HttpRequest, *, max_body: int
-) -> HttpAnswer:
-    connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=_READ_CHUNK)
+def _headers(request: HttpRequest) -> list[tuple[str, str]]:
     headers = [
         ("Host", request.endpoint.authority),
         ("User-Agent", USER_AGENT),
@@ -204,36 +194,4 @@ async def _exchange(
         headers.append(("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()))
     if request.body or request.method in ("POST", "PUT", "PATCH"):
         headers.append(("Content-Length", str(len(request.body))))
-    writer.write(connection.send(h11.Request(method=request.method, target=request.endpoint.path, headers=headers)))
-    if request.body:
-        writer.write(connection.send(h11.Data(data=request.body)))
-    writer.write(connection.send(h11.EndOfMessage()))
-    await writer.drain()
-
-    response: h11.Response | None = None
-    body = bytearray()
-    eof = False
-    while True:
-        try:
-            event = connection.next_event()
-        except h11.RemoteProtocolError as exc:
-            if response is None and eof:
-                raise ProbeFailure("reset", "connection closed without an answer") from exc
-            raise
-        if event is h11.NEED_DATA:
-            data = await reader.read(_READ_CHUNK)
-            eof = not data
-            connection.receive_data(data)
-        elif isinstance(event, h11.Response):
-            response = event
-        elif isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > max_body:
-                raise ProbeFailure("too_large", f"answer larger than {max_body} bytes")
-        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed) or event is h11.PAUSED:
-            break
-        # An InformationalResponse (100 Continue) is not the answer: read on.
-    if response is None:
-        raise ProbeFailure("reset", "connection closed without an answer")
-    answer_headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in response.headers}
-    return HttpAnswer(status=response.status_code, headers=answer_headers, body=bytes(body))
+    return headers

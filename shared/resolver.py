@@ -1,11 +1,11 @@
-"""Name resolution for the probes, cached and shared.
+"""Name resolution, cached and shared: the detector's probes and the notifier's webhooks use this one resolver.
 
 asyncio resolves names with ``getaddrinfo`` in a small thread pool (a handful of threads). Thousands of
-EO endpoints, many of them behind the same access-point provider, would otherwise queue up there, and a
-probe waiting for a thread would time out: a false alarm caused by the detector itself. So a host is
-resolved once per ``ttl_s`` however many targets use it, concurrent probes of one host share a single
-lookup, and a failed lookup is remembered briefly (``negative_ttl_s``) so that a broken name does not
-hammer the resolver either.
+EO endpoints (AS4 endpoints probed, webhooks posted to), many of them behind the same access-point or
+hosting provider, would otherwise queue up there, and a probe waiting for a thread would time out: a false
+alarm caused by the detector itself. So a host is resolved once per ``ttl_s`` however many targets use it,
+concurrent look-ups of one host share a single lookup, and a failed lookup is remembered briefly
+(``negative_ttl_s``) so that a broken name does not hammer the resolver either.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class _Entry:
 
 
 class Resolver:
-    """Resolves host names for probes (see the module docstring). IP literals never reach the resolver."""
+    """Resolves host names (see the module docstring). IP literals never reach the resolver."""
 
     def __init__(
         self,
