@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -93,15 +93,20 @@ def closed_set(enum: type[E], length: int) -> SqlEnum:
 
 async def upsert(
     session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]], *, key: Sequence[str],
-    update: bool = True,
+    update: bool = True, merge: Callable[[Any], Mapping[str, Any]] | None = None,
 ) -> None:
     """Insert ``rows`` or, where ``key`` already exists, update them (``update=False``: leave those alone),
-    in one statement (SQLite and PostgreSQL). The one insert-or-update of every service."""
+    in one statement (SQLite and PostgreSQL). The one insert-or-update of every service.
+
+    ``merge``: how an existing row is updated, given the proposed row (``excluded``): column name to SQL
+    expression (default: every other column takes the proposed value)."""
     if not rows:
         return
     insert = sqlite_insert if session.get_bind().dialect.name == "sqlite" else postgresql_insert
     statement = insert(table)
-    if update:
+    if merge is not None:
+        resolved = statement.on_conflict_do_update(index_elements=list(key), set_=dict(merge(statement.excluded)))
+    elif update:
         updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in key}
         resolved = statement.on_conflict_do_update(index_elements=list(key), set_=updates)
     else:

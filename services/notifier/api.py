@@ -82,6 +82,9 @@ class ProcedureReach(BaseModel):
     )
     reached_99_s: float | None = Field(..., description="The same for 99 % of the concerned EOs; null: not yet.")
     reached_all_s: float | None = Field(..., description="The same for every concerned EO; null: not yet.")
+    first_reached_s: float | None = Field(
+        ..., description="Seconds from the opening until the first concerned EO was reached; null: not yet."
+    )
 
 
 @router.get(
@@ -102,5 +105,5 @@ async def get_reach(
         reached=report.reached,
         unreached=[UnreachedEo(eori=eo.eori, channel=eo.channel, last_error=eo.last_error) for eo in report.unreached],
         reached_50_s=report.times.reached_50_s, reached_99_s=report.times.reached_99_s,
-        reached_all_s=report.times.reached_all_s,
+        reached_all_s=report.times.reached_all_s, first_reached_s=report.times.first_reached_s,
     )

@@ -93,7 +93,7 @@ class ProbeLatencyRow(Base):
 
     __tablename__ = "probe_latency"
 
-    component: Mapped[str] = mapped_column(String(20), primary_key=True)
+    component: Mapped[Component] = mapped_column(closed_set(Component, 20), primary_key=True)
     slot_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
     samples: Mapped[int] = mapped_column(Integer)
     total_ms: Mapped[float] = mapped_column(Float)

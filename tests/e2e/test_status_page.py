@@ -5,7 +5,6 @@ in words and changes nothing; at 200 % zoom nothing of the main controls overflo
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +12,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from playwright.async_api import async_playwright, expect
 from pydantic import SecretStr
 
@@ -21,7 +19,7 @@ from services.procedure.app import create_app
 from shared.config import ApiSettings, KafkaSettings, ProcedureSettings, Settings
 from shared.events import Component, ComponentState
 from tests.console_system import running_console
-from tests.support import free_port
+from tests.support import serving
 
 pytestmark = pytest.mark.e2e
 
@@ -47,15 +45,8 @@ async def base_url(tmp_path: Path, kafka_bootstrap: str, topic_prefix: str) -> A
         api=ApiSettings(operator_tokens=[SecretStr(TOKEN)]),
         procedure=ProcedureSettings(notifier_url=None),
     )
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None))
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(60):
-        while not server.started:
-            await asyncio.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
+    async with serving(create_app(settings)) as client:
+        yield str(client.base_url).rstrip("/")
 
 
 async def test_page_shows_the_state_and_follows_changes_without_reload(base_url: str) -> None:
@@ -312,3 +303,37 @@ async def test_page_is_readable_without_javascript(base_url: str) -> None:
     assert "ADA B2G (AS4)" in html
     assert "No fallback procedure is in force" in html
     assert html.count('class="cell l-') == 2 * 90  # the availability bars are drawn by the server
+
+
+async def test_signing_out_of_a_closed_console_leaves_nothing_on_screen(
+    tmp_path: Path, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        kafka=KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix),
+        api=ApiSettings(operator_tokens=[SecretStr(TOKEN)], read_requires_token=True),
+        procedure=ProcedureSettings(notifier_url=None),
+    )
+    async with serving(create_app(settings)) as client, async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_FLAGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(str(client.base_url.join("/?lang=en")))
+            live = page.locator("#live")
+            await expect(live.locator("button[data-action='declare']")).to_have_count(0)  # nothing without a token
+            await page.fill("#token", TOKEN)
+            await page.click("#sign-in button[type=submit]")
+            await expect(page.locator("#who-name")).to_contain_text("operator:")
+            await expect(live.locator("button[data-action='declare']")).to_have_count(1)
+
+            await page.click("#sign-out")
+            await expect(page.locator("#sign-in")).to_be_visible()
+            await expect(page.locator("#signed-in")).to_be_hidden()
+            await expect(live).to_be_empty()
+            assert await page.evaluate("sessionStorage.length") == 0
+
+            await page.fill("#token", TOKEN)  # and one can sign in again without reloading
+            await page.click("#sign-in button[type=submit]")
+            await expect(live.locator("button[data-action='declare']")).to_have_count(1)
+        finally:
+            await browser.close()

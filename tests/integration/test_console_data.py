@@ -185,7 +185,8 @@ async def test_procedure_statistics_have_the_exact_figures(scripted: Scripted) -
         "ADA_B2G_UNAVAILABLE", "LUCCS_UNAVAILABLE", "LUCCS_UNAVAILABLE", "EO_B2G_UNAVAILABLE"]
     national = await scripted.client.get("/api/v1/history/procedures", params=WINDOW)
     assert national.status_code == 200, national.text
-    assert national.json() == {"from": _iso(0), "to": _iso(6), "items": NATIONAL_FIGURES, "notifier_problem": None}
+    assert national.json() == {"from": _iso(0), "to": _iso(6), "items": NATIONAL_FIGURES, "notifier_problem": None,
+                               "next": None}
     everything = await scripted.client.get("/api/v1/history/procedures", params=WINDOW, headers=OPERATOR)
     assert everything.json()["items"] == [EO_FIGURES, *NATIONAL_FIGURES]
     assert scripted.notifier.authorizations == {"Bearer notifier-bureau-token"}

@@ -122,6 +122,8 @@ async def test_a_failing_webhook_is_escalated_by_email_after_escalate_after_s_an
     assert (email.created_at - webhook.created_at).total_seconds() >= 1
     assert (reach["concerned"], reach["reached"], reach["unreached"]) == (1, 1, [])
     assert reach["reached_all_s"] is not None
+    # One EO: the first reached is the last reached, by e-mail after the escalation.
+    assert reach["first_reached_s"] == reach["reached_all_s"]
 
 
 async def test_only_the_unreached_are_escalated_and_the_digest_lists_exactly_them(
@@ -201,6 +203,7 @@ async def test_only_the_unreached_are_escalated_and_the_digest_lists_exactly_the
     assert (before["concerned"], before["reached"]) == (5, 1)
     assert [eo["eori"] for eo in before["unreached"]] == ["LU0001", "LU0002", "LU0004", "LU0005"]
     assert before["reached_50_s"] is None and before["reached_all_s"] is None
+    assert before["first_reached_s"] is not None, "one of the 5 reached: the first notice is known"
     assert (after["concerned"], after["reached"]) == (5, 2)
     assert after["unreached"] == [
         {"eori": "LU0001", "channel": "webhook", "last_error": "HTTP 500"},

@@ -60,6 +60,7 @@ class ProcedureStatistics(BaseModel):
     items: list[ScenarioStatistics] = Field(description="One per scenario (scenario 1 only for a reader of every "
                                                         "EO's data)")
     notifier_problem: str | None = Field(description="Why the first-notice times are missing; null: asked")
+    next: str | None = Field(None, description="Always null: one page per window, like every list")
 
 
 class FanOutProgress(BaseModel):
