@@ -25,10 +25,11 @@ async def probe_as4(
 
     With ``credentials`` (the target's ``as4_signing``, loaded) the ping is signed and the receipt verified.
     """
-    message_id = f"{uuid.uuid4()}@luccs-fallback"
+    fresh = str(uuid.uuid4())  # one random id per ping: its conversation, and with our domain its MessageId
+    message_id = f"{fresh}@luccs-fallback"
     ids: dict[str, Any] = {
         "sender": target.sender or _DEFAULT_PARTY, "receiver": target.receiver or _DEFAULT_PARTY,
-        "message_id": message_id, "conversation_id": str(uuid.uuid4()), "timestamp": now,
+        "message_id": message_id, "conversation_id": fresh, "timestamp": now,
     }
     check = None
     if credentials is None:
@@ -48,4 +49,6 @@ async def probe_as4(
         status=answer.status, content_type=answer.content_type, body=answer.body, message_id=message_id,
         receipt_check=check,
     )
+    if answer.cert_expires_at is None:
+        return verdict
     return replace(verdict, cert_expires_at=answer.cert_expires_at)
