@@ -13,8 +13,11 @@ from typing import Any
 
 import h11
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from services.detector.probes import Connector, HttpRequest, ProbeFailure
+from services.detector.probes._exchange import render_head
 from services.detector.probes._transport import H11Client, failure_from
 from services.detector.targets import Endpoint, TlsFiles
 from shared.http11 import NoAnswer, TooLarge, connect, exchange
@@ -147,3 +150,30 @@ def h11_request(raw: bytes) -> tuple[bytes, dict[bytes, bytes], bytes]:
     while isinstance(event := server.next_event(), h11.Data):
         body += event.data
     return request.target, dict(request.headers), body
+
+
+_TEXT = st.text(st.characters(codec="latin-1"), max_size=8)
+
+
+@given(
+    method=st.sampled_from(["GET", "POST", "HEAD", "G T", ""]),
+    target=st.one_of(st.just("/x"), _TEXT),
+    headers=st.lists(st.tuples(st.one_of(st.sampled_from(["Host", "Accept", "content-length", "X-A"]), _TEXT),
+                               _TEXT), max_size=4),
+    host_first=st.booleans(),
+)
+def test_a_head_rendered_without_h11_is_the_one_h11_renders(
+    method: str, target: str, headers: list[tuple[str, str]], host_first: bool
+) -> None:
+    fields = tuple([("Host", "127.0.0.1:8080")] if host_first else []) + tuple(headers)
+    try:
+        expected: bytes | type[Exception] = h11.Connection(h11.CLIENT).send(
+            h11.Request(method=method, target=target, headers=list(fields))
+        ) or b""
+    except Exception as exc:
+        expected = type(exc)
+    try:
+        got: bytes | type[Exception] = render_head(method, target, fields, with_length=False).payload(b"")
+    except Exception as exc:
+        got = type(exc)
+    assert got == expected

@@ -54,10 +54,36 @@ class RequestHead:
 
 
 def render_head(method: str, target: str, headers: tuple[tuple[str, str], ...], *, with_length: bool) -> RequestHead:
-    """The head of a request, rendered (and validated: h11 raises ``h11.LocalProtocolError``) by h11 once."""
+    """The head of a request, rendered once per target: directly when every field is plain ASCII that h11
+    would accept and write unchanged (the bytes are h11's), by h11 otherwise (which raises
+    ``h11.LocalProtocolError`` for what it refuses)."""
+    if _plain_head(method, target, headers):
+        lines = [f"{method} {target} HTTP/1.1\r\n", *(f"{name}: {value}\r\n" for name, value in headers)]
+        return RequestHead(method, target, headers, "".join(lines).encode("ascii"), with_length)
     data = h11.Connection(h11.CLIENT).send(h11.Request(method=method, target=target, headers=list(headers)))
     assert data is not None and data.endswith(b"\r\n\r\n")
     return RequestHead(method, target, headers, data[:-2], with_length)
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TARGET = re.compile(r"[\x21-\x7e]+")
+_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?)?")
+_FRAMING = frozenset({"host", "content-length", "transfer-encoding"})
+
+
+def _plain_head(method: str, target: str, headers: tuple[tuple[str, str], ...]) -> bool:
+    # h11 writes the Host header first and checks framing headers: only a head that starts with the one
+    # Host header and has no framing header of its own is rendered here.
+    if not headers or headers[0][0].lower() != "host":
+        return False
+    if _TOKEN.fullmatch(method) is None or _TARGET.fullmatch(target) is None:
+        return False
+    for index, (name, value) in enumerate(headers):
+        if _TOKEN.fullmatch(name) is None or _VALUE.fullmatch(value) is None:
+            return False
+        if index and name.lower() in _FRAMING:
+            return False
+    return True
 
 
 class _ProbeExchange(asyncio.Protocol):
