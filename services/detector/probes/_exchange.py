@@ -3,8 +3,8 @@
 A probe sends one request on a fresh connection and reads one answer. Through asyncio streams and h11 this
 cost about half of a probe's CPU (a StreamReader, a StreamWriter and their wakeups, h11 validating the
 request's headers and stepping its state machines for every probe). Here the connection's protocol writes
-the request in one write as soon as it is connected (its head rendered by h11 once per target and kept by
-the caller), collects the answer in its own buffer, and wakes the probe once, when the answer is complete.
+the request in one write as soon as it is connected (its head rendered once per target, with h11's bytes,
+and kept by the caller), collects the answer in its own buffer, and wakes the probe once, when the answer is complete.
 
 The answer is read by a fast path only when it is plainly well-formed: a valid status line of a final
 (non-1xx) status, header lines of a token, a colon and a value, no Transfer-Encoding, at most one
@@ -12,6 +12,9 @@ Content-Length of digits, not the answer to HEAD nor a 204/304. Everything else 
 Continue, folded or malformed headers, a connection closed in the middle) is handed, with every byte
 received so far, to h11 (fed the same request), so that every unusual answer is judged exactly as before,
 errors included. The caller bounds the exchange with its timeout; on cancellation the connection is dropped.
+
+Connecting follows :func:`shared.http11.connect` (every resolved address in turn) but with this protocol
+instead of streams; the failures are :mod:`shared.http11`'s, so the probes' reason codes are unchanged.
 """
 
 from __future__ import annotations
