@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from lxml import etree
 
 from services.detector.probes.ebms import (
@@ -13,6 +15,7 @@ from services.detector.probes.ebms import (
     SOAP12_NS,
     TEST_ACTION,
     TEST_SERVICE,
+    build_envelope,
     build_ping,
     classify,
     root_part,
@@ -207,3 +210,44 @@ def test_multipart_answer_is_classified_by_its_root_part() -> None:
 
 def test_plain_answers_are_their_own_root_part() -> None:
     assert root_part("application/soap+xml", RECEIPT) is RECEIPT
+
+
+def _lxml_ping(sender: Party, receiver: Party, message_id: str, conversation_id: str, at: datetime) -> bytes:
+    envelope = build_envelope(
+        sender=sender, receiver=receiver, message_id=message_id, conversation_id=conversation_id, timestamp=at
+    )
+    return etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
+
+
+@pytest.mark.parametrize(
+    "party",
+    [
+        EO,
+        Party("LU12345678901234", "urn:oasis:names:tc:ebcore:partyid-type:eori", "Responder"),
+        Party("Zoll & Douane", "urn:x", "a<b>"),  # markup characters: lxml's own path
+        Party('quote"d', "type 'single' é ü €", "role\twith tab"),
+    ],
+)
+def test_the_ping_template_writes_the_bytes_lxml_writes(party: Party) -> None:
+    at = datetime(2024, 3, 1, 12, 30, 15, 123456, tzinfo=UTC)
+    ping = build_ping(
+        sender=SENDER, receiver=party, message_id="a-b@luccs-fallback", conversation_id="c1", timestamp=at
+    )
+    assert ping.body == _lxml_ping(SENDER, party, "a-b@luccs-fallback", "c1", at)
+
+
+@given(ids=st.lists(st.text(max_size=12), min_size=8, max_size=8))
+def test_any_party_and_ids_give_the_bytes_lxml_gives_or_its_error(ids: list[str]) -> None:
+    at = datetime(2024, 3, 1, 12, 30, 15, tzinfo=UTC)
+    sender, receiver = Party(*ids[0:3]), Party(*ids[3:6])
+    try:
+        expected: bytes | type[Exception] = _lxml_ping(sender, receiver, ids[6], ids[7], at)
+    except Exception as exc:  # lxml refuses control characters and lone surrogates
+        expected = type(exc)
+    try:
+        got: bytes | type[Exception] = build_ping(
+            sender=sender, receiver=receiver, message_id=ids[6], conversation_id=ids[7], timestamp=at
+        ).body
+    except Exception as exc:
+        got = type(exc)
+    assert got == expected

@@ -1,11 +1,13 @@
 """The network side of the probes: connections, TLS, one HTTP/1.1 exchange, and failure reason codes.
 
-HTTP is spoken by :mod:`shared.http11` (h11 over asyncio streams; the notifier's webhooks use it too)
-rather than through httpx: a probe is one request on a fresh connection, and measured on one core this
-costs about a fifth of the CPU of an httpx request (0.25 ms against 1.3 ms), which is what lets one
-detector probe thousands of targets. Every probe opens its own connection, so a probe also proves that
-the target still accepts connections (and completes a TLS handshake), not only that an idle keep-alive
-connection still answers. This module maps what fails to the probes' reason codes.
+HTTP is h11's (the request heads, and every answer that is not plainly well-formed) over a protocol of
+the probes' own (:mod:`._exchange`: one write, one wakeup per answer) rather than httpx, whose request
+cost about five times the CPU; the notifier's webhooks share h11 and the failures' classes through
+:mod:`shared.http11`. Every probe opens its own connection, and keeps it so (no keep-alive between probes):
+a probe must prove that the target still accepts connections (and completes a TLS handshake), not only
+that an idle connection still answers, and a reused connection would need a retry on a fresh one to tell
+a dead endpoint from a connection the server closed while idle. This module maps what fails to the probes'
+reason codes.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Protocol
 
 import h11
 
+from services.detector.probes._exchange import RequestHead, open_exchange, render_head
 from services.detector.targets import Endpoint, TlsFiles
-from shared.http11 import Http11Connection, NoAnswer, TooLarge, connect, exchange
+from shared.http11 import NoAnswer, TooLarge, connect
 from shared.resolver import Resolver
 
 USER_AGENT = "luccs-fallback-detector/1"
@@ -95,9 +98,9 @@ class TlsContexts:
         return context
 
 
-def cert_expiry(writer: asyncio.StreamWriter) -> datetime | None:
+def cert_expiry(connection: asyncio.StreamWriter | asyncio.BaseTransport) -> datetime | None:
     """The notAfter of the certificate the peer presented (verified connections only)."""
-    peer = writer.get_extra_info("peercert")
+    peer = connection.get_extra_info("peercert")
     not_after = peer.get("notAfter") if isinstance(peer, dict) else None
     if not isinstance(not_after, str):
         return None
@@ -157,18 +160,48 @@ class HttpClient(Protocol):
 
 
 class H11Client:
-    """HTTP/1.1 over a fresh asyncio connection per request, parsed by h11. Timeouts are the caller's."""
+    """HTTP/1.1 over a fresh connection per request (see :mod:`._exchange`). Timeouts are the caller's.
 
-    def __init__(self, connector: Connector) -> None:
+    The head of each distinct request (the same for every probe of a target, but for an ``as4`` ping's
+    Content-Length) is rendered and validated by h11 once and kept.
+    """
+
+    def __init__(self, connector: Connector, *, max_heads: int = 200_000) -> None:
         self._connector = connector
+        self._heads: dict[tuple[str, Endpoint, tuple[tuple[str, str], ...], tuple[str, str] | None, bool],
+                          RequestHead] = {}
+        self._max_heads = max_heads
+
+    def head(self, request: HttpRequest) -> RequestHead:
+        """The rendered head of ``request`` (cached by everything but its body)."""
+        with_length = bool(request.body) or request.method in ("POST", "PUT", "PATCH")
+        key = (request.method, request.endpoint, request.headers, request.basic_auth, with_length)
+        head = self._heads.get(key)
+        if head is None:
+            if len(self._heads) >= self._max_heads:  # targets replaced many times over: start again
+                self._heads.clear()
+            head = self._heads[key] = render_head(
+                request.method, request.endpoint.path, tuple(_headers(request)), with_length=with_length
+            )
+        return head
 
     async def exchange(self, request: HttpRequest, *, tls: TlsFiles, max_body: int) -> HttpAnswer:
         endpoint = request.endpoint
-        reader, writer = await self._connector.open(endpoint, tls=tls if endpoint.uses_tls else None)
-        expires_at = cert_expiry(writer) if endpoint.uses_tls else None
         try:
-            answer = await exchange(Http11Connection(reader, writer), method=request.method, target=endpoint.path,
-                                    headers=_headers(request), body=request.body, max_body=max_body)
+            head = self.head(request)
+        except h11.ProtocolError as exc:  # a header value h11 refuses to send (as before, a probe_error)
+            raise failure_from(exc) from exc
+        context = self._connector.contexts.get(tls) if endpoint.uses_tls else None
+        try:
+            pending, transport = await open_exchange(
+                endpoint.host, endpoint.port, resolver=self._connector.resolver, ssl_context=context, head=head,
+                body=request.body, max_body=max_body,
+            )
+        except (OSError, ValueError) as exc:  # ConnectFailed carries the last address's error as its cause
+            raise failure_from(exc) from exc
+        try:
+            expires_at = cert_expiry(transport) if endpoint.uses_tls else None
+            answer = await pending
         except NoAnswer as exc:
             raise ProbeFailure("reset", "connection closed without an answer") from exc
         except TooLarge as exc:
@@ -176,12 +209,13 @@ class H11Client:
         except (OSError, ValueError, h11.ProtocolError) as exc:
             raise failure_from(exc) from exc
         finally:
-            close(writer)
+            transport.abort()
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in answer.headers}
         return HttpAnswer(answer.status, headers, answer.body, expires_at)
 
 
 def _headers(request: HttpRequest) -> list[tuple[str, str]]:
+    """The request's headers but Content-Length (added per request: an ``as4`` ping's body varies)."""
     headers = [
         ("Host", request.endpoint.authority),
         ("User-Agent", USER_AGENT),
@@ -192,6 +226,4 @@ def _headers(request: HttpRequest) -> list[tuple[str, str]]:
     if request.basic_auth is not None:
         user, password = request.basic_auth
         headers.append(("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()))
-    if request.body or request.method in ("POST", "PUT", "PATCH"):
-        headers.append(("Content-Length", str(len(request.body))))
     return headers

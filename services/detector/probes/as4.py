@@ -6,11 +6,10 @@ import uuid
 from dataclasses import replace
 from datetime import datetime
 from functools import partial
-
-from lxml import etree
+from typing import Any
 
 from services.detector.probes._transport import HttpClient, HttpRequest
-from services.detector.probes.ebms import CONTENT_TYPE, build_envelope, classify
+from services.detector.probes.ebms import CONTENT_TYPE, build_envelope, build_ping, classify
 from services.detector.probes.verdict import Verdict
 from services.detector.probes.wssec import Credentials, check_receipt, sign_envelope
 from services.detector.targets import Party, Target
@@ -26,19 +25,17 @@ async def probe_as4(
 
     With ``credentials`` (the target's ``as4_signing``, loaded) the ping is signed and the receipt verified.
     """
-    message_id = f"{uuid.uuid4()}@luccs-fallback"
-    envelope = build_envelope(
-        sender=target.sender or _DEFAULT_PARTY,
-        receiver=target.receiver or _DEFAULT_PARTY,
-        message_id=message_id,
-        conversation_id=str(uuid.uuid4()),
-        timestamp=now,
-    )
+    fresh = str(uuid.uuid4())  # one random id per ping: its conversation, and with our domain its MessageId
+    message_id = f"{fresh}@luccs-fallback"
+    ids: dict[str, Any] = {
+        "sender": target.sender or _DEFAULT_PARTY, "receiver": target.receiver or _DEFAULT_PARTY,
+        "message_id": message_id, "conversation_id": fresh, "timestamp": now,
+    }
     check = None
     if credentials is None:
-        body = etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
+        body = build_ping(**ids).body
     else:
-        body, sent = sign_envelope(envelope, credentials)
+        body, sent = sign_envelope(build_envelope(**ids), credentials)
         check = partial(check_receipt, credentials=credentials, sent=sent, message_id=message_id, now=now)
     request = HttpRequest(
         method="POST",
@@ -52,4 +49,6 @@ async def probe_as4(
         status=answer.status, content_type=answer.content_type, body=answer.body, message_id=message_id,
         receipt_check=check,
     )
+    if answer.cert_expires_at is None:
+        return verdict
     return replace(verdict, cert_expires_at=answer.cert_expires_at)

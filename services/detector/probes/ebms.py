@@ -14,6 +14,8 @@ refused outright (SOAP forbids document type declarations), so no entity is ever
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,25 +49,48 @@ class Ping:
 
 
 def build_ping(*, sender: Party, receiver: Party, message_id: str, conversation_id: str, timestamp: datetime) -> Ping:
-    """A SOAP 1.2 envelope with an ebMS3 UserMessage to the test service, without payload."""
-    envelope = build_envelope(
-        sender=sender, receiver=receiver, message_id=message_id, conversation_id=conversation_id, timestamp=timestamp
-    )
-    return Ping(message_id=message_id, body=etree.tostring(envelope, xml_declaration=True, encoding="UTF-8"))
+    """A SOAP 1.2 envelope with an ebMS3 UserMessage to the test service, without payload.
+
+    The bytes are those lxml writes for :func:`build_envelope`; they are filled into a template serialised
+    once (a fifth of the CPU of building the tree per ping) whenever every value is plain text, which the
+    detector's ids, timestamps and party ids are; anything else (an ``&`` in a party id) takes lxml's path.
+    """
+    stamp = _timestamp(timestamp)
+    values = (stamp, message_id, sender.type, sender.id, sender.role, receiver.type, receiver.id, receiver.role,
+              conversation_id)
+    if all(_PLAIN.fullmatch(value) for value in values):
+        body = _template().fill(values)
+    else:
+        envelope = _envelope(
+            sender=sender, receiver=receiver, message_id=message_id, conversation_id=conversation_id, timestamp=stamp
+        )
+        body = etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
+    return Ping(message_id=message_id, body=body)
 
 
 def build_envelope(
     *, sender: Party, receiver: Party, message_id: str, conversation_id: str, timestamp: datetime
 ) -> etree._Element:
     """The ping's SOAP envelope as an element (to be signed before it is serialised)."""
+    return _envelope(
+        sender=sender, receiver=receiver, message_id=message_id, conversation_id=conversation_id,
+        timestamp=_timestamp(timestamp),
+    )
+
+
+def _timestamp(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _envelope(
+    *, sender: Party, receiver: Party, message_id: str, conversation_id: str, timestamp: str
+) -> etree._Element:
     envelope = etree.Element(f"{_S}Envelope", nsmap={"env": SOAP12_NS, "eb": EBMS_NS})
     header = etree.SubElement(envelope, f"{_S}Header")
     messaging = etree.SubElement(header, f"{_EB}Messaging", {f"{_S}mustUnderstand": "true"})
     user_message = etree.SubElement(messaging, f"{_EB}UserMessage")
     info = etree.SubElement(user_message, f"{_EB}MessageInfo")
-    etree.SubElement(info, f"{_EB}Timestamp").text = (
-        timestamp.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    )
+    etree.SubElement(info, f"{_EB}Timestamp").text = timestamp
     etree.SubElement(info, f"{_EB}MessageId").text = message_id
     party_info = etree.SubElement(user_message, f"{_EB}PartyInfo")
     for tag, party in (("From", sender), ("To", receiver)):
@@ -78,6 +103,39 @@ def build_envelope(
     etree.SubElement(collaboration, f"{_EB}ConversationId").text = conversation_id
     etree.SubElement(envelope, f"{_S}Body")
     return envelope
+
+
+# Text that lxml writes as it is, in an element or an attribute (no markup character, no control character,
+# nothing lxml refuses): the template's slots take only such values.
+_PLAIN = re.compile("[^&<>\"\x00-\x1f\x7f\ud800-\udfff\ufffe\uffff]*")
+_SLOT = re.compile(rb"LUCCS-SLOT-([0-9])-")
+
+
+class _PingTemplate:
+    """The ping serialised once with a marker in each of its nine slots, cut at the markers."""
+
+    def __init__(self) -> None:
+        marks = [f"LUCCS-SLOT-{i}-" for i in range(9)]
+        envelope = _envelope(
+            timestamp=marks[0], message_id=marks[1], sender=Party(marks[3], marks[2], marks[4]),
+            receiver=Party(marks[6], marks[5], marks[7]), conversation_id=marks[8],
+        )
+        pieces = _SLOT.split(etree.tostring(envelope, xml_declaration=True, encoding="UTF-8"))
+        self._texts = pieces[0::2]
+        self._order = [int(i) for i in pieces[1::2]]
+        assert sorted(self._order) == list(range(9)), "each slot once"
+
+    def fill(self, values: tuple[str, ...]) -> bytes:
+        parts = [self._texts[0]]
+        for slot, text in zip(self._order, self._texts[1:], strict=True):
+            parts.append(values[slot].encode())
+            parts.append(text)
+        return b"".join(parts)
+
+
+@functools.cache
+def _template() -> _PingTemplate:
+    return _PingTemplate()
 
 
 def _parser() -> etree.XMLParser:
