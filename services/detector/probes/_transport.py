@@ -1,6 +1,6 @@
 """The network side of the probes: connections, TLS, one HTTP/1.1 exchange, and failure reason codes.
 
-HTTP is spoken by :mod:`shared.http11` (h11 over asyncio streams; the notifier's webhooks use it too)
+HTTP is spoken by :mod:`shared.http11` (over asyncio streams; the notifier's webhooks use it too)
 rather than through httpx: a probe is one request on a fresh connection, and measured on one core this
 costs about a fifth of the CPU of an httpx request (0.25 ms against 1.3 ms), which is what lets one
 detector probe thousands of targets. Every probe opens its own connection, so a probe also proves that
@@ -157,7 +157,7 @@ class HttpClient(Protocol):
 
 
 class H11Client:
-    """HTTP/1.1 over a fresh asyncio connection per request, parsed by h11. Timeouts are the caller's."""
+    """HTTP/1.1 over a fresh asyncio connection per request (:mod:`shared.http11`). Timeouts are the caller's."""
 
     def __init__(self, connector: Connector) -> None:
         self._connector = connector
