@@ -91,6 +91,56 @@ def closed_set(enum: type[E], length: int) -> SqlEnum:
     )
 
 
+async def execute_plain(
+    session: AsyncSession, sql: str, *, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """Run ``sql`` once per row (executemany) straight at the driver: ``sql`` marks its parameters ``?``, the
+    n-th binding a value of ``table``'s column ``columns[n]``; ``rows`` are tuples in that order.
+
+    For the statements of a fan-out (100,000 delivery rows planned, thousands of outcomes recorded per
+    batch): SQLAlchemy's executemany builds and type-processes a parameter dictionary per row, which cost
+    more than the database's own work. Here each column's type processing (enum names, timestamps) runs
+    once per distinct value (the rows of a fan-out share a few timestamps and names), and the driver gets
+    plain tuples. Same values stored as through the ORM: the columns' own bind processors make them.
+    """
+    if not rows:
+        return
+    dialect = session.get_bind().dialect
+    if dialect.paramstyle == "numeric_dollar":
+        parts = sql.split("?")
+        sql = "".join(part + (f"${n}" if n < len(parts) else "") for n, part in enumerate(parts, start=1))
+    elif dialect.paramstyle != "qmark":
+        raise NotImplementedError(f"paramstyle {dialect.paramstyle}")
+    processors = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns]
+    memo: list[dict[Any, Any]] = [{} for _ in columns]
+
+    def plain(n: int, value: Any) -> Any:
+        processor = processors[n]
+        if processor is None or value is None:
+            return value
+        seen = memo[n]
+        if value not in seen:
+            seen[value] = processor(value)
+        return seen[value]
+
+    width = range(len(columns))
+    if any(processors):
+        rows = [tuple(plain(n, row[n]) for n in width) for row in rows]
+    connection = await session.connection()
+    await connection.exec_driver_sql(sql, list(rows))
+
+
+def insert_sql(table: Table, columns: Sequence[str], *, skip_conflicts_on: Sequence[str]) -> str:
+    """For :func:`execute_plain`: insert a row of ``columns`` into ``table``, nothing where a row with the same
+    ``skip_conflicts_on`` exists (SQLite and PostgreSQL share the syntax)."""
+    # Only the table's own names go into the text (table.c raises KeyError for any other).
+    names, keys = [table.c[n].name for n in columns], [table.c[n].name for n in skip_conflicts_on]
+    return (
+        f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"  # noqa: S608
+        f" ON CONFLICT ({', '.join(keys)}) DO NOTHING"
+    )
+
+
 async def upsert(
     session: AsyncSession, table: Table, rows: Sequence[Mapping[str, Any]], *, key: Sequence[str],
     update: bool = True,
