@@ -130,15 +130,13 @@ async def execute_plain(
     await connection.exec_driver_sql(sql, list(rows))
 
 
-def insert_sql(table: Table, columns: Sequence[str], *, skip_conflicts_on: Sequence[str]) -> str:
-    """For :func:`execute_plain`: insert a row of ``columns`` into ``table``, nothing where a row with the same
-    ``skip_conflicts_on`` exists (SQLite and PostgreSQL share the syntax)."""
+def insert_sql(table: Table, columns: Sequence[str], *, skip_conflicts_on: Sequence[str] = ()) -> str:
+    """For :func:`execute_plain`: insert a row of ``columns`` into ``table``; with ``skip_conflicts_on``,
+    nothing where a row with the same values there exists (SQLite and PostgreSQL share the syntax)."""
     # Only the table's own names go into the text (table.c raises KeyError for any other).
     names, keys = [table.c[n].name for n in columns], [table.c[n].name for n in skip_conflicts_on]
-    return (
-        f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"  # noqa: S608
-        f" ON CONFLICT ({', '.join(keys)}) DO NOTHING"
-    )
+    sql = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"  # noqa: S608
+    return sql + f" ON CONFLICT ({', '.join(keys)}) DO NOTHING" if keys else sql
 
 
 async def upsert(
