@@ -384,10 +384,11 @@ async def record_notices(
             await session.flush()
             notice_ids[variant] = row.id
         escalates = notice.channel == DeliveryChannel.WEBHOOK and notice.eori in watched
-        route = (notice.channel, notice.address)
+        # The lane depends on the scheme and authority alone: worked out once per host, not per EO's URL.
+        route = (notice.channel, _origin_part(notice.address))
         lane = lanes.get(route)
         if lane is None:
-            lane = lanes[route] = lane_of(notice.channel, notice.address)
+            lane = lanes[route] = lane_of(notice.channel, route[1])
         rows.append((
             new_delivery_id(), event.id, event.type, subject_id, notice_ids[variant], notice.audience,
             notice.recipient_key, notice.eori, notice.channel, notice.address, lane,
@@ -428,6 +429,13 @@ def new_delivery_id(*, at_ms: int | None = None) -> str:
     value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
     return str(uuid.UUID(int=value))
+
+
+def _origin_part(address: str) -> str:
+    """``scheme://authority`` of a URL (what :func:`lane_of` reads), or the whole address when it has no path."""
+    start = address.find("//")
+    end = address.find("/", start + 2) if start >= 0 else -1
+    return address[:end] if end > 0 and "?" not in address[:end] and "#" not in address[:end] else address
 
 
 def _first_channel(eo: EoContact) -> DeliveryChannel | None:
