@@ -39,7 +39,7 @@ from services.notifier.jobs import Job, Outcome, Sender
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.models import AttemptRow, DeliveryRow, EoRow, NoticeRow, PlannedEventRow, ReachRow
 from shared.config import Settings
-from shared.db import execute_plain, insert_sql
+from shared.db import insert_plain, update_plain
 from shared.events import CloudEvent, DeliveryChannel, DeliveryData, DeliveryStatus, EventType, Language
 from shared.kafka import Publisher
 from shared.retry import Backoff, RetryPolicy, retrying
@@ -59,31 +59,16 @@ _RECORD_FOREVER = RetryPolicy(Backoff(first_s=1.0, factor=1.0))
 _ATTEMPTS = cast(Table, AttemptRow.__table__)
 _D = cast(Table, DeliveryRow.__table__)
 _R = cast(Table, ReachRow.__table__)
-# The statements of a batch of outcomes, run at the driver on plain tuples (shared.db.execute_plain): at
-# thousands of outcomes a second, SQLAlchemy's per-row parameter processing cost more than the database.
-# Three per delivery: its row (a delivered one leaves the escalation watch in the same statement), its
-# attempt, its EO's reach.
-_OUTCOME_COLUMNS = (
-    "status", "attempts", "next_attempt_at", "last_error", "last_http_status", "delivered_at", "updated_at", "id",
-)
-_SET_OUTCOME = (
-    "UPDATE deliveries SET status = ?, attempts = ?, next_attempt_at = ?, claimed_by = NULL, claimed_until = NULL,"
-    " last_error = ?, last_http_status = ?, delivered_at = ?, updated_at = ?{} WHERE id = ?"
-)
-_RECORD_DELIVERED = _SET_OUTCOME.format(", escalate_at = NULL")
-_RECORD_FAILED = _SET_OUTCOME.format("")
+# The statements of a batch of outcomes, run at the driver on plain values (shared.db.update_plain and
+# insert_plain): at thousands of outcomes a second, SQLAlchemy's per-row parameter processing cost more than
+# the database. Per delivery: its row (a delivered one leaves the escalation watch in the same statement),
+# its attempt, its EO's reach.
+_OUTCOME_COLUMNS = ("status", "attempts", "next_attempt_at", "last_error", "last_http_status", "delivered_at",
+                    "updated_at", "claimed_by", "claimed_until")
 _ATTEMPT_COLUMNS = ("delivery_id", "attempt", "at", "outcome", "http_status", "error", "duration_ms")
-_RECORD_ATTEMPT = insert_sql(_ATTEMPTS, _ATTEMPT_COLUMNS)
-_REACHED_COLUMNS = ("reached_at", "reached_channel", "last_channel", "procedure_id", "eori")
-_REACHED = (
-    "UPDATE procedure_reach SET reached_at = ?, reached_channel = ?, last_channel = ?, last_error = NULL"
-    " WHERE procedure_id = ? AND eori = ? AND reached_at IS NULL"
-)
-_UNREACHED_COLUMNS = ("last_channel", "last_error", "procedure_id", "eori")
-_STILL_UNREACHED = (
-    "UPDATE procedure_reach SET last_channel = ?, last_error = ?"
-    " WHERE procedure_id = ? AND eori = ? AND reached_at IS NULL"
-)
+_REACHED_COLUMNS = ("reached_at", "reached_channel", "last_channel", "last_error")
+_UNREACHED_COLUMNS = ("last_channel", "last_error")
+_REACH_KEY = ("procedure_id", "eori")
 
 
 @dataclass
@@ -427,7 +412,7 @@ class Dispatcher:
                 retrying = retrying or retry_at is not None
             (delivered if outcome.ok else failed).append((
                 status, job.attempt, retry_at, outcome.error, outcome.http_status, now if outcome.ok else None, now,
-                job.delivery_id,
+                None, None, job.delivery_id,
             ))
             attempts.append((job.delivery_id, job.attempt, now, status, outcome.http_status, outcome.error,
                              round(duration_s * 1000, 3)))
@@ -443,9 +428,10 @@ class Dispatcher:
                 log.warning("delivery %s (%s to %s) is dead after %d attempts: %s", job.delivery_id, job.channel,
                             job.eori or job.audience, job.attempt, outcome.error)
         async with self._sessions.begin() as session:
-            await execute_plain(session, _RECORD_DELIVERED, table=_D, columns=_OUTCOME_COLUMNS, rows=delivered)
-            await execute_plain(session, _RECORD_FAILED, table=_D, columns=_OUTCOME_COLUMNS, rows=failed)
-            await execute_plain(session, _RECORD_ATTEMPT, table=_ATTEMPTS, columns=_ATTEMPT_COLUMNS, rows=attempts)
+            await update_plain(session, _D, set_columns=_OUTCOME_COLUMNS, keys=("id",), rows=delivered,
+                               also_set="escalate_at = NULL")
+            await update_plain(session, _D, set_columns=_OUTCOME_COLUMNS, keys=("id",), rows=failed)
+            await insert_plain(session, _ATTEMPTS, columns=_ATTEMPT_COLUMNS, rows=attempts)
             readdressed = await self._record_reach(session, batch, now)
             await self._settle(session, {job.event_id for job, _, _ in batch}, now)
         counted: Counter[tuple[str, str]] = Counter()
@@ -479,11 +465,13 @@ class Dispatcher:
             if job.audience != "eo" or job.eori is None:
                 continue
             if outcome.ok:
-                reached.append((now, job.channel, job.channel, job.procedure_id, job.eori))
+                reached.append((now, job.channel, job.channel, None, job.procedure_id, job.eori))
             else:
                 unreached.append((job.channel, outcome.error, job.procedure_id, job.eori))
-        await execute_plain(session, _REACHED, table=_R, columns=_REACHED_COLUMNS, rows=reached)
-        await execute_plain(session, _STILL_UNREACHED, table=_R, columns=_UNREACHED_COLUMNS, rows=unreached)
+        await update_plain(session, _R, set_columns=_REACHED_COLUMNS, keys=_REACH_KEY, rows=reached,
+                           only_where="reached_at IS NULL")
+        await update_plain(session, _R, set_columns=_UNREACHED_COLUMNS, keys=_REACH_KEY, rows=unreached,
+                           only_where="reached_at IS NULL")
         if not failed:
             return 0
         # The registry moved the EO to another address while this attempt was in flight: retry there now.

@@ -61,7 +61,7 @@ from services.notifier.models import (
 )
 from services.notifier.notices import EoSummary, Notice, NoticeTexts
 from shared.config import NotifierSettings
-from shared.db import execute_plain, insert_sql, upsert
+from shared.db import insert_plain, upsert
 from shared.events import (
     AdvisoryData,
     AdvisoryKind,
@@ -92,11 +92,8 @@ _PLANNED_COLUMNS = (
     "recipient", "lane", "idempotency_key", "created_at", "escalate_at", "next_attempt_at", "updated_at", "status",
     "attempts",
 )
-# A delivery already planned for this event, recipient and channel is left as it is (a redelivered event).
-_PLAN_DELIVERY = insert_sql(_DELIVERIES, _PLANNED_COLUMNS, skip_conflicts_on=("event_id", "recipient_key", "channel"))
 _REACH = cast(Table, ReachRow.__table__)
 _CONCERN_COLUMNS = ("procedure_id", "eori", "concerned_at", "last_channel", "last_error")
-_CONCERN = insert_sql(_REACH, _CONCERN_COLUMNS, skip_conflicts_on=("procedure_id", "eori"))
 
 
 @dataclass(frozen=True)
@@ -397,12 +394,15 @@ async def record_notices(
         ))
     # Straight at the driver, as plain tuples: SQLAlchemy's per-row parameter processing of 100,000 rows
     # was most of a national fan-out's planning time.
-    await execute_plain(session, _PLAN_DELIVERY, table=_DELIVERIES, columns=_PLANNED_COLUMNS, rows=rows)
+    # A delivery already planned for this event, recipient and channel is left as it is (a redelivered event).
+    await insert_plain(session, _DELIVERIES, columns=_PLANNED_COLUMNS, rows=rows,
+                       skip_conflicts_on=("event_id", "recipient_key", "channel"))
     reach = [
         (subject_id, eo.eori, now, _first_channel(eo), None if eo.webhook_url or eo.email else NO_ADDRESS)
         for eo in concerned
     ]
-    await execute_plain(session, _CONCERN, table=_REACH, columns=_CONCERN_COLUMNS, rows=reach)
+    await insert_plain(session, _REACH, columns=_CONCERN_COLUMNS, rows=reach,
+                       skip_conflicts_on=("procedure_id", "eori"))
     return len(rows)
 
 
