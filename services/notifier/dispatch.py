@@ -456,22 +456,25 @@ class Dispatcher:
     ) -> int:
         """Who was reached (or the latest error of who was not), the address changes seen in flight; returns
         how many of those there were (due again at once)."""
-        reached: list[tuple[Any, ...]] = []
-        unreached: list[tuple[Any, ...]] = []
+        # One row per EO and procedure (an EO told by webhook and e-mail may have both in one batch): the first
+        # channel that reached it, the latest failure, as one statement per row in batch order would leave them.
+        reached: dict[tuple[str, str], tuple[Any, ...]] = {}
+        unreached: dict[tuple[str, str], tuple[Any, ...]] = {}
         failed: dict[str, str] = {}
         for job, outcome, _ in batch:
             if not outcome.ok:
                 failed[job.delivery_id] = job.address
             if job.audience != "eo" or job.eori is None:
                 continue
+            key = (job.procedure_id, job.eori)
             if outcome.ok:
-                reached.append((now, job.channel, job.channel, None, job.procedure_id, job.eori))
+                reached.setdefault(key, (now, job.channel, job.channel, None, *key))
             else:
-                unreached.append((job.channel, outcome.error, job.procedure_id, job.eori))
-        await update_plain(session, _R, set_columns=_REACHED_COLUMNS, keys=_REACH_KEY, rows=reached,
+                unreached[key] = (job.channel, outcome.error, *key)
+        await update_plain(session, _R, set_columns=_REACHED_COLUMNS, keys=_REACH_KEY, rows=list(reached.values()),
                            only_where="reached_at IS NULL")
-        await update_plain(session, _R, set_columns=_UNREACHED_COLUMNS, keys=_REACH_KEY, rows=unreached,
-                           only_where="reached_at IS NULL")
+        await update_plain(session, _R, set_columns=_UNREACHED_COLUMNS, keys=_REACH_KEY,
+                           rows=list(unreached.values()), only_where="reached_at IS NULL")
         if not failed:
             return 0
         # The registry moved the EO to another address while this attempt was in flight: retry there now.
