@@ -1,34 +1,46 @@
 """One HTTP/1.1 client for the services' own outbound requests: the detector's probes and the notifier's webhooks.
 
-h11 (the sans-I/O HTTP/1.1 library httpx itself runs on) speaks the protocol over asyncio streams. Why not
-httpx: measured on the project's 2-core machine, an httpx request costs about five times the CPU (a probe
-0.25 ms against 1.3 ms; an httpx ``AsyncClient`` POSTing webhooks to a loopback receiver peaked near 1,200
-requests/s and slowed down as concurrency grew, its pool rescanning every connection for every request).
+Why not httpx: measured on the project's 2-core machine, an httpx request costs about five times the CPU (a
+probe 0.25 ms against 1.3 ms; an httpx ``AsyncClient`` POSTing webhooks to a loopback receiver peaked near
+1,200 requests/s and slowed down as concurrency grew, its pool rescanning every connection for every request).
+Why not h11 any more (it spoke the protocol here before): its per-event validation and state machine took
+more of the notifier's event loop than anything else at 100,000 webhooks. A client that sends one request at
+a time and never pipelines needs little of it: the request goes out as one ``write`` of bytes (its head
+checked for line breaks), and the answer is read with ``readuntil``/``readexactly`` (status line, headers,
+then the body framed by Content-Length, chunked coding or the connection's end, as RFC 9112 says).
 
 This module owns what both callers share: resolving the host (through :class:`shared.resolver.Resolver`,
 cached), checking every resolved address before connecting when the caller has a rule for them (the
 notifier's rule against private targets), connecting to one of them (TLS verified against the host name
 when a context is given), and one request/answer exchange on a :class:`Http11Connection`. What differs
-stays with the callers: the probes open a fresh connection per probe and read the answer's body up to a
-bound; the webhooks keep connections alive per origin and ignore the body. Timeouts are the caller's
-(``asyncio.timeout`` around the call); failures come out as the exceptions of the step that failed.
+stays with the callers: the webhooks keep connections alive per origin, exchange through this module and
+ignore the body; the probes (the tcp and tls ones connect through :func:`connect`) exchange HTTP through a
+protocol of their own, ``services/detector/probes/_exchange.py`` (one write and one wakeup per probe, h11
+judging every answer that is not plainly well-formed, since a probe's verdict rests on it). Timeouts are the
+caller's (``asyncio.timeout`` around the call); failures come out as the exceptions of the step that failed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import h11
 
 from shared.resolver import Resolver
 
-__all__ = ["Answer", "ConnectFailed", "Http11Connection", "NoAnswer", "TooLarge", "connect", "exchange"]
+__all__ = [
+    "Answer", "BadAnswer", "ConnectFailed", "Http11Connection", "NoAnswer", "TooLarge", "connect", "exchange",
+    "header_lines", "request_bytes", "request_head", "send",
+]
 
 READ_CHUNK = 65_536
+_VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
+_UNSAFE = re.compile("[\r\n\0]")
 
 
 class ConnectFailed(OSError):
@@ -37,6 +49,13 @@ class ConnectFailed(OSError):
 
 class NoAnswer(EOFError):
     """The server closed the connection before its answer began."""
+
+
+class BadAnswer(h11.RemoteProtocolError):
+    """The answer is not HTTP/1.x as RFC 9112 frames it (a garbled status line, header or chunk).
+
+    An ``h11.RemoteProtocolError``, as the answers h11 refused were: the callers' handling (the probes'
+    ``protocol_error`` reason) stays what it was."""
 
 
 class TooLarge(Exception):
@@ -68,9 +87,6 @@ class Http11Connection:
 
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
-    protocol: h11.Connection = field(
-        default_factory=lambda: h11.Connection(h11.CLIENT, max_incomplete_event_size=READ_CHUNK)
-    )
     received: bool = False
     """Whether the current exchange has received any byte (a reused connection that failed before
     receiving anything was closed by the server while idle: the request may go again on a fresh one)."""
@@ -122,6 +138,34 @@ async def connect(
     raise ConnectFailed(f"cannot connect to {host}: " + "; ".join(failures)) from last
 
 
+def request_bytes(method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes = b"") -> bytes:
+    """The request as it goes on the wire: request line, ``headers`` (Host among them; Content-Length added
+    when there is a body and none is given), an empty line, ``body``.
+
+    Raises ``ValueError`` when a name or value would break the head (a line break or NUL in it).
+    """
+    if body and not any(name.lower() == "content-length" for name, _ in headers):
+        headers = [*headers, ("Content-Length", str(len(body)))]
+    return request_head(method, target, headers) + b"\r\n" + body
+
+
+def request_head(method: str, target: str, headers: Sequence[tuple[str, str]]) -> bytes:
+    """The request line and ``headers``, without the empty line that ends the head: a caller sending many
+    requests to one URL renders this once and appends each request's own :func:`header_lines`."""
+    line = f"{method} {target} HTTP/1.1"
+    if _UNSAFE.search(line):
+        raise ValueError("the request line holds a line break or NUL")
+    return line.encode("latin-1") + b"\r\n" + header_lines(headers)
+
+
+def header_lines(headers: Sequence[tuple[str, str]]) -> bytes:
+    """``Name: value`` lines, each ending with CRLF; ``ValueError`` when one holds a line break or NUL."""
+    text = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    if _UNSAFE.search(text.replace("\r\n", "")) or text.count("\r\n") != len(headers):
+        raise ValueError("a header holds a line break or NUL")
+    return text.encode("latin-1")
+
+
 async def exchange(
     connection: Http11Connection,
     *,
@@ -134,53 +178,123 @@ async def exchange(
 ) -> Answer:
     """Send one request and read its answer (the body too, kept unless ``keep_body`` is false).
 
-    Raises :class:`NoAnswer`, :class:`TooLarge` (more than ``max_body`` bytes of body), ``h11.ProtocolError``
-    (a garbled answer) or ``OSError`` (the connection broke).
+    Raises :class:`NoAnswer`, :class:`TooLarge` (more than ``max_body`` bytes of body), :class:`BadAnswer`
+    (a garbled answer) or ``OSError`` (the connection broke; ``asyncio.IncompleteReadError``, an
+    ``EOFError``, when it broke within the answer).
     """
-    protocol = connection.protocol
+    return await send(connection, request_bytes(method, target, headers, body), max_body=max_body,
+                      keep_body=keep_body)
+
+
+async def send(connection: Http11Connection, request: bytes, *, max_body: int, keep_body: bool = True) -> Answer:
+    """:func:`exchange` for a request already in bytes (:func:`request_bytes`, or a caller's own rendering of
+    a head it sends many times): one ``write``, then the answer."""
     connection.received = False
-    data = protocol.send(h11.Request(method=method, target=target, headers=list(headers))) or b""
-    if body:
-        data += protocol.send(h11.Data(data=body)) or b""
-    data += protocol.send(h11.EndOfMessage()) or b""
-    connection.writer.write(data)
+    connection.writer.write(request)
     await connection.writer.drain()
-    response: h11.Response | None = None
-    content = bytearray()
-    size = 0
-    eof = False
+    reader = connection.reader
     while True:
         try:
-            event = protocol.next_event()
-        except h11.RemoteProtocolError as exc:
-            if response is None and eof:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
                 raise NoAnswer("the server closed the connection without answering") from exc
-            raise
-        if event is h11.NEED_DATA:
-            chunk = await connection.reader.read(READ_CHUNK)
-            eof = not chunk
-            if eof and response is None:
-                raise NoAnswer("the server closed the connection without answering")
             connection.received = True
-            protocol.receive_data(chunk)
-        elif isinstance(event, h11.Response):
-            response = event
-        elif isinstance(event, h11.Data):
-            size += len(event.data)
-            if size > max_body:
-                assert response is not None
-                raise TooLarge(response.status_code, max_body)
-            if keep_body:
-                content += event.data
-        elif isinstance(event, h11.EndOfMessage):
-            assert response is not None
-            keep = protocol.our_state is h11.DONE and protocol.their_state is h11.DONE
-            if keep:
-                protocol.start_next_cycle()
-            return Answer(response.status_code, list(response.headers), bytes(content), keep)
-        elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+            raise BadAnswer("the answer ended within its head") from exc
+        except asyncio.LimitOverrunError as exc:
+            connection.received = True
+            raise BadAnswer("the answer's head is too long") from exc
+        connection.received = True
+        version, status, fields = _parse_head(head)
+        if status >= 200:
             break
-        # An InformationalResponse (100 Continue) is not the answer: read on.
-    if response is None:
-        raise NoAnswer("the server closed the connection without answering")
-    return Answer(response.status_code, list(response.headers), bytes(content), False)
+        # An informational answer (100 Continue) is not the answer: read on.
+    keep_alive = version == b"HTTP/1.1" and not _has_token(fields.get(b"connection"), b"close")
+    try:
+        content, to_the_end = await _read_body(reader, fields, status=status, max_body=max_body, keep_body=keep_body)
+    except asyncio.LimitOverrunError as exc:
+        raise BadAnswer("a chunk size line is too long") from exc
+    return Answer(status, list(fields.items()), bytes(content), keep_alive and not to_the_end)
+
+
+async def _read_body(
+    reader: asyncio.StreamReader, fields: dict[bytes, bytes], *, status: int, max_body: int, keep_body: bool
+) -> tuple[bytearray, bool]:
+    """The body (empty unless ``keep_body``), and whether it ran to the connection's end."""
+    content = bytearray()
+    coding = fields.get(b"transfer-encoding")
+    length = fields.get(b"content-length")
+    if coding is not None:
+        if coding.rsplit(b",", 1)[-1].strip().lower() != b"chunked":
+            raise BadAnswer(f"unsupported transfer coding {coding!r}")
+        await _read_chunked(reader, content, status=status, max_body=max_body, keep_body=keep_body)
+    elif status in (204, 304):
+        pass
+    elif length is not None:
+        values = {value.strip() for value in length.split(b",")}
+        if len(values) != 1 or not next(iter(values)).isdigit():
+            raise BadAnswer(f"invalid Content-Length {length!r}")
+        size = int(next(iter(values)))
+        if size > max_body:
+            raise TooLarge(status, max_body)
+        if size:
+            data = await reader.readexactly(size)
+            if keep_body:
+                content += data
+    else:
+        size = 0
+        while chunk := await reader.read(READ_CHUNK):
+            size += len(chunk)
+            if size > max_body:
+                raise TooLarge(status, max_body)
+            if keep_body:
+                content += chunk
+        return content, True
+    return content, False
+
+
+def _parse_head(head: bytes) -> tuple[bytes, int, dict[bytes, bytes]]:
+    lines = head[:-4].split(b"\r\n")
+    version, _, rest = lines[0].partition(b" ")
+    code = rest[:3]
+    if version not in _VERSIONS or not code.isdigit() or len(code) != 3 or rest[3:4] not in (b"", b" "):
+        raise BadAnswer(f"not an HTTP/1.x status line: {lines[0][:100]!r}")
+    fields: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip() or b" " in name or b"\t" in name:
+            raise BadAnswer(f"invalid header line {line[:100]!r}")
+        name = name.lower()
+        value = value.strip(b" \t")
+        # Repeated fields combine as one list (RFC 9110 5.3); Content-Length repeats are checked by the caller.
+        fields[name] = fields[name] + b", " + value if name in fields else value
+    return version, int(code), fields
+
+
+def _has_token(value: bytes | None, token: bytes) -> bool:
+    return value is not None and any(part.strip().lower() == token for part in value.split(b","))
+
+
+async def _read_chunked(
+    reader: asyncio.StreamReader, content: bytearray, *, status: int, max_body: int, keep_body: bool
+) -> None:
+    size_total = 0
+    while True:
+        line = await reader.readuntil(b"\r\n")
+        digits = line.split(b";", 1)[0].strip()
+        try:
+            size = int(digits, 16)
+        except ValueError:
+            raise BadAnswer(f"invalid chunk size {digits[:20]!r}") from None
+        if size == 0:
+            while await reader.readuntil(b"\r\n") != b"\r\n":  # trailer fields, ignored
+                pass
+            return
+        size_total += size
+        if size_total > max_body:
+            raise TooLarge(status, max_body)
+        data = await reader.readexactly(size + 2)
+        if data[-2:] != b"\r\n":
+            raise BadAnswer("a chunk does not end with CRLF")
+        if keep_body:
+            content += data[:-2]

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.notifier.domain import delivery_retry_policy, next_attempt_at
@@ -39,6 +39,7 @@ from services.notifier.jobs import Job, Outcome, Sender
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.models import AttemptRow, DeliveryRow, EoRow, NoticeRow, PlannedEventRow, ReachRow
 from shared.config import Settings
+from shared.db import insert_plain, update_plain
 from shared.events import CloudEvent, DeliveryChannel, DeliveryData, DeliveryStatus, EventType, Language
 from shared.kafka import Publisher
 from shared.retry import Backoff, RetryPolicy, retrying
@@ -57,24 +58,17 @@ _RECORD_FOREVER = RetryPolicy(Backoff(first_s=1.0, factor=1.0))
 """Outcomes already sent are recorded whatever it takes: every second until the database takes them."""
 _ATTEMPTS = cast(Table, AttemptRow.__table__)
 _D = cast(Table, DeliveryRow.__table__)
-# One statement, executed for a whole batch of outcomes (executemany), not one transaction per delivery.
-_RECORD_OUTCOME = (
-    update(_D).where(_D.c.id == bindparam("key"))
-    .values(status=bindparam("status"), attempts=bindparam("attempts"), next_attempt_at=bindparam("next_attempt_at"),
-            claimed_by=None, claimed_until=None, last_error=bindparam("last_error"),
-            last_http_status=bindparam("last_http_status"), delivered_at=bindparam("delivered_at"))
-)
 _R = cast(Table, ReachRow.__table__)
-_UNREACHED = (
-    _R.c.procedure_id == bindparam("of_procedure"), _R.c.eori == bindparam("of_eori"), _R.c.reached_at.is_(None)
-)
-_REACHED = update(_R).where(*_UNREACHED).values(
-    reached_at=bindparam("at"), reached_channel=bindparam("on_channel"), last_channel=bindparam("on_channel"),
-    last_error=None,
-)
-_STILL_UNREACHED = update(_R).where(*_UNREACHED).values(
-    last_channel=bindparam("on_channel"), last_error=bindparam("error")
-)
+# The statements of a batch of outcomes, run at the driver on plain values (shared.db.update_plain and
+# insert_plain): at thousands of outcomes a second, SQLAlchemy's per-row parameter processing cost more than
+# the database. Per delivery: its row (a delivered one leaves the escalation watch in the same statement),
+# its attempt, its EO's reach.
+_OUTCOME_COLUMNS = ("status", "attempts", "next_attempt_at", "last_error", "last_http_status", "delivered_at",
+                    "updated_at", "claimed_by", "claimed_until")
+_ATTEMPT_COLUMNS = ("delivery_id", "attempt", "at", "outcome", "http_status", "error", "duration_ms")
+_REACHED_COLUMNS = ("reached_at", "reached_channel", "last_channel", "last_error")
+_UNREACHED_COLUMNS = ("last_channel", "last_error")
+_REACH_KEY = ("procedure_id", "eori")
 
 
 @dataclass
@@ -401,9 +395,11 @@ class Dispatcher:
 
     async def _record(self, batch: list[tuple[Job, Outcome, float]]) -> None:
         now = self._clock()
-        updates: list[dict[str, Any]] = []
-        attempts: list[dict[str, Any]] = []
+        delivered: list[tuple[Any, ...]] = []
+        failed: list[tuple[Any, ...]] = []
+        attempts: list[tuple[Any, ...]] = []
         feed: list[CloudEvent[DeliveryData]] = []
+        retrying = False
         for job, outcome, duration_s in batch:
             retry_at = None
             if outcome.ok:
@@ -413,15 +409,13 @@ class Dispatcher:
                     retry_at = next_attempt_at(policy=self._policy, attempt=job.attempt, planned_at=job.created_at,
                                                now=now, rng=self._rng)
                 status = DeliveryStatus.RETRYING if retry_at else DeliveryStatus.DEAD
-            updates.append({
-                "key": job.delivery_id, "status": status.value, "attempts": job.attempt, "next_attempt_at": retry_at,
-                "last_error": outcome.error, "last_http_status": outcome.http_status,
-                "delivered_at": now if outcome.ok else None,
-            })
-            attempts.append({
-                "delivery_id": job.delivery_id, "attempt": job.attempt, "at": now, "outcome": status.value,
-                "http_status": outcome.http_status, "error": outcome.error, "duration_ms": round(duration_s * 1000, 3),
-            })
+                retrying = retrying or retry_at is not None
+            (delivered if outcome.ok else failed).append((
+                status, job.attempt, retry_at, outcome.error, outcome.http_status, now if outcome.ok else None, now,
+                None, None, job.delivery_id,
+            ))
+            attempts.append((job.delivery_id, job.attempt, now, status, outcome.http_status, outcome.error,
+                             round(duration_s * 1000, 3)))
             feed.append(CloudEvent[DeliveryData](
                 source=SOURCE, type=EventType.DELIVERY_RECORDED, subject=job.procedure_id,
                 data=DeliveryData(
@@ -434,8 +428,10 @@ class Dispatcher:
                 log.warning("delivery %s (%s to %s) is dead after %d attempts: %s", job.delivery_id, job.channel,
                             job.eori or job.audience, job.attempt, outcome.error)
         async with self._sessions.begin() as session:
-            await session.execute(_RECORD_OUTCOME.values(updated_at=now), updates)
-            await session.execute(insert(_ATTEMPTS), attempts)
+            await update_plain(session, _D, set_columns=_OUTCOME_COLUMNS, keys=("id",), rows=delivered,
+                               also_set="escalate_at = NULL")
+            await update_plain(session, _D, set_columns=_OUTCOME_COLUMNS, keys=("id",), rows=failed)
+            await insert_plain(session, _ATTEMPTS, columns=_ATTEMPT_COLUMNS, rows=attempts)
             readdressed = await self._record_reach(session, batch, now)
             await self._settle(session, {job.event_id for job, _, _ in batch}, now)
         counted: Counter[tuple[str, str]] = Counter()
@@ -446,7 +442,7 @@ class Dispatcher:
             self._published.put_nowait(event)
         for (channel, ended), count in counted.items():
             self._metrics.outcomes.labels(channel=channel, outcome=ended).inc(count)
-        if readdressed or any(u["next_attempt_at"] is not None for u in updates):
+        if readdressed or retrying:
             self._wake.set()
 
     def _attempt_seconds(self, channel: str) -> Any:
@@ -458,31 +454,27 @@ class Dispatcher:
     async def _record_reach(
         self, session: AsyncSession, batch: list[tuple[Job, Outcome, float]], now: datetime
     ) -> int:
-        """Who was reached, the escalation watch, the address changes seen in flight; returns how many of
-        those there were (due again at once)."""
-        reached: list[dict[str, Any]] = []
-        unreached: list[dict[str, Any]] = []
-        delivered: list[str] = []
+        """Who was reached (or the latest error of who was not), the address changes seen in flight; returns
+        how many of those there were (due again at once)."""
+        # One row per EO and procedure (an EO told by webhook and e-mail may have both in one batch): the first
+        # channel that reached it, the latest failure, as one statement per row in batch order would leave them.
+        reached: dict[tuple[str, str], tuple[Any, ...]] = {}
+        unreached: dict[tuple[str, str], tuple[Any, ...]] = {}
         failed: dict[str, str] = {}
         for job, outcome, _ in batch:
-            if outcome.ok:
-                delivered.append(job.delivery_id)
-            else:
+            if not outcome.ok:
                 failed[job.delivery_id] = job.address
             if job.audience != "eo" or job.eori is None:
                 continue
-            where = {"of_procedure": job.procedure_id, "of_eori": job.eori, "on_channel": job.channel.value}
+            key = (job.procedure_id, job.eori)
             if outcome.ok:
-                reached.append({**where, "at": now})
+                reached.setdefault(key, (now, job.channel, job.channel, None, *key))
             else:
-                unreached.append({**where, "error": outcome.error})
-        if delivered:
-            await session.execute(update(_D).where(_D.c.id.in_(delivered), _D.c.escalate_at.is_not(None))
-                                  .values(escalate_at=None))
-        if reached:
-            await session.execute(_REACHED, reached)
-        if unreached:
-            await session.execute(_STILL_UNREACHED, unreached)
+                unreached[key] = (job.channel, outcome.error, *key)
+        await update_plain(session, _R, set_columns=_REACHED_COLUMNS, keys=_REACH_KEY, rows=list(reached.values()),
+                           only_where="reached_at IS NULL")
+        await update_plain(session, _R, set_columns=_UNREACHED_COLUMNS, keys=_REACH_KEY,
+                           rows=list(unreached.values()), only_where="reached_at IS NULL")
         if not failed:
             return 0
         # The registry moved the EO to another address while this attempt was in flight: retry there now.

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, or_, select
+from sqlalchemy import exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.notifier.models import DeliveryRow, KnownProcedureRow
@@ -34,11 +34,10 @@ class FanoutMetrics(Collector):
         registry.register(self)
 
     async def refresh(self) -> None:
-        unsettled = select(DeliveryRow.procedure_id).where(DeliveryRow.status.in_(_UNSETTLED))
-        active = (
-            select(KnownProcedureRow.procedure_id)
-            .where(or_(KnownProcedureRow.state.in_(_ACTIVE), KnownProcedureRow.procedure_id.in_(unsettled)))
-        )
+        # A probe of the (procedure_id, status) index per known procedure, not a list of every unsettled row.
+        unsettled = exists().where(DeliveryRow.procedure_id == KnownProcedureRow.procedure_id,
+                                   DeliveryRow.status.in_(_UNSETTLED))
+        active = select(KnownProcedureRow.procedure_id).where(or_(KnownProcedureRow.state.in_(_ACTIVE), unsettled))
         async with self._sessions() as session:
             counted = (await session.execute(
                 select(DeliveryRow.procedure_id, DeliveryRow.status, func.count())

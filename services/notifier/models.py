@@ -140,6 +140,7 @@ class DeliveryRow(Base):
         Index("ix_deliveries_due", "status", "next_attempt_at"),
         Index("ix_deliveries_listing", "created_at", "id"),
         Index("ix_deliveries_event", "event_id", "status"),
+        Index("ix_deliveries_procedure_status", "procedure_id", "status"),  # the fan-out counts (0004)
     )
 
 

@@ -6,6 +6,9 @@ serves), every address it resolves to is checked, and the connection goes to a c
 that later re-resolves elsewhere gains nothing). TLS verifies the certificate against the URL's host name.
 Redirects are never followed: the caller sees the 3xx and its Location. Nobody reads a webhook answer's
 body: it is not kept, and past 64 KiB not read either (the connection is dropped).
+
+A request goes out as one write of bytes: the head's fixed part (request line, Host, User-Agent) is rendered
+once per URL, the per-request headers (length, Idempotency-Key, signature) spliced after it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from urllib.parse import urlsplit
 import h11
 
 from services.notifier.domain import address_problem
-from shared.http11 import Http11Connection, TooLarge, connect, exchange
+from shared.http11 import Http11Connection, TooLarge, connect, header_lines, request_head, send
 from shared.resolver import Resolver
 
 __all__ = ["HttpAnswer", "TargetRefused", "TransportError", "WebhookHttpClient"]
@@ -63,7 +66,7 @@ class WebhookHttpClient:
         self._resolver = resolver or Resolver()
         self._user_agent = user_agent
         self._idle: dict[tuple[str, str, int], list[Http11Connection]] = {}
-        self._urls: dict[str, tuple[str, str, int, str, str]] = {}
+        self._urls: dict[str, tuple[str, str, int, bytes]] = {}
 
     async def post(
         self, url: str, *, body: bytes, headers: Sequence[tuple[str, str]], timeout_s: float
@@ -72,12 +75,12 @@ class WebhookHttpClient:
 
         Raises :class:`TargetRefused`, :class:`TransportError` or :class:`TimeoutError`.
         """
-        scheme, host, port, target, host_header = self._parse(url)
+        scheme, host, port, head = self._parse(url)
         origin = (scheme, host.lower(), port)
-        request_headers = [
-            ("Host", host_header), ("User-Agent", self._user_agent), ("Content-Length", str(len(body))),
-            *headers,
-        ]
+        try:
+            request = b"".join((head, header_lines([("Content-Length", str(len(body))), *headers]), b"\r\n", body))
+        except ValueError as exc:
+            raise TransportError(f"cannot send this request: {exc}") from None
         async with asyncio.timeout(timeout_s):
             while True:
                 connection = self._take_idle(origin)
@@ -85,8 +88,7 @@ class WebhookHttpClient:
                 if connection is None:
                     connection = await self._connect(scheme, host, port)
                 try:
-                    answer = await exchange(connection, method="POST", target=target, headers=request_headers,
-                                            body=body, max_body=_MAX_RESPONSE_BYTES, keep_body=False)
+                    answer = await send(connection, request, max_body=_MAX_RESPONSE_BYTES, keep_body=False)
                 except TooLarge as exc:
                     connection.close()
                     return HttpAnswer(exc.status)
@@ -104,16 +106,20 @@ class WebhookHttpClient:
                     connection.close()
                 return HttpAnswer(answer.status, answer.header(b"location"))
 
-    def _parse(self, url: str) -> tuple[str, str, int, str, str]:
+    def _parse(self, url: str) -> tuple[str, str, int, bytes]:
+        """Scheme, host, port and the request's fixed head (request line, Host, User-Agent) of ``url``."""
         parsed = self._urls.get(url)
         if parsed is None:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise TransportError(f"not an http(s) URL: {url!r}")
-            parsed = (
-                parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-                (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), parts.netloc.rpartition("@")[2],
-            )
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            try:
+                head = request_head("POST", target, [("Host", parts.netloc.rpartition("@")[2]),
+                                                     ("User-Agent", self._user_agent)])
+            except ValueError as exc:
+                raise TransportError(f"not a usable URL: {exc}") from None
+            parsed = (parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), head)
             if len(self._urls) > 100_000:
                 self._urls.clear()
             self._urls[url] = parsed

@@ -1,4 +1,5 @@
-"""shared/http11.py against real loopback servers: keep-alive, no answer, too large, refused, address check."""
+"""shared/http11.py against real loopback servers: keep-alive, answer framings (length, chunked, to the end,
+100 Continue), no answer, garbled answers, too large, refused, address check, header injection."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from shared.http11 import ConnectFailed, NoAnswer, TooLarge, connect, exchange
+from shared.http11 import BadAnswer, ConnectFailed, NoAnswer, TooLarge, connect, exchange, request_bytes
 from shared.resolver import Resolver
 from tests.support import free_port
 
@@ -94,6 +95,70 @@ async def test_a_body_beyond_the_bound_is_too_large_with_its_status(servers: lis
         await exchange(connection, method="POST", target="/", headers=HEADERS, body=b"hi", max_body=1000)
     connection.close()
     assert raised.value.status == 503
+
+
+async def _answer_once(servers: list[asyncio.Server], answer: bytes, *, close: bool = False) -> int:
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+        if close:
+            writer.close()
+
+    server, port = await _serve(reply)
+    servers.append(server)
+    return port
+
+
+@pytest.mark.parametrize(("answer", "close", "body", "keep_alive"), [
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nT: 1\r\n\r\n",
+     False, b"abcde", True),
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok", False, b"ok", True),
+    (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nto the end", True, b"to the end", False),
+    (b"HTTP/1.1 204 No Content\r\nConnection: keep-alive, close\r\n\r\n", False, b"", False),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx", False, b"x", False),
+], ids=["chunked", "100-continue", "to-the-end", "connection-close", "http-1.0"])
+async def test_the_answer_is_framed_as_rfc_9112_says(
+    servers: list[asyncio.Server], answer: bytes, close: bool, body: bytes, keep_alive: bool
+) -> None:
+    port = await _answer_once(servers, answer, close=close)
+    connection = await connect("127.0.0.1", port, resolver=Resolver())
+    got = await exchange(connection, method="POST", target="/", headers=HEADERS, body=b"hi", max_body=100)
+    connection.close()
+    assert (got.body, got.keep_alive) == (body, keep_alive)
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTP/1.1 200 OK\r\n\r\n",
+    b"HTTP/1.1 2x0 OK\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+])
+async def test_a_garbled_answer_is_a_bad_answer(servers: list[asyncio.Server], answer: bytes) -> None:
+    port = await _answer_once(servers, answer)
+    connection = await connect("127.0.0.1", port, resolver=Resolver())
+    with pytest.raises(BadAnswer):
+        await exchange(connection, method="POST", target="/", headers=HEADERS, body=b"hi", max_body=100)
+    connection.close()
+
+
+async def test_a_chunked_body_beyond_the_bound_is_too_large(servers: list[asyncio.Server]) -> None:
+    port = await _answer_once(servers, b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n80\r\n" + b"x" * 128)
+    connection = await connect("127.0.0.1", port, resolver=Resolver())
+    with pytest.raises(TooLarge) as raised:
+        await exchange(connection, method="POST", target="/", headers=HEADERS, body=b"hi", max_body=100)
+    connection.close()
+    assert raised.value.status == 500
+
+
+@pytest.mark.parametrize("headers", [[("X-Key", "a\r\nX-Injected: 1")], [("X-Key", "a\nb")], [("X-K\r\ney", "a")]])
+def test_a_header_that_would_break_the_head_is_refused(headers: list[tuple[str, str]]) -> None:
+    with pytest.raises(ValueError, match="line break or NUL"):
+        request_bytes("POST", "/", [("Host", "h"), *headers], b"hi")
+    with pytest.raises(ValueError, match="line break or NUL"):
+        request_bytes("POST", "/\r\nX: 1", [("Host", "h")])
 
 
 async def test_a_refused_connection_fails_with_the_refusal_as_its_cause() -> None:

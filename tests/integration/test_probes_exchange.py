@@ -1,7 +1,7 @@
 """The probes' HTTP exchange (``probes/_exchange.py``) judges every answer as h11 over streams did.
 
 A loopback server reads the request and writes raw bytes (then closes, or hangs up in the middle); the same
-answer goes to the probes' client and to :func:`shared.http11.exchange` (the path the probes used before),
+answer goes to the probes' client and to h11 over asyncio streams (the path the probes used before),
 and both must agree: the same status, headers and body, or the same class of failure.
 """
 
@@ -20,8 +20,7 @@ from services.detector.probes import Connector, HttpRequest, ProbeFailure
 from services.detector.probes._exchange import render_head
 from services.detector.probes._transport import H11Client, failure_from
 from services.detector.targets import Endpoint, TlsFiles
-from shared.http11 import NoAnswer, TooLarge, connect, exchange
-from shared.resolver import Resolver
+from shared.http11 import READ_CHUNK
 
 pytestmark = pytest.mark.integration
 
@@ -56,23 +55,48 @@ async def servers() -> AsyncIterator[list[asyncio.Server]]:
 
 
 async def _old(port: int, method: str, body: bytes) -> Any:
-    connection = await connect("127.0.0.1", port, resolver=Resolver())
+    """The reference: h11 over asyncio streams, as the probes (and :mod:`shared.http11`) spoke it before."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    protocol = h11.Connection(h11.CLIENT, max_incomplete_event_size=READ_CHUNK)
+    headers = [("Host", f"127.0.0.1:{port}"), ("Connection", "close"),
+               *([("Content-Length", str(len(body)))] if body else [])]
+    data = protocol.send(h11.Request(method=method, target="/x", headers=headers)) or b""
+    if body:
+        data += protocol.send(h11.Data(data=body)) or b""
+    data += protocol.send(h11.EndOfMessage()) or b""
+    writer.write(data)
+    response: h11.Response | None = None
+    content, eof = bytearray(), False
     try:
-        answer = await exchange(
-            connection, method=method, target="/x",
-            headers=[("Host", f"127.0.0.1:{port}"), ("Connection", "close"),
-                     *([("Content-Length", str(len(body)))] if body else [])],
-            body=body, max_body=MAX_BODY,
-        )
-    except NoAnswer:
-        return "reset"
-    except TooLarge:
-        return "too_large"
-    except (OSError, h11.ProtocolError) as exc:
+        await writer.drain()
+        while True:
+            try:
+                event = protocol.next_event()
+            except h11.RemoteProtocolError as exc:
+                if response is None and eof:
+                    return "reset"
+                return failure_from(exc).reason
+            if event is h11.NEED_DATA:
+                chunk = await reader.read(READ_CHUNK)
+                eof = not chunk
+                if eof and response is None:
+                    return "reset"
+                protocol.receive_data(chunk)
+            elif isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                content += event.data
+                if len(content) > MAX_BODY:
+                    return "too_large"
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed) or event is h11.PAUSED:
+                break
+    except OSError as exc:
         return failure_from(exc).reason
     finally:
-        connection.abort()
-    return answer.status, {k.decode(): v.decode() for k, v in answer.headers}, answer.body
+        writer.transport.abort()
+    if response is None:
+        return "reset"
+    return response.status_code, {k.decode(): v.decode() for k, v in response.headers}, bytes(content)
 
 
 async def _new(port: int, method: str, body: bytes) -> Any:
