@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from services.detector.clock import Clock, running_clock, sleep
 from services.detector.domain import Transition, coalesce
 from shared.events import AvailabilityData, CloudEvent
+from shared.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -170,18 +171,20 @@ class LatestStates:
 
     async def run(self) -> None:
         """Publish pending events until cancelled, retrying with backoff while the broker is unreachable."""
-        delay = self._retry_initial_s
+        backoff = Backoff(first_s=self._retry_initial_s, max_s=self._retry_max_s)
+        failures = 0
         while True:
             if not self._pending:
                 self._wakeup.clear()
                 await self._wakeup.wait()
             if await self.flush():
-                delay = self._retry_initial_s
+                failures = 0
                 continue
+            failures += 1
+            delay = backoff.delay_s(failures)
             log.warning("publishing availability failed (%d pending), retrying in %.1fs: %s",
                         len(self._pending), delay, self.last_error)
             await sleep(running_clock(self._clock), delay)
-            delay = min(delay * 2, self._retry_max_s)
 
 
 def note_superseded(detail: str | None, superseded: int) -> str | None:

@@ -33,6 +33,7 @@ from services.detector.service import Detector, SavedTarget
 from services.detector.targets import ProbeKind
 from shared.db import upsert
 from shared.events import Component, ComponentState
+from shared.retry import Backoff
 
 __all__ = ["TargetStore", "WriteBehind"]
 
@@ -262,7 +263,8 @@ class WriteBehind:
         """
         save_now = self._detector.save_now
         clock = running_clock(self._clock)
-        delay = self._interval_s
+        backoff = Backoff(first_s=self._interval_s, max_s=self._retry_max_s)
+        failures = 0
         last_flush = clock.time() - self._min_gap_s
         next_sweep = clock.time() + await self.sweep()
         while True:
@@ -274,8 +276,9 @@ class WriteBehind:
             if clock.time() >= next_sweep:
                 next_sweep = clock.time() + await self.sweep()
             if flushed:
-                delay = self._interval_s
+                failures = 0
                 continue
+            failures += 1
+            delay = backoff.delay_s(failures)
             log.warning("saving target states failed, retrying in %.0fs: %s", delay, self.last_error)
             await sleep(clock, delay)
-            delay = min(delay * 2, self._retry_max_s)
