@@ -26,8 +26,9 @@ import asyncio
 import contextlib
 import re
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import h11
 
@@ -35,8 +36,10 @@ from shared.resolver import Resolver
 
 __all__ = [
     "Answer", "BadAnswer", "ConnectFailed", "Http11Connection", "NoAnswer", "TooLarge", "connect", "exchange",
-    "header_lines", "request_bytes", "request_head", "send",
+    "first_connected", "header_lines", "request_bytes", "request_head", "send",
 ]
+
+ConnectedT = TypeVar("ConnectedT")
 
 READ_CHUNK = 65_536
 _VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
@@ -120,21 +123,33 @@ async def connect(
     if check is not None:
         for _family, address in addresses:
             check(address)
+
+    async def open_one(family: int, address: str) -> Http11Connection:
+        reader, writer = await asyncio.open_connection(
+            address, port, family=family, ssl=ssl_context,
+            server_hostname=host if ssl_context is not None else None, limit=limit,
+        )
+        return Http11Connection(reader, writer)
+
+    return await first_connected(host, port, addresses, open_one)
+
+
+async def first_connected(
+    host: str, port: int, addresses: Sequence[tuple[int, str]],
+    open_one: Callable[[int, str], Awaitable[ConnectedT]],
+) -> ConnectedT:
+    """``open_one(family, address)`` for each address in turn until one connects. An ``ssl.SSLError`` stops
+    there (the address answered, its TLS failed); when none connects, :class:`ConnectFailed` names each failure."""
     failures: list[str] = []
     last: OSError | None = None
     for family, address in addresses:
         try:
-            reader, writer = await asyncio.open_connection(
-                address, port, family=family, ssl=ssl_context,
-                server_hostname=host if ssl_context is not None else None, limit=limit,
-            )
+            return await open_one(family, address)
         except ssl.SSLError:
             raise
         except OSError as exc:
             failures.append(f"{address}:{port}: {exc.strerror or exc}")
             last = exc
-            continue
-        return Http11Connection(reader, writer)
     raise ConnectFailed(f"cannot connect to {host}: " + "; ".join(failures)) from last
 
 

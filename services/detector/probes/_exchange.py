@@ -13,7 +13,7 @@ Continue, folded or malformed headers, a connection closed in the middle) is han
 received so far, to h11 (fed the same request), so that every unusual answer is judged exactly as before,
 errors included. The caller bounds the exchange with its timeout; on cancellation the connection is dropped.
 
-Connecting follows :func:`shared.http11.connect` (every resolved address in turn) but with this protocol
+Connecting tries every resolved address in turn (:func:`shared.http11.first_connected`) with this protocol
 instead of streams; the failures are :mod:`shared.http11`'s, so the probes' reason codes are unchanged.
 """
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import h11
 
-from shared.http11 import READ_CHUNK, Answer, ConnectFailed, NoAnswer, TooLarge
+from shared.http11 import READ_CHUNK, Answer, NoAnswer, TooLarge, first_connected
 from shared.resolver import Resolver
 
 __all__ = ["RequestHead", "open_exchange", "render_head"]
@@ -271,21 +271,13 @@ async def open_exchange(
     """
     loop = asyncio.get_running_loop()
     addresses = await resolver.resolve(host, port)
-    failures: list[str] = []
-    last: OSError | None = None
-    for family, address in addresses:
+
+    async def open_one(family: int, address: str) -> tuple[asyncio.Future[Answer], asyncio.Transport]:
         answer: asyncio.Future[Answer] = loop.create_future()
-        try:
-            transport, _ = await loop.create_connection(
-                lambda answer=answer: _ProbeExchange(head, body, max_body, answer),
-                address, port, family=family, ssl=ssl_context,
-                server_hostname=host if ssl_context is not None else None,
-            )
-        except ssl.SSLError:
-            raise
-        except OSError as exc:
-            failures.append(f"{address}:{port}: {exc.strerror or exc}")
-            last = exc
-            continue
+        transport, _ = await loop.create_connection(
+            lambda: _ProbeExchange(head, body, max_body, answer), address, port, family=family, ssl=ssl_context,
+            server_hostname=host if ssl_context is not None else None,
+        )
         return answer, transport
-    raise ConnectFailed(f"cannot connect to {host}: " + "; ".join(failures)) from last
+
+    return await first_connected(host, port, addresses, open_one)
