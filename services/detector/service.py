@@ -27,8 +27,6 @@ from services.detector.domain import (
     ProbeResult,
     TargetStatus,
     Transition,
-    cert_warning,
-    cert_warning_crossed,
     corroborating,
     is_suspect,
     observe,
@@ -43,6 +41,7 @@ from services.detector.scheduler import Scheduler
 from services.detector.targets import EO_TARGET_PREFIX, InvalidTarget, Target, eo_target_id, from_eo
 from services.detector.vantage import owns
 from services.detector.workers import WorkerPool
+from shared.certificates import cert_warning, cert_warning_crossed
 from shared.config import DetectorSettings, LoggingSettings, ProbeKind
 from shared.events import AvailabilityData, CloudEvent, Component, EoData, EventType
 

@@ -4,7 +4,7 @@ The detectors report with each observation the expiry of the certificate a targe
 signed AS4 pings, of our own signing certificate and of the partner's receipt-signing one. For a national
 target (ADA B2G, NTP: never an EO's endpoint, which is the EO's business) the Servicedesk hears of it:
 - a certificate that reaches a warning level (``detector.cert_warning_days``, 30/14/7 days, and 0 once
-  expired; the detector's own rule, :func:`~services.detector.domain.cert_warning`) raises a
+  expired; the detector's own rule, :func:`~shared.certificates.cert_warning`) raises a
   ``certificate_expiring`` advisory; each closer level raises it again, once: never on every probe, and the
   levels told are kept with the advisory, so a restart or another vantage point tells nothing twice;
 - a target presenting another certificate (renewed) clears the advisory of the old one; a renewed one that is
@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from services.detector.domain import cert_warning, cert_warning_crossed
+from shared.certificates import cert_warning, cert_warning_crossed
 from shared.events import AvailabilityData, CertificateExpiry, CertificateRole, Component
 
 __all__ = ["CertificateChange", "CertificateKey", "SeenCertificate", "certificate_changes", "seen_certificates"]

@@ -10,13 +10,12 @@ from hypothesis import strategies as st
 
 from services.detector.domain import (
     Transition,
-    cert_warning,
-    cert_warning_crossed,
     coalesce,
     first_due,
     next_due,
     phase,
 )
+from shared.certificates import cert_warning, cert_warning_crossed
 from shared.events import ComponentState
 
 UP = ComponentState.UP
