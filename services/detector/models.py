@@ -29,6 +29,12 @@ class TargetStateRow(Base):
     target stays unconfirmed until a transition or a confirmation, so nothing else of it is ever pending).
     Free-form values (ids, reasons) are ``Text``: a long one must never make a whole batch fail. Rows of
     other instances not saved for ``detector.state_retention_days`` are deleted (see ``TargetStore.sweep``).
+
+    Unlike the other services' tables, the closed-set columns (``component``, ``probe``, ``state``,
+    ``unpublished_from``) are plain strings, not ``shared.db.closed_set``: rows outlive the version that wrote
+    them (a rolling upgrade or a downgrade shares the table), and an enum column would fail the whole load on
+    one name this version does not know. ``TargetStore.load`` checks each row instead and starts only that
+    target afresh.
     """
 
     __tablename__ = "detector_target_states"

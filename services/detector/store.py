@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any, cast, get_args
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -46,6 +46,7 @@ _UPSERT_CHUNK = 200
 # Rows of other instances deleted per sweep at most: a backlog (many old pods) is cleared over several short
 # transactions, one per write-behind interval, rather than in one long one.
 _SWEEP_LIMIT = 5000
+_PROBE_KINDS = frozenset(get_args(ProbeKind))
 
 
 class TargetStore:
@@ -156,7 +157,10 @@ class TargetStore:
 
 
 def _from_row(row: TargetStateRow) -> SavedTarget:
+    """The saved target of ``row``; ``ValueError`` if a closed-set column holds a name this version does not know."""
     state = ComponentState(row.state)
+    if row.probe not in _PROBE_KINDS:
+        raise ValueError(f"{row.probe!r} is not a probe kind")
     last = ProbeResult(
         ok=row.last_ok, reason=row.last_reason, finished_at=row.last_checked_at, latency_ms=row.last_latency_ms,
         detail=row.last_detail, cert_expires_at=row.last_cert_expires_at, ebms_error=row.last_ebms_error,
@@ -170,7 +174,7 @@ def _from_row(row: TargetStateRow) -> SavedTarget:
     return SavedTarget(
         target_id=row.target_id,
         component=Component(row.component),
-        probe=cast(ProbeKind, row.probe),
+        probe=cast(ProbeKind, row.probe),  # checked above
         url=row.url,
         status=TargetStatus(
             state=state, since=row.since, consecutive_failures=row.consecutive_failures,

@@ -401,6 +401,29 @@ async def test_rows_saved_at_revision_0001_come_back_confirmed(database_url: str
         await engine.dispose()
 
 
+async def test_a_row_this_version_cannot_read_is_skipped_and_the_others_load(engine: AsyncEngine) -> None:
+    """Rows another version wrote (a rolling upgrade, a downgrade) may hold a state, component or probe kind
+    this one does not know: that target starts afresh, its neighbours still resume (the columns are plain
+    strings on purpose, see ``TargetStateRow``)."""
+    at = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+    store = TargetStore(session_factory(engine), instance_id=INSTANCE)
+
+    def saved(target_id: str) -> SavedTarget:
+        return SavedTarget(target_id=target_id, component=Component.NTP, probe="tcp", url="ntp.lu:123",
+                           status=TargetStatus(state=UP, since=at, last=ProbeResult(True, "ok", at, 5.0)))
+
+    good = saved("good")
+    await store.save([good], [])
+    unknown = {"state": "flapping", "component": "ics2", "probe": "quic", "unpublished_from": "flapping"}
+    async with engine.begin() as connection:
+        for column, value in unknown.items():
+            values = store._row(saved(f"bad-{column}"), at)
+            values[column] = value
+            await connection.execute(insert(TargetStateRow), [values])
+
+    assert await store.load() == [good]
+
+
 async def test_rows_of_other_instances_not_saved_for_the_retention_are_swept_a_bounded_batch_at_a_time(
     engine: AsyncEngine,
 ) -> None:
