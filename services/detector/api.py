@@ -9,8 +9,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
 from services.detector.domain import TargetStatus, suspicion
+from services.detector.queries import TargetFilter, targets_page
 from services.detector.service import Detector
-from services.detector.targets import Target
+from services.detector.targets import ProbeKind, Target
 from shared.auth import Caller, refuse
 from shared.errors import NotFound
 from shared.events import Component, ComponentState
@@ -136,27 +137,12 @@ async def list_targets(
     = None,
     state: Annotated[ComponentState | None, Query(description="Only targets in this state.")] = None,
     component: Annotated[Component | None, Query(description="Only targets of this component.")] = None,
-    probe: Annotated[
-        Literal["http", "as4", "tcp", "tls", "domibus"] | None, Query(description="Only this probe kind.")
-    ] = None,
+    probe: Annotated[ProbeKind | None, Query(description="Only this probe kind.")] = None,
 ) -> TargetPage:
     after = decode_cursor(cursor, keys=1)[0] if cursor is not None else None
-    selected: list[tuple[Target, TargetStatus]] = []
-    for target, status in detector.view():
-        if after is not None and target.id <= after:
-            continue
-        if state is not None and status.state != state:
-            continue
-        if component is not None and target.component != component:
-            continue
-        if probe is not None and target.probe != probe:
-            continue
-        if not caller.may_read_eo(target.eori):  # an EO's AS4 endpoint is EO data
-            continue
-        selected.append((target, status))
-    selected.sort(key=lambda pair: pair[0].id)
-    page = selected[:limit]
-    more = len(selected) > limit
+    page, more = targets_page(detector.view(), after=after, limit=limit,
+                              only=TargetFilter(state=state, component=component, probe=probe),
+                              may_read=caller.may_read_eo)
     return TargetPage(
         items=[_view(detector, t, s) for t, s in page],
         next=encode_cursor(page[-1][0].id) if more and page else None,

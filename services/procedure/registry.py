@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -186,6 +186,18 @@ class EoRegistry:
             query = query.where(EoRow.eori > after)
         async with self._sessions() as session:
             return (await session.scalars(query)).all()
+
+    async def each(self, *, batch: int = 1000) -> AsyncIterator[Sequence[EoRow]]:
+        """Every EO by EORI, ``batch`` rows at a time, each batch read in its own short session (an export of
+        100,000 EOs holds neither a transaction nor every row for its whole length)."""
+        after: str | None = None
+        while True:
+            rows = await self.page(after=after, limit=batch)
+            if rows:
+                yield rows
+            if len(rows) < batch:
+                return
+            after = rows[-1].eori
 
     async def authenticate(self, api_key: str) -> EoRow | None:
         """The EO this API key belongs to, if any."""

@@ -133,7 +133,10 @@ async def test_ndjson_import_upserts_by_eori_and_reports_each_rejected_line(api:
     assert secret.get_secret_value() == SECRET
 
 
-async def test_csv_import_with_a_header_and_keys_none_then_export_round_trip(api: Api) -> None:
+async def test_csv_import_with_a_header_and_keys_none_then_export_round_trip(
+    api: Api, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("services.procedure.api.bulk.EXPORT_PAGE", 2)  # 3 EOs: two pages, the last one short
     body = ("eori,name,language,email,webhook_url,webhook_secret\r\n"
             f"LU0001,Alpha,fr,a@alpha.example,https://alpha.example/h,{SECRET}\r\n"
             "LU0002,\"Beta, Gamma & Co\",de,,,\r\n"

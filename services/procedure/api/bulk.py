@@ -164,13 +164,8 @@ async def export_eos(request: Request, _caller: Caller, registry: RegistryDep) -
     async def lines() -> AsyncIterator[bytes]:
         if fmt == ImportFormat.CSV:
             yield csv_line(EXPORT_COLUMNS)
-        after: str | None = None
-        while True:
-            rows = await registry.page(after=after, limit=EXPORT_PAGE)
+        async for rows in registry.each(batch=EXPORT_PAGE):
             yield b"".join(export_line(eo_view(row), fmt) for row in rows)
-            if len(rows) < EXPORT_PAGE:
-                return
-            after = rows[-1].eori
 
     media = _MEDIA[fmt] + ("; charset=utf-8" if fmt == ImportFormat.CSV else "")
     return StreamingResponse(lines(), media_type=media,
