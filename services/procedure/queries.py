@@ -87,6 +87,16 @@ async def status_snapshot(
     return status
 
 
+async def procedure_subject(sessions: async_sessionmaker[AsyncSession], procedure_id: str) -> str | None:
+    """The EORI a procedure is about (``None``: a national one), to authorize a read of its details;
+    :class:`NotFound` if there is no such procedure."""
+    async with sessions() as session:
+        row = await session.get(ProcedureRow, procedure_id)
+    if row is None:
+        raise NotFound(f"no procedure {procedure_id!r}")
+    return row.eori
+
+
 async def procedure_detail(sessions: async_sessionmaker[AsyncSession], procedure_id: str) -> ProcedureDetail:
     """One procedure with its timeline; :class:`NotFound` if there is none."""
     async with sessions() as session:

@@ -15,8 +15,8 @@ from services.procedure.console import scenario_figures
 from services.procedure.console_data import procedure_fan_out, statistics_input
 from services.procedure.latency import SLOT
 from services.procedure.latency_store import latency_slots
-from services.procedure.models import ProcedureRow
 from services.procedure.notifier_summary import NotifierUnavailable
+from services.procedure.queries import procedure_subject
 from shared.auth import Caller, refuse
 from shared.events import Component, Scenario
 
@@ -126,11 +126,7 @@ async def procedure_statistics(
             summary="A procedure's fan-out progress: of the N EOs it concerns, how many reached, retrying, dead")
 async def fanout(procedure_id: str, caller: Caller, sessions: SessionsDep,
                  summary: NotifierSummaryDep) -> FanOutProgress:
-    async with sessions() as session:
-        row = await session.get(ProcedureRow, procedure_id)
-    if row is None:
-        raise HTTPException(404, f"no procedure {procedure_id!r}")
-    if not caller.may_read_eo(row.eori):
+    if not caller.may_read_eo(await procedure_subject(sessions, procedure_id)):
         raise refuse(caller, "read another EO's procedure")
     if summary is None:
         raise HTTPException(503, "no notifier is configured (procedure.notifier_url): the fan-out is unknown here")
