@@ -148,17 +148,28 @@ def _transient(exc: Exception) -> bool:
 
 
 class Publisher:
-    """Publishes CloudEvents, waiting for the broker's acknowledgement (acks=all)."""
+    """Publishes CloudEvents, waiting for the broker's acknowledgement (acks=all).
 
-    def __init__(self, settings: KafkaSettings, *, client_id: str) -> None:
+    By default idempotent: what the broker has not acknowledged is retried until it returns, then delivered
+    in order (the outboxes and the delivery log hold it meanwhile). With ``expire_after_s``, for messages
+    that go stale: a send not acknowledged within that time fails instead. aiokafka never expires an
+    idempotent producer's batches, so that mode is not idempotent; a send retried after a lost
+    acknowledgement may then reach the broker twice (the detector's consumers ignore an observation they
+    already have). The detector needs it: a "down" held back while the broker was away and delivered after
+    the "up" that followed would open and close a procedure after the fact; its latest-state buffer
+    publishes only the latest state once the broker is back.
+    """
+
+    def __init__(self, settings: KafkaSettings, *, client_id: str, expire_after_s: float | None = None) -> None:
         self._settings = settings
+        self._expire_after_s = expire_after_s
         self._producer = AIOKafkaProducer(
             **connection_options(settings),
             client_id=client_id,
             acks="all",
-            enable_idempotence=True,
+            enable_idempotence=expire_after_s is None,
             linger_ms=0,  # latency first: publish_many already hands over whole batches
-            request_timeout_ms=15_000,
+            request_timeout_ms=15_000 if expire_after_s is None else int(expire_after_s * 1000),
         )
         self.started = False
 
@@ -187,7 +198,11 @@ class Publisher:
         return set(await self._producer.partitions_for(topic))
 
     async def publish(self, topic: str, event: CloudEvent[Any], *, key: str | None) -> None:
-        await self.publish_raw(topic, event.to_bytes(), key=key)
+        if self._expire_after_s is None:
+            await self.publish_raw(topic, event.to_bytes(), key=key)
+            return
+        async with asyncio.timeout(self._expire_after_s * 2):  # the batch expires first; this is a backstop
+            await self.publish_raw(topic, event.to_bytes(), key=key)
 
     async def publish_raw(self, topic: str, value: bytes | None, *, key: str | None) -> None:
         await self._producer.send_and_wait(topic, value=value, key=key.encode() if key is not None else None)

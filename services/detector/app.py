@@ -29,7 +29,6 @@ from services.detector.metrics import DetectorMetrics
 from services.detector.migrate import upgrade
 from services.detector.peers import PeerWatch
 from services.detector.probes import CredentialsError, Prober
-from services.detector.producer import Producer
 from services.detector.registry import RegistryFollower
 from services.detector.service import Detector
 from services.detector.store import TargetStore, WriteBehind
@@ -40,7 +39,7 @@ from shared.config import ConfigError, Settings
 from shared.db import make_engine, session_factory
 from shared.events import AvailabilityData, CloudEvent
 from shared.http import add_ops_routes
-from shared.kafka import ensure_topics
+from shared.kafka import Publisher, ensure_topics
 from shared.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
@@ -107,8 +106,9 @@ def create_app(settings: Settings) -> FastAPI:
             )
             saved = await store.load()
             await ensure_topics(kafka)
-            publisher = Producer(
-                kafka, client_id=f"detector-{instance}", timeout_s=settings.detector.publish_timeout_s
+            # Expiring, not idempotent: a state the broker did not take in time is stale (see Publisher).
+            publisher = Publisher(
+                kafka, client_id=f"detector-{instance}", expire_after_s=settings.detector.publish_timeout_s
             )
             await publisher.start()
             stack.push_async_callback(publisher.stop)

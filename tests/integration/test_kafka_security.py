@@ -27,7 +27,6 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from services.detector.app import create_app
-from services.detector.producer import Producer
 from services.notifier.registry import RegistryCatchUp
 from shared.config import KafkaSettings, SaslMechanism, Settings
 from shared.events import (
@@ -233,7 +232,7 @@ async def test_a_wrong_password_is_refused_at_once_with_a_clear_error(
     with pytest.raises(KafkaAccessDenied, match="refused the SASL SCRAM-SHA-512 login"):
         await asyncio.wait_for(Publisher(settings, client_id="it-security").start(), timeout=20)
     with pytest.raises(KafkaAccessDenied, match="refused the SASL SCRAM-SHA-512 login"):
-        await asyncio.wait_for(Producer(settings, client_id="it-security", timeout_s=5).start(), timeout=20)
+        await asyncio.wait_for(Publisher(settings, client_id="it-security", expire_after_s=5).start(), timeout=20)
     dead_letters = Publisher(sasl_ssl(secure_broker, topic_prefix, "PLAIN"), client_id="it-security")
     await dead_letters.start()
     try:
