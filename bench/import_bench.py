@@ -1,9 +1,10 @@
 """Bulk registry import: 100,000 EOs through ``POST /api/v1/eos:import``, seconds, EOs/s and the service's RSS.
 
 Starts one procedure service (``luccs-fallback procedure``, its own SQLite file in a temporary folder, or
-``--database URL``) on the broker, writes an NDJSON file of ``--eos`` EOs (half with a webhook and its
-secret, so sealing is measured too; every one with an AS4 endpoint), and imports it with
-``luccs-fallback eos import`` (keys returned as a file), timing from the first byte sent to the answer.
+with ``--database URL`` a fresh PostgreSQL database of its own on that server, dropped at the end) on the
+broker, writes an NDJSON file of ``--eos`` EOs (half with a webhook and its secret, so sealing is measured
+too; every one with an AS4 endpoint), and imports it with ``luccs-fallback eos import`` (keys returned as a
+file), timing from the first byte sent to the answer.
 Then imports the same file again (every line unchanged) and prints both, with the service's RSS after
 each (VmRSS) and its peak (VmHWM). The registry topic is published by the leader's outbox afterwards and
 is not part of the time.
@@ -16,6 +17,8 @@ Nothing here fails on a number. Goal (issue 14): 100,000 EOs in under 20 s.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -23,11 +26,13 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+from sqlalchemy.engine import make_url
 
-from tests.support import free_port
+from tests.support import free_port, pg_admin
 
 TOKEN = "bench-operator-token"
 
@@ -58,12 +63,27 @@ def _import(script: str, url: str, path: Path, keys: Path) -> tuple[float, str]:
     return elapsed, summary[-1] if summary else f"exit {done.returncode}: {done.stderr[-500:]}"
 
 
+@contextlib.contextmanager
+def _fresh_database(server_url: str | None) -> Iterator[str | None]:
+    """A new, empty PostgreSQL database on the server of ``server_url`` (so "all new" means new), dropped after."""
+    if server_url is None:
+        yield None
+        return
+    name = f"luccs_import_bench_{os.getpid()}"
+    drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    asyncio.run(pg_admin(server_url, drop, f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(pg_admin(server_url, drop))
+
+
 def main(args: argparse.Namespace) -> None:
     script = str(Path(sys.executable).with_name("luccs-fallback"))
-    with tempfile.TemporaryDirectory() as tmp_name:
+    with tempfile.TemporaryDirectory() as tmp_name, _fresh_database(args.database) as database_url:
         tmp = Path(tmp_name)
         port = free_port()
-        database = f'database_url = "{args.database}"\n' if args.database else ""
+        database = f'database_url = "{database_url}"\n' if database_url else ""
         config = tmp / "procedure.toml"
         config.write_text(
             f'data_dir = "{tmp}"\n[logging]\nlevel = "WARNING"\n[api]\noperator_tokens = ["{TOKEN}"]\n'
@@ -109,7 +129,9 @@ def cli() -> None:
     parser.add_argument("--bootstrap", default=os.environ.get("LUCCS_BENCH_KAFKA", "127.0.0.1:9092"))
     parser.add_argument("--eos", type=int, default=100_000)
     parser.add_argument("--chunk", type=int, default=1000, help="procedure.import_chunk_lines (default 1000)")
-    parser.add_argument("--database", help="procedure database URL (default: SQLite in a temporary folder)")
+    parser.add_argument("--database", help="a PostgreSQL server (postgresql://user@host:port/db): the bench "
+                        "creates a database of its own there and drops it at the end (default: SQLite in a "
+                        "temporary folder)")
     main(parser.parse_args())
 
 
