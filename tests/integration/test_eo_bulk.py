@@ -132,6 +132,27 @@ async def test_ndjson_import_upserts_by_eori_and_reports_each_rejected_line(api:
     assert secret is not None
     assert secret.get_secret_value() == SECRET
 
+    # Changes of the secret or beside it: the event carries the secret in force (the new one, or the stored one
+    # when the line leaves it out); the same secret again with nothing else changed is no change.
+    again = await api.import_(_ndjson(
+        _eo("LU0001", webhook_url="https://eo.example/1", webhook_secret="another-secret-of-length"),  # new secret
+        _eo("LU0009", name="Nine renamed", webhook_url="https://eo.example/9"),                       # name only
+        _eo("LU0005", webhook_url="https://eo.example/5", webhook_secret=SECRET),                     # secret given
+        _eo("LU0003", webhook_secret=SECRET),                                                         # secret given
+        _eo("LU0002", email="new@eo2.example"),                                                       # unchanged
+    ), NDJSON)
+    assert (again.counts["created"], again.counts["updated"], again.counts["unchanged"]) == (0, 4, 1)
+    assert again.counts["rejected"] == [] and again.keys == []
+    messages = await _read_topic(api.settings, api.settings.kafka.eos_topic, count=10)
+    latest = {key: parse_event(value, EoData).data for key, value in messages if value is not None}
+    secrets = {k: d.webhook_secret.get_secret_value() if d.webhook_secret else None for k, d in latest.items()}
+    assert {k: secrets[k] for k in ("LU0001", "LU0009", "LU0005", "LU0003")} == {
+        "LU0001": "another-secret-of-length", "LU0009": SECRET, "LU0005": SECRET, "LU0003": SECRET}
+    assert latest["LU0009"].name == "Nine renamed"
+    assert latest["LU0003"].api_key_hash == upserts[[k for k, _ in upserts].index("LU0003")][1].api_key_hash
+    unchanged = await api.import_(_ndjson(_eo("LU0003", webhook_secret=SECRET)), NDJSON)
+    assert unchanged.counts["unchanged"] == 1
+
 
 async def test_csv_import_with_a_header_and_keys_none_then_export_round_trip(api: Api) -> None:
     body = ("eori,name,language,email,webhook_url,webhook_secret\r\n"
