@@ -44,6 +44,12 @@ def _status_kib(pid: int, field: str) -> int:
     return 0
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (on a loaded machine, steadier than the wall time)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _write_file(path: Path, count: int) -> None:
     with path.open("w", encoding="utf-8") as out:
         for i in range(count):
@@ -112,10 +118,13 @@ def main(args: argparse.Namespace) -> None:
                 time.sleep(0.2)
             print(f"  service started: RSS {_status_kib(service.pid, 'VmRSS') / 1024:.0f} MiB", flush=True)
             for run in ("first (all new)", "again (all unchanged)"):
+                cpu = _cpu_s(service.pid)
                 elapsed, summary = _import(script, url, data, tmp / "keys.ndjson")
+                cpu = _cpu_s(service.pid) - cpu
                 rss, peak = (_status_kib(service.pid, f) / 1024 for f in ("VmRSS", "VmHWM"))
-                print(f"  {run}: {elapsed:.1f} s, {args.eos / elapsed:,.0f} EOs/s; {summary}; service RSS "
-                      f"{rss:.0f} MiB (peak {peak:.0f} MiB)", flush=True)
+                print(f"  {run}: {elapsed:.1f} s, {args.eos / elapsed:,.0f} EOs/s; {summary}; service CPU "
+                      f"{cpu:.1f} s (outbox publishing included); service RSS {rss:.0f} MiB (peak {peak:.0f} MiB); "
+                      f"load average {os.getloadavg()[0]:.1f}", flush=True)
         finally:
             service.terminate()
             try:
