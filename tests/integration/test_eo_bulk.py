@@ -226,6 +226,7 @@ async def test_cli_imports_a_file_with_progress_saves_the_keys_and_exports(
     err = capfd.readouterr().err
     assert "100%" in err and "created 2, updated 0, unchanged 0, rejected 1" in err
     assert "line 4: eori:" in err
+    assert "2 new API keys saved to" in err
     assert os.stat(keys).st_mode & 0o777 == 0o600
     assert [line.split(",")[0] for line in keys.read_text().splitlines()] == ["eori", "LU0001", "LU0002"]
 
@@ -233,6 +234,11 @@ async def test_cli_imports_a_file_with_progress_saves_the_keys_and_exports(
     code = await asyncio.to_thread(eos_cli, ["export", "--url", url, "--token", BUREAU, "-o", str(exported)])
     assert code == 0
     assert [json.loads(line)["eori"] for line in exported.read_text().splitlines()] == ["LU0001", "LU0002"]
+    again = await asyncio.to_thread(eos_cli, ["import", str(source), "--url", url, "--token", OPERATOR,
+                                              "--keys-out", str(tmp_path / "none.csv")])
+    assert again == 3
+    assert "unchanged 2" in (err := capfd.readouterr().err) and "API keys saved" not in err
+    assert not (tmp_path / "none.csv").exists()
     refused = await asyncio.to_thread(eos_cli, ["import", str(source), "--url", url, "--token", BUREAU])
     assert refused == 1
     assert "403" in capfd.readouterr().err
