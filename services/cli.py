@@ -10,14 +10,14 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
-from fastapi import FastAPI
-
-from shared.config import CONFIG_ENV, ConfigError, Settings, load_settings
-from shared.http import serve
-from shared.logging import bind_service, configure_logging
-
 if TYPE_CHECKING:
+    from fastapi import FastAPI
     from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from shared.config import Settings
+
+# The settings, the web stack and the services are imported where they are used: ``luccs-fallback eos import``
+# is an HTTP client only, and importing the rest (about a second) was part of every import's time.
 
 SERVICES = ("detector", "procedure", "notifier")
 SIMULATOR_COMMANDS = ("simulator", "simulator-ctl")
@@ -42,6 +42,9 @@ def _app(name: str, settings: Settings) -> tuple[FastAPI, int]:
 
 
 async def _serve(name: str, app: FastAPI, settings: Settings, port: int) -> None:
+    from shared.http import serve
+    from shared.logging import bind_service
+
     bind_service(name)  # this task's log records, and those of every task its app starts, say whose they are
     await serve(app, host=settings.api.host, port=port, ssl_context=settings.api.server_ssl_context())
 
@@ -58,6 +61,7 @@ def _migrate(settings: Settings, databases: Sequence[MigratedDatabase]) -> int:
     from services.detector import migrate as detector_migrate
     from services.notifier import migrate as notifier_migrate
     from services.procedure import migrate as procedure_migrate
+    from shared.config import ConfigError
     from shared.db import async_url, make_engine
 
     async def procedure(engine: AsyncEngine) -> str:
@@ -127,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from services.eo_cli import main as eos_main
 
         return eos_main(arguments[1:])
+    from shared.config import CONFIG_ENV, ConfigError, load_settings
+    from shared.logging import configure_logging
+
     parser = argparse.ArgumentParser(
         prog="luccs-fallback", description="LUCCS National Import System fallback procedure, run automatically."
     )

@@ -35,8 +35,9 @@ class ImportAnswer:
     keys: list[dict[str, str]] = field(default_factory=list)
 
 
-def read_import_answer(content_type: str, body: bytes) -> ImportAnswer:
-    """The counts and the keys file of an import's answer (JSON, or multipart/mixed with ``keys=file``)."""
+def read_import_answer(content_type: str, body: bytes, *, parse_keys: bool = True) -> ImportAnswer:
+    """The counts and the keys file of an import's answer (JSON, or multipart/mixed with ``keys=file``);
+    ``parse_keys``: read the keys file into ``keys`` too (the CLI only saves it: 100,000 keys cost it 0.5 s)."""
     if not content_type.startswith("multipart/"):
         return ImportAnswer(json.loads(body))
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
@@ -44,6 +45,8 @@ def read_import_answer(content_type: str, body: bytes) -> ImportAnswer:
     parts = [p for p in message.iter_parts()]
     counts = json.loads(_payload(parts[0]))
     keys_file = _payload(parts[1])
+    if not parse_keys:
+        return ImportAnswer(counts, keys_file)
     if parts[1].get_content_type() == "text/csv":
         keys = list(csv.DictReader(io.StringIO(keys_file.decode())))
     else:
@@ -105,7 +108,7 @@ def _import(args: argparse.Namespace) -> int:
     if response.status_code != 200:
         print(f"luccs-fallback: import refused ({response.status_code}): {response.text}", file=sys.stderr)
         return 1
-    answer = read_import_answer(response.headers.get("content-type", ""), response.content)
+    answer = read_import_answer(response.headers.get("content-type", ""), response.content, parse_keys=False)
     counts = answer.counts
     print(f"created {counts['created']}, updated {counts['updated']}, unchanged {counts['unchanged']}, "
           f"rejected {len(counts['rejected'])} in {time.monotonic() - progress.started:.1f} s", file=sys.stderr)
@@ -113,12 +116,13 @@ def _import(args: argparse.Namespace) -> int:
         print(f"  line {rejected['line']}: {rejected['reason']}", file=sys.stderr)
     if len(counts["rejected"]) > args.show_rejected:
         print(f"  ... and {len(counts['rejected']) - args.show_rejected} more (--json shows all)", file=sys.stderr)
-    if answer.keys_file and answer.keys:
+    saved = sum(1 for line in answer.keys_file.splitlines() if line.strip()) - (fmt == "csv")  # less the header
+    if saved > 0:
         keys_out = Path(args.keys_out or f"eo-api-keys.{fmt}")
         fd = os.open(keys_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # API keys: readable by this user
         with os.fdopen(fd, "wb") as handle:
             handle.write(answer.keys_file)
-        print(f"{len(answer.keys)} new API keys saved to {keys_out} (shown this once)", file=sys.stderr)
+        print(f"{saved} new API keys saved to {keys_out} (shown this once)", file=sys.stderr)
     if args.json:
         print(json.dumps(counts, indent=2))
     return 0 if not counts["rejected"] else 3

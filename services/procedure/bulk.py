@@ -18,9 +18,11 @@ Lines and their numbers:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -168,6 +170,10 @@ class _Parser:
         return self._json(number, text) if self.fmt == ImportFormat.NDJSON else self._csv(number, text)
 
     def _json(self, number: int, text: str) -> ImportLine | Rejected:
+        try:  # the usual line in one pass; any other line takes the steps below, which name what is wrong
+            return ImportLine(number, EoCreate.model_validate_json(text))
+        except ValidationError:
+            pass
         try:
             fields = json.loads(text)
         except ValueError as exc:
@@ -205,7 +211,7 @@ def _header(cells: list[str]) -> list[str]:
     return header
 
 
-UpsertChunk = Callable[[Sequence[ImportLine]], Awaitable[ChunkOutcome]]
+UpsertChunk = Callable[[Sequence[ImportLine]], Coroutine[Any, Any, ChunkOutcome]]
 
 
 async def import_eos(
@@ -218,11 +224,23 @@ async def import_eos(
     parser = _Parser(fmt)
     first_line: dict[str, int] = {}
     pending: list[ImportLine] = []
+    writing: asyncio.Task[ChunkOutcome] | None = None
     size = 0
 
+    async def written() -> None:
+        """Wait for the chunk being written, if any, and count it."""
+        nonlocal writing
+        if writing is not None:
+            task, writing = writing, None
+            report.add(await task, fmt)
+
     async def flush() -> None:
+        # One chunk is written while the next is read and parsed (the database works beside the parsing);
+        # never two at once, so each chunk's transaction sees the ones before it committed.
+        nonlocal writing
         if pending:
-            report.add(await upsert_chunk(pending), fmt)
+            await written()
+            writing = asyncio.create_task(upsert_chunk(pending.copy()))
             pending.clear()
 
     async def take(lines: Iterator[tuple[int, bytes | None]]) -> None:
@@ -241,16 +259,23 @@ async def import_eos(
             if len(pending) >= chunk_lines:
                 await flush()
 
-    async for data in body:
-        size += len(data)
-        if size > max_bytes:
-            await flush()
-            raise ImportTooLarge(max_bytes, report)
-        await take(splitter.feed(data))
-    await take(splitter.finish())
-    if fmt == ImportFormat.CSV and parser.header is None:
-        raise InvalidImport("empty CSV: a header row naming the columns comes first")
-    await flush()
+    try:
+        async for data in body:
+            size += len(data)
+            if size > max_bytes:
+                await flush()
+                await written()
+                raise ImportTooLarge(max_bytes, report)
+            await take(splitter.feed(data))
+        await take(splitter.finish())
+        if fmt == ImportFormat.CSV and parser.header is None:
+            raise InvalidImport("empty CSV: a header row naming the columns comes first")
+        await flush()
+        await written()
+    finally:
+        if writing is not None:  # the body failed (the client went away): the chunk under way still commits
+            with contextlib.suppress(Exception):
+                await asyncio.shield(writing)
     report.rejected.sort(key=lambda r: r.line)
     return report
 

@@ -31,7 +31,8 @@ from shared.kafka import Publisher
 
 log = logging.getLogger(__name__)
 
-_BATCH = 200
+_BATCH = 1000
+"""Rows read, sent and marked at a time by the table drain (a 100,000-EO import leaves 100,000 rows)."""
 _YOUNG_S = 5.0
 """On a plain poll, rows younger than this are left to the queue that is about to publish them."""
 
@@ -143,18 +144,18 @@ class Outbox:
         while True:
             created_before = datetime.now(UTC) - timedelta(seconds=min_age_s)
             async with self._sessions() as session:
-                pending = (await session.scalars(
-                    select(OutboxRow)
+                pending: list[Message] = [(row[0], row[1], row[2], row[3]) for row in await session.execute(
+                    select(OutboxRow.id, OutboxRow.topic, OutboxRow.key, OutboxRow.payload)
                     .where(OutboxRow.published_at.is_(None), OutboxRow.created_at <= created_before)
                     .order_by(OutboxRow.id)
                     .limit(_BATCH)
-                )).all()
+                )]
             if not pending:
                 if min_age_s == 0.0:
                     self._backlog = False
                 return published
-            await self._publish([(row.id, row.topic, row.key, row.payload) for row in pending])
-            self._published_from_table.update(row.id for row in pending)
+            await self._publish(pending)
+            self._published_from_table.update(m[0] for m in pending)
             published += len(pending)
 
     async def backlog(self) -> int:

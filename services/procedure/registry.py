@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from pydantic import SecretStr
-from sqlalchemy import Table, insert, select
+from pydantic_core import to_json
+from sqlalchemy import Table, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.procedure.bulk import ChunkOutcome, ImportLine, Rejected
@@ -23,9 +25,16 @@ from services.procedure.models import EoRow, OutboxRow
 from services.procedure.schemas import EoCreate, EoPatch
 from services.procedure.sealing import Sealer, hash_api_key, new_api_key
 from shared.config import KafkaSettings
-from shared.events import CloudEvent, EoData, EventType, Language
+from shared.db import insert_plain, update_plain
+from shared.events import EventType, Language
 
 SOURCE = "/luccs-fallback/procedure/eos"
+_STORED = ("eori", "name", "language", "email", "webhook_url", "as4_endpoint", "webhook_secret_sealed", "api_key_hash")
+_SEALED, _KEY_HASH = _STORED.index("webhook_secret_sealed"), _STORED.index("api_key_hash")
+_INSERTED = ("eori", "name", "language", "email", "webhook_url", "as4_endpoint", "webhook_secret_sealed",
+             "api_key_hash", "created_at", "updated_at")
+_UPDATED = ("name", "language", "email", "webhook_url", "as4_endpoint", "webhook_secret_sealed", "updated_at")
+_OUTBOX = ("topic", "key", "created_at", "epoch", "payload")
 
 
 class Conflict(Exception):
@@ -124,55 +133,60 @@ class EoRegistry:
     async def upsert_chunk(self, lines: Sequence[ImportLine], *, issue_keys: bool) -> ChunkOutcome:
         """Create or update the EOs of one chunk of an import in one transaction (an EO equal to its line is
         left alone and not republished). ``issue_keys``: return each new EO's API key; otherwise the new EO
-        gets a key nobody knows (issue one with ``POST /api/v1/eos/{eori}/api-key``)."""
+        gets a key nobody knows (issue one with ``POST /api/v1/eos/{eori}/api-key``).
+
+        Written for 100,000-line files: the stored EOs are read and the rows written as plain tuples
+        (:func:`shared.db.insert_plain`, :func:`shared.db.update_plain`), not through the ORM, and the
+        registry events are serialised straight from their values (:func:`eo_event_bytes`)."""
         outcome = ChunkOutcome()
         now = datetime.now(UTC)
-        created: list[dict[str, Any]] = []
-        events: list[dict[str, Any]] = []
+        created: list[tuple[Any, ...]] = []
+        updated: list[tuple[Any, ...]] = []
+        events: list[tuple[Any, ...]] = []
+        topic = self._kafka.eos_topic
         async with self._sessions.begin() as session:
             epoch = await self._count(session)
-            found = await session.scalars(select(EoRow).where(EoRow.eori.in_([line.eo.eori for line in lines])))
-            existing = {row.eori: row for row in found}
+            found = await session.execute(
+                select(*(EoRow.__table__.c[c] for c in _STORED)).where(EoRow.eori.in_([ln.eo.eori for ln in lines])))
+            existing = {row[0]: row for row in found}
             for line in lines:
                 body = line.eo
                 row = existing.get(body.eori)
                 secret = body.webhook_secret.get_secret_value() if body.webhook_secret is not None else None
-                if body.webhook_url and secret is None and (row is None or row.webhook_secret_sealed is None):
+                if body.webhook_url and secret is None and (row is None or row[_SEALED] is None):
                     outcome.rejected.append(Rejected(line.line, "webhook_secret is required with a webhook_url: "
                                                                 "notices are signed with it"))
                     continue
-                wanted = {"name": body.name, "language": body.language, "email": body.email,
-                          "webhook_url": body.webhook_url, "as4_endpoint": body.as4_endpoint}
+                wanted = (body.name, body.language, body.email, body.webhook_url, body.as4_endpoint)
                 if row is None:
-                    # New EOs are inserted in one executemany, not through the ORM's unit of work.
                     api_key = new_api_key()
-                    values: dict[str, Any] = {
-                        "eori": body.eori, **wanted, "webhook_secret_sealed": self._seal(body.webhook_secret),
-                        "api_key_hash": hash_api_key(api_key), "created_at": now, "updated_at": now}
-                    created.append(values)
+                    key_hash = hash_api_key(api_key)
+                    created.append((body.eori, *wanted, self._sealer.seal(secret) if secret is not None else None,
+                                    key_hash, now, now))
                     outcome.created += 1
                     if issue_keys:
                         outcome.keys.append((body.eori, api_key))
                 else:
-                    changed = {k: v for k, v in wanted.items() if getattr(row, k) != v}
-                    stored = self._sealer.unseal(row.webhook_secret_sealed) if row.webhook_secret_sealed else None
-                    if not changed and (secret is None or secret == stored):
+                    sealed = row[_SEALED]
+                    stored = self._sealer.unseal(sealed) if sealed is not None and secret is not None else None
+                    if wanted == tuple(row[1:_SEALED]) and (secret is None or secret == stored):
                         outcome.unchanged += 1
                         continue
-                    for column, value in changed.items():
-                        setattr(row, column, value)
                     if secret is not None and secret != stored:
-                        row.webhook_secret_sealed = self._seal(body.webhook_secret)
-                    row.updated_at = now
+                        sealed = self._sealer.seal(secret)
+                    key_hash = row[_KEY_HASH]
+                    updated.append((*wanted, sealed, now, body.eori))
                     outcome.updated += 1
-                    values = {"eori": row.eori, **wanted, "api_key_hash": row.api_key_hash}
-                    secret = secret if secret is not None else stored
-                events.append({"topic": self._kafka.eos_topic, "key": body.eori, "created_at": now, "epoch": epoch,
-                               "payload": self._event(values, secret, now)})
-            if created:
-                await session.execute(insert(cast(Table, EoRow.__table__)), created)
-            if events:
-                await session.execute(insert(cast(Table, OutboxRow.__table__)), events)
+                    if secret is None and sealed is not None:
+                        secret = self._sealer.unseal(sealed)
+                events.append((topic, body.eori, now, epoch, eo_event_bytes(
+                    eori=body.eori, name=body.name, language=body.language, email=body.email,
+                    webhook_url=body.webhook_url, webhook_secret=secret, as4_endpoint=body.as4_endpoint,
+                    api_key_hash=key_hash, time=now)))
+            table = cast(Table, EoRow.__table__)
+            await insert_plain(session, table, columns=_INSERTED, rows=created)
+            await update_plain(session, table, set_columns=_UPDATED, keys=("eori",), rows=updated)
+            await insert_plain(session, cast(Table, OutboxRow.__table__), columns=_OUTBOX, rows=events)
         self._outbox_ready.set()
         return outcome
 
@@ -216,27 +230,26 @@ class EoRegistry:
 
     def _publish(self, session: AsyncSession, row: EoRow, now: datetime, epoch: int | None) -> None:
         secret = self._sealer.unseal(row.webhook_secret_sealed) if row.webhook_secret_sealed else None
-        values = {c: getattr(row, c) for c in ("eori", "name", "language", "email", "webhook_url", "as4_endpoint",
-                                               "api_key_hash")}
-        session.add(OutboxRow(topic=self._kafka.eos_topic, key=row.eori, payload=self._event(values, secret, now),
-                              created_at=now, epoch=epoch))
+        payload = eo_event_bytes(eori=row.eori, name=row.name, language=row.language, email=row.email,
+                                 webhook_url=row.webhook_url, webhook_secret=secret, as4_endpoint=row.as4_endpoint,
+                                 api_key_hash=row.api_key_hash, time=now)
+        session.add(OutboxRow(topic=self._kafka.eos_topic, key=row.eori, payload=payload, created_at=now, epoch=epoch))
 
-    @staticmethod
-    def _event(values: dict[str, Any], secret: str | None, now: datetime) -> bytes:
-        """The registry topic's message for an EO (``values``: its columns, ``secret``: unsealed)."""
-        event = CloudEvent[EoData](
-            source=SOURCE,
-            type=EventType.EO_UPSERTED,
-            subject=values["eori"],
-            time=now,
-            data=EoData(
-                eori=values["eori"], name=values["name"], language=Language(values["language"]),
-                email=values["email"], webhook_url=values["webhook_url"],
-                webhook_secret=SecretStr(secret) if secret else None, as4_endpoint=values["as4_endpoint"],
-                api_key_hash=values["api_key_hash"],
-            ),
-        )
-        return event.to_bytes()
+
+def eo_event_bytes(
+    *, eori: str, name: str, language: Language, email: str | None, webhook_url: str | None,
+    webhook_secret: str | None, as4_endpoint: str | None, api_key_hash: str | None, time: datetime,
+) -> bytes:
+    """The registry topic's message for an EO (``webhook_secret`` unsealed): the JSON of
+    ``CloudEvent[EoData](...).to_bytes()``, byte for byte (a unit test compares them), written by the same
+    serialiser (pydantic-core) from the values without building and validating the two models, which an
+    import of 100,000 EOs did once per EO. The values come validated (:class:`EoCreate`, the database)."""
+    return to_json({
+        "specversion": "1.0", "id": str(uuid.uuid4()), "source": SOURCE, "type": EventType.EO_UPSERTED,
+        "time": time, "subject": eori, "datacontenttype": "application/json",
+        "data": {"eori": eori, "name": name, "language": language, "email": email, "webhook_url": webhook_url,
+                 "webhook_secret": webhook_secret or None, "as4_endpoint": as4_endpoint, "api_key_hash": api_key_hash},
+    })
 
 
 def eo_view(row: EoRow) -> dict[str, object]:

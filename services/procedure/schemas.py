@@ -23,7 +23,14 @@ def _eori(value: str) -> str:
     return value
 
 
+_PLAIN_URL = re.compile(r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:[/?#]\S*)?")
+"""The common shape of a URL, accepted without splitting it (a bulk import checks two per EO); anything
+else goes through :func:`urllib.parse.urlsplit`, which would accept this shape too (http(s), a host)."""
+
+
 def _url(value: str) -> str:
+    if _PLAIN_URL.fullmatch(value):
+        return value
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("must be an absolute http(s) URL")

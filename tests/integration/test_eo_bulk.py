@@ -132,6 +132,27 @@ async def test_ndjson_import_upserts_by_eori_and_reports_each_rejected_line(api:
     assert secret is not None
     assert secret.get_secret_value() == SECRET
 
+    # Changes of the secret or beside it: the event carries the secret in force (the new one, or the stored one
+    # when the line leaves it out); the same secret again with nothing else changed is no change.
+    again = await api.import_(_ndjson(
+        _eo("LU0001", webhook_url="https://eo.example/1", webhook_secret="another-secret-of-length"),  # new secret
+        _eo("LU0009", name="Nine renamed", webhook_url="https://eo.example/9"),                       # name only
+        _eo("LU0005", webhook_url="https://eo.example/5", webhook_secret=SECRET),                     # secret given
+        _eo("LU0003", webhook_secret=SECRET),                                                         # secret given
+        _eo("LU0002", email="new@eo2.example"),                                                       # unchanged
+    ), NDJSON)
+    assert (again.counts["created"], again.counts["updated"], again.counts["unchanged"]) == (0, 4, 1)
+    assert again.counts["rejected"] == [] and again.keys == []
+    messages = await _read_topic(api.settings, api.settings.kafka.eos_topic, count=10)
+    latest = {key: parse_event(value, EoData).data for key, value in messages if value is not None}
+    secrets = {k: d.webhook_secret.get_secret_value() if d.webhook_secret else None for k, d in latest.items()}
+    assert {k: secrets[k] for k in ("LU0001", "LU0009", "LU0005", "LU0003")} == {
+        "LU0001": "another-secret-of-length", "LU0009": SECRET, "LU0005": SECRET, "LU0003": SECRET}
+    assert latest["LU0009"].name == "Nine renamed"
+    assert latest["LU0003"].api_key_hash == upserts[[k for k, _ in upserts].index("LU0003")][1].api_key_hash
+    unchanged = await api.import_(_ndjson(_eo("LU0003", webhook_secret=SECRET)), NDJSON)
+    assert unchanged.counts["unchanged"] == 1
+
 
 async def test_csv_import_with_a_header_and_keys_none_then_export_round_trip(
     api: Api, monkeypatch: pytest.MonkeyPatch,
@@ -208,6 +229,7 @@ async def test_cli_imports_a_file_with_progress_saves_the_keys_and_exports(
     err = capfd.readouterr().err
     assert "100%" in err and "created 2, updated 0, unchanged 0, rejected 1" in err
     assert "line 4: eori:" in err
+    assert "2 new API keys saved to" in err
     assert os.stat(keys).st_mode & 0o777 == 0o600
     assert [line.split(",")[0] for line in keys.read_text().splitlines()] == ["eori", "LU0001", "LU0002"]
 
@@ -215,6 +237,11 @@ async def test_cli_imports_a_file_with_progress_saves_the_keys_and_exports(
     code = await asyncio.to_thread(eos_cli, ["export", "--url", url, "--token", BUREAU, "-o", str(exported)])
     assert code == 0
     assert [json.loads(line)["eori"] for line in exported.read_text().splitlines()] == ["LU0001", "LU0002"]
+    again = await asyncio.to_thread(eos_cli, ["import", str(source), "--url", url, "--token", OPERATOR,
+                                              "--keys-out", str(tmp_path / "none.csv")])
+    assert again == 3
+    assert "unchanged 2" in (err := capfd.readouterr().err) and "API keys saved" not in err
+    assert not (tmp_path / "none.csv").exists()
     refused = await asyncio.to_thread(eos_cli, ["import", str(source), "--url", url, "--token", BUREAU])
     assert refused == 1
     assert "403" in capfd.readouterr().err
