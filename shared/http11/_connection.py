@@ -124,11 +124,11 @@ class Http11Connection(asyncio.Protocol):
         answer = self._answer = asyncio.get_running_loop().create_future()
         self._method = request[: request.find(b" ")]
         self._max_body, self._keep_body = max_body, keep_body
-        self.received = False
-        if self._buffer:
+        if self.received:  # a kept-alive connection's next exchange: start afresh
+            self.received = False
             self._buffer = bytearray()
-        self._status, self._headers, self._body_start, self._length, self._keep_alive = 0, [], -1, None, False
-        self._h11, self._h11_response, self._h11_eof, self._size = None, None, False, 0
+            self._status, self._headers, self._body_start, self._length, self._keep_alive = 0, [], -1, None, False
+            self._h11_response, self._h11_eof, self._size = None, False, 0
         if self.transport.is_closing():
             answer.set_exception(NoAnswer("the server closed the connection without answering"))
         else:
