@@ -2,11 +2,11 @@
 probes and for the webhooks.
 
 A loopback server reads the request and writes raw bytes (then closes, or hangs up in the middle); the same
-answer goes to h11 over asyncio streams (the path both used before) and to the new path, and both must agree:
-the same status, headers and body, or the same class of failure. Three new paths are checked: the probes'
-client (a fresh connection, ``Connection: close``), the shared exchange as the webhooks use it (no
-``Connection: close``: whether the connection may carry another request must be h11's answer too), and the
-webhook client itself (status and Location, or a transport error).
+answer goes to h11 over asyncio streams (the reference: how both spoke HTTP before issue 14) and to the new
+path, and both must agree: the same status, headers and body, or the same class of failure. Three paths are
+checked: the probes' client (a fresh connection, ``Connection: close``), the shared exchange as the webhooks
+use it (no ``Connection: close``: whether the connection may carry another request must be h11's answer too),
+and the webhook client itself (status and Location, or a transport error).
 """
 
 from __future__ import annotations
