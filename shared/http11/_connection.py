@@ -120,7 +120,8 @@ class Http11Connection(asyncio.Protocol):
         :class:`BadAnswer` or ``OSError`` (the connection broke). The body is kept unless ``keep_body`` is false.
         Whoever gives up on the future (a timeout) closes the connection.
         """
-        assert self.transport is not None and self.usable, "one request at a time, on an open connection"
+        assert self.transport is not None and (self._answer is None or self._answer.done()), "one at a time"
+        first = self._answer is None
         answer = self._answer = asyncio.get_running_loop().create_future()
         self._method = request[: request.find(b" ")]
         self._max_body, self._keep_body = max_body, keep_body
@@ -129,10 +130,15 @@ class Http11Connection(asyncio.Protocol):
             self._buffer = bytearray()
             self._status, self._headers, self._body_start, self._length, self._keep_alive = 0, [], -1, None, False
             self._h11_response, self._h11_eof, self._size = None, False, 0
-        if self.transport.is_closing():
-            answer.set_exception(NoAnswer("the server closed the connection without answering"))
-        else:
+        if not self.transport.is_closing():
             self.transport.write(request)
+        if first and self._buffer:  # the server spoke before the request went out (before start was called)
+            early, self._buffer = bytes(self._buffer), bytearray()
+            self.data_received(early)
+        if self._closed and not answer.done():  # the server ended the connection before this request
+            self._eof()
+            if not answer.done():
+                answer.set_exception(NoAnswer("the connection closed in the middle of the answer"))
         return answer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -141,7 +147,10 @@ class Http11Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         answer = self._answer
-        if answer is None or answer.done():
+        if answer is None:  # the server speaks first: the bytes are the first exchange's
+            self._buffer += data
+            return
+        if answer.done():
             self._stray = True
             return
         self.received = True
