@@ -307,7 +307,9 @@ class Http11Connection(asyncio.Protocol):
         if not answer.done():
             answer.set_result(Answer(self._status, self._headers, body, keep_alive))
         self._h11 = None
-        if not keep_alive:
+        if keep_alive:  # an idle connection in a pool holds no answer
+            self._buffer = bytearray()
+        else:
             self.abort()
 
     def _fail(self, exc: BaseException) -> None:
