@@ -5,7 +5,8 @@ The connection step is where the safety rules sit: the host name is resolved rig
 serves), every address it resolves to is checked, and the connection goes to a checked address (so a name
 that later re-resolves elsewhere gains nothing). TLS verifies the certificate against the URL's host name.
 Redirects are never followed: the caller sees the 3xx and its Location. Nobody reads a webhook answer's
-body: it is not kept, and past 64 KiB not read either (the connection is dropped).
+body: it is not kept, and past 64 KiB the connection is dropped. Answers are judged as the probes' are
+(:mod:`shared.http11`: a fast path for plain answers, h11 for every other one).
 
 A request goes out as one write of bytes: the head's fixed part (request line, Host, User-Agent) is rendered
 once per URL, the per-request headers (length, Idempotency-Key, signature) spliced after it.
@@ -136,7 +137,7 @@ class WebhookHttpClient:
         now = time.monotonic()
         while idle:
             connection = idle.pop()
-            if now - connection.idle_since < self._idle_expiry_s and not connection.reader.at_eof():
+            if now - connection.idle_since < self._idle_expiry_s and connection.usable:
                 return connection
             connection.close()
         return None
@@ -157,8 +158,7 @@ class WebhookHttpClient:
 
         try:
             return await connect(host, port, resolver=self._resolver,
-                                 ssl_context=self._ssl if scheme == "https" else None, check=check,
-                                 limit=_MAX_RESPONSE_BYTES * 2)
+                                 ssl_context=self._ssl if scheme == "https" else None, check=check)
         except socket.gaierror as exc:
             raise TransportError(f"cannot resolve {host}: {exc}") from exc
         except ssl.SSLError as exc:

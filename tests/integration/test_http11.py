@@ -1,5 +1,5 @@
-"""shared/http11.py against real loopback servers: keep-alive, answer framings (length, chunked, to the end,
-100 Continue), no answer, garbled answers, too large, refused, address check, header injection."""
+"""shared.http11 (the one HTTP/1.1 exchange) against real loopback servers: keep-alive, answer framings (length,
+chunked, to the end, 100 Continue), no answer, garbled answers, too large, refused, address check, header injection."""
 
 from __future__ import annotations
 

@@ -1,18 +1,16 @@
 """The network side of the probes: connections, TLS, one HTTP/1.1 exchange, and failure reason codes.
 
-HTTP is h11's (the request heads, and every answer that is not plainly well-formed) over a protocol of
-the probes' own (:mod:`._exchange`: one write, one wakeup per answer) rather than httpx, whose request
-cost about five times the CPU; the notifier's webhooks share h11 and the failures' classes through
-:mod:`shared.http11`. Every probe opens its own connection, and keeps it so (no keep-alive between probes):
-a probe must prove that the target still accepts connections (and completes a TLS handshake), not only
-that an idle connection still answers, and a reused connection would need a retry on a fresh one to tell
-a dead endpoint from a connection the server closed while idle. This module maps what fails to the probes'
-reason codes.
+HTTP is :mod:`shared.http11`'s, the notifier's webhooks' client too (one write per request, one wakeup per
+answer, h11 judging every answer that is not plainly well-formed) rather than httpx, whose request cost
+about five times the CPU. Every probe opens its own connection, and drops it after its exchange (no
+keep-alive between probes): a probe must prove that the target still accepts connections (and completes a
+TLS handshake), not only that an idle connection still answers, and a reused connection would need a retry
+on a fresh one to tell a dead endpoint from a connection the server closed while idle. This module maps
+what fails to the probes' reason codes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import errno
 import socket
@@ -24,9 +22,8 @@ from typing import Protocol
 
 import h11
 
-from services.detector.probes._exchange import RequestHead, open_exchange, render_head
 from services.detector.targets import Endpoint, TlsFiles
-from shared.http11 import NoAnswer, TooLarge, connect
+from shared.http11 import Http11Connection, NoAnswer, RequestHead, TooLarge, connect, render_head
 from shared.resolver import Resolver
 
 USER_AGENT = "luccs-fallback-detector/1"
@@ -98,7 +95,7 @@ class TlsContexts:
         return context
 
 
-def cert_expiry(connection: asyncio.StreamWriter | asyncio.BaseTransport) -> datetime | None:
+def cert_expiry(connection: Http11Connection) -> datetime | None:
     """The notAfter of the certificate the peer presented (verified connections only)."""
     peer = connection.get_extra_info("peercert")
     not_after = peer.get("notAfter") if isinstance(peer, dict) else None
@@ -114,22 +111,17 @@ class Connector:
         self.contexts = contexts or TlsContexts()
         self.resolver = resolver or Resolver()
 
-    async def open(
-        self, endpoint: Endpoint, *, tls: TlsFiles | None
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Connect to ``endpoint`` (verified TLS with ``tls`` files when given); raise :class:`ProbeFailure`."""
+    async def open(self, endpoint: Endpoint, *, tls: TlsFiles | None) -> Http11Connection:
+        """Connect to ``endpoint`` (verified TLS with ``tls`` files when given); raise :class:`ProbeFailure`.
+
+        The caller drops the connection with ``abort()`` when done: everything was read or given up on, and
+        a graceful TLS shutdown would wait (up to half a minute) for a close_notify from peers that may
+        never send it."""
         context = self.contexts.get(tls) if tls is not None else None
         try:
-            connection = await connect(endpoint.host, endpoint.port, resolver=self.resolver, ssl_context=context)
+            return await connect(endpoint.host, endpoint.port, resolver=self.resolver, ssl_context=context)
         except (OSError, ValueError) as exc:  # ConnectFailed carries the last address's error as its cause
             raise failure_from(exc) from exc
-        return connection.reader, connection.writer
-
-
-def close(writer: asyncio.StreamWriter) -> None:
-    """Drop a probe's connection at once. Everything was read or given up on; a graceful TLS shutdown
-    would wait (up to half a minute) for a close_notify from peers that may never send it."""
-    writer.transport.abort()
 
 
 @dataclass(frozen=True)
@@ -160,7 +152,7 @@ class HttpClient(Protocol):
 
 
 class H11Client:
-    """HTTP/1.1 over a fresh connection per request (see :mod:`._exchange`). Timeouts are the caller's.
+    """HTTP/1.1 over a fresh connection per request (:mod:`shared.http11`). Timeouts are the caller's.
 
     The head of each distinct request (the same for every probe of a target, but for an ``as4`` ping's
     Content-Length) is rendered and validated by h11 once and kept.
@@ -191,17 +183,11 @@ class H11Client:
             head = self.head(request)
         except h11.ProtocolError as exc:  # a header value h11 refuses to send (as before, a probe_error)
             raise failure_from(exc) from exc
-        context = self._connector.contexts.get(tls) if endpoint.uses_tls else None
+        connection = await self._connector.open(endpoint, tls=tls if endpoint.uses_tls else None)
         try:
-            pending, transport = await open_exchange(
-                endpoint.host, endpoint.port, resolver=self._connector.resolver, ssl_context=context, head=head,
-                body=request.body, max_body=max_body,
-            )
-        except (OSError, ValueError) as exc:  # ConnectFailed carries the last address's error as its cause
-            raise failure_from(exc) from exc
-        try:
-            expires_at = cert_expiry(transport) if endpoint.uses_tls else None
-            answer = await pending
+            answer_pending = connection.start(head.payload(request.body), max_body=max_body)
+            expires_at = cert_expiry(connection) if endpoint.uses_tls else None
+            answer = await answer_pending
         except NoAnswer as exc:
             raise ProbeFailure("reset", "connection closed without an answer") from exc
         except TooLarge as exc:
@@ -209,7 +195,7 @@ class H11Client:
         except (OSError, ValueError, h11.ProtocolError) as exc:
             raise failure_from(exc) from exc
         finally:
-            transport.abort()
+            connection.abort()
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in answer.headers}
         return HttpAnswer(answer.status, headers, answer.body, expires_at)
 
