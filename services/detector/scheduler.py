@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from services.detector.clock import Clock, running_clock
-from services.detector.domain import ProbeResult, TargetStatus, due_after_probe, first_due, next_due
+from services.detector.domain import ProbeResult, TargetStatus, confirming, first_due, next_due, retry_due
 from services.detector.metrics import DetectorMetrics
 from services.detector.targets import Target
 
@@ -40,7 +40,7 @@ TICK_S = 0.005
 """The shortest time between two wake-ups of the scheduler's loop (probes falling due meanwhile start together)."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # one per target: no __dict__ each
 class _Slot:
     target: Target
     generation: int
@@ -235,19 +235,23 @@ class Scheduler:
         if status is not None:
             self._pace(slot, status)
 
-    def pace(self, target_id: str, status: TargetStatus) -> None:
-        """Pace ``target_id``'s next probe by its status after its latest result, when ``on_result`` could not
-        tell it at once (a probe worker: the status is decided by the parent process)."""
+    def confirming(self, target_id: str) -> None:
+        """Probe ``target_id`` next at the retry pace: its status after its latest result is confirming a change
+        (told here when ``on_result`` could not tell it at once: a probe worker, whose parent decides)."""
         slot = self._slots.get(target_id)
         if slot is not None:
-            self._pace(slot, status)
+            self._retry(slot)
 
     def _pace(self, slot: _Slot, status: TargetStatus) -> None:
-        retry_due = due_after_probe(
-            status, finished=self._now(), regular_due=slot.regular_due, retry_interval_s=slot.target.retry_interval_s
+        if confirming(status):  # else the regular slot stands (due_after_probe)
+            self._retry(slot)
+
+    def _retry(self, slot: _Slot) -> None:
+        due = retry_due(
+            finished=self._now(), regular_due=slot.regular_due, retry_interval_s=slot.target.retry_interval_s
         )
-        if retry_due < slot.regular_due:
-            self._push(slot, retry_due)
+        if due < slot.regular_due:
+            self._push(slot, due)
 
     async def _cancel_running(self) -> None:
         tasks = list(self._running.values())
