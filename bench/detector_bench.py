@@ -478,7 +478,8 @@ def main() -> int:
         asyncio.run(_serve(args.serve, args.cert_dir, args.signing_dir))
         return 0
     if args.detect:
-        _pin(args.cpu)
+        # Probe workers inherit the detector's affinity: pinned, all of them would share one core.
+        _pin(args.cpu if args.workers == 1 else None)
         result = asyncio.run(
             _detect(args.detect, json.loads(args.ports_json), args.interval, args.duration, args.timeout, args.cert_dir,
                     args.database, as4_only=args.as4_signed, signing_dir=args.signing_dir, workers=args.workers)

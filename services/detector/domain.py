@@ -328,8 +328,14 @@ def due_after_probe(
     ``verdict_by`` holds. Otherwise the regular slot stands: back to the interval, on the same phase.
     """
     if confirming(status):
-        return min(regular_due, finished + retry_interval_s)
+        return retry_due(finished=finished, regular_due=regular_due, retry_interval_s=retry_interval_s)
     return regular_due
+
+
+def retry_due(*, finished: float, regular_due: float, retry_interval_s: float) -> float:
+    """When a target whose probes are confirming something (:func:`confirming`) is next probed, once the probe
+    that finished at ``finished`` is folded in: a retry interval later, unless the regular slot is sooner."""
+    return min(regular_due, finished + retry_interval_s)
 
 
 # --- publication ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -40,6 +40,21 @@ class DetectorMetrics:
     registry_records: Counter
     save_seconds: Histogram
     save_failures: Counter
+    # The labelled children of the per-probe series, looked up once per label set: ``labels()`` validates and
+    # locks on every call, at thousands of probes a second.
+    _probe_children: dict[tuple[str, str], Histogram] = field(default_factory=dict, repr=False)
+    _result_children: dict[tuple[str, str, str], Counter] = field(default_factory=dict, repr=False)
+
+    def probe_done(self, *, probe: str, component: str, reason: str, seconds: float) -> None:
+        """Count one probe's result and observe its duration (``probe_seconds`` and ``results``)."""
+        duration = self._probe_children.get((probe, component))
+        if duration is None:
+            duration = self._probe_children[(probe, component)] = self.probe_seconds.labels(probe, component)
+        duration.observe(seconds)
+        outcome = self._result_children.get((probe, component, reason))
+        if outcome is None:
+            outcome = self._result_children[(probe, component, reason)] = self.results.labels(probe, component, reason)
+        outcome.inc()
 
     @classmethod
     def create(cls, registry: CollectorRegistry, *, statuses: StatusView | None = None) -> DetectorMetrics:

@@ -8,8 +8,9 @@ producer, the quorum and suspicion logic in one place). Started as ``python -m s
 Protocol: frames of a 4-byte big-endian length and a pickled list of messages (tuples), both ways; the
 messages of one event-loop turn travel in one frame. Pickle is safe here: both ends are this code, started
 by the parent over an anonymous pipe. Parent to worker: ``("put", target, version)`` (probe it: new or
-changed), ``("drop", target_id)``, ``("now", target_id)`` (probe at once), ``("pace", target_id, status)``
-(the status after its latest result, which paces a change being confirmed). Worker to parent: ``("result",
+changed), ``("drop", target_id)``, ``("now", target_id)`` (probe at once), ``("confirming", target_id)``
+(its status after its latest result is confirming a change: probe it next at the retry pace; the status
+itself stays in the parent). Worker to parent: ``("result",
 target_id, version, result)`` and, every half second, ``("stats", scheduled, in_flight, started, completed,
 skipped, lags)`` (lags: the scheduler lag samples since the last one, in seconds).
 """
@@ -105,8 +106,8 @@ class ProbeWorker:
             self.scheduler.unschedule(message[1])
         elif kind == "now":
             self.scheduler.probe_now(message[1])
-        elif kind == "pace":
-            self.scheduler.pace(message[1], message[2])
+        elif kind == "confirming":
+            self.scheduler.confirming(message[1])
         else:
             log.error("probe worker: unknown message %r", kind)
 

@@ -336,8 +336,8 @@ class Detector:
         first_since_restart = target.id in self._resumed
         self._resumed.discard(target.id)
         metrics = self._metrics
-        metrics.probe_seconds.labels(target.probe, target.component.value).observe((result.latency_ms or 0) / 1000)
-        metrics.results.labels(target.probe, target.component.value, result.reason).inc()
+        metrics.probe_done(probe=target.probe, component=target.component.value, reason=result.reason,
+                           seconds=(result.latency_ms or 0) / 1000)
         if transition is not None:
             log.info(
                 "target %s is %s (was %s): %s %s", target.id, transition.current.value,

@@ -49,7 +49,7 @@ class _Worker:
     failures: int = 0  # deaths in a row, for the restart pause
 
 
-@dataclass
+@dataclass(slots=True)  # one per target: no __dict__ each
 class _Assigned:
     target: Target
     version: int
@@ -271,7 +271,7 @@ class WorkerPool:
             return  # removed, changed or moved meanwhile
         status = self._on_result(entry.target, result)
         if status is not None and confirming(status) and worker.channel is not None:
-            worker.channel.send(("pace", target_id, status))
+            worker.channel.send(("confirming", target_id))  # not the status: pickled, it cost more than a result
 
     def _stats(self, worker: _Worker, scheduled: int, in_flight: int, started: int, completed: int,
                skipped: int, lags: list[float]) -> None:

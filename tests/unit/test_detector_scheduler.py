@@ -102,6 +102,28 @@ async def test_every_target_is_probed_once_per_interval_at_its_phase() -> None:
     assert len(recorder.results) == sum(recorder.calls.values())
 
 
+async def test_a_dense_schedule_wakes_the_loop_at_most_once_per_tick_and_no_probe_starts_a_tick_late() -> None:
+    starts: dict[str, float] = {}
+
+    async def note_start(t: Target) -> None:
+        starts.setdefault(t.id, recorder.clock.time())
+
+    recorder = Recorder(note_start)
+    sched = scheduler(recorder, concurrency=1000, tick_s=0.01)
+    origin = recorder.clock.time()
+    for i in range(400):  # 400 phases in 0.2 s: one due every 0.5 ms on average
+        sched.schedule(target(f"t{i}"))
+    async with running(sched):
+        await recorder.clock.advance(0.2)
+    assert len(starts) == 400, "every target is probed in its first interval"
+    # Each probe starts within one tick of its slot (the lag the tick allows), never before it...
+    lags = [starts[f"t{i}"] - (origin + phase(f"t{i}") * 0.2) for i in range(400)]
+    assert min(lags) >= 0
+    assert max(lags) <= 0.01 + 1e-9
+    # ...and the 400 probes started in at most one batch per tick, not one wake-up each.
+    assert len(set(starts.values())) <= 0.2 / 0.01 + 1
+
+
 async def test_a_hanging_target_delays_no_other_target() -> None:
     async def behaviour(t: Target) -> None:
         if t.id == "hangs":
