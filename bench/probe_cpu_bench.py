@@ -3,6 +3,7 @@ detector bench's loopback responder, without scheduler, states or workers.
 
     .venv/bin/python -m bench.probe_cpu_bench --probes 20000
     .venv/bin/python -m bench.probe_cpu_bench --probes 5000 --profile     # cProfile's top functions too
+    .venv/bin/python -m bench.probe_cpu_bench --loop asyncio              # asyncio's own loop instead of uvloop
 
 The prober runs pinned to ``--cpu`` (the responder to ``--server-cpu``, as in ``bench.detector_bench``) and
 the figure is this process's CPU time (user + system) per probe, which other work on the machine disturbs
@@ -21,6 +22,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
+
+from shared import eventloop
 
 
 async def _probe(count: int, concurrency: int, ports: list[int], profile: bool) -> None:
@@ -55,7 +58,9 @@ async def _probe(count: int, concurrency: int, ports: list[int], profile: bool) 
     if profiler is not None:
         profiler.disable()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    print(f"{count} probes: {1000 * cpu / count:.3f} ms of CPU per probe, {count / wall:.0f} probes/s, {dict(reasons)}")
+    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    print(f"{count} probes on {loop}'s loop: {1000 * cpu / count:.3f} ms of CPU per probe, "
+          f"{count / wall:.0f} probes/s, {dict(reasons)}")
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
 
@@ -66,6 +71,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--cpu", type=int, default=0)
     parser.add_argument("--server-cpu", type=int, default=1 if (os.cpu_count() or 1) > 1 else None)
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
+                        help="the prober's event loop (uvloop, as the services, when installed; or asyncio's own)")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions (slows it down)")
     args = parser.parse_args()
     server_cpu = [] if args.server_cpu is None else ["--server-cpu", str(args.server_cpu)]
@@ -77,7 +84,7 @@ def main() -> int:
         ports = json.loads(server.stdout.readline())
         if hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, {args.cpu})
-        asyncio.run(_probe(args.probes, args.concurrency, ports, args.profile))
+        eventloop.run(_probe(args.probes, args.concurrency, ports, args.profile), prefer_uvloop=args.loop == "uvloop")
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -31,6 +31,7 @@ from services.detector.domain import ProbeResult
 from services.detector.probes import Prober
 from services.detector.scheduler import Scheduler
 from services.detector.targets import Target
+from shared.eventloop import run
 from shared.logging import bind_service, configure_logging
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def main() -> None:
     configure_logging(level=args.log_level, log_format=args.log_format, stream=sys.stderr)
     bind_service(f"detector-worker-{os.getpid()}")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.max_concurrency, args.per_host_limit, out_fd))
+        run(_serve(args.max_concurrency, args.per_host_limit, out_fd))
 
 
 if __name__ == "__main__":

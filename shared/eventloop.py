@@ -1,0 +1,36 @@
+"""The event loop a luccs-fallback process runs on: uvloop (libuv, written in C) when it can be imported, else
+asyncio's own.
+
+A detector probing tens of thousands of targets spends much of its CPU in the event loop itself (a fresh
+connection, its callbacks and its timers per probe); uvloop does that work for less (``bench/README.md``,
+"CPU per probe"). The detector's probe workers run on it. The services do not yet: on uvloop a refused
+connection's error says "Connection refused" without the address that asyncio's names, which the start-up
+errors rely on (``tests/integration/test_cli_startup.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["loop_factory", "run"]
+
+T = TypeVar("T")
+
+
+def loop_factory(*, prefer_uvloop: bool = True) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop factory when ``prefer_uvloop`` and it is installed; None (asyncio's default) otherwise."""
+    if not prefer_uvloop:
+        return None
+    try:
+        import uvloop
+    except ImportError:  # an optional speed-up: asyncio's loop does the same, for more CPU
+        return None
+    return uvloop.new_event_loop
+
+
+def run(main: Coroutine[Any, Any, T], *, prefer_uvloop: bool = True) -> T:
+    """``asyncio.run(main)`` on the loop :func:`loop_factory` picks."""
+    with asyncio.Runner(loop_factory=loop_factory(prefer_uvloop=prefer_uvloop)) as runner:
+        return runner.run(main)
