@@ -112,13 +112,12 @@ async def insert_plain(
     keys = _names(table, skip_conflicts_on)
     conflict = f" ON CONFLICT ({', '.join(keys)}) DO NOTHING" if keys else ""
     into = f"INSERT INTO {table.name} ({', '.join(names)})"
-    values = _plain_rows(dialect, table, names, rows)
     if dialect.name == "postgresql":
         sql = f"{into} SELECT * FROM {_unnest(dialect, table, names)}{conflict}"  # noqa: S608 (names from the table)
-        await _run(session, sql, _columns_of(values, len(names)))
+        await _run(session, sql, _plain_columns(dialect, table, names, rows))
     else:
         sql = f"{into} VALUES ({', '.join('?' * len(names))}){conflict}"
-        await _run(session, sql, values, many=True)
+        await _run(session, sql, _plain_rows(dialect, table, names, rows), many=True)
 
 
 async def update_plain(
@@ -136,7 +135,6 @@ async def update_plain(
     sets, matches = names[:len(set_columns)], names[len(set_columns):]
     extra_set = f", {also_set}" if also_set else ""
     condition = f" AND {only_where}" if only_where else ""
-    values = _plain_rows(dialect, table, names, rows)
     if dialect.name == "postgresql":
         # The array columns are named c0, c1, ...: no clash with the table's own names in ``only_where``.
         assignments = ", ".join(f"{c} = v.c{n}" for n, c in enumerate(sets))
@@ -144,12 +142,12 @@ async def update_plain(
         where = " AND ".join(f"{table.name}.{c} = v.c{n}" for n, c in enumerate(matches, len(sets)))
         sql = (f"UPDATE {table.name} SET {assignments}{extra_set}"  # noqa: S608
                f" FROM {_unnest(dialect, table, names)} AS v({aliases}) WHERE {where}{condition}")
-        await _run(session, sql, _columns_of(values, len(names)))
+        await _run(session, sql, _plain_columns(dialect, table, names, rows))
     else:
         assignments = ", ".join(f"{c} = ?" for c in sets)
         where = " AND ".join(f"{c} = ?" for c in matches)
-        await _run(session, f"UPDATE {table.name} SET {assignments}{extra_set} WHERE {where}{condition}", values,  # noqa: S608
-                   many=True)
+        await _run(session, f"UPDATE {table.name} SET {assignments}{extra_set} WHERE {where}{condition}",  # noqa: S608
+                   _plain_rows(dialect, table, names, rows), many=True)
 
 
 def _names(table: Table, columns: Sequence[str]) -> list[str]:
@@ -161,31 +159,26 @@ def _unnest(dialect: Dialect, table: Table, names: Sequence[str]) -> str:
     return f"unnest({', '.join(casts)})"
 
 
+def _plain_columns(
+    dialect: Dialect, table: Table, names: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> list[list[Any]]:
+    """The values of ``rows`` column by column, each column through its type's bind processing once per
+    distinct value (the rows of a fan-out share a few timestamps and names). Column by column: a column
+    without processing is copied as it is (a C loop), not passed value by value through a Python call."""
+    columns = [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in names]
+    for n, name in enumerate(names):
+        processor = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+        if processor is None:
+            continue
+        seen: dict[Any, Any] = {}
+        for value in set(columns[n]):
+            seen[value] = None if value is None else processor(value)
+        columns[n] = [seen[value] for value in columns[n]]
+    return columns
+
+
 def _plain_rows(dialect: Dialect, table: Table, names: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[Any]:
-    processors = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names]
-    # Only the columns with a processor are touched, each distinct value processed once: a 100,000-EO import
-    # has ten columns a row, three of them processed (language, two timestamps shared by a chunk).
-    active: list[tuple[int, Callable[[Any], Any], dict[Any, Any]]] = [
-        (n, processor, {}) for n, processor in enumerate(processors) if processor is not None]
-    if not active:
-        return list(rows)
-    plain: list[Any] = []
-    for row in rows:
-        values = list(row)
-        for n, processor, seen in active:
-            value = values[n]
-            if value is not None:
-                if value not in seen:
-                    seen[value] = processor(value)
-                values[n] = seen[value]
-        plain.append(tuple(values))
-    return plain
-
-
-def _columns_of(rows: Sequence[Sequence[Any]], width: int) -> tuple[list[Any], ...]:
-    if not rows:
-        return tuple([] for _ in range(width))
-    return tuple(list(column) for column in zip(*rows, strict=True))
+    return list(zip(*_plain_columns(dialect, table, names, rows), strict=True))
 
 
 async def _run(session: AsyncSession, sql: str, parameters: Any, *, many: bool = False) -> None:

@@ -40,7 +40,7 @@ from services.notifier.metrics import NotifierMetrics
 from services.notifier.models import AttemptRow, DeliveryRow, EoRow, NoticeRow, PlannedEventRow, ReachRow
 from shared.config import Settings
 from shared.db import insert_plain, update_plain
-from shared.events import CloudEvent, DeliveryChannel, DeliveryData, DeliveryStatus, EventType, Language
+from shared.events import DeliveryChannel, DeliveryData, DeliveryEvent, DeliveryStatus, EventType, Language
 from shared.kafka import Publisher
 from shared.retry import Backoff, RetryPolicy, retrying
 
@@ -50,6 +50,7 @@ __all__ = ["SOURCE", "Dispatcher"]
 
 SOURCE = "/luccs-fallback/notifier"
 FEED_MAX_LAG_S = 10.0
+FEED_CHUNK = 500
 OUTCOME_GATHER_S = 0.05
 OUTCOME_BATCH = 2000
 LANE_BUFFER = 1000
@@ -69,6 +70,9 @@ _ATTEMPT_COLUMNS = ("delivery_id", "attempt", "at", "outcome", "http_status", "e
 _REACHED_COLUMNS = ("reached_at", "reached_channel", "last_channel", "last_error")
 _UNREACHED_COLUMNS = ("last_channel", "last_error")
 _REACH_KEY = ("procedure_id", "eori")
+_Recorded = tuple[Job, DeliveryStatus, Outcome, datetime]
+"""An outcome recorded in the log, for the deliveries feed: its CloudEvent is built when it is published,
+off the path between the sends and the batch that records them."""
 
 
 @dataclass
@@ -129,7 +133,7 @@ class Dispatcher:
         self._notices: dict[int, _Notice] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._outcomes: asyncio.Queue[tuple[Job, Outcome, float]] = asyncio.Queue()
-        self._published: asyncio.Queue[CloudEvent[DeliveryData]] = asyncio.Queue()
+        self._published: asyncio.Queue[_Recorded] = asyncio.Queue()
         self._gauges_at = 0.0
         self._histograms: dict[str, Any] = {}
         self.running = False
@@ -258,22 +262,31 @@ class Dispatcher:
 
     async def _claim_batch_of_jobs(self, *, excluding_lanes: list[str]) -> list[Job]:
         now = self._clock()
-        # First the candidates (id and lane only), then the full rows of the ones this process takes: a
-        # lane with little room does not make the claim load rows it will leave for later.
+        # First the candidates (id and lane only: no timestamp to parse), then the full rows of the ones this
+        # process takes. As many candidates as the known lanes have room for, and a quarter of a batch more for
+        # lanes not seen yet: a claim that refills one busy lane's half-empty buffer neither loads nor (on
+        # PostgreSQL) locks four times the rows it can take.
+        room: dict[str, int] = {}
+        for lane in self._lanes.values():
+            room[lane.name] = lane.buffer - lane.load
+        wanted = self._claim_batch
+        if room:
+            wanted = min(wanted, sum(max(0, r) for r in room.values()) + self._claim_batch // 4)
         async with self._sessions.begin() as session:
             found: list[Any] = []
-            for status in _DUE:
+            # Retries first (they were due before this fan-out's new rows), then the pending ones, each in
+            # due order from the index (status, next_attempt_at).
+            for status in reversed(_DUE):
+                if len(found) >= wanted:
+                    break
                 candidates = self._due(
-                    status, now, (_D.c.id, _D.c.lane, _D.c.channel, _D.c.next_attempt_at), limit=self._claim_batch
+                    status, now, (_D.c.id, _D.c.lane, _D.c.channel), limit=wanted - len(found)
                 ).with_for_update(skip_locked=True)
                 if excluding_lanes:
                     candidates = candidates.where(_D.c.lane.not_in(excluding_lanes))
                 found += (await session.execute(candidates)).all()
-            found.sort(key=lambda row: row.next_attempt_at)
-            del found[self._claim_batch:]
-            room: dict[str, int] = {}
             picked: list[str] = []
-            for delivery_id, lane_name, channel, _ in found:
+            for delivery_id, lane_name, channel in found:
                 if delivery_id in self._held:
                     continue
                 if lane_name not in room:
@@ -398,7 +411,7 @@ class Dispatcher:
         delivered: list[tuple[Any, ...]] = []
         failed: list[tuple[Any, ...]] = []
         attempts: list[tuple[Any, ...]] = []
-        feed: list[CloudEvent[DeliveryData]] = []
+        feed: list[_Recorded] = []
         retrying = False
         for job, outcome, duration_s in batch:
             retry_at = None
@@ -416,14 +429,7 @@ class Dispatcher:
             ))
             attempts.append((job.delivery_id, job.attempt, now, status, outcome.http_status, outcome.error,
                              round(duration_s * 1000, 3)))
-            feed.append(CloudEvent[DeliveryData](
-                source=SOURCE, type=EventType.DELIVERY_RECORDED, subject=job.procedure_id,
-                data=DeliveryData(
-                    delivery_id=job.delivery_id, event_id=job.event_id, procedure_id=job.procedure_id, eori=job.eori,
-                    channel=job.channel, recipient=job.address, attempt=job.attempt, status=status,
-                    http_status=outcome.http_status, error=outcome.error, at=now,
-                ),
-            ))
+            feed.append((job, status, outcome, now))
             if status == DeliveryStatus.DEAD:
                 log.warning("delivery %s (%s to %s) is dead after %d attempts: %s", job.delivery_id, job.channel,
                             job.eori or job.audience, job.attempt, outcome.error)
@@ -435,11 +441,11 @@ class Dispatcher:
             readdressed = await self._record_reach(session, batch, now)
             await self._settle(session, {job.event_id for job, _, _ in batch}, now)
         counted: Counter[tuple[str, str]] = Counter()
-        for (job, _, duration_s), event in zip(batch, feed, strict=True):
+        for (job, _, duration_s), recorded in zip(batch, feed, strict=True):
             self._held.discard(job.delivery_id)
-            counted[(job.channel.value, event.data.status.value)] += 1
+            counted[(job.channel.value, recorded[1].value)] += 1
             self._attempt_seconds(job.channel.value).observe(duration_s)
-            self._published.put_nowait(event)
+            self._published.put_nowait(recorded)
         for (channel, ended), count in counted.items():
             self._metrics.outcomes.labels(channel=channel, outcome=ended).inc(count)
         if readdressed or retrying:
@@ -526,9 +532,27 @@ class Dispatcher:
                 for _ in batch:
                     self._published.task_done()
 
-    async def _publish(self, publisher: Publisher, batch: list[CloudEvent[DeliveryData]]) -> None:
+    async def _publish(self, publisher: Publisher, batch: list[_Recorded]) -> None:
         topic = self._settings.kafka.deliveries_topic
-        try:  # handed to the producer as one batch: one wait for all, not a waiting task per outcome
-            await publisher.publish_many([(topic, event.data.procedure_id, event.to_bytes()) for event in batch])
+        try:
+            # Handed to the producer in batches (one wait for many, not a waiting task per outcome) of
+            # FEED_CHUNK: building and encoding thousands of events at once would hold the loop, and the
+            # deliveries still under way, for a quarter of a second.
+            for start in range(0, len(batch), FEED_CHUNK):
+                events = [
+                    # Built from values this process made (no validation to redo), the id named after the
+                    # attempt it reports: unique per recorded outcome, and the same if a consumer sees it twice.
+                    DeliveryEvent.model_construct(
+                        id=f"{job.delivery_id}.{job.attempt}", source=SOURCE, type=EventType.DELIVERY_RECORDED,
+                        time=at, subject=job.procedure_id,
+                        data=DeliveryData.model_construct(
+                            delivery_id=job.delivery_id, event_id=job.event_id, procedure_id=job.procedure_id,
+                            eori=job.eori, channel=job.channel, recipient=job.address, attempt=job.attempt,
+                            status=status, http_status=outcome.http_status, error=outcome.error, at=at,
+                        ),
+                    )
+                    for job, status, outcome, at in batch[start:start + FEED_CHUNK]
+                ]
+                await publisher.publish_many([(topic, event.data.procedure_id, event.to_bytes()) for event in events])
         except Exception as exc:  # the delivery log is the record; the topic is a feed for others
             log.warning("could not publish %d delivery outcomes: %s", len(batch), exc)

@@ -19,7 +19,6 @@ import json
 import logging
 import secrets
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -408,11 +407,8 @@ async def record_notices(
 
 def contacts_of(eos: Sequence[Any], own: Mapping[str, str]) -> list[EoContact]:
     """EO registry rows (eori, language, webhook_url, email) as the domain plans for them."""
-    return [
-        EoContact(eori=r.eori, language=r.language, webhook_url=r.webhook_url, email=r.email,
-                  own_procedure_id=own.get(r.eori))
-        for r in eos
-    ]
+    # Positional: a national fan-out builds 100,000 of these, and keywords double a dataclass's construction.
+    return [EoContact(r.eori, r.language, r.webhook_url, r.email, own.get(r.eori)) for r in eos]
 
 
 def new_delivery_id(*, at_ms: int | None = None) -> str:
@@ -428,7 +424,8 @@ def new_delivery_id(*, at_ms: int | None = None) -> str:
     value = at_ms << 80 | secrets.randbits(80)
     value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
-    return str(uuid.UUID(int=value))
+    digits = f"{value:032x}"  # what str(uuid.UUID(int=value)) writes, without building the UUID (100,000 a fan-out)
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 def _origin_part(address: str) -> str:

@@ -24,3 +24,10 @@ def test_ids_of_a_later_millisecond_sort_after_every_id_of_an_earlier_one() -> N
     # As text, the way the databases' indexes order them.
     assert max(earlier) < min(later)
     assert all(uuid.UUID(i).version == 7 for i in earlier + later)
+
+
+def test_a_delivery_id_is_written_as_the_canonical_uuid_text() -> None:
+    # Written without building a uuid.UUID: the text must be the very one str(uuid.UUID(...)) gives, since the
+    # delivery log's rows and the API's ids are compared as text.
+    ids = [new_delivery_id(at_ms=at_ms) for at_ms in (0, 1, 1_764_600_000_000, (1 << 48) - 1) for _ in range(50)]
+    assert all(str(uuid.UUID(i)) == i and len(i) == 36 for i in ids)
