@@ -183,7 +183,10 @@ class Publisher:
 
     async def stop(self, *, timeout_s: float = 10.0) -> None:
         """Flush and close; give up after ``timeout_s`` (an idempotent producer would wait forever for a
-        broker that is gone, and the outbox or delivery log still holds what was not acknowledged)."""
+        broker that is gone, and the outbox or delivery log still holds what was not acknowledged), or after
+        ``2 * expire_after_s`` if longer (what is unacknowledged expires by then anyway)."""
+        if self._expire_after_s is not None:
+            timeout_s = max(timeout_s, 2 * self._expire_after_s)
         if not self.started:
             await self._producer.stop()  # never started (a start-up that failed first): only release it
             return
@@ -198,22 +201,24 @@ class Publisher:
         return set(await self._producer.partitions_for(topic))
 
     async def publish(self, topic: str, event: CloudEvent[Any], *, key: str | None) -> None:
-        if self._expire_after_s is None:
-            await self.publish_raw(topic, event.to_bytes(), key=key)
-            return
-        async with asyncio.timeout(self._expire_after_s * 2):  # the batch expires first; this is a backstop
-            await self.publish_raw(topic, event.to_bytes(), key=key)
+        await self.publish_raw(topic, event.to_bytes(), key=key)
 
     async def publish_raw(self, topic: str, value: bytes | None, *, key: str | None) -> None:
-        await self._producer.send_and_wait(topic, value=value, key=key.encode() if key is not None else None)
+        async with self._backstop():
+            await self._producer.send_and_wait(topic, value=value, key=key.encode() if key is not None else None)
+
+    def _backstop(self) -> asyncio.Timeout:
+        """With ``expire_after_s``: the batch expires first; this bounds the wait if it somehow does not."""
+        return asyncio.timeout(None if self._expire_after_s is None else self._expire_after_s * 2)
 
     async def publish_many(self, messages: Sequence[tuple[str, str | None, bytes | None]]) -> None:
         """Send (topic, key, value) messages in order and wait until the broker has acknowledged them all."""
-        pending = [
-            await self._producer.send(topic, value=value, key=key.encode() if key is not None else None)
-            for topic, key, value in messages
-        ]
-        await asyncio.gather(*pending)
+        async with self._backstop():
+            pending = [
+                await self._producer.send(topic, value=value, key=key.encode() if key is not None else None)
+                for topic, key, value in messages
+            ]
+            await asyncio.gather(*pending)
 
 
 Handler = Callable[[CloudEvent[DataT] | None, ConsumerRecord[bytes, bytes]], Awaitable[None]]

@@ -19,9 +19,9 @@ Lines and their numbers:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -35,6 +35,8 @@ __all__ = [
     "EXPORT_COLUMNS", "MAX_LINE_BYTES", "ChunkOutcome", "ImportFormat", "ImportLine", "ImportReport", "ImportTooLarge",
     "InvalidImport", "LineSplitter", "Rejected", "csv_line", "export_line", "import_eos",
 ]
+
+log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 65_536
 READ_ONLY_COLUMNS = frozenset({"has_webhook_secret", "created_at", "updated_at"})
@@ -274,8 +276,10 @@ async def import_eos(
         await written()
     finally:
         if writing is not None:  # the body failed (the client went away): the chunk under way still commits
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.shield(writing)
+            except Exception:  # the import's own error is the one raised; this one must not vanish unseen
+                log.exception("a chunk of the interrupted import failed to be written")
     report.rejected.sort(key=lambda r: r.line)
     return report
 

@@ -108,8 +108,9 @@ async def exchange(
 ) -> Answer:
     """Send one request and read its answer (the body too, kept unless ``keep_body`` is false).
 
-    Raises :class:`NoAnswer`, :class:`TooLarge` (more than ``max_body`` bytes of body), :class:`BadAnswer`
-    (an answer h11 refuses, or one the connection's end cut short) or ``OSError`` (the connection broke).
+    Raises :class:`NoAnswer` (the connection ended before a complete head: h11's judgement, even when some
+    bytes came), :class:`TooLarge` (more than ``max_body`` bytes of body), :class:`BadAnswer` (an answer h11
+    refuses, or a body the connection's end cut short) or ``OSError`` (the connection broke).
     """
     return await send(connection, request_bytes(method, target, headers, body), max_body=max_body,
                       keep_body=keep_body)

@@ -297,7 +297,7 @@ class Http11Connection(asyncio.Protocol):
                     return
                 self._status, self._headers = response.status_code, list(response.headers)
                 keep_alive = (isinstance(event, h11.EndOfMessage) and protocol.their_state is h11.DONE
-                              and not protocol.trailing_data[0])
+                              and not protocol.trailing_data[0] and not self._h11_eof)
                 self._finish(bytes(self._buffer), keep_alive)
                 return
             # An InformationalResponse (100 Continue) is not the answer: read on.
