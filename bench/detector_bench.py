@@ -179,6 +179,7 @@ def _workers_rss_mib(pids: Iterable[int]) -> float:
 async def _detect(
     count: int, ports: list[int], interval: float, duration: float, timeout: float, cert_dir: str | None,
     database_url: str | None, *, as4_only: bool = False, signing_dir: str | None = None, workers: int = 1,
+    warmup: float | None = None,
 ) -> dict[str, Any]:
     from prometheus_client import CollectorRegistry
 
@@ -240,7 +241,9 @@ async def _detect(
         loops.append(asyncio.create_task(write_behind.run()))
     scheduler = detector.scheduler
     pids = scheduler.pids if isinstance(scheduler, WorkerPool) else dict
-    await asyncio.sleep(interval)  # warm-up: every target has been probed once
+    # Warm-up: every target has been probed once (one interval); longer (--warmup) to measure past the
+    # confirmation retries of every target's first state too.
+    await asyncio.sleep(interval if warmup is None else warmup)
     scheduler.lag_samples.clear()
     save_seconds.clear()
     saved_before = write_behind.saved if write_behind is not None else 0
@@ -422,11 +425,13 @@ def _run_one(
         cpu = [] if args.cpu is None or args.workers > 1 else ["--cpu", str(args.cpu)]
         cpu += ["--workers", str(args.workers)]
         database = [] if args.no_database else ["--database", args.database or f"sqlite:///{scratch}/detector-{count}.db"]
+        warmup = args.interval if args.warmup is None else args.warmup
         server_cpu_before, wall_before = _cpu_s_of(server.pid), time.perf_counter()
         detector = subprocess.run(
             [*me, "--detect", str(count), "--ports-json", ports, "--interval", str(args.interval),
-             "--duration", str(args.duration), "--timeout", str(args.timeout), *cpu, *tls, *database],
-            capture_output=True, text=True, timeout=args.interval + args.duration + 120, check=False,
+             "--duration", str(args.duration), "--timeout", str(args.timeout), "--warmup", str(warmup),
+             *cpu, *tls, *database],
+            capture_output=True, text=True, timeout=warmup + args.duration + 120, check=False,
         )
         if detector.returncode != 0:
             raise RuntimeError(f"detector run failed:\n{detector.stderr[-3000:]}")
@@ -454,6 +459,7 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds per target count")
     parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--warmup", type=float, help="seconds before measuring (default: one interval)")
     parser.add_argument("--ports", type=int, default=64, help="loopback ports the responder listens on")
     parser.add_argument("--cpu", type=int, default=0, help="CPU the detector is pinned to")
     parser.add_argument("--server-cpu", type=int, default=1 if (os.cpu_count() or 1) > 1 else None)
@@ -482,7 +488,8 @@ def main() -> int:
         _pin(args.cpu if args.workers == 1 else None)
         result = asyncio.run(
             _detect(args.detect, json.loads(args.ports_json), args.interval, args.duration, args.timeout, args.cert_dir,
-                    args.database, as4_only=args.as4_signed, signing_dir=args.signing_dir, workers=args.workers)
+                    args.database, as4_only=args.as4_signed, signing_dir=args.signing_dir, workers=args.workers,
+                    warmup=args.warmup)
         )
         print(json.dumps(result))
         return 0
@@ -493,9 +500,10 @@ def main() -> int:
                                               args.interval, args.duration, args.timeout))))
         return 0
     saving = "no database" if args.no_database else f"states saved to {args.database or 'a SQLite file'}"
+    warmup = args.interval if args.warmup is None else args.warmup
     mix = "as4 only, unsigned then signed" if args.as4_signed else "half http, half as4"
     print(f"detector bench: {'https' if args.tls else 'http'} targets ({mix}), interval "
-          f"{args.interval:g}s, measured {args.duration:g}s after a {args.interval:g}s warm-up, detector on CPU "
+          f"{args.interval:g}s, measured {args.duration:g}s after a {warmup:g}s warm-up, detector on CPU "
           f"{args.cpu if args.workers == 1 else 'any'} ({args.workers} probe worker(s)), responder on CPU "
           f"{args.server_cpu}, {args.ports} ports, {saving}")
     header = f"{'pings':>8} " if args.as4_signed else ""
