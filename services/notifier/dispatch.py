@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -156,9 +157,12 @@ class Dispatcher:
         try:
             while True:
                 try:
-                    await self._claim()
+                    blocked = await self._claim()
                     await self._refresh_gauges()
-                    sleep_s = await self._until_next_due()
+                    # Every due row left is in a lane with a full buffer: nothing to claim until one of them is
+                    # half empty (its worker wakes this loop) or new rows are planned (so does the planner).
+                    # Asking the database again at once would scan that whole backlog for nothing, in a loop.
+                    sleep_s = self._poll_s if blocked else await self._until_next_due()
                 except Exception:
                     log.exception("dispatching deliveries failed; trying again")
                     sleep_s = self._poll_s
@@ -233,10 +237,12 @@ class Dispatcher:
             lane = self._lanes[name] = _Lane(name=name, limit=limit, buffer=max(8 * limit, LANE_BUFFER))
         return lane
 
-    async def _claim(self) -> None:
+    async def _claim(self) -> bool:
+        """Claim due deliveries for every lane with room; return whether the due rows left (if any) are all in
+        lanes whose buffers are full."""
         while True:
             full = [lane.name for lane in self._lanes.values() if lane.load >= lane.buffer]
-            claimed = await self._claim_batch_of_jobs(excluding_lanes=full)
+            claimed, exhausted = await self._claim_batch_of_jobs(excluding_lanes=full)
             for job in claimed:
                 lane = self._lane_for(job.lane, job.channel)
                 lane.queue.append(job)
@@ -245,8 +251,10 @@ class Dispatcher:
                     task = asyncio.create_task(self._work(lane), name=f"lane:{lane.name}")
                     self._workers.add(task)
                     task.add_done_callback(self._workers.discard)
+            if exhausted:  # no due row outside the full lanes: another claim now would find none
+                return bool(full)
             if len(claimed) < self._claim_batch // 2:
-                return
+                return False
 
     def _due(self, status: str, now: datetime, columns: Any, *, limit: int) -> Any:
         # One status at a time: the index (status, next_attempt_at) then yields the rows in due order and the
@@ -260,7 +268,9 @@ class Dispatcher:
             .limit(limit)
         )
 
-    async def _claim_batch_of_jobs(self, *, excluding_lanes: list[str]) -> list[Job]:
+    async def _claim_batch_of_jobs(self, *, excluding_lanes: list[str]) -> tuple[list[Job], bool]:
+        """The jobs claimed, and whether the due rows outside ``excluding_lanes`` ran out (fewer candidates than
+        asked for: the next claim would find only what becomes due or planned meanwhile)."""
         now = self._clock()
         # First the candidates (id and lane only: no timestamp to parse), then the full rows of the ones this
         # process takes. As many candidates as the known lanes have room for, and a quarter of a batch more for
@@ -273,18 +283,20 @@ class Dispatcher:
         if room:
             wanted = min(wanted, sum(max(0, r) for r in room.values()) + self._claim_batch // 4)
         async with self._sessions.begin() as session:
-            found: list[Any] = []
-            # Retries first (they were due before this fan-out's new rows), then the pending ones, each in
-            # due order from the index (status, next_attempt_at).
-            for status in reversed(_DUE):
-                if len(found) >= wanted:
-                    break
+            # Oldest due first over both statuses: each status in due order from the index (status,
+            # next_attempt_at), the two merged. (A fan-out's retries fall due after its first attempts, a
+            # retry of an earlier fan-out before a new one's: neither status may simply go first.)
+            per_status: list[Sequence[Any]] = []
+            for status in _DUE:
                 candidates = self._due(
-                    status, now, (_D.c.id, _D.c.lane, _D.c.channel), limit=wanted - len(found)
+                    status, now, (_D.c.next_attempt_at, _D.c.id, _D.c.lane, _D.c.channel), limit=wanted
                 ).with_for_update(skip_locked=True)
                 if excluding_lanes:
                     candidates = candidates.where(_D.c.lane.not_in(excluding_lanes))
-                found += (await session.execute(candidates)).all()
+                per_status.append((await session.execute(candidates)).all())
+            merged = list(heapq.merge(*per_status, key=lambda row: row[0]))
+            exhausted = len(merged) < wanted
+            found = [row[1:] for row in merged[:wanted]]
             picked: list[str] = []
             for delivery_id, lane_name, channel in found:
                 if delivery_id in self._held:
@@ -297,7 +309,7 @@ class Dispatcher:
                 room[lane_name] -= 1
                 picked.append(delivery_id)
             if not picked:
-                return []
+                return [], exhausted
             await session.execute(
                 update(_D).where(_D.c.id.in_(picked)).values(claimed_by=self._me, claimed_until=now + self._lease)
             )
@@ -329,7 +341,7 @@ class Dispatcher:
                 created_at=row.created_at, language=notice.language, subject=notice.subject,
                 message=notice.message, webhook_body=notice.webhook_body, webhook_secret=row.webhook_secret,
             ))
-        return jobs
+        return jobs, exhausted
 
     async def _until_next_due(self) -> float:
         now = self._clock()
@@ -534,25 +546,30 @@ class Dispatcher:
 
     async def _publish(self, publisher: Publisher, batch: list[_Recorded]) -> None:
         topic = self._settings.kafka.deliveries_topic
-        try:
-            # Handed to the producer in batches (one wait for many, not a waiting task per outcome) of
-            # FEED_CHUNK: building and encoding thousands of events at once would hold the loop, and the
-            # deliveries still under way, for a quarter of a second.
-            for start in range(0, len(batch), FEED_CHUNK):
-                events = [
-                    # Built from values this process made (no validation to redo), the id named after the
-                    # attempt it reports: unique per recorded outcome, and the same if a consumer sees it twice.
-                    DeliveryEvent.model_construct(
-                        id=f"{job.delivery_id}.{job.attempt}", source=SOURCE, type=EventType.DELIVERY_RECORDED,
-                        time=at, subject=job.procedure_id,
-                        data=DeliveryData.model_construct(
-                            delivery_id=job.delivery_id, event_id=job.event_id, procedure_id=job.procedure_id,
-                            eori=job.eori, channel=job.channel, recipient=job.address, attempt=job.attempt,
-                            status=status, http_status=outcome.http_status, error=outcome.error, at=at,
-                        ),
-                    )
-                    for job, status, outcome, at in batch[start:start + FEED_CHUNK]
-                ]
+        # Handed to the producer in batches (one wait for many, not a waiting task per outcome) of FEED_CHUNK:
+        # building and encoding thousands of events at once would hold the loop, and the deliveries still under
+        # way, for a quarter of a second. A chunk that fails does not keep the next ones from being tried.
+        unpublished, last_error = 0, None
+        for start in range(0, len(batch), FEED_CHUNK):
+            chunk = batch[start:start + FEED_CHUNK]
+            events = [
+                # Built from values this process made (no validation to redo), the id named after the attempt
+                # it reports and the instance that made it: unique per recorded outcome (two notifiers may each
+                # record an attempt N of one delivery after a lease ran out), the same if a consumer sees it twice.
+                DeliveryEvent.model_construct(
+                    id=f"{job.delivery_id}.{job.attempt}.{self._me}", source=SOURCE,
+                    type=EventType.DELIVERY_RECORDED, time=at, subject=job.procedure_id,
+                    data=DeliveryData.model_construct(
+                        delivery_id=job.delivery_id, event_id=job.event_id, procedure_id=job.procedure_id,
+                        eori=job.eori, channel=job.channel, recipient=job.address, attempt=job.attempt,
+                        status=status, http_status=outcome.http_status, error=outcome.error, at=at,
+                    ),
+                )
+                for job, status, outcome, at in chunk
+            ]
+            try:
                 await publisher.publish_many([(topic, event.data.procedure_id, event.to_bytes()) for event in events])
-        except Exception as exc:  # the delivery log is the record; the topic is a feed for others
-            log.warning("could not publish %d delivery outcomes: %s", len(batch), exc)
+            except Exception as exc:  # the delivery log is the record; the topic is a feed for others
+                unpublished, last_error = unpublished + len(chunk), exc
+        if last_error is not None:
+            log.warning("could not publish %d of %d delivery outcomes: %s", unpublished, len(batch), last_error)
