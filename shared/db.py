@@ -30,12 +30,15 @@ def async_url(database_url: str) -> URL:
 
 
 def make_engine(database_url: str) -> AsyncEngine:
-    """Create an engine; a SQLite file gets its folder created and WAL journaling."""
+    """Create an engine; a SQLite file gets its folder created and WAL journaling.
+
+    ``hide_parameters``: a statement's error never carries its values (EO e-mails, sealed and, in the registry
+    outbox, unsealed webhook secrets) into a logged traceback; PRODUCT.md: secrets are never logged."""
     url = async_url(database_url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -46,7 +49,7 @@ def make_engine(database_url: str) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -164,10 +164,11 @@ class Leadership:
         """Hold the SQLite file (refusing a second instance); open the lease's own connection pool."""
         if self.single_instance:
             self._lock_file = _lock_sqlite(self._url.database)
-            self._engine = create_async_engine(self._url, connect_args={"timeout": 30})
+            self._engine = create_async_engine(self._url, connect_args={"timeout": 30}, hide_parameters=True)
             return
         # A pool of its own: renewals never wait behind API requests for a connection.
-        self._engine = create_async_engine(self._url, pool_size=1, max_overflow=1, pool_pre_ping=True)
+        self._engine = create_async_engine(self._url, pool_size=1, max_overflow=1, pool_pre_ping=True,
+                                           hide_parameters=True)
 
     async def run(
         self, *, on_elected: Callable[[], Awaitable[None]], on_deposed: Callable[[], Awaitable[None]]
