@@ -11,6 +11,7 @@ errors rely on (``tests/integration/test_cli_startup.py``).
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -27,6 +28,9 @@ def loop_factory(*, prefer_uvloop: bool = True) -> Callable[[], asyncio.Abstract
         import uvloop
     except ImportError:  # an optional speed-up: asyncio's loop does the same, for more CPU
         return None
+    # uvloop resolves names (loop.getaddrinfo, shared/resolver.py) on libuv's thread pool, 4 threads unless
+    # told otherwise: as many as asyncio's default executor has, so a cold cache of many hosts resolves as fast.
+    os.environ.setdefault("UV_THREADPOOL_SIZE", str(min(32, (os.cpu_count() or 1) + 4)))
     return uvloop.new_event_loop
 
 

@@ -184,9 +184,9 @@ class Publisher:
     async def stop(self, *, timeout_s: float = 10.0) -> None:
         """Flush and close; give up after ``timeout_s`` (an idempotent producer would wait forever for a
         broker that is gone, and the outbox or delivery log still holds what was not acknowledged), or after
-        ``2 * expire_after_s`` if longer (what is unacknowledged expires by then anyway)."""
+        ``expire_after_s`` if longer (what is unacknowledged has expired by then)."""
         if self._expire_after_s is not None:
-            timeout_s = max(timeout_s, 2 * self._expire_after_s)
+            timeout_s = max(timeout_s, self._expire_after_s)
         if not self.started:
             await self._producer.stop()  # never started (a start-up that failed first): only release it
             return

@@ -45,6 +45,7 @@ async def _probe_every_kind(ca: trustme.CA, ca_file: str) -> tuple[str, list[Ver
         await check("tls", f"127.0.0.1:{https.port}", ca_file=ca_file)
         untrusted = await start(servers, server_context(other_ca.issue_cert("127.0.0.1")))
         await check("tls untrusted", f"127.0.0.1:{untrusted.port}", ca_file=ca_file)
+        await check("tls to a plain server", f"127.0.0.1:{plain.port}", ca_file=ca_file, timeout_s=0.3)  # it waits
     finally:
         for server in servers:
             await server.close()
@@ -61,6 +62,7 @@ EXPECTED = [
     ("https", True, "ok", True),
     ("tls", True, "ok", True),
     ("tls untrusted", False, "tls_invalid", False),
+    ("tls to a plain server", False, "timeout", False),
 ]
 
 
