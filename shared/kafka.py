@@ -183,11 +183,11 @@ class Publisher:
 
     async def stop(self, *, timeout_s: float = 10.0) -> None:
         """Flush and close; give up after ``timeout_s`` (an idempotent producer would wait forever for a
-        broker that is gone, and the outbox or delivery log still holds what was not acknowledged), or after
-        ``expire_after_s`` if longer (what is unacknowledged has expired by then)."""
-        if self._expire_after_s is not None:
-            timeout_s = max(timeout_s, self._expire_after_s)
-        if not self.started:
+        broker that is gone, and the outbox or delivery log still holds what was not acknowledged). With
+        ``expire_after_s`` the flush ends by itself (what is unacknowledged expires), so it is awaited whole:
+        cut short, it would leave its broker connections open."""
+        if not self.started or self._expire_after_s is not None:
+            self.started = False
             await self._producer.stop()  # never started (a start-up that failed first): only release it
             return
         self.started = False

@@ -1,21 +1,30 @@
 """The detector's probe workers run on uvloop when it is installed (``shared/eventloop.py``): the same probes
 against the same loopback servers give the same verdicts, reasons and certificate expiries there as on
-asyncio's own loop (uvloop's transports are not ``asyncio.Transport`` instances, and its TLS is its own)."""
+asyncio's own loop (uvloop's transports are not ``asyncio.Transport`` instances, and its TLS is its own).
+
+Each loop runs in a child process (``python -m tests.integration.test_probes_uvloop asyncio|uvloop``): a loop
+made and closed inside the test process would leave its servers' streams to be collected, warning, during
+whichever test runs next, and would replace the test process's current event loop."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import trustme
 
 from shared import eventloop
 from tests.integration.test_probes_servers import Hang, LoopbackServer, Reply, Reset, static
-from tests.integration.test_probes_tls import ca, ca_file, probe, server_context, start, target
+from tests.integration.test_probes_tls import probe, server_context, start, target
 from tests.support import free_port
 
 pytestmark = pytest.mark.integration
-__all__ = ["ca", "ca_file"]  # fixtures, shared with test_probes_tls
+REPO = Path(__file__).resolve().parents[2]
 
 Verdict = tuple[str, bool, str, bool]  # case, ok, reason, a certificate expiry seen
 
@@ -66,10 +75,24 @@ EXPECTED = [
 ]
 
 
-@pytest.mark.parametrize("prefer_uvloop", [False, True], ids=["asyncio", "uvloop"])
-def test_every_kind_of_probe_gives_the_same_verdict_on_either_loop(
-    prefer_uvloop: bool, ca: trustme.CA, ca_file: str
-) -> None:
-    loop, verdicts = eventloop.run(_probe_every_kind(ca, ca_file), prefer_uvloop=prefer_uvloop)
-    assert loop == ("uvloop" if prefer_uvloop else "asyncio"), "uvloop is a dependency: it must be the one used"
-    assert verdicts == EXPECTED
+def _cases_on(loop: str) -> tuple[str, list[Verdict]]:
+    """In the child process: every case on ``loop``, against a CA of its own."""
+    ca = trustme.CA()
+    with tempfile.TemporaryDirectory() as folder:
+        ca_file = str(Path(folder) / "ca.pem")
+        ca.cert_pem.write_to_path(ca_file)
+        return eventloop.run(_probe_every_kind(ca, ca_file), prefer_uvloop=loop == "uvloop")
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_every_kind_of_probe_gives_the_same_verdict_on_either_loop(loop: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "tests.integration.test_probes_uvloop", loop], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ran_on, verdicts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert ran_on == loop, "uvloop is a dependency: it must be the one used"
+    assert [tuple(v) for v in verdicts] == EXPECTED
+
+
+if __name__ == "__main__":
+    print(json.dumps(_cases_on(sys.argv[1])))
