@@ -30,7 +30,7 @@ else
     # PostgreSQL runs as the 'postgres' user when we are root: it must be able to reach its data dir.
     PG_VAR_DIR="$LUCCS_VAR_DIR"
     if [[ $(id -u) -eq 0 ]] && ! { id postgres >/dev/null 2>&1 && runuser -u postgres -- test -x "$REPO"; }; then
-        PG_VAR_DIR="/var/tmp/luccs-fallback-test"
+        PG_VAR_DIR="/var/tmp/luccs-fallback-test-$PG_PORT"  # one per port: runs side by side stay apart
     fi
     pg() { LUCCS_VAR_DIR="$PG_VAR_DIR" "$REPO/deploy/postgres/pg.sh" "$@"; }
     CLUSTER_PORT="${TEST_KAFKA_CLUSTER_PORT:-19192}"  # nodes on 19192-19194, controllers on 19292-19294
