@@ -12,10 +12,12 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
-from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import InterfaceError, OperationalError
+
+from shared.exposition import exposition
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,8 @@ def add_ops_routes(
                 await asyncio.wait_for(before_metrics(), timeout=5.0)
             except Exception as exc:
                 log.warning("metrics not refreshed, serving the last values: %s: %s", type(exc).__name__, exc)
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        # Rendered as it is sent (a detector's 100,000 targets make a text of 14 MB: see shared/exposition.py).
+        return StreamingResponse(exposition(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _run_check(check: ReadinessCheck) -> str | None:

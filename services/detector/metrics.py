@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from services.detector.domain import TargetStatus
 from services.detector.targets import Target
@@ -108,45 +109,78 @@ class DetectorMetrics:
         )
 
 
+class _PerTarget(Metric):
+    """A gauge family whose samples are produced from the detector's statuses each time they are read, not held:
+    at 100,000 targets a list of samples (a tuple and a label dict each) held 60 MiB during a scrape."""
+
+    def __init__(self, name: str, documentation: str, samples: Callable[[], Iterator[Sample]]) -> None:
+        super().__init__(name, documentation, "gauge")
+        self.samples = _Replayable(samples)  # type: ignore[assignment]  # read only by iterating it
+
+
+class _Replayable:
+    def __init__(self, produce: Callable[[], Iterator[Sample]]) -> None:
+        self._produce = produce
+
+    def __iter__(self) -> Iterator[Sample]:
+        return self._produce()
+
+
 class _TargetCollector(Collector):
     def __init__(self, statuses: StatusView) -> None:
         self._statuses = statuses
 
     def collect(self) -> Iterator[Metric]:
-        state = GaugeMetricFamily(
-            "luccs_detector_target_state", "Target state (1 up, 0 down, -1 unknown)", labels=["target", "component"]
-        )
-        degraded = GaugeMetricFamily(
-            "luccs_detector_target_degraded", "1 when an up target is slower than its bound", labels=["target"]
-        )
-        expiry = GaugeMetricFamily(
-            "luccs_detector_cert_expiry_timestamp_seconds", "Expiry of the certificate a target presented",
-            labels=["target"],
-        )
-        as4_expiry = GaugeMetricFamily(
+        # Each family reads the statuses again when it is rendered (see shared/exposition.py), a target
+        # removed meanwhile is left out of the families rendered after that.
+        statuses = self._statuses
+
+        def state() -> Iterator[Sample]:
+            name = "luccs_detector_target_state"
+            for target, status in statuses():
+                yield Sample(name, {"target": target.id, "component": target.component.value},
+                             STATE_VALUE[status.state], None)
+
+        def degraded() -> Iterator[Sample]:
+            name = "luccs_detector_target_degraded"
+            for target, status in statuses():
+                yield Sample(name, {"target": target.id}, 1 if status.degraded else 0, None)
+
+        def expiry() -> Iterator[Sample]:
+            name = "luccs_detector_cert_expiry_timestamp_seconds"
+            for target, status in statuses():
+                expires_at = status.last.cert_expires_at if status.last is not None else None
+                if expires_at is not None:
+                    yield Sample(name, {"target": target.id}, expires_at.timestamp(), None)
+
+        def as4_expiry() -> Iterator[Sample]:
+            name = "luccs_detector_as4_cert_expiry_timestamp_seconds"
+            for target, status in statuses():
+                if status.last is None:
+                    continue
+                for kind, at in (("signing", status.last.signing_cert_expires_at),
+                                 ("partner", status.last.partner_cert_expires_at)):
+                    if at is not None:
+                        yield Sample(name, {"target": target.id, "certificate": kind}, at.timestamp(), None)
+
+        yield _PerTarget("luccs_detector_target_state", "Target state (1 up, 0 down, -1 unknown)", state)
+        yield _PerTarget("luccs_detector_target_degraded", "1 when an up target is slower than its bound", degraded)
+        yield _PerTarget("luccs_detector_cert_expiry_timestamp_seconds",
+                         "Expiry of the certificate a target presented", expiry)
+        yield _PerTarget(
             "luccs_detector_as4_cert_expiry_timestamp_seconds",
             "Expiry of the certificates of signed AS4 pings: ours (signing) and the receipt signer's (partner)",
-            labels=["target", "certificate"],
+            as4_expiry,
         )
         counts = GaugeMetricFamily(
             "luccs_detector_targets", "Targets by component and state", labels=["component", "state"]
         )
-        tally: Tally[tuple[str, str]] = Tally()
-        for target, status in self._statuses():
-            state.add_metric([target.id, target.component.value], STATE_VALUE[status.state])
-            degraded.add_metric([target.id], 1 if status.degraded else 0)
-            tally[(target.component.value, status.state.value)] += 1
-            expires_at = status.last.cert_expires_at if status.last is not None else None
-            if expires_at is not None:
-                expiry.add_metric([target.id], expires_at.timestamp())
-            if status.last is not None:
-                for kind, at in (("signing", status.last.signing_cert_expires_at),
-                                 ("partner", status.last.partner_cert_expires_at)):
-                    if at is not None:
-                        as4_expiry.add_metric([target.id, kind], at.timestamp())
+        tally: Tally[tuple[str, str]] = Tally(
+            (target.component.value, status.state.value) for target, status in statuses()
+        )
         for (component, state_name), count in sorted(tally.items()):
             counts.add_metric([component, state_name], count)
-        yield from (state, degraded, expiry, as4_expiry, counts)
+        yield counts
 
     def describe(self) -> Iterator[Metric]:
         return iter(())

@@ -50,7 +50,7 @@ class RegistryFollower:
         self._sink = sink
         self._on_outcome = on_outcome
         self._retry_s = retry_s
-        self._seen: set[str] = set()
+        self._seen: set[str] | None = None  # the EORIs of the replay under way; None once it is over
         self.caught_up = False
         self.last_error: str | None = None
 
@@ -78,16 +78,19 @@ class RegistryFollower:
                 raise ValueError("tombstone without a key: cannot tell which EO to remove")
             eori = record.key.decode("utf-8", errors="replace")
             self._outcome(self._on_remove(eori))
-            self._seen.discard(eori)
+            if self._seen is not None:
+                self._seen.discard(eori)
             return
         self._outcome(self._on_upsert(event.data))
-        self._seen.add(event.data.eori)
+        if self._seen is not None:
+            self._seen.add(event.data.eori)
 
     def _replayed(self) -> None:
-        self._on_replayed(self._seen)
+        seen, self._seen = self._seen or set(), None  # not needed until the next replay (100,000 EOs: 4 MiB)
+        self._on_replayed(seen)
         self.caught_up = True
         self.last_error = None
-        log.info("EO registry replayed: %d EOs", len(self._seen))
+        log.info("EO registry replayed: %d EOs", len(seen))
 
     def _outcome(self, outcome: str) -> None:
         if self._on_outcome is not None:

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 
 from services.detector.app import create_app
+from services.detector.registry import RegistryFollower
 from shared.config import ApiSettings, ConfigError, KafkaSettings, Settings
 from shared.events import AvailabilityData, CloudEvent, DeadLetterData, EoData, EventType, Language, parse_event
 from shared.kafka import Publisher, ensure_topics
@@ -249,3 +250,42 @@ async def _absent(client: httpx.AsyncClient, *target_ids: str) -> bool:
 
 async def _ready(client: httpx.AsyncClient) -> bool:
     return (await client.get("/readyz")).status_code == 200
+
+
+async def test_the_follower_replays_the_registry_then_follows_it_without_keeping_the_replayed_eoris(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix)
+    await ensure_topics(kafka)
+    await publish_eo(kafka, EORI, "https://as4.trader.lu/msh")
+    await publish_eo(kafka, OTHER, "https://as4.other.lu/msh")
+    await publish_raw(kafka, OTHER, None)  # removed again
+    upserts: list[str] = []
+    removals: list[str] = []
+    replays: list[set[str]] = []
+
+    def upsert(eo: EoData) -> str:
+        upserts.append(eo.eori)
+        return "upserted"
+
+    def remove(eori: str) -> str:
+        removals.append(eori)
+        return "removed"
+
+    publisher = Publisher(kafka, client_id="it-registry-sink")
+    await publisher.start()
+    follower = RegistryFollower(kafka=kafka, name="it-follower", on_upsert=upsert, on_remove=remove,
+                                on_replayed=replays.append, sink=publisher)
+    task = asyncio.create_task(follower.run())
+    try:
+        await eventually(lambda: follower.caught_up, what="the registry replayed")
+        assert replays == [{EORI}]
+        assert (upserts, removals) == ([EORI, OTHER], [OTHER])
+        assert follower._seen is None  # the replay's EORIs are not held while following
+        await publish_eo(kafka, OTHER, "https://as4.other.lu/msh")
+        await eventually(lambda: len(upserts) == 3, what="an EO registered after the replay")
+        assert upserts[-1] == OTHER and replays == [{EORI}]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await publisher.stop()

@@ -238,6 +238,14 @@ async def test_the_same_registration_again_changes_nothing() -> None:
     assert detector.on_eo(eo("https://as4.trader.lu/msh")) == "unchanged"
 
 
+async def test_an_eo_target_id_is_one_string_wherever_the_detector_keys_by_it() -> None:
+    detector, _, _ = make()
+    detector.on_eo(eo("https://as4.trader.lu/msh"))
+    [target] = detector.targets.values()
+    # 100,000 EOs: an equal copy of each id in one more map is 6 MiB (bench/README.md, "Memory at scale").
+    assert all(key is target.id for key in (*detector._registered, *detector.statuses))
+
+
 async def test_a_changed_endpoint_keeps_the_state_and_starts_counting_again() -> None:
     detector, _, _ = make()
     detector.on_eo(eo("https://as4.trader.lu/msh"))
