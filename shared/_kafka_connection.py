@@ -61,8 +61,12 @@ async def start_client(client: _Startable, settings: KafkaSettings) -> None:
     a TLS or SASL refusal raises :class:`KafkaAccessDenied` at once (no point retrying a wrong password),
     anything else a :class:`KafkaConnectionError` (retriable, as before) that carries the reason.
     """
+    starting = asyncio.ensure_future(client.start())
     try:
-        await client.start()
+        await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        await _let_finish(starting)
+        raise
     except KafkaConnectionError as exc:
         cause = await connection_failure(settings)
         if cause is None:
@@ -71,6 +75,27 @@ async def start_client(client: _Startable, settings: KafkaSettings) -> None:
         if denied is not None:
             raise denied from exc
         raise KafkaConnectionError(f"no connection to {settings.bootstrap_servers}: {_describe(cause)}") from exc
+
+
+START_SETTLE_S = 10.0
+"""How long a cancelled start may go on to its end, so that its connections can be closed."""
+
+
+async def _let_finish(starting: asyncio.Future[None]) -> None:
+    """Wait (bounded) for a start that its caller's cancel interrupted.
+
+    aiokafka's bootstrap holds its first connection in a local variable until the broker's metadata comes
+    back: a start cancelled then leaves that connection open, and the garbage collector finds it later
+    (a ResourceWarning; found by clean-clone test runs on a loaded machine, where a service stopped while
+    its consumer was still starting). Let the start end by itself, so that the caller's ``stop()`` or
+    ``close()`` closes every connection it made; a start stuck past ``START_SETTLE_S`` is cancelled after all.
+    """
+    done, _ = await asyncio.wait({starting}, timeout=START_SETTLE_S)
+    if not done:
+        starting.cancel()
+        await asyncio.wait({starting})
+    if not starting.cancelled():
+        starting.exception()  # retrieved: a failed start is the cancelled caller's concern no more
 
 
 def _describe(exc: BaseException) -> str:
