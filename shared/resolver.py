@@ -85,6 +85,7 @@ class Resolver:
         return await asyncio.shield(pending)
 
     def _literal(self, host: str) -> list[Address] | None:
+        literal: list[Address] | None
         try:
             ip = ipaddress.ip_address(host)
         except ValueError:
