@@ -430,7 +430,7 @@ def _run_one(
         cpu += ["--workers", str(args.workers)]
         database = [] if args.no_database else ["--database", args.database or f"sqlite:///{scratch}/detector-{count}.db"]
         warmup = args.interval if args.warmup is None else args.warmup
-        server_cpu_before, wall_before = _cpu_s_of(server.pid), time.perf_counter()
+        server_cpu_before, wall_before = cpu_seconds_of(server.pid), time.perf_counter()
         detector = subprocess.run(
             [*me, "--detect", str(count), "--ports-json", ports, "--interval", str(args.interval),
              "--duration", str(args.duration), "--timeout", str(args.timeout), "--warmup", str(warmup),
@@ -442,14 +442,14 @@ def _run_one(
         result: dict[str, Any] = json.loads(detector.stdout.strip().splitlines()[-1])
         # Over the detector's whole run (start-up and warm-up included): near 100% means the responder limits.
         wall = time.perf_counter() - wall_before
-        result["responder_cpu_share"] = (_cpu_s_of(server.pid) - server_cpu_before) / wall
+        result["responder_cpu_share"] = (cpu_seconds_of(server.pid) - server_cpu_before) / wall
         return result
     finally:
         server.terminate()
         server.wait(timeout=10)
 
 
-def _cpu_s_of(pid: int) -> float:
+def cpu_seconds_of(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
