@@ -25,21 +25,23 @@ class Deadline:
     __slots__ = ("_cancelling", "_expired", "_task", "done", "when")
 
     def __init__(self, task: asyncio.Task[object], when: float) -> None:
-        self._task = task
+        self._task: asyncio.Task[object] | None = task
         self._cancelling = task.cancelling()
         self._expired = False
         self.when = when
         self.done = False
 
     def expire(self) -> None:
-        self._expired = True
-        self._task.cancel()
+        if self._task is not None:
+            self._expired = True
+            self._task.cancel()
 
     def finish(self) -> bool:
         """The probe is over (call once, whatever its outcome): True if the deadline cancelled it and no other
         cancellation is pending, so that its ``CancelledError`` means a timeout."""
+        task, self._task = self._task, None  # a finished probe's task is not kept until the sweep comes
         self.done = True
-        return self._expired and self._task.uncancel() <= self._cancelling
+        return self._expired and task is not None and task.uncancel() <= self._cancelling
 
 
 class Deadlines:
