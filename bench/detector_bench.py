@@ -50,7 +50,9 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+from shared import eventloop
 
 RECEIPT = (
     b'<?xml version="1.0" encoding="UTF-8"?>'
@@ -77,8 +79,7 @@ class _Responder(asyncio.Protocol):
     """Reads one request (head, then Content-Length bytes of body) and answers it, then closes."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport's
         self.buffer = b""
 
     def data_received(self, data: bytes) -> None:
@@ -388,14 +389,16 @@ def _certificates(directory: Path) -> None:
 def _run_vantage(args: argparse.Namespace) -> dict[str, Any]:
     me = [sys.executable, "-m", "bench.detector_bench"]
     server_cpu = [] if args.server_cpu is None else ["--server-cpu", str(args.server_cpu)]
-    server = subprocess.Popen([*me, "--serve", str(args.ports), *server_cpu], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen([*me, "--serve", str(args.ports), *server_cpu, "--responder-loop", args.responder_loop],
+                              stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
         ports = server.stdout.readline().strip()
         cpu = [] if args.cpu is None else ["--cpu", str(args.cpu)]
         run = subprocess.run(
             [*me, "--vantage-run", str(args.vantage_eos), "--vantage", args.vantage, "--ports-json", ports,
-             "--interval", str(args.interval), "--duration", str(args.duration), "--timeout", str(args.timeout), *cpu],
+             "--interval", str(args.interval), "--duration", str(args.duration), "--timeout", str(args.timeout),
+             "--loop", args.loop, *cpu],
             capture_output=True, text=True, timeout=args.interval + args.duration + 120, check=False,
         )
         if run.returncode != 0:
@@ -416,7 +419,8 @@ def _run_one(
     tls += ["--signing-dir", scratch] if signed else []
     tls += ["--as4-signed"] if args.as4_signed else []
     server = subprocess.Popen(
-        [*me, "--serve", str(args.ports), *server_cpu, *tls], stdout=subprocess.PIPE, text=True
+        [*me, "--serve", str(args.ports), *server_cpu, *tls, "--responder-loop", args.responder_loop],
+        stdout=subprocess.PIPE, text=True,
     )
     try:
         assert server.stdout is not None
@@ -426,11 +430,11 @@ def _run_one(
         cpu += ["--workers", str(args.workers)]
         database = [] if args.no_database else ["--database", args.database or f"sqlite:///{scratch}/detector-{count}.db"]
         warmup = args.interval if args.warmup is None else args.warmup
-        server_cpu_before, wall_before = _cpu_s_of(server.pid), time.perf_counter()
+        server_cpu_before, wall_before = cpu_seconds_of(server.pid), time.perf_counter()
         detector = subprocess.run(
             [*me, "--detect", str(count), "--ports-json", ports, "--interval", str(args.interval),
              "--duration", str(args.duration), "--timeout", str(args.timeout), "--warmup", str(warmup),
-             *cpu, *tls, *database],
+             "--loop", args.loop, *cpu, *tls, *database],
             capture_output=True, text=True, timeout=warmup + args.duration + 120, check=False,
         )
         if detector.returncode != 0:
@@ -438,14 +442,14 @@ def _run_one(
         result: dict[str, Any] = json.loads(detector.stdout.strip().splitlines()[-1])
         # Over the detector's whole run (start-up and warm-up included): near 100% means the responder limits.
         wall = time.perf_counter() - wall_before
-        result["responder_cpu_share"] = (_cpu_s_of(server.pid) - server_cpu_before) / wall
+        result["responder_cpu_share"] = (cpu_seconds_of(server.pid) - server_cpu_before) / wall
         return result
     finally:
         server.terminate()
         server.wait(timeout=10)
 
 
-def _cpu_s_of(pid: int) -> float:
+def cpu_seconds_of(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -471,6 +475,11 @@ def main() -> int:
                         help="then count probes per EO endpoint with INSTANCES detectors and vantage_points = K")
     parser.add_argument("--vantage-eos", type=int, default=2000, help="EO endpoints of the --vantage run")
     parser.add_argument("--vantage-run", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
+                        help="the detector process's event loop (uvloop, as `luccs-fallback detector`; its probe "
+                        "workers run on uvloop either way)")
+    parser.add_argument("--responder-loop", choices=["uvloop", "asyncio"], default="uvloop",
+                        help="the responder's event loop (it stands for the EOs' own servers)")
     parser.add_argument("--as4-signed", action="store_true",
                         help="as4 targets only, each N run unsigned then signed (verified receipts)")
     parser.add_argument("--signing-dir", help=argparse.SUPPRESS)
@@ -481,31 +490,34 @@ def main() -> int:
     args = parser.parse_args()
     if args.serve:
         _pin(args.server_cpu)
-        asyncio.run(_serve(args.serve, args.cert_dir, args.signing_dir))
+        eventloop.run(_serve(args.serve, args.cert_dir, args.signing_dir),
+                      prefer_uvloop=args.responder_loop == "uvloop")
         return 0
     if args.detect:
         # Probe workers inherit the detector's affinity: pinned, all of them would share one core.
         _pin(args.cpu if args.workers == 1 else None)
-        result = asyncio.run(
+        result = eventloop.run(
             _detect(args.detect, json.loads(args.ports_json), args.interval, args.duration, args.timeout, args.cert_dir,
                     args.database, as4_only=args.as4_signed, signing_dir=args.signing_dir, workers=args.workers,
-                    warmup=args.warmup)
+                    warmup=args.warmup),
+            prefer_uvloop=args.loop == "uvloop",
         )
         print(json.dumps(result))
         return 0
     if args.vantage_run:
         _pin(args.cpu)
         instances, k = (int(part) for part in args.vantage.split(":"))
-        print(json.dumps(asyncio.run(_vantage(args.vantage_run, instances, k, json.loads(args.ports_json),
-                                              args.interval, args.duration, args.timeout))))
+        vantage = _vantage(args.vantage_run, instances, k, json.loads(args.ports_json), args.interval, args.duration,
+                           args.timeout)
+        print(json.dumps(eventloop.run(vantage, prefer_uvloop=args.loop == "uvloop")))
         return 0
     saving = "no database" if args.no_database else f"states saved to {args.database or 'a SQLite file'}"
     warmup = args.interval if args.warmup is None else args.warmup
     mix = "as4 only, unsigned then signed" if args.as4_signed else "half http, half as4"
     print(f"detector bench: {'https' if args.tls else 'http'} targets ({mix}), interval "
           f"{args.interval:g}s, measured {args.duration:g}s after a {warmup:g}s warm-up, detector on CPU "
-          f"{args.cpu if args.workers == 1 else 'any'} ({args.workers} probe worker(s)), responder on CPU "
-          f"{args.server_cpu}, {args.ports} ports, {saving}")
+          f"{args.cpu if args.workers == 1 else 'any'} ({args.workers} probe worker(s)) on {args.loop}, responder "
+          f"on CPU {args.server_cpu} on {args.responder_loop}, {args.ports} ports, {saving}")
     header = f"{'pings':>8} " if args.as4_signed else ""
     header += f"{'targets':>8} {'probes/s':>9} {'expected':>9} {'lag p50':>9} {'lag p99':>9} {'lag max':>9} " \
              f"{'CPU':>6} {'RSS':>8} {'saved/s':>8} {'save p99':>9}  results (last per target)"

@@ -161,8 +161,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.service == "migrate":
         return _migrate(settings, [args.database] if args.database else _default_migrations(settings))
     names = SERVICES if args.service == "all" else (args.service,)
+    from shared import eventloop
+
     try:
-        asyncio.run(_run(names, settings))
+        # A detector alone runs on uvloop when installed (shared/eventloop.py): the parent of its probe workers
+        # folds thousands of results a second into the targets' states. The others stay on asyncio's loop.
+        eventloop.run(_run(names, settings), prefer_uvloop=names == ("detector",))
     except ConfigError as exc:
         print(f"luccs-fallback: {exc}", file=sys.stderr)
         return 2

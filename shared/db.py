@@ -19,6 +19,10 @@ from sqlalchemy.types import TypeDecorator
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
 
 
+class DatabaseUnreachable(ConnectionError):
+    """A connection to the database could not be opened; the message names the database (password hidden)."""
+
+
 def async_url(database_url: str) -> URL:
     """Accept plain ``sqlite:///`` and ``postgresql://`` URLs too, and pick the async driver for them."""
     url = make_url(database_url)
@@ -49,7 +53,20 @@ def make_engine(database_url: str) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True)
+    engine = create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True)
+    where = url.render_as_string(hide_password=True)
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _naming_the_database(dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -> Any:
+        # asyncpg's error for a refused connection names the address on asyncio's loop ("Connect call failed
+        # ('127.0.0.1', 5432)") but not on uvloop's ("Connection refused"), and a service that cannot start
+        # must say which database it could not reach, whichever loop it runs on (shared/eventloop.py).
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except OSError as exc:
+            raise DatabaseUnreachable(f"cannot connect to the database {where}: {exc}") from exc
+
+    return engine
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -3,9 +3,13 @@ asyncio's own.
 
 A detector probing tens of thousands of targets spends much of its CPU in the event loop itself (a fresh
 connection, its callbacks and its timers per probe); uvloop does that work for less (``bench/README.md``,
-"CPU per probe"). The detector's probe workers run on it. The services do not yet: on uvloop a refused
-connection's error says "Connection refused" without the address that asyncio's names, which the start-up
-errors rely on (``tests/integration/test_cli_startup.py``).
+"CPU per probe"). The detector's probe workers run on it, and so does the detector's own process when it runs
+alone (``luccs-fallback detector``: the parent of the workers, folding their results into the targets'
+states). The procedure service, the notifier and ``luccs-fallback all`` stay on asyncio's loop for now.
+
+On uvloop a refused connection's error says "Connection refused" without the address that asyncio's names;
+what a service reports must not depend on that: a start-up error names what it could not reach itself
+(``shared/db.py``'s ``DatabaseUnreachable``; ``tests/integration/test_cli_startup.py`` runs on both loops).
 """
 
 from __future__ import annotations

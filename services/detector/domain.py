@@ -25,9 +25,11 @@ import math
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from shared.dataclass_pickle import pickled_as_values
 from shared.events import Component, ComponentState
 
 
+@pickled_as_values  # part of every target sent to a probe worker
 @dataclass(frozen=True, slots=True)
 class Thresholds:
     """How many consecutive probes decide a change, and the latency above which an up target is degraded."""

@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit
 from services.detector.domain import Thresholds, default_retry_interval
 from shared.config import DetectorSettings, TargetSettings
 from shared.config import ProbeKind as ProbeKind  # the one list of probe kinds, re-exported for the detector
+from shared.dataclass_pickle import pickled_as_values
 from shared.events import Component, EoData
 
 EO_TARGET_PREFIX = "eo:"
@@ -29,6 +30,8 @@ class InvalidTarget(ValueError):
     """A target that cannot be probed as configured or registered; the text says why."""
 
 
+
+@pickled_as_values
 @dataclass(frozen=True, slots=True)
 class TlsFiles:
     """Where the trust anchors and the client certificate of a target are (None: system CAs, no client cert)."""
@@ -38,6 +41,7 @@ class TlsFiles:
     key_file: str | None = None
 
 
+@pickled_as_values
 @dataclass(frozen=True, slots=True)
 class Party:
     """One side of an ebMS3 exchange: PartyId, its type, and the role it plays."""
@@ -47,6 +51,7 @@ class Party:
     role: str
 
 
+@pickled_as_values
 @dataclass(frozen=True, slots=True)
 class As4Signing:
     """The files of a signed AS4 ping: our key and certificate, and what the receipt must be signed with
@@ -59,6 +64,7 @@ class As4Signing:
     key_password: str | None = field(default=None, repr=False)
 
 
+@pickled_as_values
 @dataclass(frozen=True, slots=True)
 class HttpCheck:
     """What the http probe sends and accepts."""
@@ -73,6 +79,7 @@ class HttpCheck:
         return status in self.expected_status
 
 
+@pickled_as_values
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     """Where a probe connects: scheme (http, https, tcp or tls), host, port and request path."""
@@ -98,6 +105,7 @@ class Endpoint:
         return host if self.port == default else f"{host}:{self.port}"
 
 
+@pickled_as_values
 @dataclass(frozen=True, slots=True)
 class Target:
     """A probed target with every default applied. Equal targets need no rescheduling."""

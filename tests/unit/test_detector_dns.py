@@ -43,6 +43,18 @@ async def test_ip_literals_never_reach_the_resolver() -> None:
     assert lookup.calls == []
 
 
+async def test_ip_literals_are_parsed_once_per_host_and_their_memory_is_bounded() -> None:
+    lookup = FakeLookup({"as4.provider.eu": PROVIDER})
+    resolver = Resolver(lookup=lookup, max_entries=2)
+    for _ in range(3):  # asked again and again, past the bound: the same answers, names still looked up
+        for i in range(3):
+            assert await resolver.resolve(f"192.0.2.{i}", 80) == [(socket.AF_INET, f"192.0.2.{i}")]
+        assert await resolver.resolve("2001:db8::1", 443) == [(socket.AF_INET6, "2001:db8::1")]
+        assert await resolver.resolve("as4.provider.eu", 443) == PROVIDER
+        assert len(resolver._literals) <= 2
+    assert lookup.calls == ["as4.provider.eu"]
+
+
 async def test_a_host_is_resolved_once_per_ttl() -> None:
     lookup, clock = FakeLookup({"as4.provider.eu": PROVIDER}), Clock()
     resolver = Resolver(lookup=lookup, ttl_s=60, clock=clock)

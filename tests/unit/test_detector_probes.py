@@ -157,6 +157,53 @@ async def test_a_hanging_answer_is_cut_at_the_timeout() -> None:
     assert result.latency_ms is not None and result.latency_ms >= 50
 
 
+class Hanging:
+    """An HTTP client whose answer never comes (until the probe is cancelled)."""
+
+    async def exchange(self, request: HttpRequest, *, tls: TlsFiles, max_body: int) -> HttpAnswer:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_hanging_probes_are_each_cut_at_their_own_timeout_and_no_deadline_is_left_behind() -> None:
+    probe = Prober(http=Hanging())
+    quick, slow = target(id="quick", timeout_s=0.05), target(id="slow", timeout_s=0.2)
+    results = await asyncio.gather(probe.probe(slow), probe.probe(quick), probe.probe(slow))
+    assert [(r.ok, r.reason) for r in results] == [(False, "timeout")] * 3
+    latencies = [r.latency_ms or 0.0 for r in results]
+    assert latencies[1] >= 50 and latencies[0] >= 200 and latencies[2] >= 200
+    assert latencies[1] < latencies[0]  # the 0.05 s probe was not held until the 0.2 s one's sweep
+    assert len(probe._deadlines) == 0 and probe._deadlines._timer is None  # idle: nothing swept, no wake-up
+
+
+async def test_probes_that_answer_leave_no_deadline_once_swept() -> None:
+    probe = prober(lambda _r: HttpAnswer(200, {}, b"ok"))[0]
+    results = await asyncio.gather(*(probe.probe(target(id=f"t{i}", timeout_s=0.05)) for i in range(50)))
+    assert all(r.ok for r in results)
+    deadline = asyncio.get_running_loop().time() + 5
+    while len(probe._deadlines) and asyncio.get_running_loop().time() < deadline:  # bounded: one sweep is due
+        await asyncio.sleep(0.01)
+    assert len(probe._deadlines) == 0 and probe._deadlines._timer is None
+
+
+async def test_a_probe_cancelled_from_outside_is_cancelled_not_timed_out() -> None:
+    probe = Prober(http=Hanging())
+    running = asyncio.create_task(probe.probe(target(timeout_s=30)))
+    await asyncio.sleep(0.01)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+
+def test_a_prober_used_on_a_second_event_loop_still_cuts_its_probes() -> None:
+    probe = prober(lambda _r: HttpAnswer(200, {}, b"ok"))[0]
+    # The first loop ends with a deadline still queued and its sweep armed, never to run.
+    assert asyncio.run(probe.probe(target(timeout_s=30))).ok
+    probe._http = Hanging()
+    result = asyncio.run(asyncio.wait_for(probe.probe(target(timeout_s=0.05)), timeout=10))
+    assert (result.ok, result.reason) == (False, "timeout")
+
+
 async def test_a_probe_failure_keeps_its_reason() -> None:
     def refuse(_r: HttpRequest) -> HttpAnswer:
         raise ProbeFailure("refused", "connection refused")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+from dataclasses import FrozenInstanceError
 from typing import Any
 
 import pytest
@@ -223,3 +225,25 @@ def test_eo_pings_are_signed_only_with_a_trusted_ca() -> None:
     by_ca = from_eo(eo, SIGNING_DEFAULTS.model_copy(update={"as4_trust_ca_file": "/ca.pem"}))
     assert by_ca is not None and by_ca.as4_signing is not None
     assert by_ca.as4_signing.trust_ca_file == "/ca.pem" and by_ca.as4_signing.partner_cert_file is None
+
+
+# --- a target crosses to a probe worker pickled ------------------------------------------------------
+
+
+def test_a_target_with_every_part_set_survives_pickling_whole() -> None:
+    target = from_settings(
+        configured(
+            probe="as4", interval_s=1, timeout_s=0.5, failure_threshold=5, success_threshold=4,
+            degraded_latency_ms=800, ca_file="/ca.pem", client_cert_file="/c.pem", client_key_file="/k.pem",
+            username="monitor", password=SecretStr("pw"), as4_to_party_id="ADA-LU", as4_trust_ca_file="/ca.pem",
+        ),
+        SIGNING_DEFAULTS,
+    )
+    assert target.as4_signing is not None and target.sender is not None and target.basic_auth is not None
+    for protocol in (pickle.HIGHEST_PROTOCOL, pickle.DEFAULT_PROTOCOL, 2):
+        copy = pickle.loads(pickle.dumps(target, protocol=protocol))
+        assert copy == target and copy is not target
+        assert copy.endpoint == target.endpoint and copy.thresholds == target.thresholds
+        assert copy.as4_signing == target.as4_signing and copy.tls == target.tls and copy.receiver == target.receiver
+    with pytest.raises(FrozenInstanceError):
+        copy.id = "changed"

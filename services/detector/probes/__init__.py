@@ -13,6 +13,7 @@ import time
 from datetime import UTC, datetime
 
 from services.detector.domain import ProbeResult
+from services.detector.probes._deadlines import Deadlines
 from services.detector.probes._transport import (
     Connector,
     H11Client,
@@ -56,6 +57,7 @@ class Prober:
         self.contexts = self.connector.contexts
         self._http = http or H11Client(self.connector)
         self.credentials = CredentialStore()
+        self._deadlines = Deadlines()
 
     def check(self, target: Target) -> None:
         """Fail now if the target's CA bundle or client certificate cannot be loaded (OSError, ssl.SSLError),
@@ -68,12 +70,19 @@ class Prober:
     async def probe(self, target: Target) -> ProbeResult:
         """Probe ``target`` once, within its timeout. Never raises, except when cancelled."""
         started = time.perf_counter()
+        deadline = self._deadlines.start(target.timeout_s)  # not asyncio.timeout: see _deadlines.py
         try:
-            async with asyncio.timeout(target.timeout_s):
+            try:
                 verdict = await self._run(target)
+            finally:
+                timed_out = deadline.finish()
+        except asyncio.CancelledError:
+            if not timed_out:
+                raise
+            verdict = Verdict(False, "timeout", f"no answer within {target.timeout_s:g}s")
         except ProbeFailure as failure:
             verdict = Verdict(False, failure.reason, failure.detail)
-        except TimeoutError:
+        except TimeoutError:  # from within (the kernel timed a connection out): a timeout all the same
             verdict = Verdict(False, "timeout", f"no answer within {target.timeout_s:g}s")
         except Exception as exc:  # a bug or an unexpected library error must not stop the scheduler
             log.warning("probe of %s failed unexpectedly", target.id, exc_info=True)
