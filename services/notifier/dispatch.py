@@ -59,6 +59,7 @@ OUTCOME_BATCH = 2000
 LANE_BUFFER = 1000
 RENEW_CHUNK = 500
 GAUGE_BACKOFF = 20.0
+OUTSIDE_FULL_BACKOFF = 10.0
 _DUE = (DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value)
 _RECORD_FOREVER = RetryPolicy(Backoff(first_s=1.0, factor=1.0))
 """Outcomes already sent are recorded whatever it takes: every second until the database takes them."""
@@ -140,10 +141,13 @@ class Dispatcher:
         self._outcomes: asyncio.Queue[tuple[Job, Outcome, float]] = asyncio.Queue()
         self._published: asyncio.Queue[_Recorded] = asyncio.Queue()
         self._gauges_due = 0.0
+        self._outside_full_after = 0.0
         self._histograms: dict[str, Any] = {}
         self.running = False
 
     def wake(self) -> None:
+        """New rows are planned (or due at once): claim now, outside the full lanes too."""
+        self._outside_full_after = 0.0
         self._wake.set()
 
     @property
@@ -252,6 +256,13 @@ class Dispatcher:
         lanes whose buffers are full."""
         while True:
             full = [lane.name for lane in self._lanes.values() if lane.load >= lane.buffer]
+            if full and len(full) == len(self._lanes) and time.monotonic() < self._outside_full_after:
+                # Every lane is full, and a claim outside the full lanes found nothing a moment ago: asking again
+                # walks every due row of those lanes through the index to find none (the whole backlog of a
+                # national fan-out, 100,000 rows, a quarter of a second), once per refill of its lane. A lane
+                # with room (one that woke this loop) is served at once as before.
+                return True
+            walk_started = time.monotonic()
             claimed, exhausted = await self._claim_batch_of_jobs(excluding_lanes=full)
             for job in claimed:
                 lane = self._lane_for(job.lane, job.channel)
@@ -262,8 +273,18 @@ class Dispatcher:
                     self._workers.add(task)
                     task.add_done_callback(self._workers.discard)
             if exhausted:  # no due row outside the full lanes: another claim now would find none
+                if full:
+                    # Until new rows are planned (wake), look outside the full lanes again after poll_s (the
+                    # bound a retry falling due in another lane waited before) or ten times this walk's time.
+                    self._outside_full_after = time.monotonic() + max(
+                        self._poll_s, OUTSIDE_FULL_BACKOFF * (time.monotonic() - walk_started)
+                    )
                 return bool(full)
             if len(claimed) < self._claim_batch // 2:
+                if any(lane.load >= lane.buffer for lane in self._lanes.values()):
+                    # Due rows were left because their lanes are full now: no need to ask when the next falls
+                    # due; the next round serves the lanes with room (or finds every lane full).
+                    continue
                 return False
 
     def _due(self, status: str, now: datetime, columns: Any, *, limit: int) -> Any:
@@ -474,7 +495,9 @@ class Dispatcher:
             self._published.put_nowait(recorded)
         for (channel, ended), count in counted.items():
             self._metrics.outcomes.labels(channel=channel, outcome=ended).inc(count)
-        if readdressed or retrying:
+        if readdressed:
+            self.wake()  # due again at once, maybe in a lane that is full now
+        elif retrying:
             self._wake.set()
 
     def _attempt_seconds(self, channel: str) -> Any:

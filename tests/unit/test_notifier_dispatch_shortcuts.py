@@ -1,5 +1,6 @@
-"""The dispatcher's per-delivery shortcuts give what the long way gives: the deliveries feed's bytes are the
-``DeliveryEvent`` model's, and the webhook URL rules' verdict cached per origin is the verdict per URL."""
+"""The dispatcher's shortcuts give what the long way gives: the deliveries feed's bytes are the
+``DeliveryEvent`` model's, the webhook URL rules' verdict cached per origin is the verdict per URL, and a
+claim skipped while every lane is full is one that would have found nothing."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 import pytest
+from prometheus_client import CollectorRegistry
 
-from services.notifier.dispatch import SOURCE, delivery_event_bytes
+from services.notifier.dispatch import SOURCE, Dispatcher, delivery_event_bytes
 from services.notifier.domain import Audience, webhook_url_problem
 from services.notifier.jobs import Job, Outcome
+from services.notifier.metrics import NotifierMetrics
 from services.notifier.webhook_http import HttpAnswer, WebhookHttpClient
 from services.notifier.webhooks import WebhookSender, _origin
-from shared.config import NotifierSettings
+from shared.config import NotifierSettings, Settings
 from shared.events import (
     CloudEvent,
     DeliveryChannel,
@@ -120,3 +123,40 @@ def test_the_url_verdict_cached_per_origin_is_the_verdict_per_url(allow_insecure
     assert receiver.posted == [url for url, problem in zip([*urls, *reversed(urls), *urls], expected, strict=True)
                                if problem is None]
     assert any(problem is None for problem in expected) and any(problem is not None for problem in expected)
+
+
+class _Claims(Dispatcher):
+    """A dispatcher whose claims are answered here (no database): each answers "nothing left there"."""
+
+    def __init__(self) -> None:
+        super().__init__(settings=Settings(), sessions=cast(Any, None), senders={},
+                         metrics=NotifierMetrics(CollectorRegistry()), poll_s=3600)
+        self.asked: list[list[str]] = []
+
+    async def _claim_batch_of_jobs(self, *, excluding_lanes: list[str]) -> tuple[list[Job], bool]:
+        self.asked.append(sorted(excluding_lanes))
+        return [], True
+
+
+def _fill(dispatcher: Dispatcher, name: str, *, full: bool) -> None:
+    lane = dispatcher._lane_for(name, DeliveryChannel.WEBHOOK)
+    lane.queue.extend(_job() for _ in range(lane.buffer if full else 1))
+
+
+def test_with_every_lane_full_the_log_is_not_walked_again_until_new_rows_are_planned() -> None:
+    async def scenario() -> list[tuple[bool, list[list[str]]]]:
+        dispatcher = _Claims()
+        _fill(dispatcher, "busy.example:443", full=True)
+        seen = []
+        for _ in range(3):  # the first claim looks outside the full lane; the next ones (poll_s later) do not
+            seen.append((await dispatcher._claim(), list(dispatcher.asked)))
+        dispatcher.wake()  # rows planned: look again at once
+        seen.append((await dispatcher._claim(), list(dispatcher.asked)))
+        _fill(dispatcher, "other.example:443", full=False)  # a lane with room is served whatever the others
+        seen.append((await dispatcher._claim(), list(dispatcher.asked)))
+        return seen
+
+    busy = ["busy.example:443"]
+    assert asyncio.run(scenario()) == [
+        (True, [busy]), (True, [busy]), (True, [busy]), (True, [busy, busy]), (True, [busy, busy, busy]),
+    ]
