@@ -33,6 +33,7 @@ import asyncio
 import multiprocessing as mp
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -343,6 +344,19 @@ def _get(url: str) -> int:
     return httpx.get(url, timeout=2).status_code
 
 
+def _wait_for_port(port: int, timeout: float) -> None:
+    """Until the server process listens on ``port`` (a spawned process on a loaded machine may take seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on port {port} after {timeout:g} s") from None
+            time.sleep(0.1)
+
+
 def _free_port() -> int:
     import socket
 
@@ -380,7 +394,7 @@ def main() -> None:
         server = spawn.Process(target=target, args=(port, count, last, args.server_cpu), daemon=True)
         server.start()
         try:
-            time.sleep(1.0)
+            _wait_for_port(port, args.timeout)
             if channel == "webhook":
                 capacity = asyncio.run(http_capacity(port, n, args.per_host))
             else:
