@@ -133,6 +133,7 @@ class Dispatcher:
                                              base_s=cfg.backoff_base_s, max_delay_s=cfg.backoff_max_s)
         self._rng = rng
         self._slots = asyncio.Semaphore(cfg.concurrency)
+        self._sqlite_writer: asyncio.Lock | None = None  # set by run() on SQLite: see _writing
         self._wake = asyncio.Event()
         self._lanes: dict[str, _Lane] = {}
         self._held: set[str] = set()
@@ -144,6 +145,15 @@ class Dispatcher:
         self._outside_full_after = 0.0
         self._histograms: dict[str, Any] = {}
         self.running = False
+
+    def _writing(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Held around this process's write transactions on SQLite (claims, outcomes, lease renewals).
+
+        SQLite has one writer at a time; a second one waits in SQLite's busy handler, which sleeps and polls
+        (1, 2, 5, 10, ... 100 ms), so a claim arriving while a batch of outcomes was written slept up to
+        100 ms past its end, and the lane it was to refill with it. Queued here, it starts as the other
+        commits. PostgreSQL locks rows, not the database: nothing to queue for there."""
+        return self._sqlite_writer if self._sqlite_writer is not None else contextlib.nullcontext()
 
     def wake(self) -> None:
         """New rows are planned (or due at once): claim now, outside the full lanes too."""
@@ -206,6 +216,8 @@ class Dispatcher:
 
     async def _release_own_claims(self) -> None:
         async with self._sessions.begin() as session:
+            if session.get_bind().dialect.name == "sqlite":
+                self._sqlite_writer = asyncio.Lock()
             released = await session.execute(
                 update(DeliveryRow).where(DeliveryRow.claimed_by == self._me, DeliveryRow.status.in_(_DUE))
                 .values(claimed_by=None, claimed_until=None)
@@ -229,7 +241,7 @@ class Dispatcher:
                 # wait) grew with the log. A row held here and recorded meanwhile is no longer due: left alone.
                 held = list(self._held)
                 until = self._clock() + self._lease
-                async with self._sessions.begin() as session:
+                async with self._writing(), self._sessions.begin() as session:
                     for start in range(0, len(held), RENEW_CHUNK):
                         await session.execute(
                             update(_D).where(_D.c.id.in_(held[start:start + RENEW_CHUNK]),
@@ -313,7 +325,10 @@ class Dispatcher:
         wanted = self._claim_batch
         if room:
             wanted = min(wanted, sum(max(0, r) for r in room.values()) + self._claim_batch // 4)
-        async with self._sessions.begin() as session:
+        # Queued behind this process's other SQLite writers, but for a claim outside full lanes: that one walks
+        # the backlog (once per poll_s at most) and is better not waited for by the outcomes.
+        queue = self._writing() if not excluding_lanes else contextlib.nullcontext()
+        async with queue, self._sessions.begin() as session:
             # Oldest due first over both statuses: each status in due order from the index (status,
             # next_attempt_at), the two merged. (A fan-out's retries fall due after its first attempts, a
             # retry of an earlier fan-out before a new one's: neither status may simply go first.)
@@ -480,7 +495,7 @@ class Dispatcher:
             if status == DeliveryStatus.DEAD:
                 log.warning("delivery %s (%s to %s) is dead after %d attempts: %s", job.delivery_id, job.channel,
                             job.eori or job.audience, job.attempt, outcome.error)
-        async with self._sessions.begin() as session:
+        async with self._writing(), self._sessions.begin() as session:
             await update_plain(session, _D, set_columns=_OUTCOME_COLUMNS, keys=("id",), rows=delivered,
                                also_set="escalate_at = NULL")
             await update_plain(session, _D, set_columns=_OUTCOME_COLUMNS, keys=("id",), rows=failed)
