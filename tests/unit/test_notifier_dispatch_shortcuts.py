@@ -1,0 +1,162 @@
+"""The dispatcher's shortcuts give what the long way gives: the deliveries feed's bytes are the
+``DeliveryEvent`` model's, the webhook URL rules' verdict cached per origin is the verdict per URL, and a
+claim skipped while every lane is full is one that would have found nothing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.notifier.dispatch import SOURCE, Dispatcher, delivery_event_bytes
+from services.notifier.domain import Audience, webhook_url_problem
+from services.notifier.jobs import Job, Outcome
+from services.notifier.metrics import NotifierMetrics
+from services.notifier.webhook_http import HttpAnswer, WebhookHttpClient
+from services.notifier.webhooks import WebhookSender, _origin
+from shared.config import NotifierSettings, Settings
+from shared.events import (
+    CloudEvent,
+    DeliveryChannel,
+    DeliveryData,
+    DeliveryEvent,
+    DeliveryStatus,
+    EventType,
+    Language,
+)
+
+
+def _job(*, address: str = "https://hooks.example/eo/LU1", eori: str | None = "LU000000000001",
+         channel: DeliveryChannel = DeliveryChannel.WEBHOOK, attempt: int = 1) -> Job:
+    return Job(
+        delivery_id="0190f3a2-0000-7000-8000-000000000001", event_id="ev-1", event_type=EventType.PROCEDURE_OPENED,
+        procedure_id="P-2026-0001", eori=eori, audience=Audience.EO, channel=channel, address=address,
+        lane="hooks.example:443", idempotency_key="key-1", attempt=attempt, created_at=datetime(2026, 1, 2, tzinfo=UTC),
+        language=Language.FR, subject="s", message="m", webhook_body=b"{}", webhook_secret="secret",
+    )
+
+
+@pytest.mark.parametrize(("job", "status", "outcome", "at"), [
+    (_job(), DeliveryStatus.DELIVERED, Outcome.delivered(204), datetime(2026, 12, 1, 22, 0, 0, tzinfo=UTC)),
+    (_job(attempt=3), DeliveryStatus.RETRYING, Outcome.failed("HTTP 503", http_status=503),
+     datetime(2026, 12, 1, 22, 0, 0, 123456, tzinfo=UTC)),
+    (_job(eori=None, channel=DeliveryChannel.EMAIL, address="servicedesk@douane.example"), DeliveryStatus.DEAD,
+     Outcome.failed('refusé: "quoted"\n\ttab \x00 nul \u2028 separator \\ backslash', permanent=True),
+     datetime(2026, 12, 1, 22, 0, 0, 500, tzinfo=UTC)),
+    (_job(address="https://hooks.example/é?x=1&y=\"2\""), DeliveryStatus.DELIVERED, Outcome.delivered(200),
+     datetime(2026, 12, 1, 23, 0, tzinfo=timezone(timedelta(hours=1))).astimezone(UTC)),
+])
+def test_the_feed_bytes_are_the_delivery_event_models(
+    job: Job, status: DeliveryStatus, outcome: Outcome, at: datetime
+) -> None:
+    model = DeliveryEvent(
+        id=f"{job.delivery_id}.{job.attempt}.notifier-a", source=SOURCE, type=EventType.DELIVERY_RECORDED, time=at,
+        subject=job.procedure_id,
+        data=DeliveryData(
+            delivery_id=job.delivery_id, event_id=job.event_id, procedure_id=job.procedure_id, eori=job.eori,
+            channel=job.channel, recipient=job.address, attempt=job.attempt, status=status,
+            http_status=outcome.http_status, error=outcome.error, at=at,
+        ),
+    )
+    written = delivery_event_bytes(job, status, outcome, at, instance="notifier-a")
+    assert written == model.to_bytes()
+    assert CloudEvent[DeliveryData].model_validate_json(written) == model
+
+
+@pytest.mark.parametrize("url", [
+    "https://Hooks.example:8443/eo/LU1?x=1", "http://127.0.0.1:9000/hook/5", "https://h.example?x=/a",
+    "https://h.example#/a", "https://u:p@h.example/a", "https://[::1]:8443/a/b", "https://h.example",
+    "https://h.example:99999/a", "ftp://h.example/a", "https://h.example/a://b",
+])
+def test_the_origin_is_what_the_url_rules_read(url: str) -> None:
+    origin = _origin(url)
+    assert origin is not None
+    parts, cut = urlsplit(url), urlsplit(origin)
+    assert (cut.scheme, cut.netloc) == (parts.scheme, parts.netloc)
+    assert url.startswith(origin)
+
+
+def test_an_address_without_an_authority_has_no_origin() -> None:
+    assert _origin("https:/h.example/a") is None
+    assert _origin("mailto:eo@example.lu") is None
+    with pytest.raises(ValueError, match="IPv6"):  # the rules refuse it; its origin does not parse either
+        urlsplit(cast(str, _origin("https://[::1/a")))
+
+
+class _Receiver:
+    """Stands in for the HTTP client: answers 204 and notes where it was asked to post."""
+
+    def __init__(self) -> None:
+        self.posted: list[str] = []
+
+    async def post(self, url: str, *, body: bytes, headers: Sequence[tuple[str, str]], timeout_s: float) -> Any:
+        self.posted.append(url)
+        return HttpAnswer(204)
+
+
+@pytest.mark.parametrize(("allow_insecure", "allow_private"), [(False, False), (True, False), (True, True)])
+def test_the_url_verdict_cached_per_origin_is_the_verdict_per_url(allow_insecure: bool, allow_private: bool) -> None:
+    settings = NotifierSettings(allow_insecure_webhooks=allow_insecure, allow_private_webhooks=allow_private)
+    receiver = _Receiver()
+    sender = WebhookSender(settings=settings, client=cast(WebhookHttpClient, receiver))
+    # Each asked twice, in an order where an accepted origin is seen before a refused URL under it and after.
+    urls = [
+        "https://hooks.example/eo/LU1", "https://hooks.example/eo/LU2?x=1", "https://hooks.example:99999/eo/LU3",
+        "http://hooks.example/eo/LU4", "http://127.0.0.1:9000/hook/5", "http://127.0.0.1:9000/hook/6",
+        "https://[::1]/a", "https://[::1/a", "ftp://hooks.example/a", "https:/hooks.example/a", "mailto:eo@example.lu",
+        "https://localhost/x", "https://hooks.example#/frag",
+    ]
+
+    async def verdicts() -> list[str | None]:
+        return [(await sender.send(_job(address=url))).error for url in [*urls, *reversed(urls), *urls]]
+
+    expected = [
+        webhook_url_problem(url, allow_insecure=allow_insecure, allow_private=allow_private)
+        for url in [*urls, *reversed(urls), *urls]
+    ]
+    assert asyncio.run(verdicts()) == expected
+    assert receiver.posted == [url for url, problem in zip([*urls, *reversed(urls), *urls], expected, strict=True)
+                               if problem is None]
+    assert any(problem is None for problem in expected) and any(problem is not None for problem in expected)
+
+
+class _Claims(Dispatcher):
+    """A dispatcher whose claims are answered here (no database): each answers "nothing left there"."""
+
+    def __init__(self) -> None:
+        super().__init__(settings=Settings(), sessions=cast(Any, None), senders={},
+                         metrics=NotifierMetrics(CollectorRegistry()), poll_s=3600)
+        self.asked: list[list[str]] = []
+
+    async def _claim_batch_of_jobs(self, *, excluding_lanes: list[str]) -> tuple[list[Job], bool]:
+        self.asked.append(sorted(excluding_lanes))
+        return [], True
+
+
+def _fill(dispatcher: Dispatcher, name: str, *, full: bool) -> None:
+    lane = dispatcher._lane_for(name, DeliveryChannel.WEBHOOK)
+    lane.queue.extend(_job() for _ in range(lane.buffer if full else 1))
+
+
+def test_with_every_lane_full_the_log_is_not_walked_again_until_new_rows_are_planned() -> None:
+    async def scenario() -> list[tuple[bool, list[list[str]]]]:
+        dispatcher = _Claims()
+        _fill(dispatcher, "busy.example:443", full=True)
+        seen = []
+        for _ in range(3):  # the first claim looks outside the full lane; the next ones (poll_s later) do not
+            seen.append((await dispatcher._claim(), list(dispatcher.asked)))
+        dispatcher.wake()  # rows planned: look again at once
+        seen.append((await dispatcher._claim(), list(dispatcher.asked)))
+        _fill(dispatcher, "other.example:443", full=False)  # a lane with room is served whatever the others
+        seen.append((await dispatcher._claim(), list(dispatcher.asked)))
+        return seen
+
+    busy = ["busy.example:443"]
+    assert asyncio.run(scenario()) == [
+        (True, [busy]), (True, [busy]), (True, [busy]), (True, [busy, busy]), (True, [busy, busy, busy]),
+    ]
