@@ -65,7 +65,11 @@ async def start_client(client: _Startable, settings: KafkaSettings) -> None:
     try:
         await asyncio.shield(starting)
     except asyncio.CancelledError:
-        await _let_finish(starting)
+        try:
+            await _let_finish(starting)
+        except asyncio.CancelledError:  # cancelled again while waiting: give up on it, as before
+            starting.cancel()
+            raise
         raise
     except KafkaConnectionError as exc:
         cause = await connection_failure(settings)

@@ -60,6 +60,7 @@ LANE_BUFFER = 1000
 RENEW_CHUNK = 500
 GAUGE_BACKOFF = 20.0
 OUTSIDE_FULL_BACKOFF = 10.0
+OUTSIDE_FULL_MAX_POLLS = 5.0
 _DUE = (DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value)
 _RECORD_FOREVER = RetryPolicy(Backoff(first_s=1.0, factor=1.0))
 """Outcomes already sent are recorded whatever it takes: every second until the database takes them."""
@@ -143,6 +144,7 @@ class Dispatcher:
         self._published: asyncio.Queue[_Recorded] = asyncio.Queue()
         self._gauges_due = 0.0
         self._outside_full_after = 0.0
+        self._wakes = 0
         self._histograms: dict[str, Any] = {}
         self.running = False
 
@@ -158,6 +160,7 @@ class Dispatcher:
     def wake(self) -> None:
         """New rows are planned (or due at once): claim now, outside the full lanes too."""
         self._outside_full_after = 0.0
+        self._wakes += 1  # a claim walking meanwhile may not have seen them: see _claim
         self._wake.set()
 
     @property
@@ -240,8 +243,8 @@ class Dispatcher:
                 # whole delivery log (every third of the lease, holding SQLite's write lock while the outcomes
                 # wait) grew with the log. A row held here and recorded meanwhile is no longer due: left alone.
                 held = list(self._held)
-                until = self._clock() + self._lease
                 async with self._writing(), self._sessions.begin() as session:
+                    until = self._clock() + self._lease  # after the wait for the writer: the whole lease
                     for start in range(0, len(held), RENEW_CHUNK):
                         await session.execute(
                             update(_D).where(_D.c.id.in_(held[start:start + RENEW_CHUNK]),
@@ -274,7 +277,7 @@ class Dispatcher:
                 # national fan-out, 100,000 rows, a quarter of a second), once per refill of its lane. A lane
                 # with room (one that woke this loop) is served at once as before.
                 return True
-            walk_started = time.monotonic()
+            walk_started, wakes = time.monotonic(), self._wakes
             claimed, exhausted = await self._claim_batch_of_jobs(excluding_lanes=full)
             for job in claimed:
                 lane = self._lane_for(job.lane, job.channel)
@@ -285,11 +288,16 @@ class Dispatcher:
                     self._workers.add(task)
                     task.add_done_callback(self._workers.discard)
             if exhausted:  # no due row outside the full lanes: another claim now would find none
+                if full and self._wakes != wakes:
+                    continue  # rows planned (or readdressed) while this walk ran may be outside its snapshot
                 if full:
                     # Until new rows are planned (wake), look outside the full lanes again after poll_s (the
-                    # bound a retry falling due in another lane waited before) or ten times this walk's time.
-                    self._outside_full_after = time.monotonic() + max(
-                        self._poll_s, OUTSIDE_FULL_BACKOFF * (time.monotonic() - walk_started)
+                    # bound a retry falling due in another lane waited before) or ten times this walk's time,
+                    # OUTSIDE_FULL_MAX_POLLS polls at most (a walk slowed by a busy database does not hold back
+                    # a retry falling due in an idle lane for longer).
+                    self._outside_full_after = time.monotonic() + min(
+                        max(self._poll_s, OUTSIDE_FULL_BACKOFF * (time.monotonic() - walk_started)),
+                        OUTSIDE_FULL_MAX_POLLS * self._poll_s,
                     )
                 return bool(full)
             if len(claimed) < self._claim_batch // 2:
@@ -643,7 +651,12 @@ def delivery_event_bytes(job: Job, status: DeliveryStatus, outcome: Outcome, at:
 _DELIVERY_RECORDED = EventType.DELIVERY_RECORDED.value
 
 
-@functools.lru_cache(maxsize=64)
 def _json_time(at: datetime) -> str:
     """``at`` as pydantic writes an aware datetime in JSON (the outcomes of one batch share it)."""
+    # Keyed by the offset too: aware datetimes of one instant are equal whatever their zone, their text is not.
+    return _json_time_in(at, at.utcoffset())
+
+
+@functools.lru_cache(maxsize=64)
+def _json_time_in(at: datetime, _offset: timedelta | None) -> str:
     return cast(str, from_json(to_json(at)))

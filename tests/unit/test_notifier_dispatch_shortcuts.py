@@ -68,6 +68,20 @@ def test_the_feed_bytes_are_the_delivery_event_models(
     assert CloudEvent[DeliveryData].model_validate_json(written) == model
 
 
+def test_one_instant_written_in_two_zones_gives_each_zone_s_text() -> None:
+    # Equal aware datetimes (one instant) must not share a cached text: the model writes each in its own zone.
+    job, outcome = _job(), Outcome.delivered(204)
+    for at in (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, 2, tzinfo=timezone(timedelta(hours=2)))):
+        model = DeliveryEvent(
+            id=f"{job.delivery_id}.{job.attempt}.n", source=SOURCE, type=EventType.DELIVERY_RECORDED, time=at,
+            subject=job.procedure_id,
+            data=DeliveryData(delivery_id=job.delivery_id, event_id=job.event_id, procedure_id=job.procedure_id,
+                              eori=job.eori, channel=job.channel, recipient=job.address, attempt=job.attempt,
+                              status=DeliveryStatus.DELIVERED, http_status=204, error=None, at=at),
+        )
+        assert delivery_event_bytes(job, DeliveryStatus.DELIVERED, outcome, at, instance="n") == model.to_bytes()
+
+
 @pytest.mark.parametrize("url", [
     "https://Hooks.example:8443/eo/LU1?x=1", "http://127.0.0.1:9000/hook/5", "https://h.example?x=/a",
     "https://h.example#/a", "https://u:p@h.example/a", "https://[::1]:8443/a/b", "https://h.example",
@@ -160,3 +174,27 @@ def test_with_every_lane_full_the_log_is_not_walked_again_until_new_rows_are_pla
     assert asyncio.run(scenario()) == [
         (True, [busy]), (True, [busy]), (True, [busy]), (True, [busy, busy]), (True, [busy, busy, busy]),
     ]
+
+
+class _WokenWhileWalking(_Claims):
+    """Rows are planned (a wake) while the first walk awaits the database: they may be outside its snapshot."""
+
+    async def _claim_batch_of_jobs(self, *, excluding_lanes: list[str]) -> tuple[list[Job], bool]:
+        self.asked.append(sorted(excluding_lanes))
+        if len(self.asked) == 1:
+            await asyncio.sleep(0)
+            self.wake()
+        return [], True
+
+
+def test_rows_planned_while_a_claim_walks_are_looked_for_at_once() -> None:
+    async def scenario() -> tuple[list[list[str]], list[list[str]]]:
+        dispatcher = _WokenWhileWalking()
+        _fill(dispatcher, "busy.example:443", full=True)
+        await dispatcher._claim()  # walks, is woken meanwhile, walks again
+        after_first = list(dispatcher.asked)
+        await dispatcher._claim()  # that second walk found nothing and no wake came: not walked again
+        return after_first, list(dispatcher.asked)
+
+    busy = ["busy.example:443"]
+    assert asyncio.run(scenario()) == ([busy, busy], [busy, busy])
