@@ -33,6 +33,7 @@ import asyncio
 import multiprocessing as mp
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -330,9 +331,20 @@ def _get(url: str) -> int:
     return httpx.get(url, timeout=2).status_code
 
 
-def _free_port() -> int:
-    import socket
+def _wait_listening(port: int, timeout: float) -> None:
+    """Until the receiver (a process just spawned: slow to start on a loaded machine) accepts connections."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
+
+def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -367,7 +379,7 @@ def main() -> None:
         server = spawn.Process(target=target, args=(port, count, last, args.server_cpu), daemon=True)
         server.start()
         try:
-            time.sleep(1.0)
+            _wait_listening(port, args.timeout)
             if channel == "webhook":
                 capacity = asyncio.run(http_capacity(port, n, args.per_host))
             else:
