@@ -341,8 +341,10 @@ class Planner:
                 await deliveries.write(session, chunk)
                 if index == len(chunks):
                     await self._finish(session, event, plan, count, now)
-        if len(chunks) > 1 or recorded:
-            # The dispatcher may have settled every delivery before the planned-event row existed.
+        if recorded and not todo:
+            # A resumed plan with nothing left to record (the EOs not planned yet lost their addresses meanwhile):
+            # its deliveries may all be settled already, and no outcome batch comes after this row to see it.
+            # (Otherwise the last chunk's deliveries are committed with the row, still due.)
             await self._settle_if_done(event.id)
         self._planned(event, todo, plan.subject_id)
 
