@@ -109,6 +109,9 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             data=ProcedureData(procedure_id=procedure_id, scenario=Scenario.ADA_B2G_UNAVAILABLE, scope=Scope.NATIONAL,
                                state=ProcedureState.OPEN, reason="benchmark", opened_at=now),
         )
+        texts = getattr(parts, "texts", None)
+        if texts is not None:  # as the notifier does at startup (code before 8eda0d5 compiled them on first use)
+            texts.compile_all()
         statements = _Statements()
         statements.attach(parts.engine.sync_engine)
         first: list[float] = []
