@@ -358,8 +358,6 @@ def _wait_for_port(port: int, timeout: float) -> None:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

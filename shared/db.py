@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
+from itertools import repeat
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -140,6 +141,42 @@ async def insert_plain(
         await _run(session, sql, _plain_rows(dialect, table, names, rows), many=True)
 
 
+async def insert_columns(
+    session: AsyncSession, table: Table, *, columns: Mapping[str, Sequence[Any]], constants: Mapping[str, Any],
+    skip_conflicts_on: Sequence[str] = (),
+) -> None:
+    """As :func:`insert_plain`, the values given column by column (``columns``: name to the values of every
+    row, all of one length) and ``constants`` (name to the one value every row takes).
+
+    For a fan-out's rows, where half the columns are one value (the event, its type, the time planned):
+    each constant is type-processed once and, on PostgreSQL, sent once as a parameter instead of an array
+    of 100,000 copies; the callers build their lists column by column, with no row tuple per recipient."""
+    lengths = {len(values) for values in columns.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"columns of different lengths given for {table.name}: {sorted(lengths)}")
+    if not lengths or not lengths.pop():
+        return
+    dialect = session.get_bind().dialect
+    names = _names(table, list(columns))
+    fixed = _names(table, list(constants))
+    keys = _names(table, skip_conflicts_on)
+    conflict = f" ON CONFLICT ({', '.join(keys)}) DO NOTHING" if keys else ""
+    into = f"INSERT INTO {table.name} ({', '.join([*names, *fixed])})"
+    arrays = [_processed(dialect, table, name, column) for name, column in zip(names, columns.values(), strict=True)]
+    values = [_processed(dialect, table, name, [value])[0] for name, value in zip(fixed, constants.values(),
+                                                                                  strict=True)]
+    if dialect.name == "postgresql":
+        casts = [f"${n}::{table.c[name].type.compile(dialect=dialect)}"
+                 for n, name in enumerate(fixed, len(names) + 1)]
+        selected = ", ".join(["*", *casts])
+        sql = f"{into} SELECT {selected} FROM {_unnest(dialect, table, names)}{conflict}"  # noqa: S608
+        await _run(session, sql, [*arrays, *values])
+    else:
+        sql = f"{into} VALUES ({', '.join('?' * (len(names) + len(fixed)))}){conflict}"
+        # zip stops at the columns' end: the constants repeat as often as there are rows.
+        await _run(session, sql, zip(*arrays, *map(repeat, values), strict=False), many=True)
+
+
 async def update_plain(
     session: AsyncSession, table: Table, *, set_columns: Sequence[str], keys: Sequence[str],
     rows: Sequence[Sequence[Any]], also_set: str = "", only_where: str = "",
@@ -181,20 +218,22 @@ def _unnest(dialect: Dialect, table: Table, names: Sequence[str]) -> str:
 
 def _plain_columns(
     dialect: Dialect, table: Table, names: Sequence[str], rows: Sequence[Sequence[Any]]
-) -> list[list[Any]]:
+) -> list[Sequence[Any]]:
     """The values of ``rows`` column by column, each column through its type's bind processing once per
     distinct value (the rows of a fan-out share a few timestamps and names). Column by column: a column
     without processing is copied as it is (a C loop), not passed value by value through a Python call."""
     columns = [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in names]
-    for n, name in enumerate(names):
-        processor = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-        if processor is None:
-            continue
-        seen: dict[Any, Any] = {}
-        for value in set(columns[n]):
-            seen[value] = None if value is None else processor(value)
-        columns[n] = [seen[value] for value in columns[n]]
-    return columns
+    return [_processed(dialect, table, name, column) for name, column in zip(names, columns, strict=True)]
+
+
+def _processed(dialect: Dialect, table: Table, name: str, column: Sequence[Any]) -> Sequence[Any]:
+    """``column`` as the driver takes it: through the column type's bind processing once per distinct value,
+    or as it is when the type has none."""
+    processor = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+    if processor is None:
+        return column
+    seen = {value: None if value is None else processor(value) for value in set(column)}
+    return [seen[value] for value in column]
 
 
 def _plain_rows(dialect: Dialect, table: Table, names: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[Any]:

@@ -52,6 +52,7 @@ class NotifierParts:
     dispatcher: Dispatcher
     reach: ReachKeeper
     senders: dict[DeliveryChannel, Sender]
+    texts: NoticeTexts
 
     async def aclose(self) -> None:
         for sender in self.senders.values():
@@ -92,9 +93,9 @@ def build_notifier(
         dispatcher.wake()
         reach.wake()  # a fan-out committed: an EO registered meanwhile may have been left out of it
 
-    planner = Planner(desk, on_planned=planned, on_registry=reach.wake)
+    planner = Planner(desk, on_planned=planned, on_registry=reach.wake, on_chunk=dispatcher.wake)
     return NotifierParts(engine=engine, sessions=sessions, metrics=metrics, planner=planner, dispatcher=dispatcher,
-                         reach=reach, senders=senders)
+                         reach=reach, senders=senders, texts=texts)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -148,6 +149,7 @@ def create_app(settings: Settings) -> FastAPI:
             stack.push_async_callback(parts.aclose)
             stack.push_async_callback(publisher.stop)
             await upgrade(parts.engine)
+            parts.texts.compile_all()  # not on the first fan-out's path
             await ensure_topics(settings.kafka)
             await publisher.start()
             await catch_up.prepare()

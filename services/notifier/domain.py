@@ -220,18 +220,18 @@ def plan_advisory_notices(*, servicedesk: StaffContact | None) -> list[PlannedNo
 
 
 def _eo_notices(eo: EoContact, *, also_email: bool) -> list[PlannedNotice]:
-    channels: list[tuple[DeliveryChannel, str]] = []
-    if eo.webhook_url:
-        channels.append((DeliveryChannel.WEBHOOK, eo.webhook_url))
-    if eo.email and (also_email or not eo.webhook_url):
-        channels.append((DeliveryChannel.EMAIL, eo.email))
-    return [
-        PlannedNotice(
-            audience=Audience.EO, recipient_key=eo.eori, channel=channel, address=address, language=eo.language,
-            eori=eo.eori, own_procedure_id=eo.own_procedure_id,
-        )
-        for channel, address in channels
-    ]
+    # Positional and without an intermediate list of channels: one call per EO of a national fan-out.
+    eori, webhook_url, email = eo.eori, eo.webhook_url, eo.email
+    if webhook_url:
+        by_webhook = PlannedNotice(Audience.EO, eori, DeliveryChannel.WEBHOOK, webhook_url, eo.language, eori,
+                                   eo.own_procedure_id)
+        if email and also_email:
+            return [by_webhook, PlannedNotice(Audience.EO, eori, DeliveryChannel.EMAIL, email, eo.language, eori,
+                                              eo.own_procedure_id)]
+        return [by_webhook]
+    if email:
+        return [PlannedNotice(Audience.EO, eori, DeliveryChannel.EMAIL, email, eo.language, eori, eo.own_procedure_id)]
+    return []
 
 
 def _staff_notice(audience: Audience, contact: StaffContact) -> PlannedNotice:

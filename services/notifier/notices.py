@@ -74,6 +74,16 @@ class NoticeTexts:
         self._env.filters["utc_time"] = _utc_time
         self._phrase_files = frozenset(self._env.list_templates(filter_func=lambda n: n.endswith("/_phrases.txt")))
 
+    def compile_all(self) -> int:
+        """Compile every template now (the notifier does at startup), so that the first fan-out after a start
+        does not wait for it: compiling the three languages' EO templates on first use took 130-370 ms each
+        on a loaded machine, before the first delivery could be recorded. Returns how many were compiled; a
+        template that does not compile fails here, not in a fan-out."""
+        names = self._env.list_templates(extensions=["txt"])
+        for name in names:
+            self._env.get_template(name)
+        return len(names)
+
     def eo_notice(
         self,
         *,

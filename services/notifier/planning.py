@@ -6,11 +6,13 @@ webhook notices to escalate by e-mail (``deliveries.escalate_at``) and when the 
 the unreached is due (``planned_events.digest_at``); :mod:`services.notifier.reach` acts on them. A
 registry change that moves an EO's webhook or e-mail sends its retrying deliveries to the new address at once.
 
-A fan-out is written in one transaction (the event marked planned, its rendered notices, one row per
-delivery) before the handler returns, and the consumer commits the Kafka offset only after that: a crash
-before the commit redelivers the event, which the ``planned_events`` row turns into a no-op, so a restart
-resumes the pending deliveries instead of redoing the fan-out. The rows are inserted in bulk: a national
-procedure plans 10,000 deliveries in one statement, not one transaction each.
+A fan-out is recorded in chunks, each committed as it goes (:meth:`Planner._fan_out`): the first transaction
+reads the registry, records every EO the procedure concerns and the first deliveries, and the dispatcher
+starts sending them while the rest is recorded; the planned-event row, which marks the event as planned,
+comes with the last chunk. The consumer commits the Kafka offset only after that: a crash part way
+redelivers the event, and the plan is resumed (the deliveries already recorded are left out); once the
+planned-event row exists a redelivered event is a no-op. The rows are inserted in bulk, column by column
+(:func:`shared.db.insert_columns`), not through the ORM.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -40,7 +42,6 @@ from services.notifier.domain import (
     StaffContact,
     concerned_eos,
     escalation_times,
-    idempotency_key,
     lane_of,
     notice_kind,
     plan_advisory_notices,
@@ -60,7 +61,7 @@ from services.notifier.models import (
 )
 from services.notifier.notices import EoSummary, Notice, NoticeTexts
 from shared.config import NotifierSettings
-from shared.db import insert_plain, upsert
+from shared.db import insert_columns, upsert
 from shared.events import (
     AdvisoryData,
     AdvisoryKind,
@@ -80,19 +81,20 @@ from shared.kafka import Item
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "NoticeDesk", "Planner", "contacts_of", "new_delivery_id", "own_procedures", "record_notices",
-    "situation_of",
+    "FIRST_CHUNK", "PLAN_CHUNK", "NoticeDesk", "Planner", "contacts_of", "new_delivery_id", "new_delivery_ids",
+    "own_procedures", "record_notices", "record_reach", "registered_eos", "situation_of",
 ]
 
 _DUE = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
 _DELIVERIES = cast(Table, DeliveryRow.__table__)
-_PLANNED_COLUMNS = (
-    "id", "event_id", "event_type", "procedure_id", "notice_id", "audience", "recipient_key", "eori", "channel",
-    "recipient", "lane", "idempotency_key", "created_at", "escalate_at", "next_attempt_at", "updated_at", "status",
-    "attempts",
-)
 _REACH = cast(Table, ReachRow.__table__)
-_CONCERN_COLUMNS = ("procedure_id", "eori", "concerned_at", "last_channel", "last_error")
+_PLANNED_EVENTS = cast(Table, PlannedEventRow.__table__)
+_LANGUAGES = {language.value: language for language in Language}
+_VARIANT_DIGITS = "89ab"
+PLAN_CHUNK = 5_000
+"""Deliveries recorded per transaction of a fan-out after its first."""
+FIRST_CHUNK = 1_000
+"""Deliveries recorded in a fan-out's first transaction (with its reach rows): what the dispatcher starts on."""
 
 
 @dataclass(frozen=True)
@@ -116,11 +118,19 @@ class Planner:
         *,
         on_planned: Callable[[], None] = lambda: None,
         on_registry: Callable[[], None] = lambda: None,
+        on_chunk: Callable[[], None] = lambda: None,
+        chunk: int = PLAN_CHUNK,
+        first_chunk: int = FIRST_CHUNK,
     ) -> None:
+        """``on_planned``: a fan-out is recorded whole; ``on_chunk``: a part of it is (the dispatcher may claim
+        it); ``chunk``, ``first_chunk``: deliveries per transaction (see :meth:`_fan_out`)."""
         self._settings, self._sessions, self._texts = desk.settings, desk.sessions, desk.texts
         self._metrics, self._clock = desk.metrics, desk.clock
         self._on_planned = on_planned
         self._on_registry = on_registry
+        self._on_chunk = on_chunk
+        self._chunk = max(1, chunk)
+        self._first_chunk = max(1, first_chunk)
 
     @property
     def servicedesk(self) -> StaffContact | None:
@@ -194,24 +204,23 @@ class Planner:
             await self._on_broadcast(event)
             return
         procedure = event.data
-        planned: list[PlannedNotice] = []
-        async with self._sessions.begin() as session:
-            if await session.get(PlannedEventRow, event.id) is not None:
-                return
+
+        async def prepare(session: AsyncSession, resumed: bool) -> _Plan:
             situation = await situation_of(session, excluding=procedure.procedure_id)
             own = await own_procedures(session, excluding=procedure.procedure_id)
-            eos = (await session.execute(
-                select(EoRow.eori, EoRow.name, EoRow.language, EoRow.email, EoRow.webhook_url)
-            )).all()
-            names = {row.eori: row.name for row in eos} if procedure.scope == Scope.EO else {}
-            contacts = contacts_of(eos, own)
+            contacts = await registered_eos(session, own)
+            name = await _name_of(session, procedure.eori) if procedure.scope == Scope.EO else None
             planned = plan_procedure_notices(
                 event_type=event.type, procedure=procedure, eos=contacts, servicedesk=self.servicedesk,
                 bureau=self.bureau,
             )
             eos_notified = len({n.eori for n in planned if n.audience == Audience.EO})
             bureau_told = any(n.audience == Audience.BUREAU for n in planned)
-            self._count_unreachable(event.type, procedure, contacts, planned)
+            if not resumed:
+                self._count_unreachable(event.type, procedure, contacts, planned)
+            # Known from the first chunk on: the reach endpoint and the fan-out gauge show the procedure while
+            # the rest is planned (the late joiners' sweep leaves it alone until its planned-event row exists).
+            await _remember_procedure(session, event)
 
             def render(notice: PlannedNotice) -> Notice:
                 if notice.audience == Audience.EO:
@@ -219,51 +228,36 @@ class Planner:
                         event_type=event.type, procedure=procedure, language=notice.language, situation=situation,
                         own_procedure_id=notice.own_procedure_id,
                     )
-                eo = EoSummary(procedure.eori, names.get(procedure.eori)) if procedure.eori else None
+                eo = EoSummary(procedure.eori, name) if procedure.eori else None
                 return self._texts.staff_notice(
                     audience=notice.audience, event_type=event.type, procedure=procedure, language=notice.language,
                     eo=eo, eos_notified=eos_notified, bureau_told=bureau_told,
                 )
 
-            now = self._clock()
             concerned = concerned_eos(event_type=event.type, procedure=procedure, eos=contacts)
-            count = await record_notices(
-                session, event=event, subject_id=procedure.procedure_id, planned=planned, render=render,
-                concerned=concerned, now=now, escalate_after_s=self._settings.escalate_after_s,
-            )
-            _, digest_at = escalation_times(planned_at=now, escalate_after_s=self._settings.escalate_after_s)
-            session.add(PlannedEventRow(
-                event_id=event.id, event_type=event.type, subject_id=procedure.procedure_id, planned_at=now,
-                deliveries=count, settled_at=None if count else now,
-                digest_at=digest_at if concerned and self.servicedesk is not None else None,
-            ))
-            await _remember_procedure(session, event)
-        self._planned(event, planned, procedure.procedure_id)
+            return _Plan(subject_id=procedure.procedure_id, planned=planned, render=render, concerned=concerned,
+                         escalate_after_s=self._settings.escalate_after_s,
+                         digest=bool(concerned) and self.servicedesk is not None)
+
+        await self._fan_out(event, prepare)
 
     async def _on_broadcast(self, event: CloudEvent[ProcedureData]) -> None:
         """Plan a broadcast: the author's text to every EO the procedure concerns, in its language."""
         procedure, broadcast = event.data, event.data.broadcast
         if broadcast is None:
             raise ValueError(f"broadcast event {event.id} carries no broadcast")  # retried, then dead-lettered
-        planned: list[PlannedNotice] = []
-        async with self._sessions.begin() as session:
-            if await session.get(PlannedEventRow, event.id) is not None:
-                return
-            eos = (await session.execute(
-                select(EoRow.eori, EoRow.name, EoRow.language, EoRow.email, EoRow.webhook_url)
-            )).all()
-            planned = plan_broadcast_notices(procedure=procedure, eos=contacts_of(eos, {}))
-            now = self._clock()
+
+        async def prepare(session: AsyncSession, _resumed: bool) -> _Plan:
             # Filed under the broadcast's id, not the procedure's: a broadcast is no notice of the procedure's
             # state, so it neither counts as reaching an EO nor stands in for a notice being escalated.
-            count = await record_notices(
-                session, event=event, subject_id=broadcast.broadcast_id, planned=planned,
-                render=lambda notice: broadcast_notice(broadcast, notice.language), concerned=[], now=now,
+            return _Plan(
+                subject_id=broadcast.broadcast_id,
+                planned=plan_broadcast_notices(procedure=procedure, eos=await registered_eos(session, {})),
+                render=lambda notice: broadcast_notice(broadcast, notice.language), concerned=[],
                 escalate_after_s=None,
             )
-            session.add(PlannedEventRow(event_id=event.id, event_type=event.type, subject_id=broadcast.broadcast_id,
-                                        planned_at=now, deliveries=count, settled_at=None if count else now))
-        self._planned(event, planned, broadcast.broadcast_id)
+
+        await self._fan_out(event, prepare)
 
     async def on_maintenance(
         self, event: CloudEvent[MaintenanceData] | None, _record: ConsumerRecord[bytes, bytes]
@@ -271,22 +265,17 @@ class Planner:
         """Plan the announcement of a maintenance window (scheduled, changed, cancelled, reminder) to every EO."""
         assert event is not None
         window = event.data
-        planned: list[PlannedNotice] = []
-        async with self._sessions.begin() as session:
-            if await session.get(PlannedEventRow, event.id) is not None:
-                return
-            eos = (await session.execute(select(EoRow.eori, EoRow.language, EoRow.email, EoRow.webhook_url))).all()
-            planned = plan_maintenance_notices(eos=contacts_of(eos, {}))
-            now = self._clock()
-            count = await record_notices(
-                session, event=event, subject_id=window.maintenance_id, planned=planned,
+
+        async def prepare(session: AsyncSession, _resumed: bool) -> _Plan:
+            return _Plan(
+                subject_id=window.maintenance_id,
+                planned=plan_maintenance_notices(eos=await registered_eos(session, {})),
                 render=lambda notice: maintenance_notice(event_type=event.type, window=window,
                                                          language=notice.language),
-                concerned=[], now=now, escalate_after_s=None,
+                concerned=[], escalate_after_s=None,
             )
-            session.add(PlannedEventRow(event_id=event.id, event_type=event.type, subject_id=window.maintenance_id,
-                                        planned_at=now, deliveries=count, settled_at=None if count else now))
-        self._planned(event, planned, window.maintenance_id)
+
+        await self._fan_out(event, prepare)
 
     async def on_advisory(
         self, event: CloudEvent[AdvisoryData] | None, _record: ConsumerRecord[bytes, bytes]
@@ -294,25 +283,100 @@ class Planner:
         """Plan the Servicedesk's notice of an advisory, and remember whether NTP is down."""
         assert event is not None
         advisory = event.data
-        planned: list[PlannedNotice] = []
-        async with self._sessions.begin() as session:
-            if await session.get(PlannedEventRow, event.id) is not None:
-                return
-            planned = plan_advisory_notices(servicedesk=self.servicedesk)
 
-            def render(notice: PlannedNotice) -> Notice:
-                return self._texts.advisory_notice(event_type=event.type, advisory=advisory, language=notice.language)
-
-            now = self._clock()
-            count = await record_notices(session, event=event, subject_id=advisory.advisory_id, planned=planned,
-                                         render=render, concerned=[], now=now, escalate_after_s=None)
-            session.add(PlannedEventRow(event_id=event.id, event_type=event.type, subject_id=advisory.advisory_id,
-                                        planned_at=now, deliveries=count, settled_at=None if count else now))
+        async def prepare(session: AsyncSession, _resumed: bool) -> _Plan:
             stored = await session.get(AdvisoryRow, advisory.advisory_id)
             if stored is None or stored.event_time <= event.time:
                 await session.merge(AdvisoryRow(advisory_id=advisory.advisory_id, kind=advisory.kind,
                                                 active=advisory.active, event_time=event.time))
-        self._planned(event, planned, advisory.advisory_id)
+            return _Plan(
+                subject_id=advisory.advisory_id, planned=plan_advisory_notices(servicedesk=self.servicedesk),
+                render=lambda notice: self._texts.advisory_notice(event_type=event.type, advisory=advisory,
+                                                                  language=notice.language),
+                concerned=[], escalate_after_s=None,
+            )
+
+        await self._fan_out(event, prepare)
+
+    async def _fan_out(
+        self, event: CloudEvent[Any], prepare: Callable[[AsyncSession, bool], Awaitable[_Plan]]
+    ) -> None:
+        """Record the plan that ``prepare`` makes (in the first transaction; told whether an earlier run left
+        deliveries of ``event``) in chunks, each committed as it goes, the planned-event row last.
+
+        The first transaction reads what the plan needs, records every EO it concerns (the reach rows: in
+        place before any outcome of a delivery of it can be recorded, and the reach endpoint counts every
+        concerned EO from the start) and the first ``first_chunk`` deliveries; each following transaction
+        ``chunk`` more; the last one also the planned-event row. After each commit but the last the dispatcher
+        is woken: it sends the first deliveries while the rest is planned.
+
+        A crash (or a lost lease) part way leaves no planned-event row, so the Kafka record is consumed again
+        (its offset is committed only after this returns) and the plan resumed: the deliveries of ``event``
+        already recorded are left out (and a delivery per event, recipient and channel is unique in the
+        table, should two notifiers plan one event at once), so no EO is planned twice and none missed.
+        """
+        now = self._clock()
+        todo: list[PlannedNotice] = []
+        chunks: list[list[PlannedNotice]] = []
+        async with self._sessions.begin() as session:
+            if await session.get(PlannedEventRow, event.id) is not None:
+                return
+            recorded = await _recorded(session, event.id)
+            plan = await prepare(session, bool(recorded))
+            todo = [n for n in plan.planned if (n.recipient_key, n.channel) not in recorded]
+            if recorded:
+                log.info("resuming the plan of %s: %d deliveries recorded before, %d to go", event.id,
+                         len(recorded), len(todo))
+            deliveries = await _Deliveries.load(session, event=event, plan=plan, now=now)
+            await record_reach(session, subject_id=plan.subject_id, concerned=plan.concerned, now=now)
+            first = self._first_chunk
+            chunks = [todo[:first], *(todo[at:at + self._chunk] for at in range(first, len(todo), self._chunk))]
+            await deliveries.write(session, chunks[0])
+            count = len(recorded) + len(todo)
+            if len(chunks) == 1:
+                await self._finish(session, event, plan, count, now)
+        for index, chunk in enumerate(chunks[1:], start=2):
+            self._on_chunk()
+            async with self._sessions.begin() as session:
+                await deliveries.write(session, chunk)
+                if index == len(chunks):
+                    await self._finish(session, event, plan, count, now)
+        if recorded and not todo:
+            # A resumed plan with nothing left to record (the EOs not planned yet lost their addresses meanwhile):
+            # its deliveries may all be settled already, and no outcome batch comes after this row to see it.
+            # (Otherwise the last chunk's deliveries are committed with the row, still due.)
+            await self._settle_if_done(event.id)
+        self._planned(event, todo, plan.subject_id)
+
+    async def _finish(self, session: AsyncSession, event: CloudEvent[Any], plan: _Plan, count: int,
+                      now: datetime) -> None:
+        digest_at = (
+            escalation_times(planned_at=now, escalate_after_s=self._settings.escalate_after_s)[1]
+            if plan.digest else None
+        )
+        # Inserted where missing: a second notifier planning the same event at once (after a lost lease)
+        # finds it and leaves it.
+        await upsert(session, _PLANNED_EVENTS, [{
+            "event_id": event.id, "event_type": event.type, "subject_id": plan.subject_id, "planned_at": now,
+            "deliveries": count, "settled_at": None if count else now, "digest_at": digest_at,
+        }], key=("event_id",), update=False)
+
+    async def _settle_if_done(self, event_id: str) -> None:
+        now = self._clock()
+        due = select(_DELIVERIES.c.id).where(_DELIVERIES.c.event_id == event_id, _DELIVERIES.c.status.in_(_DUE))
+        async with self._sessions.begin() as session:
+            # PostgreSQL: wait for the outcome batches that hold this event's due rows (SQLite: one writer at a
+            # time already), so that the update below sees what they recorded.
+            if session.get_bind().dialect.name == "postgresql":
+                await session.execute(due.limit(1).with_for_update())
+            settled = await session.execute(
+                update(PlannedEventRow)
+                .where(PlannedEventRow.event_id == event_id, PlannedEventRow.settled_at.is_(None), ~due.exists())
+                .values(settled_at=now).returning(PlannedEventRow.planned_at)
+            )
+            planned_at = settled.scalar()
+        if planned_at is not None:
+            self._metrics.fanout_seconds.observe(max(0.0, (now - planned_at).total_seconds()))
 
     def _planned(self, event: CloudEvent[Any], planned: list[PlannedNotice], subject_id: str) -> None:
         counts = Counter((n.audience.value, n.channel.value) for n in planned)
@@ -337,6 +401,19 @@ class Planner:
             self._metrics.unreachable_eos.inc(unreachable)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What a fan-out records, decided in its first transaction."""
+
+    subject_id: str
+    planned: list[PlannedNotice]
+    render: Callable[[PlannedNotice], Notice]
+    concerned: Sequence[EoContact]
+    escalate_after_s: float | None
+    digest: bool = False
+    """Whether the Servicedesk gets a digest of the unreached (``planned_events.digest_at``)."""
+
+
 async def record_notices(
     session: AsyncSession,
     *,
@@ -355,59 +432,125 @@ async def record_notices(
     recorded is left as it is, so that planning an EO registered late twice sends it nothing twice. EO
     webhook notices are watched for escalation ``escalate_after_s`` later (None: never).
     """
-    notice_ids: dict[tuple[str, str, str], int] = {
-        (row.audience, row.language, row.variant): row.id
-        for row in (await session.execute(
-            select(NoticeRow.id, NoticeRow.audience, NoticeRow.language, NoticeRow.variant)
-            .where(NoticeRow.event_id == event.id)
-        )).all()
-    }
-    watched = watched_for_escalation(planned) if escalate_after_s is not None else set()
-    escalate_at = (
-        escalation_times(planned_at=now, escalate_after_s=escalate_after_s)[0] if escalate_after_s is not None
-        else None
-    )
-    rows: list[tuple[Any, ...]] = []
-    lanes: dict[tuple[DeliveryChannel, str], str] = {}
-    for notice in planned:
-        variant = (notice.audience, notice.language, notice.own_procedure_id or "")
-        if variant not in notice_ids:
-            text = render(notice)
+    plan = _Plan(subject_id=subject_id, planned=list(planned), render=render, concerned=concerned,
+                 escalate_after_s=escalate_after_s)
+    deliveries = await _Deliveries.load(session, event=event, plan=plan, now=now)
+    await deliveries.write(session, plan.planned)
+    await record_reach(session, subject_id=subject_id, concerned=concerned, now=now)
+    return len(plan.planned)
+
+
+class _Deliveries:
+    """Writes the deliveries of one event's plan, chunk by chunk: a notice text is rendered and stored once per
+    variant (audience, language, own procedure), the first time a chunk needs it."""
+
+    def __init__(self, *, event: CloudEvent[Any], plan: _Plan, now: datetime, notice_ids: dict[Any, int]) -> None:
+        self._event, self._plan, self._now, self._notice_ids = event, plan, now, notice_ids
+        after_s = plan.escalate_after_s
+        self._watched = watched_for_escalation(plan.planned) if after_s is not None else set()
+        self._escalate_at = (
+            escalation_times(planned_at=now, escalate_after_s=after_s)[0] if after_s is not None else None
+        )
+        self._lanes: dict[tuple[DeliveryChannel, str], str] = {}
+
+    @classmethod
+    async def load(cls, session: AsyncSession, *, event: CloudEvent[Any], plan: _Plan, now: datetime) -> _Deliveries:
+        notice_ids = {
+            (row.audience, row.language, row.variant): row.id
+            for row in (await session.execute(
+                select(NoticeRow.id, NoticeRow.audience, NoticeRow.language, NoticeRow.variant)
+                .where(NoticeRow.event_id == event.id)
+            )).all()
+        }
+        return cls(event=event, plan=plan, now=now, notice_ids=notice_ids)
+
+    async def write(self, session: AsyncSession, notices: Sequence[PlannedNotice]) -> None:
+        if not notices:
+            return
+        event, now = self._event, self._now
+        variants = [(n.audience, n.language, n.own_procedure_id or "") for n in notices]
+        for variant, notice in dict(zip(variants, notices, strict=True)).items():
+            if variant in self._notice_ids:
+                continue
+            text = self._plan.render(notice)
             body = _webhook_body(event, notice.language, text) if notice.audience == Audience.EO else None
             row = NoticeRow(event_id=event.id, audience=variant[0], language=variant[1], variant=variant[2],
                             subject=text.subject, message=text.message, webhook_body=body)
             session.add(row)
             await session.flush()
-            notice_ids[variant] = row.id
-        escalates = notice.channel == DeliveryChannel.WEBHOOK and notice.eori in watched
+            self._notice_ids[variant] = row.id
+        webhook, watched, escalate_at = DeliveryChannel.WEBHOOK, self._watched, self._escalate_at
+        # Column by column, with the columns every row shares given once: a national fan-out writes 100,000.
+        # A delivery already planned for this event, recipient and channel is left as it is.
+        await insert_columns(session, _DELIVERIES, columns={
+            "id": new_delivery_ids(len(notices)),
+            "notice_id": [self._notice_ids[variant] for variant in variants],
+            "audience": [n.audience for n in notices],
+            "recipient_key": [n.recipient_key for n in notices],
+            "eori": [n.eori for n in notices],
+            "channel": [n.channel for n in notices],
+            "recipient": [n.address for n in notices],
+            "lane": [self._lane(n.channel, n.address) for n in notices],
+            "idempotency_key": [f"{event.id}:{n.recipient_key}:{n.channel.value}" for n in notices],
+            "escalate_at": [
+                escalate_at if n.channel == webhook and n.eori in watched else None for n in notices
+            ],
+        }, constants={
+            "event_id": event.id, "event_type": event.type, "procedure_id": self._plan.subject_id,
+            "created_at": now, "next_attempt_at": now, "updated_at": now, "status": DeliveryStatus.PENDING,
+            "attempts": 0,
+        }, skip_conflicts_on=("event_id", "recipient_key", "channel"))
+
+    def _lane(self, channel: DeliveryChannel, address: str) -> str:
         # The lane depends on the scheme and authority alone: worked out once per host, not per EO's URL.
-        route = (notice.channel, _origin_part(notice.address))
-        lane = lanes.get(route)
+        route = (channel, _origin_part(address))
+        lane = self._lanes.get(route)
         if lane is None:
-            lane = lanes[route] = lane_of(notice.channel, route[1])
-        rows.append((
-            new_delivery_id(), event.id, event.type, subject_id, notice_ids[variant], notice.audience,
-            notice.recipient_key, notice.eori, notice.channel, notice.address, lane,
-            idempotency_key(event.id, notice.recipient_key, notice.channel), now,
-            escalate_at if escalates else None, now, now, DeliveryStatus.PENDING, 0,
-        ))
-    # Straight at the driver, as plain tuples: SQLAlchemy's per-row parameter processing of 100,000 rows
-    # was most of a national fan-out's planning time.
-    # A delivery already planned for this event, recipient and channel is left as it is (a redelivered event).
-    await insert_plain(session, _DELIVERIES, columns=_PLANNED_COLUMNS, rows=rows,
-                       skip_conflicts_on=("event_id", "recipient_key", "channel"))
-    reach = [
-        (subject_id, eo.eori, now, _first_channel(eo), None if eo.webhook_url or eo.email else NO_ADDRESS)
-        for eo in concerned
-    ]
-    await insert_plain(session, _REACH, columns=_CONCERN_COLUMNS, rows=reach,
-                       skip_conflicts_on=("procedure_id", "eori"))
-    return len(rows)
+            lane = self._lanes[route] = lane_of(channel, route[1])
+        return lane
+
+
+async def record_reach(
+    session: AsyncSession, *, subject_id: str, concerned: Sequence[EoContact], now: datetime
+) -> None:
+    """Record the EOs a procedure concerns (``procedure_reach``), each with the channel it is tried on first
+    (None and the error ``no address`` when it has none); one already recorded is left as it is."""
+    await insert_columns(session, _REACH, columns={
+        "eori": [eo.eori for eo in concerned],
+        "last_channel": [_first_channel(eo) for eo in concerned],
+        "last_error": [None if eo.webhook_url or eo.email else NO_ADDRESS for eo in concerned],
+    }, constants={"procedure_id": subject_id, "concerned_at": now}, skip_conflicts_on=("procedure_id", "eori"))
+
+
+async def _recorded(session: AsyncSession, event_id: str) -> set[tuple[str, str]]:
+    """(recipient key, channel) of the deliveries of ``event_id`` already recorded: none, unless a plan of it was
+    cut short (a crash, a lost lease) and is being resumed."""
+    rows = await (await session.connection()).execute(
+        select(_DELIVERIES.c.recipient_key, _DELIVERIES.c.channel).where(_DELIVERIES.c.event_id == event_id)
+    )
+    return {(key, str(channel)) for key, channel in rows.all()}
+
+
+async def registered_eos(session: AsyncSession, own: Mapping[str, str]) -> list[EoContact]:
+    """Every EO of the registry as the domain plans for it (by EORI), with its open scenario-1 procedure (``own``).
+
+    Read as plain values at the driver and the language looked up per row: 100,000 rows of a national fan-out
+    through SQLAlchemy's result processing took longer than the query."""
+    connection = await session.connection()
+    rows = await connection.exec_driver_sql("SELECT eori, language, webhook_url, email FROM eos ORDER BY eori")
+    language, found = _LANGUAGES, cast(list[tuple[str, str, str | None, str | None]], rows.all())
+    if not own:
+        return [EoContact(eori, language[code], url, email) for eori, code, url, email in found]
+    return [EoContact(eori, language[code], url, email, own.get(eori)) for eori, code, url, email in found]
+
+
+async def _name_of(session: AsyncSession, eori: str | None) -> str | None:
+    return None if eori is None else await session.scalar(select(EoRow.name).where(EoRow.eori == eori))
 
 
 def contacts_of(eos: Sequence[Any], own: Mapping[str, str]) -> list[EoContact]:
     """EO registry rows (eori, language, webhook_url, email) as the domain plans for them."""
-    # Positional: a national fan-out builds 100,000 of these, and keywords double a dataclass's construction.
+    # Positional: keywords double a named tuple's construction.
     return [EoContact(r.eori, r.language, r.webhook_url, r.email, own.get(r.eori)) for r in eos]
 
 
@@ -419,13 +562,22 @@ def new_delivery_id(*, at_ms: int | None = None) -> str:
     to insert a national fan-out's rows). Unique as UUIDv4 is, by its 74 random bits within a millisecond.
     ``at_ms``: the milliseconds to lead with (default: now).
     """
+    return new_delivery_ids(1, at_ms=at_ms)[0]
+
+
+def new_delivery_ids(count: int, *, at_ms: int | None = None) -> list[str]:
+    """``count`` delivery ids (see :func:`new_delivery_id`) of one millisecond, their random bits drawn at once
+    (one system call, not one per id) and written as UUID text without building the integers."""
     if at_ms is None:
         at_ms = time.time_ns() // 1_000_000
-    value = at_ms << 80 | secrets.randbits(80)
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
-    digits = f"{value:032x}"  # what str(uuid.UUID(int=value)) writes, without building the UUID (100,000 a fan-out)
-    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+    stamp = f"{at_ms & 0xFFFF_FFFF_FFFF:012x}"
+    head = f"{stamp[:8]}-{stamp[8:]}-7"  # the version nibble
+    digits = secrets.token_hex(9 * count)  # 72 random bits each ...
+    marks = secrets.token_bytes(count)  # ... and 2 more beside the RFC 4122 variant bits (10xx: 8, 9, a, b)
+    return [
+        f"{head}{digits[at:at + 3]}-{_VARIANT_DIGITS[mark & 3]}{digits[at + 3:at + 6]}-{digits[at + 6:at + 18]}"
+        for at, mark in zip(range(0, 18 * count, 18), marks, strict=True)
+    ]
 
 
 def _origin_part(address: str) -> str:

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from jinja2 import UndefinedError
+from jinja2 import TemplateSyntaxError, UndefinedError
 
 from services.notifier.domain import Audience, Situation
-from services.notifier.notices import Contacts, EoSummary, NoticeTexts
+from services.notifier.notices import TEMPLATE_DIR, Contacts, EoSummary, NoticeTexts
 from shared.events import (
     AdvisoryData,
     AdvisoryKind,
@@ -372,3 +372,12 @@ def test_the_servicedesk_reads_that_a_planned_procedure_comes_from_a_maintenance
              Language.DE: ("geplanten Wartungsfenster", "von einem Operator erklärt")}[language]
     assert words[0] in notice.message and "2024-03-01 12:30" in notice.message and words[1] not in notice.message
     assert words[1] in declared.message and words[0] not in declared.message
+
+
+def test_compile_all_compiles_every_template_and_refuses_a_broken_one(tmp_path: Path) -> None:
+    texts = NoticeTexts(contacts=Contacts())
+    assert texts.compile_all() == len(list(TEMPLATE_DIR.rglob("*.txt")))
+    (tmp_path / "eo").mkdir()
+    (tmp_path / "eo" / "broken.txt").write_text("{% block subject %}{{ p.procedure_id {% endblock %}", encoding="utf-8")
+    with pytest.raises(TemplateSyntaxError):
+        NoticeTexts(contacts=Contacts(), template_dir=tmp_path).compile_all()
