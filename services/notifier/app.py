@@ -93,7 +93,7 @@ def build_notifier(
         dispatcher.wake()
         reach.wake()  # a fan-out committed: an EO registered meanwhile may have been left out of it
 
-    planner = Planner(desk, on_planned=planned, on_registry=reach.wake, on_chunk=dispatcher.wake)
+    planner = Planner(desk, on_planned=planned, on_registry=reach.wake)
     return NotifierParts(engine=engine, sessions=sessions, metrics=metrics, planner=planner, dispatcher=dispatcher,
                          reach=reach, senders=senders, texts=texts)
 

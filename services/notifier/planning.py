@@ -6,13 +6,13 @@ webhook notices to escalate by e-mail (``deliveries.escalate_at``) and when the 
 the unreached is due (``planned_events.digest_at``); :mod:`services.notifier.reach` acts on them. A
 registry change that moves an EO's webhook or e-mail sends its retrying deliveries to the new address at once.
 
-A fan-out is recorded in chunks, each committed as it goes (:meth:`Planner._fan_out`): the first transaction
-reads the registry, records every EO the procedure concerns and the first deliveries, and the dispatcher
-starts sending them while the rest is recorded; the planned-event row, which marks the event as planned,
-comes with the last chunk. The consumer commits the Kafka offset only after that: a crash part way
-redelivers the event, and the plan is resumed (the deliveries already recorded are left out); once the
-planned-event row exists a redelivered event is a no-op. The rows are inserted in bulk, column by column
-(:func:`shared.db.insert_columns`), not through the ORM.
+A fan-out is recorded in one transaction (:meth:`Planner._fan_out`): the registry read, every EO the
+procedure concerns, every delivery and the planned-event row that marks the event as planned. All or
+nothing: a crash or an error leaves nothing, the Kafka record is consumed again, and a redelivered event
+whose planned-event row exists is a no-op. The rows are inserted in bulk, column by column
+(:func:`shared.db.insert_columns`), not through the ORM. (Chunks committed as they go were tried, to start
+sending sooner: a plan cut part way then had to be resumed per EO, a registry change between chunks was
+missed, and a chunk failing for good left a partial plan: ``bench/README.md``, "Planning in chunks".)
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ from shared.kafka import Item
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "FIRST_CHUNK", "PLAN_CHUNK", "NoticeDesk", "Planner", "contacts_of", "new_delivery_id", "new_delivery_ids",
+    "NoticeDesk", "Planner", "contacts_of", "new_delivery_id", "new_delivery_ids",
     "own_procedures", "record_notices", "record_reach", "registered_eos", "situation_of",
 ]
 
@@ -91,10 +91,6 @@ _REACH = cast(Table, ReachRow.__table__)
 _PLANNED_EVENTS = cast(Table, PlannedEventRow.__table__)
 _LANGUAGES = {language.value: language for language in Language}
 _VARIANT_DIGITS = "89ab"
-PLAN_CHUNK = 5_000
-"""Deliveries recorded per transaction of a fan-out after its first."""
-FIRST_CHUNK = 1_000
-"""Deliveries recorded in a fan-out's first transaction (with its reach rows): what the dispatcher starts on."""
 
 
 @dataclass(frozen=True)
@@ -118,19 +114,12 @@ class Planner:
         *,
         on_planned: Callable[[], None] = lambda: None,
         on_registry: Callable[[], None] = lambda: None,
-        on_chunk: Callable[[], None] = lambda: None,
-        chunk: int = PLAN_CHUNK,
-        first_chunk: int = FIRST_CHUNK,
     ) -> None:
-        """``on_planned``: a fan-out is recorded whole; ``on_chunk``: a part of it is (the dispatcher may claim
-        it); ``chunk``, ``first_chunk``: deliveries per transaction (see :meth:`_fan_out`)."""
+        """``on_planned``: a fan-out is recorded."""
         self._settings, self._sessions, self._texts = desk.settings, desk.sessions, desk.texts
         self._metrics, self._clock = desk.metrics, desk.clock
         self._on_planned = on_planned
         self._on_registry = on_registry
-        self._on_chunk = on_chunk
-        self._chunk = max(1, chunk)
-        self._first_chunk = max(1, first_chunk)
 
     @property
     def servicedesk(self) -> StaffContact | None:
@@ -205,7 +194,7 @@ class Planner:
             return
         procedure = event.data
 
-        async def prepare(session: AsyncSession, resumed: bool) -> _Plan:
+        async def prepare(session: AsyncSession) -> _Plan:
             situation = await situation_of(session, excluding=procedure.procedure_id)
             own = await own_procedures(session, excluding=procedure.procedure_id)
             contacts = await registered_eos(session, own)
@@ -216,10 +205,7 @@ class Planner:
             )
             eos_notified = len({n.eori for n in planned if n.audience == Audience.EO})
             bureau_told = any(n.audience == Audience.BUREAU for n in planned)
-            if not resumed:
-                self._count_unreachable(event.type, procedure, contacts, planned)
-            # Known from the first chunk on: the reach endpoint and the fan-out gauge show the procedure while
-            # the rest is planned (the late joiners' sweep leaves it alone until its planned-event row exists).
+            self._count_unreachable(event.type, procedure, contacts, planned)
             await _remember_procedure(session, event)
 
             def render(notice: PlannedNotice) -> Notice:
@@ -247,7 +233,7 @@ class Planner:
         if broadcast is None:
             raise ValueError(f"broadcast event {event.id} carries no broadcast")  # retried, then dead-lettered
 
-        async def prepare(session: AsyncSession, _resumed: bool) -> _Plan:
+        async def prepare(session: AsyncSession) -> _Plan:
             # Filed under the broadcast's id, not the procedure's: a broadcast is no notice of the procedure's
             # state, so it neither counts as reaching an EO nor stands in for a notice being escalated.
             return _Plan(
@@ -266,7 +252,7 @@ class Planner:
         assert event is not None
         window = event.data
 
-        async def prepare(session: AsyncSession, _resumed: bool) -> _Plan:
+        async def prepare(session: AsyncSession) -> _Plan:
             return _Plan(
                 subject_id=window.maintenance_id,
                 planned=plan_maintenance_notices(eos=await registered_eos(session, {})),
@@ -284,7 +270,7 @@ class Planner:
         assert event is not None
         advisory = event.data
 
-        async def prepare(session: AsyncSession, _resumed: bool) -> _Plan:
+        async def prepare(session: AsyncSession) -> _Plan:
             stored = await session.get(AdvisoryRow, advisory.advisory_id)
             if stored is None or stored.event_time <= event.time:
                 await session.merge(AdvisoryRow(advisory_id=advisory.advisory_id, kind=advisory.kind,
@@ -298,85 +284,30 @@ class Planner:
 
         await self._fan_out(event, prepare)
 
-    async def _fan_out(
-        self, event: CloudEvent[Any], prepare: Callable[[AsyncSession, bool], Awaitable[_Plan]]
-    ) -> None:
-        """Record the plan that ``prepare`` makes (in the first transaction; told whether an earlier run left
-        deliveries of ``event``) in chunks, each committed as it goes, the planned-event row last.
-
-        The first transaction reads what the plan needs, records every EO it concerns (the reach rows: in
-        place before any outcome of a delivery of it can be recorded, and the reach endpoint counts every
-        concerned EO from the start) and the first ``first_chunk`` deliveries; each following transaction
-        ``chunk`` more; the last one also the planned-event row. After each commit but the last the dispatcher
-        is woken: it sends the first deliveries while the rest is planned.
-
-        A crash (or a lost lease) part way leaves no planned-event row, so the Kafka record is consumed again
-        (its offset is committed only after this returns) and the plan resumed: the deliveries of ``event``
-        already recorded are left out (and a delivery per event, recipient and channel is unique in the
-        table, should two notifiers plan one event at once), so no EO is planned twice and none missed.
-        """
+    async def _fan_out(self, event: CloudEvent[Any], prepare: Callable[[AsyncSession], Awaitable[_Plan]]) -> None:
+        """Record the plan that ``prepare`` makes, in one transaction with the reads it is made from: every EO
+        it concerns (the reach rows), its deliveries and, last, the planned-event row. A redelivered event
+        (its row exists) plans nothing."""
         now = self._clock()
-        todo: list[PlannedNotice] = []
-        chunks: list[list[PlannedNotice]] = []
         async with self._sessions.begin() as session:
             if await session.get(PlannedEventRow, event.id) is not None:
                 return
-            recorded = await _recorded(session, event.id)
-            plan = await prepare(session, bool(recorded))
-            todo = [n for n in plan.planned if (n.recipient_key, n.channel) not in recorded]
-            if recorded:
-                log.info("resuming the plan of %s: %d deliveries recorded before, %d to go", event.id,
-                         len(recorded), len(todo))
+            plan = await prepare(session)
             deliveries = await _Deliveries.load(session, event=event, plan=plan, now=now)
             await record_reach(session, subject_id=plan.subject_id, concerned=plan.concerned, now=now)
-            first = self._first_chunk
-            chunks = [todo[:first], *(todo[at:at + self._chunk] for at in range(first, len(todo), self._chunk))]
-            await deliveries.write(session, chunks[0])
-            count = len(recorded) + len(todo)
-            if len(chunks) == 1:
-                await self._finish(session, event, plan, count, now)
-        for index, chunk in enumerate(chunks[1:], start=2):
-            self._on_chunk()
-            async with self._sessions.begin() as session:
-                await deliveries.write(session, chunk)
-                if index == len(chunks):
-                    await self._finish(session, event, plan, count, now)
-        if recorded and not todo:
-            # A resumed plan with nothing left to record (the EOs not planned yet lost their addresses meanwhile):
-            # its deliveries may all be settled already, and no outcome batch comes after this row to see it.
-            # (Otherwise the last chunk's deliveries are committed with the row, still due.)
-            await self._settle_if_done(event.id)
-        self._planned(event, todo, plan.subject_id)
-
-    async def _finish(self, session: AsyncSession, event: CloudEvent[Any], plan: _Plan, count: int,
-                      now: datetime) -> None:
-        digest_at = (
-            escalation_times(planned_at=now, escalate_after_s=self._settings.escalate_after_s)[1]
-            if plan.digest else None
-        )
-        # Inserted where missing: a second notifier planning the same event at once (after a lost lease)
-        # finds it and leaves it.
-        await upsert(session, _PLANNED_EVENTS, [{
-            "event_id": event.id, "event_type": event.type, "subject_id": plan.subject_id, "planned_at": now,
-            "deliveries": count, "settled_at": None if count else now, "digest_at": digest_at,
-        }], key=("event_id",), update=False)
-
-    async def _settle_if_done(self, event_id: str) -> None:
-        now = self._clock()
-        due = select(_DELIVERIES.c.id).where(_DELIVERIES.c.event_id == event_id, _DELIVERIES.c.status.in_(_DUE))
-        async with self._sessions.begin() as session:
-            # PostgreSQL: wait for the outcome batches that hold this event's due rows (SQLite: one writer at a
-            # time already), so that the update below sees what they recorded.
-            if session.get_bind().dialect.name == "postgresql":
-                await session.execute(due.limit(1).with_for_update())
-            settled = await session.execute(
-                update(PlannedEventRow)
-                .where(PlannedEventRow.event_id == event_id, PlannedEventRow.settled_at.is_(None), ~due.exists())
-                .values(settled_at=now).returning(PlannedEventRow.planned_at)
+            await deliveries.write(session, plan.planned)
+            digest_at = (
+                escalation_times(planned_at=now, escalate_after_s=self._settings.escalate_after_s)[1]
+                if plan.digest else None
             )
-            planned_at = settled.scalar()
-        if planned_at is not None:
-            self._metrics.fanout_seconds.observe(max(0.0, (now - planned_at).total_seconds()))
+            # Inserted where missing: a second notifier planning the same event at once (after a lost lease)
+            # finds it and leaves it.
+            count = len(plan.planned)
+            await upsert(session, _PLANNED_EVENTS, [{
+                "event_id": event.id, "event_type": event.type, "subject_id": plan.subject_id, "planned_at": now,
+                "deliveries": count, "settled_at": None if count else now, "digest_at": digest_at,
+            }], key=("event_id",), update=False)
+        self._planned(event, plan.planned, plan.subject_id)
 
     def _planned(self, event: CloudEvent[Any], planned: list[PlannedNotice], subject_id: str) -> None:
         counts = Counter((n.audience.value, n.channel.value) for n in planned)
@@ -441,8 +372,8 @@ async def record_notices(
 
 
 class _Deliveries:
-    """Writes the deliveries of one event's plan, chunk by chunk: a notice text is rendered and stored once per
-    variant (audience, language, own procedure), the first time a chunk needs it."""
+    """Writes the deliveries of one event's plan: a notice text is rendered and stored once per variant
+    (audience, language, own procedure), the first time a delivery needs it."""
 
     def __init__(self, *, event: CloudEvent[Any], plan: _Plan, now: datetime, notice_ids: dict[Any, int]) -> None:
         self._event, self._plan, self._now, self._notice_ids = event, plan, now, notice_ids
@@ -520,15 +451,6 @@ async def record_reach(
         "last_channel": [_first_channel(eo) for eo in concerned],
         "last_error": [None if eo.webhook_url or eo.email else NO_ADDRESS for eo in concerned],
     }, constants={"procedure_id": subject_id, "concerned_at": now}, skip_conflicts_on=("procedure_id", "eori"))
-
-
-async def _recorded(session: AsyncSession, event_id: str) -> set[tuple[str, str]]:
-    """(recipient key, channel) of the deliveries of ``event_id`` already recorded: none, unless a plan of it was
-    cut short (a crash, a lost lease) and is being resumed."""
-    rows = await (await session.connection()).execute(
-        select(_DELIVERIES.c.recipient_key, _DELIVERIES.c.channel).where(_DELIVERIES.c.event_id == event_id)
-    )
-    return {(key, str(channel)) for key, channel in rows.all()}
 
 
 async def registered_eos(session: AsyncSession, own: Mapping[str, str]) -> list[EoContact]:

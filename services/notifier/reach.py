@@ -209,14 +209,9 @@ class ReachKeeper:
                 select(KnownProcedureRow.event)
                 .where(KnownProcedureRow.state == _OPEN, KnownProcedureRow.event.is_not(None))
             )).all()
-            events = [CloudEvent[ProcedureData].model_validate_json(cast(str, stored)) for stored in procedures]
-            # A fan-out still being planned (in chunks, or cut short and to be resumed) has no planned-event row
-            # yet: its planner tells the EOs it read; those registered since are told once it is done.
-            planned_ids = set((await session.scalars(
-                select(PlannedEventRow.event_id).where(PlannedEventRow.event_id.in_([e.id for e in events]))
-            )).all()) if events else set()
-            for event in events:
-                if event.id in planned_ids and reaches_eos(notice_kind(event.type), event.data):
+            for stored in procedures:
+                event = CloudEvent[ProcedureData].model_validate_json(cast(str, stored))
+                if reaches_eos(notice_kind(event.type), event.data):
                     planned += await self._tell_late_joiners(session, event, now)
         return planned
 
