@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -9,7 +10,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import DateTime, Dialect, Table, event, text
+from sqlalchemy import DateTime, Dialect, String, Table, event, text
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -166,7 +167,7 @@ async def insert_columns(
     values = [_processed(dialect, table, name, [value])[0] for name, value in zip(fixed, constants.values(),
                                                                                   strict=True)]
     if dialect.name == "postgresql":
-        casts = [f"${n}::{table.c[name].type.compile(dialect=dialect)}"
+        casts = [f"${n}::{_cast_type(dialect, table, name)}"
                  for n, name in enumerate(fixed, len(names) + 1)]
         selected = ", ".join(["*", *casts])
         sql = f"{into} SELECT {selected} FROM {_unnest(dialect, table, names)}{conflict}"  # noqa: S608
@@ -212,8 +213,20 @@ def _names(table: Table, columns: Sequence[str]) -> list[str]:
 
 
 def _unnest(dialect: Dialect, table: Table, names: Sequence[str]) -> str:
-    casts = [f"${n}::{table.c[name].type.compile(dialect=dialect)}[]" for n, name in enumerate(names, start=1)]
+    casts = [f"${n}::{_cast_type(dialect, table, name)}[]" for n, name in enumerate(names, start=1)]
     return f"unnest({', '.join(casts)})"
+
+
+def _cast_type(dialect: Dialect, table: Table, name: str) -> str:
+    """The SQL type a bulk parameter is cast to: the column's, but a string without its length. An explicit
+    cast to ``VARCHAR(n)`` cuts a longer value silently; cast to ``VARCHAR``, the value too long for its column
+    fails the insert as any other statement's would."""
+    column_type = table.c[name].type
+    if isinstance(column_type, String) and column_type.length is not None:
+        unbounded = copy.copy(column_type)
+        unbounded.length = None
+        return unbounded.compile(dialect=dialect)
+    return column_type.compile(dialect=dialect)
 
 
 def _plain_columns(
