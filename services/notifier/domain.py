@@ -64,6 +64,7 @@ __all__ = [
     "plan_procedure_notices",
     "reaches_eos",
     "time_to_reach",
+    "url_origin",
     "watched_for_escalation",
     "webhook_url_problem",
 ]
@@ -244,6 +245,21 @@ def _staff_notice(audience: Audience, contact: StaffContact) -> PlannedNotice:
 def idempotency_key(event_id: str, recipient_key: str, channel: DeliveryChannel) -> str:
     """Stable per (event, recipient, channel): every attempt, and a re-send after a crash, carries the same key."""
     return f"{event_id}:{recipient_key}:{channel.value}"
+
+
+def url_origin(url: str) -> str | None:
+    """``scheme://authority`` of ``url``, cut where ``urllib.parse.urlsplit`` ends the authority (the first
+    ``/``, ``?`` or ``#`` after ``//``); None if it has no ``://``. What :func:`lane_of` and the URL rules
+    (:func:`webhook_url_problem`) read of a URL: both are worked out once per origin, not per EO's URL."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return None
+    end = len(rest)
+    for mark in "/?#":
+        found = rest.find(mark, 0, end)
+        if found >= 0:
+            end = found
+    return url[:len(scheme) + 3 + end]
 
 
 def lane_of(channel: DeliveryChannel, address: str) -> str:

@@ -46,6 +46,7 @@ from services.notifier.domain import (
     notice_kind,
     plan_advisory_notices,
     plan_procedure_notices,
+    url_origin,
     watched_for_escalation,
 )
 from services.notifier.maintenance_notices import maintenance_notice, plan_maintenance_notices
@@ -434,7 +435,7 @@ class _Deliveries:
 
     def _lane(self, channel: DeliveryChannel, address: str) -> str:
         # The lane depends on the scheme and authority alone: worked out once per host, not per EO's URL.
-        route = (channel, _origin_part(address))
+        route = (channel, url_origin(address) or address)
         lane = self._lanes.get(route)
         if lane is None:
             lane = self._lanes[route] = lane_of(channel, route[1])
@@ -500,13 +501,6 @@ def new_delivery_ids(count: int, *, at_ms: int | None = None) -> list[str]:
         f"{head}{digits[at:at + 3]}-{_VARIANT_DIGITS[mark & 3]}{digits[at + 3:at + 6]}-{digits[at + 6:at + 18]}"
         for at, mark in zip(range(0, 18 * count, 18), marks, strict=True)
     ]
-
-
-def _origin_part(address: str) -> str:
-    """``scheme://authority`` of a URL (what :func:`lane_of` reads), or the whole address when it has no path."""
-    start = address.find("//")
-    end = address.find("/", start + 2) if start >= 0 else -1
-    return address[:end] if end > 0 and "?" not in address[:end] and "#" not in address[:end] else address
 
 
 def _first_channel(eo: EoContact) -> DeliveryChannel | None:

@@ -6,7 +6,7 @@ import ssl
 import time
 from collections.abc import Callable
 
-from services.notifier.domain import webhook_url_problem
+from services.notifier.domain import url_origin, webhook_url_problem
 from services.notifier.jobs import Job, Outcome
 from services.notifier.webhook_http import TargetRefused, TransportError, WebhookHttpClient
 from shared.config import NotifierSettings
@@ -24,20 +24,6 @@ def webhook_ssl_context(settings: NotifierSettings) -> ssl.SSLContext:
     if settings.webhook_ca_file:
         context.load_verify_locations(cafile=settings.webhook_ca_file)
     return context
-
-
-def _origin(url: str) -> str | None:
-    """``scheme://authority`` of ``url``, cut where ``urllib.parse.urlsplit`` ends the authority (the first
-    ``/``, ``?`` or ``#`` after ``//``); None if it has no ``://``."""
-    scheme, separator, rest = url.partition("://")
-    if not separator:
-        return None
-    end = len(rest)
-    for mark in "/?#":
-        found = rest.find(mark, 0, end)
-        if found >= 0:
-            end = found
-    return url[:len(scheme) + 3 + end]
 
 
 class WebhookSender:
@@ -59,7 +45,7 @@ class WebhookSender:
         # acceptable is so for every path under it: one verdict per host, not one per EO (each EO has a URL of
         # its own: 100,000 parses per national fan-out, a twentieth of the sending loop). A refusal quotes the
         # URL itself, so refusals are kept per URL.
-        origin = _origin(job.address)
+        origin = url_origin(job.address)
         problem = None if origin in self._accepted else self._problems.get(job.address, _UNCHECKED)
         if problem is _UNCHECKED:
             if len(self._problems) > 10_000:

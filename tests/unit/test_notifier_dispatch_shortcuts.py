@@ -14,11 +14,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.notifier.dispatch import SOURCE, Dispatcher, delivery_event_bytes
-from services.notifier.domain import Audience, webhook_url_problem
+from services.notifier.domain import Audience, url_origin, webhook_url_problem
 from services.notifier.jobs import Job, Outcome
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.webhook_http import HttpAnswer, WebhookHttpClient
-from services.notifier.webhooks import WebhookSender, _origin
+from services.notifier.webhooks import WebhookSender
 from shared.config import NotifierSettings, Settings
 from shared.events import (
     CloudEvent,
@@ -88,18 +88,18 @@ def test_one_instant_written_in_two_zones_gives_each_zone_s_text() -> None:
     "https://h.example:99999/a", "ftp://h.example/a", "https://h.example/a://b",
 ])
 def test_the_origin_is_what_the_url_rules_read(url: str) -> None:
-    origin = _origin(url)
+    origin = url_origin(url)
     assert origin is not None
     parts, cut = urlsplit(url), urlsplit(origin)
     assert (cut.scheme, cut.netloc) == (parts.scheme, parts.netloc)
     assert url.startswith(origin)
 
 
-def test_an_address_without_an_authority_has_no_origin() -> None:
-    assert _origin("https:/h.example/a") is None
-    assert _origin("mailto:eo@example.lu") is None
+def test_an_address_without_an_authority_has_nourl_origin() -> None:
+    assert url_origin("https:/h.example/a") is None
+    assert url_origin("mailto:eo@example.lu") is None
     with pytest.raises(ValueError, match="IPv6"):  # the rules refuse it; its origin does not parse either
-        urlsplit(cast(str, _origin("https://[::1/a")))
+        urlsplit(cast(str, url_origin("https://[::1/a")))
 
 
 class _Receiver:
