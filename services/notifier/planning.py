@@ -42,6 +42,7 @@ from services.notifier.domain import (
     StaffContact,
     concerned_eos,
     escalation_times,
+    idempotency_key,
     lane_of,
     notice_kind,
     plan_advisory_notices,
@@ -294,16 +295,16 @@ class Planner:
             if await session.get(PlannedEventRow, event.id) is not None:
                 return
             plan = await prepare(session)
-            deliveries = await _Deliveries.load(session, event=event, plan=plan, now=now)
-            await record_reach(session, subject_id=plan.subject_id, concerned=plan.concerned, now=now)
-            await deliveries.write(session, plan.planned)
+            count = await record_notices(
+                session, event=event, subject_id=plan.subject_id, planned=plan.planned, render=plan.render,
+                concerned=plan.concerned, now=now, escalate_after_s=plan.escalate_after_s,
+            )
             digest_at = (
                 escalation_times(planned_at=now, escalate_after_s=self._settings.escalate_after_s)[1]
                 if plan.digest else None
             )
             # Inserted where missing: a second notifier planning the same event at once (after a lost lease)
             # finds it and leaves it.
-            count = len(plan.planned)
             await upsert(session, _PLANNED_EVENTS, [{
                 "event_id": event.id, "event_type": event.type, "subject_id": plan.subject_id, "planned_at": now,
                 "deliveries": count, "settled_at": None if count else now, "digest_at": digest_at,
@@ -335,7 +336,7 @@ class Planner:
 
 @dataclass(frozen=True)
 class _Plan:
-    """What a fan-out records, decided in its first transaction."""
+    """What a fan-out records (made by its ``prepare``, in the transaction that records it)."""
 
     subject_id: str
     planned: list[PlannedNotice]
@@ -364,82 +365,61 @@ async def record_notices(
     recorded is left as it is, so that planning an EO registered late twice sends it nothing twice. EO
     webhook notices are watched for escalation ``escalate_after_s`` later (None: never).
     """
-    plan = _Plan(subject_id=subject_id, planned=list(planned), render=render, concerned=concerned,
-                 escalate_after_s=escalate_after_s)
-    deliveries = await _Deliveries.load(session, event=event, plan=plan, now=now)
-    await deliveries.write(session, plan.planned)
-    await record_reach(session, subject_id=subject_id, concerned=concerned, now=now)
-    return len(plan.planned)
-
-
-class _Deliveries:
-    """Writes the deliveries of one event's plan: a notice text is rendered and stored once per variant
-    (audience, language, own procedure), the first time a delivery needs it."""
-
-    def __init__(self, *, event: CloudEvent[Any], plan: _Plan, now: datetime, notice_ids: dict[Any, int]) -> None:
-        self._event, self._plan, self._now, self._notice_ids = event, plan, now, notice_ids
-        after_s = plan.escalate_after_s
-        self._watched = watched_for_escalation(plan.planned) if after_s is not None else set()
-        self._escalate_at = (
-            escalation_times(planned_at=now, escalate_after_s=after_s)[0] if after_s is not None else None
+    notice_ids = {
+        (row.audience, row.language, row.variant): row.id
+        for row in (await session.execute(
+            select(NoticeRow.id, NoticeRow.audience, NoticeRow.language, NoticeRow.variant)
+            .where(NoticeRow.event_id == event.id)
+        )).all()
+    }
+    variants = [(n.audience, n.language, n.own_procedure_id or "") for n in planned]
+    for variant, notice in dict(zip(variants, planned, strict=True)).items():
+        if variant in notice_ids:
+            continue
+        text = render(notice)
+        body = _webhook_body(event, notice.language, text) if notice.audience == Audience.EO else None
+        row = NoticeRow(event_id=event.id, audience=variant[0], language=variant[1], variant=variant[2],
+                        subject=text.subject, message=text.message, webhook_body=body)
+        session.add(row)
+        await session.flush()
+        notice_ids[variant] = row.id
+    if planned:
+        watched = watched_for_escalation(planned) if escalate_after_s is not None else set()
+        escalate_at = (
+            escalation_times(planned_at=now, escalate_after_s=escalate_after_s)[0] if escalate_after_s is not None
+            else None
         )
-        self._lanes: dict[tuple[DeliveryChannel, str], str] = {}
+        lanes: dict[tuple[DeliveryChannel, str], str] = {}
 
-    @classmethod
-    async def load(cls, session: AsyncSession, *, event: CloudEvent[Any], plan: _Plan, now: datetime) -> _Deliveries:
-        notice_ids = {
-            (row.audience, row.language, row.variant): row.id
-            for row in (await session.execute(
-                select(NoticeRow.id, NoticeRow.audience, NoticeRow.language, NoticeRow.variant)
-                .where(NoticeRow.event_id == event.id)
-            )).all()
-        }
-        return cls(event=event, plan=plan, now=now, notice_ids=notice_ids)
+        def lane(channel: DeliveryChannel, address: str) -> str:
+            # The lane depends on the scheme and authority alone: worked out once per host, not per EO's URL.
+            route = (channel, url_origin(address) or address)
+            found = lanes.get(route)
+            if found is None:
+                found = lanes[route] = lane_of(channel, route[1])
+            return found
 
-    async def write(self, session: AsyncSession, notices: Sequence[PlannedNotice]) -> None:
-        if not notices:
-            return
-        event, now = self._event, self._now
-        variants = [(n.audience, n.language, n.own_procedure_id or "") for n in notices]
-        for variant, notice in dict(zip(variants, notices, strict=True)).items():
-            if variant in self._notice_ids:
-                continue
-            text = self._plan.render(notice)
-            body = _webhook_body(event, notice.language, text) if notice.audience == Audience.EO else None
-            row = NoticeRow(event_id=event.id, audience=variant[0], language=variant[1], variant=variant[2],
-                            subject=text.subject, message=text.message, webhook_body=body)
-            session.add(row)
-            await session.flush()
-            self._notice_ids[variant] = row.id
-        webhook, watched, escalate_at = DeliveryChannel.WEBHOOK, self._watched, self._escalate_at
+        webhook = DeliveryChannel.WEBHOOK
         # Column by column, with the columns every row shares given once: a national fan-out writes 100,000.
         # A delivery already planned for this event, recipient and channel is left as it is.
         await insert_columns(session, _DELIVERIES, columns={
-            "id": new_delivery_ids(len(notices)),
-            "notice_id": [self._notice_ids[variant] for variant in variants],
-            "audience": [n.audience for n in notices],
-            "recipient_key": [n.recipient_key for n in notices],
-            "eori": [n.eori for n in notices],
-            "channel": [n.channel for n in notices],
-            "recipient": [n.address for n in notices],
-            "lane": [self._lane(n.channel, n.address) for n in notices],
-            "idempotency_key": [f"{event.id}:{n.recipient_key}:{n.channel.value}" for n in notices],
-            "escalate_at": [
-                escalate_at if n.channel == webhook and n.eori in watched else None for n in notices
-            ],
+            "id": new_delivery_ids(len(planned)),
+            "notice_id": [notice_ids[variant] for variant in variants],
+            "audience": [n.audience for n in planned],
+            "recipient_key": [n.recipient_key for n in planned],
+            "eori": [n.eori for n in planned],
+            "channel": [n.channel for n in planned],
+            "recipient": [n.address for n in planned],
+            "lane": [lane(n.channel, n.address) for n in planned],
+            "idempotency_key": [idempotency_key(event.id, n.recipient_key, n.channel) for n in planned],
+            "escalate_at": [escalate_at if n.channel == webhook and n.eori in watched else None for n in planned],
         }, constants={
-            "event_id": event.id, "event_type": event.type, "procedure_id": self._plan.subject_id,
+            "event_id": event.id, "event_type": event.type, "procedure_id": subject_id,
             "created_at": now, "next_attempt_at": now, "updated_at": now, "status": DeliveryStatus.PENDING,
             "attempts": 0,
         }, skip_conflicts_on=("event_id", "recipient_key", "channel"))
-
-    def _lane(self, channel: DeliveryChannel, address: str) -> str:
-        # The lane depends on the scheme and authority alone: worked out once per host, not per EO's URL.
-        route = (channel, url_origin(address) or address)
-        lane = self._lanes.get(route)
-        if lane is None:
-            lane = self._lanes[route] = lane_of(channel, route[1])
-        return lane
+    await record_reach(session, subject_id=subject_id, concerned=concerned, now=now)
+    return len(planned)
 
 
 async def record_reach(
