@@ -1,8 +1,8 @@
 """Planning a national fan-out in process: ``Planner.on_procedure`` for N registered EOs, no broker, no sending.
 
 Figures that a loaded machine leaves readable: the process's CPU seconds (every thread: the event loop and
-aiosqlite's), the statements run and their summed time, the wall clock until the first chunk of deliveries
-was committed (what the dispatcher can claim) and until the whole plan was. ``--profile FILE`` writes a
+aiosqlite's), the statements run and their summed time, and the wall clock until the plan was committed
+(one transaction: what the dispatcher can then claim). ``--profile FILE`` writes a
 cProfile of the planning (``python -m pstats FILE``).
 
     python -m bench.planning_bench --eos 100000
@@ -114,18 +114,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             texts.compile_all()
         statements = _Statements()
         statements.attach(parts.engine.sync_engine)
-        first: list[float] = []
         planner = parts.planner
-        # The bench times each committed part: on_chunk after each chunk (code without chunks has none),
-        # on_planned after the whole fan-out.
-        def timed(original: Any) -> Any:
-            def committed() -> None:
-                first.append(time.perf_counter())
-                original()
-            return committed
-
-        for hook in ("_on_chunk", "_on_planned"):
-            setattr(planner, hook, timed(getattr(planner, hook, lambda: None)))
         cpu, started = _cpu_s(), time.perf_counter()
         with _profiled(args.profile):
             await planner.on_procedure(opened, cast(Any, None))
@@ -138,8 +127,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         if args.statements:
             for text, times in sorted(statements.by_text.items(), key=lambda item: -sum(item[1]))[:8]:
                 print(f"  {sum(times):6.2f} s  {len(times):3d}x  {text}")
-        return {"wall_s": wall, "cpu_s": cpu, "first_s": (first[0] - started) if first else wall,
-                "chunks": len(first), "statements": statements.count, "statements_s": statements.seconds}
+        return {"wall_s": wall, "cpu_s": cpu, "statements": statements.count, "statements_s": statements.seconds}
     finally:
         await parts.aclose()
 
@@ -156,7 +144,7 @@ def main() -> None:
         result = asyncio.run(run(args))
         load = os.getloadavg()[0]
         print(f"{args.eos} EOs, {'PostgreSQL' if args.database else 'SQLite'}: planned in {result['wall_s']:.2f} s"
-              f" (first chunk committed at {result['first_s']:.2f} s, {result['chunks']} commits),"
+              ","
               f" process CPU {result['cpu_s']:.2f} s ({result['cpu_s'] / args.eos * 1e6:.1f} us per EO),"
               f" {result['statements']} statements taking {result['statements_s']:.2f} s, load {load:.1f}")
 
