@@ -126,20 +126,11 @@ async def insert_plain(
     per distinct value (the rows of a fan-out share a few timestamps and names), and the driver gets plain
     values, so the same values are stored as through the ORM. SQLite: one executemany (a C loop);
     PostgreSQL: one statement for all rows, the columns passed as arrays (``unnest``), not a round trip each.
+    The rows' form of :func:`insert_columns` (rows of another width than ``columns`` raise ValueError).
     """
-    if not rows:
-        return
-    dialect = session.get_bind().dialect
-    names = _names(table, columns)
-    keys = _names(table, skip_conflicts_on)
-    conflict = f" ON CONFLICT ({', '.join(keys)}) DO NOTHING" if keys else ""
-    into = f"INSERT INTO {table.name} ({', '.join(names)})"
-    if dialect.name == "postgresql":
-        sql = f"{into} SELECT * FROM {_unnest(dialect, table, names)}{conflict}"  # noqa: S608 (names from the table)
-        await _run(session, sql, _plain_columns(dialect, table, names, rows))
-    else:
-        sql = f"{into} VALUES ({', '.join('?' * len(names))}){conflict}"
-        await _run(session, sql, _plain_rows(dialect, table, names, rows), many=True)
+    transposed = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+    await insert_columns(session, table, columns=dict(zip(columns, transposed, strict=True)), constants={},
+                         skip_conflicts_on=skip_conflicts_on)
 
 
 async def insert_columns(
