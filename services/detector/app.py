@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from services.detector.api import router
 from services.detector.domain import TargetStatus
+from services.detector.gc_settle import GcSettler
 from services.detector.metrics import DetectorMetrics
 from services.detector.migrate import upgrade
 from services.detector.peers import PeerWatch
@@ -116,8 +117,10 @@ def create_app(settings: Settings) -> FastAPI:
             async def send(target_id: str, event: CloudEvent[AvailabilityData]) -> None:
                 await publisher.publish(kafka.availability_topic, event, key=target_id)
 
+            settler = GcSettler().install()  # the collector's cost kept off the targets (gc_settle.py)
+            stack.callback(settler.close)
             detector = Detector(settings=settings.detector, prober=prober, send=send, metrics=metrics,
-                                logging_settings=settings.logging)
+                                logging_settings=settings.logging, settler=settler)
             detector.resume_from(saved)
             for target in targets:
                 detector.put(target)
