@@ -23,7 +23,7 @@ Two measures, both taken by :meth:`GcSettler.install` (the detector's process an
   allocations (a few MiB) before it is freed.
 
 Measured in that bench (the callbacks again, 40,000 targets, a loaded machine): the collector fell from
-about 31 % of a worker's CPU (5.6 s of 18 s) to about 4 % (0.7 s of 19 s), the parent's from 23 % to 4 %; the
+about 31 % of a worker's CPU (5.6 s of 18 s) to 2.5-4 % (0.4-0.6 s of 16 s), the parent's from 27 % to 4 %; the
 freeze alone took a worker's to about 24 % (the waiting probes, not the targets, were most of what a full
 collection traversed). Nothing is changed unless a settler is installed: the services' own processes
 install one, tests and library callers keep the collector's defaults.
