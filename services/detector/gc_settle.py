@@ -25,8 +25,8 @@ Two measures, both taken by :meth:`GcSettler.install` (the detector's process an
 Measured in that bench (the callbacks again, 40,000 targets, a loaded machine): the collector fell from
 about 31 % of a worker's CPU (5.6 s of 18 s) to 2.5-4 % (0.4-0.6 s of 16 s), the parent's from 27 % to 4 %; the
 freeze alone took a worker's to about 24 % (the waiting probes, not the targets, were most of what a full
-collection traversed). Nothing is changed unless a settler is installed: the services' own processes
-install one, tests and library callers keep the collector's defaults.
+collection traversed). Nothing is changed unless a settler is installed: a detector alone in its process and its
+probe workers install one; ``luccs-fallback all``, tests and library callers keep the collector's defaults.
 """
 
 from __future__ import annotations
