@@ -184,6 +184,7 @@ async def _detect(
 ) -> dict[str, Any]:
     from prometheus_client import CollectorRegistry
 
+    from services.detector.gc_settle import GcSettler
     from services.detector.metrics import DetectorMetrics
     from services.detector.probes import Prober
     from services.detector.service import Detector
@@ -203,8 +204,10 @@ async def _detect(
     async def send(target_id: str, event: CloudEvent[AvailabilityData]) -> None:
         published[event.type] += 1
 
+    settler = GcSettler().install()  # as the service does (services/detector/app.py)
     detector = Detector(
-        settings=settings, prober=Prober(), send=send, metrics=DetectorMetrics.create(CollectorRegistry())
+        settings=settings, prober=Prober(), send=send, metrics=DetectorMetrics.create(CollectorRegistry()),
+        settler=settler,
     )
     signing: dict[str, Any] = {}
     if signing_dir is not None:

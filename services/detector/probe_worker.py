@@ -28,6 +28,7 @@ import sys
 from typing import Any
 
 from services.detector.domain import ProbeResult
+from services.detector.gc_settle import GcSettler
 from services.detector.probes import Prober
 from services.detector.scheduler import Scheduler
 from services.detector.targets import Target
@@ -84,8 +85,10 @@ async def receive(reader: asyncio.StreamReader) -> list[Message] | None:
 class ProbeWorker:
     """The worker's side: a scheduler whose results go to the parent, paced by the parent's statuses."""
 
-    def __init__(self, *, channel: Channel, prober: Prober, max_concurrency: int, per_host_limit: int) -> None:
+    def __init__(self, *, channel: Channel, prober: Prober, max_concurrency: int, per_host_limit: int,
+                 settler: GcSettler | None = None) -> None:
         self._channel = channel
+        self._settler = settler
         self._versions: dict[str, int] = {}
         self.scheduler = Scheduler(
             probe=prober.probe, on_result=self._result, max_concurrency=max_concurrency,
@@ -102,6 +105,8 @@ class ProbeWorker:
             target, version = message[1], message[2]
             self._versions[target.id] = version
             self.scheduler.schedule(target)
+            if self._settler is not None:
+                self._settler.changed()
         elif kind == "drop":
             self._versions.pop(message[1], None)
             self.scheduler.unschedule(message[1])
@@ -130,8 +135,9 @@ async def _serve(max_concurrency: int, per_host_limit: int, out_fd: int) -> None
         asyncio.streams.FlowControlMixin, os.fdopen(out_fd, "wb", buffering=0)
     )
     channel = Channel(asyncio.StreamWriter(transport, protocol, None, loop))
+    settler = GcSettler().install()  # the collector's cost kept off its targets (gc_settle.py)
     worker = ProbeWorker(channel=channel, prober=Prober(), max_concurrency=max_concurrency,
-                         per_host_limit=per_host_limit)
+                         per_host_limit=per_host_limit, settler=settler)
     loops = [asyncio.create_task(worker.scheduler.run()), asyncio.create_task(worker.report())]
     try:
         while (batch := await receive(reader)) is not None:
@@ -142,6 +148,7 @@ async def _serve(max_concurrency: int, per_host_limit: int, out_fd: int) -> None
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
+        settler.close()
         with contextlib.suppress(Exception):
             channel.close()
 

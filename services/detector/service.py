@@ -34,6 +34,7 @@ from services.detector.domain import (
     resume,
     suspicion,
 )
+from services.detector.gc_settle import GcSettler
 from services.detector.latest import LatestStates, Send, note_superseded
 from services.detector.metrics import DetectorMetrics
 from services.detector.probes import Prober
@@ -79,8 +80,10 @@ class Detector:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         logging_settings: LoggingSettings | None = None,
         ticks: Clock | None = None,
+        settler: GcSettler | None = None,
     ) -> None:
         self._settings = settings
+        self._settler = settler  # None: the collector's defaults (tests); the service freezes its targets
         self._metrics = metrics
         self._clock = clock
         self._ticks = ticks  # monotonic time of the loops (heartbeats, probes, retries); None: the running loop's
@@ -149,6 +152,8 @@ class Detector:
         self.statuses[target.id] = reset_counters(status) if status is not None else self._resume(target)
         self._changed.add(target.id)
         self.scheduler.schedule(target)
+        if self._settler is not None:
+            self._settler.changed()
         return True
 
     def remove(self, target_id: str) -> bool:
