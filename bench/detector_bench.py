@@ -184,7 +184,6 @@ async def _detect(
 ) -> dict[str, Any]:
     from prometheus_client import CollectorRegistry
 
-    from services.detector.gc_settle import GcSettler
     from services.detector.metrics import DetectorMetrics
     from services.detector.probes import Prober
     from services.detector.service import Detector
@@ -192,6 +191,7 @@ async def _detect(
     from services.detector.workers import WorkerPool
     from shared.config import DetectorSettings, TargetSettings
     from shared.events import AvailabilityData, CloudEvent
+    from shared.gc_settle import GcSettler
 
     settings = DetectorSettings(
         instance_id="bench", interval_s=interval, timeout_s=timeout, heartbeat_s=15, eo_targets=False,

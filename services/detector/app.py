@@ -25,7 +25,6 @@ from prometheus_client import CollectorRegistry
 
 from services.detector.api import router
 from services.detector.domain import TargetStatus
-from services.detector.gc_settle import GcSettler
 from services.detector.metrics import DetectorMetrics
 from services.detector.migrate import upgrade
 from services.detector.peers import PeerWatch
@@ -39,6 +38,7 @@ from shared.auth import authorize, build_guard, install_guard
 from shared.config import ConfigError, Settings
 from shared.db import make_engine, session_factory
 from shared.events import AvailabilityData, CloudEvent
+from shared.gc_settle import GcSettler
 from shared.http import add_ops_routes
 from shared.kafka import Publisher, ensure_topics
 from shared.tasks import BackgroundTasks
@@ -84,7 +84,7 @@ def create_app(settings: Settings, *, own_process: bool = False) -> FastAPI:
     """The detector's FastAPI app; raises ConfigError at once if a target cannot be probed as configured.
 
     ``own_process``: the detector is alone in its process (``luccs-fallback detector``), so it may tune the
-    process's garbage collector for its targets (:mod:`services.detector.gc_settle`); beside other services
+    process's garbage collector for its targets (:mod:`shared.gc_settle`); beside other services
     (``luccs-fallback all``) or in a test's process it leaves the collector as it is."""
     prober = Prober()
     targets = configured_targets(settings, prober)

@@ -28,11 +28,11 @@ import sys
 from typing import Any
 
 from services.detector.domain import ProbeResult
-from services.detector.gc_settle import GcSettler
 from services.detector.probes import Prober
 from services.detector.scheduler import Scheduler
 from services.detector.targets import Target
 from shared.eventloop import run
+from shared.gc_settle import GcSettler
 from shared.logging import bind_service, configure_logging
 
 log = logging.getLogger(__name__)

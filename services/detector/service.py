@@ -34,7 +34,6 @@ from services.detector.domain import (
     resume,
     suspicion,
 )
-from services.detector.gc_settle import GcSettler
 from services.detector.latest import LatestStates, Send, note_superseded
 from services.detector.metrics import DetectorMetrics
 from services.detector.probes import Prober
@@ -45,6 +44,7 @@ from services.detector.workers import WorkerPool
 from shared.certificates import cert_warning, cert_warning_crossed
 from shared.config import DetectorSettings, LoggingSettings, ProbeKind
 from shared.events import AvailabilityData, CloudEvent, Component, EoData, EventType
+from shared.gc_settle import GcSettler
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.detector.gc_settle import GcSettler
 from services.detector.probe_worker import ProbeWorker
 from services.detector.probes import Prober
 from services.detector.targets import from_settings
 from shared.config import DetectorSettings, TargetSettings
+from shared.gc_settle import GcSettler
 
 DEADLINE_S = 5.0
 
