@@ -38,7 +38,7 @@ def _app(name: str, settings: Settings, *, alone: bool) -> tuple[FastAPI, int]:
         return procedure_app(settings), settings.procedure.port
     from services.notifier.app import create_app as notifier_app
 
-    return notifier_app(settings), settings.notifier.port
+    return notifier_app(settings, own_process=alone), settings.notifier.port
 
 
 async def _serve(name: str, app: FastAPI, settings: Settings, port: int) -> None:
