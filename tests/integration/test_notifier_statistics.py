@@ -1,0 +1,69 @@
+"""The delivery log on PostgreSQL. A large plan refreshes the statistics of the delivery log and the reach
+rows (``ANALYZE``): with the tables' old statistics, PostgreSQL recorded each outcome's reach by walking every
+unreached EO of the procedure (``services/notifier/planning.py``, ``Planner._refresh_statistics``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from services.notifier import planning
+from services.notifier.app import NotifierParts
+from tests.integration.test_notifier_delivery import (
+    RECORD,
+    notifier_database,
+    notifier_settings,
+    procedure_event,
+    register,
+    running_notifier,
+)
+from tests.support import WebhookReceiver
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+
+
+@pytest.fixture(params=["postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    async with notifier_database(request, tmp_path) as url:
+        yield url
+
+
+async def _analyzed(parts: NotifierParts) -> set[str]:
+    """The notifier's tables PostgreSQL holds statistics of (``pg_stats`` is filled by ANALYZE, at once)."""
+    async with parts.sessions() as session:
+        rows = await session.execute(text(
+            "SELECT DISTINCT tablename FROM pg_stats WHERE tablename IN ('deliveries', 'procedure_reach')"
+        ))
+        return {row[0] for row in rows}
+
+
+@pytest.mark.parametrize(("threshold", "analyzed"), [(3, {"deliveries", "procedure_reach"}), (4, set())])
+async def test_a_plan_of_at_least_analyze_after_deliveries_refreshes_the_statistics(
+    database_url: str, kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch,
+    threshold: int, analyzed: set[str],
+) -> None:
+    monkeypatch.setattr(planning, "ANALYZE_AFTER", threshold)
+    receiver = WebhookReceiver().start()
+    try:
+        async with running_notifier(notifier_settings(kafka_bootstrap, topic_prefix, database_url),
+                                    publish=False) as parts:
+            for eori in ("LU0001", "LU0002", "LU0003"):
+                await register(parts, eori, receiver.url())
+            assert await _analyzed(parts) == set()  # a few rows: autovacuum has not analyzed them
+            await parts.planner.on_procedure(procedure_event(), RECORD)  # 3 webhook deliveries
+            assert await _analyzed(parts) == analyzed
+    finally:
+        receiver.stop()
+
+
+async def test_the_delivery_log_keeps_half_of_each_page_free_for_its_claims(
+    database_url: str, kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """Migration 0005: a claim (columns no index holds) is then written as a heap-only tuple, not into every index."""
+    async with running_notifier(notifier_settings(kafka_bootstrap, topic_prefix, database_url),
+                                publish=False) as parts, parts.sessions() as session:
+        options = await session.scalar(text("SELECT reloptions FROM pg_class WHERE relname = 'deliveries'"))
+    assert options == ["fillfactor=50"]
