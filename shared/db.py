@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from itertools import repeat
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import DateTime, Dialect, String, Table, event, text
+from sqlalchemy import ColumnElement, DateTime, Dialect, String, Table, any_, bindparam, event, func, select, text
 from sqlalchemy import Enum as SqlEnum
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
@@ -111,6 +113,19 @@ def closed_set(enum: type[E], length: int) -> SqlEnum:
         enum, native_enum=False, create_constraint=False, validate_strings=True, length=length,
         values_callable=lambda members: [m.value for m in members],
     )
+
+
+def one_of(column: Any, values: Sequence[str], dialect: Dialect) -> ColumnElement[bool]:
+    """``column IN values`` for a long list of strings, passed as one parameter: ``= ANY($1)`` (an array) on
+    PostgreSQL, ``IN (SELECT value FROM json_each(?))`` on SQLite.
+
+    SQLAlchemy's ``in_`` renders a placeholder per value (and on PostgreSQL a cast each) every time the
+    statement runs: a claim of 2,000 deliveries rendered 4,000 of them, about 10 us of CPU per delivery
+    claimed. Both forms look each value up in the column's index as ``in_`` does."""
+    if dialect.name == "postgresql":
+        return cast(ColumnElement[bool], column == any_(bindparam(None, list(values), type_=ARRAY(String()))))
+    listed = func.json_each(bindparam(None, json.dumps(list(values)), type_=String())).table_valued("value")
+    return cast(ColumnElement[bool], column.in_(select(listed.c.value)))
 
 
 async def insert_plain(

@@ -42,7 +42,7 @@ from services.notifier.jobs import Job, Outcome, Sender
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.models import AttemptRow, DeliveryRow, EoRow, NoticeRow, PlannedEventRow, ReachRow
 from shared.config import Settings
-from shared.db import insert_plain, update_plain
+from shared.db import insert_plain, one_of, update_plain
 from shared.events import DeliveryChannel, DeliveryStatus, EventType, Language
 from shared.kafka import Publisher
 from shared.retry import Backoff, RetryPolicy, retrying
@@ -244,10 +244,11 @@ class Dispatcher:
                 # wait) grew with the log. A row held here and recorded meanwhile is no longer due: left alone.
                 held = list(self._held)
                 async with self._writing(), self._sessions.begin() as session:
+                    dialect = session.get_bind().dialect
                     until = self._clock() + self._lease  # after the wait for the writer: the whole lease
                     for start in range(0, len(held), RENEW_CHUNK):
                         await session.execute(
-                            update(_D).where(_D.c.id.in_(held[start:start + RENEW_CHUNK]),
+                            update(_D).where(one_of(_D.c.id, held[start:start + RENEW_CHUNK], dialect),
                                              _D.c.claimed_by == self._me, _D.c.status.in_(_DUE))
                             .values(claimed_until=until)
                         )
@@ -364,8 +365,10 @@ class Dispatcher:
                 picked.append(delivery_id)
             if not picked:
                 return [], exhausted
+            dialect = session.get_bind().dialect
             await session.execute(
-                update(_D).where(_D.c.id.in_(picked)).values(claimed_by=self._me, claimed_until=now + self._lease)
+                update(_D).where(one_of(_D.c.id, picked, dialect))
+                .values(claimed_by=self._me, claimed_until=now + self._lease)
             )
             rows = (await session.execute(
                 select(
@@ -374,7 +377,7 @@ class Dispatcher:
                     _D.c.notice_id, EoRow.webhook_secret,
                 )
                 .select_from(_D.outerjoin(EoRow, EoRow.eori == _D.c.eori))
-                .where(_D.c.id.in_(picked))
+                .where(one_of(_D.c.id, picked, dialect))
                 .order_by(_D.c.next_attempt_at)
             )).all()
             missing = {row.notice_id for row in rows} - self._notices.keys()
@@ -558,7 +561,7 @@ class Dispatcher:
         # The registry moved the EO to another address while this attempt was in flight: retry there now.
         moved = [
             row.id for row in (await session.execute(
-                select(_D.c.id, _D.c.recipient).where(_D.c.id.in_(list(failed)))
+                select(_D.c.id, _D.c.recipient).where(one_of(_D.c.id, list(failed), session.get_bind().dialect))
             )).all()
             if row.recipient != failed[row.id]
         ]
