@@ -12,6 +12,7 @@ stderr (:func:`reserve_stdout`). A child exits when its stdin closes: the parent
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pickle
 import struct
@@ -47,7 +48,10 @@ class Channel:
             self._writer.write(_HEADER.pack(len(body)) + body)
 
     async def drain(self) -> None:
-        await self._writer.drain()
+        """Wait until the pipe takes more; at once if the other end is gone (its reader then sees the pipe
+        closed: the caller learns it there, not from an exception here)."""
+        with contextlib.suppress(ConnectionError):
+            await self._writer.drain()
 
     def close(self) -> None:
         self._flush()

@@ -1,11 +1,13 @@
 """Webhooks sent by worker processes (``notifier.workers`` = 2) to real loopback receivers: each EO once with a
 valid signature and its Idempotency-Key, a child SIGKILLed mid-fan-out, the same outcomes as in-process,
-no child left once the notifier stops."""
+no child left once the notifier stops or is killed."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from tests.integration.test_notifier_delivery import (
     running_notifier,
     settled,
 )
-from tests.support import WebhookReceiver, eventually, free_port
+from tests.support import WebhookReceiver, eventually, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -192,3 +194,39 @@ async def test_webhooks_go_out_in_process_while_no_worker_is_live(
     assert [(r.status, r.attempts) for r in rows] == [("delivered", 1)]
     assert pool.sent_in_process == 1
     assert len(receiver.received) == 1
+
+
+_ORPHANED_POOL = """
+import asyncio, sys
+from services.notifier.webhook_http import WebhookHttpClient
+from services.notifier.webhook_workers import WebhookWorkers
+from services.notifier.webhooks import WebhookSender
+from shared.config import NotifierSettings
+
+async def main():
+    cfg = NotifierSettings()
+    pool = WebhookWorkers(workers=2, settings=cfg,
+                          in_process=WebhookSender(settings=cfg, client=WebhookHttpClient(allow_private=False)))
+    await pool.start()
+    print(*pool.pids().values(), flush=True)
+    await asyncio.sleep(120)
+
+asyncio.run(main())
+"""
+
+
+def test_workers_exit_when_the_notifier_process_is_killed() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHANED_POOL], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        pids = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(pids) == 2 and all(running(pid) for pid in pids)
+        parent.kill()  # no clean-up in the parent: the workers see their input close
+        parent.wait(timeout=30)
+        wait_for(lambda: not any(running(pid) for pid in pids), timeout=30, what="the orphaned workers to exit")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()
