@@ -4,6 +4,7 @@ no child left once the notifier stops or is killed."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -15,7 +16,10 @@ import pytest
 
 from services.notifier.app import NotifierParts
 from services.notifier.domain import idempotency_key
+from services.notifier.webhook_http import WebhookHttpClient
 from services.notifier.webhook_workers import WebhookWorkers
+from services.notifier.webhooks import WebhookSender
+from shared.config import NotifierSettings
 from shared.events import DeliveryChannel
 from shared.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify
 from tests.integration.test_notifier_delivery import (
@@ -230,3 +234,26 @@ def test_workers_exit_when_the_notifier_process_is_killed() -> None:
             parent.wait()
         if parent.stdout is not None:
             parent.stdout.close()
+
+
+async def test_a_worker_that_keeps_dying_is_restarted_after_growing_pauses(caplog: pytest.LogCaptureFixture) -> None:
+    cfg = NotifierSettings()
+    pool = WebhookWorkers(workers=2, settings=cfg, restart_s=0.05,
+                          in_process=WebhookSender(settings=cfg, client=WebhookHttpClient(allow_private=False)),
+                          command=[sys.executable, "-c", "import sys; sys.exit(3)"])  # dies before answering
+
+    def pauses() -> list[float]:
+        return [float(r.args[2]) for r in caplog.records  # type: ignore[index,arg-type]
+                if r.name == "services.notifier.webhook_workers" and "is down" in r.getMessage()
+                and r.args[0] == "webhook-worker-0"]  # type: ignore[index]
+
+    with caplog.at_level(logging.ERROR, logger="services.notifier.webhook_workers"):
+        await pool.start()
+        try:
+            await eventually(lambda: len(pauses()) >= 4, what="four deaths of worker 0")
+        finally:
+            await pool.aclose()
+    assert pauses()[:4] == [0.05, 0.1, 0.2, 0.4]
+    # (Its exit code: 3, or 255 when asyncio's child watcher lost the race with so quick an exit.)
+    assert "is down (exit code " in next(r.getMessage() for r in caplog.records if "is down" in r.getMessage())
+    assert pool.restarts >= 4
