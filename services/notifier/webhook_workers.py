@@ -15,11 +15,12 @@ so a notice's body sent to many EOs is pickled once per frame.
 A child that dies fails its attempts in flight with a transient error: the dispatcher retries them later with
 the same Idempotency-Key (at least once, as always: the child may have sent some of them). It is restarted
 after a pause that grows while it keeps dying (0.5 s, doubling, at most 10 s; back to 0.5 s once a restarted
-child has answered). While no child is live (all dead, or before :meth:`start`), webhooks are sent in the
-notifier process itself, by the same code as with ``workers = 1``: deliveries go on at the single-process pace
-rather than burning attempts and backing off (a child that cannot start at all, e.g. a broken install,
-would otherwise dead-letter every webhook after ``max_attempts``). Stopping the notifier closes the
-children's input: they cancel what they have in flight and exit (killed after 5 s).
+child has answered). A child that hangs (attempts in flight, no answer for ``webhook_timeout_s`` + 5 s) is
+killed, and so handled as one that died. While no child is live (all dead, or before :meth:`start`),
+webhooks are sent in the notifier process itself, by the same code as with ``workers = 1``: deliveries go on
+at the single-process pace rather than burning attempts and backing off (a child that cannot start at all,
+e.g. a broken install, would otherwise dead-letter every webhook after ``max_attempts``). Stopping the
+notifier closes the children's input: they cancel what they have in flight and exit (killed after 5 s).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import contextlib
 import itertools
 import logging
 import sys
+import time
 from collections.abc import Awaitable
 
 from services.notifier.jobs import Job, Outcome
@@ -43,10 +45,12 @@ log = logging.getLogger(__name__)
 
 STOP_WAIT_S = 5.0
 MAX_RESTART_PAUSE_S = 10.0
+HANG_GRACE_S = 5.0
+"""A child with attempts in flight that answers nothing for ``webhook_timeout_s`` plus this long is killed."""
 
 
 class _Child:
-    __slots__ = ("answered", "channel", "failures", "live", "name", "pending", "process")
+    __slots__ = ("answered", "channel", "failures", "live", "name", "pending", "process", "progress_at")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -56,6 +60,7 @@ class _Child:
         self.pending: dict[int, asyncio.Future[Outcome]] = {}
         self.failures = 0  # deaths in a row, for the restart pause
         self.answered = False
+        self.progress_at = 0.0  # when it last answered, or was given work while it had none (monotonic)
 
 
 class WebhookWorkers:
@@ -103,6 +108,8 @@ class WebhookWorkers:
         assert child.channel is not None
         n = next(self._numbers)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        if not child.pending:
+            child.progress_at = time.monotonic()
         child.pending[n] = future
         child.channel.send(("post", n, job.address, job.webhook_body, job.webhook_secret, job.idempotency_key,
                             self._timeout_s))
@@ -126,6 +133,22 @@ class WebhookWorkers:
             return
         await asyncio.gather(*(self._spawn(child) for child in self._children), return_exceptions=True)
         self._keepers = [asyncio.create_task(self._keep(child), name=child.name) for child in self._children]
+        self._keepers.append(asyncio.create_task(self._watch(), name="webhook-workers-watch"))
+
+    async def _watch(self) -> None:
+        """Kill a child that has attempts in flight and has answered none for longer than an attempt may take
+        (it hangs: stopped, or its loop blocked); it is then buried and restarted like one that died, and its
+        attempts are retried."""
+        limit = self._timeout_s + HANG_GRACE_S
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for child in self._live:
+                if child.pending and now - child.progress_at > limit and child.process is not None:
+                    log.error("webhook worker %s answered nothing for %.0fs with %d attempts in flight: killing it",
+                              child.name, now - child.progress_at, len(child.pending))
+                    with contextlib.suppress(ProcessLookupError):
+                        child.process.kill()
 
     def in_flight(self) -> dict[str, int]:
         """Per live child, the attempts it has not answered yet."""
@@ -180,6 +203,7 @@ class WebhookWorkers:
                 future = pending.pop(message[1], None)
                 if future is not None and not future.done():
                     future.set_result(Outcome(message[2], message[3], message[4], message[5]))
+            child.progress_at = time.monotonic()
             if not child.answered:
                 child.answered, child.failures = True, 0  # it works: a later death restarts it quickly again
 

@@ -257,3 +257,29 @@ async def test_a_worker_that_keeps_dying_is_restarted_after_growing_pauses(caplo
     # (Its exit code: 3, or 255 when asyncio's child watcher lost the race with so quick an exit.)
     assert "is down (exit code " in next(r.getMessage() for r in caplog.records if "is down" in r.getMessage())
     assert pool.restarts >= 4
+
+
+async def test_a_hanging_worker_is_killed_and_its_attempts_retried(
+    kafka_bootstrap: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    receiver = WebhookReceiver(delay_s=0.1).start()
+    settings = notifier_settings(kafka_bootstrap, topic_prefix, f"sqlite:///{tmp_path / 'notifier.db'}", workers=2,
+                                 webhook_timeout_s=1, per_host_concurrency=4)
+    eoris = [f"LU{i:04d}" for i in range(40)]
+    try:
+        async with running_notifier(settings, publish=False) as parts:
+            pool = pool_of(parts)
+            for eori in eoris:
+                await register(parts, eori, receiver.url(f"/hook/{eori}"))
+            await parts.planner.on_procedure(procedure_event(), RECORD)
+            await eventually(lambda: pool.in_flight().get("webhook-worker-1"), what="attempts in flight in worker 1")
+            stopped = pool.pids()["webhook-worker-1"]
+            os.kill(stopped, signal.SIGSTOP)  # alive, but answers nothing
+            await eventually(lambda: pool.restarts >= 1, timeout=30, what="the hanging worker killed")
+            await eventually(lambda: settled(parts), timeout=60, what="40 deliveries settled")
+            rows = await deliveries(parts)
+    finally:
+        receiver.stop()
+    assert not running(stopped)
+    assert [(r.eori, r.status) for r in rows] == [(e, "delivered") for e in eoris]
+    assert sorted({hook.path for hook in receiver.received}) == [f"/hook/{e}" for e in eoris]
