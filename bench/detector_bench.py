@@ -191,6 +191,7 @@ async def _detect(
     from services.detector.workers import WorkerPool
     from shared.config import DetectorSettings, TargetSettings
     from shared.events import AvailabilityData, CloudEvent
+    from shared.gc_settle import GcSettler
 
     settings = DetectorSettings(
         instance_id="bench", interval_s=interval, timeout_s=timeout, heartbeat_s=15, eo_targets=False,
@@ -203,8 +204,10 @@ async def _detect(
     async def send(target_id: str, event: CloudEvent[AvailabilityData]) -> None:
         published[event.type] += 1
 
+    settler = GcSettler().install()  # as the service does (services/detector/app.py)
     detector = Detector(
-        settings=settings, prober=Prober(), send=send, metrics=DetectorMetrics.create(CollectorRegistry())
+        settings=settings, prober=Prober(), send=send, metrics=DetectorMetrics.create(CollectorRegistry()),
+        settler=settler,
     )
     signing: dict[str, Any] = {}
     if signing_dir is not None:

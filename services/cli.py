@@ -26,19 +26,19 @@ MIGRATED_DATABASES: tuple[MigratedDatabase, ...] = ("procedure", "notifier", "de
 log = logging.getLogger("luccs_fallback")
 
 
-def _app(name: str, settings: Settings) -> tuple[FastAPI, int]:
+def _app(name: str, settings: Settings, *, alone: bool) -> tuple[FastAPI, int]:
     # Imported here so that running one service does not import the others.
     if name == "detector":
         from services.detector.app import create_app as detector_app
 
-        return detector_app(settings), settings.detector.port
+        return detector_app(settings, own_process=alone), settings.detector.port
     if name == "procedure":
         from services.procedure.app import create_app as procedure_app
 
         return procedure_app(settings), settings.procedure.port
     from services.notifier.app import create_app as notifier_app
 
-    return notifier_app(settings), settings.notifier.port
+    return notifier_app(settings, own_process=alone), settings.notifier.port
 
 
 async def _serve(name: str, app: FastAPI, settings: Settings, port: int) -> None:
@@ -50,7 +50,7 @@ async def _serve(name: str, app: FastAPI, settings: Settings, port: int) -> None
 
 
 async def _run(names: Sequence[str], settings: Settings) -> None:
-    apps = [(name, *_app(name, settings)) for name in names]
+    apps = [(name, *_app(name, settings, alone=len(names) == 1)) for name in names]
     async with asyncio.TaskGroup() as group:
         for name, app, port in apps:
             group.create_task(_serve(name, app, settings, port))

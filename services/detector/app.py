@@ -38,6 +38,7 @@ from shared.auth import authorize, build_guard, install_guard
 from shared.config import ConfigError, Settings
 from shared.db import make_engine, session_factory
 from shared.events import AvailabilityData, CloudEvent
+from shared.gc_settle import GcSettler
 from shared.http import add_ops_routes
 from shared.kafka import Publisher, ensure_topics
 from shared.tasks import BackgroundTasks
@@ -79,8 +80,12 @@ def configured_targets(settings: Settings, prober: Prober) -> list[Target]:
     return targets
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The detector's FastAPI app; raises ConfigError at once if a target cannot be probed as configured."""
+def create_app(settings: Settings, *, own_process: bool = False) -> FastAPI:
+    """The detector's FastAPI app; raises ConfigError at once if a target cannot be probed as configured.
+
+    ``own_process``: the detector is alone in its process (``luccs-fallback detector``), so it may tune the
+    process's garbage collector for its targets (:mod:`shared.gc_settle`); beside other services
+    (``luccs-fallback all``) or in a test's process it leaves the collector as it is."""
     prober = Prober()
     targets = configured_targets(settings, prober)
     registry = CollectorRegistry()
@@ -116,8 +121,12 @@ def create_app(settings: Settings) -> FastAPI:
             async def send(target_id: str, event: CloudEvent[AvailabilityData]) -> None:
                 await publisher.publish(kafka.availability_topic, event, key=target_id)
 
+            settler = None
+            if own_process:  # a freeze would also hold the cycles of other services' objects until the next one
+                settler = GcSettler().install()  # the collector's cost kept off the targets (gc_settle.py)
+                stack.callback(settler.close)
             detector = Detector(settings=settings.detector, prober=prober, send=send, metrics=metrics,
-                                logging_settings=settings.logging)
+                                logging_settings=settings.logging, settler=settler)
             detector.resume_from(saved)
             for target in targets:
                 detector.put(target)

@@ -28,6 +28,7 @@ from services.detector.probes import Prober
 from services.detector.scheduler import Scheduler
 from services.detector.targets import Target
 from shared.eventloop import run
+from shared.gc_settle import GcSettler
 from shared.logging import bind_service, configure_logging
 from shared.pipe_channel import Channel, Message, child_channel, receive, reserve_stdout
 
@@ -39,8 +40,10 @@ STATS_EVERY_S = 0.5
 class ProbeWorker:
     """The worker's side: a scheduler whose results go to the parent, paced by the parent's statuses."""
 
-    def __init__(self, *, channel: Channel, prober: Prober, max_concurrency: int, per_host_limit: int) -> None:
+    def __init__(self, *, channel: Channel, prober: Prober, max_concurrency: int, per_host_limit: int,
+                 settler: GcSettler | None = None) -> None:
         self._channel = channel
+        self._settler = settler
         self._versions: dict[str, int] = {}
         self.scheduler = Scheduler(
             probe=prober.probe, on_result=self._result, max_concurrency=max_concurrency,
@@ -57,6 +60,8 @@ class ProbeWorker:
             target, version = message[1], message[2]
             self._versions[target.id] = version
             self.scheduler.schedule(target)
+            if self._settler is not None:
+                self._settler.changed()
         elif kind == "drop":
             self._versions.pop(message[1], None)
             self.scheduler.unschedule(message[1])
@@ -79,8 +84,9 @@ class ProbeWorker:
 
 async def _serve(max_concurrency: int, per_host_limit: int, out_fd: int) -> None:
     reader, channel = await child_channel(out_fd)
+    settler = GcSettler().install()  # the collector's cost kept off its targets (gc_settle.py)
     worker = ProbeWorker(channel=channel, prober=Prober(), max_concurrency=max_concurrency,
-                         per_host_limit=per_host_limit)
+                         per_host_limit=per_host_limit, settler=settler)
     loops = [asyncio.create_task(worker.scheduler.run()), asyncio.create_task(worker.report())]
     try:
         while (batch := await receive(reader)) is not None:
@@ -91,6 +97,7 @@ async def _serve(max_concurrency: int, per_host_limit: int, out_fd: int) -> None
         for task in loops:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
+        settler.close()
         with contextlib.suppress(Exception):
             channel.close()
 

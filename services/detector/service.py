@@ -44,6 +44,7 @@ from services.detector.workers import WorkerPool
 from shared.certificates import cert_warning, cert_warning_crossed
 from shared.config import DetectorSettings, LoggingSettings, ProbeKind
 from shared.events import AvailabilityData, CloudEvent, Component, EoData, EventType
+from shared.gc_settle import GcSettler
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,10 @@ class Detector:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         logging_settings: LoggingSettings | None = None,
         ticks: Clock | None = None,
+        settler: GcSettler | None = None,
     ) -> None:
         self._settings = settings
+        self._settler = settler  # None: the collector's defaults (tests); the service freezes its targets
         self._metrics = metrics
         self._clock = clock
         self._ticks = ticks  # monotonic time of the loops (heartbeats, probes, retries); None: the running loop's
@@ -149,6 +152,8 @@ class Detector:
         self.statuses[target.id] = reset_counters(status) if status is not None else self._resume(target)
         self._changed.add(target.id)
         self.scheduler.schedule(target)
+        if self._settler is not None:
+            self._settler.changed()
         return True
 
     def remove(self, target_id: str) -> bool:

@@ -36,6 +36,7 @@ from shared.auth import authorize, build_guard, install_guard
 from shared.config import Settings
 from shared.db import make_engine, ping, session_factory
 from shared.events import AdvisoryData, CloudEvent, DeliveryChannel, EoData, MaintenanceData, ProcedureData
+from shared.gc_settle import GcSettler
 from shared.http import add_ops_routes
 from shared.kafka import EventConsumer, Item, Publisher, ensure_topics
 from shared.tasks import BackgroundTasks
@@ -112,8 +113,13 @@ def build_notifier(
                          reach=reach, senders=senders, texts=texts, webhook_workers=workers)
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The notifier's app; nothing connects until its lifespan starts."""
+def create_app(settings: Settings, *, own_process: bool = False) -> FastAPI:
+    """The notifier's app; nothing connects until its lifespan starts.
+
+    ``own_process``: the notifier is alone in its process (``luccs-fallback notifier``), so it may tune the
+    process's garbage collector (:mod:`shared.gc_settle`): a fan-out allocates and drops hundreds of thousands
+    of short-lived objects, and at CPython's default thresholds the collector traversed the service's
+    long-lived ones again and again. Beside other services or in a test's process it is left as it is."""
     registry = CollectorRegistry()
     publisher = Publisher(settings.kafka, client_id="notifier")
     parts = build_notifier(settings, registry=registry, publisher=publisher)
@@ -169,6 +175,10 @@ def create_app(settings: Settings) -> FastAPI:
             await catch_up.prepare()
             await parts.start()
             stack.push_async_callback(tasks.stop)
+            if own_process:
+                settler = GcSettler().install()
+                stack.callback(settler.close)
+                settler.changed()  # what the start built (modules, app, templates) frozen once it is quiet
             _start_loops()
             yield
 

@@ -27,6 +27,7 @@ from services.notifier.webhook_http import WebhookHttpClient
 from services.notifier.webhooks import WebhookSender, webhook_ssl_context
 from shared.config import NotifierSettings
 from shared.eventloop import run
+from shared.gc_settle import GcSettler
 from shared.logging import bind_service, configure_logging
 from shared.pipe_channel import Channel, Message, child_channel, receive, reserve_stdout
 
@@ -42,8 +43,9 @@ SENDING_FIELDS = frozenset({
 class WebhookWorker:
     """The worker's side: one task per attempt, its outcome sent back with the attempt's number."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, *, settler: GcSettler | None = None) -> None:
         self._channel = channel
+        self._settler = settler
         self._sender: WebhookSender | None = None
         self._attempts: set[asyncio.Task[None]] = set()
 
@@ -67,6 +69,8 @@ class WebhookWorker:
             max_idle_per_origin=settings.per_host_concurrency,
         )
         self._sender = WebhookSender(settings=settings, client=client)
+        if self._settler is not None:
+            self._settler.changed()  # what the start built (modules, settings, pools) frozen once it is quiet
 
     async def _post(
         self, n: int, address: str, body: bytes | None, secret: str | None, idempotency_key: str, timeout_s: float
@@ -91,7 +95,8 @@ class WebhookWorker:
 
 async def _serve(out_fd: int) -> None:
     reader, channel = await child_channel(out_fd)
-    worker = WebhookWorker(channel)
+    settler = GcSettler().install()  # the collector's cost kept off the sending, as in the notifier (gc_settle.py)
+    worker = WebhookWorker(channel, settler=settler)
     try:
         while (batch := await receive(reader)) is not None:
             for message in batch:
@@ -99,6 +104,7 @@ async def _serve(out_fd: int) -> None:
             await channel.drain()  # the parent reads slower than we write: wait rather than buffer
     finally:
         await worker.aclose()
+        settler.close()
         with contextlib.suppress(Exception):
             channel.close()
 
