@@ -570,6 +570,10 @@ class NotifierSettings(_Section):
     per_host_concurrency: int = Field(
         20, ge=1, description="Deliveries in flight at once to one webhook host (or to the SMTP server)."
     )
+    workers: int = Field(
+        1, ge=1, le=64, description="Webhook sending processes (one per core): they do the webhook POSTs, the notifier "
+        "process claims, decides and records; 1 = webhooks are sent in the notifier process itself.",
+    )
     webhook_ca_file: str | None = Field(
         None, description="Extra CA certificates (PEM) trusted for https webhooks, besides the system ones."
     )

@@ -5,9 +5,8 @@ results go back to the parent, which folds them into the targets' states, decide
 producer, the quorum and suspicion logic in one place). Started as ``python -m services.detector.probe_worker
 --max-concurrency N --per-host-limit M``; it exits when its input closes (the parent stopped or died).
 
-Protocol: frames of a 4-byte big-endian length and a pickled list of messages (tuples), both ways; the
-messages of one event-loop turn travel in one frame. Pickle is safe here: both ends are this code, started
-by the parent over an anonymous pipe. Parent to worker: ``("put", target, version)`` (probe it: new or
+Protocol: the framing of :mod:`shared.pipe_channel` (pickled lists of tuples, those of one event-loop turn
+in one frame), both ways. Parent to worker: ``("put", target, version)`` (probe it: new or
 changed), ``("drop", target_id)``, ``("now", target_id)`` (probe at once), ``("confirming", target_id)``
 (its status after its latest result is confirming a change: probe it next at the retry pace; the status
 itself stays in the parent). Worker to parent: ``("result",
@@ -22,10 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import pickle
-import struct
 import sys
-from typing import Any
 
 from services.detector.domain import ProbeResult
 from services.detector.probes import Prober
@@ -34,52 +30,11 @@ from services.detector.targets import Target
 from shared.eventloop import run
 from shared.gc_settle import GcSettler
 from shared.logging import bind_service, configure_logging
+from shared.pipe_channel import Channel, Message, child_channel, receive, reserve_stdout
 
 log = logging.getLogger(__name__)
 
-_HEADER = struct.Struct(">I")
-_MAX_BATCH = 500  # messages per frame: 40,000 targets put at start go out as many moderate frames
 STATS_EVERY_S = 0.5
-
-Message = tuple[Any, ...]
-
-
-class Channel:
-    """Sends messages over a pipe, those of one event-loop turn batched into frames."""
-
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self._writer = writer
-        self._queued: list[Message] = []
-
-    def send(self, message: Message) -> None:
-        if not self._queued:
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._queued.append(message)
-
-    def _flush(self) -> None:
-        queued, self._queued = self._queued, []
-        if self._writer.is_closing():
-            return
-        for start in range(0, len(queued), _MAX_BATCH):
-            body = pickle.dumps(queued[start : start + _MAX_BATCH], protocol=pickle.HIGHEST_PROTOCOL)
-            self._writer.write(_HEADER.pack(len(body)) + body)
-
-    async def drain(self) -> None:
-        await self._writer.drain()
-
-    def close(self) -> None:
-        self._flush()
-        self._writer.close()
-
-
-async def receive(reader: asyncio.StreamReader) -> list[Message] | None:
-    """The next frame's messages, or None once the other end has closed the pipe."""
-    try:
-        (length,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-        batch: list[Message] = pickle.loads(await reader.readexactly(length))  # noqa: S301 (our own child)
-    except asyncio.IncompleteReadError:
-        return None
-    return batch
 
 
 class ProbeWorker:
@@ -128,13 +83,7 @@ class ProbeWorker:
 
 
 async def _serve(max_concurrency: int, per_host_limit: int, out_fd: int) -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
-    transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(out_fd, "wb", buffering=0)
-    )
-    channel = Channel(asyncio.StreamWriter(transport, protocol, None, loop))
+    reader, channel = await child_channel(out_fd)
     settler = GcSettler().install()  # the collector's cost kept off its targets (gc_settle.py)
     worker = ProbeWorker(channel=channel, prober=Prober(), max_concurrency=max_concurrency,
                          per_host_limit=per_host_limit, settler=settler)
@@ -161,8 +110,7 @@ def main() -> None:
     parser.add_argument("--log-format", choices=["auto", "json", "console"], default="auto")
     args = parser.parse_args()
     # The protocol gets stdout's pipe to itself; anything printed by a library goes to stderr instead.
-    out_fd = os.dup(1)
-    os.dup2(2, 1)
+    out_fd = reserve_stdout()
     configure_logging(level=args.log_level, log_format=args.log_format, stream=sys.stderr)
     bind_service(f"detector-worker-{os.getpid()}")
     with contextlib.suppress(KeyboardInterrupt):

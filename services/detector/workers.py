@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 
 from services.detector.domain import ProbeResult, confirming
 from services.detector.metrics import DetectorMetrics
-from services.detector.probe_worker import Channel, Message, receive
 from services.detector.scheduler import ResultFn
 from services.detector.targets import Target
 from services.detector.vantage import owners
+from shared.pipe_channel import Channel, Message, receive
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
-"""Notifier bootstrap: the composition root (database, texts, senders, planner, dispatcher, reach keeper), the
-three consumers (EO registry, procedures, advisories) and the HTTP app. Nothing connects at import time."""
+"""Notifier bootstrap: the composition root (database, texts, senders and webhook workers, planner, dispatcher,
+reach keeper), the three consumers (EO registry, procedures, advisories) and the HTTP app. Nothing connects at
+import time."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from services.notifier.planning import NoticeDesk, Planner
 from services.notifier.reach import ReachKeeper
 from services.notifier.registry import RegistryCatchUp
 from services.notifier.webhook_http import WebhookHttpClient
+from services.notifier.webhook_workers import WebhookWorkers
 from services.notifier.webhooks import WebhookSender, webhook_ssl_context
 from shared.auth import authorize, build_guard, install_guard
 from shared.config import Settings
@@ -54,6 +56,12 @@ class NotifierParts:
     reach: ReachKeeper
     senders: dict[DeliveryChannel, Sender]
     texts: NoticeTexts
+    webhook_workers: WebhookWorkers | None = None
+
+    async def start(self) -> None:
+        """Start what runs beside the loops: the webhook workers (``notifier.workers`` > 1)."""
+        if self.webhook_workers is not None:
+            await self.webhook_workers.start()
 
     async def aclose(self) -> None:
         for sender in self.senders.values():
@@ -79,8 +87,14 @@ def build_notifier(
         allow_private=cfg.allow_private_webhooks, ssl_context=webhook_ssl_context(cfg),
         max_idle_per_origin=cfg.per_host_concurrency,
     )
+    in_process = WebhookSender(settings=cfg, client=http)
+    webhooks: Sender = in_process
+    workers = None
+    if cfg.workers > 1:  # the POSTs in child processes; the parent claims, decides, records and sends e-mail
+        webhooks = workers = WebhookWorkers(workers=cfg.workers, settings=cfg, in_process=in_process,
+                                            logs=settings.logging)
     senders: dict[DeliveryChannel, Sender] = {
-        DeliveryChannel.WEBHOOK: WebhookSender(settings=cfg, client=http),
+        DeliveryChannel.WEBHOOK: webhooks,
         DeliveryChannel.EMAIL: SmtpSender(settings=settings.smtp),
     }
     dispatcher = Dispatcher(
@@ -96,7 +110,7 @@ def build_notifier(
 
     planner = Planner(desk, on_planned=planned, on_registry=reach.wake)
     return NotifierParts(engine=engine, sessions=sessions, metrics=metrics, planner=planner, dispatcher=dispatcher,
-                         reach=reach, senders=senders, texts=texts)
+                         reach=reach, senders=senders, texts=texts, webhook_workers=workers)
 
 
 def create_app(settings: Settings, *, own_process: bool = False) -> FastAPI:
@@ -159,6 +173,7 @@ def create_app(settings: Settings, *, own_process: bool = False) -> FastAPI:
             await ensure_topics(settings.kafka)
             await publisher.start()
             await catch_up.prepare()
+            await parts.start()
             stack.push_async_callback(tasks.stop)
             if own_process:
                 settler = GcSettler().install()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import datetime
 from typing import NamedTuple, Protocol
 
@@ -58,8 +59,11 @@ class Outcome(NamedTuple):
 
 
 class Sender(Protocol):
-    """Delivers jobs of one channel; never raises for a delivery problem, it answers an :class:`Outcome`."""
+    """Delivers jobs of one channel; never raises for a delivery problem, it answers an :class:`Outcome`.
 
-    async def send(self, job: Job) -> Outcome: ...
+    ``send`` returns an awaitable: a coroutine (``async def``), or a future that a webhook worker's answer
+    resolves (:mod:`services.notifier.webhook_workers`)."""
+
+    def send(self, job: Job) -> Awaitable[Outcome]: ...
 
     async def aclose(self) -> None: ...

@@ -27,6 +27,7 @@ after it (a probe must prove that the target still accepts connections). Timeout
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -91,7 +92,9 @@ async def first_connected(
         except ssl.SSLError:
             raise
         except OSError as exc:
-            failures.append(f"{address}:{port}: {exc.strerror or exc}")
+            # The errno's own words: asyncio's loop says "Connect call failed (address)", uvloop "Connection
+            # refused"; what a webhook's outcome or a probe's result reads must not depend on the loop.
+            failures.append(f"{address}:{port}: {os.strerror(exc.errno) if exc.errno else exc.strerror or exc}")
             last = exc
     raise ConnectFailed(f"cannot connect to {host}: " + "; ".join(failures)) from last
 

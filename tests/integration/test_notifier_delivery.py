@@ -122,6 +122,7 @@ async def running_notifier(
     parts = build_notifier(settings, registry=CollectorRegistry(), publisher=publisher, poll_s=0.05, clock=clock,
                            rng=rng)
     await upgrade(parts.engine)
+    await parts.start()
     loops = [asyncio.create_task(parts.dispatcher.run()), asyncio.create_task(parts.reach.run())]
     try:
         yield parts
