@@ -55,8 +55,12 @@ SOURCE = "/luccs-fallback/notifier"
 FEED_MAX_LAG_S = 10.0
 FEED_CHUNK = 500
 OUTCOME_GATHER_S = 0.05
-OUTCOME_BATCH = 2000
+OUTCOME_BATCH = 4000
 LANE_BUFFER = 1000
+LANE_BUFFER_MAX = 8000
+LANE_BUFFER_S = 2.0
+"""A lane buffers about this many seconds of its host's own pace, between LANE_BUFFER (or 8 x its limit) and
+LANE_BUFFER_MAX deliveries: see :meth:`_Lane.pace`."""
 RENEW_CHUNK = 500
 GAUGE_BACKOFF = 20.0
 OUTSIDE_FULL_BACKOFF = 10.0
@@ -86,13 +90,29 @@ off the path between the sends and the batch that records them."""
 class _Lane:
     name: str
     limit: int
+    floor: int
     buffer: int
     queue: deque[Job] = field(default_factory=deque)
     workers: int = 0
+    done: int = 0
+    paced_at: float = field(default_factory=time.monotonic)
 
     @property
     def load(self) -> int:
         return len(self.queue) + self.workers
+
+    def pace(self, now: float) -> None:
+        """Size the buffer to about LANE_BUFFER_S of the deliveries this lane did per second since the last
+        time (once a second at most), between its floor and LANE_BUFFER_MAX.
+
+        A host taking a national fan-out at thousands a second is then fed in claims of thousands (one claim
+        and one batch of outcomes per few thousand deliveries: on SQLite they take turns with the one writer,
+        and claims of a few hundred left the lane empty between them); a host that hangs holds few claims."""
+        elapsed = now - self.paced_at
+        if elapsed < 1.0:
+            return
+        self.buffer = max(self.floor, min(LANE_BUFFER_MAX, int(self.done / elapsed * LANE_BUFFER_S)))
+        self.done, self.paced_at = 0, now
 
 
 @dataclass(frozen=True)
@@ -116,7 +136,7 @@ class Dispatcher:
         publisher: Publisher | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         poll_s: float = 1.0,
-        claim_batch: int = 2000,
+        claim_batch: int = 4000,
         rng: random.Random | None = None,
     ) -> None:
         cfg = settings.notifier
@@ -137,6 +157,7 @@ class Dispatcher:
         self._sqlite_writer: asyncio.Lock | None = None  # set by run() on SQLite: see _writing
         self._wake = asyncio.Event()
         self._lanes: dict[str, _Lane] = {}
+        self._buffers: dict[str, int] = {}  # the buffer a drained lane had, for the lane's next claims
         self._held: set[str] = set()
         self._notices: dict[int, _Notice] = {}
         self._workers: set[asyncio.Task[None]] = set()
@@ -263,14 +284,20 @@ class Dispatcher:
                 else self._settings.notifier.per_host_concurrency
             )
             # LANE_BUFFER at least: one host taking a whole fan-out is fed in claims of hundreds of deliveries,
-            # and a second notifier sharing the database still finds work to take on (and over).
-            lane = self._lanes[name] = _Lane(name=name, limit=limit, buffer=max(8 * limit, LANE_BUFFER))
+            # and a second notifier sharing the database still finds work to take on (and over). A lane that
+            # drained a moment ago starts at the size its pace had given it.
+            floor = max(8 * limit, LANE_BUFFER)
+            lane = self._lanes[name] = _Lane(name=name, limit=limit, floor=floor,
+                                             buffer=max(floor, self._buffers.pop(name, floor)))
         return lane
 
     async def _claim(self) -> bool:
         """Claim due deliveries for every lane with room; return whether the due rows left (if any) are all in
         lanes whose buffers are full."""
         while True:
+            now = time.monotonic()
+            for lane in self._lanes.values():
+                lane.pace(now)
             full = [lane.name for lane in self._lanes.values() if lane.load >= lane.buffer]
             if full and len(full) == len(self._lanes) and time.monotonic() < self._outside_full_after:
                 # Every lane is full, and a claim outside the full lanes found nothing a moment ago: asking again
@@ -450,12 +477,17 @@ class Dispatcher:
                         log.exception("delivery %s failed unexpectedly", job.delivery_id)
                         outcome = Outcome.failed(f"{type(exc).__name__}: {exc}")
                 self._outcomes.put_nowait((job, outcome, time.perf_counter() - started))
+                lane.done += 1
                 if len(lane.queue) == lane.buffer // 2:
                     self._wake.set()  # half empty: time to claim more for this lane
         finally:
             lane.workers -= 1
             if lane.workers == 0 and not lane.queue and self._lanes.get(lane.name) is lane:
                 del self._lanes[lane.name]
+                if len(self._buffers) > 10_000:
+                    self._buffers.clear()
+                if lane.buffer > lane.floor:
+                    self._buffers[lane.name] = lane.buffer
                 self._wake.set()
 
     # --- recording --------------------------------------------------------------------------------------
