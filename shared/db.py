@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -124,6 +125,8 @@ def one_of(column: Any, values: Sequence[str], dialect: Dialect) -> ColumnElemen
     claimed. Both forms look each value up in the column's index as ``in_`` does."""
     if dialect.name == "postgresql":
         return cast(ColumnElement[bool], column == any_(bindparam(None, list(values), type_=ARRAY(String()))))
+    if sqlite3.sqlite_version_info < (3, 38):  # json_each is built in from 3.38 (an extension before)
+        return cast(ColumnElement[bool], column.in_(list(values)))
     listed = func.json_each(bindparam(None, json.dumps(list(values)), type_=String())).table_valued("value")
     return cast(ColumnElement[bool], column.in_(select(listed.c.value)))
 

@@ -28,11 +28,12 @@ freeze alone took a worker's to about 24 % (the waiting probes, not the targets,
 collection traversed). Nothing is changed unless a settler is installed: a detector alone in its process and its
 probe workers install one; ``luccs-fallback all``, tests and library callers keep the collector's defaults.
 
-The notifier alone in its process (``luccs-fallback notifier``) installs one too and settles once after its
-start: a national fan-out makes and drops several objects per delivery (a job, its outcome, the rows and
-events of its record), and at CPython's thresholds the collector ran about 2,300 young and 18 full collections
-in a 50,000-webhook fan-out (3.5 s of 20 s of CPU); with the settler 330 and 4 (0.6 s), and about a fifth less
-CPU per webhook (``bench.notifier_bench``, in turn, on a loaded machine: ``bench/README.md``).
+The notifier alone in its process (``luccs-fallback notifier``) installs one too and settles once at the end
+of its start, before its consumers and dispatcher run (so no fan-out's objects are frozen with it). A national
+fan-out makes and drops several objects per delivery (a job, its outcome, the rows and events of its record),
+and at CPython's thresholds the collector ran about 2,300 young and 18 full collections in a 50,000-webhook
+fan-out (3.5 s of 20 s of CPU); with the settler 330 and 4 (0.6 s), and about a fifth less CPU per webhook
+(``bench.notifier_bench``, in turn, on a loaded machine: ``bench/README.md``).
 """
 
 from __future__ import annotations

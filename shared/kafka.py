@@ -156,7 +156,11 @@ def _transient(exc: Exception) -> bool:
 
 PUBLISH_BATCH_BYTES = 512 * 1024
 """A record batch's size at most (the producer's ``max_batch_size``): half of what a broker takes by default
-(``message.max.bytes``, 1 MiB), about 800 delivery events of a fan-out in one batch instead of 25."""
+(``message.max.bytes``, 1 MiB), about 800 delivery events of a fan-out in one batch instead of 25. A topic
+whose ``max.message.bytes`` is set lower than this refuses the batches of ``publish_many``."""
+PUBLISH_MESSAGE_BYTES = 1024 * 1024
+"""One message at most (key, value and the record's overhead): the producer's ``max_request_size``."""
+_RECORD_OVERHEAD = 128
 
 
 class Publisher:
@@ -182,6 +186,7 @@ class Publisher:
             enable_idempotence=expire_after_s is None,
             linger_ms=0,  # latency first: publish_many already hands over whole batches
             max_batch_size=PUBLISH_BATCH_BYTES,
+            max_request_size=PUBLISH_MESSAGE_BYTES,
             request_timeout_ms=15_000 if expire_after_s is None else int(expire_after_s * 1000),
         )
         self._partitioner = DefaultPartitioner()
@@ -240,9 +245,7 @@ class Publisher:
                     if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start the next
                         pending.append(await self._send_batch(batch, topic, partition))
                         batch = self._producer.create_batch()
-                        if batch.append(key=key, value=value, timestamp=None) is None:
-                            raise MessageSizeTooLargeError(f"a message of {len(value or b'')} bytes for {topic} "
-                                                           f"is larger than a batch ({PUBLISH_BATCH_BYTES} bytes)")
+                        batch.append(key=key, value=value, timestamp=None)  # an empty batch takes any message
                 pending.append(await self._send_batch(batch, topic, partition))
             await asyncio.gather(*pending)
 
@@ -252,10 +255,17 @@ class Publisher:
         partitions: dict[str, list[int]] = {}
         grouped: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
         for topic, key, value in messages:
+            # Refused here, before anything is sent, as the producer's send refuses it: a batch the broker
+            # refuses as too large would cost the idempotent producer its sequence numbers on that partition,
+            # and every later message there would fail until a restart.
+            key_bytes = key.encode() if key is not None else None
+            size = len(key_bytes or b"") + len(value or b"") + _RECORD_OVERHEAD
+            if size > PUBLISH_MESSAGE_BYTES:
+                raise MessageSizeTooLargeError(f"a message of about {size} bytes for {topic} is larger than "
+                                               f"{PUBLISH_MESSAGE_BYTES} bytes: not published")
             numbers = partitions.get(topic)
             if numbers is None:
                 numbers = partitions[topic] = sorted(await self._producer.partitions_for(topic))
-            key_bytes = key.encode() if key is not None else None
             partition = self._partitioner(key_bytes, numbers, numbers)
             grouped.setdefault((topic, partition), []).append((key_bytes, value))
         return grouped

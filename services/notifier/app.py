@@ -178,7 +178,7 @@ def create_app(settings: Settings, *, own_process: bool = False) -> FastAPI:
             if own_process:
                 settler = GcSettler().install()
                 stack.callback(settler.close)
-                settler.changed()  # what the start built (modules, app, templates) frozen once it is quiet
+                settler.settle()  # what the start built (modules, app, templates) frozen, before any work starts
             _start_loops()
             yield
 

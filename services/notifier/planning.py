@@ -324,11 +324,16 @@ class Planner:
         through the index of unreached EOs (procedure, reached_at IS NULL) instead of the primary key, and so
         walked every unreached EO of the procedure per row: 9.5 s of the 100,000 outcomes' 17.6 s
         (``bench/dispatch_bench.py``). It samples the tables (a fraction of a second) after the dispatcher was
-        woken; a failure only leaves the statistics as they were."""
+        woken; a failure (the tables' maintenance lock not free within a second, say) only leaves the
+        statistics as they were."""
         async with self._sessions() as session:
             if session.get_bind().dialect.name != "postgresql":
                 return
             try:
+                # Never a wait behind whoever holds the tables' maintenance lock (an autovacuum against
+                # wraparound, another notifier's ANALYZE): the next procedure event waits for this handler.
+                await session.execute(text("SET LOCAL lock_timeout = '1s'"))
+                await session.execute(text("SET LOCAL statement_timeout = '60s'"))
                 await session.execute(text(f"ANALYZE {_DELIVERIES.name}, {_REACH.name}"))
                 await session.commit()
             except Exception as exc:  # the plan is recorded: statistics are an optimisation

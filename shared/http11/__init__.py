@@ -94,7 +94,8 @@ async def first_connected(
         except OSError as exc:
             # The errno's own words: asyncio's loop says "Connect call failed (address)", uvloop "Connection
             # refused"; what a webhook's outcome or a probe's result reads must not depend on the loop.
-            failures.append(f"{address}:{port}: {os.strerror(exc.errno) if exc.errno else exc.strerror or exc}")
+            reason = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc) or type(exc).__name__
+            failures.append(f"{address}:{port}: {reason}")
             last = exc
     raise ConnectFailed(f"cannot connect to {host}: " + "; ".join(failures)) from last
 

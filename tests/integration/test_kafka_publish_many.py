@@ -8,9 +8,10 @@ from collections import defaultdict
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError
 
 from shared.config import KafkaSettings
-from shared.kafka import PUBLISH_BATCH_BYTES, Publisher, ensure_topics
+from shared.kafka import PUBLISH_BATCH_BYTES, PUBLISH_MESSAGE_BYTES, Publisher, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -69,3 +70,24 @@ async def test_publish_many_sends_every_message_once_on_its_keys_partition_in_or
         per_key[record_key].append(int(value.split(b":")[0]))
     assert all(numbers == sorted(numbers) for numbers in per_key.values())  # in the order given
     assert len(await _read_all(settings, other, 20)) == 20
+
+
+@pytest.mark.timeout(120)
+async def test_a_message_too_large_is_refused_before_anything_is_sent_and_the_publisher_goes_on(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    """Refused by the broker instead, its batch would cost the idempotent producer its sequence numbers on that
+    partition: every later message there would fail until a restart."""
+    settings = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, partitions=1)
+    await ensure_topics(settings)
+    topic = settings.deliveries_topic
+    publisher = Publisher(settings, client_id="test-publish-too-large")
+    await publisher.start()
+    try:
+        with pytest.raises(MessageSizeTooLargeError):
+            await publisher.publish_many([(topic, "k", b"first"), (topic, "k", b"x" * PUBLISH_MESSAGE_BYTES)])
+        await publisher.publish_many([(topic, "k", b"after")])
+        await publisher.publish_raw(topic, b"and after", key="k")
+    finally:
+        await publisher.stop()
+    assert [value for _, _, value in await _read_all(settings, topic, 2)] == [b"after", b"and after"]

@@ -14,6 +14,7 @@ from services.notifier import planning
 from services.notifier.app import NotifierParts
 from tests.integration.test_notifier_delivery import (
     RECORD,
+    deliveries,
     notifier_database,
     notifier_settings,
     procedure_event,
@@ -67,3 +68,27 @@ async def test_the_delivery_log_keeps_half_of_each_page_free_for_its_claims(
                                 publish=False) as parts, parts.sessions() as session:
         options = await session.scalar(text("SELECT reloptions FROM pg_class WHERE relname = 'deliveries'"))
     assert options == ["fillfactor=50"]
+
+
+@pytest.mark.timeout(60)
+async def test_a_plan_does_not_wait_for_the_tables_maintenance_lock_to_refresh_the_statistics(
+    database_url: str, kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Another session holds what ANALYZE needs (as an autovacuum against wraparound would): the plan is
+    recorded, the statistics are left as they were, and the handler returns (the next event is not held)."""
+    monkeypatch.setattr(planning, "ANALYZE_AFTER", 1)
+    receiver = WebhookReceiver().start()
+    try:
+        async with running_notifier(notifier_settings(kafka_bootstrap, topic_prefix, database_url),
+                                    publish=False) as parts:
+            await register(parts, "LU0001", receiver.url())
+            async with parts.engine.connect() as holder:
+                await holder.execute(text("LOCK TABLE procedure_reach IN SHARE UPDATE EXCLUSIVE MODE"))
+                await parts.planner.on_procedure(procedure_event(), RECORD)
+                await holder.rollback()
+            assert len(await deliveries(parts)) == 1
+            assert await _analyzed(parts) == set()
+    finally:
+        receiver.stop()
+    assert "could not refresh the statistics" in caplog.text
