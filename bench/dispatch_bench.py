@@ -18,33 +18,16 @@ import argparse
 import asyncio
 import os
 import resource
-import tempfile
 import time
-import uuid
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, cast
 
-from prometheus_client import CollectorRegistry
-from sqlalchemy import Table, func, select
+from sqlalchemy import func, select
 
-from bench.notifier_bench import _empty_database
-from bench.planning_bench import _profiled, _Statements
-from services.notifier.app import build_notifier
+from bench.planning_bench import _profiled, _Statements, registered_notifier
 from services.notifier.jobs import Outcome
-from services.notifier.migrate import upgrade
-from services.notifier.models import DeliveryRow, EoRow
-from shared.config import KafkaSettings, NotifierSettings, Settings
-from shared.db import insert_plain
+from services.notifier.models import DeliveryRow
 from shared.events import (
-    CloudEvent,
     DeliveryStatus,
-    EventType,
-    Language,
-    ProcedureData,
-    ProcedureState,
-    Scenario,
-    Scope,
 )
 
 
@@ -54,35 +37,9 @@ def _cpu_s() -> float:
 
 
 async def run(args: argparse.Namespace) -> dict[str, float]:
-    tmp = Path(tempfile.mkdtemp(prefix="dispatch-bench-"))
-    url = args.database or f"sqlite:///{tmp / 'notifier.db'}"
-    if args.database:
-        await _empty_database(args.database)
-    settings = Settings(
-        kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1", topic_prefix="bench"),
-        notifier=NotifierSettings(database_url=url, allow_insecure_webhooks=True, allow_private_webhooks=True),
-        data_dir=tmp,
-    )
-    parts = build_notifier(settings, registry=CollectorRegistry())
+    parts, opened = await registered_notifier(args.eos, args.database, prefix="dispatch-bench")
     dispatcher = parts.dispatcher
     try:
-        await upgrade(parts.engine)
-        languages = list(Language)
-        now = datetime.now(UTC)
-        rows = [
-            (f"LU{i:012d}", f"Bench EO {i}", languages[i % 3], None,
-             f"http://127.0.0.1:9/hook/LU{i:012d}", f"secret-{i}", now)
-            for i in range(args.eos)
-        ]
-        async with parts.sessions.begin() as session:
-            await insert_plain(session, cast(Table, EoRow.__table__), rows=rows, columns=(
-                "eori", "name", "language", "email", "webhook_url", "webhook_secret", "updated_at"))
-        procedure_id = f"bench-{uuid.uuid4().hex[:8]}"
-        opened = CloudEvent[ProcedureData](
-            source="/bench", type=EventType.PROCEDURE_OPENED, subject=procedure_id,
-            data=ProcedureData(procedure_id=procedure_id, scenario=Scenario.ADA_B2G_UNAVAILABLE, scope=Scope.NATIONAL,
-                               state=ProcedureState.OPEN, reason="benchmark", opened_at=now),
-        )
         parts.texts.compile_all()
         await parts.planner.on_procedure(opened, cast(Any, None))
         await dispatcher._release_own_claims()  # what run() does first: sets the SQLite writer lock

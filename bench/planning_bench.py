@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Table, event, func, select
 
 from bench.notifier_bench import _empty_database
-from services.notifier.app import build_notifier
+from services.notifier.app import NotifierParts, build_notifier
 from services.notifier.migrate import upgrade
 from services.notifier.models import DeliveryRow, EoRow, ReachRow
 from shared.config import KafkaSettings, NotifierSettings, Settings
@@ -80,11 +80,14 @@ def _profiled(path: str | None) -> Iterator[None]:
         profile.dump_stats(path)
 
 
-async def run(args: argparse.Namespace) -> dict[str, float]:
-    tmp = Path(tempfile.mkdtemp(prefix="planning-bench-"))
-    url = args.database or f"sqlite:///{tmp / 'notifier.db'}"
-    if args.database:
-        await _empty_database(args.database)
+async def registered_notifier(eos: int, database: str, *, prefix: str) -> tuple[NotifierParts, CloudEvent[Any]]:
+    """A notifier's parts on a fresh database (``database``, emptied first, or a SQLite file in a temporary
+    folder) with ``eos`` EOs registered (webhooks only), and a national ``opened`` event to plan for them. The
+    caller closes the parts (``aclose``)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    url = database or f"sqlite:///{tmp / 'notifier.db'}"
+    if database:
+        await _empty_database(database)
     settings = Settings(
         kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1", topic_prefix="bench"),
         notifier=NotifierSettings(database_url=url, allow_insecure_webhooks=True, allow_private_webhooks=True),
@@ -98,17 +101,26 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         rows = [
             (f"LU{i:012d}", f"Bench EO {i}", languages[i % 3], None,
              f"http://127.0.0.1:9/hook/LU{i:012d}", f"secret-{i}", now)
-            for i in range(args.eos)
+            for i in range(eos)
         ]
         async with parts.sessions.begin() as session:
             await insert_plain(session, cast(Table, EoRow.__table__), rows=rows, columns=(
                 "eori", "name", "language", "email", "webhook_url", "webhook_secret", "updated_at"))
-        procedure_id = f"bench-{uuid.uuid4().hex[:8]}"
-        opened = CloudEvent[ProcedureData](
-            source="/bench", type=EventType.PROCEDURE_OPENED, subject=procedure_id,
-            data=ProcedureData(procedure_id=procedure_id, scenario=Scenario.ADA_B2G_UNAVAILABLE, scope=Scope.NATIONAL,
-                               state=ProcedureState.OPEN, reason="benchmark", opened_at=now),
-        )
+    except BaseException:
+        await parts.aclose()
+        raise
+    procedure_id = f"bench-{uuid.uuid4().hex[:8]}"
+    opened = CloudEvent[ProcedureData](
+        source="/bench", type=EventType.PROCEDURE_OPENED, subject=procedure_id,
+        data=ProcedureData(procedure_id=procedure_id, scenario=Scenario.ADA_B2G_UNAVAILABLE, scope=Scope.NATIONAL,
+                           state=ProcedureState.OPEN, reason="benchmark", opened_at=now),
+    )
+    return parts, opened
+
+
+async def run(args: argparse.Namespace) -> dict[str, float]:
+    parts, opened = await registered_notifier(args.eos, args.database, prefix="planning-bench")
+    try:
         texts = getattr(parts, "texts", None)
         if texts is not None:  # as the notifier does at startup (code before 8eda0d5 compiled them on first use)
             texts.compile_all()
