@@ -445,4 +445,6 @@ async def test_a_worker_that_is_never_ready_is_killed_and_restarted(caplog: pyte
         finally:
             await pool.aclose()
     assert sum("was not ready" in r.getMessage() for r in caplog.records) >= 2
-    assert "is down (exit code -9)" in next(r.getMessage() for r in caplog.records if "is down" in r.getMessage())
+    down = next(r.getMessage() for r in caplog.records if "is down" in r.getMessage())
+    # (-9: killed; 255 when asyncio's child watcher lost the race, as in the test above.)
+    assert "is down (exit code -9)" in down or "is down (exit code 255)" in down
