@@ -5,12 +5,17 @@ The worker applies the URL rules, signs, and POSTs over keep-alive pools of its 
 keeps nothing durable and decides nothing: claims, lanes, retries, outcomes and e-mail stay in the notifier
 process (``webhook_workers.py``). Started as ``python -m services.notifier.webhook_worker``; its settings come
 in the first frame (never on the command line: they may name files and hosts an operator keeps to himself);
-it exits when its input closes (the notifier stopped or died). Logs go to stderr.
+it exits when its input closes (the notifier stopped or died), and only then: it ignores SIGINT and SIGTERM,
+which a Ctrl-C, ``systemctl stop`` or an init's group signal sends to every process of the notifier at once,
+so that its attempts in flight finish within the notifier's own stop grace (the notifier also starts it in a
+session of its own). Logs go to stderr.
 
 Protocol: the framing of :mod:`shared.pipe_channel`. Parent to worker: ``("settings", fields, log_level,
 log_format)`` first (``fields``: the ``[notifier]`` settings the sending needs), then ``("post", n, address,
-body, secret, idempotency_key, timeout_s)`` per attempt. Worker to parent: ``("outcome", n, ok, error,
-http_status, permanent)`` per attempt (the fields of :class:`~services.notifier.jobs.Outcome`).
+body, secret, idempotency_key, timeout_s)`` per attempt. Worker to parent: ``("ready",)`` once it is
+configured (the parent gives it attempts only from then on: one that dies at start fails none), then
+``("outcome", n, ok, error, http_status, permanent)`` per attempt (the fields of
+:class:`~services.notifier.jobs.Outcome`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
@@ -69,6 +75,7 @@ class WebhookWorker:
             max_idle_per_origin=settings.per_host_concurrency,
         )
         self._sender = WebhookSender(settings=settings, client=client)
+        self._channel.send(("ready",))
         if self._settler is not None:
             self._settler.changed()  # what the start built (modules, settings, pools) frozen once it is quiet
 
@@ -110,10 +117,12 @@ async def _serve(out_fd: int) -> None:
 
 
 def main() -> None:
+    # Stopped by the notifier alone (its input closes; killed after its grace), not by the signals that stop it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # The protocol gets stdout's pipe to itself; anything printed by a library goes to stderr instead.
     out_fd = reserve_stdout()
-    with contextlib.suppress(KeyboardInterrupt):
-        run(_serve(out_fd))
+    run(_serve(out_fd))
 
 
 if __name__ == "__main__":

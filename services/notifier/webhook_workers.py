@@ -10,17 +10,23 @@ pools of its own.
 hands the in-process :class:`~services.notifier.webhooks.WebhookSender` them. Each job goes, as a plain tuple
 (address, body, secret, Idempotency-Key, timeout), to the live child with the fewest attempts in flight; the
 child's answer resolves the future the dispatcher awaits. The jobs of one event-loop turn travel in one frame,
-so a notice's body sent to many EOs is pickled once per frame.
+so a notice's body sent to many EOs is pickled once per frame. A child is live, and given attempts, once it
+has said it is ready (its settings read, its pools made): one that dies at start (import error, bad settings,
+out of memory) fails no attempt.
 
 A child that dies fails its attempts in flight with a transient error: the dispatcher retries them later with
-the same Idempotency-Key (at least once, as always: the child may have sent some of them). It is restarted
-after a pause that grows while it keeps dying (0.5 s, doubling, at most 10 s; back to 0.5 s once a restarted
-child has answered). A child that hangs (attempts in flight, no answer for ``webhook_timeout_s`` + 5 s) is
-killed, and so handled as one that died. While no child is live (all dead, or before :meth:`start`),
-webhooks are sent in the notifier process itself, by the same code as with ``workers = 1``: deliveries go on
-at the single-process pace rather than burning attempts and backing off (a child that cannot start at all,
-e.g. a broken install, would otherwise dead-letter every webhook after ``max_attempts``). Stopping the
-notifier closes the children's input: they cancel what they have in flight and exit (killed after 5 s).
+the same Idempotency-Key (at least once, as always: the child may have sent some of them). So does one whose
+answers cannot be read (a malformed frame): it is killed. It is restarted after a pause that grows while it
+keeps dying (0.5 s, doubling, at most 10 s; back to 0.5 s once a restarted child has answered an attempt). A
+child that hangs (attempts in flight, no answer for ``webhook_timeout_s`` + 5 s; or not ready that long after
+its start) is killed, and so handled as one that died. While no child is live (all dead or starting, or
+before :meth:`start`), webhooks are sent in the notifier process itself, by the same code as with
+``workers = 1``: deliveries go on at the single-process pace rather than burning attempts and backing off (a
+child that cannot start at all, e.g. a broken install, would otherwise dead-letter every webhook after
+``max_attempts``). The children run in a session of their own and ignore SIGINT and SIGTERM: the signals
+that stop the notifier (Ctrl-C, ``systemctl stop``, an init's group signal) leave their attempts in flight to
+finish within the notifier's stop grace. Stopping the notifier then closes the children's input: they cancel
+what they still have in flight and exit (killed after 5 s); none is restarted once the stop has begun.
 """
 
 from __future__ import annotations
@@ -50,17 +56,20 @@ HANG_GRACE_S = 5.0
 
 
 class _Child:
-    __slots__ = ("answered", "channel", "failures", "live", "name", "pending", "process", "progress_at")
+    __slots__ = ("answered", "channel", "failures", "live", "name", "pending", "process", "progress_at",
+                 "spawned_at", "started")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.process: asyncio.subprocess.Process | None = None
         self.channel: Channel | None = None
-        self.live = False
+        self.live = False  # ready: given attempts (a spawned child is not, until it says it is ready)
         self.pending: dict[int, asyncio.Future[Outcome]] = {}
         self.failures = 0  # deaths in a row, for the restart pause
         self.answered = False
         self.progress_at = 0.0  # when it last answered, or was given work while it had none (monotonic)
+        self.spawned_at = 0.0  # monotonic
+        self.started = asyncio.Event()  # set once its first start ended: ready, dead, or not started at all
 
 
 class WebhookWorkers:
@@ -89,6 +98,7 @@ class WebhookWorkers:
         self._live: list[_Child] = []
         self._numbers = itertools.count()
         self._keepers: list[asyncio.Task[None]] = []
+        self._closing = False
         self.restarts = 0
         self.sent_in_process = 0
 
@@ -117,6 +127,7 @@ class WebhookWorkers:
 
     async def aclose(self) -> None:
         """Stop the children (their input closes; killed after 5 s) and close the in-process sender's pool."""
+        self._closing = True  # none is restarted from now on
         keepers, self._keepers = self._keepers, []
         for keeper in keepers:
             keeper.cancel()
@@ -127,28 +138,39 @@ class WebhookWorkers:
     # --- the processes ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the children (live once spawned: what is sent before a child has read its settings waits in
-        its pipe) and keep them running until :meth:`aclose`."""
-        if self._keepers:
+        """Start the children and keep them running until :meth:`aclose`; return once each is ready or has
+        died (or could not start), at most ``webhook_timeout_s`` + 5 s (what is sent meanwhile goes out in
+        this process)."""
+        if self._keepers or self._closing:
             return
         await asyncio.gather(*(self._spawn(child) for child in self._children), return_exceptions=True)
         self._keepers = [asyncio.create_task(self._keep(child), name=child.name) for child in self._children]
         self._keepers.append(asyncio.create_task(self._watch(), name="webhook-workers-watch"))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._timeout_s + HANG_GRACE_S):
+                await asyncio.gather(*(child.started.wait() for child in self._children))
 
     async def _watch(self) -> None:
         """Kill a child that has attempts in flight and has answered none for longer than an attempt may take
-        (it hangs: stopped, or its loop blocked); it is then buried and restarted like one that died, and its
-        attempts are retried."""
+        (it hangs: stopped, or its loop blocked), or that has not said it is ready that long after its start;
+        it is then buried and restarted like one that died, and its attempts are retried."""
         limit = self._timeout_s + HANG_GRACE_S
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
-            for child in self._live:
-                if child.pending and now - child.progress_at > limit and child.process is not None:
+            for child in self._children:
+                if child.process is None or child.channel is None:  # down (buried), or never started
+                    continue
+                if child.live and child.pending and now - child.progress_at > limit:
                     log.error("webhook worker %s answered nothing for %.0fs with %d attempts in flight: killing it",
                               child.name, now - child.progress_at, len(child.pending))
-                    with contextlib.suppress(ProcessLookupError):
-                        child.process.kill()
+                elif not child.live and now - child.spawned_at > limit:
+                    log.error("webhook worker %s was not ready %.0fs after its start: killing it", child.name,
+                              now - child.spawned_at)
+                else:
+                    continue
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.kill()
 
     def in_flight(self) -> dict[str, int]:
         """Per live child, the attempts it has not answered yet."""
@@ -159,37 +181,44 @@ class WebhookWorkers:
         return {c.name: c.process.pid for c in self._children if c.live and c.process is not None}
 
     async def _keep(self, child: _Child) -> None:
-        while True:
-            if child.live:
-                await self._serve(child)  # until the child's output closes: it died
-                await self._bury(child)
+        while not self._closing:
+            if child.channel is not None:  # spawned
+                why = None
+                try:
+                    await self._serve(child)  # until the child's output closes: it died
+                except Exception as exc:  # its answers cannot be read: it is killed, its attempts fail
+                    log.exception("webhook worker %s sent what cannot be read: killing it", child.name)
+                    why = f"was killed (its answers could not be read: {type(exc).__name__})"
+                await self._bury(child, why)
                 child.failures += 1
                 self.restarts += 1
+            if self._closing:
+                return
             pause = min(self._restart_s * 2 ** max(0, child.failures - 1), MAX_RESTART_PAUSE_S)
             log.error("webhook worker %s is down (exit code %s); restarting it in %.1fs (meanwhile its share of "
                       "webhooks goes to the others)", child.name,
                       child.process.returncode if child.process else None, pause)
             await asyncio.sleep(pause)
-            await self._spawn(child)
-            if child.live:
-                log.info("webhook worker %s restarted (pid %s)", child.name,
-                         child.process.pid if child.process else None)
+            if not self._closing:
+                await self._spawn(child)
 
     async def _spawn(self, child: _Child) -> None:
         try:
+            # A session of its own: the signals sent to the notifier's process group do not reach it.
             process = await asyncio.create_subprocess_exec(
-                *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+                *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                start_new_session=True,
             )
         except OSError as exc:
             log.error("webhook worker %s could not be started: %s", child.name, exc)
             child.failures += 1
+            child.started.set()
             return
         assert process.stdin is not None
         child.process, child.channel = process, Channel(process.stdin)
         child.channel.send(("settings", self._fields, self._logs.level, self._logs.format))
         child.answered = False
-        child.live = True
-        self._live = [c for c in self._children if c.live]
+        child.spawned_at = time.monotonic()
 
     async def _serve(self, child: _Child) -> None:
         assert child.process is not None and child.process.stdout is not None
@@ -198,17 +227,29 @@ class WebhookWorkers:
         while (batch := await receive(reader)) is not None:
             for message in batch:
                 if message[0] != "outcome":
-                    log.error("webhook worker %s: unknown message %r", child.name, message[0])
+                    if message[0] == "ready":
+                        self._ready(child)
+                    else:
+                        log.error("webhook worker %s: unknown message %r", child.name, message[0])
                     continue
                 future = pending.pop(message[1], None)
                 if future is not None and not future.done():
                     future.set_result(Outcome(message[2], message[3], message[4], message[5]))
+                if not child.answered:
+                    child.answered, child.failures = True, 0  # it works: a later death restarts it quickly again
             child.progress_at = time.monotonic()
-            if not child.answered:
-                child.answered, child.failures = True, 0  # it works: a later death restarts it quickly again
 
-    async def _bury(self, child: _Child) -> None:
-        """A child's output closed: fail its attempts in flight (retried later), close its input, reap it."""
+    def _ready(self, child: _Child) -> None:
+        if child.live or self._closing:
+            return
+        child.live = True
+        self._live = [c for c in self._children if c.live]
+        child.started.set()
+        log.info("webhook worker %s ready (pid %s)", child.name, child.process.pid if child.process else None)
+
+    async def _bury(self, child: _Child, why: str | None = None) -> None:
+        """A child's output closed (or cannot be read): fail its attempts in flight (retried later), close its
+        input, kill and reap it."""
         child.live = False
         self._live = [c for c in self._children if c.live]
         channel, child.channel = child.channel, None
@@ -220,8 +261,9 @@ class WebhookWorkers:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
-        self._fail_pending(child, f"webhook worker {child.name} died (exit code "
-                                  f"{process.returncode if process else None}) before answering: will be retried "
+        child.started.set()
+        why = why or f"died (exit code {process.returncode if process else None})"
+        self._fail_pending(child, f"webhook worker {child.name} {why} before answering: will be retried "
                                   "with the same Idempotency-Key")
 
     @staticmethod

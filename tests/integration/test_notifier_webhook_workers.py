@@ -1,26 +1,31 @@
 """Webhooks sent by worker processes (``notifier.workers`` = 2) to real loopback receivers: each EO once with a
 valid signature and its Idempotency-Key, a child SIGKILLed mid-fan-out, the same outcomes as in-process,
-no child left once the notifier stops or is killed."""
+no child left once the notifier stops or is killed; a child that dies at start fails no attempt, SIGTERM and
+SIGINT leave a child's attempts in flight to finish, a child whose answers cannot be read is killed and its
+attempts fail (to be retried)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from services.notifier.app import NotifierParts
-from services.notifier.domain import idempotency_key
+from services.notifier.domain import Audience, idempotency_key
+from services.notifier.jobs import Job
 from services.notifier.webhook_http import WebhookHttpClient
 from services.notifier.webhook_workers import WebhookWorkers
 from services.notifier.webhooks import WebhookSender
 from shared.config import NotifierSettings
-from shared.events import DeliveryChannel
+from shared.events import DeliveryChannel, EventType, Language
 from shared.signing import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify
 from tests.integration.test_notifier_delivery import (
     RECORD,
@@ -43,6 +48,19 @@ def pool_of(parts: NotifierParts) -> WebhookWorkers:
     assert parts.webhook_workers is not None
     assert parts.senders[DeliveryChannel.WEBHOOK] is parts.webhook_workers
     return parts.webhook_workers
+
+
+def webhook_job(n: int, url: str) -> Job:
+    return Job(f"d{n}", "event-1", EventType.PROCEDURE_OPENED, "procedure-1", f"LU{n:04d}", Audience.EO,
+               DeliveryChannel.WEBHOOK, url, "lane", f"key-{n}", 1, datetime.now(UTC), Language.EN, "subject",
+               "message", b'{"n": %d}' % n, "secret")
+
+
+def loopback_pool(command: list[str] | None = None, **settings: float) -> WebhookWorkers:
+    """Two workers that may POST to loopback receivers over plain HTTP."""
+    cfg = NotifierSettings(allow_insecure_webhooks=True, allow_private_webhooks=True, **settings)
+    return WebhookWorkers(workers=2, settings=cfg, restart_s=0.05, command=command,
+                          in_process=WebhookSender(settings=cfg, client=WebhookHttpClient(allow_private=True)))
 
 
 def running(pid: int) -> bool:
@@ -283,3 +301,150 @@ async def test_a_hanging_worker_is_killed_and_its_attempts_retried(
     assert not running(stopped)
     assert [(r.eori, r.status) for r in rows] == [(e, "delivered") for e in eoris]
     assert sorted({hook.path for hook in receiver.received}) == [f"/hook/{e}" for e in eoris]
+
+
+async def test_a_worker_that_dies_right_after_start_fails_no_attempt() -> None:
+    # Each child execs and dies 0.4 s later without a word (an import error, bad settings, out of memory at
+    # start): it never says it is ready, so it is given no attempt; all go out in the notifier process.
+    receiver = WebhookReceiver().start()
+    pool = loopback_pool([sys.executable, "-c", "import time; time.sleep(0.4)"])
+    outcomes = []
+
+    async def send_until_restarted(base: int) -> None:
+        for n in range(base, base + 500):  # bounded; ends once each child has died twice
+            if pool.restarts >= 4:
+                return
+            outcomes.append(await pool.send(webhook_job(n, receiver.url(f"/hook/{n}"))))
+            await asyncio.sleep(0.01)
+
+    try:
+        await pool.start()
+        await asyncio.gather(*(send_until_restarted(k * 1000) for k in range(4)))
+        restarts = pool.restarts
+    finally:
+        await pool.aclose()
+        receiver.stop()
+    assert restarts >= 4  # the attempts were sent across restarts, while children were starting
+    assert outcomes and [o for o in outcomes if not o.ok] == []
+    assert pool.sent_in_process == len(outcomes) == len(receiver.received)
+
+
+class HeldReceiver:
+    """A loopback webhook receiver that holds every answer until :attr:`release` is set."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.release = asyncio.Event()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            await reader.readexactly(length)
+            self.received += 1
+            await self.release.wait()
+            writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        self._server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/hook"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_sigterm_and_sigint_leave_a_workers_attempts_in_flight_to_finish() -> None:
+    receiver = HeldReceiver()
+    url = await receiver.start()
+    pool = loopback_pool()
+    try:
+        await pool.start()
+        pids = pool.pids()
+        assert len(pids) == 2
+        # A session of its own each: a signal to the notifier's process group does not reach them.
+        assert all(os.getpgid(pid) == pid != os.getpgid(0) for pid in pids.values())
+        futures = [pool.send(webhook_job(n, url)) for n in range(10)]
+        await eventually(lambda: receiver.received == 10, what="10 POSTs held by the receiver")
+        assert all(pool.in_flight().values())  # both children have POSTs in flight
+        # What Ctrl-C, `systemctl stop` (KillMode=control-group) or `tini -g` send to every process.
+        os.kill(pids["webhook-worker-0"], signal.SIGINT)
+        os.kill(pids["webhook-worker-1"], signal.SIGTERM)
+        os.killpg(pids["webhook-worker-0"], signal.SIGTERM)
+        os.killpg(pids["webhook-worker-1"], signal.SIGINT)
+        receiver.release.set()
+        async with asyncio.timeout(30):
+            outcomes = await asyncio.gather(*futures)
+        assert [o.ok for o in outcomes] == [True] * 10
+        assert pool.restarts == 0 and pool.pids() == pids
+    finally:
+        await pool.aclose()
+        receiver.stop()
+    # They exit when their input closes (the notifier's stop), signals or not.
+    assert not [pid for pid in pids.values() if running(pid)]
+    assert pool.pids() == {}
+
+
+_GARBLING_WORKER = """
+import os, pickle, struct, sys
+def frame():
+    header = sys.stdin.buffer.read(4)
+    if len(header) < 4:
+        sys.exit(0)  # input closed
+    return pickle.loads(sys.stdin.buffer.read(struct.unpack(">I", header)[0]))
+def send(data):
+    sys.stdout.buffer.write(struct.pack(">I", len(data)) + data)
+    sys.stdout.buffer.flush()
+frame()  # the settings
+send(pickle.dumps([("ready",)]))
+while True:
+    if any(message[0] == "post" for message in frame()):
+        send(b"this is no pickle")  # a frame whose length is right and whose body cannot be read
+"""
+
+
+async def test_a_worker_whose_answers_cannot_be_read_is_killed_and_its_attempts_fail_transiently(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool = loopback_pool([sys.executable, "-c", _GARBLING_WORKER])
+    with caplog.at_level(logging.ERROR, logger="services.notifier.webhook_workers"):
+        try:
+            await pool.start()
+            pids = pool.pids()
+            assert len(pids) == 2
+            futures = [pool.send(webhook_job(n, "http://127.0.0.1:9/hook")) for n in range(4)]
+            async with asyncio.timeout(30):
+                outcomes = await asyncio.gather(*futures)
+            await eventually(lambda: pool.restarts >= 2 and len(pool.pids()) == 2, what="both workers restarted")
+            restarted = pool.pids()
+        finally:
+            await pool.aclose()
+    assert {(o.ok, o.permanent) for o in outcomes} == {(False, False)}  # retried later by the dispatcher
+    assert {o.error for o in outcomes} == {
+        f"webhook worker {name} was killed (its answers could not be read: UnpicklingError) before answering: "
+        "will be retried with the same Idempotency-Key" for name in pids
+    }
+    assert not [pid for pid in pids.values() if running(pid)]
+    assert set(restarted.values()).isdisjoint(pids.values())
+    assert sum("sent what cannot be read" in r.getMessage() for r in caplog.records) >= 2
+    assert pool.sent_in_process == 0
+
+
+async def test_a_worker_that_is_never_ready_is_killed_and_restarted(caplog: pytest.LogCaptureFixture) -> None:
+    # Alive but silent from its start (stuck before it read its settings): no attempt goes to it, and it is
+    # killed once an attempt's timeout + 5 s has passed, as a hanging worker is.
+    pool = loopback_pool([sys.executable, "-c", "import time; time.sleep(120)"], webhook_timeout_s=0.5)
+    with caplog.at_level(logging.ERROR, logger="services.notifier.webhook_workers"):
+        try:
+            await pool.start()
+            assert pool.pids() == {}
+            await eventually(lambda: pool.restarts >= 2, what="both silent workers killed")
+        finally:
+            await pool.aclose()
+    assert sum("was not ready" in r.getMessage() for r in caplog.records) >= 2
+    down = next(r.getMessage() for r in caplog.records if "is down" in r.getMessage())
+    # (-9: killed; 255 when asyncio's child watcher lost the race, as in the test above.)
+    assert "is down (exit code -9)" in down or "is down (exit code 255)" in down
