@@ -17,9 +17,11 @@ import os
 import pickle
 import struct
 import sys
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["MAX_BATCH", "Channel", "Message", "child_channel", "receive", "reserve_stdout"]
+__all__ = ["MAX_BATCH", "Channel", "Message", "child_channel", "handle_frames", "receive", "reserve_stdout",
+           "stop_child"]
 
 _HEADER = struct.Struct(">I")
 MAX_BATCH = 500  # messages per frame: 40,000 targets put at start go out as many moderate frames
@@ -85,3 +87,28 @@ async def child_channel(out_fd: int) -> tuple[asyncio.StreamReader, Channel]:
         asyncio.streams.FlowControlMixin, os.fdopen(out_fd, "wb", buffering=0)
     )
     return reader, Channel(asyncio.StreamWriter(transport, protocol, None, loop))
+
+
+async def handle_frames(reader: asyncio.StreamReader, channel: Channel, handle: Callable[[Message], None]) -> None:
+    """In a child: hand each of the parent's messages to ``handle`` until the parent closes the pipe."""
+    while (batch := await receive(reader)) is not None:
+        for message in batch:
+            handle(message)
+        await channel.drain()  # the parent reads slower than we write: wait rather than buffer
+
+
+async def stop_child(process: asyncio.subprocess.Process | None, channel: Channel | None, *, wait_s: float) -> None:
+    """In the parent: close a child's input (it ends what it has in flight and exits) and wait for it to exit,
+    ``wait_s`` at most; then kill it."""
+    if process is None or process.returncode is not None:
+        return
+    if channel is not None:
+        with contextlib.suppress(Exception):
+            channel.close()
+    try:
+        async with asyncio.timeout(wait_s):
+            await process.wait()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()

@@ -30,7 +30,7 @@ from services.detector.targets import Target
 from shared.eventloop import run
 from shared.gc_settle import GcSettler
 from shared.logging import bind_service, configure_logging
-from shared.pipe_channel import Channel, Message, child_channel, receive, reserve_stdout
+from shared.pipe_channel import Channel, Message, child_channel, handle_frames, reserve_stdout
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +89,7 @@ async def _serve(max_concurrency: int, per_host_limit: int, out_fd: int) -> None
                          per_host_limit=per_host_limit, settler=settler)
     loops = [asyncio.create_task(worker.scheduler.run()), asyncio.create_task(worker.report())]
     try:
-        while (batch := await receive(reader)) is not None:
-            for message in batch:
-                worker.handle(message)
-            await channel.drain()  # the parent reads slower than we write: wait rather than buffer
+        await handle_frames(reader, channel, worker.handle)
     finally:
         for task in loops:
             task.cancel()

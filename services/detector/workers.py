@@ -28,7 +28,7 @@ from services.detector.metrics import DetectorMetrics
 from services.detector.scheduler import ResultFn
 from services.detector.targets import Target
 from services.detector.vantage import owners
-from shared.pipe_channel import Channel, Message, receive
+from shared.pipe_channel import Channel, Message, receive, stop_child
 
 log = logging.getLogger(__name__)
 
@@ -243,18 +243,7 @@ class WorkerPool:
         worker.live = False
         process, channel = worker.process, worker.channel
         worker.channel = None
-        if process is None or process.returncode is not None:
-            return
-        if channel is not None:
-            with contextlib.suppress(Exception):
-                channel.close()  # its input closes: it cancels its probes and exits
-        try:
-            async with asyncio.timeout(5):
-                await process.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+        await stop_child(process, channel, wait_s=5)  # it cancels its probes and exits
 
     def _handle(self, worker: _Worker, message: Message) -> None:
         kind = message[0]

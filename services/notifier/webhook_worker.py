@@ -35,7 +35,7 @@ from shared.config import NotifierSettings
 from shared.eventloop import run
 from shared.gc_settle import GcSettler
 from shared.logging import bind_service, configure_logging
-from shared.pipe_channel import Channel, Message, child_channel, receive, reserve_stdout
+from shared.pipe_channel import Channel, Message, child_channel, handle_frames, reserve_stdout
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,7 @@ async def _serve(out_fd: int) -> None:
     settler = GcSettler().install()  # the collector's cost kept off the sending, as in the notifier (gc_settle.py)
     worker = WebhookWorker(channel, settler=settler)
     try:
-        while (batch := await receive(reader)) is not None:
-            for message in batch:
-                worker.handle(message)
-            await channel.drain()  # the parent reads slower than we write: wait rather than buffer
+        await handle_frames(reader, channel, worker.handle)
     finally:
         await worker.aclose()
         settler.close()

@@ -43,7 +43,7 @@ from services.notifier.jobs import Job, Outcome
 from services.notifier.webhook_worker import SENDING_FIELDS
 from services.notifier.webhooks import WebhookSender
 from shared.config import LoggingSettings, NotifierSettings
-from shared.pipe_channel import Channel, receive
+from shared.pipe_channel import Channel, receive, stop_child
 
 __all__ = ["WebhookWorkers"]
 
@@ -280,17 +280,6 @@ class WebhookWorkers:
         process, channel = child.process, child.channel
         child.channel = None
         try:
-            if process is None or process.returncode is not None:
-                return
-            if channel is not None:
-                with contextlib.suppress(Exception):
-                    channel.close()  # its input closes: it cancels its attempts and exits
-            try:
-                async with asyncio.timeout(STOP_WAIT_S):
-                    await process.wait()
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
+            await stop_child(process, channel, wait_s=STOP_WAIT_S)  # it cancels its attempts and exits
         finally:
             self._fail_pending(child, f"the notifier stopped before webhook worker {child.name} answered")
