@@ -90,6 +90,7 @@ __all__ = [
 _DUE = (DeliveryStatus.PENDING, DeliveryStatus.RETRYING)
 _DELIVERIES = cast(Table, DeliveryRow.__table__)
 _REACH = cast(Table, ReachRow.__table__)
+_EOS = cast(Table, EoRow.__table__)
 _PLANNED_EVENTS = cast(Table, PlannedEventRow.__table__)
 ANALYZE_AFTER = 1000
 """A plan of at least this many deliveries refreshes PostgreSQL's statistics of the tables it filled (see
@@ -125,6 +126,8 @@ class Planner:
         self._metrics, self._clock = desk.metrics, desk.clock
         self._on_planned = on_planned
         self._on_registry = on_registry
+        self._upserted = 0  # EOs upserted since the registry's last ANALYZE
+        self._upserted_at_analyze = 0
 
     @property
     def servicedesk(self) -> StaffContact | None:
@@ -187,6 +190,12 @@ class Planner:
         if moved:
             log.info("%d deliveries go to a changed webhook URL or e-mail address at once", moved)
             self._on_planned()
+        # The registry's statistics as it grows: after ANALYZE_AFTER upserts, then each time as many again as
+        # there were at the last ANALYZE (a 100,000-EO catch-up: about seven, each a fraction of a second).
+        self._upserted += len(latest) - len(removed)
+        if self._upserted >= max(ANALYZE_AFTER, self._upserted_at_analyze):
+            self._upserted_at_analyze, self._upserted = self._upserted_at_analyze + self._upserted, 0
+            await self._refresh_statistics(_EOS)
         self._on_registry()
 
     async def on_procedure(
@@ -314,10 +323,11 @@ class Planner:
             }], key=("event_id",), update=False)
         self._planned(event, plan.planned, plan.subject_id)
         if count >= ANALYZE_AFTER:
-            await self._refresh_statistics()
+            await self._refresh_statistics(_DELIVERIES, _REACH)
 
-    async def _refresh_statistics(self) -> None:
-        """``ANALYZE`` the delivery log and the reach rows on PostgreSQL after a large plan.
+    async def _refresh_statistics(self, *tables: Table) -> None:
+        """``ANALYZE`` ``tables`` on PostgreSQL: the delivery log and the reach rows after a large plan, the
+        registry as it grows (:meth:`on_eo_batch`).
 
         Until autovacuum gets to it, PostgreSQL plans with the statistics of the tables before the plan: a
         national fan-out's 100,000 reach rows unknown to it, it recorded each batch of outcomes' reach
@@ -325,7 +335,13 @@ class Planner:
         walked every unreached EO of the procedure per row: 9.5 s of the 100,000 outcomes' 17.6 s
         (``bench/dispatch_bench.py``). It samples the tables (a fraction of a second) after the dispatcher was
         woken; a failure (the tables' maintenance lock not free within a second, say) only leaves the
-        statistics as they were."""
+        statistics as they were.
+
+        The registry: asyncpg prepares a statement once per connection and PostgreSQL may then keep one generic
+        plan, made from the statistics of that moment; made while the table was empty, the lookup of a batch's
+        EOs by key scanned the whole table as a 100,000-EO registry was read into it (on a fresh notifier:
+        5.3 s of the read's 9 s in process, the registry read 41 s in ``bench/notifier_bench.py``). ANALYZE
+        makes PostgreSQL plan those statements again."""
         async with self._sessions() as session:
             if session.get_bind().dialect.name != "postgresql":
                 return
@@ -334,10 +350,10 @@ class Planner:
                 # wraparound, another notifier's ANALYZE): the next procedure event waits for this handler.
                 await session.execute(text("SET LOCAL lock_timeout = '1s'"))
                 await session.execute(text("SET LOCAL statement_timeout = '60s'"))
-                await session.execute(text(f"ANALYZE {_DELIVERIES.name}, {_REACH.name}"))
+                await session.execute(text(f"ANALYZE {', '.join(table.name for table in tables)}"))
                 await session.commit()
-            except Exception as exc:  # the plan is recorded: statistics are an optimisation
-                log.warning("could not refresh the statistics of the delivery log after a large plan: %s", exc)
+            except Exception as exc:  # what was written is committed: statistics are an optimisation
+                log.warning("could not refresh the statistics of %s: %s", ", ".join(t.name for t in tables), exc)
 
     def _planned(self, event: CloudEvent[Any], planned: list[PlannedNotice], subject_id: str) -> None:
         counts = Counter((n.audience.value, n.channel.value) for n in planned)

@@ -1,6 +1,7 @@
 """The delivery log on PostgreSQL. A large plan refreshes the statistics of the delivery log and the reach
 rows (``ANALYZE``): with the tables' old statistics, PostgreSQL recorded each outcome's reach by walking every
-unreached EO of the procedure (``services/notifier/planning.py``, ``Planner._refresh_statistics``)."""
+unreached EO of the procedure (``services/notifier/planning.py``, ``Planner._refresh_statistics``); so does
+the registry as it grows."""
 
 from __future__ import annotations
 
@@ -92,3 +93,22 @@ async def test_a_plan_does_not_wait_for_the_tables_maintenance_lock_to_refresh_t
     finally:
         receiver.stop()
     assert "could not refresh the statistics" in caplog.text
+
+
+async def test_the_registry_is_analyzed_as_it_grows(
+    database_url: str, kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After ANALYZE_AFTER EOs, then each time as many again as at the last time: the lookups of a large
+    registry read into an empty table are planned with its real size (not one scan of the table per batch)."""
+    monkeypatch.setattr(planning, "ANALYZE_AFTER", 2)
+
+    async def registry_analyzed(parts: NotifierParts) -> bool:
+        async with parts.sessions() as session:
+            return bool(await session.scalar(text("SELECT count(*) FROM pg_stats WHERE tablename = 'eos'")))
+
+    async with running_notifier(notifier_settings(kafka_bootstrap, topic_prefix, database_url),
+                                publish=False) as parts:
+        await register(parts, "LU0001", None, email="one@eo.lu")
+        assert not await registry_analyzed(parts)
+        await register(parts, "LU0002", None, email="two@eo.lu")
+        assert await registry_analyzed(parts)
