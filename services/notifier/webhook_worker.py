@@ -75,9 +75,9 @@ class WebhookWorker:
             max_idle_per_origin=settings.per_host_concurrency,
         )
         self._sender = WebhookSender(settings=settings, client=client)
-        self._channel.send(("ready",))
         if self._settler is not None:
-            self._settler.changed()  # what the start built (modules, settings, pools) frozen once it is quiet
+            self._settler.settle()  # what the start built (modules, settings, pools) frozen before any attempt
+        self._channel.send(("ready",))
 
     async def _post(
         self, n: int, address: str, body: bytes | None, secret: str | None, idempotency_key: str, timeout_s: float

@@ -239,11 +239,15 @@ class WebhookWorkers:
                     child.answered, child.failures = True, 0  # it works: a later death restarts it quickly again
             child.progress_at = time.monotonic()
 
+    def _relist(self) -> None:
+        """The live children, in a list :meth:`send` reads on every attempt."""
+        self._live = [c for c in self._children if c.live]
+
     def _ready(self, child: _Child) -> None:
         if child.live or self._closing:
             return
         child.live = True
-        self._live = [c for c in self._children if c.live]
+        self._relist()
         child.started.set()
         log.info("webhook worker %s ready (pid %s)", child.name, child.process.pid if child.process else None)
 
@@ -251,7 +255,7 @@ class WebhookWorkers:
         """A child's output closed (or cannot be read): fail its attempts in flight (retried later), close its
         input, kill and reap it."""
         child.live = False
-        self._live = [c for c in self._children if c.live]
+        self._relist()
         channel, child.channel = child.channel, None
         if channel is not None:
             with contextlib.suppress(Exception):
@@ -276,7 +280,7 @@ class WebhookWorkers:
 
     async def _stop(self, child: _Child) -> None:
         child.live = False
-        self._live = [c for c in self._children if c.live]
+        self._relist()
         process, channel = child.process, child.channel
         child.channel = None
         try:
