@@ -198,3 +198,41 @@ def test_rows_planned_while_a_claim_walks_are_looked_for_at_once() -> None:
 
     busy = ["busy.example:443"]
     assert asyncio.run(scenario()) == ([busy, busy], [busy, busy])
+
+
+def test_a_lane_is_claimed_for_once_half_empty_not_topped_up_as_it_drains() -> None:
+    async def scenario() -> tuple[bool, list[list[str]], bool, list[list[str]]]:
+        dispatcher = _Claims()
+        lane = dispatcher._lane_for("busy.example:443", DeliveryChannel.WEBHOOK)
+        lane.queue.extend(_job() for _ in range(lane.buffer // 2 + 1))  # room for more, but over half full
+        blocked = await dispatcher._claim()
+        first = list(dispatcher.asked)
+        lane.queue.popleft()  # half empty now
+        return blocked, first, await dispatcher._claim(), list(dispatcher.asked)
+
+    busy = ["busy.example:443"]
+    assert asyncio.run(scenario()) == (True, [busy], False, [busy, []])
+
+
+class _Instant:
+    async def send(self, job: Job) -> Outcome:
+        return Outcome.delivered(204)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_a_lane_run_empty_within_its_first_second_gives_the_next_one_its_host_s_pace() -> None:
+    async def scenario() -> tuple[int, int]:
+        dispatcher = _Claims()
+        dispatcher._senders = {DeliveryChannel.WEBHOOK: _Instant()}
+        lane = dispatcher._lane_for("fast.example:443", DeliveryChannel.WEBHOOK)
+        floor = lane.buffer
+        lane.queue.extend(_job() for _ in range(floor))
+        lane.workers = 1
+        await dispatcher._work(lane)  # the host takes them all at once; the lane ends with no work left
+        assert "fast.example:443" not in dispatcher._lanes
+        return floor, dispatcher._lane_for("fast.example:443", DeliveryChannel.WEBHOOK).buffer
+
+    floor, next_buffer = asyncio.run(scenario())
+    assert next_buffer > floor  # not back at the floor, as every lane of a national fan-out was
