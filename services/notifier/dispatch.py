@@ -423,6 +423,12 @@ class Dispatcher:
                 update(_D).where(one_of(_D.c.id, picked, dialect))
                 .values(claimed_by=self._me, claimed_until=now + self._lease)
             )
+        # The claimed rows read once the claim is committed, out of the writers' queue: what is claimed is this
+        # process's until its lease runs out. On SQLite the claim held the one writer about twice as long while
+        # it read and converted thousands of rows (the batch of outcomes waiting behind it, and the lane that
+        # claim was to refill waiting behind the next batch). Should this read fail, the rows it misses are
+        # claimed again (by any notifier, this one too) once their lease has run out, as a dead holder's are.
+        async with self._sessions() as session:
             rows = (await session.execute(
                 select(
                     _D.c.id, _D.c.event_id, _D.c.event_type, _D.c.procedure_id, _D.c.eori, _D.c.audience,
