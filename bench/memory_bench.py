@@ -8,7 +8,8 @@ endpoint, half with a webhook and its secret), and waits until the notifier hold
 (``luccs_detector_registry_records_total``), i.e. follows every EO's AS4 endpoint as a target. Then it
 prints, for each service, its RSS when idle (after start), after the import and after catching up
 (``--settle`` seconds later), and its peak (VmHWM). With ``--workers`` N > 1 the detector probes in N worker
-processes (``detector.workers``): each worker gets a row of its own.
+processes (``detector.workers``): each worker gets a row of its own; so does each of the notifier's webhook
+workers with ``--notifier-workers`` N > 1 (``notifier.workers``).
 
 Wall-clock is not what it measures, so the figures hold on a loaded machine; still, the load average at the
 start and at the end is printed beside them.
@@ -61,7 +62,7 @@ def _status_mib(pid: int, field: str) -> float:
 
 
 def _children(pid: int) -> list[int]:
-    """The child processes of ``pid`` (the detector's probe workers)."""
+    """The child processes of ``pid`` (the detector's probe workers, the notifier's webhook workers)."""
     try:
         return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
@@ -133,6 +134,7 @@ notifier_url = ""
 [notifier]
 port = {ports['notifier']}
 registry_catchup_s = {args.timeout}
+workers = {args.notifier_workers}
 [detector]
 port = {ports['detector']}
 interval_s = {args.interval}
@@ -141,7 +143,8 @@ workers = {args.workers}
     data = tmp / "eos.ndjson"
     _write_eos(data, args.eos, as4_port)
     print(f"memory benchmark: {args.eos:,} EOs, broker {args.kafka}, detector interval {args.interval:g} s, "
-          f"{args.workers} detector worker{'s' if args.workers > 1 else ''}; {_load()}", flush=True)
+          f"{args.workers} detector worker{'s' if args.workers > 1 else ''}, {args.notifier_workers} notifier "
+          f"worker{'s' if args.notifier_workers > 1 else ''}; {_load()}", flush=True)
     responder = mp.get_context("spawn").Process(target=run_responder, args=(as4_port,), daemon=True)
     responder.start()
     processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -161,10 +164,17 @@ workers = {args.workers}
                   "the detector's workers to start", processes, tmp)
             workers = _children(processes["detector"].pid)
             figures |= {f"worker {i + 1}": {} for i in range(len(workers))}
+        hooks: list[int] = []
+        if args.notifier_workers > 1:
+            _wait(lambda: len(_children(processes["notifier"].pid)) >= args.notifier_workers, args.timeout,
+                  "the notifier's webhook workers to start", processes, tmp)
+            hooks = _children(processes["notifier"].pid)
+            figures |= {f"webhook {i + 1}": {} for i in range(len(hooks))}
 
         def pids() -> dict[str, int]:
             return {name: process.pid for name, process in processes.items()} | {
-                f"worker {i + 1}": pid for i, pid in enumerate(workers)}
+                f"worker {i + 1}": pid for i, pid in enumerate(workers)} | {
+                f"webhook {i + 1}": pid for i, pid in enumerate(hooks)}
 
         def sample(label: str) -> None:
             for name, pid in pids().items():
@@ -222,6 +232,8 @@ def cli() -> None:
     parser.add_argument("--eos", type=int, default=100_000)
     parser.add_argument("--interval", type=float, default=3600.0, help="detector.interval_s")
     parser.add_argument("--workers", type=int, default=1, help="detector.workers (probe processes)")
+    parser.add_argument("--notifier-workers", type=int, default=1,
+                        help="notifier.workers (webhook sending processes; each gets a row, 'webhook N')")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds between catching up and sampling")
     parser.add_argument("--timeout", type=float, default=600.0, help="bound on every wait, in seconds")
     cli_args = parser.parse_args()
