@@ -96,6 +96,9 @@ class _Lane:
     buffer: int
     queue: deque[Job] = field(default_factory=deque)
     workers: int = 0
+    ahead: int = 0
+    """Attempts handed out beyond ``limit`` while global slots are free: its sender keeps to ``limit`` itself
+    (``Sender.ahead``: the webhook workers queue them and start each the moment one ends)."""
     done: int = 0
     paced_at: float = field(default_factory=time.monotonic)
 
@@ -314,7 +317,8 @@ class Dispatcher:
             # drained a moment ago starts at the size its pace had given it.
             floor = max(8 * limit, LANE_BUFFER)
             lane = self._lanes[name] = _Lane(name=name, limit=limit, floor=floor,
-                                             buffer=max(floor, self._buffers.pop(name, floor)))
+                                             buffer=max(floor, self._buffers.pop(name, floor)),
+                                             ahead=getattr(self._senders.get(channel), "ahead", 0))
         return lane
 
     async def _claim(self) -> bool:
@@ -336,7 +340,10 @@ class Dispatcher:
             for job in claimed:
                 lane = self._lane_for(job.lane, job.channel)
                 lane.queue.append(job)
-                while lane.workers < lane.limit and lane.workers < len(lane.queue):
+                while lane.workers < len(lane.queue) and (
+                    lane.workers < lane.limit
+                    or (lane.workers < lane.limit + lane.ahead and not self._slots.locked())
+                ):
                     lane.workers += 1
                     task = asyncio.create_task(self._work(lane), name=f"lane:{lane.name}")
                     self._workers.add(task)
@@ -496,6 +503,8 @@ class Dispatcher:
     async def _work(self, lane: _Lane) -> None:
         try:
             while lane.queue:
+                if lane.workers > lane.limit and self._slots.locked():
+                    break  # handed out ahead while slots were free; now other lanes need them in flight
                 job = lane.queue.popleft()
                 sender = self._senders.get(job.channel)
                 started = time.perf_counter()

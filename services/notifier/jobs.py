@@ -62,7 +62,11 @@ class Sender(Protocol):
     """Delivers jobs of one channel; never raises for a delivery problem, it answers an :class:`Outcome`.
 
     ``send`` returns an awaitable: a coroutine (``async def``), or a future that a webhook worker's answer
-    resolves (:mod:`services.notifier.webhook_workers`)."""
+    resolves (:mod:`services.notifier.webhook_workers`).
+
+    A sender may have an ``ahead`` attribute (an int; none: 0): how many attempts of one lane beyond its limit
+    it takes at once while the dispatcher's global slots are free, keeping to the lane's limit of attempts in
+    flight itself (the webhook workers queue them and start each the moment one ends)."""
 
     def send(self, job: Job) -> Awaitable[Outcome]: ...
 

@@ -12,7 +12,9 @@ session of its own). Logs go to stderr.
 
 Protocol: the framing of :mod:`shared.pipe_channel`. Parent to worker: ``("settings", fields, log_level,
 log_format)`` first (``fields``: the ``[notifier]`` settings the sending needs), then ``("post", n, address,
-body, secret, idempotency_key, timeout_s)`` per attempt. Worker to parent: ``("ready",)`` once it is
+body, secret, idempotency_key, timeout_s, lane, share)`` per attempt (``lane``: the host; ``share``: how many
+of that host's attempts this worker may have in flight at once, its share of ``per_host_concurrency``: what
+it is given beyond that waits here for one to end). Worker to parent: ``("ready",)`` once it is
 configured (the parent gives it attempts only from then on: one that dies at start fails none), then
 ``("outcome", n, ok, error, http_status, permanent)`` per attempt (the fields of
 :class:`~services.notifier.jobs.Outcome`).
@@ -46,14 +48,27 @@ SENDING_FIELDS = frozenset({
 """The ``[notifier]`` settings a worker is sent: those that sending a webhook reads."""
 
 
+class _Gate:
+    """A host's share of attempts in flight here, dropped once nothing waits at it (100,000 EOs may be as many
+    hosts)."""
+
+    __slots__ = ("semaphore", "users")
+
+    def __init__(self, share: int) -> None:
+        self.semaphore = asyncio.Semaphore(share)
+        self.users = 0
+
+
 class WebhookWorker:
-    """The worker's side: one task per attempt, its outcome sent back with the attempt's number."""
+    """The worker's side: one task per attempt, at most its share of a host's attempts in flight at once, each
+    outcome sent back with the attempt's number."""
 
     def __init__(self, channel: Channel, *, settler: GcSettler | None = None) -> None:
         self._channel = channel
         self._settler = settler
         self._sender: WebhookSender | None = None
         self._attempts: set[asyncio.Task[None]] = set()
+        self._gates: dict[str, _Gate] = {}
 
     def handle(self, message: Message) -> None:
         kind = message[0]
@@ -80,16 +95,26 @@ class WebhookWorker:
         self._channel.send(("ready",))
 
     async def _post(
-        self, n: int, address: str, body: bytes | None, secret: str | None, idempotency_key: str, timeout_s: float
+        self, n: int, address: str, body: bytes | None, secret: str | None, idempotency_key: str, timeout_s: float,
+        lane: str, share: int,
     ) -> None:
+        gate = self._gates.get(lane)
+        if gate is None:
+            gate = self._gates[lane] = _Gate(share)
+        gate.users += 1
         try:
-            if self._sender is None:
-                raise RuntimeError("no settings received before the first webhook")
-            outcome = await self._sender.post(address=address, body=body, secret=secret,
-                                              idempotency_key=idempotency_key, timeout_s=timeout_s)
+            async with gate.semaphore:
+                if self._sender is None:
+                    raise RuntimeError("no settings received before the first webhook")
+                outcome = await self._sender.post(address=address, body=body, secret=secret,
+                                                  idempotency_key=idempotency_key, timeout_s=timeout_s)
         except Exception as exc:  # the parent must hear of every attempt, whatever happened to it
             log.exception("webhook worker: attempt %s failed unexpectedly", n)
             outcome = Outcome.failed(f"{type(exc).__name__}: {exc}")
+        finally:
+            gate.users -= 1
+            if not gate.users and self._gates.get(lane) is gate:
+                del self._gates[lane]
         self._channel.send(("outcome", n, *outcome))
 
     async def aclose(self) -> None:

@@ -319,13 +319,14 @@ async def test_failures_are_retried_with_the_same_key_then_dead_lettered(
                for w in flaky.received)
 
 
+@pytest.mark.parametrize("workers", [1, 2])  # 2: sent by webhook workers, each host's attempts handed out ahead
 async def test_a_hanging_endpoint_delays_no_other_eo(
-    database_url: str, kafka_bootstrap: str, topic_prefix: str
+    database_url: str, kafka_bootstrap: str, topic_prefix: str, workers: int
 ) -> None:
     hanging = WebhookReceiver(delay_s=20).start()
     healthy = WebhookReceiver().start()
     settings = notifier_settings(kafka_bootstrap, topic_prefix, database_url, webhook_timeout_s=15,
-                                 per_host_concurrency=2)
+                                 per_host_concurrency=2, workers=workers)
     try:
         async with running_notifier(settings) as parts:
             # Several EOs behind the hanging host: more than its lane runs at once.

@@ -448,3 +448,73 @@ async def test_a_worker_that_is_never_ready_is_killed_and_restarted(caplog: pyte
     down = next(r.getMessage() for r in caplog.records if "is down" in r.getMessage())
     # (-9: killed; 255 when asyncio's child watcher lost the race, as in the test above.)
     assert "is down (exit code -9)" in down or "is down (exit code 255)" in down
+
+
+async def _held_until_steady(receiver: HeldReceiver, expected: int) -> int:
+    """How many attempts the receiver holds once ``expected`` have arrived and half a second has passed."""
+    await eventually(lambda: receiver.received >= expected, what=f"{expected} attempts in flight")
+    await asyncio.sleep(0.5)  # more would have arrived by now if the limit let them
+    return receiver.received
+
+
+async def test_a_host_has_at_most_its_limit_in_flight_across_the_workers_with_attempts_handed_out_ahead() -> None:
+    receiver = HeldReceiver()
+    url = await receiver.start()
+    pool = loopback_pool(per_host_concurrency=4)  # 2 each
+    try:
+        await pool.start()
+        assert pool.ahead == 4
+        sends = [asyncio.ensure_future(pool.send(webhook_job(n, url))) for n in range(40)]
+        in_flight = await _held_until_steady(receiver, 4)
+        queued = sum(pool.in_flight().values())
+        receiver.release.set()
+        outcomes = await asyncio.gather(*sends)
+    finally:
+        await pool.aclose()
+        receiver.stop()
+    assert in_flight == 4  # both workers' shares, and no more
+    assert queued == 40  # the rest handed out, waiting in the workers
+    assert all(o.ok for o in outcomes) and receiver.received == 40
+    assert pool.sent_in_process == 0
+
+
+async def test_a_limit_below_the_number_of_workers_gives_some_workers_none_of_it() -> None:
+    receiver = HeldReceiver()
+    url = await receiver.start()
+    pool = loopback_pool(per_host_concurrency=1)
+    try:
+        await pool.start()
+        sends = [asyncio.ensure_future(pool.send(webhook_job(n, url))) for n in range(6)]
+        in_flight = await _held_until_steady(receiver, 1)
+        busy = {name for name, count in pool.in_flight().items() if count}
+        receiver.release.set()
+        outcomes = await asyncio.gather(*sends)
+    finally:
+        await pool.aclose()
+        receiver.stop()
+    assert in_flight == 1
+    assert busy == {"webhook-worker-0"}
+    assert all(o.ok for o in outcomes)
+
+
+async def test_in_this_process_a_host_keeps_its_limit_and_the_workers_wait_for_those_in_flight_here() -> None:
+    receiver = HeldReceiver()
+    url = await receiver.start()
+    pool = loopback_pool(per_host_concurrency=3)
+    try:
+        # Not started: no worker is live, so these go out in this process, three at a time.
+        here = [asyncio.ensure_future(pool.send(webhook_job(n, url))) for n in range(5)]
+        held_here = await _held_until_steady(receiver, 3)
+        await pool.start()
+        assert set(pool.pids()) == {"webhook-worker-0", "webhook-worker-1"}
+        # Workers live now, but three attempts to that host are still in flight here: the next ones wait.
+        later = [asyncio.ensure_future(pool.send(webhook_job(n, url))) for n in range(5, 10)]
+        held_after_start = await _held_until_steady(receiver, 3)
+        receiver.release.set()
+        outcomes = await asyncio.gather(*here, *later)
+    finally:
+        await pool.aclose()
+        receiver.stop()
+    assert (held_here, held_after_start) == (3, 3)
+    assert all(o.ok for o in outcomes) and receiver.received == 10
+    assert pool.sent_in_process == 5
