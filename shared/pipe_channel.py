@@ -20,11 +20,19 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["MAX_BATCH", "Channel", "Message", "child_channel", "handle_frames", "receive", "reserve_stdout",
-           "stop_child"]
+__all__ = ["MAX_BATCH", "MAX_FRAME_BYTES", "Channel", "FrameError", "Message", "child_channel", "handle_frames",
+           "receive", "reserve_stdout", "stop_child"]
 
 _HEADER = struct.Struct(">I")
 MAX_BATCH = 500  # messages per frame: 40,000 targets put at start go out as many moderate frames
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+"""Larger than any frame this code writes (500 messages; a webhook notice's body is a few KiB and shared by the
+frame's messages): a length beyond it is a stream out of step or a child writing something else to its
+stdout, not a frame to buffer up to 4 GiB of."""
+
+
+class FrameError(ValueError):
+    """What came through the pipe is not a frame of this protocol."""
 
 Message = tuple[Any, ...]
 
@@ -61,12 +69,21 @@ class Channel:
 
 
 async def receive(reader: asyncio.StreamReader) -> list[Message] | None:
-    """The next frame's messages, or None once the other end has closed the pipe."""
+    """The next frame's messages, or None once the other end has closed the pipe; :class:`FrameError` if what
+    comes is not a frame (a length over MAX_FRAME_BYTES, a body that does not unpickle to a list)."""
     try:
         (length,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-        batch: list[Message] = pickle.loads(await reader.readexactly(length))  # noqa: S301 (our own child)
+        if length > MAX_FRAME_BYTES:
+            raise FrameError(f"a frame of {length} bytes announced (at most {MAX_FRAME_BYTES})")
+        body = await reader.readexactly(length)
     except asyncio.IncompleteReadError:
         return None
+    try:
+        batch = pickle.loads(body)  # noqa: S301 (our own child)
+    except Exception as exc:
+        raise FrameError(f"a frame that does not unpickle: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(batch, list):
+        raise FrameError(f"a frame of a {type(batch).__name__}, not a list of messages")
     return batch
 
 

@@ -191,7 +191,10 @@ class WorkerPool:
 
     async def _keep(self, worker: _Worker) -> None:
         while True:
-            await self._serve(worker)  # until the worker's output closes: it died
+            try:
+                await self._serve(worker)  # until the worker's output closes: it died
+            except Exception:  # its output cannot be read: killed (in _buried) and restarted as one that died
+                log.exception("probe worker %s sent what cannot be read: killing it", worker.name)
             await self._buried(worker)
             worker.failures += 1
             self.restarts += 1

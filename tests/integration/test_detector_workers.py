@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -138,3 +139,20 @@ async def test_the_detector_app_probes_through_its_workers_and_stops_them(
     for pid in pids:  # stopped with the app: no orphan probe processes
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+async def test_a_worker_whose_output_cannot_be_read_is_killed_and_restarted_and_the_pool_goes_on() -> None:
+    # Each start of this "worker" writes a frame that does not unpickle, then waits: it is killed (not left
+    # running) and restarted after its pause, and the pool's loop goes on rather than ending on the error.
+    garbage = "import os, struct, time; os.write(1, struct.pack('>I', 5) + b'hello'); time.sleep(60)"
+
+    pool = WorkerPool(workers=1, on_result=lambda *_: None, max_concurrency=10, per_host_limit=2, restart_s=0.05,
+                      command=[sys.executable, "-c", garbage])
+    loop = asyncio.create_task(pool.run())
+    try:
+        await eventually(lambda: pool.restarts >= 2, timeout=30, what="the unreadable worker restarted twice")
+        assert not loop.done()
+    finally:
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+    assert pool.pids() == {}

@@ -424,7 +424,7 @@ async def test_a_worker_whose_answers_cannot_be_read_is_killed_and_its_attempts_
             await pool.aclose()
     assert {(o.ok, o.permanent) for o in outcomes} == {(False, False)}  # retried later by the dispatcher
     assert {o.error for o in outcomes} == {
-        f"webhook worker {name} was killed (its answers could not be read: UnpicklingError) before answering: "
+        f"webhook worker {name} was killed (its answers could not be read: FrameError) before answering: "
         "will be retried with the same Idempotency-Key" for name in pids
     }
     assert not [pid for pid in pids.values() if running(pid)]

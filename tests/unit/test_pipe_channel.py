@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
+import struct
 from collections.abc import AsyncIterator
 
 import pytest
 
-from shared.pipe_channel import MAX_BATCH, Channel, Message, receive
+from shared.pipe_channel import MAX_BATCH, MAX_FRAME_BYTES, Channel, FrameError, Message, receive
 
 
 class _CountingWriter(asyncio.StreamWriter):
@@ -95,3 +97,22 @@ async def test_receive_says_none_once_the_other_end_closed(
     channel.close()  # what is queued goes out first
     assert await receive(reader) == [("last",)]
     assert await receive(reader) is None
+
+
+def _fed(data: bytes) -> asyncio.StreamReader:
+    reader = asyncio.StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    return reader
+
+
+async def test_a_length_beyond_any_frame_is_refused_before_its_body_is_read() -> None:
+    # Only the header follows: a reader that believed it would wait for (or buffer) 64 MiB and more.
+    with pytest.raises(FrameError, match="announced"):
+        await receive(_fed(struct.pack(">I", MAX_FRAME_BYTES + 1)))
+
+
+@pytest.mark.parametrize("body", [b"not a pickle", pickle.dumps({"not": "a list"})])
+async def test_a_body_that_is_no_list_of_messages_is_refused(body: bytes) -> None:
+    with pytest.raises(FrameError):
+        await receive(_fed(struct.pack(">I", len(body)) + body))
