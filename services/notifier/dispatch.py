@@ -63,6 +63,9 @@ LANE_BUFFER_S = 2.0
 LANE_BUFFER_MAX deliveries: see :meth:`_Lane.pace`."""
 LANE_PACE_MIN_S = 0.2
 """The shortest moment a lane that ran empty is paced over: see :meth:`_Lane.ended`."""
+LANE_MEMORY_S = 5.0
+"""How long the buffer a lane that ran empty had is kept for its host's next lane: the refills of one fan-out,
+not the next fan-out (whose first claims stay at the floor, shared with the other notifiers)."""
 RENEW_CHUNK = 500
 GAUGE_BACKOFF = 20.0
 OUTSIDE_FULL_BACKOFF = 10.0
@@ -96,9 +99,6 @@ class _Lane:
     buffer: int
     queue: deque[Job] = field(default_factory=deque)
     workers: int = 0
-    ahead: int = 0
-    """Attempts handed out beyond ``limit`` while global slots are free: its sender keeps to ``limit`` itself
-    (``Sender.ahead``: the webhook workers queue them and start each the moment one ends)."""
     done: int = 0
     paced_at: float = field(default_factory=time.monotonic)
 
@@ -136,12 +136,10 @@ class _Lane:
         national fan-out went out in claims of 1,000 with the lane empty between them (100,000 webhooks: the
         lane's buffer stayed at 1,000 throughout). What it did in that moment counts (over LANE_PACE_MIN_S at
         least: a few deliveries in a few milliseconds say little), to grow the buffer only: a lane that simply
-        ran out of work did its last moment's deliveries slowly for want of them, not of the host's pace."""
+        ran out of work did its last moment's deliveries slowly for want of them, not of the host's pace.
+        ``done`` counts the deliveries that reached the host: a host refusing them fast is no fast host."""
         elapsed = max(now - self.paced_at, LANE_PACE_MIN_S)
-        if now - self.paced_at < 1.0:
-            self.buffer = max(self.buffer, min(LANE_BUFFER_MAX, int(self.done / elapsed * LANE_BUFFER_S)))
-        else:
-            self.pace(now)
+        self.buffer = max(self.buffer, min(LANE_BUFFER_MAX, int(self.done / elapsed * LANE_BUFFER_S)))
 
 
 @dataclass(frozen=True)
@@ -183,10 +181,12 @@ class Dispatcher:
                                              base_s=cfg.backoff_base_s, max_delay_s=cfg.backoff_max_s)
         self._rng = rng
         self._slots = asyncio.Semaphore(cfg.concurrency)
+        self._concurrency = cfg.concurrency
+        self._tasks = 0  # lane workers alive, every lane: each holds a slot or waits for one
         self._sqlite_writer: asyncio.Lock | None = None  # set by run() on SQLite: see _writing
         self._wake = asyncio.Event()
         self._lanes: dict[str, _Lane] = {}
-        self._buffers: dict[str, int] = {}  # the buffer a drained lane had, for the lane's next claims
+        self._buffers: dict[str, tuple[int, float]] = {}  # a drained lane's buffer, and when: LANE_MEMORY_S
         self._held: set[str] = set()
         self._notices: dict[int, _Notice] = {}
         self._workers: set[asyncio.Task[None]] = set()
@@ -316,10 +316,25 @@ class Dispatcher:
             # and a second notifier sharing the database still finds work to take on (and over). A lane that
             # drained a moment ago starts at the size its pace had given it.
             floor = max(8 * limit, LANE_BUFFER)
-            lane = self._lanes[name] = _Lane(name=name, limit=limit, floor=floor,
-                                             buffer=max(floor, self._buffers.pop(name, floor)),
-                                             ahead=getattr(self._senders.get(channel), "ahead", 0))
+            learned, ended_at = self._buffers.pop(name, (floor, 0.0))
+            if time.monotonic() - ended_at > LANE_MEMORY_S:
+                learned = floor
+            lane = self._lanes[name] = _Lane(name=name, limit=limit, floor=floor, buffer=max(floor, learned))
         return lane
+
+    def _staff(self, lane: _Lane, channel: DeliveryChannel) -> None:
+        """Workers for ``lane``'s queue: up to its limit, and up to its sender's ``ahead`` more while the lanes'
+        workers leave global slots free (each holds a slot while its attempt waits in the sender's queue, so
+        they never take slots other lanes' attempts wait for)."""
+        ahead = getattr(self._senders.get(channel), "ahead", 0)
+        while lane.workers < len(lane.queue) and (
+            lane.workers < lane.limit or (lane.workers < lane.limit + ahead and self._tasks < self._concurrency)
+        ):
+            lane.workers += 1
+            self._tasks += 1
+            task = asyncio.create_task(self._work(lane), name=f"lane:{lane.name}")
+            self._workers.add(task)
+            task.add_done_callback(self._workers.discard)
 
     async def _claim(self) -> bool:
         """Claim due deliveries for every lane with room; return whether the due rows left (if any) are all in
@@ -336,18 +351,18 @@ class Dispatcher:
                 # with room (one that woke this loop) is served at once as before.
                 return True
             walk_started, wakes = time.monotonic(), self._wakes
-            claimed, exhausted = await self._claim_batch_of_jobs(excluding_lanes=full)
-            for job in claimed:
-                lane = self._lane_for(job.lane, job.channel)
-                lane.queue.append(job)
-                while lane.workers < len(lane.queue) and (
-                    lane.workers < lane.limit
-                    or (lane.workers < lane.limit + lane.ahead and not self._slots.locked())
-                ):
-                    lane.workers += 1
-                    task = asyncio.create_task(self._work(lane), name=f"lane:{lane.name}")
-                    self._workers.add(task)
-                    task.add_done_callback(self._workers.discard)
+            try:
+                claimed, exhausted = await self._claim_batch_of_jobs(excluding_lanes=full)
+                for job in claimed:
+                    lane = self._lane_for(job.lane, job.channel)
+                    lane.queue.append(job)
+                    self._staff(lane, job.channel)
+            finally:
+                # A lane made for a claim's candidates whose rows then came back elsewhere (readdressed between
+                # the claim and its read) or not at all (the read failed) has nothing to run: no worker would
+                # ever end it.
+                for idle in [lane for lane in self._lanes.values() if not lane.queue and not lane.workers]:
+                    del self._lanes[idle.name]
             if exhausted:  # no due row outside the full lanes: another claim now would find none
                 if full and self._wakes != wakes:
                     continue  # rows planned (or readdressed) while this walk ran may be outside its snapshot
@@ -446,17 +461,17 @@ class Dispatcher:
                 .where(one_of(_D.c.id, picked, dialect))
                 .order_by(_D.c.next_attempt_at)
             )).all()
-            missing = {row.notice_id for row in rows} - self._notices.keys()
+            needed = {row.notice_id for row in rows}
+            if len(self._notices) > 10_000 and not needed <= self._notices.keys():
+                self._notices.clear()  # before what is missing is worked out: every row's notice is then loaded
+            missing = needed - self._notices.keys()
             if missing:
-                if len(self._notices) > 10_000:
-                    self._notices.clear()
                 for stored in (await session.scalars(select(NoticeRow).where(NoticeRow.id.in_(missing)))).all():
                     self._notices[stored.id] = _Notice(Language(stored.language), stored.subject, stored.message,
                                                        stored.webhook_body)
         jobs = []
         for row in rows:
             notice = self._notices[row.notice_id]
-            self._held.add(row.id)
             jobs.append(Job(
                 delivery_id=row.id, event_id=row.event_id, event_type=row.event_type, procedure_id=row.procedure_id,
                 eori=row.eori, audience=row.audience, channel=DeliveryChannel(row.channel), address=row.recipient,
@@ -464,6 +479,7 @@ class Dispatcher:
                 created_at=row.created_at, language=notice.language, subject=notice.subject,
                 message=notice.message, webhook_body=notice.webhook_body, webhook_secret=row.webhook_secret,
             ))
+        self._held.update(job.delivery_id for job in jobs)  # each now in a lane's queue: sent, then recorded
         return jobs, exhausted
 
     async def _until_next_due(self) -> float:
@@ -503,8 +519,8 @@ class Dispatcher:
     async def _work(self, lane: _Lane) -> None:
         try:
             while lane.queue:
-                if lane.workers > lane.limit and self._slots.locked():
-                    break  # handed out ahead while slots were free; now other lanes need them in flight
+                if lane.workers > lane.limit and self._tasks > self._concurrency:
+                    break  # handed out ahead while slots were free; now other lanes' workers wait for them
                 job = lane.queue.popleft()
                 sender = self._senders.get(job.channel)
                 started = time.perf_counter()
@@ -518,18 +534,20 @@ class Dispatcher:
                         log.exception("delivery %s failed unexpectedly", job.delivery_id)
                         outcome = Outcome.failed(f"{type(exc).__name__}: {exc}")
                 self._outcomes.put_nowait((job, outcome, time.perf_counter() - started))
-                lane.done += 1
+                if outcome.ok:
+                    lane.done += 1
                 if len(lane.queue) == lane.buffer // 2:
                     self._wake.set()  # half empty: time to claim more for this lane
         finally:
             lane.workers -= 1
+            self._tasks -= 1
             if lane.workers == 0 and not lane.queue and self._lanes.get(lane.name) is lane:
                 del self._lanes[lane.name]
                 lane.ended(time.monotonic())
                 if len(self._buffers) > 10_000:
                     self._buffers.clear()
                 if lane.buffer > lane.floor:
-                    self._buffers[lane.name] = lane.buffer
+                    self._buffers[lane.name] = (lane.buffer, time.monotonic())
                 self._wake.set()
 
     # --- recording --------------------------------------------------------------------------------------

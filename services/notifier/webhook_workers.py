@@ -8,7 +8,8 @@ pools of its own.
 
 :class:`WebhookWorkers` is a :class:`~services.notifier.jobs.Sender`: the dispatcher hands it jobs as it
 hands the in-process :class:`~services.notifier.webhooks.WebhookSender` them. Each job goes, as a plain tuple
-(address, body, secret, Idempotency-Key, timeout), to the live child with the fewest attempts in flight; the
+(address, body, secret, Idempotency-Key, timeout), to the live child with the fewest attempts unanswered (in
+flight or queued) among those with a share of the host's limit (below); the
 child's answer resolves the future the dispatcher awaits. The jobs of one event-loop turn travel in one frame,
 so a notice's body sent to many EOs is pickled once per frame. A child is live, and given attempts, once it
 has said it is ready (its settings read, its pools made): one that dies at start (import error, bad settings,
@@ -16,14 +17,17 @@ out of memory) fails no attempt.
 
 Each child keeps to its share of ``per_host_concurrency`` (the limit split among the ``workers`` children by
 their number: 50 over 2 is 25 each; with fewer than ``workers``, some get none and are given none of that
-host's attempts): ``per_host_concurrency`` attempts are at most in flight to one host together. The parent may
-then hand a host's attempts out ahead (:attr:`WebhookWorkers.ahead` beyond the host's limit: the dispatcher
-runs that many more per lane), each child queueing what exceeds its share and starting the next one the moment
-one ends. Without it each attempt waited for the round trip through the notifier's event loop (the answer read,
-the dispatcher's worker woken, the next attempt sent): a host's limit of attempts in flight then spent much of
-its time between attempts (a 100,000-webhook fan-out to one host, limit 50, on PostgreSQL: 21 s, and 17 s with
-attempts handed out ahead). While webhooks go out in this process (no child live), it keeps to the host's limit
-itself; once a child is live again, attempts go to the children only when none is in flight here.
+host's attempts; ``workers`` beyond ``per_host_concurrency`` are never given any): ``per_host_concurrency``
+attempts are at most in flight to one host together. The dispatcher may then hand a host's attempts out ahead
+(:attr:`WebhookWorkers.ahead` beyond the host's limit, as many as the live children take at once, while global
+slots are free), each child queueing what exceeds its share and starting the next one the moment one ends.
+Without it each attempt waited for the round trip through the notifier's event loop (the answer read, the
+dispatcher's worker woken, the next attempt sent): a host's limit of attempts in flight then spent much of its
+time between attempts (a 100,000-webhook fan-out to one host, limit 50, on PostgreSQL: 21 s before, 19 s with
+attempts handed out ahead). An attempt queued in a child that dies fails with the ones in flight there (it is
+retried, as they are, and counts as an attempt). While webhooks go out in this process (no child live), it keeps
+to the host's limit itself; once a child is live again, attempts go to the children only when none is in
+flight here.
 
 A child that dies fails its attempts in flight with a transient error: the dispatcher retries them later with
 the same Idempotency-Key (at least once, as always: the child may have sent some of them). So does one whose
@@ -126,12 +130,9 @@ class WebhookWorkers:
         self._children = [_Child(f"webhook-worker-{i}", share)
                           for i, share in enumerate(shares(self._limit, workers))]
         self._live: list[_Child] = []  # live, with a share of a host's limit: given attempts
-        self.ahead = self._limit
-        """Attempts a lane may hand out beyond its limit (the dispatcher reads it): queued in the children."""
         self._gates: dict[str, _Gate] = {}
         self._here = 0  # attempts sent in this process and not answered yet
-        self._none_here = asyncio.Event()
-        self._none_here.set()
+        self._changed = asyncio.Event()  # set (and replaced) as the last one here ends or the live children change
         self._numbers = itertools.count()
         self._keepers: list[asyncio.Task[None]] = []
         self._closing = False
@@ -139,6 +140,12 @@ class WebhookWorkers:
         self.sent_in_process = 0
 
     # --- the Sender ---------------------------------------------------------------------------------
+
+    @property
+    def ahead(self) -> int:
+        """Attempts of one host the dispatcher may hand out beyond its limit (queued in the children): as many as
+        the live children take in flight together, none while webhooks go out in this process."""
+        return sum(child.share for child in self._live)
 
     def send(self, job: Job) -> Awaitable[Outcome]:
         live = self._live
@@ -168,7 +175,6 @@ class WebhookWorkers:
         """In this process, within the host's limit (the dispatcher hands a lane's attempts out ahead)."""
         self.sent_in_process += 1
         self._here += 1
-        self._none_here.clear()
         gate = self._gates.get(job.lane)
         if gate is None:
             gate = self._gates[job.lane] = _Gate(self._limit)
@@ -182,12 +188,17 @@ class WebhookWorkers:
                 del self._gates[job.lane]
             self._here -= 1
             if not self._here:
-                self._none_here.set()
+                self._notify()
 
     async def _send_after_those_here(self, job: Job) -> Outcome:
+        # Until none is in flight here, or no child is live any more (then this one goes out here too).
         while self._here and self._live:
-            await self._none_here.wait()
+            await self._changed.wait()
         return await self.send(job)
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     async def aclose(self) -> None:
         """Stop the children (their input closes; killed after 5 s) and close the in-process sender's pool."""
@@ -259,8 +270,8 @@ class WebhookWorkers:
             if self._closing:
                 return
             pause = min(self._restart_s * 2 ** max(0, child.failures - 1), MAX_RESTART_PAUSE_S)
-            log.error("webhook worker %s is down (exit code %s); restarting it in %.1fs (meanwhile its share of "
-                      "webhooks goes to the others)", child.name,
+            log.error("webhook worker %s is down (exit code %s); restarting it in %.1fs (meanwhile the others "
+                      "send the webhooks, each within its own share of a host's limit)", child.name,
                       child.process.returncode if child.process else None, pause)
             await asyncio.sleep(pause)
             if not self._closing:
@@ -306,6 +317,7 @@ class WebhookWorkers:
     def _relist(self) -> None:
         """The live children with a share of a host's limit, in a list :meth:`send` reads on every attempt."""
         self._live = [c for c in self._children if c.live and c.share]
+        self._notify()
 
     def _ready(self, child: _Child) -> None:
         if child.live or self._closing:

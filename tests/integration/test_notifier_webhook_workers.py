@@ -502,7 +502,8 @@ async def test_in_this_process_a_host_keeps_its_limit_and_the_workers_wait_for_t
     url = await receiver.start()
     pool = loopback_pool(per_host_concurrency=3)
     try:
-        # Not started: no worker is live, so these go out in this process, three at a time.
+        # Not started: no worker is live, so these go out in this process, three at a time (none handed out ahead).
+        assert pool.ahead == 0
         here = [asyncio.ensure_future(pool.send(webhook_job(n, url))) for n in range(5)]
         held_here = await _held_until_steady(receiver, 3)
         await pool.start()
@@ -518,3 +519,27 @@ async def test_in_this_process_a_host_keeps_its_limit_and_the_workers_wait_for_t
     assert (held_here, held_after_start) == (3, 3)
     assert all(o.ok for o in outcomes) and receiver.received == 10
     assert pool.sent_in_process == 5
+
+
+async def test_an_attempt_waiting_for_those_in_flight_here_goes_out_here_once_no_worker_is_live() -> None:
+    receiver = HeldReceiver()
+    url = await receiver.start()
+    pool = loopback_pool(per_host_concurrency=3)
+    try:
+        here = [asyncio.ensure_future(pool.send(webhook_job(n, url))) for n in range(3)]  # no worker live yet
+        await _held_until_steady(receiver, 3)
+        await pool.start()
+        waiting = asyncio.ensure_future(pool.send(webhook_job(3, url)))  # waits for the three here
+        await asyncio.sleep(0.2)
+        assert pool.sent_in_process == 3
+        pool.command = ["/nonexistent/python"]  # a restart cannot start: both stay down
+        for pid in pool.pids().values():
+            os.kill(pid, signal.SIGKILL)
+        # No worker is live any more: the waiting attempt goes out here (behind the host's limit of 3).
+        await eventually(lambda: pool.sent_in_process == 4, timeout=10, what="the waiting attempt sent here")
+        receiver.release.set()
+        outcomes = await asyncio.gather(*here, waiting)
+    finally:
+        await pool.aclose()
+        receiver.stop()
+    assert all(o.ok for o in outcomes) and receiver.received == 4

@@ -5,6 +5,7 @@ claim skipped while every lane is full is one that would have found nothing."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, cast
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 from prometheus_client import CollectorRegistry
 
+from services.notifier import dispatch
 from services.notifier.dispatch import SOURCE, Dispatcher, delivery_event_bytes
 from services.notifier.domain import Audience, url_origin, webhook_url_problem
 from services.notifier.jobs import Job, Outcome
@@ -230,9 +232,77 @@ def test_a_lane_run_empty_within_its_first_second_gives_the_next_one_its_host_s_
         floor = lane.buffer
         lane.queue.extend(_job() for _ in range(floor))
         lane.workers = 1
+        dispatcher._tasks = 1
         await dispatcher._work(lane)  # the host takes them all at once; the lane ends with no work left
         assert "fast.example:443" not in dispatcher._lanes
         return floor, dispatcher._lane_for("fast.example:443", DeliveryChannel.WEBHOOK).buffer
 
     floor, next_buffer = asyncio.run(scenario())
     assert next_buffer > floor  # not back at the floor, as every lane of a national fan-out was
+
+
+class _Refusing:
+    async def send(self, job: Job) -> Outcome:
+        return Outcome.failed("connection refused")
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_what_a_lane_learnt_is_for_its_host_s_next_moments_not_the_next_fan_out_and_failures_teach_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def run_a_lane(dispatcher: Dispatcher, name: str) -> int:
+        lane = dispatcher._lane_for(name, DeliveryChannel.WEBHOOK)
+        lane.queue.extend(_job() for _ in range(lane.buffer))
+        lane.workers = 1
+        dispatcher._tasks = 1
+        await dispatcher._work(lane)
+        return lane.floor
+
+    async def scenario() -> tuple[int, int, int]:
+        dispatcher = _Claims()
+        dispatcher._senders = {DeliveryChannel.WEBHOOK: _Instant()}
+        floor = await run_a_lane(dispatcher, "fast.example:443")
+        later = time.monotonic() + dispatch.LANE_MEMORY_S + 1
+        monkeypatch.setattr(dispatch.time, "monotonic", lambda: later)
+        a_fan_out_later = dispatcher._lane_for("fast.example:443", DeliveryChannel.WEBHOOK).buffer
+        monkeypatch.undo()
+        dispatcher._lanes.clear()
+        dispatcher._senders = {DeliveryChannel.WEBHOOK: _Refusing()}
+        await run_a_lane(dispatcher, "refusing.example:443")
+        after_refusals = dispatcher._lane_for("refusing.example:443", DeliveryChannel.WEBHOOK).buffer
+        return floor, a_fan_out_later, after_refusals
+
+    floor, a_fan_out_later, after_refusals = asyncio.run(scenario())
+    assert (a_fan_out_later, after_refusals) == (floor, floor)
+
+
+class _ReadElsewhere(_Claims):
+    """A claim whose walk made a lane for a host, and whose rows came back at another (readdressed meanwhile),
+    then one whose read failed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = False
+
+    async def _claim_batch_of_jobs(self, *, excluding_lanes: list[str]) -> tuple[list[Job], bool]:
+        self._lane_for("old.example:443", DeliveryChannel.WEBHOOK)  # made while walking the candidates
+        if self.fail:
+            raise ConnectionError("the database went away")
+        return [_job()], True  # its lane: hooks.example:443
+
+
+def test_a_lane_made_for_rows_that_came_back_elsewhere_or_not_at_all_is_not_left_behind() -> None:
+    async def scenario() -> tuple[list[str], list[str]]:
+        dispatcher = _ReadElsewhere()
+        dispatcher._senders = {DeliveryChannel.WEBHOOK: _Instant()}
+        await dispatcher._claim()
+        after_readdress = sorted(dispatcher._lanes)
+        await asyncio.gather(*dispatcher._workers)
+        dispatcher.fail = True
+        with pytest.raises(ConnectionError):
+            await dispatcher._claim()
+        return after_readdress, sorted(dispatcher._lanes)
+
+    assert asyncio.run(scenario()) == (["hooks.example:443"], [])

@@ -61,11 +61,20 @@ def test_a_lane_that_ran_out_of_work_keeps_the_buffer_its_pace_gave_it() -> None
     assert lane.buffer == 8000
 
 
-def test_a_lane_that_lived_longer_than_a_second_is_paced_as_ever_when_it_ends() -> None:
+def test_a_lane_that_lived_longer_than_a_second_is_paced_over_its_last_stretch_when_it_ends() -> None:
     lane = _lane()
     lane.done = 3000
     lane.ended(102.0)  # 1,500 a second over two seconds
     assert lane.buffer == int(1500 * LANE_BUFFER_S)
+
+
+def test_a_lane_s_slow_last_stretch_before_it_ends_never_shrinks_its_buffer() -> None:
+    lane = _lane()
+    lane.done = 4000
+    lane.pace(101.0)
+    lane.done = 50  # then a second and a half of a last few deliveries, for want of work
+    lane.ended(102.5)
+    assert lane.buffer == 8000
 
 
 def test_a_lane_is_topped_up_while_more_than_half_its_buffer_waits() -> None:

@@ -79,3 +79,29 @@ def test_a_lane_hands_out_its_limit_and_its_sender_s_ahead_but_never_more_than_t
     most, workers_left, outcomes = asyncio.run(scenario())
     assert most == expected  # limit 2, ahead 2: 4 at once while slots are free; the slots bound it otherwise
     assert (workers_left, outcomes) == (0, 20)
+
+
+class _TwoHosts(_OneClaim):
+    def __init__(self, sender: _Held) -> None:
+        super().__init__(sender, concurrency=6, jobs=0)
+        self._jobs = [*(_job() for _ in range(10)), *(_job()._replace(lane="other.example:443") for _ in range(10))]
+
+
+def test_attempts_handed_out_ahead_never_take_the_slots_another_lane_s_limit_needs() -> None:
+    async def scenario() -> tuple[int, dict[str, int], int]:
+        sender = _Held(ahead=2)
+        dispatcher = _TwoHosts(sender)
+        await dispatcher._claim()
+        staffed = {name: lane.workers for name, lane in dispatcher._lanes.items()}
+        tasks = dispatcher._tasks
+        await asyncio.sleep(0.05)
+        most = sender.most
+        sender.release.set()
+        while dispatcher._outcomes.qsize() < 20:
+            await asyncio.sleep(0.01)
+        return tasks, staffed, most
+
+    tasks, staffed, most = asyncio.run(scenario())
+    # The first lane took its limit and 2 ahead while 6 slots were free; the second its limit, and no more.
+    assert staffed == {"hooks.example:443": 4, "other.example:443": 2}
+    assert tasks == most == 6

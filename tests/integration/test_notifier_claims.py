@@ -1,0 +1,69 @@
+"""A claim builds a job for every row it claimed, whatever its cache of notices held: a full cache is cleared
+before the notices missing from it are loaded (a row whose notice was cached and then cleared away failed the
+claim and stayed held, its lease renewed for ever, sent by no notifier)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy import insert
+
+from services.notifier.dispatch import _D, Dispatcher, _Notice
+from services.notifier.jobs import Job, Outcome
+from services.notifier.metrics import NotifierMetrics
+from services.notifier.migrate import upgrade
+from services.notifier.models import NoticeRow
+from shared.config import NotifierSettings, Settings
+from shared.db import make_engine, session_factory
+from shared.events import DeliveryChannel, EventType, Language
+
+pytestmark = pytest.mark.integration
+
+
+class _Never:
+    async def send(self, job: Job) -> Outcome:
+        raise AssertionError("not sent in this test")
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_full_notice_cache_is_cleared_before_the_missing_notices_are_loaded(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'notifier.db'}")
+    try:
+        await upgrade(engine)
+        sessions = session_factory(engine)
+        now = datetime.now(UTC)
+        async with sessions.begin() as session:
+            notices = [
+                (await session.execute(insert(NoticeRow).values(
+                    event_id="e", audience="eo", language=language, variant="", subject="s", message="m",
+                    webhook_body=b"{}",
+                ))).inserted_primary_key[0]
+                for language in ("fr", "de")
+            ]
+            for n, notice_id in enumerate(notices):
+                row: dict[str, Any] = dict(
+                    id=f"delivery-{n}", event_id="e", event_type=EventType.PROCEDURE_OPENED, procedure_id="P",
+                    notice_id=notice_id, audience="eo", recipient_key=f"k{n}", eori=f"LU{n}", channel="webhook",
+                    recipient=f"https://hooks.example/{n}", lane="hooks.example:443", idempotency_key=f"i{n}",
+                    status="pending", attempts=0, next_attempt_at=now - timedelta(seconds=2 - n), created_at=now,
+                    updated_at=now,
+                )
+                await session.execute(insert(_D).values(**row))
+        dispatcher = Dispatcher(settings=Settings(notifier=NotifierSettings()), sessions=sessions,
+                                senders={DeliveryChannel.WEBHOOK: _Never()},
+                                metrics=NotifierMetrics(CollectorRegistry()))
+        # A full cache holding the second row's notice but not the first's.
+        dispatcher._notices = {-i: _Notice(Language.EN, "", "", None) for i in range(1, 10_002)}
+        dispatcher._notices[notices[1]] = _Notice(Language.DE, "s", "m", b"{}")
+        jobs, _ = await dispatcher._claim_batch_of_jobs(excluding_lanes=[])
+    finally:
+        await engine.dispose()
+    assert [(job.delivery_id, job.language) for job in jobs] == [("delivery-0", Language.FR),
+                                                                  ("delivery-1", Language.DE)]
+    assert dispatcher.in_flight == 2
