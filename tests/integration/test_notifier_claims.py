@@ -43,7 +43,7 @@ async def test_a_full_notice_cache_is_cleared_before_the_missing_notices_are_loa
                 (await session.execute(insert(NoticeRow).values(
                     event_id="e", audience="eo", language=language, variant="", subject="s", message="m",
                     webhook_body=b"{}",
-                ))).inserted_primary_key[0]
+                ).returning(NoticeRow.id))).scalar_one()
                 for language in ("fr", "de")
             ]
             for n, notice_id in enumerate(notices):

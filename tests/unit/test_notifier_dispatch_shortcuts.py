@@ -5,7 +5,6 @@ claim skipped while every lane is full is one that would have found nothing."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, cast
@@ -14,8 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.notifier import dispatch
-from services.notifier.dispatch import SOURCE, Dispatcher, delivery_event_bytes
+from services.notifier.dispatch import LANE_MEMORY_S, SOURCE, Dispatcher, delivery_event_bytes
 from services.notifier.domain import Audience, url_origin, webhook_url_problem
 from services.notifier.jobs import Job, Outcome
 from services.notifier.metrics import NotifierMetrics
@@ -250,7 +248,6 @@ class _Refusing:
 
 
 def test_what_a_lane_learnt_is_for_its_host_s_next_moments_not_the_next_fan_out_and_failures_teach_nothing(
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async def run_a_lane(dispatcher: Dispatcher, name: str) -> int:
         lane = dispatcher._lane_for(name, DeliveryChannel.WEBHOOK)
@@ -264,10 +261,11 @@ def test_what_a_lane_learnt_is_for_its_host_s_next_moments_not_the_next_fan_out_
         dispatcher = _Claims()
         dispatcher._senders = {DeliveryChannel.WEBHOOK: _Instant()}
         floor = await run_a_lane(dispatcher, "fast.example:443")
-        later = time.monotonic() + dispatch.LANE_MEMORY_S + 1
-        monkeypatch.setattr(dispatch.time, "monotonic", lambda: later)
+        learnt, ended_at = dispatcher._buffers["fast.example:443"]
+        assert learnt > floor
+        # As if the host's next fan-out came LANE_MEMORY_S and a second later.
+        dispatcher._buffers["fast.example:443"] = (learnt, ended_at - LANE_MEMORY_S - 1)
         a_fan_out_later = dispatcher._lane_for("fast.example:443", DeliveryChannel.WEBHOOK).buffer
-        monkeypatch.undo()
         dispatcher._lanes.clear()
         dispatcher._senders = {DeliveryChannel.WEBHOOK: _Refusing()}
         await run_a_lane(dispatcher, "refusing.example:443")
