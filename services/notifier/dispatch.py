@@ -324,11 +324,16 @@ class Dispatcher:
 
     def _staff(self, lane: _Lane, channel: DeliveryChannel) -> None:
         """Workers for ``lane``'s queue: up to its limit, and up to its sender's ``ahead`` more while the lanes'
-        workers leave global slots free (each holds a slot while its attempt waits in the sender's queue, so
-        they never take slots other lanes' attempts wait for)."""
+        workers together hold at most half the global slots.
+
+        A worker handed out ahead holds a slot while its attempt waits in the sender's queue (behind the host's
+        limit), up to two attempts' time: with half the slots at most so held, a lane that comes later always
+        finds the other half to share with the lanes' own limits, and the ahead workers give theirs back after
+        their attempt (:meth:`_work`) once the lanes' workers are more than half the slots."""
         ahead = getattr(self._senders.get(channel), "ahead", 0)
         while lane.workers < len(lane.queue) and (
-            lane.workers < lane.limit or (lane.workers < lane.limit + ahead and self._tasks < self._concurrency)
+            lane.workers < lane.limit
+            or (lane.workers < lane.limit + ahead and self._tasks < self._concurrency // 2)
         ):
             lane.workers += 1
             self._tasks += 1
@@ -363,6 +368,8 @@ class Dispatcher:
                 # ever end it.
                 for idle in [lane for lane in self._lanes.values() if not lane.queue and not lane.workers]:
                     del self._lanes[idle.name]
+                    if idle.buffer > idle.floor:  # what its host's last lane learnt, kept for the next one
+                        self._buffers[idle.name] = (idle.buffer, time.monotonic())
             if exhausted:  # no due row outside the full lanes: another claim now would find none
                 if full and self._wakes != wakes:
                     continue  # rows planned (or readdressed) while this walk ran may be outside its snapshot
@@ -519,8 +526,8 @@ class Dispatcher:
     async def _work(self, lane: _Lane) -> None:
         try:
             while lane.queue:
-                if lane.workers > lane.limit and self._tasks > self._concurrency:
-                    break  # handed out ahead while slots were free; now other lanes' workers wait for them
+                if lane.workers > lane.limit and self._tasks > self._concurrency // 2:
+                    break  # handed out ahead while slots were free; now other lanes' workers need them
                 job = lane.queue.popleft()
                 sender = self._senders.get(job.channel)
                 started = time.perf_counter()

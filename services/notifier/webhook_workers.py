@@ -19,8 +19,8 @@ Each child keeps to its share of ``per_host_concurrency`` (the limit split among
 their number: 50 over 2 is 25 each; with fewer than ``workers``, some get none and are given none of that
 host's attempts; ``workers`` beyond ``per_host_concurrency`` are never given any): ``per_host_concurrency``
 attempts are at most in flight to one host together. The dispatcher may then hand a host's attempts out ahead
-(:attr:`WebhookWorkers.ahead` beyond the host's limit, as many as the live children take at once, while global
-slots are free), each child queueing what exceeds its share and starting the next one the moment one ends.
+(:attr:`WebhookWorkers.ahead` beyond the host's limit, as many as the live children take at once, while the
+dispatcher's lanes hold at most half its global slots), each child queueing what exceeds its share and starting the next one the moment one ends.
 Without it each attempt waited for the round trip through the notifier's event loop (the answer read, the
 dispatcher's worker woken, the next attempt sent): a host's limit of attempts in flight then spent much of its
 time between attempts (a 100,000-webhook fan-out to one host, limit 50, on PostgreSQL: 21 s before, 19 s with
@@ -144,8 +144,9 @@ class WebhookWorkers:
     @property
     def ahead(self) -> int:
         """Attempts of one host the dispatcher may hand out beyond its limit (queued in the children): as many as
-        the live children take in flight together, none while webhooks go out in this process."""
-        return sum(child.share for child in self._live)
+        the live children take in flight together; none while webhooks go out in this process (or some still
+        are in flight here: the children's attempts wait for those)."""
+        return 0 if self._here else sum(child.share for child in self._live)
 
     def send(self, job: Job) -> Awaitable[Outcome]:
         live = self._live

@@ -60,7 +60,7 @@ class _OneClaim(Dispatcher):
         return jobs, True
 
 
-@pytest.mark.parametrize(("concurrency", "expected"), [(100, 4), (3, 3), (2, 2)])
+@pytest.mark.parametrize(("concurrency", "expected"), [(100, 4), (8, 4), (6, 3), (3, 2), (2, 2)])
 def test_a_lane_hands_out_its_limit_and_its_sender_s_ahead_but_never_more_than_the_global_slots(
     concurrency: int, expected: int
 ) -> None:
@@ -77,13 +77,14 @@ def test_a_lane_hands_out_its_limit_and_its_sender_s_ahead_but_never_more_than_t
         return most, lane.workers, dispatcher._outcomes.qsize()
 
     most, workers_left, outcomes = asyncio.run(scenario())
-    assert most == expected  # limit 2, ahead 2: 4 at once while slots are free; the slots bound it otherwise
+    # Limit 2, ahead 2: 4 at once while the lanes' workers hold at most half the slots; the limit otherwise.
+    assert most == expected
     assert (workers_left, outcomes) == (0, 20)
 
 
 class _TwoHosts(_OneClaim):
     def __init__(self, sender: _Held) -> None:
-        super().__init__(sender, concurrency=6, jobs=0)
+        super().__init__(sender, concurrency=8, jobs=0)
         self._jobs = [*(_job() for _ in range(10)), *(_job()._replace(lane="other.example:443") for _ in range(10))]
 
 
@@ -102,6 +103,7 @@ def test_attempts_handed_out_ahead_never_take_the_slots_another_lane_s_limit_nee
         return tasks, staffed, most
 
     tasks, staffed, most = asyncio.run(scenario())
-    # The first lane took its limit and 2 ahead while 6 slots were free; the second its limit, and no more.
+    # The first lane took its limit and 2 ahead (its workers then half the 8 slots); the second its limit, and
+    # no more. With the lanes' workers over half the slots, the first lane's 2 ahead gave way before sending.
     assert staffed == {"hooks.example:443": 4, "other.example:443": 2}
-    assert tasks == most == 6
+    assert (tasks, most) == (6, 4)
