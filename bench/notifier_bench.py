@@ -287,6 +287,8 @@ connections = {args.smtp_connections}
         recorded_s = time.time() - published_at
         cpu_s = _cpu_s(process.pid) - cpu_before
         workers_cpu_s = sum(_cpu_s(pid) for pid in children) - children_before
+        peaks = {"notifier_peak_mib": _peak_mib(process.pid)} | {
+            f"worker_{i + 1}_peak_mib": _peak_mib(pid) for i, pid in enumerate(children)}
         metrics = httpx.get(f"{url}/metrics").text
         failed = metric(metrics, "luccs_notifier_delivery_outcomes_total", 'outcome="retrying"') + metric(
             metrics, "luccs_notifier_delivery_outcomes_total", 'outcome="dead"')
@@ -299,7 +301,18 @@ connections = {args.smtp_connections}
         log.close()
     return {"n": n, "registering_s": registering_s, "ready_s": ready_s, "first_s": first_s, "last_2xx_s": last_2xx_s,
             "recorded_s": recorded_s, "failed_attempts": failed, "received": count.value - before, "cpu_s": cpu_s,
-            "workers_cpu_s": workers_cpu_s, "load": os.getloadavg()[0]}
+            "workers_cpu_s": workers_cpu_s, "load": os.getloadavg()[0], **peaks}
+
+
+def _peak_mib(pid: int) -> float:
+    """The process's peak RSS so far (``VmHWM``), in MiB, from ``/proc`` (Linux; NaN elsewhere)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 def _children(pid: int) -> list[int]:
@@ -437,6 +450,9 @@ def main() -> None:
             both = result["cpu_s"] + result["workers_cpu_s"]
             print(f"  its {args.workers} webhook workers' CPU: {result['workers_cpu_s']:.2f} s; notifier and workers "
                   f"together {both:.2f} s ({1000 * both / n:.3f} ms per {unit})")
+        print(f"  peak RSS: notifier {result['notifier_peak_mib']:.0f} MiB" + "".join(
+            f", webhook worker {i + 1} {result[f'worker_{i + 1}_peak_mib']:.0f} MiB"
+            for i in range(args.workers) if f"worker_{i + 1}_peak_mib" in result))
         verdict = {True: "met", False: "NOT met"}
         if channel == "webhook":
             within_s = 20 * n / 100_000
