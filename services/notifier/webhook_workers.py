@@ -15,19 +15,19 @@ so a notice's body sent to many EOs is pickled once per frame. A child is live, 
 has said it is ready (its settings read, its pools made): one that dies at start (import error, bad settings,
 out of memory) fails no attempt.
 
-Each child keeps to its share of ``per_host_concurrency`` (the limit split among the ``workers`` children by
-their number: 50 over 2 is 25 each; with fewer than ``workers``, some get none and are given none of that
-host's attempts; ``workers`` beyond ``per_host_concurrency`` are never given any): ``per_host_concurrency``
-attempts are at most in flight to one host together. The dispatcher may then hand a host's attempts out ahead
+Each child keeps to its share of ``per_host_concurrency`` (the limit split among the ``workers`` children by their
+number: 50 over 2 is 25 each; with fewer than ``workers``, some get none and are given none of that host's
+attempts; ``workers`` beyond ``per_host_concurrency`` are never given any): ``per_host_concurrency`` attempts are
+at most in flight to one host together. The dispatcher may then hand a host's attempts out ahead
 (:attr:`WebhookWorkers.ahead` beyond the host's limit, as many as the live children take at once, while the
-dispatcher's lanes hold at most half its global slots), each child queueing what exceeds its share and starting the next one the moment one ends.
-Without it each attempt waited for the round trip through the notifier's event loop (the answer read, the
-dispatcher's worker woken, the next attempt sent): a host's limit of attempts in flight then spent much of its
-time between attempts (a 100,000-webhook fan-out to one host, limit 50, on PostgreSQL: 21 s before, 19 s with
-attempts handed out ahead). An attempt queued in a child that dies fails with the ones in flight there (it is
-retried, as they are, and counts as an attempt). While webhooks go out in this process (no child live), it keeps
-to the host's limit itself; once a child is live again, attempts go to the children only when none is in
-flight here.
+dispatcher's lanes hold at most half its global slots), each child queueing what exceeds its share and starting the
+next one the moment one ends. Without it each attempt waited for the round trip through the notifier's event loop
+(the answer read, the dispatcher's worker woken, the next attempt sent): a host's limit of attempts in flight then
+spent much of its time between attempts (a 100,000-webhook fan-out to one host, limit 50, on PostgreSQL: 21 s
+before, 19 s with attempts handed out ahead). An attempt queued in a child that dies fails with the ones in flight
+there (it is retried, as they are, and counts as an attempt). While webhooks go out in this process (no child
+live), it keeps to the host's limit itself; once a child is live again, attempts go to the children only when none
+is in flight here.
 
 A child that dies fails its attempts in flight with a transient error: the dispatcher retries them later with
 the same Idempotency-Key (at least once, as always: the child may have sent some of them). So does one whose
