@@ -36,6 +36,7 @@ from services.notifier.webhooks import WebhookSender, webhook_ssl_context
 from shared.config import NotifierSettings
 from shared.eventloop import run
 from shared.gc_settle import GcSettler
+from shared.keyed_limits import KeyedLimits
 from shared.logging import bind_service, configure_logging
 from shared.pipe_channel import Channel, Message, child_channel, handle_frames, reserve_stdout
 
@@ -48,17 +49,6 @@ SENDING_FIELDS = frozenset({
 """The ``[notifier]`` settings a worker is sent: those that sending a webhook reads."""
 
 
-class _Gate:
-    """A host's share of attempts in flight here, dropped once nothing waits at it (100,000 EOs may be as many
-    hosts)."""
-
-    __slots__ = ("semaphore", "users")
-
-    def __init__(self, share: int) -> None:
-        self.semaphore = asyncio.Semaphore(share)
-        self.users = 0
-
-
 class WebhookWorker:
     """The worker's side: one task per attempt, at most its share of a host's attempts in flight at once, each
     outcome sent back with the attempt's number."""
@@ -68,7 +58,7 @@ class WebhookWorker:
         self._settler = settler
         self._sender: WebhookSender | None = None
         self._attempts: set[asyncio.Task[None]] = set()
-        self._gates: dict[str, _Gate] = {}
+        self._shares = KeyedLimits()  # per host: at most its share in flight here
 
     def handle(self, message: Message) -> None:
         kind = message[0]
@@ -98,12 +88,8 @@ class WebhookWorker:
         self, n: int, address: str, body: bytes | None, secret: str | None, idempotency_key: str, timeout_s: float,
         lane: str, share: int,
     ) -> None:
-        gate = self._gates.get(lane)
-        if gate is None:
-            gate = self._gates[lane] = _Gate(share)
-        gate.users += 1
         try:
-            async with gate.semaphore:
+            async with self._shares.hold(lane, share):
                 if self._sender is None:
                     raise RuntimeError("no settings received before the first webhook")
                 outcome = await self._sender.post(address=address, body=body, secret=secret,
@@ -111,10 +97,6 @@ class WebhookWorker:
         except Exception as exc:  # the parent must hear of every attempt, whatever happened to it
             log.exception("webhook worker: attempt %s failed unexpectedly", n)
             outcome = Outcome.failed(f"{type(exc).__name__}: {exc}")
-        finally:
-            gate.users -= 1
-            if not gate.users and self._gates.get(lane) is gate:
-                del self._gates[lane]
         self._channel.send(("outcome", n, *outcome))
 
     async def aclose(self) -> None:

@@ -58,6 +58,7 @@ from services.notifier.jobs import Job, Outcome
 from services.notifier.webhook_worker import SENDING_FIELDS
 from services.notifier.webhooks import WebhookSender
 from shared.config import LoggingSettings, NotifierSettings
+from shared.keyed_limits import KeyedLimits
 from shared.pipe_channel import Channel, receive, stop_child
 
 __all__ = ["WebhookWorkers"]
@@ -74,16 +75,6 @@ def shares(limit: int, workers: int) -> list[int]:
     """Each child's share of a host's ``limit`` of attempts in flight, by the child's number: together exactly
     ``limit`` (50 over 2: 25 and 25; 5 over 3: 2, 2, 1; 1 over 2: 1 and 0)."""
     return [limit // workers + (1 if i < limit % workers else 0) for i in range(workers)]
-
-
-class _Gate:
-    """A host's limit in this process while no child is live, dropped once nothing waits at it."""
-
-    __slots__ = ("semaphore", "users")
-
-    def __init__(self, limit: int) -> None:
-        self.semaphore = asyncio.Semaphore(limit)
-        self.users = 0
 
 
 class _Child:
@@ -130,7 +121,7 @@ class WebhookWorkers:
         self._children = [_Child(f"webhook-worker-{i}", share)
                           for i, share in enumerate(shares(self._limit, workers))]
         self._live: list[_Child] = []  # live, with a share of a host's limit: given attempts
-        self._gates: dict[str, _Gate] = {}
+        self._here_per_host = KeyedLimits()  # each host's limit, for the webhooks sent in this process
         self._here = 0  # attempts sent in this process and not answered yet
         self._changed = asyncio.Event()  # set (and replaced) as the last one here ends or the live children change
         self._numbers = itertools.count()
@@ -176,17 +167,10 @@ class WebhookWorkers:
         """In this process, within the host's limit (the dispatcher hands a lane's attempts out ahead)."""
         self.sent_in_process += 1
         self._here += 1
-        gate = self._gates.get(job.lane)
-        if gate is None:
-            gate = self._gates[job.lane] = _Gate(self._limit)
-        gate.users += 1
         try:
-            async with gate.semaphore:
+            async with self._here_per_host.hold(job.lane, self._limit):
                 return await self._in_process.send(job)
         finally:
-            gate.users -= 1
-            if not gate.users and self._gates.get(job.lane) is gate:
-                del self._gates[job.lane]
             self._here -= 1
             if not self._here:
                 self._notify()
