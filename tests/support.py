@@ -243,6 +243,26 @@ async def pg_database(server_url: str, prefix: str = "luccs_test") -> AsyncItera
         await pg_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@contextlib.asynccontextmanager
+async def scratch_table(database_url: str, table: Any, rows: list[dict[str, Any]] | None = None) -> AsyncIterator[Any]:
+    """``table`` (a SQLAlchemy ``Table`` of a name of its own) created in ``database_url`` with ``rows``, a session
+    on that database (an ``AsyncSession``), and the table dropped afterwards."""
+    from shared.db import make_engine, session_factory
+
+    engine = make_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(table.metadata.create_all)
+            if rows:
+                await connection.execute(table.insert(), rows)
+        async with session_factory(engine)() as session:
+            yield session
+    finally:
+        async with engine.begin() as connection:
+            await connection.run_sync(table.metadata.drop_all)
+        await engine.dispose()
+
+
 BUREAU_TOKEN = "bureau-token-for-tests"
 """A bureau token (reads everything, EO data included; writes nothing) for tests that read EO data."""
 BUREAU = {"Authorization": f"Bearer {BUREAU_TOKEN}"}

@@ -15,23 +15,16 @@ from sqlalchemy import Column, Integer, MetaData, String, Table
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import insert_columns, insert_plain, make_engine, session_factory, update_plain
+from shared.db import insert_columns, insert_plain, update_plain
+from tests.support import scratch_table
 
 
 @pytest.fixture
 async def table(postgres_url: str) -> AsyncIterator[tuple[Table, AsyncSession]]:
-    engine = make_engine(postgres_url)
     table = Table(f"short_{uuid.uuid4().hex[:10]}", MetaData(), Column("id", String(3), primary_key=True),
                   Column("tag", String(3)), Column("n", Integer))
-    try:
-        async with engine.begin() as connection:
-            await connection.run_sync(table.metadata.create_all)
-        async with session_factory(engine)() as session:
-            yield table, session
-    finally:
-        async with engine.begin() as connection:
-            await connection.run_sync(table.metadata.drop_all)
-        await engine.dispose()
+    async with scratch_table(postgres_url, table) as session:
+        yield table, session
 
 
 async def test_a_value_too_long_is_refused_not_cut(table: tuple[Table, AsyncSession]) -> None:

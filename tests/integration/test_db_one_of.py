@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import make_engine, one_of, session_factory
+from shared.db import one_of
+from tests.support import scratch_table
 
 pytestmark = pytest.mark.integration
 
@@ -21,19 +22,10 @@ IDS = ["a", "b'quote", 'c"double', "d\\slash", "é-ünï", "f,g", "[h]", "x" * 1
 async def table(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Table, AsyncSession]]:
     sqlite = f"sqlite:///{tmp_path / 'one_of.db'}"
     url = sqlite if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    engine = make_engine(url)
     table = Table(f"one_of_{uuid.uuid4().hex[:10]}", MetaData(), Column("id", String(100), primary_key=True),
                   Column("n", Integer))
-    try:
-        async with engine.begin() as connection:
-            await connection.run_sync(table.metadata.create_all)
-            await connection.execute(table.insert(), [{"id": i, "n": 0} for i in IDS])
-        async with session_factory(engine)() as session:
-            yield table, session
-    finally:
-        async with engine.begin() as connection:
-            await connection.run_sync(table.metadata.drop_all)
-        await engine.dispose()
+    async with scratch_table(url, table, [{"id": i, "n": 0} for i in IDS]) as session:
+        yield table, session
 
 
 async def test_one_of_selects_and_updates_exactly_the_listed_rows(table: tuple[Table, AsyncSession]) -> None:

@@ -7,12 +7,14 @@ attempts fail (to be retried)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -457,11 +459,21 @@ async def _held_until_steady(receiver: HeldReceiver, expected: int) -> int:
     return receiver.received
 
 
-async def test_a_host_has_at_most_its_limit_in_flight_across_the_workers_with_attempts_handed_out_ahead() -> None:
+@contextlib.asynccontextmanager
+async def held_pool(per_host_concurrency: int) -> AsyncIterator[tuple[HeldReceiver, str, WebhookWorkers]]:
+    """A receiver holding its answers, its URL, and two workers (not started) that may POST to it."""
     receiver = HeldReceiver()
     url = await receiver.start()
-    pool = loopback_pool(per_host_concurrency=4)  # 2 each
+    pool = loopback_pool(per_host_concurrency=per_host_concurrency)
     try:
+        yield receiver, url, pool
+    finally:
+        await pool.aclose()
+        receiver.stop()
+
+
+async def test_a_host_has_at_most_its_limit_in_flight_across_the_workers_with_attempts_handed_out_ahead() -> None:
+    async with held_pool(4) as (receiver, url, pool):  # 2 each
         await pool.start()
         assert pool.ahead == 4
         sends = [asyncio.ensure_future(pool.send(webhook_job(n, url))) for n in range(40)]
@@ -469,9 +481,6 @@ async def test_a_host_has_at_most_its_limit_in_flight_across_the_workers_with_at
         queued = sum(pool.in_flight().values())
         receiver.release.set()
         outcomes = await asyncio.gather(*sends)
-    finally:
-        await pool.aclose()
-        receiver.stop()
     assert in_flight == 4  # both workers' shares, and no more
     assert queued == 40  # the rest handed out, waiting in the workers
     assert all(o.ok for o in outcomes) and receiver.received == 40
@@ -479,29 +488,20 @@ async def test_a_host_has_at_most_its_limit_in_flight_across_the_workers_with_at
 
 
 async def test_a_limit_below_the_number_of_workers_gives_some_workers_none_of_it() -> None:
-    receiver = HeldReceiver()
-    url = await receiver.start()
-    pool = loopback_pool(per_host_concurrency=1)
-    try:
+    async with held_pool(1) as (receiver, url, pool):
         await pool.start()
         sends = [asyncio.ensure_future(pool.send(webhook_job(n, url))) for n in range(6)]
         in_flight = await _held_until_steady(receiver, 1)
         busy = {name for name, count in pool.in_flight().items() if count}
         receiver.release.set()
         outcomes = await asyncio.gather(*sends)
-    finally:
-        await pool.aclose()
-        receiver.stop()
     assert in_flight == 1
     assert busy == {"webhook-worker-0"}
     assert all(o.ok for o in outcomes)
 
 
 async def test_in_this_process_a_host_keeps_its_limit_and_the_workers_wait_for_those_in_flight_here() -> None:
-    receiver = HeldReceiver()
-    url = await receiver.start()
-    pool = loopback_pool(per_host_concurrency=3)
-    try:
+    async with held_pool(3) as (receiver, url, pool):
         # Not started: no worker is live, so these go out in this process, three at a time (none handed out ahead).
         assert pool.ahead == 0
         here = [asyncio.ensure_future(pool.send(webhook_job(n, url))) for n in range(5)]
@@ -513,19 +513,13 @@ async def test_in_this_process_a_host_keeps_its_limit_and_the_workers_wait_for_t
         held_after_start = await _held_until_steady(receiver, 3)
         receiver.release.set()
         outcomes = await asyncio.gather(*here, *later)
-    finally:
-        await pool.aclose()
-        receiver.stop()
     assert (held_here, held_after_start) == (3, 3)
     assert all(o.ok for o in outcomes) and receiver.received == 10
     assert pool.sent_in_process == 5
 
 
 async def test_an_attempt_waiting_for_those_in_flight_here_goes_out_here_once_no_worker_is_live() -> None:
-    receiver = HeldReceiver()
-    url = await receiver.start()
-    pool = loopback_pool(per_host_concurrency=3)
-    try:
+    async with held_pool(3) as (receiver, url, pool):
         here = [asyncio.ensure_future(pool.send(webhook_job(n, url))) for n in range(3)]  # no worker live yet
         await _held_until_steady(receiver, 3)
         await pool.start()
@@ -539,7 +533,4 @@ async def test_an_attempt_waiting_for_those_in_flight_here_goes_out_here_once_no
         await eventually(lambda: pool.sent_in_process == 4, timeout=10, what="the waiting attempt sent here")
         receiver.release.set()
         outcomes = await asyncio.gather(*here, waiting)
-    finally:
-        await pool.aclose()
-        receiver.stop()
     assert all(o.ok for o in outcomes) and receiver.received == 4
