@@ -158,23 +158,18 @@ workers = {args.workers}
             _wait(lambda name=name: httpx.get(f"{url[name]}/readyz", timeout=2).status_code == 200,  # type: ignore[misc]
                   args.timeout, f"the {name} to be ready", processes, tmp)
         figures: dict[str, dict[str, float]] = {name: {} for name in SERVICES}
-        workers: list[int] = []
-        if args.workers > 1:
-            _wait(lambda: len(_children(processes["detector"].pid)) >= args.workers, args.timeout,
-                  "the detector's workers to start", processes, tmp)
-            workers = _children(processes["detector"].pid)
-            figures |= {f"worker {i + 1}": {} for i in range(len(workers))}
-        hooks: list[int] = []
-        if args.notifier_workers > 1:
-            _wait(lambda: len(_children(processes["notifier"].pid)) >= args.notifier_workers, args.timeout,
-                  "the notifier's webhook workers to start", processes, tmp)
-            hooks = _children(processes["notifier"].pid)
-            figures |= {f"webhook {i + 1}": {} for i in range(len(hooks))}
+        children: dict[str, int] = {}  # row name -> pid: the detector's probe workers, the notifier's webhook ones
+        for service, count, row in (("detector", args.workers, "worker"), ("notifier", args.notifier_workers,
+                                                                           "webhook")):
+            if count > 1:
+                pid = processes[service].pid
+                _wait(lambda pid=pid, count=count: len(_children(pid)) >= count,  # type: ignore[misc]
+                      args.timeout, f"the {service}'s {count} workers to start", processes, tmp)
+                children |= {f"{row} {i + 1}": child for i, child in enumerate(_children(pid))}
+        figures |= {name: {} for name in children}
 
         def pids() -> dict[str, int]:
-            return {name: process.pid for name, process in processes.items()} | {
-                f"worker {i + 1}": pid for i, pid in enumerate(workers)} | {
-                f"webhook {i + 1}": pid for i, pid in enumerate(hooks)}
+            return {name: process.pid for name, process in processes.items()} | children
 
         def sample(label: str) -> None:
             for name, pid in pids().items():
