@@ -367,9 +367,7 @@ class Dispatcher:
                 # the claim and its read) or not at all (the read failed) has nothing to run: no worker would
                 # ever end it.
                 for idle in [lane for lane in self._lanes.values() if not lane.queue and not lane.workers]:
-                    del self._lanes[idle.name]
-                    if idle.buffer > idle.floor:  # what its host's last lane learnt, kept for the next one
-                        self._buffers[idle.name] = (idle.buffer, time.monotonic())
+                    self._drop_lane(idle)
             if exhausted:  # no due row outside the full lanes: another claim now would find none
                 if full and self._wakes != wakes:
                     continue  # rows planned (or readdressed) while this walk ran may be outside its snapshot
@@ -549,13 +547,18 @@ class Dispatcher:
             lane.workers -= 1
             self._tasks -= 1
             if lane.workers == 0 and not lane.queue and self._lanes.get(lane.name) is lane:
-                del self._lanes[lane.name]
                 lane.ended(time.monotonic())
-                if len(self._buffers) > 10_000:
-                    self._buffers.clear()
-                if lane.buffer > lane.floor:
-                    self._buffers[lane.name] = (lane.buffer, time.monotonic())
+                self._drop_lane(lane)
                 self._wake.set()
+
+    def _drop_lane(self, lane: _Lane) -> None:
+        """Delete ``lane`` (no work left in it), keeping a buffer it grew to for its host's next lane (within
+        LANE_MEMORY_S: see :meth:`_lane_for`)."""
+        del self._lanes[lane.name]
+        if len(self._buffers) > 10_000:
+            self._buffers.clear()
+        if lane.buffer > lane.floor:
+            self._buffers[lane.name] = (lane.buffer, time.monotonic())
 
     # --- recording --------------------------------------------------------------------------------------
 
