@@ -212,9 +212,52 @@ async def update_plain(
         await _run(session, sql, _plain_columns(dialect, table, names, rows))
     else:
         assignments = ", ".join(f"{c} = ?" for c in sets)
-        where = " AND ".join(f"{c} = ?" for c in matches)
-        await _run(session, f"UPDATE {table.name} SET {assignments}{extra_set} WHERE {where}{condition}",  # noqa: S608
-                   _plain_rows(dialect, table, names, rows), many=True)
+        plain = _plain_rows(dialect, table, names, rows)
+        if len(plain) >= GROUPED_MIN_ROWS and sqlite3.sqlite_version_info >= (3, 38):
+            # Rows that set the same values (a batch of outcomes: thousands delivered at one time, on attempt 1,
+            # answered 200) as one statement per group, the group's last key values as one JSON array: a C loop
+            # in SQLite instead of a bound row each. An executemany takes the GIL back between rows, and with a
+            # busy event loop beside it 4,000 rows took up to four times as long (bench/README.md, "Ninth
+            # round"). The rest, rows whose values are their own, stay one executemany.
+            # Every key in the row value: with ``a = ? AND b IN (...)`` and no statistics SQLite may walk another
+            # index on ``a`` (the procedure's unreached EOs: all of them, for each batch) instead of the key's.
+            placeholders = "?, " * (len(matches) - 1)
+            where = f"({', '.join(matches)}) IN (SELECT {placeholders}value FROM json_each(?))"  # noqa: S608
+            grouped, plain = _grouped(plain, sets=len(sets))
+            for shared_values, last_values in grouped:
+                await _run(session, f"UPDATE {table.name} SET {assignments}{extra_set}"  # noqa: S608
+                                    f" WHERE {where}{condition}", [*shared_values, json.dumps(last_values)])
+        if plain:
+            where = " AND ".join(f"{c} = ?" for c in matches)
+            await _run(session, f"UPDATE {table.name} SET {assignments}{extra_set} WHERE {where}{condition}",  # noqa: S608
+                       plain, many=True)
+
+
+GROUPED_MIN_ROWS = 8
+"""A group of fewer rows than this sharing their values (and every batch smaller than this) goes by executemany."""
+
+
+_Groups = list[tuple[tuple[Any, ...], list[Any]]]
+
+
+def _grouped(rows: Sequence[tuple[Any, ...]], *, sets: int) -> tuple[_Groups, list[Any]]:
+    """``rows`` (the ``sets`` values set, then the keys) split into groups sharing every value but the last
+    key's, each with its rows' last key values, and the rows left over (groups under ``GROUPED_MIN_ROWS``).
+    Everything is left over if a key repeats (two updates of one row: their order must hold, and a statement
+    per group would not keep it) or a last key value is not a string or an integer (as JSON)."""
+    if len({row[sets:] for row in rows}) < len(rows):
+        return [], list(rows)
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for row in rows:
+        groups.setdefault(row[:-1], []).append(row[-1])
+    if not all(type(value) in _JSON_KEYS for values in groups.values() for value in values):
+        return [], list(rows)
+    grouped = [(shared, last) for shared, last in groups.items() if len(last) >= GROUPED_MIN_ROWS]
+    left = [(*shared, value) for shared, last in groups.items() if len(last) < GROUPED_MIN_ROWS for value in last]
+    return grouped, left
+
+
+_JSON_KEYS = frozenset({str, int})
 
 
 def _names(table: Table, columns: Sequence[str]) -> list[str]:
