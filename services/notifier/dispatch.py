@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from pydantic_core import from_json, to_json
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Dialect, Table, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.notifier.domain import delivery_retry_policy, next_attempt_at
@@ -297,11 +297,7 @@ class Dispatcher:
                     dialect = session.get_bind().dialect
                     until = self._clock() + self._lease  # after the wait for the writer: the whole lease
                     for start in range(0, len(held), RENEW_CHUNK):
-                        await session.execute(
-                            update(_D).where(one_of(_D.c.id, held[start:start + RENEW_CHUNK], dialect),
-                                             _D.c.claimed_by == self._me, _D.c.status.in_(_DUE))
-                            .values(claimed_until=until)
-                        )
+                        await session.execute(renewal(held[start:start + RENEW_CHUNK], self._me, until, dialect))
             except Exception:
                 log.exception("renewing this notifier's delivery claims failed; trying again")
 
@@ -726,6 +722,20 @@ class Dispatcher:
                 unpublished, last_error = unpublished + len(chunk), exc
         if last_error is not None:
             log.warning("could not publish %d of %d delivery outcomes: %s", unpublished, len(batch), last_error)
+
+
+def renewal(ids: Sequence[str], instance: str, until: datetime, dialect: Dialect) -> Any:
+    """The statement that extends ``instance``'s lease to ``until`` on those of ``ids`` that are still due.
+
+    The rows are looked up by their ids alone: the status is compared through ``coalesce`` so that no index
+    on it can serve. With ``status IN (...)`` as such SQLite (which keeps no statistics here) walked the
+    index of due rows instead, all of them for each chunk of ids: in a national fan-out 100,000 rows, 20
+    times over, holding the one writer for a second and a half while the lanes ran empty."""
+    return (
+        update(_D)
+        .where(one_of(_D.c.id, ids, dialect), _D.c.claimed_by == instance, func.coalesce(_D.c.status, "").in_(_DUE))
+        .values(claimed_until=until)
+    )
 
 
 def delivery_event_bytes(job: Job, status: DeliveryStatus, outcome: Outcome, at: datetime, *, instance: str) -> bytes:
