@@ -142,7 +142,8 @@ async def insert_plain(
     batch): SQLAlchemy's executemany builds and type-processes a parameter dictionary per row, which cost
     more than the database's own work. Here each column's type processing (enum names, timestamps) runs once
     per distinct value (the rows of a fan-out share a few timestamps and names), and the driver gets plain
-    values, so the same values are stored as through the ORM. SQLite: one executemany (a C loop);
+    values, so the same values are stored as through the ORM. SQLite: the rows as one JSON parameter per
+    ``JSON_CHUNK`` (:func:`_json_rows`; executemany for a chunk JSON cannot carry);
     PostgreSQL: one statement for all rows, the columns passed as arrays (``unnest``), not a round trip each.
     The rows' form of :func:`insert_columns` (rows of another width than ``columns`` raise ValueError).
     """
@@ -182,9 +183,44 @@ async def insert_columns(
         sql = f"{into} SELECT {selected} FROM {_unnest(dialect, table, names)}{conflict}"  # noqa: S608
         await _run(session, sql, [*arrays, *values])
     else:
-        sql = f"{into} VALUES ({', '.join('?' * (len(names) + len(fixed)))}){conflict}"
-        # zip stops at the columns' end: the constants repeat as often as there are rows.
-        await _run(session, sql, zip(*arrays, *map(repeat, values), strict=False), many=True)
+        picked = ", ".join([*(f"{_ROW} ->> {n}" for n in range(len(names))), *("?" * len(fixed))])
+        # WHERE true: an upsert clause after a SELECT must follow a WHERE (SQLite's grammar).
+        from_json = f"{into} SELECT {picked} FROM {_JSON_ROWS} WHERE true{conflict}"  # noqa: S608
+        by_row = f"{into} VALUES ({', '.join('?' * (len(names) + len(fixed)))}){conflict}"
+        for start in range(0, len(arrays[0]), JSON_CHUNK):
+            chunk = [column[start:start + JSON_CHUNK] for column in arrays]
+            rows_json = _json_rows(chunk)
+            if rows_json is not None:
+                await _run(session, from_json, [*values, rows_json])
+            else:  # zip stops at the columns' end: the constants repeat as often as there are rows
+                await _run(session, by_row, zip(*chunk, *map(repeat, values), strict=False), many=True)
+
+JSON_CHUNK = 10_000
+"""Rows per JSON parameter: the text and SQLite's parse of it are held whole while the statement runs, so a
+national fan-out's 100,000 deliveries go as ten statements in their one transaction, not one text of 25 MB
+(with one text the notifier's peak RSS went from 217 to 311 MiB)."""
+_ROW = "luccs_row"
+_JSON_ROWS = "(SELECT value AS luccs_row FROM json_each(?))"
+"""The rows of one JSON parameter (an array of arrays), each as ``luccs_row``: a name of its own, so that a
+caller's SQL naming the table's columns (``id``, ``key``, ...) never means one of ``json_each``'s instead."""
+
+
+def _json_rows(columns: Sequence[Sequence[Any]]) -> str | None:
+    """The rows of ``columns`` as one JSON text (an array of arrays) for SQLite to read in a single statement,
+    or None where that is not possible (before SQLite 3.38; a value JSON cannot carry: bytes, NaN, a NUL).
+
+    SQLite's executemany binds row after row, taking the GIL back for each: with an event loop busy beside it
+    that turned into waits of up to the interpreter's switch interval per row (100,000 rows written in 1.5 s
+    by themselves took over 2 minutes beside a thread that kept the GIL; a batch of 4,000 outcomes took
+    0.5-0.8 s instead of 0.25 s in a national fan-out: bench/README.md, "Ninth round"). One statement reading
+    JSON runs from start to end without the GIL."""
+    if sqlite3.sqlite_version_info < (3, 38):  # ->> is built in from 3.38
+        return None
+    try:
+        text = json.dumps(list(zip(*columns, strict=True)), allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return None
+    return None if "\\u0000" in text else text
 
 
 async def update_plain(
@@ -194,7 +230,8 @@ async def update_plain(
     """For each of ``rows`` (tuples: the ``set_columns`` values, then the ``keys`` values), set those columns of
     the row of ``table`` with those keys; ``also_set`` (``"col = NULL"``) and ``only_where`` (a condition on
     the table's own columns) are the callers' constant SQL. As :func:`insert_plain`: plain values at the
-    driver; SQLite one executemany, PostgreSQL one ``UPDATE ... FROM unnest(...)``."""
+    driver; SQLite one statement per group of rows setting the same values and one ``UPDATE ... FROM`` the
+    other rows as JSON (:func:`_json_rows`), PostgreSQL one ``UPDATE ... FROM unnest(...)``."""
     if not rows:
         return
     dialect = session.get_bind().dialect
@@ -218,7 +255,7 @@ async def update_plain(
             # answered 200) as one statement per group, the group's last key values as one JSON array: a C loop
             # in SQLite instead of a bound row each. An executemany takes the GIL back between rows, and with a
             # busy event loop beside it 4,000 rows took up to four times as long (bench/README.md, "Ninth
-            # round"). The rest, rows whose values are their own, stay one executemany.
+            # round"). The rest, rows whose values are their own, go as one JSON parameter below.
             # Every key in the row value: with ``a = ? AND b IN (...)`` and no statistics SQLite may walk another
             # index on ``a`` (the procedure's unreached EOs: all of them, for each batch) instead of the key's.
             placeholders = "?, " * (len(matches) - 1)
@@ -227,14 +264,24 @@ async def update_plain(
             for shared_values, last_values in grouped:
                 await _run(session, f"UPDATE {table.name} SET {assignments}{extra_set}"  # noqa: S608
                                     f" WHERE {where}{condition}", [*shared_values, json.dumps(last_values)])
-        if plain:
-            where = " AND ".join(f"{c} = ?" for c in matches)
-            await _run(session, f"UPDATE {table.name} SET {assignments}{extra_set} WHERE {where}{condition}",  # noqa: S608
-                       plain, many=True)
+        if not plain:
+            return
+        rows_json = _json_rows(list(zip(*plain, strict=True))) if len({row[len(sets):] for row in plain}) == len(
+            plain) else None  # a key given twice: one UPDATE per row, in order (see _grouped)
+        if rows_json is not None:
+            from_json = ", ".join(f"{c} = {_ROW} ->> {n}" for n, c in enumerate(sets))
+            where = " AND ".join(f"{table.name}.{c} = {_ROW} ->> {n}" for n, c in enumerate(matches, len(sets)))
+            await _run(session, f"UPDATE {table.name} SET {from_json}{extra_set}"  # noqa: S608
+                                f" FROM {_JSON_ROWS} WHERE {where}{condition}", [rows_json])
+            return
+        where = " AND ".join(f"{c} = ?" for c in matches)
+        await _run(session, f"UPDATE {table.name} SET {assignments}{extra_set} WHERE {where}{condition}",  # noqa: S608
+                   plain, many=True)
 
 
 GROUPED_MIN_ROWS = 8
-"""A group of fewer rows than this sharing their values (and every batch smaller than this) goes by executemany."""
+"""A group of fewer rows than this sharing their values (and every batch smaller than this) goes with the
+rows of their own values."""
 
 
 _Groups = list[tuple[tuple[Any, ...], list[Any]]]
@@ -244,20 +291,23 @@ def _grouped(rows: Sequence[tuple[Any, ...]], *, sets: int) -> tuple[_Groups, li
     """``rows`` (the ``sets`` values set, then the keys) split into groups sharing every value but the last
     key's, each with its rows' last key values, and the rows left over (groups under ``GROUPED_MIN_ROWS``).
     Everything is left over if a key repeats (two updates of one row: their order must hold, and a statement
-    per group would not keep it) or a last key value is not a string or an integer (as JSON)."""
+    per group would not keep it) or a last key value is not a plain JSON one (:func:`_json_key`)."""
     if len({row[sets:] for row in rows}) < len(rows):
         return [], list(rows)
     groups: dict[tuple[Any, ...], list[Any]] = {}
     for row in rows:
         groups.setdefault(row[:-1], []).append(row[-1])
-    if not all(type(value) in _JSON_KEYS for values in groups.values() for value in values):
+    if not all(_json_key(value) for values in groups.values() for value in values):
         return [], list(rows)
     grouped = [(shared, last) for shared, last in groups.items() if len(last) >= GROUPED_MIN_ROWS]
     left = [(*shared, value) for shared, last in groups.items() if len(last) < GROUPED_MIN_ROWS for value in last]
     return grouped, left
 
 
-_JSON_KEYS = frozenset({str, int})
+def _json_key(value: Any) -> bool:
+    """Whether ``value`` goes through JSON to SQLite unchanged: an integer or a string without NUL (SQLite's JSON
+    functions end a string at an escaped NUL)."""
+    return type(value) is int or (type(value) is str and "\0" not in value)
 
 
 def _names(table: Table, columns: Sequence[str]) -> list[str]:

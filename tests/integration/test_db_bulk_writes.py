@@ -1,19 +1,24 @@
-"""``shared.db.update_plain`` leaves every row as one UPDATE per given row, in order, would, on SQLite (rows
-sharing their values as one statement per group) and PostgreSQL (``unnest``)."""
+"""The bulk writes of ``shared.db`` store what one statement per row would, on SQLite (the rows as one JSON
+parameter, rows sharing their values as one statement per group; executemany for what JSON cannot carry) and
+PostgreSQL (``unnest``): ``update_plain`` leaves every row as one UPDATE per given row, in order, would;
+``insert_columns`` stores every value as given."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, event, select
+from sqlalchemy import Boolean, Column, Float, Integer, LargeBinary, MetaData, String, Table, event, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db import GROUPED_MIN_ROWS, update_plain
+import shared.db
+from shared.db import GROUPED_MIN_ROWS, UTCDateTime, closed_set, insert_columns, update_plain
+from shared.events import DeliveryStatus
 from tests.support import scratch_table
 
 pytestmark = pytest.mark.integration
@@ -81,9 +86,10 @@ async def test_a_batch_sharing_values_ends_as_one_update_per_row(table: tuple[Ta
     await session.commit()
     assert await _state(session, rows) == _applied(before, updates, only_new=False)
     if session.get_bind().dialect.name == "sqlite":
-        grouped = [statement for statement, many in seen if "json_each" in statement and not many]
-        assert len(grouped) == 2  # ("delivered", 1) in each scope
-        assert sum(1 for _, many in seen if many) == 1  # the rest: one executemany
+        assert [("IN (SELECT" in statement, "luccs_row" in statement, many) for statement, many in seen] == [
+            (True, False, False), (True, False, False),  # ("delivered", 1) in each scope: a group each
+            (False, True, False),  # the rest, as rows of one JSON parameter
+        ]
 
 
 async def test_only_where_holds_for_grouped_rows(table: tuple[Table, AsyncSession]) -> None:
@@ -113,3 +119,64 @@ async def test_a_key_given_twice_keeps_the_order_of_the_rows(table: tuple[Table,
     after = await _state(session, rows)
     assert after == _applied(before, updates, only_new=False)
     assert after[("one", KEYS[0])] == ("late", 1, 1)
+
+
+async def test_values_with_their_own_values_and_a_column_named_id_in_only_where(
+    table: tuple[Table, AsyncSession],
+) -> None:
+    rows, session = table
+    before = await _state(session, rows)
+    updates = [(f"own-{n}", n, "one", key) for n, key in enumerate(KEYS[:20])]
+    await update_plain(session, rows, set_columns=("tag", "n"), keys=("scope", "id"), rows=updates,
+                       also_set="done = 1", only_where=f"id <> '{KEYS[3]}'")  # the table's id, not json_each's
+    await session.commit()
+    expected = _applied(before, [row for row in updates if row[3] != KEYS[3]], only_new=False)
+    assert await _state(session, rows) == expected
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def wide(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Table, AsyncSession]]:
+    sqlite = f"sqlite:///{tmp_path / 'insert_columns.db'}"
+    url = sqlite if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    table = Table(f"insert_columns_{uuid.uuid4().hex[:10]}", MetaData(),
+                  Column("id", String(100), primary_key=True), Column("n", Integer), Column("x", Float),
+                  Column("flag", Boolean), Column("at", UTCDateTime), Column("status", closed_set(DeliveryStatus, 10)),
+                  Column("blob", LargeBinary), Column("kind", String(10)))
+    async with scratch_table(url, table) as session:
+        yield table, session
+
+
+async def test_insert_columns_stores_every_value_as_given(
+    wide: tuple[Table, AsyncSession], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rows, session = wide
+    monkeypatch.setattr(shared.db, "JSON_CHUNK", 3)  # several chunks, one of them with bytes (not JSON)
+    at = datetime(2026, 12, 2, 8, 30, 15, 123456, tzinfo=UTC)
+    ids = [key for key in KEYS[:8]]
+    columns: dict[str, list[Any]] = {
+        "id": ids,
+        "n": [0, -1, 2**31 - 1, 7, None, 42, 3, 9],
+        "x": [1.5, 1e-7, -2.0e300, 0.1, None, 3.0, 2.5, 0.0],
+        "flag": [True, False, None, True, False, True, False, True],
+        "at": [at, at + timedelta(microseconds=1), None, at, at, at, at, at],
+        "status": [DeliveryStatus.DELIVERED, DeliveryStatus.PENDING, None, DeliveryStatus.DEAD,
+                   DeliveryStatus.RETRYING, DeliveryStatus.DELIVERED, DeliveryStatus.PENDING, DeliveryStatus.DEAD],
+        "blob": [None, None, None, b"\x00\xffbytes", None, None, None, None],  # the second chunk: executemany
+    }
+    with _statements(session) as seen:
+        await insert_columns(session, rows, columns=columns, constants={"kind": "same"}, skip_conflicts_on=("id",))
+        # Inserted again with other values: every row exists already and is left as it is.
+        await insert_columns(session, rows, columns={"id": ids[:4], "n": [100] * 4}, constants={"kind": "other"},
+                             skip_conflicts_on=("id",))
+    await session.commit()
+    stored = {row.id: row for row in (await session.execute(select(rows))).all()}
+    assert set(stored) == set(ids)
+    for n, key in enumerate(ids):
+        row = stored[key]
+        assert (row.n, row.x, row.flag, row.at, row.status, row.blob, row.kind) == (
+            columns["n"][n], columns["x"][n], columns["flag"][n], columns["at"][n], columns["status"][n],
+            columns["blob"][n], "same",
+        ), key
+    if session.get_bind().dialect.name == "sqlite":
+        # Chunks of 3: the second of the first insert (the bytes) by executemany, every other one as JSON.
+        assert [many for statement, many in seen] == [False, True, False, False, False]
