@@ -34,8 +34,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from pydantic_core import from_json, to_json
-from sqlalchemy import Dialect, Table, func, select, update
+from sqlalchemy import Dialect, Table, func, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.types import NullType
 
 from services.notifier.domain import delivery_retry_policy, next_attempt_at
 from services.notifier.jobs import Job, Outcome, Sender
@@ -417,10 +418,13 @@ class Dispatcher:
             # Oldest due first over both statuses: each status in due order from the index (status,
             # next_attempt_at), the two merged. (A fan-out's retries fall due after its first attempts, a
             # retry of an earlier fan-out before a new one's: neither status may simply go first.)
+            # The due time only orders the merge: read as the driver gives it (SQLite's text, asyncpg's datetime),
+            # not converted per row (twice a claim's rows, a fifth of the claim's own time on the loop).
+            due_at = type_coerce(_D.c.next_attempt_at, NullType())
             per_status: list[Sequence[Any]] = []
             for status in _DUE:
                 candidates = self._due(
-                    status, now, (_D.c.next_attempt_at, _D.c.id, _D.c.lane, _D.c.channel), limit=wanted
+                    status, now, (due_at, _D.c.id, _D.c.lane, _D.c.channel), limit=wanted
                 ).with_for_update(skip_locked=True)
                 if excluding_lanes:
                     candidates = candidates.where(_D.c.lane.not_in(excluding_lanes))
