@@ -254,6 +254,9 @@ class Publisher:
     ) -> dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]]:
         partitions: dict[str, list[int]] = {}
         grouped: dict[tuple[str, int], list[tuple[bytes | None, bytes | None]]] = {}
+        # A key's partition worked out once per call: the partitioner hashes in Python (murmur2, a few us), and a
+        # fan-out's outcomes share one key (the procedure).
+        picked: dict[tuple[str, bytes | None], int] = {}
         for topic, key, value in messages:
             # Refused here, before anything is sent, as the producer's send refuses it: a batch the broker
             # refuses as too large would cost the idempotent producer its sequence numbers on that partition,
@@ -266,7 +269,11 @@ class Publisher:
             numbers = partitions.get(topic)
             if numbers is None:
                 numbers = partitions[topic] = sorted(await self._producer.partitions_for(topic))
-            partition = self._partitioner(key_bytes, numbers, numbers)
+            partition = picked.get((topic, key_bytes)) if key_bytes is not None else None
+            if partition is None:
+                partition = self._partitioner(key_bytes, numbers, numbers)
+                if key_bytes is not None:
+                    picked[(topic, key_bytes)] = partition
             grouped.setdefault((topic, partition), []).append((key_bytes, value))
         return grouped
 
