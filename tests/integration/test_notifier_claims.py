@@ -4,7 +4,8 @@ claim and stayed held, its lease renewed for ever, sent by no notifier)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import insert
 
 from services.notifier.dispatch import _D, Dispatcher, _Notice
+from services.notifier.domain import Audience
 from services.notifier.jobs import Job, Outcome
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.migrate import upgrade
@@ -20,6 +22,7 @@ from services.notifier.models import NoticeRow
 from shared.config import NotifierSettings, Settings
 from shared.db import make_engine, session_factory
 from shared.events import DeliveryChannel, EventType, Language
+from tests.support import pg_database
 
 pytestmark = pytest.mark.integration
 
@@ -67,3 +70,46 @@ async def test_a_full_notice_cache_is_cleared_before_the_missing_notices_are_loa
     assert [(job.delivery_id, job.language) for job in jobs] == [("delivery-0", Language.FR),
                                                                   ("delivery-1", Language.DE)]
     assert dispatcher.in_flight == 2
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'notifier.db'}"
+        return
+    async with pg_database(request.getfixturevalue("postgres_url"), "luccs_notifier") as url:
+        yield url
+
+
+async def test_a_claimed_job_carries_its_rows_values_as_their_types(database_url: str) -> None:
+    """The claim reads the enums and the time planned as the driver gives them and converts them itself."""
+    engine = make_engine(database_url)
+    planned_at = datetime(2026, 12, 2, 7, 30, 15, 250001, tzinfo=UTC)
+    try:
+        await upgrade(engine)
+        sessions = session_factory(engine)
+        async with sessions.begin() as session:
+            notice_id = (await session.execute(insert(NoticeRow).values(
+                event_id="e", audience="servicedesk", language="de", variant="", subject="s", message="m",
+                webhook_body=None,
+            ).returning(NoticeRow.id))).scalar_one()
+            await session.execute(insert(_D).values(
+                id="delivery-0", event_id="e", event_type=EventType.PROCEDURE_CLOSED, procedure_id="P",
+                notice_id=notice_id, audience="servicedesk", recipient_key="k0", eori=None, channel="email",
+                recipient="desk@example.lu", lane="email", idempotency_key="i0", status="retrying", attempts=2,
+                next_attempt_at=planned_at, created_at=planned_at.astimezone(timezone(timedelta(hours=2))),
+                updated_at=planned_at,
+            ))
+        dispatcher = Dispatcher(settings=Settings(notifier=NotifierSettings()), sessions=sessions,
+                                senders={DeliveryChannel.WEBHOOK: _Never()},
+                                metrics=NotifierMetrics(CollectorRegistry()))
+        dispatcher._clock = lambda: planned_at + timedelta(seconds=1)
+        jobs, _ = await dispatcher._claim_batch_of_jobs(excluding_lanes=[])
+    finally:
+        await engine.dispose()
+    [job] = jobs
+    assert job.event_type is EventType.PROCEDURE_CLOSED
+    assert job.audience is Audience.SERVICEDESK
+    assert job.channel is DeliveryChannel.EMAIL
+    assert (job.attempt, job.language, job.eori, job.webhook_secret) == (3, Language.DE, None, None)
+    assert job.created_at == planned_at and job.created_at.utcoffset() == timedelta(0)
