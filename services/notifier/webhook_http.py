@@ -15,6 +15,7 @@ once per URL, the per-request headers (length, Idempotency-Key, signature) splic
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 import time
@@ -24,13 +25,14 @@ from urllib.parse import urlsplit
 
 import h11
 
-from services.notifier.domain import address_problem
+from services.notifier.domain import address_problem, url_origin
 from shared.http11 import Http11Connection, TooLarge, connect, header_lines, request_head, send
 from shared.resolver import Resolver
 
 __all__ = ["HttpAnswer", "TargetRefused", "TransportError", "WebhookHttpClient"]
 
 _MAX_RESPONSE_BYTES = 64 * 1024
+_NOT_PLAIN = re.compile("[^\x21-\x7e]")
 
 
 class TargetRefused(Exception):
@@ -108,7 +110,25 @@ class WebhookHttpClient:
                 return HttpAnswer(answer.status, answer.header(b"location"))
 
     def _parse(self, url: str) -> tuple[str, str, int, bytes]:
-        """Scheme, host, port and the request's fixed head (request line, Host, User-Agent) of ``url``."""
+        """Scheme, host, port and the request's fixed head (request line, Host, User-Agent) of ``url``.
+
+        Every EO has a URL of its own, most under a few origins: a plain URL (printable ASCII, no space) is cut
+        at its origin, which is parsed once (:meth:`_parse_whole` of the origin), and only its request line is
+        made per request, the target as ``urlsplit`` would give it. Any other URL is parsed whole, and kept."""
+        origin = url_origin(url)
+        if origin is None or _NOT_PLAIN.search(url):
+            return self._parse_whole(url)
+        try:
+            scheme, host, port, head = self._parse_whole(origin)
+        except TransportError:
+            return self._parse_whole(url)  # refused as the whole URL is, its message quoting it
+        path, _, query = url[len(origin):].partition("#")[0].partition("?")
+        target = (path or "/") + (f"?{query}" if query else "")
+        fixed = head[head.index(b"\n") + 1:]  # the origin's Host and User-Agent lines
+        return scheme, host, port, b"POST %s HTTP/1.1\r\n%s" % (target.encode("ascii"), fixed)
+
+    def _parse_whole(self, url: str) -> tuple[str, str, int, bytes]:
+        """:meth:`_parse` by ``urlsplit``, kept per URL (per origin for the plain URLs)."""
         parsed = self._urls.get(url)
         if parsed is None:
             parts = urlsplit(url)
