@@ -207,7 +207,10 @@ caller's SQL naming the table's columns (``id``, ``key``, ...) never means one o
 
 def _json_rows(columns: Sequence[Sequence[Any]]) -> str | None:
     """The rows of ``columns`` as one JSON text (an array of arrays) for SQLite to read in a single statement,
-    or None where that is not possible (before SQLite 3.38; a value JSON cannot carry: bytes, NaN, a NUL).
+    or None where that is not possible (before SQLite 3.38; a value JSON cannot carry: bytes, NaN, a NUL, a
+    string that is not valid Unicode). Integers of 2**63 and more (a bound parameter refuses them) and floats
+    of extreme exponents (SQLite 3.43 and later may read those one unit in the last place off) are not
+    looked for: no column written this way holds them (the floats are durations in milliseconds).
 
     SQLite's executemany binds row after row, taking the GIL back for each: with an event loop busy beside it
     that turned into waits of up to the interpreter's switch interval per row (100,000 rows written in 1.5 s
@@ -217,7 +220,11 @@ def _json_rows(columns: Sequence[Sequence[Any]]) -> str | None:
     if sqlite3.sqlite_version_info < (3, 38):  # ->> is built in from 3.38
         return None
     try:
-        text = json.dumps(list(zip(*columns, strict=True)), allow_nan=False, separators=(",", ":"))
+        text = json.dumps(list(zip(*columns, strict=True)), allow_nan=False, ensure_ascii=False,
+                          separators=(",", ":"))
+        # A string that is not valid Unicode (a lone surrogate: an SMTP reply decoded with surrogateescape) is
+        # refused here as a bound parameter refuses it: through JSON SQLite would store bytes no read decodes.
+        text.encode("utf-8")
     except (TypeError, ValueError):
         return None
     return None if "\\u0000" in text else text
@@ -266,17 +273,21 @@ async def update_plain(
                                     f" WHERE {where}{condition}", [*shared_values, json.dumps(last_values)])
         if not plain:
             return
-        rows_json = _json_rows(list(zip(*plain, strict=True))) if len({row[len(sets):] for row in plain}) == len(
-            plain) else None  # a key given twice: one UPDATE per row, in order (see _grouped)
-        if rows_json is not None:
-            from_json = ", ".join(f"{c} = {_ROW} ->> {n}" for n, c in enumerate(sets))
-            where = " AND ".join(f"{table.name}.{c} = {_ROW} ->> {n}" for n, c in enumerate(matches, len(sets)))
-            await _run(session, f"UPDATE {table.name} SET {from_json}{extra_set}"  # noqa: S608
-                                f" FROM {_JSON_ROWS} WHERE {where}{condition}", [rows_json])
+        by_row = f"UPDATE {table.name} SET {assignments}{extra_set} WHERE "  # noqa: S608
+        by_row += " AND ".join(f"{c} = ?" for c in matches) + condition
+        if not _keys_distinct(plain, len(sets)):  # a key given twice: one UPDATE per row, in order (see _grouped)
+            await _run(session, by_row, plain, many=True)
             return
-        where = " AND ".join(f"{c} = ?" for c in matches)
-        await _run(session, f"UPDATE {table.name} SET {assignments}{extra_set} WHERE {where}{condition}",  # noqa: S608
-                   plain, many=True)
+        from_json = ", ".join(f"{c} = {_ROW} ->> {n}" for n, c in enumerate(sets))
+        where = " AND ".join(f"{table.name}.{c} = {_ROW} ->> {n}" for n, c in enumerate(matches, len(sets)))
+        by_json = f"UPDATE {table.name} SET {from_json}{extra_set} FROM {_JSON_ROWS} WHERE {where}{condition}"  # noqa: S608
+        for start in range(0, len(plain), JSON_CHUNK):  # the keys are distinct: chunks in any order
+            chunk = plain[start:start + JSON_CHUNK]
+            rows_json = _json_rows(list(zip(*chunk, strict=True)))
+            if rows_json is not None:
+                await _run(session, by_json, [rows_json])
+            else:
+                await _run(session, by_row, chunk, many=True)
 
 
 GROUPED_MIN_ROWS = 8
@@ -292,22 +303,38 @@ def _grouped(rows: Sequence[tuple[Any, ...]], *, sets: int) -> tuple[_Groups, li
     key's, each with its rows' last key values, and the rows left over (groups under ``GROUPED_MIN_ROWS``).
     Everything is left over if a key repeats (two updates of one row: their order must hold, and a statement
     per group would not keep it) or a last key value is not a plain JSON one (:func:`_json_key`)."""
-    if len({row[sets:] for row in rows}) < len(rows):
+    if not _keys_distinct(rows, sets):
         return [], list(rows)
-    groups: dict[tuple[Any, ...], list[Any]] = {}
+    groups: dict[tuple[Any, ...], tuple[tuple[Any, ...], list[Any]]] = {}
     for row in rows:
-        groups.setdefault(row[:-1], []).append(row[-1])
-    if not all(_json_key(value) for values in groups.values() for value in values):
+        # Grouped by type and value: 1, 1.0 and True are equal in Python, not as SQL values.
+        shared = row[:-1]
+        groups.setdefault(tuple((type(value), value) for value in shared), (shared, []))[1].append(row[-1])
+    if not all(_json_key(value) for _, values in groups.values() for value in values):
         return [], list(rows)
-    grouped = [(shared, last) for shared, last in groups.items() if len(last) >= GROUPED_MIN_ROWS]
-    left = [(*shared, value) for shared, last in groups.items() if len(last) < GROUPED_MIN_ROWS for value in last]
+    grouped = [(shared, last) for shared, last in groups.values() if len(last) >= GROUPED_MIN_ROWS]
+    left = [(*shared, value) for shared, last in groups.values() if len(last) < GROUPED_MIN_ROWS for value in last]
     return grouped, left
 
 
+def _keys_distinct(rows: Sequence[tuple[Any, ...]], sets: int) -> bool:
+    """Whether no two of ``rows`` (the ``sets`` values set, then the keys) name one row, their keys compared as
+    text (1 and "1" are one key to SQLite's text columns)."""
+    return len({tuple(str(value) for value in row[sets:]) for row in rows}) == len(rows)
+
+
 def _json_key(value: Any) -> bool:
-    """Whether ``value`` goes through JSON to SQLite unchanged: an integer or a string without NUL (SQLite's JSON
-    functions end a string at an escaped NUL)."""
-    return type(value) is int or (type(value) is str and "\0" not in value)
+    """Whether ``value`` goes through JSON to SQLite unchanged: a 64-bit integer, or a valid Unicode string
+    without NUL (SQLite's JSON functions end a string at an escaped NUL)."""
+    if type(value) is int:
+        return -(2**63) <= value < 2**63
+    if type(value) is not str or "\0" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _names(table: Table, columns: Sequence[str]) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Boolean, Column, Float, Integer, LargeBinary, MetaData, String, Table, event, select
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import shared.db
@@ -122,9 +123,10 @@ async def test_a_key_given_twice_keeps_the_order_of_the_rows(table: tuple[Table,
 
 
 async def test_values_with_their_own_values_and_a_column_named_id_in_only_where(
-    table: tuple[Table, AsyncSession],
+    table: tuple[Table, AsyncSession], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rows, session = table
+    monkeypatch.setattr(shared.db, "JSON_CHUNK", 3)  # the rows of their own values in several statements
     before = await _state(session, rows)
     updates = [(f"own-{n}", n, "one", key) for n, key in enumerate(KEYS[:20])]
     await update_plain(session, rows, set_columns=("tag", "n"), keys=("scope", "id"), rows=updates,
@@ -180,3 +182,21 @@ async def test_insert_columns_stores_every_value_as_given(
     if session.get_bind().dialect.name == "sqlite":
         # Chunks of 3: the second of the first insert (the bytes) by executemany, every other one as JSON.
         assert [many for statement, many in seen] == [False, True, False, False, False]
+
+
+async def test_a_string_that_is_not_valid_unicode_is_refused_not_stored(
+    wide: tuple[Table, AsyncSession],
+) -> None:
+    """A lone surrogate (an SMTP reply decoded with surrogateescape) fails the write as a bound parameter does:
+    through JSON SQLite stored bytes that no read could decode afterwards."""
+    rows, session = wide
+    await insert_columns(session, rows, columns={"id": ["ok"]}, constants={"kind": "k"})
+    await session.commit()
+    with pytest.raises((UnicodeEncodeError, StatementError, DBAPIError)):
+        await insert_columns(session, rows, columns={"id": ["bad", "refus\udce9e"]}, constants={"kind": "k"})
+    await session.rollback()
+    with pytest.raises((UnicodeEncodeError, StatementError, DBAPIError)):
+        await update_plain(session, rows, set_columns=("kind",), keys=("id",),
+                           rows=[("refus\udce9e", "ok")] + [(f"k{n}", f"none-{n}") for n in range(20)])
+    await session.rollback()
+    assert [tuple(row) for row in (await session.execute(select(rows.c.id, rows.c.kind))).all()] == [("ok", "k")]
