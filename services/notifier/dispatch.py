@@ -421,7 +421,7 @@ class Dispatcher:
         """The jobs claimed, and whether the due rows outside ``excluding_lanes`` ran out (fewer candidates than
         asked for: the next claim would find only what becomes due or planned meanwhile)."""
         now = self._clock()
-        # First the candidates (id and lane only: no timestamp to parse), then the full rows of the ones this
+        # First the candidates (id, lane, channel and the due time raw), then the full rows of the ones this
         # process takes. As many candidates as the known lanes have room for, and a quarter of a batch more for
         # lanes not seen yet: a claim that refills one busy lane's half-empty buffer neither loads nor (on
         # PostgreSQL) locks four times the rows it can take.

@@ -8,8 +8,9 @@ Redirects are never followed: the caller sees the 3xx and its Location. Nobody r
 body: it is not kept, and past 64 KiB the connection is dropped. Answers are judged as the probes' are
 (:mod:`shared.http11`: a fast path for plain answers, h11 for every other one).
 
-A request goes out as one write of bytes: the head's fixed part (request line, Host, User-Agent) is rendered
-once per URL, the per-request headers (length, Idempotency-Key, signature) spliced after it.
+A request goes out as one write of bytes: the head's fixed part (Host, User-Agent) is rendered once per origin
+and the request line per request (each EO has a URL of its own: :meth:`WebhookHttpClient._parse`), the
+per-request headers (length, Idempotency-Key, signature) spliced after it.
 """
 
 from __future__ import annotations
