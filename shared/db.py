@@ -318,9 +318,16 @@ def _grouped(rows: Sequence[tuple[Any, ...]], *, sets: int) -> tuple[_Groups, li
 
 
 def _keys_distinct(rows: Sequence[tuple[Any, ...]], sets: int) -> bool:
-    """Whether no two of ``rows`` (the ``sets`` values set, then the keys) name one row, their keys compared as
-    text (1 and "1" are one key to SQLite's text columns)."""
-    return len({tuple(str(value) for value in row[sets:]) for row in rows}) == len(rows)
+    """Whether no two of ``rows`` (the ``sets`` values set, then the keys) name one row (:func:`_key_text`)."""
+    return len({tuple(_key_text(value) for value in row[sets:]) for row in rows}) == len(rows)
+
+
+def _key_text(value: Any) -> str:
+    """A key as SQLite may compare it: True, 1 and 1.0 are one key in an integer column, 1 and "1" in a text one
+    (taking more keys for one only sends the rows one by one, in order)."""
+    if type(value) is bool or (type(value) is float and value.is_integer()):
+        return str(int(value))
+    return str(value)
 
 
 def _json_key(value: Any) -> bool:

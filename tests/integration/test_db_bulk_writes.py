@@ -129,11 +129,14 @@ async def test_values_with_their_own_values_and_a_column_named_id_in_only_where(
     monkeypatch.setattr(shared.db, "JSON_CHUNK", 3)  # the rows of their own values in several statements
     before = await _state(session, rows)
     updates = [(f"own-{n}", n, "one", key) for n, key in enumerate(KEYS[:20])]
-    await update_plain(session, rows, set_columns=("tag", "n"), keys=("scope", "id"), rows=updates,
-                       also_set="done = 1", only_where=f"id <> '{KEYS[3]}'")  # the table's id, not json_each's
+    with _statements(session) as seen:
+        await update_plain(session, rows, set_columns=("tag", "n"), keys=("scope", "id"), rows=updates,
+                           also_set="done = 1", only_where=f"id <> '{KEYS[3]}'")  # the table's id, not json_each's
     await session.commit()
     expected = _applied(before, [row for row in updates if row[3] != KEYS[3]], only_new=False)
     assert await _state(session, rows) == expected
+    if session.get_bind().dialect.name == "sqlite":  # 20 rows of their own values, 3 a statement
+        assert sum(1 for statement, _ in seen if "luccs_row" in statement) == 7
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
