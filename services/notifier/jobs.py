@@ -55,7 +55,22 @@ class Outcome(NamedTuple):
 
     @classmethod
     def failed(cls, error: str, *, http_status: int | None = None, permanent: bool = False) -> Outcome:
-        return cls(ok=False, error=error, http_status=http_status, permanent=permanent)
+        return cls(ok=False, error=storable(error), http_status=http_status, permanent=permanent)
+
+
+def storable(error: str) -> str:
+    """``error`` as text every database stores: a lone surrogate (aiosmtplib decodes a server's reply with
+    ``surrogateescape``: a Latin-1 ``550 Adresse refus\\xe9e``; an exception's text) becomes the escaped byte it
+    stands for, a NUL (which PostgreSQL's text refuses) ``\\x00``. Recorded as it was, such an error failed the
+    whole batch of outcomes holding it, retried for ever."""
+    try:
+        error.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            error = error.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate that stands for no byte
+            error = error.encode("utf-8", "backslashreplace").decode("utf-8")
+    return error.replace("\0", "\\x00") if "\0" in error else error
 
 
 class Sender(Protocol):

@@ -69,14 +69,14 @@ class SmtpSender:
             self._give_back(client)
             codes = [refusal.code for refusal in exc.recipients]
             detail = "; ".join(f"{r.code} {r.message}" for r in exc.recipients)
-            return Outcome.failed(_text(f"recipient refused: {detail}"), permanent=all(code >= 500 for code in codes))
+            return Outcome.failed(f"recipient refused: {detail}", permanent=all(code >= 500 for code in codes))
         except aiosmtplib.SMTPResponseException as exc:
             await _quit(client)
-            return Outcome.failed(_text(f"SMTP {exc.code}: {exc.message}"), permanent=exc.code >= 500)
+            return Outcome.failed(f"SMTP {exc.code}: {exc.message}", permanent=exc.code >= 500)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await _quit(client)
             server = f"{self._settings.host}:{self._settings.port}"
-            return Outcome.failed(_text(f"SMTP server {server}: {type(exc).__name__}: {exc}"))
+            return Outcome.failed(f"SMTP server {server}: {type(exc).__name__}: {exc}")
         self._give_back(client)
         return Outcome.delivered()
 
@@ -106,15 +106,3 @@ async def _quit(client: aiosmtplib.SMTP | None) -> None:
         await client.quit()
     except Exception:  # a broken connection is dropped either way
         client.close()
-
-
-def _text(error: str) -> str:
-    """``error`` as valid Unicode: aiosmtplib decodes a server's reply with ``surrogateescape``, so a reply in
-    Latin-1 (``550 Adresse refus\xe9e``) holds lone surrogates, which no database stores (SQLite's and
-    PostgreSQL's drivers refuse them, and the outcome batch holding it failed again and again). The bytes it
-    stands for are kept, escaped (``\\xe9``)."""
-    try:
-        return error.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate that stands for no byte
-        return error.encode("utf-8", "backslashreplace").decode("utf-8")
-

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 from services.notifier.domain import Audience
-from services.notifier.jobs import Job
+from services.notifier.jobs import Job, Outcome
 from services.notifier.mail import SmtpSender
 from shared.config import SmtpSettings
 from shared.events import DeliveryChannel, EventType, Language
@@ -61,3 +61,13 @@ async def test_a_latin1_refusal_is_kept_as_valid_unicode(smtp_port: int) -> None
     assert outcome.error == "recipient refused: 550 5.1.1 Adresse refus\\xe9e"
     assert outcome.error is not None
     outcome.error.encode("utf-8")  # valid Unicode: any driver takes it
+
+
+@pytest.mark.parametrize(("error", "stored"), [
+    ("550 refus\udce9e", "550 refus\\xe9e"),  # surrogateescape's byte, escaped
+    ("lone \ud800 surrogate", "lone \\ud800 surrogate"),  # a surrogate that stands for no byte
+    ("nul\x00byte", "nul\\x00byte"),  # PostgreSQL's text holds no NUL
+    ("plain é", "plain é"),
+])
+def test_a_failures_error_is_text_every_database_stores(error: str, stored: str) -> None:
+    assert Outcome.failed(error).error == stored
