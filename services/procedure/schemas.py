@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 
 from shared.events import EORI_PATTERN, BroadcastAuthor, Language, MaintainedComponent, MaintenanceState, Scenario
 from shared.paging import Page
@@ -56,6 +56,33 @@ Text = Annotated[str, BeforeValidator(_strip), Field(min_length=1, max_length=20
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _valid_unicode(self) -> Self:
+        """Refuse a string that is not valid Unicode: JSON may carry a lone surrogate (``"\\udce9"``), which no
+        database stores and no event encodes (a registry import of such a line failed as a whole, with a 500)."""
+        for name, value in self:
+            if not _unicode(value):
+                raise ValueError(f"{name}: not valid Unicode text (it holds a lone surrogate)")
+        return self
+
+
+def _unicode(value: object) -> bool:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return all(_unicode(item) for item in value)
+    if isinstance(value, dict):
+        return all(_unicode(key) and _unicode(item) for key, item in value.items())
+    if isinstance(value, BaseModel):
+        return all(_unicode(item) for _, item in value)
+    return True
 
 
 class EoCreate(_Body):

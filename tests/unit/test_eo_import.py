@@ -177,3 +177,15 @@ async def test_a_line_reads_as_the_model_reads_its_json_object(line: str) -> Non
         assert len(report.rejected) == 1 and writer.chunks == []
         return
     assert report.rejected == [] and writer.lines == [expected]
+
+
+async def test_a_line_holding_a_lone_surrogate_is_rejected_not_a_failed_import() -> None:
+    """JSON may escape a lone surrogate, which no database stores and no registry event encodes: such a line was
+    taken, and the whole import then failed with a 500 as its chunk was written."""
+    lines = [json.dumps({"eori": "LU1", "name": "caf\udce9"}), json.dumps({"eori": "LU2", "name": "café"}),
+             json.dumps({"eori": "LU3", "name": "ok", "webhook_secret": "a-secret-long-enough-\ud800"})]
+    writer = Writer()
+    report = await import_eos(body=_body("\n".join(lines).encode()), fmt=ImportFormat.NDJSON, upsert_chunk=writer,
+                              chunk_lines=10, max_bytes=10_000)
+    assert [line.eori for line in writer.lines] == ["LU2"]
+    assert [(r.line, "not valid Unicode" in r.reason) for r in report.rejected] == [(1, True), (3, True)]
