@@ -22,7 +22,7 @@ from services.notifier.models import NoticeRow
 from shared.config import NotifierSettings, Settings
 from shared.db import make_engine, session_factory
 from shared.events import DeliveryChannel, EventType, Language
-from tests.support import pg_database
+from tests.integration.test_notifier_delivery import notifier_database
 
 pytestmark = pytest.mark.integration
 
@@ -74,10 +74,7 @@ async def test_a_full_notice_cache_is_cleared_before_the_missing_notices_are_loa
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'notifier.db'}"
-        return
-    async with pg_database(request.getfixturevalue("postgres_url"), "luccs_notifier") as url:
+    async with notifier_database(request, tmp_path) as url:
         yield url
 
 

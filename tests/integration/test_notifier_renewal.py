@@ -4,7 +4,6 @@ of a national fan-out for each chunk of ids, holding the one writer for a second
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,7 @@ from services.notifier.migrate import upgrade
 from services.notifier.models import NoticeRow
 from shared.db import make_engine, session_factory
 from shared.events import EventType
-from tests.support import pg_database
+from tests.integration.test_notifier_delivery import notifier_database
 
 pytestmark = pytest.mark.integration
 
@@ -29,11 +28,7 @@ UNTIL = NOW + timedelta(minutes=5)
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    async with contextlib.AsyncExitStack() as stack:
-        url = f"sqlite:///{tmp_path / 'notifier.db'}"
-        if request.param == "postgresql":
-            url = await stack.enter_async_context(pg_database(request.getfixturevalue("postgres_url"),
-                                                              "luccs_notifier"))
+    async with notifier_database(request, tmp_path) as url:
         engine = make_engine(url)
         try:
             await upgrade(engine)
