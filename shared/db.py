@@ -21,6 +21,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
+from shared.text import is_unicode
+
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
 
 
@@ -98,9 +100,15 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return None if value is None else as_utc(value)
+
+
+def as_utc(value: datetime | str) -> datetime:
+    """A ``UTCDateTime`` column's value as the driver gives it (SQLite: naive UTC, or its text when read without
+    the column type; asyncpg: an aware datetime), as the aware UTC datetime the column type makes of it."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 E = TypeVar("E", bound=StrEnum)
@@ -220,14 +228,13 @@ def _json_rows(columns: Sequence[Sequence[Any]]) -> str | None:
     if sqlite3.sqlite_version_info < (3, 38):  # ->> is built in from 3.38
         return None
     try:
-        text = json.dumps(list(zip(*columns, strict=True)), allow_nan=False, ensure_ascii=False,
+        rows = json.dumps(list(zip(*columns, strict=True)), allow_nan=False, ensure_ascii=False,
                           separators=(",", ":"))
-        # A string that is not valid Unicode (a lone surrogate: an SMTP reply decoded with surrogateescape) is
-        # refused here as a bound parameter refuses it: through JSON SQLite would store bytes no read decodes.
-        text.encode("utf-8")
     except (TypeError, ValueError):
         return None
-    return None if "\\u0000" in text else text
+    # A string that is not valid Unicode (a lone surrogate: an SMTP reply decoded with surrogateescape) is
+    # refused as a bound parameter refuses it: through JSON SQLite would store bytes no read decodes.
+    return None if "\\u0000" in rows or not is_unicode(rows) else rows
 
 
 async def update_plain(
@@ -335,13 +342,7 @@ def _json_key(value: Any) -> bool:
     without NUL (SQLite's JSON functions end a string at an escaped NUL)."""
     if type(value) is int:
         return -(2**63) <= value < 2**63
-    if type(value) is not str or "\0" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return type(value) is str and "\0" not in value and is_unicode(value)
 
 
 def _names(table: Table, columns: Sequence[str]) -> list[str]:

@@ -43,7 +43,7 @@ from services.notifier.jobs import Job, Outcome, Sender
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.models import AttemptRow, DeliveryRow, EoRow, NoticeRow, PlannedEventRow, ReachRow
 from shared.config import Settings
-from shared.db import insert_plain, one_of, update_plain
+from shared.db import as_utc, insert_plain, one_of, update_plain
 from shared.events import DeliveryChannel, DeliveryStatus, EventType, Language
 from shared.kafka import Publisher
 from shared.retry import Backoff, RetryPolicy, retrying
@@ -82,16 +82,8 @@ _CHANNELS = {member.value: member for member in DeliveryChannel}
 def _raw(column: Any) -> Any:
     """``column`` as the driver gives it, without SQLAlchemy's conversion per row (a claim reads thousands of
     rows: the enums' and the timestamp's conversions were a third of its time on the loop); the claim converts
-    what it keeps (a name through a dict, a time once per distinct value: :func:`_utc`)."""
+    what it keeps (a name through a dict, a time once per distinct value: :func:`shared.db.as_utc`)."""
     return type_coerce(column, NullType()).label(column.name)
-
-
-def _utc(value: Any) -> datetime:
-    """A ``UTCDateTime`` column's value as the driver gives it (SQLite: its text, naive UTC; asyncpg: an aware
-    datetime) as the aware UTC datetime the column type would make of it."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return cast(datetime, value).replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 _ATTEMPTS = cast(Table, AttemptRow.__table__)
@@ -500,7 +492,7 @@ class Dispatcher:
             notice = self._notices[row.notice_id]
             created_at = times.get(row.created_at)
             if created_at is None:
-                created_at = times[row.created_at] = _utc(row.created_at)
+                created_at = times[row.created_at] = as_utc(row.created_at)
             jobs.append(Job(
                 delivery_id=row.id, event_id=row.event_id, event_type=_EVENT_TYPES[row.event_type],
                 procedure_id=row.procedure_id, eori=row.eori, audience=_AUDIENCES[row.audience],

@@ -8,6 +8,7 @@ from typing import NamedTuple, Protocol
 
 from services.notifier.domain import Audience
 from shared.events import DeliveryChannel, EventType, Language
+from shared.text import is_unicode
 
 __all__ = ["Job", "Outcome", "Sender"]
 
@@ -63,9 +64,7 @@ def storable(error: str) -> str:
     ``surrogateescape``: a Latin-1 ``550 Adresse refus\\xe9e``; an exception's text) becomes the escaped byte it
     stands for, a NUL (which PostgreSQL's text refuses) ``\\x00``. Recorded as it was, such an error failed the
     whole batch of outcomes holding it, retried for ever."""
-    try:
-        error.encode("utf-8")
-    except UnicodeEncodeError:
+    if not is_unicode(error):
         try:
             error = error.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         except UnicodeEncodeError:  # a surrogate that stands for no byte

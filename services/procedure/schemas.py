@@ -11,6 +11,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from shared.events import EORI_PATTERN, BroadcastAuthor, Language, MaintainedComponent, MaintenanceState, Scenario
 from shared.paging import Page
+from shared.text import is_unicode
 
 EORI = re.compile(EORI_PATTERN)
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -71,11 +72,7 @@ def _unicode(value: object) -> bool:
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
+        return is_unicode(value)
     if isinstance(value, (list, tuple, set, frozenset)):
         return all(_unicode(item) for item in value)
     if isinstance(value, dict):
