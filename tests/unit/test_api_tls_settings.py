@@ -135,3 +135,21 @@ def test_the_status_page_reads_an_https_notifier_with_its_ca(pems: Pems, tmp_pat
     with pytest.raises(ConfigError, match=r"procedure.notifier_url http://127.0.0.1:8003 is plain http but "
                                           r"api.tls_cert_file makes the notifier serve https"):
         notifier_summary(load(tmp_path, tls))  # the default URL is http
+
+
+def test_a_wrong_password_that_decrypts_to_no_key_is_still_the_passwords_fault(
+    pems: Pems, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """About one encrypted key in 300 decrypts under a wrong password past the padding check, and what comes out
+    is no key: it was reported as "not a PEM private key" (and this file's test of a wrong password failed)."""
+    import shared.tls
+
+    def no_key(_data: bytes, _password: bytes | None) -> None:
+        raise ValueError("Could not deserialize key data. The data may be in an incorrect format")
+
+    monkeypatch.setattr(shared.tls, "load_pem_private_key", no_key)
+    message = refused(tmp_path, f'tls_cert_file = "{pems.cert}"\ntls_key_file = "{pems.encrypted_key}"\n'
+                                'tls_key_password = "wrong"')
+    assert "api.tls_key_password does not open the key" in message
+    assert f"api.tls_key_file {pems.junk}: not a PEM private key" in refused(
+        tmp_path, f'tls_cert_file = "{pems.cert}"\ntls_key_file = "{pems.junk}"\ntls_key_password = "wrong"')
