@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -18,10 +19,13 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
 from shared.text import is_unicode
+
+log = logging.getLogger(__name__)
 
 _ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
 
@@ -175,6 +179,7 @@ async def insert_columns(
         raise ValueError(f"columns of different lengths given for {table.name}: {sorted(lengths)}")
     if not lengths or not lengths.pop():
         return
+    columns, constants = _constants_apart(columns, constants)
     dialect = session.get_bind().dialect
     names = _names(table, list(columns))
     fixed = _names(table, list(constants))
@@ -185,11 +190,15 @@ async def insert_columns(
     values = [_processed(dialect, table, name, [value])[0] for name, value in zip(fixed, constants.values(),
                                                                                   strict=True)]
     if dialect.name == "postgresql":
-        casts = [f"${n}::{_cast_type(dialect, table, name)}"
-                 for n, name in enumerate(fixed, len(names) + 1)]
-        selected = ", ".join(["*", *casts])
-        sql = f"{into} SELECT {selected} FROM {_unnest(dialect, table, names)}{conflict}"  # noqa: S608
-        await _run(session, sql, [*arrays, *values])
+        copied = await _copied(session, table, names, arrays) if len(arrays[0]) >= COPY_MIN_ROWS else None
+        first = 1 if copied else len(names) + 1
+        casts = [f"${n}::{_cast_type(dialect, table, name)}" for n, name in enumerate(fixed, first)]
+        selected = ", ".join([", ".join(names) if copied else "*", *casts])
+        source = copied or _unnest(dialect, table, names)
+        sql = f"{into} SELECT {selected} FROM {source}{conflict}"  # noqa: S608
+        await _run(session, sql, values if copied else [*arrays, *values])
+        if copied:
+            await _run(session, f"DROP TABLE {copied}", ())
     else:
         picked = ", ".join([*(f"{_ROW} ->> {n}" for n in range(len(names))), *("?" * len(fixed))])
         # WHERE true: an upsert clause after a SELECT must follow a WHERE (SQLite's grammar).
@@ -202,6 +211,74 @@ async def insert_columns(
                 await _run(session, from_json, [*values, rows_json])
             else:  # zip stops at the columns' end: the constants repeat as often as there are rows
                 await _run(session, by_row, zip(*chunk, *map(repeat, values), strict=False), many=True)
+
+
+COPY_MIN_ROWS = 5_000
+"""From this many rows (a fan-out's plan) PostgreSQL gets them by ``COPY`` into a temporary table, then one
+``INSERT ... SELECT`` (:func:`_copied`), instead of as arrays to ``unnest``."""
+
+_copy_refused = False
+"""Set once the role was refused a temporary table: the process then sends arrays without asking again."""
+
+
+async def _copied(
+    session: AsyncSession, table: Table, names: Sequence[str], arrays: Sequence[Sequence[Any]]
+) -> str | None:
+    """``names`` of ``table`` (the values column by column, as the driver takes them) copied into a temporary
+    table of those columns (dropped at commit, or by the caller once read); its name, or None where that cannot
+    be: the driver is not asyncpg, or the role may not create temporary tables (then :func:`insert_columns`
+    sends arrays, as for fewer rows).
+
+    100,000 delivery rows of a national fan-out took PostgreSQL 5.5 s as arrays to ``unnest``; by ``COPY``
+    (asyncpg's binary format) 0.4-0.6 s, then the insert with its indexes about 2 s (bench/README.md, "Tenth
+    round")."""
+    global _copy_refused
+    connection = await session.connection()
+    driver: Any = (await connection.get_raw_connection()).driver_connection
+    if _copy_refused or not hasattr(driver, "copy_records_to_table"):
+        return None
+    name = f"luccs_copy_{table.name}"
+    # Its own savepoint: a refusal (no TEMPORARY privilege) would otherwise end the caller's transaction.
+    await _run(session, "SAVEPOINT luccs_copy", ())
+    try:
+        await _run(session, f"CREATE TEMPORARY TABLE {name} ON COMMIT DROP AS"  # noqa: S608
+                            f" SELECT {', '.join(names)} FROM {table.name} WITH NO DATA", ())
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) != _INSUFFICIENT_PRIVILEGE:
+            raise
+        await _run(session, "ROLLBACK TO SAVEPOINT luccs_copy", ())
+        _copy_refused = True
+        log.warning("the database role may not create temporary tables (%s): large inserts go as arrays, "
+                    "slower; GRANT TEMPORARY ON DATABASE to the role to copy them", exc.orig)
+        return None
+    await _run(session, "RELEASE SAVEPOINT luccs_copy", ())
+    await driver.copy_records_to_table(name, records=zip(*arrays, strict=True), columns=list(names))
+    return name
+
+
+_INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def _constants_apart(
+    columns: Mapping[str, Sequence[Any]], constants: Mapping[str, Any]
+) -> tuple[Mapping[str, Sequence[Any]], Mapping[str, Any]]:
+    """``columns`` and ``constants`` with every column whose rows all hold one value (of one type) moved to the
+    constants: a batch of outcomes shares its time, attempt, outcome and HTTP status, and each such column is
+    then one parameter instead of one JSON value (SQLite) or array element (PostgreSQL) per row. One column is
+    always kept: the statements select the rows from it."""
+    if len(next(iter(columns.values()))) < GROUPED_MIN_ROWS:
+        return columns, constants
+    uniform = [
+        name for name, values in columns.items()
+        if values.count(values[0]) == len(values) and len(set(map(type, values))) == 1
+    ]
+    if not uniform:
+        return columns, constants
+    if len(uniform) == len(columns):
+        uniform.pop()
+    return ({name: values for name, values in columns.items() if name not in uniform},
+            {**constants, **{name: columns[name][0] for name in uniform}})
+
 
 JSON_CHUNK = 10_000
 """Rows per JSON parameter: the text and SQLite's parse of it are held whole while the statement runs, so a
@@ -312,21 +389,40 @@ def _grouped(rows: Sequence[tuple[Any, ...]], *, sets: int) -> tuple[_Groups, li
     per group would not keep it) or a last key value is not a plain JSON one (:func:`_json_key`)."""
     if not _keys_distinct(rows, sets):
         return [], list(rows)
-    groups: dict[tuple[Any, ...], tuple[tuple[Any, ...], list[Any]]] = {}
-    for row in rows:
-        # Grouped by type and value: 1, 1.0 and True are equal in Python, not as SQL values.
-        shared = row[:-1]
-        groups.setdefault(tuple((type(value), value) for value in shared), (shared, []))[1].append(row[-1])
-    if not all(_json_key(value) for _, values in groups.values() for value in values):
+    columns = list(zip(*rows, strict=True))
+    if not _json_keys(columns[-1]):
         return [], list(rows)
+    groups: dict[tuple[Any, ...], tuple[tuple[Any, ...], list[Any]]] = {}
+    if all(_one_type(column) for column in columns[:-1]):
+        # Each column of one type (or None): equal values are equal SQL values, the rows' own tuples group them.
+        for row in rows:
+            shared = row[:-1]
+            found = groups.get(shared)
+            if found is None:
+                groups[shared] = (shared, [row[-1]])
+            else:
+                found[1].append(row[-1])
+    else:
+        for row in rows:
+            # Grouped by type and value: 1, 1.0 and True are equal in Python, not as SQL values.
+            shared = row[:-1]
+            groups.setdefault(tuple((type(value), value) for value in shared), (shared, []))[1].append(row[-1])
     grouped = [(shared, last) for shared, last in groups.values() if len(last) >= GROUPED_MIN_ROWS]
     left = [(*shared, value) for shared, last in groups.values() if len(last) < GROUPED_MIN_ROWS for value in last]
     return grouped, left
 
 
+def _one_type(values: Sequence[Any]) -> bool:
+    """Whether ``values`` are all of one type, None apart (then Python's equality of two is SQL's)."""
+    return len(set(map(type, values)) - {type(None)}) <= 1
+
+
 def _keys_distinct(rows: Sequence[tuple[Any, ...]], sets: int) -> bool:
     """Whether no two of ``rows`` (the ``sets`` values set, then the keys) name one row (:func:`_key_text`)."""
-    return len({tuple(_key_text(value) for value in row[sets:]) for row in rows}) == len(rows)
+    keys = [row[sets:] for row in rows]
+    if all(set(map(type, column)) <= {str} or set(map(type, column)) <= {int} for column in zip(*keys, strict=True)):
+        return len(set(keys)) == len(keys)  # strings alone or integers alone in each key column: as SQLite compares
+    return len({tuple(_key_text(value) for value in key) for key in keys}) == len(keys)
 
 
 def _key_text(value: Any) -> str:
@@ -335,6 +431,15 @@ def _key_text(value: Any) -> str:
     if type(value) is bool or (type(value) is float and value.is_integer()):
         return str(int(value))
     return str(value)
+
+
+def _json_keys(values: Sequence[Any]) -> bool:
+    """Whether every one of ``values`` goes through JSON unchanged (:func:`_json_key`), strings checked as one."""
+    types = set(map(type, values))
+    if types == {str}:
+        joined = "".join(values)  # a lone surrogate stays one when joined: one check for all
+        return "\0" not in joined and is_unicode(joined)
+    return all(_json_key(value) for value in values)
 
 
 def _json_key(value: Any) -> bool:

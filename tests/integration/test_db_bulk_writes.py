@@ -12,13 +12,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy import Boolean, Column, Float, Integer, LargeBinary, MetaData, String, Table, event, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import shared.db
-from shared.db import GROUPED_MIN_ROWS, UTCDateTime, closed_set, insert_columns, update_plain
+from shared.db import COPY_MIN_ROWS, GROUPED_MIN_ROWS, UTCDateTime, closed_set, insert_columns, update_plain
 from shared.events import DeliveryStatus
 from tests.support import scratch_table
 
@@ -151,11 +153,15 @@ async def wide(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         yield table, session
 
 
+@pytest.mark.parametrize("copy_min_rows", [COPY_MIN_ROWS, 1], ids=["arrays", "copied"])
 async def test_insert_columns_stores_every_value_as_given(
-    wide: tuple[Table, AsyncSession], monkeypatch: pytest.MonkeyPatch,
+    wide: tuple[Table, AsyncSession], monkeypatch: pytest.MonkeyPatch, copy_min_rows: int,
 ) -> None:
+    """Also on PostgreSQL by COPY into a temporary table (``copied``: two inserts into one table in one
+    transaction, so the first one's temporary table must be gone for the second)."""
     rows, session = wide
     monkeypatch.setattr(shared.db, "JSON_CHUNK", 3)  # several chunks, one of them with bytes (not JSON)
+    monkeypatch.setattr(shared.db, "COPY_MIN_ROWS", copy_min_rows)
     at = datetime(2026, 12, 2, 8, 30, 15, 123456, tzinfo=UTC)
     ids = [key for key in KEYS[:8]]
     columns: dict[str, list[Any]] = {
@@ -185,6 +191,65 @@ async def test_insert_columns_stores_every_value_as_given(
     if session.get_bind().dialect.name == "sqlite":
         # Chunks of 3: the second of the first insert (the bytes) by executemany, every other one as JSON.
         assert [many for statement, many in seen] == [False, True, False, False, False]
+    elif copy_min_rows == 1:
+        assert sum(1 for statement, _ in seen if statement.startswith("CREATE TEMPORARY TABLE")) == 2
+        assert not any("unnest" in statement for statement, _ in seen)
+
+
+async def test_columns_of_one_value_are_stored_as_given(wide: tuple[Table, AsyncSession]) -> None:
+    """A column whose rows all hold one value goes as one parameter: stored as if given row by row, one
+    column of each row kept when every column is uniform, and values Python holds equal but SQL does not
+    (1 and True) not taken for one."""
+    rows, session = wide
+    at = datetime(2026, 12, 2, 8, 30, tzinfo=UTC)
+    ids = [f"u{n:02d}" for n in range(GROUPED_MIN_ROWS + 2)]
+    count = len(ids)
+    with _statements(session) as seen:
+        await insert_columns(session, rows, columns={
+            "id": ids, "n": [7] * count, "x": [1, 1.0] * (count // 2), "flag": [True] * count, "at": [at] * count,
+            "status": [DeliveryStatus.DELIVERED] * count, "blob": [None] * count,
+        }, constants={"kind": "same"})
+        # Every column one value: the same row given count times, stored once.
+        await insert_columns(session, rows, columns={"id": ["dup"] * count, "n": [3] * count}, constants={},
+                             skip_conflicts_on=("id",))
+    await session.commit()
+    stored = {row.id: tuple(row)[1:] for row in (await session.execute(select(rows))).all()}
+    assert stored == {
+        **{key: (7, 1.0, True, at, DeliveryStatus.DELIVERED, None, "same") for key in ids},
+        "dup": (3, None, None, None, None, None, None),
+    }
+    if session.get_bind().dialect.name == "sqlite":
+        first = next(statement for statement, _ in seen if "luccs_row" in statement)
+        assert "luccs_row ->> 1" in first and "luccs_row ->> 2" not in first  # id and x per row, the rest once
+
+
+@pytest.mark.postgres
+async def test_a_role_without_temporary_tables_still_inserts_by_arrays(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Where the role may not create temporary tables, a large insert goes as arrays, in the same transaction
+    (the refusal does not end it), with one warning naming the privilege."""
+    monkeypatch.setattr(shared.db, "COPY_MIN_ROWS", 1)
+    monkeypatch.setattr(shared.db, "_copy_refused", False)
+    name = f"luccs_no_temp_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(make_url(postgres_url).set(drivername="postgresql").render_as_string(False))
+    try:
+        await admin.execute(f"CREATE ROLE {name} LOGIN")
+        await admin.execute(f"CREATE DATABASE {name} OWNER {name}")
+        await admin.execute(f"REVOKE TEMPORARY ON DATABASE {name} FROM PUBLIC, {name}")
+        url = make_url(postgres_url).set(username=name, password=None, database=name).render_as_string(False)
+        table = Table("no_temp", MetaData(), Column("id", String(10), primary_key=True), Column("n", Integer))
+        async with scratch_table(url, table) as session:
+            await insert_columns(session, table, columns={"id": ["a", "b"], "n": [1, 2]}, constants={})
+            await insert_columns(session, table, columns={"id": ["c"], "n": [3]}, constants={})
+            await session.commit()
+            assert sorted(tuple(row) for row in (await session.execute(select(table))).all()) == [
+                ("a", 1), ("b", 2), ("c", 3)]
+        assert [record.getMessage() for record in caplog.records if "temporary tables" in record.getMessage()]
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.execute(f"DROP ROLE IF EXISTS {name}")
+        await admin.close()
 
 
 async def test_a_string_that_is_not_valid_unicode_is_refused_not_stored(
