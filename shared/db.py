@@ -9,7 +9,7 @@ import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from itertools import repeat
+from itertools import count, repeat
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -156,7 +156,8 @@ async def insert_plain(
     per distinct value (the rows of a fan-out share a few timestamps and names), and the driver gets plain
     values, so the same values are stored as through the ORM. SQLite: the rows as one JSON parameter per
     ``JSON_CHUNK`` (:func:`_json_rows`; executemany for a chunk JSON cannot carry);
-    PostgreSQL: one statement for all rows, the columns passed as arrays (``unnest``), not a round trip each.
+    PostgreSQL: one statement for all rows, the columns passed as arrays (``unnest``), not a round trip each;
+    from ``COPY_MIN_ROWS`` rows by ``COPY`` into a temporary table and one insert from it (:func:`_copied`).
     The rows' form of :func:`insert_columns` (rows of another width than ``columns`` raise ValueError).
     """
     transposed = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
@@ -194,7 +195,7 @@ async def insert_columns(
         first = 1 if copied else len(names) + 1
         casts = [f"${n}::{_cast_type(dialect, table, name)}" for n, name in enumerate(fixed, first)]
         selected = ", ".join([", ".join(names) if copied else "*", *casts])
-        source = copied or _unnest(dialect, table, names)
+        source = f"{copied} ORDER BY {_ORDINAL}" if copied else _unnest(dialect, table, names)
         sql = f"{into} SELECT {selected} FROM {source}{conflict}"  # noqa: S608
         await _run(session, sql, values if copied else [*arrays, *values])
         if copied:
@@ -220,40 +221,70 @@ COPY_MIN_ROWS = 5_000
 _copy_refused = False
 """Set once the role was refused a temporary table: the process then sends arrays without asking again."""
 
+_ORDINAL = "luccs_n"
+"""The temporary table's column of each row's place: the rows are inserted in the order given (the serial ids
+of an outbox follow it), as ``unnest`` gives them."""
+
 
 async def _copied(
     session: AsyncSession, table: Table, names: Sequence[str], arrays: Sequence[Sequence[Any]]
 ) -> str | None:
     """``names`` of ``table`` (the values column by column, as the driver takes them) copied into a temporary
-    table of those columns (dropped at commit, or by the caller once read); its name, or None where that cannot
-    be: the driver is not asyncpg, or the role may not create temporary tables (then :func:`insert_columns`
-    sends arrays, as for fewer rows).
+    table of those columns and :data:`_ORDINAL` (dropped at commit, or by the caller once read); its name, or
+    None where that cannot be: the driver is not asyncpg, no transaction is open at the driver (autocommit: the
+    table would be gone at once), or the role may not create temporary tables (then :func:`insert_columns` sends
+    arrays, as for fewer rows).
 
     100,000 delivery rows of a national fan-out took PostgreSQL 5.5 s as arrays to ``unnest``; by ``COPY``
-    (asyncpg's binary format) 0.4-0.6 s, then the insert with its indexes about 2 s (bench/README.md, "Tenth
-    round")."""
+    (asyncpg's binary format) 0.4-0.6 s, then the insert with its indexes about 2.7 s (bench/README.md, "Tenth
+    round"). What the copy raises is raised as SQLAlchemy's error, as the same failure of a statement would be
+    (a connection lost: invalidated, an ``InterfaceError``); unlike a statement's, a value the driver cannot
+    encode also ends the transaction (the copy had begun)."""
     global _copy_refused
     connection = await session.connection()
-    driver: Any = (await connection.get_raw_connection()).driver_connection
-    if _copy_refused or not hasattr(driver, "copy_records_to_table"):
+    adapter = (await connection.get_raw_connection()).dbapi_connection
+    driver: Any = getattr(adapter, "driver_connection", None)
+    if _copy_refused or not hasattr(driver, "copy_records_to_table") or getattr(adapter, "autocommit", True):
         return None
     name = f"luccs_copy_{table.name}"
     # Its own savepoint: a refusal (no TEMPORARY privilege) would otherwise end the caller's transaction.
     await _run(session, "SAVEPOINT luccs_copy", ())
     try:
         await _run(session, f"CREATE TEMPORARY TABLE {name} ON COMMIT DROP AS"  # noqa: S608
-                            f" SELECT {', '.join(names)} FROM {table.name} WITH NO DATA", ())
+                            f" SELECT 0 AS {_ORDINAL}, {', '.join(names)} FROM {table.name} WITH NO DATA", ())
     except DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) != _INSUFFICIENT_PRIVILEGE:
             raise
         await _run(session, "ROLLBACK TO SAVEPOINT luccs_copy", ())
+        await _run(session, "RELEASE SAVEPOINT luccs_copy", ())
         _copy_refused = True
-        log.warning("the database role may not create temporary tables (%s): large inserts go as arrays, "
-                    "slower; GRANT TEMPORARY ON DATABASE to the role to copy them", exc.orig)
+        log.warning("a temporary table was refused (%s): large inserts go as arrays, slower; GRANT TEMPORARY ON "
+                    "DATABASE to the role to copy them", exc.orig)
         return None
     await _run(session, "RELEASE SAVEPOINT luccs_copy", ())
-    await driver.copy_records_to_table(name, records=zip(*arrays, strict=True), columns=list(names))
+    try:
+        await driver.copy_records_to_table(name, records=zip(count(), *arrays, strict=False),
+                                           columns=[_ORDINAL, *names])
+    except Exception as exc:
+        raise await _as_dbapi_error(connection, adapter, exc, f"COPY {name}") from exc
     return name
+
+
+async def _as_dbapi_error(connection: Any, adapter: Any, exc: Exception, statement: str) -> Exception:
+    """``exc``, raised by the driver outside SQLAlchemy, as SQLAlchemy raises a statement's failure: translated by
+    the dialect's adapter, the connection invalidated if it was lost."""
+    translated = exc
+    try:
+        adapter._handle_exception(exc)  # raises the DBAPI error the dialect makes of it (or ``exc`` itself)
+    except Exception as error:
+        translated = error
+    dialect = connection.dialect
+    base = dialect.loaded_dbapi.Error
+    lost = isinstance(translated, base) and dialect.is_disconnect(translated, adapter, None)
+    if lost:
+        await connection.invalidate()
+    return DBAPIError.instance(statement, None, translated, base, hide_parameters=True, connection_invalidated=lost,
+                               dialect=dialect)
 
 
 _INSUFFICIENT_PRIVILEGE = "42501"
@@ -262,16 +293,15 @@ _INSUFFICIENT_PRIVILEGE = "42501"
 def _constants_apart(
     columns: Mapping[str, Sequence[Any]], constants: Mapping[str, Any]
 ) -> tuple[Mapping[str, Sequence[Any]], Mapping[str, Any]]:
-    """``columns`` and ``constants`` with every column whose rows all hold one value (of one type) moved to the
+    """``columns`` and ``constants`` with every column whose rows all hold one object moved to the
     constants: a batch of outcomes shares its time, attempt, outcome and HTTP status, and each such column is
     then one parameter instead of one JSON value (SQLite) or array element (PostgreSQL) per row. One column is
     always kept: the statements select the rows from it."""
     if len(next(iter(columns.values()))) < GROUPED_MIN_ROWS:
         return columns, constants
-    uniform = [
-        name for name, values in columns.items()
-        if values.count(values[0]) == len(values) and len(set(map(type, values))) == 1
-    ]
+    # One object, not equal values: -0.0 and 0.0, Decimal("1.0") and Decimal("1.000") are equal, not one value
+    # stored. The values a batch shares are one object (its time, an enum member, a small integer, None).
+    uniform = [name for name, values in columns.items() if len(set(map(id, values))) == 1]
     if not uniform:
         return columns, constants
     if len(uniform) == len(columns):
@@ -413,7 +443,9 @@ def _grouped(rows: Sequence[tuple[Any, ...]], *, sets: int) -> tuple[_Groups, li
 
 
 def _one_type(values: Sequence[Any]) -> bool:
-    """Whether ``values`` are all of one type, None apart (then Python's equality of two is SQL's)."""
+    """Whether ``values`` are all of one type, None apart: then two that Python holds equal are one value to
+    group by (1 and True, 1 and 1.0 never meet; -0.0 and 0.0 would, and are stored alike on SQLite, the one
+    dialect grouping them)."""
     return len(set(map(type, values)) - {type(None)}) <= 1
 
 

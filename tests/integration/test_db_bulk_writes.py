@@ -1,7 +1,7 @@
 """The bulk writes of ``shared.db`` store what one statement per row would, on SQLite (the rows as one JSON
 parameter, rows sharing their values as one statement per group; executemany for what JSON cannot carry) and
-PostgreSQL (``unnest``): ``update_plain`` leaves every row as one UPDATE per given row, in order, would;
-``insert_columns`` stores every value as given."""
+PostgreSQL (``unnest``; a large insert by ``COPY`` into a temporary table): ``update_plain`` leaves every row
+as one UPDATE per given row, in order, would; ``insert_columns`` stores every value as given."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
-from sqlalchemy import Boolean, Column, Float, Integer, LargeBinary, MetaData, String, Table, event, select
+from sqlalchemy import Boolean, Column, Float, Integer, LargeBinary, MetaData, String, Table, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -268,3 +268,68 @@ async def test_a_string_that_is_not_valid_unicode_is_refused_not_stored(
                            rows=[("refus\udce9e", "ok")] + [(f"k{n}", f"none-{n}") for n in range(20)])
     await session.rollback()
     assert [tuple(row) for row in (await session.execute(select(rows.c.id, rows.c.kind))).all()] == [("ok", "k")]
+
+
+@pytest.mark.postgres
+async def test_a_copy_failing_is_raised_as_a_statement_failing(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the COPY raises comes as SQLAlchemy's error: a value too long for its column as a DBAPIError, the
+    connection lost mid-copy as an invalidated connection's (what the API answers with 503)."""
+    monkeypatch.setattr(shared.db, "COPY_MIN_ROWS", 1)
+    table = Table(f"copy_fails_{uuid.uuid4().hex[:8]}", MetaData(), Column("id", String(5), primary_key=True))
+    async with scratch_table(postgres_url, table) as session:
+        with pytest.raises(DBAPIError, match="too long") as raised:
+            await insert_columns(session, table, columns={"id": ["fine", "far too long"]}, constants={})
+        assert not raised.value.connection_invalidated
+        await session.rollback()
+
+        original = asyncpg.Connection.copy_records_to_table
+        admin = await asyncpg.connect(make_url(postgres_url).set(drivername="postgresql").render_as_string(False))
+
+        async def lost_first(self: Any, *args: Any, **kwargs: Any) -> Any:
+            await admin.execute("SELECT pg_terminate_backend($1)", self.get_server_pid())
+            return await original(self, *args, **kwargs)
+
+        monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", lost_first)
+        try:
+            with pytest.raises(DBAPIError) as raised:
+                await insert_columns(session, table, columns={"id": ["a", "b"]}, constants={})
+        finally:
+            await admin.close()
+        assert raised.value.connection_invalidated
+        await session.rollback()  # the session lets go of the lost connection and takes a new one
+        monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", original)
+        await insert_columns(session, table, columns={"id": ["c", "d"]}, constants={})
+        await session.commit()
+        assert sorted((await session.execute(select(table.c.id))).scalars()) == ["c", "d"]
+
+
+@pytest.mark.postgres
+async def test_copied_rows_keep_their_order_and_their_values(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows copied go in the order given (a serial id follows it), a column of one object as one parameter keeps
+    its value exactly (-0.0 stays -0.0); on an autocommit connection (no transaction to hold a temporary table)
+    the rows go as arrays."""
+    monkeypatch.setattr(shared.db, "COPY_MIN_ROWS", 1)
+    table = Table(f"copy_order_{uuid.uuid4().hex[:8]}", MetaData(),
+                  Column("serial", Integer, primary_key=True, autoincrement=True), Column("key", String(20)),
+                  Column("x", Float))
+    keys = [f"k{n:05d}" for n in range(3000)]
+    shuffled = sorted(keys, key=lambda key: hash((key, "shuffle")))
+    zero = -0.0
+    async with scratch_table(postgres_url, table) as session:
+        with _statements(session) as seen:
+            await insert_columns(session, table, columns={"key": shuffled, "x": [zero] * len(keys)}, constants={})
+        await session.commit()
+        assert any(statement.startswith("CREATE TEMPORARY TABLE") for statement, _ in seen)
+        stored = (await session.execute(select(table.c.key, table.c.x).order_by(table.c.serial))).all()
+        assert [row.key for row in stored] == shuffled
+        assert {str(row.x) for row in stored} == {"-0.0"}
+    async with scratch_table(postgres_url, table) as session:
+        connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        with _statements(session) as seen:
+            await insert_columns(session, table, columns={"key": keys[:10], "x": [1.5] * 10}, constants={})
+        assert not any("TEMPORARY" in statement for statement, _ in seen)
+        assert (await connection.execute(select(func.count()).select_from(table))).scalar() == 10
