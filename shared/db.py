@@ -451,10 +451,12 @@ def _one_type(values: Sequence[Any]) -> bool:
 
 def _keys_distinct(rows: Sequence[tuple[Any, ...]], sets: int) -> bool:
     """Whether no two of ``rows`` (the ``sets`` values set, then the keys) name one row (:func:`_key_text`)."""
-    keys = [row[sets:] for row in rows]
-    if all(set(map(type, column)) <= {str} or set(map(type, column)) <= {int} for column in zip(*keys, strict=True)):
-        return len(set(keys)) == len(keys)  # strings alone or integers alone in each key column: as SQLite compares
-    return len({tuple(_key_text(value) for value in key) for key in keys}) == len(keys)
+    key_columns = list(zip(*rows, strict=True))[sets:]
+    if all(set(map(type, column)) in ({str}, {int}) for column in key_columns):
+        # Strings alone or integers alone in each key column: equal in Python as in SQLite.
+        keys = key_columns[0] if len(key_columns) == 1 else list(zip(*key_columns, strict=True))
+        return len(set(keys)) == len(rows)
+    return len({tuple(_key_text(value) for value in row[sets:]) for row in rows}) == len(rows)
 
 
 def _key_text(value: Any) -> str:
