@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
@@ -281,8 +281,9 @@ async def _as_dbapi_error(connection: Any, adapter: Any, exc: Exception, stateme
     dialect = connection.dialect
     base = dialect.loaded_dbapi.Error
     lost = isinstance(translated, base) and dialect.is_disconnect(translated, adapter, None)
-    if lost:
+    if lost:  # as SQLAlchemy reports a statement on a closed connection: what the API answers with 503
         await connection.invalidate()
+        return InterfaceError(statement, None, translated, hide_parameters=True, connection_invalidated=True)
     return DBAPIError.instance(statement, None, translated, base, hide_parameters=True, connection_invalidated=lost,
                                dialect=dialect)
 

@@ -16,7 +16,7 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy import Boolean, Column, Float, Integer, LargeBinary, MetaData, String, Table, event, func, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import shared.db
@@ -288,7 +288,8 @@ async def test_a_copy_failing_is_raised_as_a_statement_failing(
         admin = await asyncpg.connect(make_url(postgres_url).set(drivername="postgresql").render_as_string(False))
 
         async def lost_first(self: Any, *args: Any, **kwargs: Any) -> Any:
-            await admin.execute("SELECT pg_terminate_backend($1)", self.get_server_pid())
+            # Waits (up to 10 s) until the backend is gone: the copy then meets a closed connection.
+            await admin.execute("SELECT pg_terminate_backend($1, 10000)", self.get_server_pid())
             return await original(self, *args, **kwargs)
 
         monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", lost_first)
@@ -297,7 +298,7 @@ async def test_a_copy_failing_is_raised_as_a_statement_failing(
                 await insert_columns(session, table, columns={"id": ["a", "b"]}, constants={})
         finally:
             await admin.close()
-        assert raised.value.connection_invalidated
+        assert raised.value.connection_invalidated and isinstance(raised.value, (InterfaceError, OperationalError))
         await session.rollback()  # the session lets go of the lost connection and takes a new one
         monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", original)
         await insert_columns(session, table, columns={"id": ["c", "d"]}, constants={})
