@@ -7,12 +7,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
+import shared.db
 from services.notifier import planning
 from services.notifier.app import NotifierParts
+from services.notifier.domain import idempotency_key
+from services.notifier.models import ReachRow
+from shared.events import DeliveryChannel, Language
 from tests.integration.test_notifier_delivery import (
     RECORD,
     deliveries,
@@ -21,8 +26,9 @@ from tests.integration.test_notifier_delivery import (
     procedure_event,
     register,
     running_notifier,
+    settled,
 )
-from tests.support import WebhookReceiver
+from tests.support import WebhookReceiver, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -112,3 +118,41 @@ async def test_the_registry_is_analyzed_as_it_grows(
         assert not await registry_analyzed(parts)
         await register(parts, "LU0002", None, email="two@eo.lu")
         assert await registry_analyzed(parts)
+
+
+async def test_a_plan_copied_into_the_delivery_log_reaches_every_eo(
+    database_url: str, kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plan of ``COPY_MIN_ROWS`` rows or more goes by COPY (``shared.db._copied``; lowered here to 1): every
+    EO's delivery and reach row recorded with the plan's values, each notice sent once, each EO reached."""
+    monkeypatch.setattr(shared.db, "COPY_MIN_ROWS", 1)
+    copies: list[str] = []
+    real_copied = shared.db._copied
+
+    async def copied(*args: Any, **kwargs: Any) -> str | None:
+        name = await real_copied(*args, **kwargs)
+        copies.append(str(name))
+        return name
+
+    monkeypatch.setattr(shared.db, "_copied", copied)
+    receiver = WebhookReceiver().start()
+    try:
+        async with running_notifier(notifier_settings(kafka_bootstrap, topic_prefix, database_url)) as parts:
+            for eori, language in (("LU0001", Language.FR), ("LU0002", Language.DE), ("LU0003", Language.EN)):
+                await register(parts, eori, receiver.url(f"/{eori}"), language)
+            event = procedure_event()
+            await parts.planner.on_procedure(event, RECORD)
+            assert copies == ["luccs_copy_deliveries", "luccs_copy_procedure_reach"]
+            await eventually(lambda: settled(parts), what="three deliveries settled")
+            rows = await deliveries(parts)
+            async with parts.sessions() as session:
+                reach = (await session.execute(select(ReachRow.eori, ReachRow.reached_channel)
+                                               .order_by(ReachRow.eori))).all()
+        assert [(r.eori, r.status, r.attempts, r.event_id, r.idempotency_key) for r in rows] == [
+            (eori, "delivered", 1, event.id, idempotency_key(event.id, eori, DeliveryChannel.WEBHOOK))
+            for eori in ("LU0001", "LU0002", "LU0003")
+        ]
+        assert [tuple(row) for row in reach] == [(eori, "webhook") for eori in ("LU0001", "LU0002", "LU0003")]
+        assert sorted(hook.path for hook in receiver.received) == ["/LU0001", "/LU0002", "/LU0003"]
+    finally:
+        receiver.stop()
