@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import operator
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -178,6 +179,8 @@ async def insert_columns(
     lengths = {len(values) for values in columns.values()}
     if len(lengths) > 1:
         raise ValueError(f"columns of different lengths given for {table.name}: {sorted(lengths)}")
+    if both := columns.keys() & constants.keys():
+        raise ValueError(f"columns given both per row and as constants for {table.name}: {sorted(both)}")
     if not lengths or not lengths.pop():
         return
     columns, constants = _constants_apart(columns, constants)
@@ -232,8 +235,9 @@ async def _copied(
     """``names`` of ``table`` (the values column by column, as the driver takes them) copied into a temporary
     table of those columns and :data:`_ORDINAL` (dropped at commit, or by the caller once read); its name, or
     None where that cannot be: the driver is not asyncpg, no transaction is open at the driver (autocommit: the
-    table would be gone at once), or the role may not create temporary tables (then :func:`insert_columns` sends
-    arrays, as for fewer rows).
+    table would be gone at once), or the role was refused the table (no TEMPORARY on the database, no SELECT on
+    ``table``: sqlstate 42501; then :func:`insert_columns` sends arrays, as for fewer rows, and so does every later
+    call in this process, whatever its database).
 
     100,000 delivery rows of a national fan-out took PostgreSQL 5.5 s as arrays to ``unnest``; by ``COPY``
     (asyncpg's binary format) 0.4-0.6 s, then the insert with its indexes about 2.7 s (bench/README.md, "Tenth
@@ -258,8 +262,9 @@ async def _copied(
         await _run(session, "ROLLBACK TO SAVEPOINT luccs_copy", ())
         await _run(session, "RELEASE SAVEPOINT luccs_copy", ())
         _copy_refused = True
-        log.warning("a temporary table was refused (%s): large inserts go as arrays, slower; GRANT TEMPORARY ON "
-                    "DATABASE to the role to copy them", exc.orig)
+        log.warning("a temporary table to copy rows into %s was refused (%s): large inserts go as arrays, slower; "
+                    "to copy them, the role needs TEMPORARY on the database and SELECT on the table", table.name,
+                    exc.orig)
         return None
     await _run(session, "RELEASE SAVEPOINT luccs_copy", ())
     try:
@@ -301,8 +306,10 @@ def _constants_apart(
     if len(next(iter(columns.values()))) < GROUPED_MIN_ROWS:
         return columns, constants
     # One object, not equal values: -0.0 and 0.0, Decimal("1.0") and Decimal("1.000") are equal, not one value
-    # stored. The values a batch shares are one object (its time, an enum member, a small integer, None).
-    uniform = [name for name, values in columns.items() if len(set(map(id, values))) == 1]
+    # stored. The values a batch shares are one object (its time, an enum member, a small integer, None). By
+    # ``is`` against the first, never by ``id``: a sequence making each item as it is read (``array.array``)
+    # frees one before the next, whose id may then be the same.
+    uniform = [name for name, values in columns.items() if all(map(operator.is_, values, repeat(values[0])))]
     if not uniform:
         return columns, constants
     if len(uniform) == len(columns):
@@ -445,8 +452,8 @@ def _grouped(rows: Sequence[tuple[Any, ...]], *, sets: int) -> tuple[_Groups, li
 
 def _one_type(values: Sequence[Any]) -> bool:
     """Whether ``values`` are all of one type, None apart: then two that Python holds equal are one value to
-    group by (1 and True, 1 and 1.0 never meet; -0.0 and 0.0 would, and are stored alike on SQLite, the one
-    dialect grouping them)."""
+    group by (1 and True, 1 and 1.0 never meet; -0.0 and 0.0 would, as they did before this check: SQLite, the
+    one dialect grouping them, stores them alike in a column of REAL, NUMERIC or INTEGER affinity)."""
     return len(set(map(type, values)) - {type(None)}) <= 1
 
 
