@@ -289,8 +289,7 @@ async def _as_dbapi_error(connection: Any, adapter: Any, exc: Exception, stateme
     if lost:  # as SQLAlchemy reports a statement on a closed connection: what the API answers with 503
         await connection.invalidate()
         return InterfaceError(statement, None, translated, hide_parameters=True, connection_invalidated=True)
-    return DBAPIError.instance(statement, None, translated, base, hide_parameters=True, connection_invalidated=lost,
-                               dialect=dialect)
+    return DBAPIError.instance(statement, None, translated, base, hide_parameters=True, dialect=dialect)
 
 
 _INSUFFICIENT_PRIVILEGE = "42501"
@@ -425,9 +424,9 @@ def _grouped(rows: Sequence[tuple[Any, ...]], *, sets: int) -> tuple[_Groups, li
     key's, each with its rows' last key values, and the rows left over (groups under ``GROUPED_MIN_ROWS``).
     Everything is left over if a key repeats (two updates of one row: their order must hold, and a statement
     per group would not keep it) or a last key value is not a plain JSON one (:func:`_json_key`)."""
-    if not _keys_distinct(rows, sets):
-        return [], list(rows)
     columns = list(zip(*rows, strict=True))
+    if not _keys_distinct(rows, sets, columns):
+        return [], list(rows)
     if not _json_keys(columns[-1]):
         return [], list(rows)
     groups: dict[tuple[Any, ...], tuple[tuple[Any, ...], list[Any]]] = {}
@@ -457,9 +456,12 @@ def _one_type(values: Sequence[Any]) -> bool:
     return len(set(map(type, values)) - {type(None)}) <= 1
 
 
-def _keys_distinct(rows: Sequence[tuple[Any, ...]], sets: int) -> bool:
-    """Whether no two of ``rows`` (the ``sets`` values set, then the keys) name one row (:func:`_key_text`)."""
-    key_columns = list(zip(*rows, strict=True))[sets:]
+def _keys_distinct(
+    rows: Sequence[tuple[Any, ...]], sets: int, columns: Sequence[Sequence[Any]] | None = None
+) -> bool:
+    """Whether no two of ``rows`` (the ``sets`` values set, then the keys) name one row (:func:`_key_text`);
+    ``columns``: the rows already transposed, if the caller has them."""
+    key_columns = list(columns if columns is not None else zip(*rows, strict=True))[sets:]
     if all(set(map(type, column)) in ({str}, {int}) for column in key_columns):
         # Strings alone or integers alone in each key column: equal in Python as in SQLite.
         keys = key_columns[0] if len(key_columns) == 1 else list(zip(*key_columns, strict=True))

@@ -320,24 +320,25 @@ async def test_a_copy_failing_is_raised_as_a_statement_failing(
 async def test_copied_rows_keep_their_order_and_their_values(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Rows copied go in the order given (a serial id follows it), a column of one object as one parameter keeps
-    its value exactly (-0.0 stays -0.0); on an autocommit connection (no transaction to hold a temporary table)
-    the rows go as arrays."""
+    """Rows copied go in the order given (a serial id follows it: this guards the ordinal's pairing with the rows;
+    PostgreSQL reads a fresh temporary table in the order written, so the ``ORDER BY`` alone it cannot catch),
+    values Python holds equal but PostgreSQL keeps apart (0.0 and -0.0) copied as given, not taken for one
+    constant; on an autocommit connection (no transaction to hold a temporary table) the rows go as arrays."""
     monkeypatch.setattr(shared.db, "COPY_MIN_ROWS", 1)
     table = Table(f"copy_order_{uuid.uuid4().hex[:8]}", MetaData(),
                   Column("serial", Integer, primary_key=True, autoincrement=True), Column("key", String(20)),
                   Column("x", Float))
     keys = [f"k{n:05d}" for n in range(3000)]
     shuffled = sorted(keys, key=lambda key: hash((key, "shuffle")))
-    zero = -0.0
+    zeros = [-0.0, 0.0] * (len(keys) // 2)
     async with scratch_table(postgres_url, table) as session:
         with _statements(session) as seen:
-            await insert_columns(session, table, columns={"key": shuffled, "x": [zero] * len(keys)}, constants={})
+            await insert_columns(session, table, columns={"key": shuffled, "x": zeros}, constants={})
         await session.commit()
         assert any(statement.startswith("CREATE TEMPORARY TABLE") for statement, _ in seen)
         stored = (await session.execute(select(table.c.key, table.c.x).order_by(table.c.serial))).all()
         assert [row.key for row in stored] == shuffled
-        assert {str(row.x) for row in stored} == {"-0.0"}
+        assert [math.copysign(1, row.x) for row in stored] == [math.copysign(1, zero) for zero in zeros]
     async with scratch_table(postgres_url, table) as session:
         connection = await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         with _statements(session) as seen:
