@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import json
 import logging
 import operator
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from itertools import count, repeat
@@ -215,6 +217,38 @@ async def insert_columns(
                 await _run(session, from_json, [*values, rows_json])
             else:  # zip stops at the columns' end: the constants repeat as often as there are rows
                 await _run(session, by_row, zip(*chunk, *map(repeat, values), strict=False), many=True)
+
+
+async def insert_column_parts(
+    session: AsyncSession, table: Table, parts: Iterator[Mapping[str, Sequence[Any]]], *,
+    constants: Mapping[str, Any], skip_conflicts_on: Sequence[str] = (),
+) -> None:
+    """:func:`insert_columns` for each of ``parts`` (column mappings) in turn, on the one session: each next
+    part is made (``parts`` advanced) in a worker thread while the database inserts the part before.
+
+    For an insert whose rows take Python as long to build as the database to write (a fan-out's plan:
+    100,000 deliveries): SQLite's thread and PostgreSQL's server work without the interpreter's lock, so
+    the building of one part runs beside the writing of the other instead of before it. ``parts`` is
+    advanced from one thread at a time (never two at once); it must not use ``session``. A part that fails
+    to build or to insert ends the whole (the part being inserted is waited for first: the session is
+    never left with a statement under way)."""
+    part = next(parts, None)
+    while part is not None:
+        inserting = asyncio.ensure_future(
+            insert_columns(session, table, columns=part, constants=constants, skip_conflicts_on=skip_conflicts_on)
+        )
+        try:
+            part = await asyncio.to_thread(next, parts, None)
+        except BaseException:
+            # The session runs one statement at a time: the part under way ends before this error goes on (and
+            # with it a rollback), however often the caller is cancelled meanwhile; its own error is the lesser.
+            while not inserting.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(asyncio.wait([inserting]))
+            if not inserting.cancelled():
+                inserting.exception()
+            raise
+        await inserting
 
 
 COPY_MIN_ROWS = 5_000

@@ -63,7 +63,7 @@ from services.notifier.models import (
 )
 from services.notifier.notices import EoSummary, Notice, NoticeTexts
 from shared.config import NotifierSettings
-from shared.db import insert_columns, upsert
+from shared.db import insert_column_parts, insert_columns, upsert
 from shared.events import (
     AdvisoryData,
     AdvisoryKind,
@@ -95,6 +95,9 @@ _PLANNED_EVENTS = cast(Table, PlannedEventRow.__table__)
 ANALYZE_AFTER = 1000
 """A plan of at least this many deliveries refreshes PostgreSQL's statistics of the tables it filled (see
 :meth:`Planner._refresh_statistics`)."""
+PLAN_PART = 10_000
+"""A plan's deliveries are built and inserted this many at a time (:func:`shared.db.insert_column_parts`), in
+its one transaction."""
 _LANGUAGES = {language.value: language for language in Language}
 _VARIANT_DIGITS = "89ab"
 
@@ -444,20 +447,26 @@ async def record_notices(
             return found
 
         webhook = DeliveryChannel.WEBHOOK
-        # Column by column, with the columns every row shares given once: a national fan-out writes 100,000.
+
+        def columns(start: int) -> dict[str, Sequence[Any]]:
+            # Column by column, with the columns every row shares given once (the constants below).
+            part, part_variants = planned[start:start + PLAN_PART], variants[start:start + PLAN_PART]
+            return {
+                "id": new_delivery_ids(len(part)),
+                "notice_id": [notice_ids[variant] for variant in part_variants],
+                "audience": [n.audience for n in part],
+                "recipient_key": [n.recipient_key for n in part],
+                "eori": [n.eori for n in part],
+                "channel": [n.channel for n in part],
+                "recipient": [n.address for n in part],
+                "lane": [lane(n.channel, n.address) for n in part],
+                "idempotency_key": [idempotency_key(event.id, n.recipient_key, n.channel) for n in part],
+                "escalate_at": [escalate_at if n.channel == webhook and n.eori in watched else None for n in part],
+            }
+
+        # A national fan-out writes 100,000 rows: each part is built while the database writes the one before.
         # A delivery already planned for this event, recipient and channel is left as it is.
-        await insert_columns(session, _DELIVERIES, columns={
-            "id": new_delivery_ids(len(planned)),
-            "notice_id": [notice_ids[variant] for variant in variants],
-            "audience": [n.audience for n in planned],
-            "recipient_key": [n.recipient_key for n in planned],
-            "eori": [n.eori for n in planned],
-            "channel": [n.channel for n in planned],
-            "recipient": [n.address for n in planned],
-            "lane": [lane(n.channel, n.address) for n in planned],
-            "idempotency_key": [idempotency_key(event.id, n.recipient_key, n.channel) for n in planned],
-            "escalate_at": [escalate_at if n.channel == webhook and n.eori in watched else None for n in planned],
-        }, constants={
+        await insert_column_parts(session, _DELIVERIES, map(columns, range(0, len(planned), PLAN_PART)), constants={
             "event_id": event.id, "event_type": event.type, "procedure_id": subject_id,
             "created_at": now, "next_attempt_at": now, "updated_at": now, "status": DeliveryStatus.PENDING,
             "attempts": 0,

@@ -5,7 +5,9 @@ as one UPDATE per given row, in order, would; ``insert_columns`` stores every va
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -17,11 +19,19 @@ import asyncpg  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy import Boolean, Column, Float, Integer, LargeBinary, MetaData, String, Table, event, func, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import shared.db
-from shared.db import COPY_MIN_ROWS, GROUPED_MIN_ROWS, UTCDateTime, closed_set, insert_columns, update_plain
+from shared.db import (
+    COPY_MIN_ROWS,
+    GROUPED_MIN_ROWS,
+    UTCDateTime,
+    closed_set,
+    insert_column_parts,
+    insert_columns,
+    update_plain,
+)
 from shared.events import DeliveryStatus
 from tests.support import scratch_table
 
@@ -345,3 +355,134 @@ async def test_copied_rows_keep_their_order_and_their_values(
             await insert_columns(session, table, columns={"key": keys[:10], "x": [1.5] * 10}, constants={})
         assert not any("TEMPORARY" in statement for statement, _ in seen)
         assert (await connection.execute(select(func.count()).select_from(table))).scalar() == 10
+
+
+# --- insert_column_parts: each next part built while the one before is written ------------------------------
+
+
+def _part(ids: list[str], n: int) -> dict[str, list[Any]]:
+    return {"id": ids, "n": [n] * len(ids)}
+
+
+async def test_parts_are_inserted_in_order_each_built_while_the_one_before_is_written(
+    wide: tuple[Table, AsyncSession],
+) -> None:
+    """Parts 2 and 3 are built in another thread than the loop's, and each waits (up to 10 s) until the
+    database has run the insert of the part before: built on the loop instead, that insert could not run and
+    the wait would time out. Every part stored with the constants, one transaction."""
+    rows, session = wide
+    inserted = [threading.Event() for _ in range(3)]
+    loop_thread = threading.get_ident()
+    builders: list[int] = []
+    waited: list[bool] = []
+
+    def done(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith(f"INSERT INTO {rows.name}"):
+            next(event for event in inserted if not event.is_set()).set()
+
+    def parts() -> Iterator[dict[str, list[Any]]]:
+        for n, ids in enumerate((["a", "b"], ["c"], ["d", "e", "f"])):
+            if n:
+                waited.append(inserted[n - 1].wait(10))
+            builders.append(threading.get_ident())
+            yield _part(ids, n)
+
+    engine = session.get_bind()
+    event.listen(engine, "after_cursor_execute", done)
+    try:
+        await insert_column_parts(session, rows, parts(), constants={"kind": "parted"}, skip_conflicts_on=("id",))
+    finally:
+        event.remove(engine, "after_cursor_execute", done)
+    assert waited == [True, True]
+    assert builders[0] == loop_thread and loop_thread not in builders[1:]
+    await session.commit()
+    stored = (await session.execute(select(rows.c.id, rows.c.n, rows.c.kind).order_by(rows.c.id))).all()
+    assert [tuple(row) for row in stored] == [
+        ("a", 0, "parted"), ("b", 0, "parted"), ("c", 1, "parted"), ("d", 2, "parted"), ("e", 2, "parted"),
+        ("f", 2, "parted"),
+    ]
+
+
+async def test_a_part_failing_to_build_ends_the_insert_once_the_part_before_is_written(
+    wide: tuple[Table, AsyncSession], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The error comes only after the insert under way has ended (held here until the error is raised: were
+    it raised at once, the session would still be running that insert), and the transaction rolls back whole."""
+    rows, session = wide
+    real_insert = shared.db.insert_columns
+    failed = asyncio.Event()
+    ended: list[list[str]] = []
+
+    async def slow_insert(session: AsyncSession, table: Table, **kwargs: Any) -> None:
+        await asyncio.wait_for(failed.wait(), 10)
+        await asyncio.sleep(0.2)
+        await real_insert(session, table, **kwargs)
+        ended.append(list(kwargs["columns"]["id"]))
+
+    def parts() -> Iterator[dict[str, list[Any]]]:
+        yield _part(["a", "b"], 0)
+        loop.call_soon_threadsafe(failed.set)
+        raise ValueError("a part that cannot be built")
+
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(shared.db, "insert_columns", slow_insert)
+    with pytest.raises(ValueError, match="cannot be built"):
+        await insert_column_parts(session, rows, parts(), constants={})
+    assert ended == [["a", "b"]]
+    await session.rollback()
+    assert (await session.execute(select(func.count()).select_from(rows))).scalar() == 0
+
+
+async def test_a_part_failing_to_insert_stops_the_parts(wide: tuple[Table, AsyncSession]) -> None:
+    """A key given twice in part 2 (no conflicts skipped): the insert's error comes out, no later part is built."""
+    rows, session = wide
+    built: list[int] = []
+
+    def parts() -> Iterator[dict[str, list[Any]]]:
+        for n, ids in enumerate((["a"], ["b", "b"], ["c"], ["d"])):
+            built.append(n)
+            yield _part(ids, n)
+
+    with pytest.raises(IntegrityError):
+        await insert_column_parts(session, rows, parts(), constants={})
+    assert built == [0, 1, 2]  # part 3 was being built while part 2's insert failed
+    await session.rollback()
+    assert (await session.execute(select(func.count()).select_from(rows))).scalar() == 0
+
+
+async def test_cancelled_while_a_part_is_built_it_waits_for_the_insert_under_way(
+    wide: tuple[Table, AsyncSession], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelled (twice) while part 2 is built: the cancellation comes out once part 1's insert has ended."""
+    rows, session = wide
+    real_insert = shared.db.insert_columns
+    release, building = threading.Event(), threading.Event()
+    ended: list[list[str]] = []
+
+    async def slow_insert(session: AsyncSession, table: Table, **kwargs: Any) -> None:
+        for _ in range(1000):  # 10 s at most
+            if release.is_set():
+                break
+            await asyncio.sleep(0.01)
+        await real_insert(session, table, **kwargs)
+        ended.append(list(kwargs["columns"]["id"]))
+
+    def parts() -> Iterator[dict[str, list[Any]]]:
+        yield _part(["a"], 0)
+        building.set()
+        release.wait(10)
+        yield _part(["b"], 1)
+
+    monkeypatch.setattr(shared.db, "insert_columns", slow_insert)
+    task = asyncio.create_task(insert_column_parts(session, rows, parts(), constants={}))
+    assert await asyncio.to_thread(building.wait, 10)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    assert not task.done()  # part 1's insert is held: the cancellation waits for it
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ended == [["a"]]
+    await session.rollback()

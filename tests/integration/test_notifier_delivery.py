@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from sqlalchemy import select
 
+from services.notifier import planning
 from services.notifier.app import NotifierParts, build_notifier
 from services.notifier.domain import idempotency_key
 from services.notifier.migrate import upgrade
@@ -253,9 +254,13 @@ def receiver() -> Iterator[WebhookReceiver]:
 # --- webhooks -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("plan_part", [planning.PLAN_PART, 2], ids=["one-part", "parts"])
 async def test_every_eo_gets_one_signed_notice_in_its_language(
-    database_url: str, kafka_bootstrap: str, topic_prefix: str, receiver: WebhookReceiver
+    database_url: str, kafka_bootstrap: str, topic_prefix: str, receiver: WebhookReceiver,
+    monkeypatch: pytest.MonkeyPatch, plan_part: int,
 ) -> None:
+    """``parts``: the plan's deliveries built and inserted two at a time (``planning.PLAN_PART``)."""
+    monkeypatch.setattr(planning, "PLAN_PART", plan_part)
     settings = notifier_settings(kafka_bootstrap, topic_prefix, database_url)
     async with running_notifier(settings) as parts:
         await register(parts, "LU0001", receiver.url("/fr"), Language.FR)
