@@ -220,9 +220,10 @@ class Planner:
                 event_type=event.type, procedure=procedure, eos=contacts, servicedesk=self.servicedesk,
                 bureau=self.bureau,
             )
-            eos_notified = len({n.eori for n in planned if n.audience == Audience.EO})
+            notified = {n.eori for n in planned if n.audience == Audience.EO}
+            eos_notified = len(notified)
             bureau_told = any(n.audience == Audience.BUREAU for n in planned)
-            self._count_unreachable(event.type, procedure, contacts, planned)
+            self._count_unreachable(event.type, procedure, contacts, notified)
             await _remember_procedure(session, event)
 
             def render(notice: PlannedNotice) -> Notice:
@@ -359,19 +360,19 @@ class Planner:
                 log.warning("could not refresh the statistics of %s: %s", ", ".join(t.name for t in tables), exc)
 
     def _planned(self, event: CloudEvent[Any], planned: list[PlannedNotice], subject_id: str) -> None:
-        counts = Counter((n.audience.value, n.channel.value) for n in planned)
-        for (audience, channel), count in counts.items():
-            self._metrics.planned.labels(audience=audience, channel=channel).inc(count)
-        log.info("planned %d deliveries of %s for %s", len(planned), event.type, subject_id)
         if planned:
-            self._on_planned()
+            self._on_planned()  # first: counting a national fan-out's notices takes a tenth of a second
+        counts = Counter((n.audience, n.channel) for n in planned)
+        for (audience, channel), count in counts.items():
+            self._metrics.planned.labels(audience=audience.value, channel=channel.value).inc(count)
+        log.info("planned %d deliveries of %s for %s", len(planned), event.type, subject_id)
 
     def _count_unreachable(
-        self, event_type: str, procedure: ProcedureData, contacts: list[EoContact], planned: list[PlannedNotice]
+        self, event_type: str, procedure: ProcedureData, contacts: list[EoContact], reached: set[str | None]
     ) -> None:
+        """``reached``: the EORIs the plan has a notice for."""
         if notice_kind(event_type) == NoticeKind.PROPOSED:
             return
-        reached = {n.eori for n in planned if n.audience == Audience.EO}
         concerned = (
             contacts if procedure.scope == Scope.NATIONAL else [c for c in contacts if c.eori == procedure.eori]
         )

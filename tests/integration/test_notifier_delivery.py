@@ -292,6 +292,30 @@ async def test_every_eo_gets_one_signed_notice_in_its_language(
     assert "National Trader Portal (NTP), which stays open" in by_language["/en"]
 
 
+def _counted(counter: Any, **labels: str) -> float:
+    return float(sum(sample.value for metric in counter.collect() for sample in metric.samples
+                     if sample.name.endswith("_total") and sample.labels == labels))
+
+
+async def test_a_plan_counts_its_deliveries_and_the_eos_it_cannot_reach(
+    database_url: str, kafka_bootstrap: str, topic_prefix: str, receiver: WebhookReceiver,
+) -> None:
+    """``luccs_notifier_deliveries_planned_total`` by audience and channel, ``luccs_notifier_unreachable_eos_total``
+    for the EO with neither webhook nor e-mail; a redelivered event counts nothing more."""
+    async with running_notifier(notifier_settings(kafka_bootstrap, topic_prefix, database_url)) as parts:
+        await register(parts, "LU0001", receiver.url("/one"))
+        await register(parts, "LU0002", receiver.url("/two"), Language.FR)
+        await register(parts, "LU0003", None, email="eo3@example.lu")
+        await register(parts, "LU0004", None)
+        event = procedure_event()
+        await parts.planner.on_procedure(event, RECORD)
+        await parts.planner.on_procedure(event, RECORD)
+        metrics = parts.metrics
+        assert _counted(metrics.planned, audience="eo", channel="webhook") == 2
+        assert _counted(metrics.planned, audience="eo", channel="email") == 1
+        assert _counted(metrics.unreachable_eos) == 1
+
+
 async def test_failures_are_retried_with_the_same_key_then_dead_lettered(
     database_url: str, kafka_bootstrap: str, topic_prefix: str
 ) -> None:
