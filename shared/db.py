@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import concurrent.futures
 import copy
 import json
 import logging
@@ -224,31 +224,45 @@ async def insert_column_parts(
     constants: Mapping[str, Any], skip_conflicts_on: Sequence[str] = (),
 ) -> None:
     """:func:`insert_columns` for each of ``parts`` (column mappings) in turn, on the one session: each next
-    part is made (``parts`` advanced) in a worker thread while the database inserts the part before.
+    part is made (``parts`` advanced) in a thread of this module's own while the database inserts the part
+    before.
 
     For an insert whose rows take Python as long to build as the database to write (a fan-out's plan:
-    100,000 deliveries): SQLite's thread and PostgreSQL's server work without the interpreter's lock, so
-    the building of one part runs beside the writing of the other instead of before it. ``parts`` is
-    advanced from one thread at a time (never two at once); it must not use ``session``. A part that fails
-    to build or to insert ends the whole (the part being inserted is waited for first: the session is
-    never left with a statement under way)."""
+    100,000 deliveries): SQLite's thread (for rows it takes as one JSON parameter, not by executemany) and
+    PostgreSQL's server work without the interpreter's lock, so the building of one part runs beside the
+    writing of the other instead of before it. The inserts run in the caller's task, one after the other,
+    as a plain await of each would: cancelling the caller cancels the statement under way, as ever.
+    ``parts`` is advanced from one thread at a time, never two at once, beside the event loop's other tasks:
+    it must touch nothing they touch (``session`` included). Once this has raised, the thread may still be
+    building the part it had begun; it is then thrown away (its error too)."""
+    loop = asyncio.get_running_loop()
     part = next(parts, None)
     while part is not None:
-        inserting = asyncio.ensure_future(
-            insert_columns(session, table, columns=part, constants=constants, skip_conflicts_on=skip_conflicts_on)
-        )
+        building = loop.run_in_executor(_part_builder(), next, parts, None)
         try:
-            part = await asyncio.to_thread(next, parts, None)
+            await insert_columns(session, table, columns=part, constants=constants,
+                                 skip_conflicts_on=skip_conflicts_on)
         except BaseException:
-            # The session runs one statement at a time: the part under way ends before this error goes on (and
-            # with it a rollback), however often the caller is cancelled meanwhile; its own error is the lesser.
-            while not inserting.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(asyncio.wait([inserting]))
-            if not inserting.cancelled():
-                inserting.exception()
+            building.add_done_callback(_thrown_away)
             raise
-        await inserting
+        part = await building
+
+
+_builders: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _part_builder() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that build :func:`insert_column_parts`' parts: not the loop's default executor, where a
+    hanging DNS lookup (``getaddrinfo`` runs there) would hold a plan's transaction open."""
+    global _builders
+    if _builders is None:
+        _builders = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="luccs-db-parts")
+    return _builders
+
+
+def _thrown_away(building: asyncio.Future[Any]) -> None:
+    if not building.cancelled():
+        building.exception()  # retrieved: the insert's error is the one raised
 
 
 COPY_MIN_ROWS = 5_000

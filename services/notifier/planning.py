@@ -10,7 +10,9 @@ A fan-out is recorded in one transaction (:meth:`Planner._fan_out`): the registr
 procedure concerns, every delivery and the planned-event row that marks the event as planned. All or
 nothing: a crash or an error leaves nothing, the Kafka record is consumed again, and a redelivered event
 whose planned-event row exists is a no-op. The rows are inserted in bulk, column by column
-(:func:`shared.db.insert_columns`), not through the ORM. (Chunks committed as they go were tried, to start
+(:func:`shared.db.insert_columns`), not through the ORM; the deliveries ``PLAN_PART`` at a time, each part built
+in a thread while the database writes the one before (:func:`shared.db.insert_column_parts`), all in that
+one transaction. (Chunks committed as they go were tried, to start
 sending sooner: a plan cut part way then had to be resumed per EO, a registry change between chunks was
 missed, and a chunk failing for good left a partial plan: ``bench/README.md``, "Planning in chunks".)
 """

@@ -6,6 +6,7 @@ as one UPDATE per given row, in order, would; ``insert_columns`` stores every va
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import threading
 import uuid
@@ -365,35 +366,33 @@ def _part(ids: list[str], n: int) -> dict[str, list[Any]]:
 
 
 async def test_parts_are_inserted_in_order_each_built_while_the_one_before_is_written(
-    wide: tuple[Table, AsyncSession],
+    wide: tuple[Table, AsyncSession], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Parts 2 and 3 are built in another thread than the loop's, and each waits (up to 10 s) until the
-    database has run the insert of the part before: built on the loop instead, that insert could not run and
-    the wait would time out. Every part stored with the constants, one transaction."""
+    """The insert of part 1 (and of part 2) goes ahead only once part 2 (part 3) has begun to be built, in
+    another thread than the loop's, and waits for it without holding the loop: built after that insert, or on
+    the loop, the wait times out (10 s). Every part stored with the constants, in one transaction."""
     rows, session = wide
-    inserted = [threading.Event() for _ in range(3)]
+    real_insert = shared.db.insert_columns
+    begun = [threading.Event() for _ in range(3)]
     loop_thread = threading.get_ident()
     builders: list[int] = []
-    waited: list[bool] = []
+    overlapped: list[bool] = []
 
-    def done(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.startswith(f"INSERT INTO {rows.name}"):
-            next(event for event in inserted if not event.is_set()).set()
+    async def insert_once_the_next_is_begun(session: AsyncSession, table: Table, **kwargs: Any) -> None:
+        n = kwargs["columns"]["n"][0]
+        if n < 2:
+            overlapped.append(await asyncio.to_thread(begun[n + 1].wait, 10))
+        await real_insert(session, table, **kwargs)
 
     def parts() -> Iterator[dict[str, list[Any]]]:
         for n, ids in enumerate((["a", "b"], ["c"], ["d", "e", "f"])):
-            if n:
-                waited.append(inserted[n - 1].wait(10))
+            begun[n].set()
             builders.append(threading.get_ident())
             yield _part(ids, n)
 
-    engine = session.get_bind()
-    event.listen(engine, "after_cursor_execute", done)
-    try:
-        await insert_column_parts(session, rows, parts(), constants={"kind": "parted"}, skip_conflicts_on=("id",))
-    finally:
-        event.remove(engine, "after_cursor_execute", done)
-    assert waited == [True, True]
+    monkeypatch.setattr(shared.db, "insert_columns", insert_once_the_next_is_begun)
+    await insert_column_parts(session, rows, parts(), constants={"kind": "parted"}, skip_conflicts_on=("id",))
+    assert overlapped == [True, True]
     assert builders[0] == loop_thread and loop_thread not in builders[1:]
     await session.commit()
     stored = (await session.execute(select(rows.c.id, rows.c.n, rows.c.kind).order_by(rows.c.id))).all()
@@ -406,25 +405,24 @@ async def test_parts_are_inserted_in_order_each_built_while_the_one_before_is_wr
 async def test_a_part_failing_to_build_ends_the_insert_once_the_part_before_is_written(
     wide: tuple[Table, AsyncSession], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The error comes only after the insert under way has ended (held here until the error is raised: were
-    it raised at once, the session would still be running that insert), and the transaction rolls back whole."""
+    """The build error comes only after the insert under way has ended (held here until the build has failed:
+    raised at once, the session would still be running that insert); the transaction then rolls back whole."""
     rows, session = wide
     real_insert = shared.db.insert_columns
-    failed = asyncio.Event()
+    failed = threading.Event()
     ended: list[list[str]] = []
 
     async def slow_insert(session: AsyncSession, table: Table, **kwargs: Any) -> None:
-        await asyncio.wait_for(failed.wait(), 10)
+        assert await asyncio.to_thread(failed.wait, 10)
         await asyncio.sleep(0.2)
         await real_insert(session, table, **kwargs)
         ended.append(list(kwargs["columns"]["id"]))
 
     def parts() -> Iterator[dict[str, list[Any]]]:
         yield _part(["a", "b"], 0)
-        loop.call_soon_threadsafe(failed.set)
+        failed.set()
         raise ValueError("a part that cannot be built")
 
-    loop = asyncio.get_running_loop()
     monkeypatch.setattr(shared.db, "insert_columns", slow_insert)
     with pytest.raises(ValueError, match="cannot be built"):
         await insert_column_parts(session, rows, parts(), constants={})
@@ -433,56 +431,58 @@ async def test_a_part_failing_to_build_ends_the_insert_once_the_part_before_is_w
     assert (await session.execute(select(func.count()).select_from(rows))).scalar() == 0
 
 
-async def test_a_part_failing_to_insert_stops_the_parts(wide: tuple[Table, AsyncSession]) -> None:
-    """A key given twice in part 2 (no conflicts skipped): the insert's error comes out, no later part is built."""
+async def test_a_part_failing_to_insert_stops_the_parts(
+    wide: tuple[Table, AsyncSession], caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A key given twice in part 2 (no conflicts skipped): the insert's error comes out, the part after it is the
+    last one begun (and its failing build, thrown away, is not reported as an error never retrieved)."""
     rows, session = wide
     built: list[int] = []
 
     def parts() -> Iterator[dict[str, list[Any]]]:
         for n, ids in enumerate((["a"], ["b", "b"], ["c"], ["d"])):
             built.append(n)
+            if n == 2:
+                raise ValueError("the part after the failing one fails too")
             yield _part(ids, n)
 
     with pytest.raises(IntegrityError):
         await insert_column_parts(session, rows, parts(), constants={})
-    assert built == [0, 1, 2]  # part 3 was being built while part 2's insert failed
     await session.rollback()
     assert (await session.execute(select(func.count()).select_from(rows))).scalar() == 0
+    await asyncio.sleep(0.1)
+    gc.collect()
+    assert 3 not in built
+    assert "never retrieved" not in caplog.text
 
 
-async def test_cancelled_while_a_part_is_built_it_waits_for_the_insert_under_way(
-    wide: tuple[Table, AsyncSession], monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Cancelled (twice) while part 2 is built: the cancellation comes out once part 1's insert has ended."""
+async def test_cancelled_while_a_part_is_built_the_session_is_free(wide: tuple[Table, AsyncSession]) -> None:
+    """Cancelled while part 2 is being built (part 1 inserted): the cancellation comes out at once, the session
+    rolls the transaction back whole; the build goes on in its thread, thrown away."""
     rows, session = wide
-    real_insert = shared.db.insert_columns
-    release, building = threading.Event(), threading.Event()
-    ended: list[list[str]] = []
+    release, inserted = threading.Event(), threading.Event()
 
-    async def slow_insert(session: AsyncSession, table: Table, **kwargs: Any) -> None:
-        for _ in range(1000):  # 10 s at most
-            if release.is_set():
-                break
-            await asyncio.sleep(0.01)
-        await real_insert(session, table, **kwargs)
-        ended.append(list(kwargs["columns"]["id"]))
+    def done(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith(f"INSERT INTO {rows.name}"):
+            inserted.set()
 
     def parts() -> Iterator[dict[str, list[Any]]]:
         yield _part(["a"], 0)
-        building.set()
         release.wait(10)
         yield _part(["b"], 1)
 
-    monkeypatch.setattr(shared.db, "insert_columns", slow_insert)
+    engine = session.get_bind()
+    event.listen(engine, "after_cursor_execute", done)
     task = asyncio.create_task(insert_column_parts(session, rows, parts(), constants={}))
-    assert await asyncio.to_thread(building.wait, 10)
-    task.cancel()
-    await asyncio.sleep(0.05)
-    task.cancel()
-    await asyncio.sleep(0.05)
-    assert not task.done()  # part 1's insert is held: the cancellation waits for it
-    release.set()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert ended == [["a"]]
+    try:
+        assert await asyncio.to_thread(inserted.wait, 10)
+        await asyncio.sleep(0.1)  # the insert's last steps: the task then waits for part 2
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        release.set()
+        event.remove(engine, "after_cursor_execute", done)
     await session.rollback()
+    assert (await session.execute(select(func.count()).select_from(rows))).scalar() == 0
