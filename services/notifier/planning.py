@@ -65,7 +65,7 @@ from services.notifier.models import (
 )
 from services.notifier.notices import EoSummary, Notice, NoticeTexts
 from shared.config import NotifierSettings
-from shared.db import insert_column_parts, insert_columns, upsert
+from shared.db import checkpoint, defer_checkpoint, insert_column_parts, insert_columns, upsert
 from shared.events import (
     AdvisoryData,
     AdvisoryKind,
@@ -327,7 +327,11 @@ class Planner:
                 "event_id": event.id, "event_type": event.type, "subject_id": plan.subject_id, "planned_at": now,
                 "deliveries": count, "settled_at": None if count else now, "digest_at": digest_at,
             }], key=("event_id",), update=False)
+            # A large plan's rows are sent first and copied into SQLite's database file after (checkpoint).
+            deferred = count >= ANALYZE_AFTER and await defer_checkpoint(session)
         self._planned(event, plan.planned, plan.subject_id)
+        if deferred:
+            await checkpoint(self._sessions)
         if count >= ANALYZE_AFTER:
             await self._refresh_statistics(_DELIVERIES, _REACH)
 

@@ -28,7 +28,8 @@ import trustme
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import event as sa_event
+from sqlalchemy import select, text
 
 from services.notifier import planning
 from services.notifier.app import NotifierParts, build_notifier
@@ -314,6 +315,49 @@ async def test_a_plan_counts_its_deliveries_and_the_eos_it_cannot_reach(
         assert _counted(metrics.planned, audience="eo", channel="webhook") == 2
         assert _counted(metrics.planned, audience="eo", channel="email") == 1
         assert _counted(metrics.unreachable_eos) == 1
+
+
+async def test_a_large_plan_wakes_the_dispatcher_before_sqlite_copies_its_log(
+    database_url: str, kafka_bootstrap: str, topic_prefix: str, receiver: WebhookReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plan of ``ANALYZE_AFTER`` deliveries or more (lowered here to 2) commits on SQLite without the checkpoint
+    of the write-ahead log (``shared.db.defer_checkpoint``), wakes the dispatcher, then checkpoints; a smaller
+    one commits as ever. On PostgreSQL no such statement runs."""
+    monkeypatch.setattr(planning, "ANALYZE_AFTER", 2)
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("PRAGMA wal_"):
+            seen.append(statement)
+
+    async with running_notifier(notifier_settings(kafka_bootstrap, topic_prefix, database_url)) as parts:
+        await register(parts, "LU0001", receiver.url("/one"))
+        wake = parts.planner._on_planned
+
+        def noted_wake() -> None:
+            seen.append("wake")
+            wake()
+
+        parts.planner._on_planned = noted_wake
+        sa_event.listen(parts.engine.sync_engine, "before_cursor_execute", note)
+        try:
+            await parts.planner.on_procedure(procedure_event(procedure_id="PROC-SMALL"), RECORD)
+            small, seen[:] = list(seen), []
+            await register(parts, "LU0002", receiver.url("/two"))
+            await parts.planner.on_procedure(procedure_event(procedure_id="PROC-LARGE"), RECORD)
+        finally:
+            sa_event.remove(parts.engine.sync_engine, "before_cursor_execute", note)
+        await eventually(lambda: settled(parts), what="every delivery settled")
+        async with parts.sessions() as session:
+            pages = (await session.execute(text("PRAGMA wal_autocheckpoint"))).scalar() if (
+                parts.engine.dialect.name == "sqlite") else None
+    assert small == ["wake"]
+    if parts.engine.dialect.name == "sqlite":
+        assert seen == ["PRAGMA wal_autocheckpoint=0", "wake", "PRAGMA wal_checkpoint(PASSIVE)"]
+        assert pages == 1000
+    else:
+        assert seen == ["wake"]
 
 
 async def test_failures_are_retried_with_the_same_key_then_dead_lettered(
