@@ -74,8 +74,9 @@ def make_engine(database_url: str) -> AsyncEngine:
                 cursor = dbapi_connection.cursor()
                 cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
                 cursor.close()
-            except Exception as exc:  # that connection's commits then leave the checkpoints to the others'
+            except Exception as exc:  # not served again as it is: the next checkout opens a new connection
                 log.warning("could not restore the WAL's automatic checkpoints on a connection: %s", exc)
+                record.invalidate(exc, soft=True)
 
         return engine
     engine = create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True)
@@ -111,8 +112,10 @@ async def defer_checkpoint(session: AsyncSession) -> bool:
 
     A commit that leaves the write-ahead log over ``WAL_AUTOCHECKPOINT_PAGES`` long copies the log into the
     database file before it returns: after a national fan-out's plan (100,000 deliveries) that took 1-1.6 s,
-    during which the committed rows waited for the dispatcher's next poll. The connection goes back to the
-    pool with the default restored."""
+    during which the committed rows waited for the dispatcher's next poll. Only this connection's commit is
+    spared: another connection's commit ending before :func:`checkpoint` starts (a writer that waited for this
+    transaction) runs that copy itself, as before. The connection goes back to the pool with the default
+    restored (or, should that fail, is replaced)."""
     if session.get_bind().dialect.name != "sqlite":
         return False
     connection = await session.connection()
@@ -123,16 +126,21 @@ async def defer_checkpoint(session: AsyncSession) -> bool:
 
 async def checkpoint(sessions: async_sessionmaker[AsyncSession]) -> None:
     """Copy SQLite's write-ahead log into the database file as far as its readers allow (PASSIVE: waiting for no
-    reader or writer), on a connection of its own; nothing elsewhere. A failure leaves it to the next commit's
-    automatic checkpoint (logged)."""
+    reader or writer), on a connection of its own; nothing elsewhere. A checkpoint another connection is
+    running already, or a failure (logged), leaves the copy to that one or to the next commit's automatic
+    checkpoint."""
     async with sessions() as session:
         if session.get_bind().dialect.name != "sqlite":
             return
         try:
             connection = await session.connection()
-            await connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            busy, pages, copied = tuple((await connection.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")).one())
         except Exception as exc:
             log.warning("could not checkpoint the write-ahead log: %s", exc)
+            return
+        if busy or copied < pages:
+            log.debug("checkpoint of the write-ahead log: %s of %s pages copied%s", copied, pages,
+                      " (another checkpoint under way)" if busy else "")
 
 
 async def ping(engine: AsyncEngine) -> None:

@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from sqlalchemy import event as sa_event
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from services.notifier import planning
 from services.notifier.app import NotifierParts, build_notifier
@@ -321,15 +321,19 @@ async def test_a_large_plan_wakes_the_dispatcher_before_sqlite_copies_its_log(
     database_url: str, kafka_bootstrap: str, topic_prefix: str, receiver: WebhookReceiver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A plan of ``ANALYZE_AFTER`` deliveries or more (lowered here to 2) commits on SQLite without the checkpoint
-    of the write-ahead log (``shared.db.defer_checkpoint``), wakes the dispatcher, then checkpoints; a smaller
-    one commits as ever. On PostgreSQL no such statement runs."""
-    monkeypatch.setattr(planning, "ANALYZE_AFTER", 2)
+    """A plan of ``DEFER_CHECKPOINT_AFTER`` deliveries or more (lowered here to 2) commits on SQLite without the
+    checkpoint of the write-ahead log (``shared.db.defer_checkpoint``), wakes the dispatcher, then checkpoints;
+    its connection serves again with the automatic checkpoints restored. A smaller plan commits as ever; on
+    PostgreSQL no such statement runs."""
+    monkeypatch.setattr(planning, "DEFER_CHECKPOINT_AFTER", 2)
     seen: list[str] = []
+    deferred_on: list[Any] = []
 
-    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    def note(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if statement.startswith("PRAGMA wal_"):
             seen.append(statement)
+        if statement == "PRAGMA wal_autocheckpoint=0":
+            deferred_on.append(conn.connection.driver_connection)
 
     async with running_notifier(notifier_settings(kafka_bootstrap, topic_prefix, database_url)) as parts:
         await register(parts, "LU0001", receiver.url("/one"))
@@ -349,15 +353,19 @@ async def test_a_large_plan_wakes_the_dispatcher_before_sqlite_copies_its_log(
         finally:
             sa_event.remove(parts.engine.sync_engine, "before_cursor_execute", note)
         await eventually(lambda: settled(parts), what="every delivery settled")
-        async with parts.sessions() as session:
-            pages = (await session.execute(text("PRAGMA wal_autocheckpoint"))).scalar() if (
-                parts.engine.dialect.name == "sqlite") else None
+        pages = None
+        async with contextlib.AsyncExitStack() as held:  # the pool's connections until the plan's comes up
+            for _ in range(10 if deferred_on else 0):
+                connection = await held.enter_async_context(parts.engine.connect())
+                if (await connection.get_raw_connection()).driver_connection is deferred_on[0]:
+                    pages = (await connection.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar()
+                    break
     assert small == ["wake"]
     if parts.engine.dialect.name == "sqlite":
         assert seen == ["PRAGMA wal_autocheckpoint=0", "wake", "PRAGMA wal_checkpoint(PASSIVE)"]
         assert pages == 1000
     else:
-        assert seen == ["wake"]
+        assert seen == ["wake"] and not deferred_on
 
 
 async def test_failures_are_retried_with_the_same_key_then_dead_lettered(
