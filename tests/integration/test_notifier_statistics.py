@@ -123,9 +123,11 @@ async def test_the_registry_is_analyzed_as_it_grows(
 async def test_a_plan_copied_into_the_delivery_log_reaches_every_eo(
     database_url: str, kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A plan of ``COPY_MIN_ROWS`` rows or more goes by COPY (``shared.db._copied``; lowered here to 1): every
+    """A plan of ``COPY_MIN_ROWS`` rows or more goes by COPY (``shared.db._copied``; lowered here to 1), its
+    deliveries in parts (``planning.PLAN_PART``, lowered to 2: a temporary table per part, one transaction): every
     EO's delivery and reach row recorded with the plan's values, each notice sent once, each EO reached."""
     monkeypatch.setattr(shared.db, "COPY_MIN_ROWS", 1)
+    monkeypatch.setattr(planning, "PLAN_PART", 2)
     copies: list[str] = []
     real_copied = shared.db._copied
 
@@ -142,7 +144,7 @@ async def test_a_plan_copied_into_the_delivery_log_reaches_every_eo(
                 await register(parts, eori, receiver.url(f"/{eori}"), language)
             event = procedure_event()
             await parts.planner.on_procedure(event, RECORD)
-            assert copies == ["luccs_copy_deliveries", "luccs_copy_procedure_reach"]
+            assert copies == ["luccs_copy_deliveries", "luccs_copy_deliveries", "luccs_copy_procedure_reach"]
             await eventually(lambda: settled(parts), what="three deliveries settled")
             rows = await deliveries(parts)
             async with parts.sessions() as session:
