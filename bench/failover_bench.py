@@ -22,7 +22,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -34,6 +33,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer
 from sqlalchemy.engine import make_url
 
+from bench import checkout_env, luccs_fallback
 from shared.config import KafkaSettings
 from shared.events import AvailabilityData, CloudEvent, Component, ComponentState, EventType, ProcedureData, parse_event
 from shared.kafka import Publisher, ensure_topics
@@ -56,10 +56,9 @@ class Instance:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        script = str(Path(sys.executable).with_name("luccs-fallback"))
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen([script, "procedure", "--config", str(self.config)], stdout=out,
-                                            stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(luccs_fallback("procedure", "--config", str(self.config)), stdout=out,
+                                            stderr=subprocess.STDOUT, env=checkout_env())
 
     async def role(self, client: httpx.AsyncClient) -> str | None:
         try:

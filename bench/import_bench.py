@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -34,6 +33,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy.engine import make_url
 
+from bench import checkout_env, luccs_fallback
 from shared.config import KafkaSettings
 from tests.support import free_port, pg_admin
 
@@ -66,7 +66,7 @@ def _write_file(path: Path, count: int) -> None:
 def _import(script: str, url: str, path: Path, keys: Path) -> tuple[float, str]:
     started = time.monotonic()
     done = subprocess.run([script, "eos", "import", str(path), "--url", url, "--token", TOKEN,
-                           "--keys-out", str(keys)], capture_output=True, text=True, check=False)
+                           "--keys-out", str(keys)], capture_output=True, text=True, check=False, env=checkout_env())
     elapsed = time.monotonic() - started
     summary = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.startswith("created")]
     return elapsed, summary[-1] if summary else f"exit {done.returncode}: {done.stderr[-500:]}"
@@ -107,7 +107,7 @@ def _fresh_database(server_url: str | None) -> Iterator[str | None]:
 
 
 def main(args: argparse.Namespace) -> None:
-    script = str(Path(sys.executable).with_name("luccs-fallback"))
+    script = luccs_fallback()[0]
     with tempfile.TemporaryDirectory() as tmp_name, _fresh_database(args.database) as database_url:
         tmp = Path(tmp_name)
         port = free_port()
@@ -126,7 +126,7 @@ def main(args: argparse.Namespace) -> None:
         log = tmp / "procedure.log"
         with log.open("wb") as out:
             service = subprocess.Popen([script, "procedure", "--config", str(config)], stdout=out,
-                                       stderr=subprocess.STDOUT)
+                                       stderr=subprocess.STDOUT, env=checkout_env())
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import checkout_env, luccs_fallback
 from tests.support import WebhookReceiver, free_port
 
 __all__ = ["SECRET", "TOKEN", "Pipeline", "running_pipeline", "wait_for", "wait_http", "wait_status"]
@@ -119,7 +119,7 @@ async def running_pipeline(
     ports = {"control": base, "ada-as4": free_port(), "ntp": free_port(), "receiver": free_port(),
              **{service: free_port() for service in SERVICES}}
     receiver = WebhookReceiver().start()
-    script = str(Path(sys.executable).with_name("luccs-fallback"))
+    script = luccs_fallback()[0]
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp_name, (Path(tmp_name) / "services.log").open("wb") as log:
         tmp = Path(tmp_name)
@@ -130,10 +130,10 @@ async def running_pipeline(
             processes.append(subprocess.Popen(
                 [script, "simulator", "--base-port", str(base), "--eos", "0", "--log-level", "WARNING",
                  *(f"--port={name}={ports[name]}" for name in ("ada-as4", "ntp", "receiver"))],
-                stdout=log, stderr=subprocess.STDOUT))
+                stdout=log, stderr=subprocess.STDOUT, env=checkout_env()))
             for service in SERVICES:
                 processes.append(subprocess.Popen([script, service, "--config", str(config)], stdout=log,
-                                                  stderr=subprocess.STDOUT))
+                                                  stderr=subprocess.STDOUT, env=checkout_env()))
             async with httpx.AsyncClient(timeout=client_timeout_s) as client:
                 pipeline = Pipeline(ports=ports, receiver=receiver, client=client)
                 for service in SERVICES:

@@ -33,7 +33,6 @@ import json
 import multiprocessing as mp
 import os
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -42,6 +41,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import checkout_env, luccs_fallback
 from bench.notifier_bench import metric
 from tests.support import free_port
 
@@ -114,7 +114,7 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str, processes: d
 
 
 def main(args: argparse.Namespace) -> None:
-    script = str(Path(sys.executable).with_name("luccs-fallback"))
+    script = luccs_fallback()[0]
     tmp = Path(tempfile.mkdtemp(prefix="memory-bench-"))
     ports = {name: free_port() for name in SERVICES}
     as4_port = free_port()
@@ -152,7 +152,7 @@ workers = {args.workers}
     try:
         for name in SERVICES:
             processes[name] = subprocess.Popen([script, name, "--config", str(config)], stdout=logs[name],
-                                               stderr=subprocess.STDOUT)
+                                               stderr=subprocess.STDOUT, env=checkout_env())
         url = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
         for name in SERVICES:
             _wait(lambda name=name: httpx.get(f"{url[name]}/readyz", timeout=2).status_code == 200,  # type: ignore[misc]
@@ -178,7 +178,8 @@ workers = {args.workers}
         sample("idle")
         started = time.monotonic()
         done = subprocess.run([script, "eos", "import", str(data), "--url", url["procedure"], "--token", TOKEN,
-                               "--keys-out", str(tmp / "keys.ndjson")], capture_output=True, text=True, check=False)
+                               "--keys-out", str(tmp / "keys.ndjson")], capture_output=True, text=True, check=False,
+                              env=checkout_env())
         imported_s = time.monotonic() - started
         summary = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.startswith("created")]
         print(f"  import: {imported_s:.1f} s; {summary[-1] if summary else done.stderr[-500:]}", flush=True)

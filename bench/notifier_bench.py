@@ -36,7 +36,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -47,7 +46,8 @@ from typing import Any
 
 import httpx
 
-REPO = Path(__file__).resolve().parent.parent
+from bench import REPO, checkout_env, luccs_fallback
+
 BODY_SIZE = 2600  # about the size of a real notice's CloudEvent
 METRICS_POLL_S = 0.25
 
@@ -260,10 +260,11 @@ connections = {args.smtp_connections}
     asyncio.run(ensure_topics(kafka))
     registering_s = asyncio.run(register_eos(kafka, eos))
     log = (tmp / "notifier.log").open("wb")
-    command = [str(Path(sys.executable).with_name("luccs-fallback")), "notifier", "--config", str(config)]
+    command = luccs_fallback("notifier", "--config", str(config))
     preexec = (lambda: os.sched_setaffinity(0, set(args.notifier_cpus))) if args.notifier_cpus else None
     started = time.monotonic()
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, preexec_fn=preexec)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, preexec_fn=preexec,
+                               env=checkout_env())
     url = f"http://127.0.0.1:{notifier_port}"
     try:
         _wait(lambda: _get(f"{url}/readyz") == 200, args.timeout, "the notifier to read the registry", process, tmp)

@@ -19,7 +19,6 @@ import asyncio
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -30,6 +29,7 @@ import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from bench import checkout_env, luccs_fallback
 from shared.config import KafkaSettings
 from shared.events import AvailabilityData, CloudEvent, Component, ComponentState, EventType, ProcedureData, parse_event
 from shared.kafka import ensure_topics
@@ -73,9 +73,9 @@ def _start_service(
         f'topic_prefix = "{settings.topic_prefix}"\n[procedure]\nport = {port}\nstale_after_s = 3600\n{db}',
         encoding="utf-8",
     )
-    script = Path(sys.executable).with_name("luccs-fallback")
     log = (workdir / "procedure.log").open("wb")
-    return subprocess.Popen([str(script), "procedure", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(luccs_fallback("procedure", "--config", str(config)), stdout=log, stderr=subprocess.STDOUT,
+                            env=checkout_env())
 
 
 async def _wait_ready(port: int, timeout_s: float = 60) -> None:
