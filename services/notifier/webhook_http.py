@@ -85,30 +85,41 @@ class WebhookHttpClient:
             request = b"".join((head, header_lines([("Content-Length", str(len(body))), *headers]), b"\r\n", body))
         except ValueError as exc:
             raise TransportError(f"cannot send this request: {exc}") from None
-        async with asyncio.timeout(timeout_s):
-            while True:
-                connection = self._take_idle(origin)
-                reused = connection is not None
-                if connection is None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            connection = self._take_idle(origin)
+            reused = connection is not None
+            if connection is None:
+                async with asyncio.timeout_at(deadline):
                     connection = await self._connect(scheme, host, port)
-                try:
-                    answer = await send(connection, request, max_body=_MAX_RESPONSE_BYTES, keep_body=False)
-                except TooLarge as exc:
-                    connection.close()
-                    return HttpAnswer(exc.status)
-                except (OSError, EOFError, h11.ProtocolError) as exc:
-                    connection.close()
-                    if reused and not connection.received:
-                        continue  # the server had closed the idle connection: once more on a fresh one
-                    raise TransportError(_describe(exc)) from exc
-                except BaseException:
-                    connection.close()
-                    raise
-                if answer.keep_alive:
-                    self._give_back(origin, connection)
-                else:
-                    connection.close()
-                return HttpAnswer(answer.status, answer.header(b"location"))
+            # The exchange's deadline is a timer that fails its answer and closes the connection: cheaper per
+            # request (thousands a second in a webhook worker) than a timeout scope, which adds the task's
+            # cancellation and uncancellation to its timer.
+            timer = loop.call_at(deadline, connection.time_out)
+            try:
+                answer = await send(connection, request, max_body=_MAX_RESPONSE_BYTES, keep_body=False)
+            except TimeoutError:  # an OSError too: never a transport error, never tried again
+                connection.close()
+                raise
+            except TooLarge as exc:
+                connection.close()
+                return HttpAnswer(exc.status)
+            except (OSError, EOFError, h11.ProtocolError) as exc:
+                connection.close()
+                if reused and not connection.received:
+                    continue  # the server had closed the idle connection: once more on a fresh one
+                raise TransportError(_describe(exc)) from exc
+            except BaseException:
+                connection.close()
+                raise
+            finally:
+                timer.cancel()
+            if answer.keep_alive:
+                self._give_back(origin, connection)
+            else:
+                connection.close()
+            return HttpAnswer(answer.status, answer.header(b"location"))
 
     def _parse(self, url: str) -> tuple[str, str, int, bytes]:
         """Scheme, host, port and the request's fixed head (request line, Host, User-Agent) of ``url``.

@@ -113,6 +113,14 @@ class Http11Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def time_out(self) -> None:
+        """Give up on the exchange under way: its answer fails with ``TimeoutError`` and the connection is closed
+        (for a timer's callback: a deadline per exchange without a timeout scope around the wait)."""
+        answer = self._answer
+        if answer is not None and not answer.done():
+            answer.set_exception(TimeoutError())
+        self.close()
+
     def start(self, request: bytes, *, max_body: int, keep_body: bool = True) -> asyncio.Future[Answer]:
         """Write ``request`` (the whole request, in bytes) and return the future of its answer.
 
