@@ -32,6 +32,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -210,6 +211,7 @@ workers = {args.workers}
         for log in logs.values():
             log.close()
         responder.terminate()
+    shutil.rmtree(tmp, ignore_errors=True)  # kept when the run failed: its messages name the logs in it
     print(f"\n  {'service':<10} {'idle':>9} {'imported':>9} {'caught up':>10} {'peak':>9}   "
           f"goal: < {GOAL_MIB} MiB caught up, and at the peak")
     for name in figures:

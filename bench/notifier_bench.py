@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -300,6 +301,7 @@ connections = {args.smtp_connections}
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+    shutil.rmtree(tmp, ignore_errors=True)  # kept when the run failed: its messages name the log in it
     return {"n": n, "registering_s": registering_s, "ready_s": ready_s, "first_s": first_s, "last_2xx_s": last_2xx_s,
             "recorded_s": recorded_s, "failed_attempts": failed, "received": count.value - before, "cpu_s": cpu_s,
             "workers_cpu_s": workers_cpu_s, "load": os.getloadavg()[0], **peaks}

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import cProfile
 import os
 import resource
+import shutil
 import tempfile
 import time
 import uuid
@@ -85,6 +87,7 @@ async def registered_notifier(eos: int, database: str, *, prefix: str) -> tuple[
     folder) with ``eos`` EOs registered (webhooks only), and a national ``opened`` event to plan for them. The
     caller closes the parts (``aclose``)."""
     tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)  # the bench's SQLite file: gone with the bench
     url = database or f"sqlite:///{tmp / 'notifier.db'}"
     if database:
         await _empty_database(database)
