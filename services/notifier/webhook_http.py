@@ -115,7 +115,7 @@ class WebhookHttpClient:
                 raise
             finally:
                 timer.cancel()
-            if answer.keep_alive:
+            if answer.keep_alive and connection.usable:  # not timed out between the answer and this turn
                 self._give_back(origin, connection)
             else:
                 connection.close()

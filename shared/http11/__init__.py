@@ -21,7 +21,8 @@ when a context is given; the peer certificate through :meth:`Http11Connection.ge
 requests, and the exchange. What differs stays with the callers: the webhooks keep connections alive per
 origin and ignore the answer's body; the probes connect afresh for each exchange and drop the connection
 after it (a probe must prove that the target still accepts connections). Timeouts are the caller's
-(``asyncio.timeout`` around the call); failures come out as the exceptions of the step that failed.
+(``asyncio.timeout`` around the call, or a timer calling :meth:`Http11Connection.time_out`, as the webhooks do);
+failures come out as the exceptions of the step that failed.
 """
 
 from __future__ import annotations

@@ -114,12 +114,14 @@ class Http11Connection(asyncio.Protocol):
             self.transport.abort()
 
     def time_out(self) -> None:
-        """Give up on the exchange under way: its answer fails with ``TimeoutError`` and the connection is closed
-        (for a timer's callback: a deadline per exchange without a timeout scope around the wait)."""
+        """Give up on the exchange under way: its answer fails with ``TimeoutError`` and the connection is dropped
+        at once (for a timer's callback: a deadline per exchange without a timeout scope around the wait; no
+        graceful TLS shutdown waiting on a peer that answers nothing)."""
         answer = self._answer
         if answer is not None and not answer.done():
             answer.set_exception(TimeoutError())
-        self.close()
+            answer.exception()  # marked seen: a waiter cancelled before it resumes leaves no "never retrieved" log
+        self.abort()
 
     def start(self, request: bytes, *, max_body: int, keep_body: bool = True) -> asyncio.Future[Answer]:
         """Write ``request`` (the whole request, in bytes) and return the future of its answer.

@@ -16,7 +16,8 @@ from shared.config import NotifierSettings
 
 
 class _Server:
-    """Answers 204 to every POST but those to ``/hang``, which it reads and never answers."""
+    """Answers 204 to every POST (to ``/slow`` half a second late) but those to ``/hang``, which it reads and never
+    answers."""
 
     def __init__(self) -> None:
         self.connections = 0
@@ -34,6 +35,8 @@ class _Server:
                 await reader.readexactly(length)
                 path = lines[0].split(" ")[1]
                 self.requests.append(path)
+                if path == "/slow":
+                    await asyncio.sleep(0.5)
                 if path != "/hang":
                     writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
                     await writer.drain()
@@ -89,7 +92,8 @@ async def test_an_answer_that_never_comes_on_a_kept_alive_connection_is_not_sent
     assert (first.status, after.status) == (204, 204)
     assert 0.3 <= elapsed < 2.0
     # Nothing came back on the reused connection, as when a server closed it while idle; but this attempt timed
-    # out: it is not sent again on a fresh connection.
+    # out: it is not sent again on a fresh connection (whose connect would time out at once too: the test with a
+    # fresh connection above catches that mistake more directly).
     assert server.requests == ["/ok", "/hang", "/ok"]
     assert closed_then == 1
     assert server.connections == 2
@@ -104,3 +108,14 @@ async def test_the_sender_reports_the_timeout_as_a_failure_to_retry(server: _Ser
     finally:
         await sender.aclose()
     assert (outcome.ok, outcome.error, outcome.permanent) == (False, "no answer within 0.3s", False)
+
+
+async def test_an_earlier_exchange_s_deadline_never_ends_a_later_one_on_the_same_connection(server: _Server) -> None:
+    client = WebhookHttpClient(allow_private=True)
+    try:
+        quick = await client.post(f"http://127.0.0.1:{server.port}/ok", body=b"{}", headers=[], timeout_s=0.2)
+        slow = await client.post(f"http://127.0.0.1:{server.port}/slow", body=b"{}", headers=[], timeout_s=3)
+    finally:
+        await client.aclose()
+    assert (quick.status, slow.status) == (204, 204)  # the first one's 0.2 s passed during the second
+    assert server.connections == 1

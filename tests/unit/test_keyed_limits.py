@@ -110,3 +110,27 @@ async def test_a_waiter_cancelled_just_as_it_was_handed_the_slot_passes_it_on() 
     assert handed.cancelled()
     assert got == ["holder", "after"]
     assert len(limits) == 0
+
+
+async def test_a_slot_freed_as_the_first_waiter_is_cancelled_goes_to_the_next_one() -> None:
+    limits = KeyedLimits()
+    release = asyncio.Event()
+    got: list[str] = []
+
+    async def hold(name: str) -> None:
+        async with limits.hold("a", 1):
+            got.append(name)
+            if name == "holder":
+                await release.wait()
+
+    holder = asyncio.create_task(hold("holder"))
+    await asyncio.sleep(0)
+    cancelled, last = asyncio.create_task(hold("cancelled")), asyncio.create_task(hold("last"))
+    await asyncio.sleep(0)
+    release.set()  # the holder leaves before the cancelled waiter has left the queue
+    cancelled.cancel()
+    done = await asyncio.wait_for(asyncio.gather(holder, cancelled, last, return_exceptions=True), 5)
+    assert isinstance(done[1], asyncio.CancelledError)
+    assert (done[0], done[2]) == (None, None)
+    assert got == ["holder", "last"]
+    assert len(limits) == 0
