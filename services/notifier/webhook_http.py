@@ -93,7 +93,7 @@ class WebhookHttpClient:
             if connection is None:
                 async with asyncio.timeout_at(deadline):
                     connection = await self._connect(scheme, host, port)
-            # The exchange's deadline is a timer that fails its answer and closes the connection: cheaper per
+            # The exchange's deadline is a timer that fails its answer and drops the connection: cheaper per
             # request (thousands a second in a webhook worker) than a timeout scope, which adds the task's
             # cancellation and uncancellation to its timer.
             timer = loop.call_at(deadline, connection.time_out)
