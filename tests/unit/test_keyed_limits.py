@@ -66,71 +66,58 @@ async def test_a_freed_slot_goes_to_the_first_waiter() -> None:
     assert len(limits) == 0
 
 
+class _Queue:
+    """Key "a" (limit 1): a holder that waits for ``release``, then two waiters queued behind it in turn."""
+
+    def __init__(self) -> None:
+        self.limits = KeyedLimits()
+        self.release = asyncio.Event()
+        self.got: list[str] = []
+
+    async def _hold(self, name: str) -> None:
+        async with self.limits.hold("a", 1):
+            self.got.append(name)
+            if name == "holder":
+                await self.release.wait()
+
+    async def start(self, first: str, second: str) -> tuple[asyncio.Task[None], ...]:
+        holder = asyncio.create_task(self._hold("holder"))
+        await asyncio.sleep(0)
+        waiters = asyncio.create_task(self._hold(first)), asyncio.create_task(self._hold(second))
+        await asyncio.sleep(0)
+        return holder, *waiters
+
+
 async def test_a_waiter_cancelled_leaves_the_queue_and_the_key_is_dropped_once_idle() -> None:
-    limits = KeyedLimits()
-    release = asyncio.Event()
-    got: list[str] = []
-
-    async def hold(name: str) -> None:
-        async with limits.hold("a", 1):
-            got.append(name)
-            await release.wait()
-
-    holder = asyncio.create_task(hold("holder"))
-    await asyncio.sleep(0)
-    cancelled, last = asyncio.create_task(hold("cancelled")), asyncio.create_task(hold("last"))
-    await asyncio.sleep(0)
+    queue = _Queue()
+    holder, cancelled, last = await queue.start("cancelled", "last")
     cancelled.cancel()
     await asyncio.gather(cancelled, return_exceptions=True)
-    release.set()
+    queue.release.set()
     await asyncio.wait_for(asyncio.gather(holder, last), 5)
-    assert got == ["holder", "last"]
-    assert len(limits) == 0
+    assert queue.got == ["holder", "last"]
+    assert len(queue.limits) == 0
 
 
 async def test_a_waiter_cancelled_just_as_it_was_handed_the_slot_passes_it_on() -> None:
-    limits = KeyedLimits()
-    proceed = asyncio.Event()
-    got: list[str] = []
-
-    async def hold(name: str) -> None:
-        async with limits.hold("a", 1):
-            got.append(name)
-            if name == "holder":
-                await proceed.wait()
-
-    holder = asyncio.create_task(hold("holder"))
-    await asyncio.sleep(0)
-    handed, after = asyncio.create_task(hold("handed")), asyncio.create_task(hold("after"))
-    await asyncio.sleep(0)
-    proceed.set()
+    queue = _Queue()
+    holder, handed, after = await queue.start("handed", "after")
+    queue.release.set()
     await asyncio.sleep(0)  # the holder leaves and hands its slot to "handed", which has not run yet
     handed.cancel()
     await asyncio.wait_for(asyncio.gather(holder, after), 5)  # a slot lost with "handed" would leave "after" waiting
     assert handed.cancelled()
-    assert got == ["holder", "after"]
-    assert len(limits) == 0
+    assert queue.got == ["holder", "after"]
+    assert len(queue.limits) == 0
 
 
 async def test_a_slot_freed_as_the_first_waiter_is_cancelled_goes_to_the_next_one() -> None:
-    limits = KeyedLimits()
-    release = asyncio.Event()
-    got: list[str] = []
-
-    async def hold(name: str) -> None:
-        async with limits.hold("a", 1):
-            got.append(name)
-            if name == "holder":
-                await release.wait()
-
-    holder = asyncio.create_task(hold("holder"))
-    await asyncio.sleep(0)
-    cancelled, last = asyncio.create_task(hold("cancelled")), asyncio.create_task(hold("last"))
-    await asyncio.sleep(0)
-    release.set()  # the holder leaves before the cancelled waiter has left the queue
+    queue = _Queue()
+    holder, cancelled, last = await queue.start("cancelled", "last")
+    queue.release.set()  # the holder leaves before the cancelled waiter has left the queue
     cancelled.cancel()
     done = await asyncio.wait_for(asyncio.gather(holder, cancelled, last, return_exceptions=True), 5)
     assert isinstance(done[1], asyncio.CancelledError)
     assert (done[0], done[2]) == (None, None)
-    assert got == ["holder", "last"]
-    assert len(limits) == 0
+    assert queue.got == ["holder", "last"]
+    assert len(queue.limits) == 0
