@@ -41,7 +41,16 @@ from sqlalchemy.types import NullType
 from services.notifier.domain import Audience, delivery_retry_policy, next_attempt_at
 from services.notifier.jobs import Job, Outcome, Sender
 from services.notifier.metrics import NotifierMetrics
-from services.notifier.models import AttemptRow, DeliveryRow, EoRow, NoticeRow, PlannedEventRow, ReachRow
+from services.notifier.models import (
+    DUE_STATUSES,
+    AttemptRow,
+    DeliveryRow,
+    EoRow,
+    NoticeRow,
+    PlannedEventRow,
+    ReachRow,
+    still_due,
+)
 from shared.config import Settings
 from shared.db import as_utc, insert_plain, one_of, update_plain
 from shared.events import DeliveryChannel, DeliveryStatus, EventType, Language
@@ -71,7 +80,7 @@ RENEW_CHUNK = 500
 GAUGE_BACKOFF = 20.0
 OUTSIDE_FULL_BACKOFF = 10.0
 OUTSIDE_FULL_MAX_POLLS = 5.0
-_DUE = (DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value)
+_DUE = DUE_STATUSES
 _RECORD_FOREVER = RetryPolicy(Backoff(first_s=1.0, factor=1.0))
 """Outcomes already sent are recorded whatever it takes: every second until the database takes them."""
 _EVENT_TYPES = {member.value: member for member in EventType}
@@ -102,6 +111,26 @@ _REACH_KEY = ("procedure_id", "eori")
 _Recorded = tuple[Job, DeliveryStatus, Outcome, datetime]
 """An outcome recorded in the log, for the deliveries feed: its CloudEvent is built when it is published,
 off the path between the sends and the batch that records them."""
+
+
+def due_in_order(status: str, now: datetime, columns: Any, *, limit: int) -> Any:
+    """The first ``limit`` unclaimed deliveries in ``status`` due by ``now``, in due order (``columns`` of each)."""
+    # One status at a time: the index (status, next_attempt_at), partial on the due rows (``still_due``: its
+    # predicate, written into the SQL), then yields the rows in due order and the LIMIT stops the scan. With
+    # ``status IN (...)`` alone both SQLite and PostgreSQL sort every due row first, which made each claim cost
+    # as much as the whole backlog (100,000 rows for a national fan-out).
+    return (
+        select(*columns)
+        .where(_D.c.status == status, still_due(_D.c.status), _D.c.next_attempt_at <= now,
+               (_D.c.claimed_until.is_(None)) | (_D.c.claimed_until < now))
+        .order_by(_D.c.next_attempt_at)
+        .limit(limit)
+    )
+
+
+def still_due_of(event_id: str) -> Any:
+    """Any one delivery of ``event_id`` still due (none: the event's fan-out is settled)."""
+    return select(_D.c.id).where(_D.c.event_id == event_id, still_due(_D.c.status)).limit(1)
 
 
 @dataclass
@@ -285,7 +314,7 @@ class Dispatcher:
             if session.get_bind().dialect.name == "sqlite":
                 self._sqlite_writer = asyncio.Lock()
             released = await session.execute(
-                update(DeliveryRow).where(DeliveryRow.claimed_by == self._me, DeliveryRow.status.in_(_DUE))
+                update(DeliveryRow).where(DeliveryRow.claimed_by == self._me, still_due(DeliveryRow.status))
                 .values(claimed_by=None, claimed_until=None)
                 .execution_options(synchronize_session=False)
             )
@@ -397,18 +426,6 @@ class Dispatcher:
                     continue
                 return False
 
-    def _due(self, status: str, now: datetime, columns: Any, *, limit: int) -> Any:
-        # One status at a time: the index (status, next_attempt_at) then yields the rows in due order and the
-        # LIMIT stops the scan. With ``status IN (...)`` both SQLite and PostgreSQL sort every due row first,
-        # which made each claim cost as much as the whole backlog (100,000 rows for a national fan-out).
-        return (
-            select(*columns)
-            .where(_D.c.status == status, _D.c.next_attempt_at <= now,
-                   (_D.c.claimed_until.is_(None)) | (_D.c.claimed_until < now))
-            .order_by(_D.c.next_attempt_at)
-            .limit(limit)
-        )
-
     async def _claim_batch_of_jobs(self, *, excluding_lanes: list[str]) -> tuple[list[Job], bool]:
         """The jobs claimed, and whether the due rows outside ``excluding_lanes`` ran out (fewer candidates than
         asked for: the next claim would find only what becomes due or planned meanwhile)."""
@@ -435,7 +452,7 @@ class Dispatcher:
             due_at = type_coerce(_D.c.next_attempt_at, NullType())
             per_status: list[Sequence[Any]] = []
             for status in _DUE:
-                candidates = self._due(
+                candidates = due_in_order(
                     status, now, (due_at, _D.c.id, _D.c.lane, _D.c.channel), limit=wanted
                 ).with_for_update(skip_locked=True)
                 if excluding_lanes:
@@ -509,7 +526,7 @@ class Dispatcher:
         horizon = now + timedelta(seconds=self._poll_s)
         async with self._sessions() as session:
             times: list[datetime | None] = [
-                await session.scalar(self._due(status, horizon, (_D.c.next_attempt_at,), limit=1)) for status in _DUE
+                await session.scalar(due_in_order(status, horizon, (_D.c.next_attempt_at,), limit=1)) for status in _DUE
             ]
         soonest = min((t for t in times if t is not None), default=None)
         if soonest is None:
@@ -523,7 +540,7 @@ class Dispatcher:
         async with self._sessions() as session:
             depth: dict[str, int] = {
                 channel: count for channel, count in (await session.execute(
-                    select(DeliveryRow.channel, func.count()).where(DeliveryRow.status.in_(_DUE))
+                    select(DeliveryRow.channel, func.count()).where(still_due(DeliveryRow.status))
                     .group_by(DeliveryRow.channel)
                 )).all()
             }
@@ -696,7 +713,7 @@ class Dispatcher:
         done = {
             event_id for event_id in event_ids
             if await session.scalar(
-                select(_D.c.id).where(_D.c.event_id == event_id, _D.c.status.in_(_DUE)).limit(1)
+                still_due_of(event_id)
             ) is None
         }
         if not done:

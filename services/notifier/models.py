@@ -5,9 +5,22 @@ EOs a procedure concerns has been reached."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    literal_column,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, QueryableAttribute, mapped_column
 
 from services.notifier.domain import Audience
 from shared.db import UTCDateTime, closed_set
@@ -25,6 +38,20 @@ from shared.events import (
 
 class Base(DeclarativeBase):
     pass
+
+
+DUE_STATUSES = (DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value)
+"""A delivery in either status is still to be attempted."""
+_DUE_SQL = "status IN ('pending', 'retrying')"
+_ESCALATING_SQL = "escalate_at IS NOT NULL"
+
+
+def still_due(status: ColumnElement[Any] | QueryableAttribute[Any]) -> ColumnElement[bool]:
+    """``status IN ('pending', 'retrying')`` with the two values written into the SQL, not bound: the predicate
+    of the delivery log's partial indexes (``ix_deliveries_due``, ``ix_deliveries_event_due``). A database uses
+    a partial index only for a query whose WHERE implies the index's; SQLite proves it only from a term that is
+    the index's own (a bound parameter never is), PostgreSQL not for a generic plan of a bound one."""
+    return status.in_([literal_column(f"'{value}'") for value in DUE_STATUSES])
 
 
 class EoRow(Base):
@@ -112,7 +139,7 @@ class DeliveryRow(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     event_id: Mapped[str] = mapped_column(String(100))
     event_type: Mapped[EventType] = mapped_column(closed_set(EventType, 60))
-    procedure_id: Mapped[str] = mapped_column(String(100), index=True)
+    procedure_id: Mapped[str] = mapped_column(String(100))
     """The procedure announced (for an advisory notice: the advisory id)."""
     notice_id: Mapped[int] = mapped_column(ForeignKey("notices.id"))
     audience: Mapped[Audience] = mapped_column(closed_set(Audience, 20))
@@ -132,14 +159,18 @@ class DeliveryRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    escalate_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    escalate_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     """An EO webhook notice: when it also goes by e-mail unless delivered. None: not watched, delivered, done."""
 
     __table_args__ = (
         UniqueConstraint("event_id", "recipient_key", "channel", name="uq_delivery_per_event_recipient_channel"),
-        Index("ix_deliveries_due", "status", "next_attempt_at"),
+        # Partial (0006): a delivered row leaves these three, where it moved within them before.
+        Index("ix_deliveries_due", "status", "next_attempt_at",
+              sqlite_where=text(_DUE_SQL), postgresql_where=text(_DUE_SQL)),
+        Index("ix_deliveries_event_due", "event_id", sqlite_where=text(_DUE_SQL), postgresql_where=text(_DUE_SQL)),
+        Index("ix_deliveries_escalate_at", "escalate_at",
+              sqlite_where=text(_ESCALATING_SQL), postgresql_where=text(_ESCALATING_SQL)),
         Index("ix_deliveries_listing", "created_at", "id"),
-        Index("ix_deliveries_event", "event_id", "status"),
         Index("ix_deliveries_procedure_status", "procedure_id", "status"),  # the fan-out counts (0004)
     )
 

@@ -109,6 +109,16 @@ async def procedure_reach(session: AsyncSession, *, procedure_id: str) -> ReachR
     )
 
 
+def overdue_escalations(now: datetime, limit: int) -> Any:
+    """The first ``limit`` EO webhook notices overdue by ``now`` (their e-mail now due), locked for this
+    notifier: their id, EORI and event. From the partial index of the watched rows (``escalate_at`` set)."""
+    return (
+        select(_D.c.id, _D.c.eori, _D.c.event_id)
+        .where(_D.c.escalate_at <= now)
+        .order_by(_D.c.escalate_at).limit(limit).with_for_update(skip_locked=True)
+    )
+
+
 @dataclass(frozen=True)
 class _Planned:
     """An EO's notice of one event as recorded: the domain's view, and what an e-mail of it needs."""
@@ -260,11 +270,7 @@ class ReachKeeper:
         returns how many were due and how many e-mails were planned."""
         now = self._clock()
         async with self._sessions.begin() as session:
-            due = (await session.execute(
-                select(_D.c.id, _D.c.eori, _D.c.event_id)
-                .where(_D.c.escalate_at <= now)
-                .order_by(_D.c.escalate_at).limit(self._batch).with_for_update(skip_locked=True)
-            )).all()
+            due = (await session.execute(overdue_escalations(now, self._batch))).all()
             if not due:
                 return 0, 0
             await session.execute(update(_D).where(_D.c.id.in_([row.id for row in due])).values(escalate_at=None))
