@@ -44,6 +44,7 @@ DUE_STATUSES = (DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value)
 """A delivery in either status is still to be attempted."""
 _DUE_SQL = "status IN ('pending', 'retrying')"
 _ESCALATING_SQL = "escalate_at IS NOT NULL"
+_UNREACHED_SQL = "reached_at IS NULL"
 
 
 def still_due(status: ColumnElement[Any] | QueryableAttribute[Any]) -> ColumnElement[bool]:
@@ -204,4 +205,6 @@ class ReachRow(Base):
     """While unreached: the channel of the latest failure (or the one being tried); None: no address."""
     last_error: Mapped[str | None] = mapped_column(Text)
 
-    __table_args__ = (Index("ix_procedure_reach_unreached", "procedure_id", "reached_at"),)
+    # Partial (0006): a reached EO leaves it.
+    __table_args__ = (Index("ix_procedure_reach_unreached", "procedure_id",
+                            sqlite_where=text(_UNREACHED_SQL), postgresql_where=text(_UNREACHED_SQL)),)

@@ -1,7 +1,7 @@
-"""The delivery log's partial indexes (notifier migration 0006) on a real SQLite file and a real PostgreSQL
-server: what they hold, and that the dispatcher's claims, its settling probe and the escalation watch find
-their rows through them with their values bound as the services bind them (on PostgreSQL in a generic plan,
-the one a statement prepared once and run many times ends up with)."""
+"""The partial indexes of the delivery log and of the reach (notifier migration 0006) on a real SQLite file
+and a real PostgreSQL server: what they hold, and that the dispatcher's claims, its settling probe, the
+escalation watch and the search for unreached EOs use them with their values bound as the services bind them
+(on PostgreSQL in a generic plan, the one a statement prepared once and run many times ends up with)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.notifier.dispatch import due_in_order, still_due_of
 from services.notifier.migrate import upgrade
-from services.notifier.models import DeliveryRow
+from services.notifier.models import DeliveryRow, ReachRow
 from services.notifier.reach import overdue_escalations
 from shared.db import make_engine
 from tests.support import pg_database
@@ -92,6 +93,12 @@ async def test_the_due_event_and_escalation_indexes_hold_only_what_is_searched(e
     assert "WHERE" not in found["ix_deliveries_procedure_status"], "the fan-out counts count every status"
     assert "ix_deliveries_procedure_id" not in found, "(procedure_id, status) serves its searches"
     assert "ix_deliveries_event" not in found
+    async with engine.connect() as connection:
+        query = ("SELECT sql FROM sqlite_master WHERE name = 'ix_procedure_reach_unreached'"
+                 if engine.dialect.name == "sqlite" else
+                 "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_procedure_reach_unreached'")
+        unreached = str((await connection.exec_driver_sql(query)).scalar_one())
+    assert "WHERE" in unreached and "reached_at IS NULL" in unreached, unreached
 
 
 async def test_the_dispatcher_and_the_escalation_watch_search_the_partial_indexes(engine: AsyncEngine) -> None:
@@ -100,3 +107,5 @@ async def test_the_dispatcher_and_the_escalation_watch_search_the_partial_indexe
     assert "ix_deliveries_due" in await _plan(engine, claim.with_for_update(skip_locked=True))
     assert "ix_deliveries_event_due" in await _plan(engine, still_due_of("e-1"))
     assert "ix_deliveries_escalate_at" in await _plan(engine, overdue_escalations(NOW, 100))
+    unreached = select(ReachRow.eori).where(ReachRow.procedure_id == "p-1", ReachRow.reached_at.is_(None))
+    assert "ix_procedure_reach_unreached" in await _plan(engine, unreached)
