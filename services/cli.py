@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 SERVICES = ("detector", "procedure", "notifier")
 SIMULATOR_COMMANDS = ("simulator", "simulator-ctl")
+_ON_UVLOOP = (("detector",), ("notifier",))
+"""The services that run on uvloop when one runs alone (shared/eventloop.py)."""
 MigratedDatabase = Literal["procedure", "notifier", "detector"]
 MIGRATED_DATABASES: tuple[MigratedDatabase, ...] = ("procedure", "notifier", "detector")
 log = logging.getLogger("luccs_fallback")
@@ -164,9 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from shared import eventloop
 
     try:
-        # A detector alone runs on uvloop when installed (shared/eventloop.py): the parent of its probe workers
-        # folds thousands of results a second into the targets' states. The others stay on asyncio's loop.
-        eventloop.run(_run(names, settings), prefer_uvloop=names == ("detector",))
+        # A detector or a notifier alone runs on uvloop when installed (shared/eventloop.py): the parent of the
+        # probe workers folds thousands of results a second into the targets' states, the notifier's loop feeds
+        # and records thousands of deliveries a second. The procedure service and `all` stay on asyncio's loop.
+        eventloop.run(_run(names, settings), prefer_uvloop=names in _ON_UVLOOP)
     except ConfigError as exc:
         print(f"luccs-fallback: {exc}", file=sys.stderr)
         return 2

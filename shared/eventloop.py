@@ -5,8 +5,10 @@ A detector probing tens of thousands of targets spends much of its CPU in the ev
 connection, its callbacks and its timers per probe); uvloop does that work for less (``bench/README.md``,
 "CPU per probe"). The detector's probe workers run on it, and so does the detector's own process when it runs
 alone (``luccs-fallback detector``: the parent of the workers, folding their results into the targets'
-states). So do the notifier's webhook workers (``notifier.workers`` > 1). The procedure service, the
-notifier's own process and ``luccs-fallback all`` stay on asyncio's loop for now.
+states). So do the notifier's webhook workers (``notifier.workers`` > 1) and the notifier's own process when it
+runs alone (``luccs-fallback notifier``: claims, lanes, the pipes to the workers and the outcomes' records; 100,000
+webhooks about 7 % sooner, its CPU about as much less: ``bench/README.md``, "Fourteenth round"). The procedure
+service and ``luccs-fallback all`` stay on asyncio's loop for now.
 
 On uvloop a refused connection's error says "Connection refused" without the address that asyncio's names;
 what a service reports must not depend on that: a start-up error names what it could not reach itself

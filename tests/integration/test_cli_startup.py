@@ -28,7 +28,7 @@ def _service(name: str, config: Path) -> subprocess.CompletedProcess[str]:
                           timeout=120, check=False)
 
 
-@pytest.mark.parametrize("service", ["procedure", "notifier", "detector"])  # the detector on uvloop, the others not
+@pytest.mark.parametrize("service", ["procedure", "notifier", "detector"])  # the last two on uvloop
 def test_a_service_whose_database_is_unreachable_says_so_and_exits_1(
     service: str, tmp_path: Path, kafka_bootstrap: str, topic_prefix: str
 ) -> None:
