@@ -712,9 +712,7 @@ class Dispatcher:
         # One indexed probe per event (any delivery still due?), not a count of a fan-out's due rows per batch.
         done = {
             event_id for event_id in event_ids
-            if await session.scalar(
-                still_due_of(event_id)
-            ) is None
+            if await session.scalar(still_due_of(event_id)) is None
         }
         if not done:
             return

@@ -42,7 +42,7 @@ class Base(DeclarativeBase):
 
 DUE_STATUSES = (DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value)
 """A delivery in either status is still to be attempted."""
-_DUE_SQL = "status IN ('pending', 'retrying')"
+_DUE_SQL = f"status IN ({', '.join(repr(value) for value in DUE_STATUSES)})"
 _ESCALATING_SQL = "escalate_at IS NOT NULL"
 _UNREACHED_SQL = "reached_at IS NULL"
 
