@@ -1,11 +1,10 @@
 """The partial indexes of the delivery log and of the reach (notifier migration 0006) on a real SQLite file
-and a real PostgreSQL server: what they hold, and that the dispatcher's claims, its settling probe, the
+and a real PostgreSQL server: how they are defined, and that the dispatcher's claims, its settling probe, the
 escalation watch and the search for unreached EOs use them with their values bound as the services bind them
 (on PostgreSQL in a generic plan, the one a statement prepared once and run many times ends up with)."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,7 @@ from services.notifier.migrate import upgrade
 from services.notifier.models import DeliveryRow, ReachRow
 from services.notifier.reach import overdue_escalations
 from shared.db import make_engine
-from tests.support import pg_database
+from tests.integration.test_notifier_delivery import notifier_database
 
 pytestmark = pytest.mark.integration
 
@@ -31,24 +30,22 @@ _D = DeliveryRow.__table__
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     """A notifier database at the head revision."""
-    async with contextlib.AsyncExitStack() as stack:
-        if request.param == "sqlite":
-            url = f"sqlite:///{tmp_path / 'notifier.db'}"
-        else:
-            url = await stack.enter_async_context(pg_database(request.getfixturevalue("postgres_url"), "luccs_idx"))
+    async with notifier_database(request, tmp_path) as url:
         engine = make_engine(url)
-        await upgrade(engine)
-        yield engine
-        await engine.dispose()
+        try:
+            await upgrade(engine)
+            yield engine
+        finally:
+            await engine.dispose()
 
 
-async def _definitions(engine: AsyncEngine) -> dict[str, str]:
-    """The delivery log's indexes, each by name with the SQL that defines it."""
+async def _definitions(engine: AsyncEngine, table: str) -> dict[str, str]:
+    """The indexes of ``table``, each by name with the SQL that defines it."""
     async with engine.connect() as connection:
         if engine.dialect.name == "sqlite":
-            query = "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries'"
+            query = f"SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = '{table}'"
         else:
-            query = "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'deliveries'"
+            query = f"SELECT indexname, indexdef FROM pg_indexes WHERE tablename = '{table}'"
         rows: list[Any] = list((await connection.exec_driver_sql(query)).all())
         return {name: sql or "" for name, sql in rows}
 
@@ -84,8 +81,8 @@ def _pg_literal(value: Any) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-async def test_the_due_event_and_escalation_indexes_hold_only_what_is_searched(engine: AsyncEngine) -> None:
-    found = await _definitions(engine)
+async def test_the_indexes_searched_for_due_watched_or_unreached_rows_are_partial(engine: AsyncEngine) -> None:
+    found = await _definitions(engine, "deliveries")
     for name in ("ix_deliveries_due", "ix_deliveries_event_due"):
         assert "WHERE" in found[name] and "'pending'" in found[name] and "'retrying'" in found[name], found[name]
         assert "'delivered'" not in found[name] and "'dead'" not in found[name], found[name]
@@ -93,11 +90,7 @@ async def test_the_due_event_and_escalation_indexes_hold_only_what_is_searched(e
     assert "WHERE" not in found["ix_deliveries_procedure_status"], "the fan-out counts count every status"
     assert "ix_deliveries_procedure_id" not in found, "(procedure_id, status) serves its searches"
     assert "ix_deliveries_event" not in found
-    async with engine.connect() as connection:
-        query = ("SELECT sql FROM sqlite_master WHERE name = 'ix_procedure_reach_unreached'"
-                 if engine.dialect.name == "sqlite" else
-                 "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_procedure_reach_unreached'")
-        unreached = str((await connection.exec_driver_sql(query)).scalar_one())
+    unreached = (await _definitions(engine, "procedure_reach"))["ix_procedure_reach_unreached"]
     assert "WHERE" in unreached and "reached_at IS NULL" in unreached, unreached
 
 
