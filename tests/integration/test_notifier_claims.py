@@ -4,6 +4,7 @@ claim and stayed held, its lease renewed for ever, sent by no notifier)."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -21,7 +22,7 @@ from services.notifier.migrate import upgrade
 from services.notifier.models import NoticeRow
 from shared.config import NotifierSettings, Settings
 from shared.db import make_engine, session_factory
-from shared.events import DeliveryChannel, EventType, Language
+from shared.events import DeliveryChannel, DeliveryStatus, EventType, Language
 from tests.integration.test_notifier_delivery import notifier_database
 
 pytestmark = pytest.mark.integration
@@ -110,3 +111,50 @@ async def test_a_claimed_job_carries_its_rows_values_as_their_types(database_url
     assert job.channel is DeliveryChannel.EMAIL
     assert (job.attempt, job.language, job.eori, job.webhook_secret) == (3, Language.DE, None, None)
     assert job.created_at == planned_at and job.created_at.utcoffset() == timedelta(0)
+
+
+async def test_the_outcomes_awaiting_the_feed_hold_what_it_reports_not_the_attempts(tmp_path: Path) -> None:
+    """The feed waits for a fan-out's lanes to finish, so every outcome of a national fan-out is held until
+    then: each as the values its event reports, not with the attempt's job (its lane, idempotency key,
+    secret and notice), and a claim's rows share their event's, procedure's and lane's strings."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'notifier.db'}")
+    now = datetime.now(UTC)
+    try:
+        await upgrade(engine)
+        sessions = session_factory(engine)
+        async with sessions.begin() as session:
+            notice_id = (await session.execute(insert(NoticeRow).values(
+                event_id="event-1", audience="eo", language="fr", variant="", subject="s", message="m",
+                webhook_body=b"{}",
+            ).returning(NoticeRow.id))).scalar_one()
+            for n in range(3):
+                await session.execute(insert(_D).values(
+                    id=f"delivery-{n}", event_id="event-1", event_type=EventType.PROCEDURE_OPENED,
+                    procedure_id="P-2026-0001",
+                    notice_id=notice_id, audience="eo", recipient_key=f"k{n}", eori=f"LU{n}", channel="webhook",
+                    recipient=f"https://hooks.example/{n}", lane="hooks.example:443", idempotency_key=f"i{n}",
+                    status="pending", attempts=0, next_attempt_at=now - timedelta(seconds=1), created_at=now,
+                    updated_at=now,
+                ))
+        dispatcher = Dispatcher(settings=Settings(notifier=NotifierSettings()), sessions=sessions,
+                                senders={DeliveryChannel.WEBHOOK: _Never()},
+                                metrics=NotifierMetrics(CollectorRegistry()))
+        jobs, _ = await dispatcher._claim_batch_of_jobs(excluding_lanes=[])
+        outcomes = [Outcome.delivered(204), Outcome.failed("HTTP 503", http_status=503),
+                    Outcome.failed("refused", permanent=True)]
+        await dispatcher._record([(job, outcome, 0.01) for job, outcome in zip(jobs, outcomes, strict=True)])
+        waiting = [dispatcher._published.get_nowait() for _ in range(dispatcher._published.qsize())]
+    finally:
+        await engine.dispose()
+    assert len({id(job.event_id) for job in jobs}) == 1
+    assert len({id(job.procedure_id) for job in jobs}) == len({id(job.lane) for job in jobs}) == 1
+    assert [(r.delivery_id, r.eori, r.recipient, r.attempt, r.status, r.http_status, r.error) for r in waiting] == [
+        ("delivery-0", "LU0", "https://hooks.example/0", 1, DeliveryStatus.DELIVERED, 204, None),
+        ("delivery-1", "LU1", "https://hooks.example/1", 1, DeliveryStatus.RETRYING, 503, "HTTP 503"),
+        ("delivery-2", "LU2", "https://hooks.example/2", 1, DeliveryStatus.DEAD, None, "refused"),
+    ]
+    assert {(r.event_id, r.procedure_id, r.channel) for r in waiting} == {
+        ("event-1", "P-2026-0001", DeliveryChannel.WEBHOOK)}
+    held = [value for recorded in waiting for value in gc.get_referents(recorded)]
+    assert not [value for value in held if isinstance(value, (Job, Outcome))]
+    assert not {"hooks.example:443", "i0", "i1", "i2"} & {value for value in held if isinstance(value, str)}

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 from prometheus_client import CollectorRegistry
 
-from services.notifier.dispatch import LANE_MEMORY_S, SOURCE, Dispatcher, delivery_event_bytes
+from services.notifier.dispatch import LANE_MEMORY_S, SOURCE, Dispatcher, Recorded, delivery_event_bytes
 from services.notifier.domain import Audience, url_origin, webhook_url_problem
 from services.notifier.jobs import Job, Outcome
 from services.notifier.metrics import NotifierMetrics
@@ -63,7 +63,7 @@ def test_the_feed_bytes_are_the_delivery_event_models(
             http_status=outcome.http_status, error=outcome.error, at=at,
         ),
     )
-    written = delivery_event_bytes(job, status, outcome, at, instance="notifier-a")
+    written = delivery_event_bytes(Recorded.of(job, status, outcome, at), instance="notifier-a")
     assert written == model.to_bytes()
     assert CloudEvent[DeliveryData].model_validate_json(written) == model
 
@@ -79,7 +79,8 @@ def test_one_instant_written_in_two_zones_gives_each_zone_s_text() -> None:
                               eori=job.eori, channel=job.channel, recipient=job.address, attempt=job.attempt,
                               status=DeliveryStatus.DELIVERED, http_status=204, error=None, at=at),
         )
-        assert delivery_event_bytes(job, DeliveryStatus.DELIVERED, outcome, at, instance="n") == model.to_bytes()
+        recorded = Recorded.of(job, DeliveryStatus.DELIVERED, outcome, at)
+        assert delivery_event_bytes(recorded, instance="n") == model.to_bytes()
 
 
 @pytest.mark.parametrize("url", [
