@@ -115,9 +115,9 @@ class Recorded(NamedTuple):
     published, off the path between the sends and the batch that records them.
 
     Only what the event says, not the attempt's :class:`Job`: the feed holds a national fan-out's outcomes
-    until its lanes are done (``FEED_MAX_LAG_S``), and with each its job (lane, idempotency key, secret, ...)
-    and outcome, 100,000 of them kept about 70 MiB more of the notifier alive at the fan-out's end
-    (``bench/README.md``, "Fifteenth round")."""
+    until its lanes are done (``FEED_MAX_LAG_S``). Held with their jobs (lane, idempotency key, secret, ...)
+    and outcomes, 100,000 of them grew the notifier by about 70 MiB while it sent, to a peak of 224-239 MiB;
+    now its peak is the plan's, 191-195 MiB (``bench/README.md``, "Fifteenth round")."""
 
     delivery_id: str
     event_id: str
