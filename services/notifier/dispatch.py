@@ -137,7 +137,6 @@ class Recorded(NamedTuple):
                    status, outcome.http_status, outcome.error, at)
 
 
-
 def due_in_order(status: str, now: datetime, columns: Any, *, limit: int) -> Any:
     """The first ``limit`` unclaimed deliveries in ``status`` due by ``now``, in due order (``columns`` of each)."""
     # One status at a time: the index (status, next_attempt_at), partial on the due rows (``still_due``: its

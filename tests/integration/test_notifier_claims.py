@@ -130,8 +130,8 @@ async def test_the_outcomes_awaiting_the_feed_hold_what_it_reports_not_the_attem
             for n in range(3):
                 await session.execute(insert(_D).values(
                     id=f"delivery-{n}", event_id="event-1", event_type=EventType.PROCEDURE_OPENED,
-                    procedure_id="P-2026-0001",
-                    notice_id=notice_id, audience="eo", recipient_key=f"k{n}", eori=f"LU{n}", channel="webhook",
+                    procedure_id="P-2026-0001", notice_id=notice_id, audience="eo", recipient_key=f"k{n}",
+                    eori=f"LU{n}", channel="webhook",
                     recipient=f"https://hooks.example/{n}", lane="hooks.example:443", idempotency_key=f"i{n}",
                     status="pending", attempts=0, next_attempt_at=now - timedelta(seconds=1), created_at=now,
                     updated_at=now,
