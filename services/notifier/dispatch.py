@@ -63,6 +63,7 @@ __all__ = ["SOURCE", "Dispatcher", "Recorded", "delivery_event_bytes"]
 
 SOURCE = "/luccs-fallback/notifier"
 FEED_MAX_LAG_S = 10.0
+FEED_BATCH = 5000
 FEED_CHUNK = 500
 OUTCOME_GATHER_S = 0.05
 OUTCOME_BATCH = 4000
@@ -114,10 +115,10 @@ class Recorded(NamedTuple):
     """An outcome recorded in the log, as the deliveries feed reports it: its CloudEvent is built when it is
     published, off the path between the sends and the batch that records them.
 
-    Only what the event says, not the attempt's :class:`Job`: the feed holds a national fan-out's outcomes
-    until its lanes are done (``FEED_MAX_LAG_S``). Held with their jobs (lane, idempotency key, secret, ...)
-    and outcomes, 100,000 of them grew the notifier by about 70 MiB while it sent, to a peak of 224-239 MiB;
-    now its peak is the plan's, 191-195 MiB (``bench/README.md``, "Fifteenth round")."""
+    Only what the event says, not the attempt's :class:`Job`: the feed holds a fan-out's outcomes while its
+    lanes are busy, up to ``FEED_MAX_LAG_S`` after they were recorded. Held with their jobs (lane, idempotency
+    key, secret, ...) and outcomes, 100,000 of them grew the notifier by about 70 MiB while it sent, to a peak
+    of 224-239 MiB; now its peak is the plan's, 191-195 MiB (``bench/README.md``, "Fifteenth round")."""
 
     delivery_id: str
     event_id: str
@@ -252,12 +253,14 @@ class Dispatcher:
         self._sqlite_writer: asyncio.Lock | None = None  # set by run() on SQLite: see _writing
         self._wake = asyncio.Event()
         self._lanes: dict[str, _Lane] = {}
+        self._idle = asyncio.Event()  # set while no lane has work (what the deliveries feed waits for)
+        self._idle.set()
         self._buffers: dict[str, tuple[int, float]] = {}  # a drained lane's buffer, and when: LANE_MEMORY_S
         self._held: set[str] = set()
         self._notices: dict[int, _Notice] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._outcomes: asyncio.Queue[tuple[Job, Outcome, float]] = asyncio.Queue()
-        self._published: asyncio.Queue[Recorded] = asyncio.Queue()
+        self._published: asyncio.Queue[tuple[float, list[Recorded]]] = asyncio.Queue()  # batches, with loop.time()
         self._gauges_due = 0.0
         self._outside_full_after = 0.0
         self._wakes = 0
@@ -382,6 +385,7 @@ class Dispatcher:
             if time.monotonic() - ended_at > LANE_MEMORY_S:
                 learned = floor
             lane = self._lanes[name] = _Lane(name=name, limit=limit, floor=floor, buffer=max(floor, learned))
+            self._idle.clear()
         return lane
 
     def _staff(self, lane: _Lane, channel: DeliveryChannel) -> None:
@@ -615,6 +619,8 @@ class Dispatcher:
         """Delete ``lane`` (no work left in it), keeping a buffer it grew to for its host's next lane (within
         LANE_MEMORY_S: see :meth:`_lane_for`)."""
         del self._lanes[lane.name]
+        if not self._lanes:
+            self._idle.set()
         if len(self._buffers) > 10_000:
             self._buffers.clear()
         if lane.buffer > lane.floor:
@@ -680,7 +686,7 @@ class Dispatcher:
             self._held.discard(job.delivery_id)
             counted[(job.channel.value, recorded.status.value)] += 1
             self._attempt_seconds(job.channel.value).observe(duration_s)
-            self._published.put_nowait(recorded)
+        self._published.put_nowait((asyncio.get_running_loop().time(), feed))
         for (channel, ended), count in counted.items():
             self._metrics.outcomes.labels(channel=channel, outcome=ended).inc(count)
         if readdressed:
@@ -751,20 +757,24 @@ class Dispatcher:
 
     async def _publish_outcomes(self) -> None:
         while True:
-            batch = [await self._published.get()]
-            # Deliver first, report after: while lanes are busy the feed waits (FEED_MAX_LAG_S at most), so
-            # a 10,000-EO fan-out does not share the CPU with 10,000 broker sends until it is done.
-            waited = 0.0
-            while self._lanes and waited < FEED_MAX_LAG_S:
-                await asyncio.sleep(0.1)
-                waited += 0.1
-            while not self._published.empty() and len(batch) < 5000:
-                batch.append(self._published.get_nowait())
+            recorded_at, batch = await self._published.get()
+            # Deliver first, report after: while lanes are busy, a batch of outcomes waits until FEED_MAX_LAG_S
+            # after it was recorded (not after the batch before it was published: the lag of a long fan-out's
+            # last outcomes once grew by that much per 5,000), so a national fan-out does not share the CPU with
+            # 100,000 broker sends until its last seconds. Once the lanes are idle, what is queued goes at once.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(recorded_at + FEED_MAX_LAG_S):
+                    await self._idle.wait()
+            taken = 1
+            if not self._lanes:
+                while not self._published.empty() and len(batch) < FEED_BATCH:
+                    batch += self._published.get_nowait()[1]
+                    taken += 1
             try:
                 if self._publisher is not None:
                     await self._publish(self._publisher, batch)
             finally:
-                for _ in batch:
+                for _ in range(taken):
                     self._published.task_done()
 
     async def _publish(self, publisher: Publisher, batch: list[Recorded]) -> None:

@@ -143,7 +143,8 @@ async def test_the_outcomes_awaiting_the_feed_hold_what_it_reports_not_the_attem
         outcomes = [Outcome.delivered(204), Outcome.failed("HTTP 503", http_status=503),
                     Outcome.failed("refused", permanent=True)]
         await dispatcher._record([(job, outcome, 0.01) for job, outcome in zip(jobs, outcomes, strict=True)])
-        waiting = [dispatcher._published.get_nowait() for _ in range(dispatcher._published.qsize())]
+        waiting = [recorded for _ in range(dispatcher._published.qsize())
+                   for recorded in dispatcher._published.get_nowait()[1]]
     finally:
         await engine.dispose()
     assert len({id(job.event_id) for job in jobs}) == 1

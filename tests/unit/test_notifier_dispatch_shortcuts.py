@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 from prometheus_client import CollectorRegistry
 
+from services.notifier import dispatch
 from services.notifier.dispatch import LANE_MEMORY_S, SOURCE, Dispatcher, Recorded, delivery_event_bytes
 from services.notifier.domain import Audience, url_origin, webhook_url_problem
 from services.notifier.jobs import Job, Outcome
@@ -305,3 +306,78 @@ def test_a_lane_made_for_rows_that_came_back_elsewhere_or_not_at_all_is_not_left
         return after_readdress, sorted(dispatcher._lanes)
 
     assert asyncio.run(scenario()) == (["hooks.example:443"], [])
+
+
+class _Feed:
+    """The deliveries feed's producer: what each ``publish_many`` was handed."""
+
+    def __init__(self) -> None:
+        self.published: list[list[str]] = []  # the delivery ids of each call
+
+    async def publish_many(self, messages: Sequence[tuple[str, str, bytes]]) -> None:
+        self.published.append([DeliveryEvent.model_validate_json(value).data.delivery_id for _, _, value in messages])
+
+
+def _recorded(*ids: str) -> list[Recorded]:
+    at = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)
+    return [Recorded(i, "ev-1", "P-2026-0001", "LU1", DeliveryChannel.WEBHOOK, "https://hooks.example/1", 1,
+                     DeliveryStatus.DELIVERED, 204, None, at) for i in ids]
+
+
+async def _published(feed: _Feed, calls: int) -> list[list[str]]:
+    async with asyncio.timeout(5):
+        while len(feed.published) < calls:
+            await asyncio.sleep(0.01)
+    return feed.published
+
+
+def test_while_lanes_stay_busy_each_batch_of_outcomes_reaches_the_feed_by_its_own_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch recorded longer than FEED_MAX_LAG_S ago is published at once, lanes busy or not, and so is the
+    one queued behind it: its wait is counted from its own recording, not from the batch before it."""
+    monkeypatch.setattr(dispatch, "FEED_MAX_LAG_S", 60.0)
+
+    async def scenario() -> tuple[list[list[str]], list[list[str]]]:
+        feed = _Feed()
+        dispatcher = Dispatcher(settings=Settings(), sessions=cast(Any, None), senders={},
+                                metrics=NotifierMetrics(CollectorRegistry()), publisher=cast(Any, feed))
+        lane = dispatcher._lane_for("busy.example:443", DeliveryChannel.WEBHOOK)
+        now = asyncio.get_running_loop().time()
+        dispatcher._published.put_nowait((now - 62, _recorded("a1", "a2")))
+        dispatcher._published.put_nowait((now - 61, _recorded("b1")))
+        dispatcher._published.put_nowait((now, _recorded("c1")))  # waits while the lane is busy
+        publishing = asyncio.create_task(dispatcher._publish_outcomes())
+        try:
+            await _published(feed, 2)
+            await asyncio.sleep(0.2)
+            busy = list(feed.published)
+            dispatcher._drop_lane(lane)  # idle: what is queued goes at once
+            return busy, await _published(feed, 3)
+        finally:
+            publishing.cancel()
+
+    busy, idle = asyncio.run(scenario())
+    assert busy == [["a1", "a2"], ["b1"]]
+    assert idle == [["a1", "a2"], ["b1"], ["c1"]]
+
+
+def test_once_the_lanes_are_idle_the_queued_batches_go_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dispatch, "FEED_MAX_LAG_S", 60.0)
+
+    async def scenario() -> list[list[str]]:
+        feed = _Feed()
+        dispatcher = Dispatcher(settings=Settings(), sessions=cast(Any, None), senders={},
+                                metrics=NotifierMetrics(CollectorRegistry()), publisher=cast(Any, feed))
+        now = asyncio.get_running_loop().time()
+        for batch in (_recorded("a1"), _recorded("b1", "b2"), _recorded("c1")):
+            dispatcher._published.put_nowait((now, batch))
+        publishing = asyncio.create_task(dispatcher._publish_outcomes())
+        try:
+            published = await _published(feed, 1)
+            await asyncio.wait_for(dispatcher._published.join(), 5)  # every batch taken counted as done
+            return published
+        finally:
+            publishing.cancel()
+
+    assert asyncio.run(scenario()) == [["a1", "b1", "b2", "c1"]]
