@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.notifier.dispatch import _D, Dispatcher, _Notice
 from services.notifier.domain import Audience
@@ -36,6 +37,23 @@ class _Never:
         pass
 
 
+async def _notice(session: AsyncSession, **values: Any) -> int:
+    """A rendered notice of event ``e`` for EOs in French (``values`` override), its id."""
+    row = {"event_id": "e", "audience": "eo", "language": "fr", "variant": "", "subject": "s", "message": "m",
+           "webhook_body": b"{}", **values}
+    return int((await session.execute(insert(NoticeRow).values(**row).returning(NoticeRow.id))).scalar_one())
+
+
+async def _delivery(session: AsyncSession, n: int, notice_id: int, at: datetime, **values: Any) -> None:
+    """Delivery ``delivery-N`` of event ``e``: an EO webhook due at ``at`` (``values`` override)."""
+    await session.execute(insert(_D).values(**{
+        "id": f"delivery-{n}", "event_id": "e", "event_type": EventType.PROCEDURE_OPENED, "procedure_id": "P",
+        "notice_id": notice_id, "audience": "eo", "recipient_key": f"k{n}", "eori": f"LU{n}", "channel": "webhook",
+        "recipient": f"https://hooks.example/{n}", "lane": "hooks.example:443", "idempotency_key": f"i{n}",
+        "status": "pending", "attempts": 0, "next_attempt_at": at, "created_at": at, "updated_at": at, **values,
+    }))
+
+
 async def test_a_full_notice_cache_is_cleared_before_the_missing_notices_are_loaded(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'notifier.db'}")
     try:
@@ -43,22 +61,9 @@ async def test_a_full_notice_cache_is_cleared_before_the_missing_notices_are_loa
         sessions = session_factory(engine)
         now = datetime.now(UTC)
         async with sessions.begin() as session:
-            notices = [
-                (await session.execute(insert(NoticeRow).values(
-                    event_id="e", audience="eo", language=language, variant="", subject="s", message="m",
-                    webhook_body=b"{}",
-                ).returning(NoticeRow.id))).scalar_one()
-                for language in ("fr", "de")
-            ]
+            notices = [await _notice(session, language=language) for language in ("fr", "de")]
             for n, notice_id in enumerate(notices):
-                row: dict[str, Any] = dict(
-                    id=f"delivery-{n}", event_id="e", event_type=EventType.PROCEDURE_OPENED, procedure_id="P",
-                    notice_id=notice_id, audience="eo", recipient_key=f"k{n}", eori=f"LU{n}", channel="webhook",
-                    recipient=f"https://hooks.example/{n}", lane="hooks.example:443", idempotency_key=f"i{n}",
-                    status="pending", attempts=0, next_attempt_at=now - timedelta(seconds=2 - n), created_at=now,
-                    updated_at=now,
-                )
-                await session.execute(insert(_D).values(**row))
+                await _delivery(session, n, notice_id, now, next_attempt_at=now - timedelta(seconds=2 - n))
         dispatcher = Dispatcher(settings=Settings(notifier=NotifierSettings()), sessions=sessions,
                                 senders={DeliveryChannel.WEBHOOK: _Never()},
                                 metrics=NotifierMetrics(CollectorRegistry()))
@@ -87,17 +92,12 @@ async def test_a_claimed_job_carries_its_rows_values_as_their_types(database_url
         await upgrade(engine)
         sessions = session_factory(engine)
         async with sessions.begin() as session:
-            notice_id = (await session.execute(insert(NoticeRow).values(
-                event_id="e", audience="servicedesk", language="de", variant="", subject="s", message="m",
-                webhook_body=None,
-            ).returning(NoticeRow.id))).scalar_one()
-            await session.execute(insert(_D).values(
-                id="delivery-0", event_id="e", event_type=EventType.PROCEDURE_CLOSED, procedure_id="P",
-                notice_id=notice_id, audience="servicedesk", recipient_key="k0", eori=None, channel="email",
-                recipient="desk@example.lu", lane="email", idempotency_key="i0", status="retrying", attempts=2,
-                next_attempt_at=planned_at, created_at=planned_at.astimezone(timezone(timedelta(hours=2))),
-                updated_at=planned_at,
-            ))
+            notice_id = await _notice(session, audience="servicedesk", language="de", webhook_body=None)
+            await _delivery(
+                session, 0, notice_id, planned_at, event_type=EventType.PROCEDURE_CLOSED, audience="servicedesk",
+                eori=None, channel="email", recipient="desk@example.lu", lane="email", status="retrying", attempts=2,
+                created_at=planned_at.astimezone(timezone(timedelta(hours=2))),
+            )
         dispatcher = Dispatcher(settings=Settings(notifier=NotifierSettings()), sessions=sessions,
                                 senders={DeliveryChannel.WEBHOOK: _Never()},
                                 metrics=NotifierMetrics(CollectorRegistry()))
@@ -114,8 +114,8 @@ async def test_a_claimed_job_carries_its_rows_values_as_their_types(database_url
 
 
 async def test_the_outcomes_awaiting_the_feed_hold_what_it_reports_not_the_attempts(tmp_path: Path) -> None:
-    """The feed waits for a fan-out's lanes to finish, so every outcome of a national fan-out is held until
-    then: each as the values its event reports, not with the attempt's job (its lane, idempotency key,
+    """While a fan-out's lanes are busy the feed holds its outcomes (up to FEED_MAX_LAG_S after each was
+    recorded): each as the values its event reports, not with the attempt's job (its lane, idempotency key,
     secret and notice), and a claim's rows share their event's, procedure's and lane's strings."""
     engine = make_engine(f"sqlite:///{tmp_path / 'notifier.db'}")
     now = datetime.now(UTC)
@@ -123,19 +123,10 @@ async def test_the_outcomes_awaiting_the_feed_hold_what_it_reports_not_the_attem
         await upgrade(engine)
         sessions = session_factory(engine)
         async with sessions.begin() as session:
-            notice_id = (await session.execute(insert(NoticeRow).values(
-                event_id="event-1", audience="eo", language="fr", variant="", subject="s", message="m",
-                webhook_body=b"{}",
-            ).returning(NoticeRow.id))).scalar_one()
+            notice_id = await _notice(session, event_id="event-1")
             for n in range(3):
-                await session.execute(insert(_D).values(
-                    id=f"delivery-{n}", event_id="event-1", event_type=EventType.PROCEDURE_OPENED,
-                    procedure_id="P-2026-0001", notice_id=notice_id, audience="eo", recipient_key=f"k{n}",
-                    eori=f"LU{n}", channel="webhook",
-                    recipient=f"https://hooks.example/{n}", lane="hooks.example:443", idempotency_key=f"i{n}",
-                    status="pending", attempts=0, next_attempt_at=now - timedelta(seconds=1), created_at=now,
-                    updated_at=now,
-                ))
+                await _delivery(session, n, notice_id, now - timedelta(seconds=1), event_id="event-1",
+                                procedure_id="P-2026-0001")
         dispatcher = Dispatcher(settings=Settings(notifier=NotifierSettings()), sessions=sessions,
                                 senders={DeliveryChannel.WEBHOOK: _Never()},
                                 metrics=NotifierMetrics(CollectorRegistry()))

@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 from sqlalchemy import event as sa_event
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.notifier import planning
 from services.notifier.app import NotifierParts, build_notifier
@@ -38,6 +39,7 @@ from services.notifier.migrate import upgrade
 from services.notifier.models import AttemptRow, DeliveryRow
 from shared.auth import authorize, build_guard, install_guard
 from shared.config import ApiSettings, KafkaSettings, NotifierSettings, Settings, SmtpSettings
+from shared.db import make_engine
 from shared.events import (
     CloudEvent,
     Component,
@@ -84,6 +86,18 @@ async def notifier_database(request: pytest.FixtureRequest, tmp_path: Path) -> A
         return
     async with pg_database(request.getfixturevalue("postgres_url"), "luccs_notifier") as url:
         yield url
+
+
+@contextlib.asynccontextmanager
+async def migrated_notifier_engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """An engine on a fresh notifier database (:func:`notifier_database`) at the head revision."""
+    async with notifier_database(request, tmp_path) as url:
+        engine = make_engine(url)
+        try:
+            await upgrade(engine)
+            yield engine
+        finally:
+            await engine.dispose()
 
 
 def notifier_settings(kafka_bootstrap: str, prefix: str, database_url: str, **notifier: Any) -> Settings:

@@ -15,11 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.notifier.dispatch import due_in_order, still_due_of
-from services.notifier.migrate import upgrade
 from services.notifier.models import DeliveryRow, ReachRow
 from services.notifier.reach import overdue_escalations
-from shared.db import make_engine
-from tests.integration.test_notifier_delivery import notifier_database
+from tests.integration.test_notifier_delivery import migrated_notifier_engine
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +28,8 @@ _D = DeliveryRow.__table__
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     """A notifier database at the head revision."""
-    async with notifier_database(request, tmp_path) as url:
-        engine = make_engine(url)
-        try:
-            await upgrade(engine)
-            yield engine
-        finally:
-            await engine.dispose()
+    async with migrated_notifier_engine(request, tmp_path) as migrated:
+        yield migrated
 
 
 async def _definitions(engine: AsyncEngine, table: str) -> dict[str, str]:

@@ -18,7 +18,7 @@ from services.notifier.migrate import upgrade
 from services.notifier.models import NoticeRow
 from shared.db import make_engine, session_factory
 from shared.events import EventType
-from tests.integration.test_notifier_delivery import notifier_database
+from tests.integration.test_notifier_delivery import migrated_notifier_engine
 
 pytestmark = pytest.mark.integration
 
@@ -28,13 +28,8 @@ UNTIL = NOW + timedelta(minutes=5)
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    async with notifier_database(request, tmp_path) as url:
-        engine = make_engine(url)
-        try:
-            await upgrade(engine)
-            yield engine
-        finally:
-            await engine.dispose()
+    async with migrated_notifier_engine(request, tmp_path) as migrated:
+        yield migrated
 
 
 def _row(n: int, notice_id: int, *, status: str, claimed_by: str | None) -> dict[str, Any]:
